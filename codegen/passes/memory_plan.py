@@ -1,0 +1,67 @@
+"""Static memory plan: every activation buffer gets a fixed offset in one arena.
+
+Lifetimes are intervals over the step order, inclusive at both ends, so a step's inputs and its
+output never share bytes (kernels read inputs while writing the output). Graph inputs are live
+from step 0, graph outputs to the end. Reshape aliases (flatten/reshape) share their source's
+buffer and extend its lifetime. Offsets: greedy first-fit, biggest buffer first, 64-byte
+aligned. ``peak_bytes`` is the largest sum of simultaneously live buffers (a lower bound for any
+plan), reported next to ``arena_bytes`` so the plan's waste is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from codegen.lr import Graph, MemoryPlan, numel
+
+ALIGN = 64
+
+
+def align(n: int, a: int = ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+def plan_memory(graph: Graph) -> Graph:
+    steps = graph.steps
+    end = len(steps)  # graph outputs live through the last step, and past it
+    index = {la.output: i for i, la in enumerate(steps)}
+    tensors = [t for la in graph.layers if la.op != "output" for t in [la.output]]
+    root = {t: graph.alias_root(t) for t in tensors}
+    roots = list(dict.fromkeys(root.values()))
+    life = {r: [index.get(r, 0), index.get(r, 0)] for r in roots}
+    for i, la in enumerate(steps):
+        for t in la.inputs:
+            life[root[t]][1] = max(life[root[t]][1], i)
+    for t in graph.outputs:
+        life[root[t]][1] = end
+    size = {r: align(numel(graph.shapes[r]) * 4) for r in roots}
+
+    offsets: dict[str, int] = {}
+    for r in sorted(roots, key=lambda r: (-size[r], life[r][0])):
+        lo, hi = life[r]
+        busy = sorted((offsets[o], offsets[o] + size[o]) for o in offsets
+                      if life[o][0] <= hi and lo <= life[o][1])
+        off = 0
+        for b0, b1 in busy:
+            if off + size[r] <= b0:
+                break
+            off = max(off, b1)
+        offsets[r] = off
+    arena = max((offsets[r] + size[r] for r in roots), default=0)
+
+    peak, peak_step, peak_set = 0, 0, ()
+    for s in range(end + 1):
+        live = tuple(r for r in roots if life[r][0] <= s <= life[r][1])
+        total = sum(size[r] for r in live)
+        if total > peak:
+            peak, peak_step, peak_set = total, s, live
+    plan = MemoryPlan(offsets={t: offsets[root[t]] for t in tensors},
+                      lifetimes={r: (life[r][0], life[r][1]) for r in roots},
+                      arena_bytes=arena, peak_bytes=peak, peak_step=peak_step,
+                      peak_tensors=peak_set)
+    return replace(graph, plan=plan)
+
+
+def buffer_size(graph: Graph, tensor: str) -> int:
+    """Bytes reserved for ``tensor``'s buffer (its alias root's, 64-byte aligned)."""
+    return align(numel(graph.shapes[graph.alias_root(tensor)]) * 4)
