@@ -1,0 +1,245 @@
+"""npas-host: the command line.
+
+Commands: devices, compile, profile. Human output is a rich table on stdout (progress on
+stderr); ``--json`` prints machine-readable records instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Table
+
+from . import __version__
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", default="1,3,224,224",
+                   help="example input shape, NCHW (default: 1,3,224,224)")
+    p.add_argument("--name", help="bundle name (default: from the model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="npas-host", description=(
+        "Compiler-aware pruning and architecture search for phones: compile PyTorch CNNs "
+        "into native kernels and measure them on a device's runner."))
+    ap.add_argument("--version", action="version", version=f"npas-host {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("devices", help="list the local runner and phones seen through adb")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compile", help="compile a model into a bundle")
+    p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    _add_model_args(p)
+
+    p = sub.add_parser("profile", help="measure a model or bundle on a device")
+    p.add_argument("model", help="a bundle folder, or a model as for compile")
+    p.add_argument("--device", default="local",
+                   help="'local' (the host runner; default) or a phone serial")
+    p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="runner threads (default 1)")
+    p.add_argument("--per-layer", action="store_true", help="also time every layer")
+    p.add_argument("--json", action="store_true", help="print every sample as JSON")
+    p.add_argument("--address", help="use a runner already listening at HOST:PORT")
+    p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
+    p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
+    p.add_argument("--store", type=Path, help="artifact store for the local runner")
+    _add_model_args(p)
+    return ap
+
+
+class CliError(Exception):
+    """A user-facing failure: printed without a traceback, exit code 2."""
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
+
+
+def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
+    from codegen import compile_model
+
+    from .models import example_inputs, load_model, parse_shape
+
+    shape = parse_shape(args.input_shape)
+    task = progress.add_task(f"loading {model_spec}", total=None)
+    model = load_model(model_spec)
+    name = args.name or Path(model_spec).stem.replace(":", "_").replace(".", "_")
+
+    def stage(what: str) -> None:
+        progress.update(task, description=f"compiling {name}: {what}")
+
+    t0 = time.perf_counter()
+    bundle = compile_model(model, example_inputs(shape), out_dir, name=name, progress=stage)
+    progress.remove_task(task)
+    err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
+    return bundle
+
+
+def cmd_devices(args) -> int:
+    from .devices.adb import list_phones
+    from .devices.local import find_runner_binary
+
+    rows = []
+    try:
+        binary = find_runner_binary()
+        rows.append({"device": "local", "kind": "host runner", "detail": str(binary)})
+    except FileNotFoundError as e:
+        rows.append({"device": "local", "kind": "host runner", "detail": f"unavailable: {e}"})
+    phones, note = list_phones()
+    for ph in phones:
+        rows.append({"device": ph.serial, "kind": "phone", **asdict(ph)})
+    if args.json:
+        print(json.dumps({"devices": rows, "note": note}, indent=1))
+        return 0
+    t = Table(title="Devices")
+    for col in ("device", "kind", "model", "abi", "android", "soc", "battery °C", "detail"):
+        t.add_column(col)
+    for r in rows:
+        temp = r.get("battery_temp_c")
+        t.add_row(r["device"], r["kind"], r.get("model", ""), r.get("abi", ""),
+                  r.get("android", ""), r.get("soc", ""),
+                  "" if temp is None else f"{temp:.1f}", r.get("detail", r.get("state", "")))
+    out.print(t)
+    if note:
+        out.print(f"[dim]{note}[/dim]")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    out_dir = Path(args.output)
+    with _progress() as progress:
+        bundle = _compile(args.model, out_dir, args, progress)
+    m = bundle.manifest
+    out.print(f"bundle {out_dir}: {len(m.steps)} steps, arena {m.arena_bytes / 2**20:.1f} MiB, "
+              f"weights {m.artifact('weights').size / 2**20:.1f} MiB, "
+              f"{sum(s.flops for s in m.steps) / 1e9:.2f} GFLOP")
+    return 0
+
+
+def _device(args, stack: ExitStack):
+    from .devices.local import LocalRunner, LocalRunnerConfig
+    from .session import RemoteRunner
+
+    if args.address:
+        if not args.token_file:
+            raise CliError("--address needs --token-file (the runner's session token)")
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as e:
+            raise CliError(f"--token-file {args.token_file}: {e.strerror}") from None
+        return RemoteRunner(args.address, token)
+    if args.device != "local":
+        raise CliError(f"--device {args.device}: this version measures on the local runner or "
+                       f"on a runner you started (--address HOST:PORT --token-file F); "
+                       f"driving a phone over adb is not implemented yet")
+    cfg = LocalRunnerConfig(binary=args.runner)
+    if args.store:
+        cfg.store = args.store
+    try:
+        runner = LocalRunner(cfg)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    stack.callback(runner.close)
+    return runner
+
+
+def cmd_profile(args) -> int:
+    from codegen.bundle import BundleError, load_bundle
+
+    from .session import LoadOptions, Session
+
+    if args.runs < 1 or args.warmup < 0 or args.threads < 0:
+        raise CliError("--runs must be ≥ 1, --warmup ≥ 0 and --threads ≥ 0")
+    with ExitStack() as stack, _progress() as progress:
+        src = Path(args.model)
+        if (src / "manifest.json").is_file():
+            try:
+                bundle = load_bundle(src)
+            except BundleError as e:
+                raise CliError(str(e)) from None
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bundle-")))
+            bundle = _compile(args.model, tmp, args, progress)
+        device = _device(args, stack)
+        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
+        up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
+        key = session.load(bundle, LoadOptions(threads=args.threads),
+                           progress=lambda n, _total: progress.advance(up, n))
+        progress.update(up, completed=progress.tasks[-1].total)
+        progress.remove_task(up)
+        progress.add_task(f"measuring: {args.warmup} warm-up + {args.runs} timed runs",
+                          total=None)
+        result = session.benchmark(key, runs=args.runs, warmup=args.warmup,
+                                   per_layer=args.per_layer)
+    info = {"model": args.model, "bundle": bundle.manifest.name,
+            "content_hash": bundle.manifest.content_hash, "device": args.device,
+            "threads": result.threads, "runs": args.runs, "warmup": args.warmup,
+            "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9}
+    if args.json:
+        print(json.dumps({**info, **result.to_dict()}))
+        return 0
+    _print_profile(info, result, args.per_layer)
+    return 0
+
+
+def _print_profile(info: dict, result, per_layer: bool) -> None:
+    s = result.stats
+    t = Table(title=f"{info['bundle']} on {info['device']} ({result.threads} thread(s), "
+                    f"{s.n} runs after {info['warmup']} warm-up)")
+    for col in ("mean", "median", "p10", "p90", "std", "min", "max"):
+        t.add_column(f"{col} ms", justify="right")
+    t.add_row(*(f"{v:.3f}" for v in (s.mean_ms, s.median_ms, s.p10_ms, s.p90_ms, s.std_ms,
+                                      s.min_ms, s.max_ms)))
+    out.print(t)
+    out.print(f"init {result.init_ns / 1e6:.1f} ms; {info['gflop']:.2f} GFLOP per run → "
+              f"{info['gflop'] / (s.median_ms / 1e3):.1f} GFLOP/s at the median")
+    if per_layer and result.layers:
+        lt = Table(title="per layer (median)")
+        lt.add_column("layer")
+        lt.add_column("op")
+        lt.add_column("ms", justify="right")
+        for layer in result.layers:
+            lt.add_row(layer.name, layer.op, f"{layer.median_ms:.3f}")
+        out.print(lt)
+
+
+COMMANDS = {"devices": cmd_devices, "compile": cmd_compile, "profile": cmd_profile}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from codegen.bundle import BundleError
+
+    from .models import ModelSpecError
+    from .rpc.client import RunnerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ModelSpecError, BundleError, RunnerError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The local device: an npas-runner process on this machine, on loopback, with a fresh token.
+
+The runner picks a free port itself (``--listen 127.0.0.1:0``) and prints it on its first
+stdout line, so there is no race between choosing a port and binding it. Its artifact store
+persists across restarts, so a restarted runner needs no re-upload.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..rpc.client import RunnerClient, RunnerError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_PREFIX = "NPAS-RUNNER LISTENING "
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "npas"
+
+
+def find_runner_binary(explicit: Path | None = None) -> Path:
+    """The host runner: an explicit path, the project's build, or npas-runner on PATH."""
+    candidates = [explicit] if explicit else [REPO_ROOT / "build" / "host" / "npas-runner"]
+    if not explicit and (p := shutil.which("npas-runner")):
+        candidates.append(Path(p))
+    for c in candidates:
+        if c and c.is_file() and os.access(c, os.X_OK):
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"npas-runner not found (tried {tried}); build it with "
+                            f"scripts/setup.sh")
+
+
+@dataclass
+class LocalRunnerConfig:
+    binary: Path | None = None
+    store: Path = field(default_factory=lambda: default_cache_dir() / "store-local")
+    startup_timeout_s: float = 20.0
+    extra_args: tuple[str, ...] = ()
+
+
+class LocalRunner:
+    """Start, stop and restart one npas-runner process."""
+
+    name = "local"
+
+    def __init__(self, config: LocalRunnerConfig | None = None):
+        self.config = config or LocalRunnerConfig()
+        self.binary = find_runner_binary(self.config.binary)
+        self._dir = Path(tempfile.mkdtemp(prefix="npas-runner-"))
+        self._proc: subprocess.Popen | None = None
+        self.address = ""
+        self.token = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self._dir / "runner.log"
+
+    def start(self) -> None:
+        if self.alive():
+            return
+        self.token = secrets.token_hex(32)
+        token_file = self._dir / "token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
+        self.config.store.mkdir(parents=True, exist_ok=True)
+        cmd = [str(self.binary), "--listen", "127.0.0.1:0", "--token-file", str(token_file),
+               "--store", str(self.config.store), *self.config.extra_args]
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        self.address = self._read_address()
+
+    def _read_address(self) -> str:
+        assert self._proc and self._proc.stdout
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(self.config.startup_timeout_s)
+        text = line[0].decode(errors="replace").strip() if line else ""
+        if not text.startswith(READY_PREFIX):
+            self.stop()
+            raise RunnerError("start", "UNAVAILABLE",
+                              f"{self.binary} did not start within "
+                              f"{self.config.startup_timeout_s:.0f} s (stdout: {text!r}); "
+                              f"log tail:\n{self.log_tail()}")
+        return text[len(READY_PREFIX):]
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        p, self._proc = self._proc, None
+        if p is None:
+            return
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p.stdout:
+            p.stdout.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self, timeout_s: float = 60.0) -> RunnerClient:
+        if not self.alive():
+            raise RunnerError("connect", "UNAVAILABLE", "the local runner is not running")
+        return RunnerClient(self.address, self.token, timeout_s)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

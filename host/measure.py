@@ -1,0 +1,88 @@
+"""Measurement records and their statistics: what a benchmark on a device gives back.
+
+The runner defines the semantics (warm-up discarded, then N timed runs, every sample kept);
+this module only summarises. Summaries use medians and percentiles because phones and shared
+machines are noisy.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    mean_ms: float
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+
+    @staticmethod
+    def of(samples_ns: list[int] | tuple[int, ...]) -> Stats:
+        if not samples_ns:
+            raise ValueError("no samples to summarise")
+        ms = sorted(s / 1e6 for s in samples_ns)
+        return Stats(
+            n=len(ms),
+            mean_ms=statistics.fmean(ms),
+            median_ms=statistics.median(ms),
+            p10_ms=percentile(ms, 10),
+            p90_ms=percentile(ms, 90),
+            std_ms=statistics.pstdev(ms),
+            min_ms=ms[0],
+            max_ms=ms[-1],
+        )
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    timestamp_ns: int
+    core_freq_khz: dict[int, int]
+    thermal_millicelsius: dict[str, int]
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    name: str
+    op: str
+    samples_ns: tuple[int, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ns) / 1e6
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    samples_ns: tuple[int, ...]
+    warmup_ns: tuple[int, ...]
+    init_ns: int
+    threads: int
+    layers: tuple[LayerTiming, ...] = ()
+    telemetry_before: Telemetry | None = None
+    telemetry_after: Telemetry | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def stats(self) -> Stats:
+        return Stats.of(self.samples_ns)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stats"] = asdict(self.stats)
+        return d

@@ -1,0 +1,72 @@
+"""Turn what the user names on the command line into an nn.Module and example inputs.
+
+A model is one of: a torchvision classification model name (random weights: nothing is
+downloaded), ``package.module:factory`` (a callable returning an nn.Module), or a file saved
+with ``torch.export.save`` (``.pt2``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .compat import import_torchvision
+
+
+class ModelSpecError(ValueError):
+    pass
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ModelSpecError(f"input shape {text!r}: expected e.g. 1,3,224,224") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ModelSpecError(f"input shape {text!r}: every dimension must be positive")
+    return shape
+
+
+def torchvision_names() -> list[str]:
+    tv = import_torchvision()
+    return sorted(tv.models.list_models(module=tv.models))
+
+
+def load_model(spec: str) -> nn.Module:
+    """Load a model in eval mode. Raises ModelSpecError with what was tried."""
+    path = Path(spec)
+    if spec.endswith(".pt2"):
+        if not path.is_file():
+            raise ModelSpecError(f"{spec}: no such file")
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as e:  # torch raises many kinds here; the message is what matters
+            raise ModelSpecError(f"{spec}: not a torch.export program ({e})") from e
+    if ":" in spec:
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelSpecError(f"{spec}: cannot import {attr!r} from {mod_name!r} ({e})") \
+                from e
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) \
+            else factory
+        if not isinstance(model, nn.Module):
+            raise ModelSpecError(f"{spec}: returned {type(model).__name__}, not an nn.Module")
+        return model.eval()
+    tv = import_torchvision()
+    names = torchvision_names()
+    if spec not in names:
+        close = [n for n in names if spec.lower() in n][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelSpecError(f"model {spec!r}: not a torchvision classification model, a "
+                             f"module:factory path or a .pt2 file{hint}")
+    return tv.models.get_model(spec, weights=None).eval()
+
+
+def example_inputs(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g),)

@@ -1,0 +1,192 @@
+"""RunnerClient: the host's typed wrapper over the runner's gRPC service.
+
+Every call carries the session token and a deadline, so a dead or hung runner turns into a
+RunnerError after at most the deadline instead of a hang. Uploads send only what the runner is
+missing, in chunks, with size and sha256 declared up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from codegen.bundle import Bundle, Manifest
+
+from ..measure import BenchmarkResult, LayerTiming, Telemetry
+from .convert import kind_to_proto, manifest_to_proto
+from .stubs import load
+
+TOKEN_METADATA_KEY = "x-npas-token"
+CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 256 << 20
+PROTOCOL_MAJOR = 1
+
+
+class RunnerError(RuntimeError):
+    """A runner call failed. ``code`` is the gRPC status name (e.g. "INVALID_ARGUMENT")."""
+
+    def __init__(self, rpc: str, code: str, message: str, address: str = ""):
+        self.rpc, self.code, self.message, self.address = rpc, code, message, address
+        where = f" at {address}" if address else ""
+        super().__init__(f"runner{where}: {rpc} failed: {code}: {message}")
+
+    @property
+    def unreachable(self) -> bool:
+        """The runner is gone or not answering (as opposed to refusing a request)."""
+        return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    handle: str
+    init_ns: int
+    threads: int
+    cpu_affinity: tuple[int, ...]
+
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class RunnerClient:
+    def __init__(self, address: str, token: str, timeout_s: float = 60.0):
+        self.address = address
+        self.timeout_s = timeout_s
+        self._metadata = ((TOKEN_METADATA_KEY, token),)
+        self._pb, grpc_mod = load()
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = grpc_mod.RunnerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RunnerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing --
+    def _call(self, rpc: str, request, timeout_s: float | None = None):
+        method = getattr(self._stub, rpc)
+        try:
+            return method(request, metadata=self._metadata,
+                          timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._error(rpc, e) from None
+
+    def _error(self, rpc: str, e: grpc.RpcError) -> RunnerError:
+        code = e.code().name if e.code() else "UNKNOWN"
+        msg = e.details() or ""
+        if code == "UNAVAILABLE":
+            msg = f"runner not reachable ({msg}); is it running?"
+        return RunnerError(rpc, code, msg, self.address)
+
+    # -- calls --
+    def device_info(self, timeout_s: float = 10.0):
+        info = self._call("GetDeviceInfo", self._pb.DeviceInfoRequest(), timeout_s)
+        if info.protocol_major != PROTOCOL_MAJOR:
+            raise RunnerError("GetDeviceInfo", "FAILED_PRECONDITION",
+                              f"runner speaks protocol v{info.protocol_major}, this host "
+                              f"speaks v{PROTOCOL_MAJOR}; update the runner", self.address)
+        return info
+
+    def wait_ready(self, timeout_s: float) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise RunnerError("connect", "UNAVAILABLE",
+                              f"no answer within {timeout_s:.0f} s", self.address) from None
+
+    def missing(self, sha256s: Sequence[str]) -> list[str]:
+        r = self._call("MissingArtifacts", self._pb.MissingArtifactsRequest(sha256=sha256s))
+        return list(r.missing)
+
+    def upload(self, path: Path, kind: str, sha256: str, size: int,
+               progress: ProgressFn | None = None, chunk_bytes: int = CHUNK_BYTES):
+        pb = self._pb
+
+        def chunks() -> Iterator:
+            yield pb.UploadChunk(header=pb.ArtifactHeader(kind=kind_to_proto(kind), size=size,
+                                                          sha256=sha256))
+            done = 0
+            with open(path, "rb") as f:
+                while block := f.read(chunk_bytes):
+                    done += len(block)
+                    yield pb.UploadChunk(data=block)
+                    if progress:
+                        progress(len(block), size)
+
+        # Large artifacts over slow links (adb forward) need more than the default deadline.
+        timeout = max(self.timeout_s, size / (2 << 20))
+        return self._call("UploadArtifact", chunks(), timeout)
+
+    def ensure_artifacts(self, bundle: Bundle, progress: ProgressFn | None = None) -> int:
+        """Upload the bundle's artifacts the runner lacks; return the bytes sent."""
+        arts = bundle.manifest.artifacts
+        missing = set(self.missing([a.sha256 for a in arts]))
+        sent = 0
+        for a in arts:
+            if a.sha256 in missing:
+                self.upload(bundle.path / a.file, a.kind, a.sha256, a.size, progress)
+                sent += a.size
+        return sent
+
+    def load_model(self, manifest: Manifest, threads: int = 0,
+                   cpu_affinity: Sequence[int] = (), pin_big_cores: bool = False,
+                   backend: str = "cpu") -> LoadedModel:
+        pb = self._pb
+        r = self._call("LoadModel", pb.LoadModelRequest(
+            manifest=manifest_to_proto(manifest),
+            backend=pb.Backend.Value(backend.upper()),
+            threads=threads, cpu_affinity=list(cpu_affinity), pin_big_cores=pin_big_cores))
+        return LoadedModel(r.handle, r.init_ns, r.threads, tuple(r.cpu_affinity))
+
+    def _tensors(self, manifest: Manifest, arrays: Sequence[np.ndarray]) -> list:
+        pb = self._pb
+        specs = [manifest.tensors[i] for i in manifest.inputs]
+        if len(arrays) != len(specs):
+            raise ValueError(f"model {manifest.name} takes {len(specs)} inputs, got "
+                             f"{len(arrays)}")
+        out = []
+        for spec, a in zip(specs, arrays, strict=True):
+            a = np.ascontiguousarray(a, dtype="<f4")
+            out.append(pb.Tensor(name=spec.name, shape=list(a.shape), dtype="float32",
+                                 data=a.tobytes()))
+        return out
+
+    def run(self, handle: str, manifest: Manifest,
+            inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        r = self._call("Run", self._pb.RunRequest(handle=handle,
+                                                  inputs=self._tensors(manifest, inputs)))
+        return [np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)).copy()
+                for t in r.outputs]
+
+    def benchmark(self, handle: str, runs: int = 100, warmup: int = 10,
+                  per_layer: bool = False, timeout_s: float = 600.0) -> BenchmarkResult:
+        r = self._call("Benchmark", self._pb.BenchmarkRequest(
+            handle=handle, runs=runs, warmup=warmup, per_layer=per_layer), timeout_s)
+        return BenchmarkResult(
+            samples_ns=tuple(r.samples_ns),
+            warmup_ns=tuple(r.warmup_ns),
+            init_ns=r.init_ns,
+            threads=r.threads,
+            layers=tuple(LayerTiming(x.name, x.op, tuple(x.samples_ns)) for x in r.layers),
+            telemetry_before=_telemetry(r.telemetry_before),
+            telemetry_after=_telemetry(r.telemetry_after),
+        )
+
+    def unload(self, handle: str) -> None:
+        self._call("UnloadModel", self._pb.UnloadModelRequest(handle=handle))
+
+
+def _telemetry(t) -> Telemetry:
+    return Telemetry(timestamp_ns=t.timestamp_ns,
+                     core_freq_khz={c.id: c.cur_freq_khz for c in t.cores},
+                     thermal_millicelsius={z.name: z.temp_millicelsius for z in t.thermal})

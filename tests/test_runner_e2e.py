@@ -1,0 +1,92 @@
+"""Host tier: compiled models run on the real runner over gRPC and match PyTorch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from host.rpc.client import RunnerError
+from host.session import LoadOptions, RemoteRunner, Session
+from zoo import rel_err, small_cnn, torchvision_model
+
+pytestmark = pytest.mark.host
+
+MODELS = {
+    "small_cnn": (small_cnn, (1, 3, 32, 32)),
+    "small_cnn_b2": (small_cnn, (2, 3, 29, 31)),
+    "resnet18": (lambda: torchvision_model("resnet18"), (1, 3, 64, 64)),
+    "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), (1, 3, 64, 64)),
+    "vgg16": (lambda: torchvision_model("vgg16"), (1, 3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runner_output_equals_pytorch(key, threads, compiled, local_runner):
+    factory, shape = MODELS[key]
+    bundle, model, x = compiled(key, factory, shape)
+    with torch.no_grad():
+        want = model(x).numpy()
+    with Session(local_runner) as s:
+        h = s.load(bundle, LoadOptions(threads=threads))
+        (got,) = s.run(h, [x.numpy()])
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= 1e-4
+
+
+def test_benchmark_returns_every_sample(compiled, local_runner):
+    bundle, _, _ = compiled("small_cnn", *MODELS["small_cnn"])
+    with Session(local_runner) as s:
+        h = s.load(bundle, LoadOptions(threads=1))
+        r = s.benchmark(h, runs=100, warmup=3, per_layer=True)
+    assert len(r.samples_ns) == 100 and all(v > 0 for v in r.samples_ns)
+    assert len(r.warmup_ns) == 3
+    assert r.init_ns > 0
+    assert [layer.name for layer in r.layers] == [st.name for st in bundle.manifest.steps]
+    assert all(len(layer.samples_ns) == 100 for layer in r.layers)
+    # per-layer times cannot exceed the whole run they were taken in
+    per_run_sum = np.sum([layer.samples_ns for layer in r.layers], axis=0)
+    assert np.all(per_run_sum <= np.array(r.samples_ns) * 1.01 + 1000)
+    assert r.telemetry_before is not None and r.telemetry_before.timestamp_ns > 0
+
+
+def test_second_upload_sends_no_bytes(compiled, fresh_runner):
+    bundle, _, _ = compiled("small_cnn", *MODELS["small_cnn"])
+    client = fresh_runner.client()
+    total = sum(a.size for a in bundle.manifest.artifacts)
+    assert client.ensure_artifacts(bundle) == total
+    assert client.ensure_artifacts(bundle) == 0
+    assert client.missing([a.sha256 for a in bundle.manifest.artifacts]) == []
+
+
+def test_runner_killed_mid_session_is_restarted(compiled, fresh_runner):
+    bundle, model, x = compiled("small_cnn", *MODELS["small_cnn"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    with Session(fresh_runner, call_timeout_s=20) as s:
+        h = s.load(bundle)
+        first_pid = fresh_runner.pid
+        fresh_runner._proc.kill()  # the runner dies between two calls of the session
+        fresh_runner._proc.wait()
+        t0 = time.monotonic()
+        (got,) = s.run(h, [x.numpy()])
+        assert time.monotonic() - t0 < 30
+        assert s.restarts == 1 and fresh_runner.pid != first_pid
+        assert rel_err(got, want) <= 1e-4
+        assert len(s.benchmark(h, runs=5, warmup=1).samples_ns) == 5
+
+
+def test_runner_that_cannot_be_restarted_fails_clearly(compiled, fresh_runner):
+    bundle, _, x = compiled("small_cnn", *MODELS["small_cnn"])
+    remote = RemoteRunner(fresh_runner.address, fresh_runner.token)
+    with Session(remote, call_timeout_s=5) as s:
+        h = s.load(bundle)
+        fresh_runner.stop()
+        t0 = time.monotonic()
+        with pytest.raises(RunnerError) as e:
+            s.run(h, [x.numpy()])
+        assert time.monotonic() - t0 < 15
+        assert e.value.code == "UNAVAILABLE" and "cannot be restarted" in str(e.value)

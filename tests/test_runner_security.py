@@ -1,0 +1,268 @@
+"""Host tier: the runner refuses bad input with the right status, names the problem, and keeps
+serving. Each test sends something wrong, checks the status code and message, then checks the
+runner still answers a good request."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+
+from codegen.bundle import ParamRef, artifact_ref, load_bundle
+from host.devices.local import LocalRunner, LocalRunnerConfig
+from host.rpc.client import TOKEN_METADATA_KEY, RunnerClient, RunnerError
+from host.rpc.convert import kind_to_proto, manifest_to_proto
+from host.rpc.stubs import load
+from zoo import small_cnn
+
+pytestmark = pytest.mark.host
+
+MAX_ARTIFACT = 1 << 20
+EM_AARCH64 = 183
+
+
+@pytest.fixture(scope="module")
+def runner(runner_binary, tmp_path_factory):
+    cfg = LocalRunnerConfig(binary=runner_binary, store=tmp_path_factory.mktemp("sec-store"),
+                            extra_args=("--max-artifact-bytes", str(MAX_ARTIFACT)))
+    with LocalRunner(cfg) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def bundle(compiled):
+    return compiled("small_cnn", small_cnn, (1, 3, 32, 32))[0]
+
+
+@pytest.fixture()
+def client(runner):
+    c = runner.client(timeout_s=20)
+    yield c
+    # whatever the test sent, the runner is still serving
+    assert c.device_info().protocol_major == 1
+    c.close()
+
+
+def raw_stub(runner):
+    pb, grpc_mod = load()
+    channel = grpc.insecure_channel(runner.address)
+    return pb, grpc_mod.RunnerStub(channel), channel
+
+
+def expect(code: str, match: str, fn, *args, **kwargs) -> RunnerError:
+    with pytest.raises(RunnerError) as e:
+        fn(*args, **kwargs)
+    assert e.value.code == code, str(e.value)
+    assert match.lower() in e.value.message.lower(), str(e.value)
+    return e.value
+
+
+# ---- authentication ----
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token"])
+def test_calls_without_the_token_are_refused(runner, token):
+    pb, stub, channel = raw_stub(runner)
+    md = None if token is None else ((TOKEN_METADATA_KEY, token),)
+    calls = [(stub.GetDeviceInfo, pb.DeviceInfoRequest()),
+             (stub.MissingArtifacts, pb.MissingArtifactsRequest(sha256=["0" * 64])),
+             (stub.LoadModel, pb.LoadModelRequest()),
+             (stub.Run, pb.RunRequest(handle="x")),
+             (stub.Benchmark, pb.BenchmarkRequest(handle="x")),
+             (stub.UnloadModel, pb.UnloadModelRequest(handle="x")),
+             (stub.UploadArtifact, iter([pb.UploadChunk(data=b"x")]))]
+    for method, req in calls:
+        with pytest.raises(grpc.RpcError) as e:
+            method(req, metadata=md, timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+    assert runner.client().device_info().protocol_major == 1
+
+
+def test_client_with_wrong_token_gets_clear_error(runner):
+    with RunnerClient(runner.address, "not-the-token") as c:
+        err = expect("UNAUTHENTICATED", "token", c.device_info)
+        assert runner.address in str(err)
+
+
+# ---- uploads ----
+
+def _upload_raw(client, chunks):
+    pb = client._pb
+    try:
+        return client._stub.UploadArtifact(iter(chunks), metadata=client._metadata, timeout=20)
+    except grpc.RpcError as e:
+        raise client._error("UploadArtifact", e) from None
+
+
+def _header(client, data: bytes, size=None, sha=None, kind="weights"):
+    pb = client._pb
+    return pb.UploadChunk(header=pb.ArtifactHeader(
+        kind=kind_to_proto(kind) if kind else 0,
+        size=len(data) if size is None else size,
+        sha256=sha or hashlib.sha256(data).hexdigest()))
+
+
+@pytest.mark.parametrize("bad", ["xyz", "../../etc/passwd", "A" * 64, "0" * 63])
+def test_malformed_sha_is_invalid_argument(client, bad):
+    expect("INVALID_ARGUMENT", "sha256", client.missing, [bad])
+    pb = client._pb
+    data = b"abc"
+    expect("INVALID_ARGUMENT", "sha256", _upload_raw, client,
+           [_header(client, data, sha=bad), pb.UploadChunk(data=data)])
+
+
+def test_upload_hash_mismatch_is_data_loss_and_not_stored(client):
+    pb = client._pb
+    data = b"some weights" * 100
+    wrong = hashlib.sha256(b"other").hexdigest()
+    expect("DATA_LOSS", "sha256", _upload_raw, client,
+           [_header(client, data, sha=wrong), pb.UploadChunk(data=data)])
+    assert client.missing([wrong]) == [wrong]
+
+
+def test_upload_short_is_data_loss(client):
+    pb = client._pb
+    data = b"0123456789" * 10
+    expect("DATA_LOSS", "size", _upload_raw, client,
+           [_header(client, data), pb.UploadChunk(data=data[:50])])
+    assert client.missing([hashlib.sha256(data).hexdigest()])
+
+
+def test_upload_longer_than_declared_is_refused(client):
+    pb = client._pb
+    data = b"0123456789" * 10
+    expect("INVALID_ARGUMENT", "size", _upload_raw, client,
+           [_header(client, data, size=10), pb.UploadChunk(data=data)])
+
+
+def test_upload_over_the_limit_is_resource_exhausted(client):
+    data = b"x" * 16
+    expect("RESOURCE_EXHAUSTED", str(MAX_ARTIFACT), _upload_raw, client,
+           [_header(client, data, size=MAX_ARTIFACT + 1)])
+
+
+def test_upload_without_header_or_kind_is_invalid(client):
+    pb = client._pb
+    expect("INVALID_ARGUMENT", "header", _upload_raw, client, [pb.UploadChunk(data=b"abc")])
+    expect("INVALID_ARGUMENT", "kind", _upload_raw, client,
+           [_header(client, b"abc", kind=None), pb.UploadChunk(data=b"abc")])
+
+
+# ---- loading ----
+
+def _load(client, manifest):
+    return client.load_model(manifest, threads=1)
+
+
+def test_load_with_missing_artifact_is_not_found(runner, bundle, tmp_path):
+    c = runner.client()
+    arts = list(bundle.manifest.artifacts)
+    ghost = dataclasses.replace(arts[0], sha256=hashlib.sha256(b"never uploaded").hexdigest())
+    m = dataclasses.replace(bundle.manifest, artifacts=(ghost, *arts[1:]))
+    expect("NOT_FOUND", ghost.sha256[:16], _load, c, m)
+
+
+def _mutated(bundle, **changes):
+    return dataclasses.replace(bundle.manifest, **changes)
+
+
+def test_load_validates_offsets_and_indices(client, bundle):
+    client.ensure_artifacts(bundle)
+    m = bundle.manifest
+    t0 = m.tensors[0]
+    steps = list(m.steps)
+    bad_tensor = dataclasses.replace(t0, arena_offset=m.arena_bytes)
+    expect("INVALID_ARGUMENT", "arena", _load, client,
+           _mutated(bundle, tensors=(bad_tensor, *m.tensors[1:])))
+    wsize = m.artifact("weights").size
+    with_params = next(i for i, s in enumerate(steps) if s.params)
+    s = steps[with_params]
+    bad_step = dataclasses.replace(s, params=(ParamRef(offset=wsize - 4, nbytes=64),
+                                              *s.params[1:]))
+    expect("INVALID_ARGUMENT", "weight", _load, client,
+           _mutated(bundle, steps=(*steps[:with_params], bad_step, *steps[with_params + 1:])))
+    bad_idx = dataclasses.replace(steps[0], inputs=(len(m.tensors) + 5,))
+    expect("INVALID_ARGUMENT", "tensor", _load, client,
+           _mutated(bundle, steps=(bad_idx, *steps[1:])))
+    bad_shape = dataclasses.replace(t0, nbytes=t0.nbytes + 4)
+    expect("INVALID_ARGUMENT", t0.name, _load, client,
+           _mutated(bundle, tensors=(bad_shape, *m.tensors[1:])))
+    expect("RESOURCE_EXHAUSTED", "arena", _load, client, _mutated(bundle, arena_bytes=1 << 50))
+
+
+def test_load_checks_symbols(client, bundle):
+    client.ensure_artifacts(bundle)
+    steps = list(bundle.manifest.steps)
+    missing = dataclasses.replace(steps[0], symbol="npas_no_such_kernel")
+    expect("NOT_FOUND", "npas_no_such_kernel", _load, client,
+           _mutated(bundle, steps=(missing, *steps[1:])))
+    evil = dataclasses.replace(steps[0], symbol="../lib; rm")
+    expect("INVALID_ARGUMENT", "symbol", _load, client, _mutated(bundle, steps=(evil, *steps[1:])))
+
+
+def test_library_for_another_architecture_is_failed_precondition(client, bundle, tmp_path):
+    copy = tmp_path / "arm"
+    shutil.copytree(bundle.path, copy)
+    lib = copy / bundle.manifest.artifact("kernels").file
+    data = bytearray(lib.read_bytes())
+    data[18:20] = EM_AARCH64.to_bytes(2, "little")  # ELF e_machine
+    lib.write_bytes(bytes(data))
+    arts = tuple(artifact_ref(copy, a.role, a.kind, a.file) for a in bundle.manifest.artifacts)
+    arm = load_bundle(copy, verify=False)
+    arm = dataclasses.replace(arm, manifest=dataclasses.replace(arm.manifest, artifacts=arts))
+    client.ensure_artifacts(arm)
+    expect("FAILED_PRECONDITION", "aarch64", _load, client, arm.manifest)
+
+
+def test_unsupported_format_version_is_refused(client, bundle):
+    client.ensure_artifacts(bundle)
+    expect("INVALID_ARGUMENT", "format", _load, client, _mutated(bundle, format_version=99))
+
+
+# ---- running ----
+
+def test_run_validates_handle_and_inputs(client, bundle):
+    client.ensure_artifacts(bundle)
+    h = _load(client, bundle.manifest).handle
+    m = bundle.manifest
+    spec = m.tensors[m.inputs[0]]
+    pb = client._pb
+
+    def run_raw(tensors, handle=h):
+        try:
+            return client._stub.Run(pb.RunRequest(handle=handle, inputs=tensors),
+                                    metadata=client._metadata, timeout=20)
+        except grpc.RpcError as e:
+            raise client._error("Run", e) from None
+
+    good = np.zeros(spec.shape, dtype="<f4")
+    tensor = pb.Tensor(name=spec.name, shape=list(spec.shape), dtype="float32",
+                       data=good.tobytes())
+    expect("NOT_FOUND", "handle", run_raw, [tensor], "no-such-handle")
+    expect("INVALID_ARGUMENT", "input", run_raw, [])
+    wrong_shape = pb.Tensor(name=spec.name, shape=[1, 3, 31, 32], dtype="float32",
+                            data=good.tobytes())
+    expect("INVALID_ARGUMENT", "shape", run_raw, [wrong_shape])
+    short = pb.Tensor(name=spec.name, shape=list(spec.shape), dtype="float32",
+                      data=good.tobytes()[:-4])
+    expect("INVALID_ARGUMENT", "bytes", run_raw, [short])
+    wrong_dtype = pb.Tensor(name=spec.name, shape=list(spec.shape), dtype="float16",
+                            data=good.tobytes())
+    expect("INVALID_ARGUMENT", "dtype", run_raw, [wrong_dtype])
+    expect("INVALID_ARGUMENT", "runs", client.benchmark, h, runs=10_000_000)
+    # and the model still runs correctly afterwards
+    (out,) = client.run(h, m, [good])
+    assert out.shape == tuple(m.tensors[m.outputs[0]].shape)
+    client.unload(h)
+    expect("NOT_FOUND", "handle", client.unload, h)
+
+
+def test_load_manifest_as_proto_round_trips(bundle):
+    p = manifest_to_proto(bundle.manifest)
+    assert p.content_hash == bundle.manifest.content_hash
+    assert [s.symbol for s in p.steps] == [s.symbol for s in bundle.manifest.steps]
+    assert sum(a.size for a in p.artifacts) == sum(a.size for a in bundle.manifest.artifacts)
