@@ -1,0 +1,13 @@
+"""NPAS code generator: nn.Module -> LR -> passes -> C -> kernel library + weights = Bundle.
+
+Folders and files in the order a model flows through them: ``capture`` -> ``lr`` -> ``passes``
+-> ``emit`` -> ``toolchain`` -> ``compile`` (which writes the ``bundle``). ``reference`` runs an
+LR graph with torch ops for the compiler-free test tier.
+"""
+
+from codegen.compile import CompileReport, compile_model, read_report
+from codegen.lr import CodegenError, UnsupportedOp
+from codegen.toolchain import CompileError, HostToolchain
+
+__all__ = ["CodegenError", "CompileError", "CompileReport", "HostToolchain", "UnsupportedOp",
+           "compile_model", "read_report"]

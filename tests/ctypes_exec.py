@@ -1,0 +1,59 @@
+"""Test helper: run a compiled bundle in-process through ctypes, single-threaded.
+
+Only codegen's own test tier uses this; the real runner (gRPC) is the product's executor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from codegen.bundle import Bundle, load_bundle
+
+FloatPtrArray = ctypes.POINTER(ctypes.c_void_p)
+
+
+class StepArgs(ctypes.Structure):
+    _fields_ = [("inputs", FloatPtrArray), ("output", ctypes.c_void_p), ("params", FloatPtrArray)]
+
+
+KernelFn = ctypes.CFUNCTYPE(None, ctypes.POINTER(StepArgs), ctypes.c_int64, ctypes.c_int64,
+                            ctypes.c_void_p)
+
+
+def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
+    raw = np.zeros(nbytes + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + nbytes]
+
+
+def run_bundle(bundle: Bundle | str | Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    m = bundle.manifest
+    lib = ctypes.CDLL(str(bundle.file("kernels")))
+    assert ctypes.c_uint32.in_dll(lib, "npas_kernel_abi_version").value == m.kernel_abi_version
+    arena = _aligned(max(m.arena_bytes, 64))
+    blob = bundle.file("weights").read_bytes()
+    weights = _aligned(max(len(blob), 64))
+    weights[:len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+
+    def view(i: int) -> np.ndarray:
+        t = m.tensors[i]
+        return arena[t.arena_offset:t.arena_offset + t.nbytes].view(np.float32).reshape(t.shape)
+
+    for i, x in zip(m.inputs, inputs, strict=True):
+        view(i)[...] = x
+    for s in m.steps:
+        ins = (ctypes.c_void_p * max(len(s.inputs), 1))(
+            *[arena.ctypes.data + m.tensors[i].arena_offset for i in s.inputs])
+        prm = (ctypes.c_void_p * max(len(s.params), 1))(
+            *[weights.ctypes.data + p.offset for p in s.params])
+        args = StepArgs(ctypes.cast(ins, FloatPtrArray),
+                        arena.ctypes.data + m.tensors[s.output].arena_offset,
+                        ctypes.cast(prm, FloatPtrArray))
+        KernelFn((s.symbol, lib))(ctypes.byref(args), 0, s.work_items, None)
+    return [view(i).copy() for i in m.outputs]
