@@ -89,6 +89,7 @@ class _Capture:
         self.names: dict[Node, str | None] = {}  # fx node -> tensor name (None: not a tensor)
         self.inputs: list[str] = []
         self.outputs: list[str] = []
+        self.calls: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------------
     def layer_name(self, node: Node) -> str:
@@ -135,7 +136,11 @@ class _Capture:
             raise self.refuse(node, "produces no single tensor")
         self.shapes[out] = shape
         self.names[node] = out
-        self.layers.append(Layer(name=self.layer_name(node), op=op, inputs=tuple(inputs),
+        name = self.layer_name(node)
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.calls[name] > 1:  # a module called twice: "rect", then "rect:2"
+            name = f"{name}:{self.calls[name]}"
+        self.layers.append(Layer(name=name, op=op, inputs=tuple(inputs),
                                  output=out, attrs=attrs or {}, params=params or {}))
 
     def passthrough(self, node: Node, arg: Any) -> None:
@@ -234,8 +239,8 @@ class _Capture:
             self.emit(node, "reshape", [self.tensor(node, a[0])])
         elif f in _CAT:
             self.cat(node)
-        elif f is getattr and self.shape_of(node) is None:
-            self.names[node] = None  # e.g. x.shape, only usable as a reshape's argument
+        elif f in (getattr, operator.getitem) and self.shape_of(node) is None:
+            self.names[node] = None  # e.g. x.shape[0], only usable as a reshape's argument
         else:
             raise self.refuse(node)
 
