@@ -14,6 +14,8 @@ Shapes are baked in as constants. Each step computes work items [begin, end):
   concat       one (batch row, input) pair, copied
 
 Params of a step, in order: conv2d/linear: weight, bias (bias always present). Others: none.
+Pointers are ``restrict``: the memory plan never lets a step's output share bytes with its
+inputs.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def _conv2d(c: _Ctx) -> tuple[list[str], int, int]:
     g = c.a["groups"]
     icg, ocg = ic // g, oc // g
     plane = oh * ow
-    L = ["const float *x = args->inputs[0];", "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
          "const float *w = args->params[0];", "const float *b = args->params[1];",
          "for (int64_t it = begin; it < end; ++it) {",
          f"  const int64_t n = it / {oc}, oc = it % {oc};",
@@ -185,7 +187,7 @@ def _linear(c: _Ctx) -> tuple[list[str], int, int]:
     n, k = c.ins[0]
     o = c.out[1]
     k8 = k // 8 * 8
-    L = ["const float *x = args->inputs[0];", "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
          "const float *w = args->params[0];", "const float *b = args->params[1];",
          "for (int64_t o = begin; o < end; ++o) {",
          f"  const float *wr = w + o * {k};",
@@ -207,7 +209,7 @@ def _eltwise(expr: str, nin: int) -> Kernel:
         total = numel(c.out)
         items = (total + ELTWISE_CHUNK - 1) // ELTWISE_CHUNK
         L = [f"const float *x{j} = args->inputs[{j}];" for j in range(nin)]
-        L += ["float *y = args->output;",
+        L += ["float *restrict y = args->output;",
               "for (int64_t it = begin; it < end; ++it) {",
               f"  const int64_t i1 = it * {ELTWISE_CHUNK} + {ELTWISE_CHUNK} < {total} ? "
               f"it * {ELTWISE_CHUNK} + {ELTWISE_CHUNK} : {total};",
@@ -220,8 +222,8 @@ def _eltwise(expr: str, nin: int) -> Kernel:
 
 def _mul_channel(c: _Ctx) -> tuple[list[str], int, int]:
     n, ch, h, w = c.out
-    L = ["const float *x = args->inputs[0];", "const float *s = args->inputs[1];",
-         "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "const float *s = args->inputs[1];",
+         "float *restrict y = args->output;",
          "for (int64_t it = begin; it < end; ++it) {", "  const float sv = s[it];",
          f"  for (int64_t i = it * {h * w}; i < (it + 1) * {h * w}; ++i) {{",
          "    float v = x[i] * sv;", *["    " + s for s in c.epilogue("v")],
@@ -234,7 +236,7 @@ def _maxpool2d(c: _Ctx) -> tuple[list[str], int, int]:
     _, _, oh, ow = c.out
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (c.a["kernel"], c.a["stride"], c.a["padding"],
                                              c.a["dilation"])
-    L = ["const float *x = args->inputs[0];", "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
          "for (int64_t it = begin; it < end; ++it) {",
          f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
          f"  for (int64_t oh = 0; oh < {oh}; ++oh)",
@@ -257,7 +259,7 @@ def _avgpool2d(c: _Ctx) -> tuple[list[str], int, int]:
     _, _, oh, ow = c.out
     (kh, kw), (sh, sw), (ph, pw) = c.a["kernel"], c.a["stride"], c.a["padding"]
     div = "(float)pool" if c.a["count_include_pad"] else "(float)((h1 - h0) * (w1 - w0))"
-    L = ["const float *x = args->inputs[0];", "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
          "for (int64_t it = begin; it < end; ++it) {",
          f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
          f"  for (int64_t oh = 0; oh < {oh}; ++oh)",
@@ -279,7 +281,7 @@ def _avgpool2d(c: _Ctx) -> tuple[list[str], int, int]:
 def _adaptive_avgpool2d(c: _Ctx) -> tuple[list[str], int, int]:
     n, ch, ih, iw = c.ins[0]
     _, _, oh, ow = c.out
-    L = ["const float *x = args->inputs[0];", "float *y = args->output;",
+    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
          "for (int64_t it = begin; it < end; ++it) {",
          f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
          f"  for (int64_t oh = 0; oh < {oh}; ++oh) {{",
@@ -299,7 +301,7 @@ def _concat(c: _Ctx) -> tuple[list[str], int, int]:
     n = c.out[0]
     row = numel(c.out) // n
     k = len(c.ins)
-    L = ["float *y = args->output;",
+    L = ["float *restrict y = args->output;",
          "for (int64_t it = begin; it < end; ++it) {",
          f"  const int64_t n = it / {k}, k = it % {k};",
          "  const float *src = 0; float *dst = 0; int64_t cnt = 0;", "  switch (k) {"]
