@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn)
 from rich.table import Table
@@ -23,7 +24,7 @@ from rich.table import Table
 from . import __version__
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +226,7 @@ COMMANDS = {"devices": cmd_devices, "compile": cmd_compile, "profile": cmd_profi
 
 
 def main(argv: list[str] | None = None) -> int:
+    from codegen import CodegenError, CompileError
     from codegen.bundle import BundleError
 
     from .models import ModelSpecError
@@ -233,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CliError, ModelSpecError, BundleError, RunnerError) as e:
-        err.print(f"[red]error:[/red] {e}")
+    except (CliError, ModelSpecError, BundleError, CodegenError, CompileError,
+            RunnerError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
