@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from zoo import rel_err, small_cnn, torchvision_model
 
 from host.rpc.client import RunnerError
 from host.session import LoadOptions, RemoteRunner, Session
-from zoo import rel_err, small_cnn, torchvision_model
 
 pytestmark = pytest.mark.host
 

@@ -11,13 +11,13 @@ import shutil
 import grpc
 import numpy as np
 import pytest
+from zoo import small_cnn
 
 from codegen.bundle import ParamRef, artifact_ref, load_bundle
 from host.devices.local import LocalRunner, LocalRunnerConfig
 from host.rpc.client import TOKEN_METADATA_KEY, RunnerClient, RunnerError
 from host.rpc.convert import kind_to_proto, manifest_to_proto
 from host.rpc.stubs import load
-from zoo import small_cnn
 
 pytestmark = pytest.mark.host
 
@@ -91,7 +91,6 @@ def test_client_with_wrong_token_gets_clear_error(runner):
 # ---- uploads ----
 
 def _upload_raw(client, chunks):
-    pb = client._pb
     try:
         return client._stub.UploadArtifact(iter(chunks), metadata=client._metadata, timeout=20)
     except grpc.RpcError as e:
