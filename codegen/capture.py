@@ -4,6 +4,13 @@ torch.fx ``symbolic_trace`` gives the op graph, ``ShapeProp`` on the example inp
 tensor's shape (so the batch size is the example's). Each fx node is looked up in a handler
 table by module type, function or method name; anything not in the table is refused with an
 ``UnsupportedOp`` that names the layer. Dropout and Identity vanish (capture is in eval mode).
+
+A module that is already an exported graph (``torch.export.load(path).module()``: ATen ops,
+parameters as get_attr nodes) is not traced again; its graph is read directly and its ATen ops
+go through the table in ``codegen/capture_aten.py``, which calls the same op builders, so both
+paths give the same LR. Layer names come from the source module path in either case: a layer
+module's path ("layer1.0.conv1"), or for a functional op, its module's path and the op
+("layer1.0.add"); a name used twice gets ":2", ":3".
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._ops import OpOverload
 from torch.fx import GraphModule, Node, symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 
+from codegen import capture_aten
 from codegen.lr import SUPPORTED_OPS, CodegenError, Graph, Layer, UnsupportedOp
 
 
@@ -27,6 +36,12 @@ def capture(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
     """Trace ``module`` in eval mode on ``example_inputs`` and return its LR graph."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if is_exported(module):
+        # Already a graph, frozen at export time (train()/eval() raise on it). Clone the inputs:
+        # in-place ATen ops (relu_) would otherwise write into the caller's tensors.
+        with torch.no_grad():
+            ShapeProp(module).propagate(*(x.clone() for x in example_inputs))
+        return _Capture(module, exported=True).run()
     was_training = module.training
     module.eval()
     try:
@@ -37,10 +52,24 @@ def capture(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
                                "generator needs a model without data-dependent control flow"
                                ) from e
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
+            ShapeProp(gm).propagate(*(x.clone() for x in example_inputs))
         return _Capture(gm).run()
     finally:
         module.train(was_training)
+
+
+def is_exported(module: nn.Module) -> bool:
+    """Whether ``module`` is an exported program's graph (its calls are ATen OpOverloads)."""
+    return isinstance(module, GraphModule) and any(
+        n.op == "call_function" and isinstance(n.target, OpOverload) for n in module.graph.nodes)
+
+
+def _is_layer_module(kind: Any) -> bool:
+    """Whether an nn_module_stack entry's class is one torch.fx would keep as a leaf call_module
+    (torch.nn's own layers, not containers): its ops take the module's path as layer name."""
+    qual = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+    return (qual.startswith(("torch.nn.", "torch.ao.nn."))
+            and qual.rsplit(".", 1)[-1] not in ("Sequential", "ModuleList", "ModuleDict"))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -78,11 +107,13 @@ _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_
 _ADD = (operator.add, operator.iadd, torch.add)
 _MUL = (operator.mul, operator.imul, torch.mul)
 _CAT = (torch.cat, torch.concat, torch.concatenate)
+_IN_PLACE = (operator.iadd, operator.imul)
 
 
 class _Capture:
-    def __init__(self, gm: GraphModule) -> None:
+    def __init__(self, gm: GraphModule, exported: bool = False) -> None:
         self.gm = gm
+        self.exported = exported
         self.modules = dict(gm.named_modules())
         self.layers: list[Layer] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -92,21 +123,41 @@ class _Capture:
         self.calls: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------------
-    def layer_name(self, node: Node) -> str:
+    def layer_name(self, node: Node, op: str | None = None) -> str:
+        """The source module path; for a functional op, its module's path and ``op`` (not the
+        fx node name: that differs between symbolic_trace and torch.export)."""
         if node.op == "call_module":
             return str(node.target)
+        if node.op == "placeholder":
+            return node.name
         stack = node.meta.get("nn_module_stack") or {}
-        prefix = ""
+        prefix, kind = "", None
         if stack:
             last = list(stack.values())[-1]
-            prefix = last[0] if isinstance(last, tuple) else list(stack.keys())[-1]
-        return f"{prefix}.{node.name}" if prefix else node.name
+            prefix, kind = last if isinstance(last, tuple) else (list(stack.keys())[-1], None)
+        if prefix and kind is not None and _is_layer_module(kind):
+            return prefix  # an exported graph's op that is a layer module's whole call
+        op = op or self.op_label(node)
+        return f"{prefix}.{op}" if prefix else op
+
+    def op_label(self, node: Node) -> str:
+        t = node.target
+        if isinstance(t, OpOverload):
+            return t.overloadpacket.__name__.rstrip("_")
+        return str(t) if node.op == "call_method" else getattr(t, "__name__", str(t))
 
     def what(self, node: Node) -> str:
         if node.op == "call_module":
             return type(self.modules[node.target]).__name__
         if node.op == "call_method":
             return f"Tensor.{node.target}"
+        if isinstance(node.target, OpOverload):
+            stack = node.meta.get("nn_module_stack") or {}
+            last = list(stack.values())[-1] if stack else None
+            if isinstance(last, tuple) and _is_layer_module(last[1]):
+                kind = last[1] if isinstance(last[1], str) else last[1].__qualname__
+                return f"{kind.rsplit('.', 1)[-1]}: {node.target}"
+            return str(node.target)
         return getattr(node.target, "__name__", str(node.target))
 
     def refuse(self, node: Node, why: str | None = None) -> UnsupportedOp:
@@ -136,7 +187,7 @@ class _Capture:
             raise self.refuse(node, "produces no single tensor")
         self.shapes[out] = shape
         self.names[node] = out
-        name = self.layer_name(node)
+        name = self.layer_name(node, op)
         self.calls[name] = self.calls.get(name, 0) + 1
         if self.calls[name] > 1:  # a module called twice: "rect", then "rect:2"
             name = f"{name}:{self.calls[name]}"
@@ -145,6 +196,18 @@ class _Capture:
 
     def passthrough(self, node: Node, arg: Any) -> None:
         self.names[node] = self.tensor(node, arg)
+
+    def constant(self, node: Node, arg: Any) -> torch.Tensor | None:
+        """A parameter or buffer operand of an exported graph's op (a get_attr node)."""
+        if arg is None:
+            return None
+        if not isinstance(arg, Node) or arg.op != "get_attr":
+            raise self.refuse(node, f"operand {arg!r} is computed by the model; only stored "
+                              "parameters are supported as weights")
+        value = self.gm
+        for part in str(arg.target).split("."):
+            value = getattr(value, part)
+        return value  # type: ignore[return-value]
 
     # ---- the walk ------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -159,33 +222,56 @@ class _Capture:
                 self.layers.append(Layer(name="output", op="output",
                                          inputs=tuple(self.outputs), output=""))
             elif node.op == "call_module":
-                self.module(node, self.modules[node.target])
+                if self.exported and str(node.target).startswith("_guards"):
+                    self.names[node] = None  # export's input checks: nothing to compute
+                else:
+                    self.module(node, self.modules[node.target])
             elif node.op == "call_function":
-                self.function(node)
+                if isinstance(node.target, OpOverload):
+                    capture_aten.handle(self, node)
+                else:
+                    self.function(node)
             elif node.op == "call_method":
                 self.method(node)
+            if node.op in ("call_module", "call_function", "call_method") and \
+                    not isinstance(node.target, OpOverload) and self._writes_first_arg(node):
+                self.names[node.args[0]] = self.names[node]
             elif node.op == "get_attr":
                 self.names[node] = None  # a constant; refused if used as a tensor operand
         return Graph(layers=tuple(self.layers), shapes=self.shapes, inputs=tuple(self.inputs),
                      outputs=tuple(self.outputs))
 
+    def _writes_first_arg(self, node: Node) -> bool:
+        """An in-place call (``y.relu_()``, ``nn.ReLU(inplace=True)``): later reads of its
+        operand see the result, as in torch. (capture_aten does this for ATen ops.)"""
+        if not node.args or not isinstance(node.args[0], Node) or self.names.get(node) is None:
+            return False
+        if node.op == "call_module":
+            return getattr(self.modules[node.target], "inplace", False) is True
+        name = str(node.target) if node.op == "call_method" else \
+            getattr(node.target, "__name__", "")
+        if (name.endswith("_") and not name.endswith("__")) or node.target in _IN_PLACE:
+            return True
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bound.arguments.get("inplace") is True
+
     def module(self, node: Node, m: nn.Module) -> None:
         x = node.args[0] if node.args else None
         if isinstance(m, nn.Conv2d):
-            self.conv(node, m)
+            if m.padding_mode != "zeros":
+                raise self.refuse(node, f"padding_mode={m.padding_mode!r} is not supported; "
+                                  "only 'zeros'")
+            self.conv(node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, nn.Linear):
-            self.linear(node, m)
+            self.linear(node, x, m.weight, m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            if not m.track_running_stats or m.running_mean is None:
-                raise self.refuse(node, "BatchNorm2d without running stats cannot be folded; "
-                                  "use track_running_stats=True")
-            c = m.num_features
-            params = {
-                "gamma": _np(m.weight) if m.affine else np.ones(c, np.float32),
-                "beta": _np(m.bias) if m.affine else np.zeros(c, np.float32),
-                "mean": _np(m.running_mean), "var": _np(m.running_var)}
-            self.emit(node, "batchnorm2d", [self.tensor(node, x)], {"eps": float(m.eps)},
-                      params)
+            self.batchnorm(node, x, m.weight if m.affine else None,
+                           m.bias if m.affine else None,
+                           m.running_mean if m.track_running_stats else None,
+                           m.running_var if m.track_running_stats else None, m.eps)
         elif isinstance(m, (nn.Dropout, nn.Identity)):
             self.passthrough(node, x)
         elif isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6):
@@ -267,36 +353,49 @@ class _Capture:
             raise self.refuse(node)
 
     # ---- op builders ---------------------------------------------------------------------
-    def conv(self, node: Node, m: nn.Conv2d) -> None:
-        if m.padding_mode != "zeros":
-            raise self.refuse(node, f"padding_mode={m.padding_mode!r} is not supported; "
-                              "only 'zeros'")
-        kh, kw = m.kernel_size
-        dh, dw = m.dilation
-        if isinstance(m.padding, str):
-            if m.padding == "valid":
+    def conv(self, node: Node, x: Any, weight: torch.Tensor, bias: torch.Tensor | None,
+             stride: Any, padding: Any, dilation: Any, groups: int) -> None:
+        if weight.dim() != 4:
+            raise self.refuse(node, f"convolution with a {weight.dim()}-D weight: only 2-D "
+                              "convolutions are supported")
+        kh, kw = (int(k) for k in weight.shape[2:])
+        dh, dw = _pair(dilation)
+        if isinstance(padding, str):
+            if padding == "valid":
                 pad = (0, 0, 0, 0)
             else:  # 'same': PyTorch puts the odd pixel at the bottom/right
                 th, tw = dh * (kh - 1), dw * (kw - 1)
                 pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
         else:
-            ph, pw = m.padding
+            ph, pw = _pair(padding)
             pad = (ph, ph, pw, pw)
-        bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-        attrs = {"kernel": (kh, kw), "stride": tuple(m.stride), "padding": pad,
-                 "dilation": (dh, dw), "groups": m.groups}
-        self.emit(node, "conv2d", [self.tensor(node, node.args[0])], attrs,
-                  {"weight": _np(m.weight), "bias": bias})
+        b = _np(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
+        attrs = {"kernel": (kh, kw), "stride": _pair(stride), "padding": pad,
+                 "dilation": (dh, dw), "groups": int(groups)}
+        self.emit(node, "conv2d", [self.tensor(node, x)], attrs,
+                  {"weight": _np(weight), "bias": b})
 
-    def linear(self, node: Node, m: nn.Linear) -> None:
-        x = node.args[0]
+    def linear(self, node: Node, x: Any, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> None:
         xs = self.shape_of(x) if isinstance(x, Node) else None
         if xs is None or len(xs) != 2:
             raise self.refuse(node, f"Linear needs a 2-D [batch, features] input, got shape "
                               f"{xs}; flatten first")
-        bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
+        b = _np(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
         self.emit(node, "linear", [self.tensor(node, x)], {},
-                  {"weight": _np(m.weight), "bias": bias})
+                  {"weight": _np(weight), "bias": b})
+
+    def batchnorm(self, node: Node, x: Any, gamma: torch.Tensor | None,
+                  beta: torch.Tensor | None, mean: torch.Tensor | None,
+                  var: torch.Tensor | None, eps: float) -> None:
+        if mean is None or var is None:
+            raise self.refuse(node, "BatchNorm2d without running stats cannot be folded; "
+                              "use track_running_stats=True")
+        c = int(mean.shape[0])
+        params = {"gamma": _np(gamma) if gamma is not None else np.ones(c, np.float32),
+                  "beta": _np(beta) if beta is not None else np.zeros(c, np.float32),
+                  "mean": _np(mean), "var": _np(var)}
+        self.emit(node, "batchnorm2d", [self.tensor(node, x)], {"eps": float(eps)}, params)
 
     def hardtanh(self, node: Node, x: Any, lo: float, hi: float) -> None:
         if (lo, hi) != (0.0, 6.0):

@@ -1,0 +1,148 @@
+"""ATen handler table for capture: the ops of a graph from ``torch.export``.
+
+An exported program's module (``torch.export.load(path).module()``) is an fx graph whose calls
+are ATen OpOverloads (``aten.conv2d.default``, ``aten.relu_.default``...) with parameters as
+get_attr nodes. Each handler reads the op's arguments by the op's own schema (defaults filled
+in) and calls the same ``_Capture`` op builder as the nn.Module path, so both give the same LR.
+The table is keyed by overload packet; anything not in it is refused naming the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.fx import Node
+
+if TYPE_CHECKING:
+    from codegen.capture import _Capture
+
+aten = torch.ops.aten
+Handler = Callable[["_Capture", Node, dict[str, Any]], None]
+
+
+def schema_args(node: Node) -> dict[str, Any]:
+    """The op's arguments by schema name, defaults filled in."""
+    out: dict[str, Any] = {}
+    for i, a in enumerate(node.target._schema.arguments):  # type: ignore[union-attr]
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        else:
+            out[a.name] = a.default_value if a.has_default_value() else None
+    return out
+
+
+def handle(cap: _Capture, node: Node) -> None:
+    """Capture one ATen call. An in-place op (``relu_``) also rebinds the tensor it wrote, so
+    later reads of that tensor see the new value, as they do in torch."""
+    op = node.target
+    fn = HANDLERS.get(op.overloadpacket)  # type: ignore[union-attr]
+    if fn is None:
+        raise cap.refuse(node)
+    fn(cap, node, schema_args(node))
+    first = op._schema.arguments[0] if op._schema.arguments else None  # type: ignore[union-attr]
+    if (first is not None and first.alias_info is not None and first.alias_info.is_write
+            and isinstance(node.args[0], Node) and cap.names.get(node) is not None):
+        cap.names[node.args[0]] = cap.names[node]
+
+
+def _conv2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.conv(node, a["input"], cap.constant(node, a["weight"]), cap.constant(node, a["bias"]),
+             a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
+def _linear(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.linear(node, a["input"], cap.constant(node, a["weight"]), cap.constant(node, a["bias"]))
+
+
+def _batch_norm(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    if a["training"]:
+        raise cap.refuse(node, "batch norm in training mode (batch statistics); call "
+                         "model.eval() before torch.export.export")
+    shape = cap.shape_of(node)
+    if shape is None or len(shape) != 4:
+        raise cap.refuse(node, f"batch norm of shape {shape}: only 4-D [N,C,H,W] "
+                         "(BatchNorm2d) is supported")
+    cap.batchnorm(node, a["input"], *(cap.constant(node, a[k]) for k in
+                                      ("weight", "bias", "running_mean", "running_var")),
+                  a["eps"])
+
+
+def _unary(op: str) -> Handler:
+    """An activation, or a reshape alias: one tensor in, ``op`` out."""
+    def h(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+        cap.emit(node, op, [cap.tensor(node, node.args[0])])
+    return h
+
+
+def _hardtanh(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.hardtanh(node, a["self"], float(a["min_val"]), float(a["max_val"]))
+
+
+def _add(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    if a.get("alpha", 1) != 1:
+        raise cap.refuse(node, f"add with alpha={a['alpha']} is not supported")
+    cap.add(node, a["self"], a["other"])
+
+
+def _mul(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.mul(node, a["self"], a["other"])
+
+
+def _max_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.maxpool(node, a["self"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+                a["ceil_mode"], False)
+
+
+def _avg_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.avgpool(node, a["self"], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
+                a["count_include_pad"], a["divisor_override"])
+
+
+def _adaptive_avg_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.adaptive(node, a["self"])
+
+
+def _cat(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.cat(node)
+
+
+def _dropout(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    if a["train"]:
+        raise cap.refuse(node, "dropout in training mode; call model.eval() before "
+                         "torch.export.export")
+    cap.passthrough(node, a["input"])
+
+
+def _no_value(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    cap.names[node] = None  # runtime checks and shape queries: no tensor to compute
+
+
+HANDLERS: dict[Any, Handler] = {
+    aten.conv2d: _conv2d,
+    aten.linear: _linear,
+    aten.batch_norm: _batch_norm,
+    aten.relu: _unary("relu"), aten.relu_: _unary("relu"),
+    aten.relu6: _unary("relu6"),
+    aten.hardswish: _unary("hardswish"), aten.hardswish_: _unary("hardswish"),
+    aten.hardsigmoid: _unary("hardsigmoid"),
+    aten.hardsigmoid_: _unary("hardsigmoid"),
+    aten.sigmoid: _unary("sigmoid"), aten.sigmoid_: _unary("sigmoid"),
+    aten.hardtanh: _hardtanh, aten.hardtanh_: _hardtanh,
+    aten.add: _add, aten.add_: _add,
+    aten.mul: _mul, aten.mul_: _mul,
+    aten.max_pool2d: _max_pool2d,
+    aten.avg_pool2d: _avg_pool2d,
+    aten.adaptive_avg_pool2d: _adaptive_avg_pool2d,
+    aten.flatten: _unary("flatten"),
+    aten.view: _unary("reshape"), aten.reshape: _unary("reshape"),
+    aten._unsafe_view: _unary("reshape"),
+    aten.cat: _cat, aten.concat: _cat,
+    aten.dropout: _dropout, aten.feature_dropout: _dropout,
+    aten.sym_size: _no_value,
+    aten._assert_tensor_metadata: _no_value, aten._assert_scalar: _no_value,
+    aten._assert_async: _no_value, aten.sym_constrain_range_for_size: _no_value,
+}
