@@ -1,0 +1,206 @@
+// Content-addressed artifact store.
+#include "core/artifact_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <vector>
+
+namespace npas {
+namespace {
+
+constexpr const char* kTempPrefix = ".upload-";
+
+Status make_dirs(const std::string& dir) {
+  std::string partial;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    partial = dir.substr(0, pos);
+    if (partial.empty()) continue;
+    if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) {
+      return ErrnoError("cannot create store directory " + partial, errno);
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoError("store directory " + dir, errno);
+  if (!S_ISDIR(st.st_mode)) return FailedPrecondition("store path " + dir + " is not a directory");
+  return Status::Ok();
+}
+
+Status write_all(int fd, const void* data, size_t size, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write " + path, errno);
+    }
+    p += n;
+    size -= size_t(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::open(const std::string& dir,
+                                                             const StoreLimits& limits) {
+  if (dir.empty()) return InvalidArgument("artifact store directory is empty");
+  NPAS_RETURN_IF_ERROR(make_dirs(dir));
+  std::unique_ptr<ArtifactStore> store(new ArtifactStore(dir, limits));  // private ctor
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return ErrnoError("cannot list store directory " + dir, errno);
+  std::vector<std::string> stale;
+  while (dirent* e = ::readdir(d.get())) {
+    std::string name = e->d_name;
+    if (name.rfind(kTempPrefix, 0) == 0) {
+      stale.push_back(name);
+      continue;
+    }
+    if (!is_valid_sha256_hex(name)) continue;
+    struct stat st {};
+    if (::stat(store->path_of(name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      store->used_ += uint64_t(st.st_size);
+    }
+  }
+  for (const auto& name : stale) ::unlink((dir + "/" + name).c_str());
+  return store;
+}
+
+bool ArtifactStore::has(const std::string& sha) const {
+  if (!is_valid_sha256_hex(sha)) return false;
+  struct stat st {};
+  return ::stat(path_of(sha).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+StatusOr<uint64_t> ArtifactStore::size_of(const std::string& sha) const {
+  if (!is_valid_sha256_hex(sha)) {
+    return InvalidArgument("sha256 '" + sha + "' is not 64 lowercase hex characters");
+  }
+  struct stat st {};
+  if (::stat(path_of(sha).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return NotFound("artifact " + sha + " is not in the store; upload it first");
+  }
+  return uint64_t(st.st_size);
+}
+
+uint64_t ArtifactStore::used_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_;
+}
+
+StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::begin_write(const std::string& sha,
+                                                                      uint64_t size) {
+  if (!is_valid_sha256_hex(sha)) {
+    return InvalidArgument("sha256 '" + sha.substr(0, 80) +
+                           "' is not 64 lowercase hex characters");
+  }
+  if (size > limits_.max_artifact_bytes) {
+    return ResourceExhausted("artifact " + sha + " has " + std::to_string(size) +
+                             " bytes, over the runner's limit of " +
+                             std::to_string(limits_.max_artifact_bytes) +
+                             " (--max-artifact-bytes)");
+  }
+  if (has(sha)) {
+    return std::unique_ptr<ArtifactWriter>(new ArtifactWriter(this, sha, size, true));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (used_ + reserved_ + size > limits_.max_store_bytes) {
+      return ResourceExhausted("artifact store is full: " + std::to_string(used_) +
+                               " bytes stored, " + std::to_string(reserved_) +
+                               " in uploads, limit " + std::to_string(limits_.max_store_bytes) +
+                               "; cannot take " + std::to_string(size) +
+                               " more (--max-store-bytes, or clear " + dir_ + ")");
+    }
+    reserved_ += size;
+  }
+  std::unique_ptr<ArtifactWriter> w(new ArtifactWriter(this, sha, size, false));
+  std::string tmpl = dir_ + "/" + kTempPrefix + sha.substr(0, 16) + "-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  int fd = ::mkstemp(buf.data());
+  if (fd < 0) return ErrnoError("cannot create a temp file in " + dir_, errno);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  w->fd_ = UniqueFd(fd);
+  w->temp_path_ = buf.data();
+  return w;
+}
+
+void ArtifactStore::release_reservation(uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reserved_ -= size;
+}
+
+Status ArtifactStore::commit(const std::string& temp_path, const std::string& sha,
+                             uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reserved_ -= size;
+  if (has(sha)) {  // a concurrent upload of the same bytes finished first
+    ::unlink(temp_path.c_str());
+    return Status::Ok();
+  }
+  if (::rename(temp_path.c_str(), path_of(sha).c_str()) != 0) {
+    int err = errno;
+    ::unlink(temp_path.c_str());
+    return ErrnoError("cannot move the upload into place as " + path_of(sha), err);
+  }
+  used_ += size;
+  // Make the rename durable too.
+  UniqueFd dfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dfd.valid()) ::fsync(dfd.get());
+  return Status::Ok();
+}
+
+ArtifactWriter::ArtifactWriter(ArtifactStore* store, std::string sha, uint64_t size,
+                               bool discard)
+    : store_(store), sha_(std::move(sha)), size_(size), discard_(discard) {}
+
+ArtifactWriter::~ArtifactWriter() {
+  if (done_ || discard_) return;
+  fd_.reset();
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  store_->release_reservation(size_);
+}
+
+Status ArtifactWriter::append(const void* data, size_t size) {
+  if (done_) return Internal("append after finish for artifact " + sha_);
+  if (size > size_ - received_) {
+    return InvalidArgument("artifact " + sha_ + ": more data than the " +
+                           std::to_string(size_) + " bytes the header declared (got at least " +
+                           std::to_string(received_ + size) + ")");
+  }
+  hash_.update(data, size);
+  received_ += size;
+  if (discard_) return Status::Ok();
+  return write_all(fd_.get(), data, size, temp_path_);
+}
+
+Status ArtifactWriter::finish() {
+  if (done_) return Internal("finish called twice for artifact " + sha_);
+  if (received_ != size_) {
+    return DataLoss("artifact " + sha_ + ": the header declared " + std::to_string(size_) +
+                    " bytes, the stream ended after " + std::to_string(received_));
+  }
+  std::string got = hash_.finish_hex();
+  if (got != sha_) {
+    return DataLoss("artifact upload: the data's sha256 is " + got + ", the header said " +
+                    sha_ + "; the upload was corrupted or the header is wrong");
+  }
+  if (discard_) {
+    done_ = true;
+    return Status::Ok();
+  }
+  if (::fsync(fd_.get()) != 0) return ErrnoError("fsync " + temp_path_, errno);
+  if (::fchmod(fd_.get(), 0444) != 0) return ErrnoError("chmod 0444 " + temp_path_, errno);
+  fd_.reset();
+  done_ = true;  // commit() takes over the temp file and the reservation
+  return store_->commit(temp_path_, sha_, size_);
+}
+
+}  // namespace npas

@@ -1,0 +1,87 @@
+// Model handles and per-model locking.
+#include "core/model_registry.h"
+
+#include <random>
+
+namespace npas {
+
+std::string random_handle() {
+  // std::random_device reads getrandom()/dev/urandom on Linux and Android.
+  static std::mutex mu;
+  static std::random_device rd;
+  static const char kHex[] = "0123456789abcdef";
+  std::lock_guard<std::mutex> lock(mu);
+  std::string s;
+  for (int i = 0; i < 4; ++i) {
+    uint32_t v = rd();
+    for (int j = 0; j < 8; ++j) s += kHex[(v >> (4 * j)) & 15];
+  }
+  return s;
+}
+
+Status ModelRegistry::check_room() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (models_.size() >= max_models_) {
+    return ResourceExhausted(std::to_string(models_.size()) +
+                             " models are loaded, the runner's limit; unload one first");
+  }
+  return Status::Ok();
+}
+
+StatusOr<std::string> ModelRegistry::add(std::unique_ptr<Model> model) {
+  auto e = std::make_shared<Entry>();
+  e->model = std::move(model);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (models_.size() >= max_models_) {
+    return ResourceExhausted(std::to_string(models_.size()) +
+                             " models are loaded, the runner's limit; unload one first");
+  }
+  std::string h;
+  do {
+    h = random_handle();
+  } while (models_.count(h));
+  models_.emplace(h, std::move(e));
+  return h;
+}
+
+StatusOr<std::unique_ptr<ModelRegistry::Lease>> ModelRegistry::acquire(const std::string& handle) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(handle);
+    if (it == models_.end()) {
+      return NotFound("no loaded model with handle '" + handle.substr(0, 80) +
+                      "'; it was unloaded, or the runner restarted");
+    }
+    e = it->second;
+  }
+  auto lease = std::make_unique<Lease>(std::move(e));
+  if (!lease->alive()) {
+    return NotFound("model '" + handle.substr(0, 80) + "' was unloaded while this call waited");
+  }
+  return lease;
+}
+
+Status ModelRegistry::remove(const std::string& handle) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(handle);
+    if (it == models_.end()) {
+      return NotFound("no loaded model with handle '" + handle.substr(0, 80) + "'");
+    }
+    e = std::move(it->second);
+    models_.erase(it);
+  }
+  // Wait for a call in progress, then free the model here rather than on that call's thread.
+  std::lock_guard<std::mutex> lock(e->mu);
+  e->model.reset();
+  return Status::Ok();
+}
+
+size_t ModelRegistry::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return models_.size();
+}
+
+}  // namespace npas

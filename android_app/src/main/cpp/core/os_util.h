@@ -1,0 +1,76 @@
+// Small POSIX helpers shared by the core: an owning file descriptor, aligned buffers, reading
+// small text files (/proc, /sys), monotonic time.
+#ifndef NPAS_CORE_OS_UTIL_H
+#define NPAS_CORE_OS_UTIL_H
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace npas {
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = o.release();
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// A zero-initialised, 64-byte-aligned byte buffer (activation arena, weights, scratch).
+class AlignedBuffer {
+ public:
+  static constexpr size_t kAlignment = 64;
+  AlignedBuffer() = default;
+  // Returns an empty buffer when the allocation fails and size > 0; check data().
+  explicit AlignedBuffer(size_t size);
+
+  uint8_t* data() { return ptr_.get(); }
+  const uint8_t* data() const { return ptr_.get(); }
+  size_t size() const { return size_; }
+  bool allocated() const { return size_ == 0 || ptr_ != nullptr; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> ptr_;
+  size_t size_ = 0;
+};
+
+// The whole content of a small file (at most max_bytes), or nullopt when it cannot be read.
+std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes = 1 << 20);
+
+// Leading and trailing whitespace removed.
+std::string trim(const std::string& s);
+
+// CLOCK_MONOTONIC in nanoseconds.
+uint64_t monotonic_ns();
+
+}  // namespace npas
+
+#endif  // NPAS_CORE_OS_UTIL_H

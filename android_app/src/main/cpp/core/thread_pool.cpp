@@ -1,0 +1,146 @@
+// Thread pool with spin-then-futex waiting.
+#include "core/thread_pool.h"
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+
+namespace npas {
+namespace {
+
+// How long an idle worker spins before sleeping: long enough to bridge the gap between two
+// steps of one inference, short enough not to burn a core between requests.
+constexpr int kSpinIterations = 1 << 16;
+// With more threads than cores, spinning only steals time from the thread being waited for.
+constexpr int kOversubscribedSpinIterations = 16;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex needs a plain word");
+
+void futex_wait(std::atomic<uint32_t>* addr, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<uint32_t>* addr) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+}
+
+inline int64_t chunk_begin(int64_t n, int i, int parts) {
+  // n <= 2^40 and parts <= 2^16 keep the product in range; __int128 makes it not matter.
+  return int64_t((__int128)n * i / parts);
+}
+
+}  // namespace
+
+bool pin_current_thread(int cpu) {
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+ScopedCallerAffinity::ScopedCallerAffinity(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t old;
+  CPU_ZERO(&old);
+  if (pthread_getaffinity_np(pthread_self(), sizeof old, &old) != 0) return;
+  if (!pin_current_thread(cpu)) return;
+  old_mask_.resize(sizeof old);
+  std::memcpy(old_mask_.data(), &old, sizeof old);
+  restore_ = true;
+}
+
+ScopedCallerAffinity::~ScopedCallerAffinity() {
+  if (!restore_) return;
+  cpu_set_t old;
+  std::memcpy(&old, old_mask_.data(), sizeof old);
+  pthread_setaffinity_np(pthread_self(), sizeof old, &old);
+}
+
+ThreadPool::ThreadPool(int threads, std::vector<int> affinity)
+    : threads_(threads < 1 ? 1 : threads), affinity_(std::move(affinity)) {
+  unsigned cores = std::thread::hardware_concurrency();
+  spin_iterations_ = (cores == 0 || unsigned(threads_) <= cores) ? kSpinIterations
+                                                                 : kOversubscribedSpinIterations;
+  workers_.reserve(size_t(threads_ - 1));
+  for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  futex_wake_all(&generation_);
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::parallel_for(int64_t n, RangeFn fn, void* ctx) {
+  if (n <= 0) return;
+  if (threads_ == 1) {
+    fn(ctx, 0, 0, n);
+    return;
+  }
+  fn_ = fn;
+  ctx_ = ctx;
+  n_ = n;
+  pending_.store(threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_seq_cst);  // pairs with sleepers_ (Dekker)
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation_);
+
+  int64_t e0 = chunk_begin(n, 1, threads_);
+  if (e0 > 0) fn(ctx, 0, 0, e0);
+
+  int spins = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    if (++spins < spin_iterations_) {
+      cpu_relax();
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+void ThreadPool::worker_loop(int worker) {
+  if (!affinity_.empty()) pin_current_thread(affinity_[size_t(worker) % affinity_.size()]);
+  // Generation 0 is the pool's initial state; a job may be posted before this thread runs.
+  uint32_t seen = 0;
+  for (;;) {
+    int spins = 0;
+    uint32_t gen;
+    while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < spin_iterations_) {
+        cpu_relax();
+        continue;
+      }
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      // Re-check after announcing ourselves so a wake between the load and the wait is not lost;
+      // FUTEX_WAIT itself returns at once when the word changed.
+      if (generation_.load(std::memory_order_seq_cst) == seen) futex_wait(&generation_, seen);
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      spins = 0;
+    }
+    seen = gen;
+    if (stop_.load(std::memory_order_acquire)) return;
+    int64_t b = chunk_begin(n_, worker, threads_);
+    int64_t e = chunk_begin(n_, worker + 1, threads_);
+    if (e > b) fn_(ctx_, worker, b, e);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace npas
+

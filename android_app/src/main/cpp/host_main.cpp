@@ -1,0 +1,144 @@
+// npas-runner: the runner as a host executable. Parses flags, starts the gRPC server, prints
+// one line "NPAS-RUNNER LISTENING <host>:<port>" on stdout (the Python host reads the port from
+// it), logs to stderr, and shuts down cleanly on SIGTERM/SIGINT.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "core/os_util.h"
+#include "service/runner_server.h"
+
+namespace {
+
+const char kUsage[] =
+    "usage: npas-runner --token-file PATH --store DIR [options]\n"
+    "\n"
+    "Runs compiled NPAS bundles for npas-host over gRPC.\n"
+    "\n"
+    "  --listen HOST:PORT         address to listen on (default 127.0.0.1:0; port 0 picks a\n"
+    "                             free port, printed as 'NPAS-RUNNER LISTENING HOST:PORT')\n"
+    "  --token-file PATH          file holding the session token (required); every call must\n"
+    "                             carry it in metadata key x-npas-token\n"
+    "  --store DIR                artifact store directory (required; created if missing)\n"
+    "  --allow-remote             allow a listen address that is not loopback\n"
+    "  --max-artifact-bytes N     largest artifact accepted (default 536870912)\n"
+    "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
+    "  --max-models N             models loaded at once (default 16)\n"
+    "  --help                     this text\n";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "npas-runner: %s\n\n%s", msg.c_str(), kUsage);
+  return 2;
+}
+
+bool parse_u64(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos || s.size() > 19) {
+    return false;
+  }
+  *out = std::stoull(s);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  npas::RunnerConfig config;
+  std::string token_file;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
+    uint64_t n = 0;
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--allow-remote") {
+      config.allow_remote = true;
+    } else if (a == "--listen") {
+      if (!value(&config.listen)) return usage_error("--listen needs HOST:PORT");
+    } else if (a == "--token-file") {
+      if (!value(&token_file)) return usage_error("--token-file needs a path");
+    } else if (a == "--store") {
+      if (!value(&config.store_dir)) return usage_error("--store needs a directory");
+    } else if (a == "--max-artifact-bytes") {
+      if (!value(&v) || !parse_u64(v, &n) || n == 0) {
+        return usage_error("--max-artifact-bytes needs a positive byte count");
+      }
+      config.store_limits.max_artifact_bytes = n;
+    } else if (a == "--max-store-bytes") {
+      if (!value(&v) || !parse_u64(v, &n) || n == 0) {
+        return usage_error("--max-store-bytes needs a positive byte count");
+      }
+      config.store_limits.max_store_bytes = n;
+    } else if (a == "--max-models") {
+      if (!value(&v) || !parse_u64(v, &n) || n == 0 || n > 1024) {
+        return usage_error("--max-models needs a count 1..1024");
+      }
+      config.max_models = size_t(n);
+    } else {
+      return usage_error("unknown argument '" + a + "'");
+    }
+  }
+  if (token_file.empty()) return usage_error("--token-file is required");
+  if (config.store_dir.empty()) return usage_error("--store is required");
+
+  auto token = npas::read_small_file(token_file, 4096);
+  if (!token) {
+    std::fprintf(stderr, "npas-runner: cannot read token file %s: %s\n", token_file.c_str(),
+                 std::strerror(errno));
+    return 2;
+  }
+  config.token = npas::trim(*token);
+  if (config.token.empty()) {
+    std::fprintf(stderr, "npas-runner: token file %s is empty; put a random token in it\n",
+                 token_file.c_str());
+    return 2;
+  }
+  struct stat st {};
+  if (::stat(token_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    std::fprintf(stderr,
+                 "npas-runner: warning: token file %s is readable by group/others (mode %03o); "
+                 "chmod 600 it\n",
+                 token_file.c_str(), unsigned(st.st_mode & 0777));
+  }
+
+  // Block the stop signals in every thread (gRPC's included); one thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A client that goes away mid-write must not kill the runner.
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = npas::RunnerServer::start(config);
+  if (!server.ok()) {
+    std::fprintf(stderr, "npas-runner: %s\n", server.status().to_string().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "npas-runner: store %s, listening on %s\n", config.store_dir.c_str(),
+               server.value()->address().c_str());
+  std::printf("NPAS-RUNNER LISTENING %s\n", server.value()->address().c_str());
+  std::fflush(stdout);
+
+  npas::RunnerServer* srv = server.value().get();
+  std::thread signal_thread([&stop_signals, srv] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    std::fprintf(stderr, "npas-runner: %s, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    srv->shutdown();
+  });
+  srv->wait();
+  signal_thread.join();
+  std::fprintf(stderr, "npas-runner: stopped\n");
+  return 0;
+}

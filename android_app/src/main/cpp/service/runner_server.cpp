@@ -1,0 +1,94 @@
+// gRPC server lifecycle.
+#include "service/runner_server.h"
+
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+
+#include "service/runner_service.h"
+
+namespace npas {
+
+bool is_loopback_host(const std::string& host) {
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, h.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;
+}
+
+Status parse_listen_address(const std::string& listen, bool allow_remote, std::string* host,
+                            int* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
+    return InvalidArgument("--listen '" + listen + "' is not HOST:PORT (e.g. 127.0.0.1:0)");
+  }
+  std::string h = listen.substr(0, colon);
+  std::string p = listen.substr(colon + 1);
+  if (p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(p) > 65535) {
+    return InvalidArgument("--listen '" + listen + "': port '" + p + "' is not 0..65535");
+  }
+  if (h.find(':') != std::string::npos && !(h.front() == '[' && h.back() == ']')) {
+    return InvalidArgument("--listen '" + listen + "': write IPv6 addresses as [ADDR]:PORT");
+  }
+  if (!allow_remote && !is_loopback_host(h)) {
+    return FailedPrecondition("--listen '" + listen + "': host '" + h +
+                              "' is not a loopback address; the runner executes code it "
+                              "receives, so it listens on 127.0.0.1, ::1 or localhost unless "
+                              "started with --allow-remote");
+  }
+  *host = h;
+  *port = std::stoi(p);
+  return Status::Ok();
+}
+
+StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& config) {
+  if (config.token.empty()) return InvalidArgument("the session token is empty");
+  std::string host;
+  int port = 0;
+  NPAS_RETURN_IF_ERROR(parse_listen_address(config.listen, config.allow_remote, &host, &port));
+  auto store = ArtifactStore::open(config.store_dir, config.store_limits);
+  if (!store.ok()) return store.status();
+
+  std::unique_ptr<RunnerServer> s(new RunnerServer());  // private constructor
+  s->service_ = std::make_unique<RunnerService>(config.token, std::move(store).value(),
+                                                config.manifest_limits, config.max_models);
+  grpc::ServerBuilder builder;
+  int selected = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &selected);
+  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  builder.SetMaxSendMessageSize(config.max_message_bytes);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || selected == 0) {
+    return Status(Code::kUnavailable, "cannot listen on " + config.listen +
+                                          " (address in use, or not an address of this host)");
+  }
+  s->port_ = selected;
+  s->address_ = host + ":" + std::to_string(selected);
+  return s;
+}
+
+RunnerServer::~RunnerServer() {
+  shutdown();
+  wait();
+}
+
+void RunnerServer::shutdown() {
+  std::call_once(shutdown_once_, [this] {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  });
+}
+
+void RunnerServer::wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace npas

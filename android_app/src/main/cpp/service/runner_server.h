@@ -1,0 +1,63 @@
+// Starting and stopping the gRPC server from a plain config struct: what every shell (host
+// executable, Android JNI, arm64 executable) calls.
+#ifndef NPAS_SERVICE_RUNNER_SERVER_H
+#define NPAS_SERVICE_RUNNER_SERVER_H
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "core/artifact_store.h"
+#include "core/manifest.h"
+#include "core/status.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace npas {
+
+class RunnerService;
+
+struct RunnerConfig {
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
+  std::string token;                   // required, non-empty
+  std::string store_dir;               // created when missing
+  bool allow_remote = false;           // without it, only loopback addresses are accepted
+  StoreLimits store_limits;
+  ManifestLimits manifest_limits;
+  size_t max_models = 16;
+  int max_message_bytes = 256 << 20;  // Run inputs and outputs of big models must fit
+};
+
+// Splits HOST:PORT (HOST may be [v6]) and refuses a non-loopback host unless allow_remote.
+Status parse_listen_address(const std::string& listen, bool allow_remote, std::string* host,
+                            int* port);
+bool is_loopback_host(const std::string& host);
+
+class RunnerServer {
+ public:
+  static StatusOr<std::unique_ptr<RunnerServer>> start(const RunnerConfig& config);
+  ~RunnerServer();
+
+  // HOST:PORT with the port actually bound, e.g. "127.0.0.1:40123".
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  // Stops accepting calls and lets the ones in progress finish (up to a grace period).
+  // Thread-safe; calls after the first do nothing.
+  void shutdown();
+  // Blocks until the server has shut down.
+  void wait();
+
+ private:
+  RunnerServer() = default;
+  std::unique_ptr<RunnerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+  std::once_flag shutdown_once_;
+};
+
+}  // namespace npas
+
+#endif  // NPAS_SERVICE_RUNNER_SERVER_H

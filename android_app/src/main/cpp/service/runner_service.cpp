@@ -1,0 +1,256 @@
+// gRPC Runner service over the core.
+#include "service/runner_service.h"
+
+#include <cstdio>
+
+#include "core/device_info.h"
+#include "core/model.h"
+#include "core/sha256.h"
+#include "service/convert.h"
+
+namespace npas {
+namespace {
+
+namespace pb = ::npas::runner::v1;
+
+grpc::Status invalid(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
+}
+
+std::vector<TensorView> views_of(const google::protobuf::RepeatedPtrField<pb::Tensor>& ts) {
+  std::vector<TensorView> v;
+  v.reserve(size_t(ts.size()));
+  for (const auto& t : ts) {
+    TensorView tv;
+    tv.name = t.name();
+    tv.shape.assign(t.shape().begin(), t.shape().end());
+    tv.dtype = t.dtype();
+    tv.data = t.data().data();
+    tv.size = t.data().size();
+    v.push_back(std::move(tv));
+  }
+  return v;
+}
+
+void log_error(const char* rpc, const Status& s) {
+  if (!s.ok()) std::fprintf(stderr, "npas-runner: %s: %s\n", rpc, s.to_string().c_str());
+}
+
+}  // namespace
+
+RunnerService::RunnerService(std::string token, std::unique_ptr<ArtifactStore> store,
+                             const ManifestLimits& manifest_limits, size_t max_models)
+    : token_(std::move(token)),
+      store_(std::move(store)),
+      manifest_limits_(manifest_limits),
+      models_(max_models) {}
+
+grpc::Status RunnerService::authenticate(const Ctx* ctx) const {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(kTokenMetadataKey);
+  if (it == md.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing session token (metadata key x-npas-token)");
+  }
+  const grpc::string_ref& got = it->second;
+  // Constant time in the token's content; the length is not a secret worth hiding.
+  unsigned char diff = got.size() == token_.size() ? 0 : 1;
+  for (size_t i = 0; i < token_.size(); ++i) {
+    unsigned char g = i < got.size() ? static_cast<unsigned char>(got.data()[i]) : 0;
+    diff |= g ^ static_cast<unsigned char>(token_[i]);
+  }
+  if (diff != 0) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "wrong session token (metadata key x-npas-token)");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::GetDeviceInfo(Ctx* ctx, const pb::DeviceInfoRequest*,
+                                          pb::DeviceInfo* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  to_proto(device_info(), resp);
+  resp->set_runner_version(kRunnerVersion);
+  resp->set_protocol_major(kProtocolMajor);
+  resp->set_protocol_minor(kProtocolMinor);
+  resp->set_kernel_abi_version(NPAS_KERNEL_ABI_VERSION);
+  resp->set_max_artifact_bytes(store_->limits().max_artifact_bytes);
+  resp->set_max_store_bytes(store_->limits().max_store_bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::MissingArtifacts(Ctx* ctx, const pb::MissingArtifactsRequest* req,
+                                             pb::MissingArtifactsResponse* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  if (req->sha256_size() > 100000) return invalid("at most 100000 sha256 values per call");
+  for (int i = 0; i < req->sha256_size(); ++i) {
+    const std::string& sha = req->sha256(i);
+    if (!is_valid_sha256_hex(sha)) {
+      return invalid("sha256[" + std::to_string(i) + "] '" + sha.substr(0, 80) +
+                     "' is not 64 lowercase hex characters");
+    }
+  }
+  for (const auto& sha : req->sha256()) {
+    if (!store_->has(sha)) resp->add_missing(sha);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::UploadChunk>* reader,
+                                           pb::UploadResponse* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  pb::UploadChunk chunk;
+  if (!reader->Read(&chunk)) return invalid("empty upload: the first message must be a header");
+  if (chunk.part_case() != pb::UploadChunk::kHeader) {
+    return invalid("the first upload message must be a header, got data");
+  }
+  const pb::ArtifactHeader header = chunk.header();
+  if (header.kind() == pb::ARTIFACT_KIND_UNSPECIFIED) {
+    return invalid("upload header: kind is ARTIFACT_KIND_UNSPECIFIED");
+  }
+  if (!pb::ArtifactKind_IsValid(header.kind())) {
+    return invalid("upload header: unknown kind " + std::to_string(header.kind()));
+  }
+  auto writer = store_->begin_write(header.sha256(), header.size());
+  if (!writer.ok()) {
+    log_error("UploadArtifact", writer.status());
+    return to_grpc(writer.status());
+  }
+  while (reader->Read(&chunk)) {
+    if (chunk.part_case() != pb::UploadChunk::kData) {
+      return invalid("artifact " + header.sha256() + ": a second header in the upload");
+    }
+    Status s = writer.value()->append(chunk.data().data(), chunk.data().size());
+    if (!s.ok()) {
+      log_error("UploadArtifact", s);
+      return to_grpc(s);  // stop reading: the client sent more than it declared
+    }
+  }
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
+  Status s = writer.value()->finish();
+  if (!s.ok()) {
+    log_error("UploadArtifact", s);
+    return to_grpc(s);
+  }
+  resp->set_sha256(header.sha256());
+  resp->set_size(header.size());
+  resp->set_already_present(writer.value()->already_present());
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
+                                      pb::LoadModelResponse* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  if (req->backend() == pb::GPU) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        "the GPU (OpenCL) backend is not implemented in runner " +
+                            std::string(kRunnerVersion) + "; use backend CPU");
+  }
+  if (req->backend() != pb::CPU && req->backend() != pb::BACKEND_UNSPECIFIED) {
+    return invalid("unknown backend " + std::to_string(req->backend()));
+  }
+  if (!req->has_manifest()) return invalid("LoadModel needs a manifest");
+  Status room = models_.check_room();
+  if (!room.ok()) return to_grpc(room);
+
+  ThreadRequest treq;
+  treq.threads = req->threads();
+  treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
+  treq.pin_big_cores = req->pin_big_cores();
+  auto plan = plan_threads(treq, device_info());
+  if (!plan.ok()) return to_grpc(plan.status());
+
+  auto model = Model::load(from_proto(req->manifest()), *store_, manifest_limits_, plan.value());
+  if (!model.ok()) {
+    log_error("LoadModel", model.status());
+    return to_grpc(model.status());
+  }
+  uint64_t init_ns = model.value()->init_ns();
+  int threads = model.value()->threads();
+  std::vector<int> affinity = model.value()->cpu_affinity();
+  auto handle = models_.add(std::move(model).value());
+  if (!handle.ok()) return to_grpc(handle.status());
+  resp->set_handle(handle.value());
+  resp->set_init_ns(init_ns);
+  resp->set_threads(uint32_t(threads));
+  for (int c : affinity) resp->add_cpu_affinity(uint32_t(c));
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::Run(Ctx* ctx, const pb::RunRequest* req, pb::RunResponse* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  auto lease = models_.acquire(req->handle());
+  if (!lease.ok()) return to_grpc(lease.status());
+  Model& model = lease.value()->model();
+  uint64_t latency = 0;
+  Status s = model.run(views_of(req->inputs()), &latency);
+  if (!s.ok()) return to_grpc(s);
+  const Manifest& m = model.manifest();
+  for (size_t i = 0; i < m.outputs.size(); ++i) {
+    const TensorSpec& t = m.tensors[m.outputs[i]];
+    auto* out = resp->add_outputs();
+    out->set_name(t.name);
+    for (int64_t d : t.shape) out->add_shape(d);
+    out->set_dtype(t.dtype);
+    out->set_data(model.output_data(i), model.output_size(i));
+  }
+  resp->set_latency_ns(latency);
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
+                                      pb::BenchmarkResponse* resp) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  if (req->runs() > kMaxBenchmarkRuns) {
+    return invalid("runs " + std::to_string(req->runs()) + " is over the limit of " +
+                   std::to_string(kMaxBenchmarkRuns));
+  }
+  if (req->warmup() > kMaxBenchmarkWarmup) {
+    return invalid("warmup " + std::to_string(req->warmup()) + " is over the limit of " +
+                   std::to_string(kMaxBenchmarkWarmup));
+  }
+  auto lease = models_.acquire(req->handle());
+  if (!lease.ok()) return to_grpc(lease.status());
+  Model& model = lease.value()->model();
+
+  BenchmarkOptions opts;
+  opts.warmup = req->warmup() == 0 ? 10 : req->warmup();  // proto: 0 means the default
+  opts.runs = req->runs() == 0 ? 100 : req->runs();
+  opts.per_layer = req->per_layer();
+  opts.inputs = views_of(req->inputs());
+  opts.cancelled = [ctx] { return ctx->IsCancelled(); };
+
+  to_proto(read_telemetry(), resp->mutable_telemetry_before());
+  BenchmarkResult result;
+  Status s = model.benchmark(opts, &result);
+  if (!s.ok()) return to_grpc(s);
+  to_proto(read_telemetry(), resp->mutable_telemetry_after());
+
+  resp->mutable_samples_ns()->Add(result.samples_ns.begin(), result.samples_ns.end());
+  resp->mutable_warmup_ns()->Add(result.warmup_ns.begin(), result.warmup_ns.end());
+  resp->set_init_ns(model.init_ns());
+  resp->set_threads(uint32_t(model.threads()));
+  const Manifest& m = model.manifest();
+  for (size_t i = 0; i < result.layer_ns.size(); ++i) {
+    auto* l = resp->add_layers();
+    l->set_name(m.steps[i].name);
+    l->set_op(m.steps[i].op);
+    l->mutable_samples_ns()->Add(result.layer_ns[i].begin(), result.layer_ns[i].end());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RunnerService::UnloadModel(Ctx* ctx, const pb::UnloadModelRequest* req,
+                                        pb::UnloadModelResponse*) {
+  grpc::Status auth = authenticate(ctx);
+  if (!auth.ok()) return auth;
+  return to_grpc(models_.remove(req->handle()));
+}
+
+}  // namespace npas

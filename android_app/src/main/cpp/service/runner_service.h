@@ -1,0 +1,54 @@
+// The gRPC Runner service: authentication, argument checks that belong to the protocol, and
+// calls into the core. Nothing else lives here.
+#ifndef NPAS_SERVICE_RUNNER_SERVICE_H
+#define NPAS_SERVICE_RUNNER_SERVICE_H
+
+#include <memory>
+#include <string>
+
+#include "core/artifact_store.h"
+#include "core/manifest.h"
+#include "core/model_registry.h"
+#include "npas/runner/v1/runner.grpc.pb.h"
+
+namespace npas {
+
+constexpr const char* kRunnerVersion = "0.1.0";
+constexpr uint32_t kProtocolMajor = 1;
+constexpr uint32_t kProtocolMinor = 0;
+constexpr const char* kTokenMetadataKey = "x-npas-token";
+
+class RunnerService final : public ::npas::runner::v1::Runner::Service {
+ public:
+  using Ctx = grpc::ServerContext;
+  RunnerService(std::string token, std::unique_ptr<ArtifactStore> store,
+                const ManifestLimits& manifest_limits, size_t max_models);
+
+  grpc::Status GetDeviceInfo(Ctx* ctx, const runner::v1::DeviceInfoRequest* req,
+                             runner::v1::DeviceInfo* resp) override;
+  grpc::Status MissingArtifacts(Ctx* ctx, const runner::v1::MissingArtifactsRequest* req,
+                                runner::v1::MissingArtifactsResponse* resp) override;
+  grpc::Status UploadArtifact(Ctx* ctx, grpc::ServerReader<runner::v1::UploadChunk>* reader,
+                              runner::v1::UploadResponse* resp) override;
+  grpc::Status LoadModel(Ctx* ctx, const runner::v1::LoadModelRequest* req,
+                         runner::v1::LoadModelResponse* resp) override;
+  grpc::Status Run(Ctx* ctx, const runner::v1::RunRequest* req,
+                   runner::v1::RunResponse* resp) override;
+  grpc::Status Benchmark(Ctx* ctx, const runner::v1::BenchmarkRequest* req,
+                         runner::v1::BenchmarkResponse* resp) override;
+  grpc::Status UnloadModel(Ctx* ctx, const runner::v1::UnloadModelRequest* req,
+                           runner::v1::UnloadModelResponse* resp) override;
+
+ private:
+  // UNAUTHENTICATED unless the call carries the session token (constant-time compare).
+  grpc::Status authenticate(const Ctx* ctx) const;
+
+  std::string token_;
+  std::unique_ptr<ArtifactStore> store_;
+  ManifestLimits manifest_limits_;
+  ModelRegistry models_;
+};
+
+}  // namespace npas
+
+#endif  // NPAS_SERVICE_RUNNER_SERVICE_H

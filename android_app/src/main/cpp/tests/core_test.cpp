@@ -1,0 +1,368 @@
+// Tests of the core without gRPC: sha256 vectors, the store, manifest checks, the thread pool,
+// and a real kernel library loaded and run. Usage: npas_core_test KERNEL_LIB STORE_DIR
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "core/artifact_store.h"
+#include "core/device_info.h"
+#include "core/manifest.h"
+#include "core/model.h"
+#include "core/model_registry.h"
+#include "core/sha256.h"
+#include "core/thread_pool.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                          \
+    }                                                                        \
+  } while (0)
+
+#define CHECK_CODE(status, expected_code)                                                  \
+  do {                                                                                     \
+    npas::Status s_ = (status);                                                            \
+    if (s_.code() != (expected_code)) {                                                    \
+      std::fprintf(stderr, "%s:%d: expected %s, got %s\n", __FILE__, __LINE__,             \
+                   npas::code_name(expected_code), s_.to_string().c_str());                \
+      ++g_failures;                                                                        \
+    }                                                                                      \
+  } while (0)
+
+using namespace npas;
+
+std::string read_file(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void test_sha256() {
+  CHECK(Sha256::hex("", 0) ==
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(Sha256::hex("abc", 3) ==
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  CHECK(Sha256::hex(two_blocks.data(), two_blocks.size()) ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  // One million 'a', fed in uneven pieces to exercise the buffering.
+  std::string a(1000000, 'a');
+  Sha256 h;
+  size_t off = 0, piece = 1;
+  while (off < a.size()) {
+    size_t n = std::min(piece, a.size() - off);
+    h.update(a.data() + off, n);
+    off += n;
+    piece = piece * 3 % 1021 + 1;
+  }
+  CHECK(h.finish_hex() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  CHECK(is_valid_sha256_hex(std::string(64, 'a')));
+  CHECK(!is_valid_sha256_hex(std::string(64, 'A')));
+  CHECK(!is_valid_sha256_hex(std::string(63, 'a')));
+  CHECK(!is_valid_sha256_hex("../../../../etc/passwd"));
+}
+
+std::string put(ArtifactStore& store, const std::string& bytes) {
+  std::string sha = Sha256::hex(bytes.data(), bytes.size());
+  auto w = store.begin_write(sha, bytes.size());
+  CHECK(w.ok());
+  if (!w.ok()) return sha;
+  CHECK(w.value()->append(bytes.data(), bytes.size()).ok());
+  CHECK(w.value()->finish().ok());
+  return sha;
+}
+
+void test_store(const std::string& dir) {
+  StoreLimits limits;
+  limits.max_artifact_bytes = 1000;
+  limits.max_store_bytes = 1500;
+  auto st = ArtifactStore::open(dir, limits);
+  CHECK(st.ok());
+  ArtifactStore& store = *st.value();
+  std::string data(600, 'x');
+  std::string sha = put(store, data);
+  CHECK(store.has(sha));
+  struct stat s {};
+  CHECK(::stat(store.path_of(sha).c_str(), &s) == 0 && (s.st_mode & 0777) == 0444);
+  CHECK(read_file(store.path_of(sha)) == data);
+  CHECK(store.used_bytes() == 600);
+
+  // Present already: bytes are checked, nothing is written.
+  auto again = store.begin_write(sha, data.size());
+  CHECK(again.ok() && again.value()->already_present());
+  CHECK(again.value()->append(data.data(), data.size()).ok());
+  CHECK(again.value()->finish().ok());
+  CHECK(store.used_bytes() == 600);
+
+  // Wrong content -> DataLoss, nothing stored, reservation returned.
+  std::string other(500, 'y');
+  std::string wrong_sha = Sha256::hex("z", 1);
+  auto w = store.begin_write(wrong_sha, other.size());
+  CHECK(w.ok());
+  CHECK(w.value()->append(other.data(), other.size()).ok());
+  CHECK_CODE(w.value()->finish(), Code::kDataLoss);
+  w.value().reset();
+  CHECK(!store.has(wrong_sha));
+  // Short stream -> DataLoss; long stream -> InvalidArgument.
+  auto shortw = store.begin_write(Sha256::hex(other.data(), other.size()), other.size());
+  CHECK(shortw.value()->append(other.data(), 10).ok());
+  CHECK_CODE(shortw.value()->finish(), Code::kDataLoss);
+  shortw.value().reset();
+  auto longw = store.begin_write(Sha256::hex(other.data(), 10), 10);
+  CHECK_CODE(longw.value()->append(other.data(), 11), Code::kInvalidArgument);
+  longw.value().reset();
+
+  CHECK_CODE(store.begin_write(std::string(64, 'b'), 1001).status(), Code::kResourceExhausted);
+  CHECK_CODE(store.begin_write(std::string(64, 'b'), 901).status(), Code::kResourceExhausted);
+  CHECK(store.begin_write(std::string(64, 'b'), 900).ok());
+  CHECK_CODE(store.begin_write("../x", 1).status(), Code::kInvalidArgument);
+  CHECK(store.used_bytes() == 600);
+
+  // Reopening counts what is there.
+  auto reopened = ArtifactStore::open(dir, limits);
+  CHECK(reopened.ok() && reopened.value()->used_bytes() == 600);
+}
+
+void test_thread_pool() {
+  for (int threads : {1, 2, 3, 8}) {
+    ThreadPool pool(threads, {});
+    for (int64_t n : {1, 2, 7, 1000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (int rep = 0; rep < 50; ++rep) {
+        pool.parallel_for(
+            n,
+            [](void* ctx, int, int64_t b, int64_t e) {
+              auto* h = static_cast<std::vector<std::atomic<int>>*>(ctx);
+              for (int64_t i = b; i < e; ++i) (*h)[size_t(i)].fetch_add(1);
+            },
+            &hits);
+      }
+      bool all = true;
+      for (auto& x : hits) all = all && x.load() == 50;
+      CHECK(all);
+    }
+  }
+}
+
+// A manifest for y = relu-free (x + w) * 2 over n floats, steps: add1 then double_scratch.
+Manifest two_step_manifest(const std::string& ksha, uint64_t ksize, const std::string& wsha,
+                           uint64_t wsize, int64_t n) {
+  Manifest m;
+  m.format_version = 1;
+  m.kernel_abi_version = 1;
+  m.name = "two_step";
+  m.artifacts = {{"kernels", ArtifactKind::kKernelLibrary, ksha, ksize},
+                 {"weights", ArtifactKind::kWeights, wsha, wsize}};
+  uint64_t nb = uint64_t(n) * 4;
+  uint64_t slot = (nb + 63) / 64 * 64;
+  m.tensors = {{"x", {1, n}, "float32", 0, nb},
+               {"h", {1, n}, "float32", slot, nb},
+               {"y", {1, n}, "float32", 2 * slot, nb}};
+  m.inputs = {0};
+  m.outputs = {2};
+  m.arena_bytes = 3 * slot;
+  m.scratch_bytes_per_thread = 16;
+  Step s1{"add", "add", "k_add1", {0}, 1, {{0, nb}}, uint64_t(n), 0};
+  Step s2{"double", "mul", "k_double_scratch", {1}, 2, {}, uint64_t(n), 0};
+  m.steps = {s1, s2};
+  return m;
+}
+
+void test_manifest_checks() {
+  std::string k(64, 'a'), w(64, 'b');
+  Manifest good = two_step_manifest(k, 100, w, 40, 10);
+  ManifestLimits lim;
+  CHECK(validate_manifest(good, lim, nullptr).ok());
+
+  Manifest m = good;
+  m.format_version = 2;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kFailedPrecondition);
+  m = good;
+  m.tensors[1].arena_offset = UINT64_MAX - 15;  // offset + nbytes overflows
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.tensors[1].arena_offset = 8;  // misaligned
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.tensors[0].shape = {1, 0};
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.tensors[0].shape = {INT64_MAX, INT64_MAX};
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.tensors[0].nbytes = 44;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[0].params[0].nbytes = 41;  // past the 40-byte blob
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[0].params[0].offset = UINT64_MAX - 63;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[1].inputs = {3};
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[1].output = 3;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.outputs = {9};
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[1].symbol = "k; rm -rf /";
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.steps[1].work_items = 0;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.artifacts.pop_back();  // params now point into no blob
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.artifacts.push_back(m.artifacts[0]);
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.artifacts[0].sha256 = "../../lib";
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  m = good;
+  m.arena_bytes = lim.max_arena_bytes + 1;
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kResourceExhausted);
+  m = good;
+  m.steps[0].inputs.assign(65, 0);
+  CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kResourceExhausted);
+}
+
+void test_model(const std::string& kernel_lib, const std::string& dir) {
+  auto st = ArtifactStore::open(dir + "/models", StoreLimits{});
+  CHECK(st.ok());
+  ArtifactStore& store = *st.value();
+  std::string lib = read_file(kernel_lib);
+  CHECK(!lib.empty());
+  std::string ksha = put(store, lib);
+  const int64_t n = 37;
+  std::vector<float> wv(n), xv(n);
+  for (int64_t i = 0; i < n; ++i) {
+    wv[size_t(i)] = float(i);
+    xv[size_t(i)] = 0.5f * float(i) - 3.0f;
+  }
+  std::string wbytes(reinterpret_cast<const char*>(wv.data()), wv.size() * 4);
+  std::string wsha = put(store, wbytes);
+  Manifest m = two_step_manifest(ksha, lib.size(), wsha, wbytes.size(), n);
+
+  for (int threads : {1, 3, 64}) {  // 64 > work items
+    ThreadPlan plan;
+    plan.threads = threads;
+    auto model = Model::load(m, store, ManifestLimits{}, plan);
+    CHECK(model.ok());
+    if (!model.ok()) {
+      std::fprintf(stderr, "%s\n", model.status().to_string().c_str());
+      continue;
+    }
+    TensorView x{"x", {1, n}, "float32", xv.data(), xv.size() * 4};
+    uint64_t ns = 0;
+    CHECK(model.value()->run({x}, &ns).ok());
+    const float* y = reinterpret_cast<const float*>(model.value()->output_data(0));
+    bool right = true;
+    for (int64_t i = 0; i < n; ++i) right = right && y[i] == (xv[size_t(i)] + wv[size_t(i)]) * 2;
+    CHECK(right);
+
+    TensorView bad = x;
+    bad.shape = {n, 1};
+    CHECK_CODE(model.value()->run({bad}, &ns), Code::kInvalidArgument);
+    bad = x;
+    bad.size -= 4;
+    CHECK_CODE(model.value()->run({bad}, &ns), Code::kInvalidArgument);
+    CHECK_CODE(model.value()->run({}, &ns), Code::kInvalidArgument);
+
+    BenchmarkOptions opts;
+    opts.warmup = 3;
+    opts.runs = 20;
+    opts.per_layer = true;
+    BenchmarkResult r;
+    CHECK(model.value()->benchmark(opts, &r).ok());
+    CHECK(r.samples_ns.size() == 20 && r.warmup_ns.size() == 3 && r.layer_ns.size() == 2);
+    CHECK(r.layer_ns[1].size() == 20);
+  }
+
+  ThreadPlan one;
+  Manifest missing = m;
+  missing.steps[1].symbol = "k_does_not_exist";
+  auto r1 = Model::load(missing, store, ManifestLimits{}, one);
+  CHECK_CODE(r1.status(), Code::kNotFound);
+  CHECK(r1.status().message().find("k_does_not_exist") != std::string::npos);
+
+  Manifest wrong_size = m;
+  wrong_size.artifacts[0].size += 1;
+  CHECK_CODE(Model::load(wrong_size, store, ManifestLimits{}, one).status(),
+             Code::kFailedPrecondition);
+
+  // The same library claiming to be aarch64 (or x86_64 when this runner is arm64).
+  std::string foreign = lib;
+  uint16_t other = runner_elf_machine() == 62 ? 183 : 62;
+  std::memcpy(&foreign[18], &other, 2);
+  std::string fsha = put(store, foreign);
+  Manifest arm = m;
+  arm.artifacts[0] = {"kernels", ArtifactKind::kKernelLibrary, fsha, foreign.size()};
+  auto r2 = Model::load(arm, store, ManifestLimits{}, one);
+  CHECK_CODE(r2.status(), Code::kFailedPrecondition);
+  CHECK(r2.status().message().find("is built for " + elf_machine_name(other) + ", this runner is") !=
+        std::string::npos);
+
+  // Registry: cap and handles.
+  ModelRegistry reg(1);
+  auto a = Model::load(m, store, ManifestLimits{}, one);
+  auto h = reg.add(std::move(a).value());
+  CHECK(h.ok() && h.value().size() == 32);
+  CHECK_CODE(reg.check_room(), Code::kResourceExhausted);
+  CHECK(reg.acquire(h.value()).ok());
+  CHECK_CODE(reg.acquire("nope").status(), Code::kNotFound);
+  CHECK(reg.remove(h.value()).ok());
+  CHECK_CODE(reg.remove(h.value()), Code::kNotFound);
+}
+
+void test_device() {
+  const DeviceInfo& d = device_info();
+  CHECK(!d.abi.empty() && !d.cores.empty() && d.max_threads >= 1);
+  CHECK(!big_core_ids(d).empty());
+  CHECK(!d.opencl_status.empty());
+  ThreadRequest req;
+  req.threads = 2;
+  req.pin_big_cores = true;
+  auto plan = plan_threads(req, d);
+  CHECK(plan.ok() && plan.value().threads == 2 && plan.value().affinity.size() == 2);
+  req.cpu_affinity = {uint32_t(d.cores.size())};
+  CHECK_CODE(plan_threads(req, d).status(), Code::kInvalidArgument);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s KERNEL_LIB STORE_DIR\n", argv[0]);
+    return 2;
+  }
+  std::string dir = argv[2];
+  std::string cmd = "rm -rf '" + dir + "'";
+  if (std::system(cmd.c_str()) != 0) return 2;
+  test_sha256();
+  test_store(dir + "/store");
+  test_thread_pool();
+  test_manifest_checks();
+  test_model(argv[1], dir);
+  test_device();
+  if (g_failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all core tests passed\n");
+  return 0;
+}
