@@ -88,9 +88,9 @@ class Session:
 
     def _recover(self, err: RunnerError) -> None:
         self.on_event(f"runner lost ({err.code}); restarting it")
-        self._client.close()
         self.device.restart()  # raises for devices that cannot be restarted
         self.restarts += 1
+        self._client.close()
         self._client = self.device.client(self.call_timeout_s)
         for key, (bundle, opts, _) in list(self._loaded.items()):
             self._loaded[key] = (bundle, opts, self._load(bundle, opts, None))

@@ -87,3 +87,13 @@ def test_entry_point_installed():
     assert exe, "npas-host console script missing from the venv"
     r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "npas-host" in r.stdout
+
+
+def test_main_job_resnet18_json_has_100_samples(capsys, runner_binary, tmp_path):
+    """The issue's acceptance check, at full size: `profile --device local resnet18 --json`."""
+    rc, out, _ = run_cli(capsys, "profile", "--device", "local", "resnet18", "--json",
+                         "--warmup", "2", "--store", str(tmp_path / "s"))
+    assert rc == 0
+    d = json.loads(out)
+    assert len(d["samples_ns"]) == 100 and d["runs"] == 100
+    assert d["gflop"] > 3.5  # ResNet-18 at 224x224: 1.8 GMAC

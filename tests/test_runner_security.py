@@ -126,7 +126,7 @@ def test_upload_hash_mismatch_is_data_loss_and_not_stored(client):
 def test_upload_short_is_data_loss(client):
     pb = client._pb
     data = b"0123456789" * 10
-    expect("DATA_LOSS", "size", _upload_raw, client,
+    expect("DATA_LOSS", "declared 100 bytes", _upload_raw, client,
            [_header(client, data), pb.UploadChunk(data=data[:50])])
     assert client.missing([hashlib.sha256(data).hexdigest()])
 
@@ -134,7 +134,7 @@ def test_upload_short_is_data_loss(client):
 def test_upload_longer_than_declared_is_refused(client):
     pb = client._pb
     data = b"0123456789" * 10
-    expect("INVALID_ARGUMENT", "size", _upload_raw, client,
+    expect("INVALID_ARGUMENT", "10 bytes the header declared", _upload_raw, client,
            [_header(client, data, size=10), pb.UploadChunk(data=data)])
 
 
@@ -180,8 +180,8 @@ def test_load_validates_offsets_and_indices(client, bundle):
     wsize = m.artifact("weights").size
     with_params = next(i for i, s in enumerate(steps) if s.params)
     s = steps[with_params]
-    bad_step = dataclasses.replace(s, params=(ParamRef(offset=wsize - 4, nbytes=64),
-                                              *s.params[1:]))
+    beyond = ParamRef(offset=wsize // 64 * 64, nbytes=128)
+    bad_step = dataclasses.replace(s, params=(beyond, *s.params[1:]))
     expect("INVALID_ARGUMENT", "weight", _load, client,
            _mutated(bundle, steps=(*steps[:with_params], bad_step, *steps[with_params + 1:])))
     bad_idx = dataclasses.replace(steps[0], inputs=(len(m.tensors) + 5,))
@@ -219,7 +219,8 @@ def test_library_for_another_architecture_is_failed_precondition(client, bundle,
 
 def test_unsupported_format_version_is_refused(client, bundle):
     client.ensure_artifacts(bundle)
-    expect("INVALID_ARGUMENT", "format", _load, client, _mutated(bundle, format_version=99))
+    expect("FAILED_PRECONDITION", "format_version 99", _load, client,
+           _mutated(bundle, format_version=99))
 
 
 # ---- running ----
