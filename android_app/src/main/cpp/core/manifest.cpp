@@ -31,7 +31,7 @@ bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= li
 
 Status check_tensor(const Manifest& m, size_t i, const ManifestLimits& limits) {
   const TensorSpec& t = m.tensors[i];
-  std::string who = "tensor " + u(i) + " '" + t.name + "'";
+  std::string who = "manifest '" + m.name + "': tensor " + u(i) + " '" + t.name + "'";
   if (t.dtype != "float32") {
     return InvalidArgument(who + ": dtype '" + t.dtype + "' is not supported; only float32");
   }
