@@ -26,7 +26,7 @@ const char kUsage[] =
     "                             carry it in metadata key x-npas-token\n"
     "  --store DIR                artifact store directory (required; created if missing)\n"
     "  --allow-remote             allow a listen address that is not loopback\n"
-    "  --max-artifact-bytes N     largest artifact accepted (default 536870912)\n"
+    "  --max-artifact-bytes N     largest artifact accepted (default 1073741824)\n"
     "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
     "  --max-models N             models loaded at once (default 16)\n"
     "  --help                     this text\n";

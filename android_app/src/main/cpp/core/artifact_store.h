@@ -16,7 +16,7 @@
 namespace npas {
 
 struct StoreLimits {
-  uint64_t max_artifact_bytes = 512ull << 20;
+  uint64_t max_artifact_bytes = 1ull << 30;  // VGG16 in float32 is 553 MB
   uint64_t max_store_bytes = 4ull << 30;
 };
 

@@ -130,8 +130,8 @@ StatusOr<std::unique_ptr<Model>> Model::load(const Manifest& manifest, const Art
   for (const ArtifactRef& a : manifest.artifacts) {
     auto size = store.size_of(a.sha256);
     if (!size.ok()) {
-      return FailedPrecondition("artifact '" + a.role + "' " + a.sha256 +
-                                " is not in the runner's store; upload it first");
+      return NotFound("artifact '" + a.role + "' " + a.sha256 +
+                      " is not in the runner's store; upload it first");
     }
     if (size.value() != a.size) {
       return FailedPrecondition("artifact '" + a.role + "' " + a.sha256 + " has " +
