@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="local",
                    help="'local' (the host runner; default) or a phone serial")
     p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs (default 10)")
-    p.add_argument("--threads", type=int, default=1, help="runner threads (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs, ≥ 1 (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="runner threads; 0: one per big core (default 1)")
     p.add_argument("--per-layer", action="store_true", help="also time every layer")
     p.add_argument("--json", action="store_true", help="print every sample as JSON")
     p.add_argument("--address", help="use a runner already listening at HOST:PORT")
@@ -173,8 +173,9 @@ def cmd_profile(args) -> int:
 
     from .session import LoadOptions, Session
 
-    if args.runs < 1 or args.warmup < 0 or args.threads < 0:
-        raise CliError("--runs must be ≥ 1, --warmup ≥ 0 and --threads ≥ 0")
+    if args.runs < 1 or args.warmup < 1 or args.threads < 0:
+        raise CliError(f"--runs and --warmup must be ≥ 1 and --threads ≥ 0 (0: one per big "
+                       f"core); got {args.runs}, {args.warmup}, {args.threads}")
     with ExitStack() as stack, _progress() as progress:
         src = Path(args.model)
         if (src / "manifest.json").is_file():
