@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="local",
                    help="'local' (the host runner; default) or a phone serial")
     p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs, ≥ 1 (default 10)")
-    p.add_argument("--threads", type=int, default=1, help="runner threads; 0: one per big core (default 1)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="discarded warm-up runs, ≥ 1 (default 10)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="runner threads; 0: one per big core (default 1)")
     p.add_argument("--per-layer", action="store_true", help="also time every layer")
     p.add_argument("--json", action="store_true", help="print every sample as JSON")
     p.add_argument("--address", help="use a runner already listening at HOST:PORT")
