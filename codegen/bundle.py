@@ -56,8 +56,9 @@ class Step:
     inputs: tuple[int, ...]
     output: int
     params: tuple[ParamRef, ...]
-    work_items: int
+    work_items: int  # CPU: [begin, end) range of the kernel; GPU: 1-D global work size
     flops: int = 0
+    local_size: int = 0  # GPU only: work-group size; 0 lets the driver choose
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ def manifest_to_proto(m: Manifest):
         steps=[pb.Step(name=s.name, op=s.op, symbol=s.symbol, inputs=list(s.inputs),
                        output=s.output,
                        params=[pb.ParamRef(offset=p.offset, nbytes=p.nbytes) for p in s.params],
-                       work_items=s.work_items, flops=s.flops) for s in m.steps],
+                       work_items=s.work_items, flops=s.flops,
+                       local_size=s.local_size) for s in m.steps],
         content_hash=m.content_hash,
     )
