@@ -102,6 +102,30 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
     return bundle
 
 
+def _local_info(binary: Path) -> dict:
+    """Start the host runner briefly and ask it what this machine is."""
+    from google.protobuf.json_format import MessageToDict
+
+    from .devices.local import LocalRunner, LocalRunnerConfig
+    from .rpc.client import RunnerError
+
+    try:
+        with LocalRunner(LocalRunnerConfig(binary=binary)) as runner:
+            info = runner.client().device_info()
+    except RunnerError as e:
+        return {"detail": f"{binary}: does not start: {e}"}
+    gpus = [f"{d.name} ({d.version.strip()})" for p in info.opencl_platforms
+            for d in p.devices]
+    feats = " ".join(f for f in info.cpu_features if f in ("avx2", "fma", "avx512f", "asimd",
+                                                           "asimddp", "fphp"))
+    detail = (f"{info.abi}, {info.cpu_model}, {len(info.cores)} cores ({feats}), runner "
+              f"{info.runner_version}; OpenCL: "
+              + ("; ".join(gpus) if gpus else info.opencl_status or "none"))
+    return {"model": info.cpu_model, "abi": info.abi, "detail": detail,
+            "info": MessageToDict(info, preserving_proto_field_name=True,
+                                  always_print_fields_with_no_presence=True)}
+
+
 def cmd_devices(args) -> int:
     from .devices.adb import list_phones
     from .devices.local import find_runner_binary
@@ -109,7 +133,7 @@ def cmd_devices(args) -> int:
     rows = []
     try:
         binary = find_runner_binary()
-        rows.append({"device": "local", "kind": "host runner", "detail": str(binary)})
+        rows.append({"device": "local", "kind": "host runner", **_local_info(binary)})
     except FileNotFoundError as e:
         rows.append({"device": "local", "kind": "host runner", "detail": f"unavailable: {e}"})
     phones, note = list_phones()
@@ -118,15 +142,17 @@ def cmd_devices(args) -> int:
     if args.json:
         print(json.dumps({"devices": rows, "note": note}, indent=1))
         return 0
-    t = Table(title="Devices")
-    for col in ("device", "kind", "model", "abi", "android", "soc", "battery °C", "detail"):
-        t.add_column(col)
     for r in rows:
-        temp = r.get("battery_temp_c")
-        t.add_row(r["device"], r["kind"], r.get("model", ""), r.get("abi", ""),
-                  r.get("android", ""), r.get("soc", ""),
-                  "" if temp is None else f"{temp:.1f}", r.get("detail", r.get("state", "")))
-    out.print(t)
+        if r["kind"] != "phone":
+            out.print(f"[bold]{r['device']}[/bold] ({r['kind']}): {escape(r['detail'])}")
+    if phones:
+        t = Table(title="Phones")
+        for col in ("serial", "state", "model", "abi", "android", "soc", "battery °C"):
+            t.add_column(col)
+        for ph in phones:
+            temp = "" if ph.battery_temp_c is None else f"{ph.battery_temp_c:.1f}"
+            t.add_row(ph.serial, ph.state, ph.model, ph.abi, ph.android, ph.soc, temp)
+        out.print(t)
     if note:
         out.print(f"[dim]{note}[/dim]")
     return 0

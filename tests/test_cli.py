@@ -75,11 +75,13 @@ def test_unreachable_address_fails_fast(capsys, tmp_path):
     assert rc == 2 and "not reachable" in err
 
 
-def test_devices_lists_local_without_phone(capsys):
+def test_devices_lists_local_without_phone(capsys, runner_binary):
     rc, out, _ = run_cli(capsys, "devices", "--json")
     assert rc == 0
     d = json.loads(out)
-    assert d["devices"][0]["device"] == "local"
+    local = d["devices"][0]
+    assert local["device"] == "local"
+    assert local["info"]["protocol_major"] == 1 and local["info"]["cores"]
 
 
 def test_entry_point_installed():
