@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for NPAS, idempotently and quickly when all is present:
-#   1. Debian packages (compilers, CMake, gRPC/protobuf for the runner), only the missing ones;
+#   1. Debian packages (compilers, CMake, gRPC/protobuf for the runner, PoCL), only the missing;
 #   2. a virtual environment in .venv with the Python packages (torch pinned to 2.13.0);
 #   3. the host runner (build/host/npas-runner), rebuilt incrementally.
 # Usage: scripts/setup.sh   (NPAS_SKIP_APT=1 skips step 1 on machines you do not own)
@@ -14,6 +14,8 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 apt_packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  # the GPU path: PoCL runs OpenCL kernels on the CPU; clang checks fp16 kernels offline
+  ocl-icd-libopencl1 pocl-opencl-icd clang
 )
 if [ "${NPAS_SKIP_APT:-0}" != 1 ]; then
   missing=()
