@@ -1,8 +1,12 @@
-"""compile_model: nn.Module -> a Bundle folder (manifest.json, kernel library, weight blob).
+"""compile_model: nn.Module -> a Bundle folder (manifest.json, kernels, weight blob).
 
-capture -> passes -> emit C -> toolchain -> pack weights -> manifest. Also writes
-``kernels.c`` (the generated source, for people to read; not an artifact) and ``report.json``
-(a CompileReport: stage times and the memory plan's numbers; not an artifact either).
+capture -> passes -> lay out weights -> emit (the toolchain's language) -> toolchain -> pack
+weights -> manifest. The toolchain picks the target: ``HostToolchain`` (default) gives a CPU
+bundle with a kernel library and ``kernels.c`` (for people to read; not an artifact);
+``OpenClToolchain(precision="fp32"|"fp16")`` gives a GPU bundle whose ``kernels.cl`` is the
+artifact. Weights are laid out before emitting because OpenCL kernels bake their offsets in.
+Also writes ``report.json`` (a CompileReport: stage times and the memory plan's numbers; not
+an artifact).
 """
 
 from __future__ import annotations
@@ -26,14 +30,13 @@ from codegen.bundle import (
     artifact_ref,
 )
 from codegen.capture import capture
-from codegen.emit.c import emit_c
+from codegen.emit.cstyle import CStyleLanguage, step_params
 from codegen.lr import CodegenError, Graph, numel
-from codegen.passes import run_passes
+from codegen.passes import pipeline, run_passes
 from codegen.passes.memory_plan import align
-from codegen.toolchain import CToolchain, HostToolchain
+from codegen.toolchain import CToolchain, HostToolchain, OpenClToolchain
 
 REPORT_NAME = "report.json"
-SOURCE_NAME = "kernels.c"
 WEIGHTS_NAME = "weights.bin"
 
 
@@ -64,9 +67,13 @@ def read_report(bundle_dir: str | Path) -> CompileReport:
 
 def compile_model(module: torch.nn.Module,
                   example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                  out_dir: str | Path, name: str = "model", toolchain: CToolchain | None = None,
+                  out_dir: str | Path, name: str = "model",
+                  toolchain: CToolchain | OpenClToolchain | None = None,
                   progress: Callable[[str], None] | None = None) -> Bundle:
-    """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``."""
+    """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
+
+    ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
+    ``OpenClToolchain(precision="fp32"|"fp16")`` for a GPU bundle (see ``toolchain_for``)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -89,32 +96,33 @@ def compile_model(module: torch.nn.Module,
     graph = capture(module, example_inputs)
     stage("capture")
     say("passes")
-    graph = run_passes(graph)
+    lang = toolchain.language()
+    graph = run_passes(graph, pipeline(lang.elem_bytes))
     stage("passes")
     say("emit")
-    prog = emit_c(graph)
-    (out / SOURCE_NAME).write_text(prog.source)
+    params = [step_params(la) for la in graph.steps]
+    param_refs = layout_weights(params, lang.elem_bytes)
+    prog = lang.render(graph, param_refs)
+    (out / toolchain.source_name).write_text(prog.source, encoding="utf-8")
     stage("emit")
     say("compile")
-    lib = f"lib{name}.so"
-    toolchain.compile(prog.source, out / lib)
+    kernels = toolchain.build(prog.source, out, name)
     stage("compile")
     say("pack")
-    param_refs = _pack_weights([s.params for s in prog.steps], out / WEIGHTS_NAME)
+    write_weights(params, param_refs, out / WEIGHTS_NAME, lang)
     stage("pack")
 
     say("manifest")
-    tensors = _tensor_list(graph)
+    tensors = _tensor_list(graph, lang)
     index = {t.name: i for i, t in enumerate(tensors)}
     steps = tuple(
         Step(name=s.layer.name, op=s.layer.op, symbol=s.symbol,
              inputs=tuple(index[t] for t in s.layer.inputs), output=index[s.layer.output],
-             params=refs, work_items=s.work_items, flops=s.flops)
+             params=refs, work_items=s.work_items, flops=s.flops, local_size=s.local_size)
         for s, refs in zip(prog.steps, param_refs, strict=True))
     manifest = Manifest(
         name=name, target=toolchain.target(), toolchain=toolchain.record(),
-        artifacts=(artifact_ref(out, "kernels", "kernel_library", lib),
-                   artifact_ref(out, "weights", "weights", WEIGHTS_NAME)),
+        artifacts=(*kernels, artifact_ref(out, "weights", "weights", WEIGHTS_NAME)),
         tensors=tuple(tensors), inputs=tuple(index[t] for t in graph.inputs),
         outputs=tuple(index[t] for t in graph.outputs),
         arena_bytes=graph.plan.arena_bytes, scratch_bytes_per_thread=0, steps=steps,
@@ -136,33 +144,46 @@ def compile_model(module: torch.nn.Module,
     return bundle
 
 
-def _tensor_list(graph: Graph) -> list[TensorSpec]:
+def _tensor_list(graph: Graph, lang: CStyleLanguage) -> list[TensorSpec]:
     """Every tensor a step or the graph's ends refer to; aliases share their root's offset."""
     names: list[str] = []
     for t in (*graph.inputs, *(t for la in graph.steps for t in (*la.inputs, la.output)),
               *graph.outputs):
         if t not in names:
             names.append(t)
-    return [TensorSpec(name=t, shape=graph.shapes[t], dtype="float32",
-                       arena_offset=graph.plan.offsets[t], nbytes=numel(graph.shapes[t]) * 4)
+    return [TensorSpec(name=t, shape=graph.shapes[t], dtype=lang.dtype,
+                       arena_offset=graph.plan.offsets[t],
+                       nbytes=numel(graph.shapes[t]) * lang.elem_bytes)
             for t in names]
 
 
-def _pack_weights(params: Sequence[Sequence[np.ndarray]], path: Path
-                  ) -> list[tuple[ParamRef, ...]]:
-    """Write every param as little-endian float32, each 64-byte aligned; return the refs."""
+def layout_weights(params: Sequence[Sequence[np.ndarray]], elem_bytes: int = 4
+                   ) -> list[tuple[ParamRef, ...]]:
+    """Where each param goes in the weight blob: in order, each 64-byte aligned."""
     refs: list[tuple[ParamRef, ...]] = []
     pos = 0
-    with open(path, "wb") as f:
-        for step_params in params:
-            step_refs = []
-            for p in step_params:
-                data = np.ascontiguousarray(p, dtype="<f4").tobytes()
-                start = align(pos)
-                f.write(b"\0" * (start - pos))
-                f.write(data)
-                pos = start + len(data)
-                step_refs.append(ParamRef(offset=start, nbytes=len(data)))
-            refs.append(tuple(step_refs))
-        f.write(b"\0" * (align(pos) - pos))
+    for step_params_ in params:
+        step_refs = []
+        for p in step_params_:
+            start = align(pos)
+            pos = start + p.size * elem_bytes
+            step_refs.append(ParamRef(offset=start, nbytes=p.size * elem_bytes))
+        refs.append(tuple(step_refs))
     return refs
+
+
+def write_weights(params: Sequence[Sequence[np.ndarray]],
+                  refs: Sequence[Sequence[ParamRef]], path: Path, lang: CStyleLanguage) -> None:
+    """Write the blob ``layout_weights`` planned: little-endian float32 or float16, zero
+    padding between params and up to a 64-byte multiple at the end."""
+    dtype = {"float32": "<f4", "float16": "<f2"}[lang.dtype]
+    pos = 0
+    with open(path, "wb") as f:
+        for step_params_, step_refs in zip(params, refs, strict=True):
+            for p, ref in zip(step_params_, step_refs, strict=True):
+                data = np.ascontiguousarray(p, dtype=dtype).tobytes()
+                assert len(data) == ref.nbytes and ref.offset >= pos
+                f.write(b"\0" * (ref.offset - pos))
+                f.write(data)
+                pos = ref.offset + len(data)
+        f.write(b"\0" * (align(pos) - pos))

@@ -1,31 +1,27 @@
-"""Render an LR graph (after passes) as ONE freestanding C source, one function per step.
+"""Freestanding C for the CPU: the C-style templates rendered as one function per step.
 
 The source includes no headers and calls nothing outside itself (no libc, no libm): it defines
 its own integer types, the ``npas_step_args`` struct of the kernel ABI
 (android_app/src/main/cpp/core/npas_kernel_abi.h), the ABI version symbol, and an ``expf``.
-Shapes are baked in as constants. Each step computes work items [begin, end):
-
-  conv2d       one (n, oc) output plane; OIHW weights; per (kh, kw) the valid output rows and
-               columns are worked out here, so the inner loops have no branches
-  linear       one output feature, for every batch row; [out, in] weights
-  pools        one (n, c) plane
-  add, activations   a chunk of ELTWISE_CHUNK elements
-  mul_channel  one (n, c) plane
-  concat       one (batch row, input) pair, copied
-
-Params of a step, in order: conv2d/linear: weight, bias (bias always present). Others: none.
-Pointers are ``restrict``: the memory plan never lets a step's output share bytes with its
-inputs.
+Each step computes work items [begin, end): conv2d one (n, oc) output plane, linear one output
+feature for every batch row, pools and mul_channel one (n, c) plane, element-wise ops a chunk
+of ELTWISE_CHUNK elements, concat one (batch row, input) copy. Pointers are ``restrict``: the
+memory plan never lets a step's output share bytes with its inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
-
-from codegen.lr import ACTIVATIONS, CodegenError, Graph, Layer, numel
+from codegen.emit.cstyle import (
+    KERNELS,
+    PARAM_ORDER,
+    CStyleLanguage,
+    Ctx,
+    Dims,
+    Program,
+    StepCode,
+    decompose,
+)
+from codegen.lr import Graph
 
 ELTWISE_CHUNK = 4096
 KERNEL_ABI_VERSION = 1
@@ -47,7 +43,7 @@ NPAS_EXPORT const uint32_t npas_kernel_abi_version = %(abi)du;
 
 # expf by range reduction x = k ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r and
 # 2^k applied in two halves (so k down to -150 stays exact until the final, denormal, rounding).
-MATH = """\
+EXPF = """\
 typedef union { float f; uint32_t u; } npas_f32u;
 static inline float npas_pow2i(int k) { npas_f32u c; c.u = (uint32_t)(k + 127) << 23; return c.f; }
 static inline float npas_expf(float x) {
@@ -70,260 +66,64 @@ static inline float npas_expf(float x) {
   const int k1 = k / 2;
   return p * npas_pow2i(k1) * npas_pow2i(k - k1);
 }
-static inline float npas_relu(float v) { return v < 0.0f ? 0.0f : v; }
-static inline float npas_relu6(float v) { return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v); }
-static inline float npas_hardswish(float v) { return v * npas_relu6(v + 3.0f) / 6.0f; }
-static inline float npas_hardsigmoid(float v) { return npas_relu6(v + 3.0f) / 6.0f; }
-static inline float npas_sigmoid(float v) {
-  if (v >= 0.0f) return 1.0f / (1.0f + npas_expf(-v));
-  const float e = npas_expf(v);
-  return e / (1.0f + e);
-}
 """
 
 
-@dataclass(frozen=True)
-class StepCode:
-    """One emitted step: what the manifest needs to call it."""
+class CLanguage(CStyleLanguage):
+    """Plain C99 for a freestanding shared library; the kernel ABI's calling convention."""
 
-    layer: Layer
-    symbol: str
-    work_items: int
-    flops: int
-    params: tuple[np.ndarray, ...]  # in the order the kernel reads args->params
+    kernels = KERNELS
+
+    def prelude(self) -> str:
+        return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH
+
+    def signature(self, symbol: str) -> str:
+        return (f"NPAS_EXPORT void {symbol}(const npas_step_args *args, int64_t begin, "
+                "int64_t end, void *scratch)")
+
+    def prologue(self) -> list[str]:
+        return ["(void)scratch;"]
+
+    def input_ref(self, c: Ctx, j: int) -> str:
+        return f"args->inputs[{j}]"
+
+    def output_ref(self, c: Ctx) -> str:
+        return "args->output"
+
+    def param_ref(self, c: Ctx, k: int) -> str:
+        return f"args->params[{k}]"
+
+    def over_items(self, c: Ctx, items: int, body: list[str]) -> list[str]:
+        return ["for (int64_t it = begin; it < end; ++it) {", *["  " + ln for ln in body], "}"]
+
+    def nest(self, c: Ctx, dims: Dims, inner: int, body: list[str]) -> tuple[list[str], int]:
+        outer, loops = list(dims[:len(dims) - inner]), list(dims[len(dims) - inner:])
+        items = 1
+        for _, ext in outer:
+            items *= ext
+        lines = decompose(outer, "it", self.index)
+        for depth, (name, ext) in enumerate(loops):
+            lines.append("  " * depth + f"for (int64_t {name} = 0; {name} < {ext}; ++{name})"
+                         + (" {" if depth == len(loops) - 1 else ""))
+        pad = "  " * len(loops)
+        lines += [pad + ln for ln in body]
+        if loops:
+            lines.append("  " * (len(loops) - 1) + "}")
+        return self.over_items(c, items, lines), items
+
+    def chunk(self, c: Ctx) -> int:
+        return ELTWISE_CHUNK
 
 
-@dataclass(frozen=True)
-class CProgram:
-    source: str
-    steps: tuple[StepCode, ...]
+MATH = EXPF + CLanguage().activations()
 
 
-def emit_c(graph: Graph) -> CProgram:
+def emit_c(graph: Graph) -> Program:
     """Render every step of ``graph``; the graph must have been through the passes."""
-    parts = [PRELUDE % {"abi": KERNEL_ABI_VERSION}, MATH]
-    steps = []
-    for i, la in enumerate(graph.steps):
-        if la.op not in KERNELS:
-            raise CodegenError(f'layer "{la.name}" ({la.op}): no C kernel for this op; run the '
-                               "passes first (batchnorm2d must be folded)")
-        sym = f"npas_step_{i}_{la.op}"
-        body, items, flops = KERNELS[la.op](_Ctx(graph, la))
-        flops += numel(graph.shapes[la.output]) * len(la.epilogue)
-        parts.append(f"/* {la.name}: {la.op} {[list(graph.shapes[t]) for t in la.inputs]} -> "
-                     f"{list(graph.shapes[la.output])}"
-                     f"{' + ' + '+'.join(la.epilogue) if la.epilogue else ''} */\n"
-                     f"NPAS_EXPORT void {sym}(const npas_step_args *args, int64_t begin, "
-                     f"int64_t end, void *scratch) {{\n  (void)scratch;\n"
-                     + "".join(f"  {ln}\n" for ln in body) + "}\n")
-        params = tuple(la.params[k] for k in PARAM_ORDER.get(la.op, ()))
-        steps.append(StepCode(la, sym, items, flops, params))
-    return CProgram(source="\n".join(parts), steps=tuple(steps))
+    return CLanguage().render(graph)
 
 
-PARAM_ORDER = {"conv2d": ("weight", "bias"), "linear": ("weight", "bias")}
+CProgram = Program  # the name callers used before the C-style base existed
 
-
-class _Ctx:
-    def __init__(self, graph: Graph, la: Layer) -> None:
-        self.la = la
-        self.a = la.attrs
-        self.ins = [graph.shapes[t] for t in la.inputs]
-        self.out = graph.shapes[la.output]
-
-    def epilogue(self, var: str) -> list[str]:
-        return [f"{var} = npas_{e}({var});" for e in self.la.epilogue]
-
-
-Kernel = Callable[[_Ctx], tuple[list[str], int, int]]
-
-
-def _conv2d(c: _Ctx) -> tuple[list[str], int, int]:
-    n, ic, ih, iw = c.ins[0]
-    _, oc, oh, ow = c.out
-    kh, kw = c.a["kernel"]
-    sh, sw = c.a["stride"]
-    dh, dw = c.a["dilation"]
-    pt, _, pl, _ = c.a["padding"]
-    g = c.a["groups"]
-    icg, ocg = ic // g, oc // g
-    plane = oh * ow
-    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
-         "const float *w = args->params[0];", "const float *b = args->params[1];",
-         "for (int64_t it = begin; it < end; ++it) {",
-         f"  const int64_t n = it / {oc}, oc = it % {oc};",
-         f"  float *yp = y + it * {plane};",
-         "  const float bv = b[oc];",
-         f"  for (int64_t i = 0; i < {plane}; ++i) yp[i] = bv;",
-         f"  const float *xg = x + (n * {ic} + (oc / {ocg}) * {icg}) * {ih * iw};",
-         f"  const float *wp = w + oc * {icg * kh * kw};",
-         f"  for (int64_t c = 0; c < {icg}; ++c) {{",
-         f"    const float *xp = xg + c * {ih * iw};",
-         f"    const float *wk = wp + c * {kh * kw};"]
-    for ky in range(kh):
-        h0 = max(0, -((ky * dh - pt) // sh))
-        h1 = min(oh, (ih - 1 + pt - ky * dh) // sh + 1)
-        for kx in range(kw):
-            w0 = max(0, -((kx * dw - pl) // sw))
-            w1 = min(ow, (iw - 1 + pl - kx * dw) // sw + 1)
-            if h0 >= h1 or w0 >= w1:
-                continue  # this tap only ever sees padding
-            L += [f"    {{ const float wv = wk[{ky * kw + kx}];",
-                  f"      for (int64_t oh = {h0}; oh < {h1}; ++oh) {{",
-                  f"        const float *xr = xp + (oh * {sh} + {ky * dh - pt}) * {iw} "
-                  f"+ {kx * dw - pl};",
-                  f"        float *yr = yp + oh * {ow};",
-                  f"        for (int64_t ow = {w0}; ow < {w1}; ++ow) yr[ow] += wv * xr[ow * {sw}];",
-                  "      } }"]
-    L.append("  }")
-    if c.la.epilogue:
-        L += [f"  for (int64_t i = 0; i < {plane}; ++i) {{", "    float v = yp[i];",
-              *["    " + s for s in c.epilogue("v")], "    yp[i] = v;", "  }"]
-    L.append("}")
-    return L, n * oc, 2 * n * oc * plane * icg * kh * kw
-
-
-def _linear(c: _Ctx) -> tuple[list[str], int, int]:
-    n, k = c.ins[0]
-    o = c.out[1]
-    k8 = k // 8 * 8
-    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
-         "const float *w = args->params[0];", "const float *b = args->params[1];",
-         "for (int64_t o = begin; o < end; ++o) {",
-         f"  const float *wr = w + o * {k};",
-         f"  for (int64_t n = 0; n < {n}; ++n) {{",
-         f"    const float *xr = x + n * {k};",
-         "    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};",
-         f"    for (int64_t i = 0; i < {k8}; i += 8)",
-         "      for (int j = 0; j < 8; ++j) acc[j] += xr[i + j] * wr[i + j];",
-         f"    for (int64_t i = {k8}; i < {k}; ++i) acc[0] += xr[i] * wr[i];",
-         "    float v = b[o] + (((acc[0] + acc[1]) + (acc[2] + acc[3])) + "
-         "((acc[4] + acc[5]) + (acc[6] + acc[7])));",
-         *["    " + s for s in c.epilogue("v")],
-         f"    y[n * {o} + o] = v;", "  }", "}"]
-    return L, o, 2 * n * o * k
-
-
-def _eltwise(expr: str, nin: int) -> Kernel:
-    def kernel(c: _Ctx) -> tuple[list[str], int, int]:
-        total = numel(c.out)
-        items = (total + ELTWISE_CHUNK - 1) // ELTWISE_CHUNK
-        L = [f"const float *x{j} = args->inputs[{j}];" for j in range(nin)]
-        L += ["float *restrict y = args->output;",
-              "for (int64_t it = begin; it < end; ++it) {",
-              f"  const int64_t i1 = it * {ELTWISE_CHUNK} + {ELTWISE_CHUNK} < {total} ? "
-              f"it * {ELTWISE_CHUNK} + {ELTWISE_CHUNK} : {total};",
-              f"  for (int64_t i = it * {ELTWISE_CHUNK}; i < i1; ++i) {{",
-              f"    float v = {expr};", *["    " + s for s in c.epilogue("v")],
-              "    y[i] = v;", "  }", "}"]
-        return L, items, total
-    return kernel
-
-
-def _mul_channel(c: _Ctx) -> tuple[list[str], int, int]:
-    n, ch, h, w = c.out
-    L = ["const float *restrict x = args->inputs[0];", "const float *s = args->inputs[1];",
-         "float *restrict y = args->output;",
-         "for (int64_t it = begin; it < end; ++it) {", "  const float sv = s[it];",
-         f"  for (int64_t i = it * {h * w}; i < (it + 1) * {h * w}; ++i) {{",
-         "    float v = x[i] * sv;", *["    " + s for s in c.epilogue("v")],
-         "    y[i] = v;", "  }", "}"]
-    return L, n * ch, n * ch * h * w
-
-
-def _maxpool2d(c: _Ctx) -> tuple[list[str], int, int]:
-    n, ch, ih, iw = c.ins[0]
-    _, _, oh, ow = c.out
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (c.a["kernel"], c.a["stride"], c.a["padding"],
-                                             c.a["dilation"])
-    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
-         "for (int64_t it = begin; it < end; ++it) {",
-         f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
-         f"  for (int64_t oh = 0; oh < {oh}; ++oh)",
-         f"    for (int64_t ow = 0; ow < {ow}; ++ow) {{",
-         "      float m = -__builtin_inff();",
-         f"      for (int64_t ky = 0; ky < {kh}; ++ky) {{",
-         f"        const int64_t ih = oh * {sh} - {ph} + ky * {dh};",
-         f"        if (ih < 0 || ih >= {ih}) continue;",
-         f"        for (int64_t kx = 0; kx < {kw}; ++kx) {{",
-         f"          const int64_t iw = ow * {sw} - {pw} + kx * {dw};",
-         f"          if (iw < 0 || iw >= {iw}) continue;",
-         f"          const float v = xp[ih * {iw} + iw];",
-         "          if (v > m || v != v) m = v;", "        }", "      }",
-         f"      yp[oh * {ow} + ow] = m;", "    }", "}"]
-    return L, n * ch, numel(c.out) * kh * kw
-
-
-def _avgpool2d(c: _Ctx) -> tuple[list[str], int, int]:
-    n, ch, ih, iw = c.ins[0]
-    _, _, oh, ow = c.out
-    (kh, kw), (sh, sw), (ph, pw) = c.a["kernel"], c.a["stride"], c.a["padding"]
-    div = "(float)pool" if c.a["count_include_pad"] else "(float)((h1 - h0) * (w1 - w0))"
-    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
-         "for (int64_t it = begin; it < end; ++it) {",
-         f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
-         f"  for (int64_t oh = 0; oh < {oh}; ++oh)",
-         f"    for (int64_t ow = 0; ow < {ow}; ++ow) {{",
-         f"      int64_t h0 = oh * {sh} - {ph}, w0 = ow * {sw} - {pw};",
-         f"      int64_t h1 = h0 + {kh} < {ih + ph} ? h0 + {kh} : {ih + ph};",
-         f"      int64_t w1 = w0 + {kw} < {iw + pw} ? w0 + {kw} : {iw + pw};",
-         "      const int64_t pool = (h1 - h0) * (w1 - w0);",
-         "      if (h0 < 0) h0 = 0;", "      if (w0 < 0) w0 = 0;",
-         f"      if (h1 > {ih}) h1 = {ih};", f"      if (w1 > {iw}) w1 = {iw};",
-         "      float s = 0.0f;",
-         "      for (int64_t i = h0; i < h1; ++i)",
-         f"        for (int64_t j = w0; j < w1; ++j) s += xp[i * {iw} + j];",
-         f"      yp[oh * {ow} + ow] = (h0 >= h1 || w0 >= w1) ? 0.0f : s / {div};",
-         "    }", "}"]
-    return L, n * ch, numel(c.out) * kh * kw
-
-
-def _adaptive_avgpool2d(c: _Ctx) -> tuple[list[str], int, int]:
-    n, ch, ih, iw = c.ins[0]
-    _, _, oh, ow = c.out
-    L = ["const float *restrict x = args->inputs[0];", "float *restrict y = args->output;",
-         "for (int64_t it = begin; it < end; ++it) {",
-         f"  const float *xp = x + it * {ih * iw};", f"  float *yp = y + it * {oh * ow};",
-         f"  for (int64_t oh = 0; oh < {oh}; ++oh) {{",
-         f"    const int64_t h0 = oh * {ih} / {oh}, h1 = ((oh + 1) * {ih} + {oh - 1}) / {oh};",
-         f"    for (int64_t ow = 0; ow < {ow}; ++ow) {{",
-         f"      const int64_t w0 = ow * {iw} / {ow}, "
-         f"w1 = ((ow + 1) * {iw} + {ow - 1}) / {ow};",
-         "      float s = 0.0f;",
-         "      for (int64_t i = h0; i < h1; ++i)",
-         f"        for (int64_t j = w0; j < w1; ++j) s += xp[i * {iw} + j];",
-         f"      yp[oh * {ow} + ow] = s / (float)((h1 - h0) * (w1 - w0));",
-         "    }", "  }", "}"]
-    return L, n * ch, n * ch * ih * iw
-
-
-def _concat(c: _Ctx) -> tuple[list[str], int, int]:
-    n = c.out[0]
-    row = numel(c.out) // n
-    k = len(c.ins)
-    L = ["float *restrict y = args->output;",
-         "for (int64_t it = begin; it < end; ++it) {",
-         f"  const int64_t n = it / {k}, k = it % {k};",
-         "  const float *src = 0; float *dst = 0; int64_t cnt = 0;", "  switch (k) {"]
-    off = 0
-    for j, s in enumerate(c.ins):
-        sz = numel(s) // n
-        L.append(f"    case {j}: src = args->inputs[{j}] + n * {sz}; dst = y + n * {row} + "
-                 f"{off}; cnt = {sz}; break;")
-        off += sz
-    L += ["    default: break;", "  }", "  for (int64_t i = 0; i < cnt; ++i) dst[i] = src[i];",
-          "}"]
-    return L, n * k, 0
-
-
-KERNELS: dict[str, Kernel] = {
-    "conv2d": _conv2d,
-    "linear": _linear,
-    "add": _eltwise("x0[i] + x1[i]", 2),
-    "mul_channel": _mul_channel,
-    "maxpool2d": _maxpool2d,
-    "avgpool2d": _avgpool2d,
-    "adaptive_avgpool2d": _adaptive_avgpool2d,
-    "concat": _concat,
-    **{a: _eltwise(f"npas_{a}(x0[i])", 1) for a in ACTIVATIONS},
-}
+__all__ = ["ELTWISE_CHUNK", "KERNEL_ABI_VERSION", "MATH", "PARAM_ORDER", "PRELUDE", "CLanguage",
+           "CProgram", "StepCode", "emit_c"]

@@ -21,7 +21,8 @@ def align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
 
-def plan_memory(graph: Graph) -> Graph:
+def plan_memory(graph: Graph, elem_bytes: int = 4) -> Graph:
+    """Plan the arena for tensors of ``elem_bytes`` per element (4: float32, 2: float16)."""
     steps = graph.steps
     end = len(steps)  # graph outputs live through the last step, and past it
     index = {la.output: i for i, la in enumerate(steps)}
@@ -34,7 +35,7 @@ def plan_memory(graph: Graph) -> Graph:
             life[root[t]][1] = max(life[root[t]][1], i)
     for t in graph.outputs:
         life[root[t]][1] = end
-    size = {r: align(numel(graph.shapes[r]) * 4) for r in roots}
+    size = {r: align(numel(graph.shapes[r]) * elem_bytes) for r in roots}
 
     offsets: dict[str, int] = {}
     for r in sorted(roots, key=lambda r: (-size[r], life[r][0])):
@@ -62,6 +63,6 @@ def plan_memory(graph: Graph) -> Graph:
     return replace(graph, plan=plan)
 
 
-def buffer_size(graph: Graph, tensor: str) -> int:
+def buffer_size(graph: Graph, tensor: str, elem_bytes: int = 4) -> int:
     """Bytes reserved for ``tensor``'s buffer (its alias root's, 64-byte aligned)."""
-    return align(numel(graph.shapes[graph.alias_root(tensor)]) * 4)
+    return align(numel(graph.shapes[graph.alias_root(tensor)]) * elem_bytes)
