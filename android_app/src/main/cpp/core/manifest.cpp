@@ -29,11 +29,17 @@ const char* kind_name(ArtifactKind k) {
 // a + b <= limit without overflow.
 bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
 
-Status check_tensor(const Manifest& m, size_t i, const ManifestLimits& limits) {
+Status check_tensor(const Manifest& m, size_t i, const ManifestLimits& limits, Backend backend) {
   const TensorSpec& t = m.tensors[i];
   std::string who = "manifest '" + m.name + "': tensor " + u(i) + " '" + t.name + "'";
-  if (t.dtype != "float32") {
-    return InvalidArgument(who + ": dtype '" + t.dtype + "' is not supported; only float32");
+  if (t.dtype == "float16" && backend != Backend::kGpu) {
+    return InvalidArgument(who + ": dtype 'float16' is for GPU (OpenCL) bundles only; the CPU "
+                           "backend takes float32");
+  }
+  const uint64_t esize = dtype_size(t.dtype);
+  if (esize == 0) {
+    return InvalidArgument(who + ": dtype '" + t.dtype.substr(0, 40) + "' is not supported; " +
+                           (backend == Backend::kGpu ? "float32 or float16" : "only float32"));
   }
   if (t.shape.empty() || t.shape.size() > limits.max_rank) {
     return InvalidArgument(who + ": rank " + u(t.shape.size()) + " must be 1.." +
@@ -43,14 +49,15 @@ Status check_tensor(const Manifest& m, size_t i, const ManifestLimits& limits) {
   for (int64_t d : t.shape) {
     if (d <= 0) return InvalidArgument(who + ": shape " + shape_str(t.shape) +
                                        " has a dimension <= 0");
-    if (elems > std::numeric_limits<uint64_t>::max() / 4 / uint64_t(d)) {
+    if (elems > std::numeric_limits<uint64_t>::max() / esize / uint64_t(d)) {
       return InvalidArgument(who + ": shape " + shape_str(t.shape) + " overflows");
     }
     elems *= uint64_t(d);
   }
-  if (t.nbytes != elems * 4) {
+  if (t.nbytes != elems * esize) {
     return InvalidArgument(who + ": nbytes " + u(t.nbytes) + " but shape " +
-                           shape_str(t.shape) + " of float32 needs " + u(elems * 4));
+                           shape_str(t.shape) + " of " + t.dtype + " needs " +
+                           u(elems * esize));
   }
   if (t.arena_offset % kTensorAlignment != 0) {
     return InvalidArgument(who + ": arena_offset " + u(t.arena_offset) +
@@ -78,7 +85,52 @@ Status check_index_list(const std::vector<uint32_t>& idx, size_t n_tensors, size
   return Status::Ok();
 }
 
+// Toolchain.flags of a GPU bundle become clBuildProgram's options: printable ASCII without
+// spaces (they are joined with spaces), each an option ("-..."), bounded in count and length.
+Status check_build_flags(const Manifest& m, const ManifestLimits& limits) {
+  std::string who = "manifest '" + m.name + "': toolchain.flags";
+  if (m.toolchain.flags.size() > limits.max_build_flags) {
+    return ResourceExhausted(who + ": " + u(m.toolchain.flags.size()) + " flags, limit " +
+                             u(limits.max_build_flags));
+  }
+  uint64_t total = 0;
+  for (size_t i = 0; i < m.toolchain.flags.size(); ++i) {
+    const std::string& f = m.toolchain.flags[i];
+    std::string fw = who + "[" + u(i) + "]";
+    if (f.size() < 2 || f[0] != '-') {
+      return InvalidArgument(fw + " '" + f.substr(0, 80) +
+                             "' is not a build option; options start with '-'");
+    }
+    for (char c : f) {
+      if (c < 0x21 || c > 0x7e) {
+        return InvalidArgument(fw + " '" + f.substr(0, 80) +
+                               "' has a character that is not printable ASCII or is a space; "
+                               "give each option as its own flag");
+      }
+    }
+    total += f.size() + (i ? 1 : 0);
+  }
+  if (total > limits.max_build_options_bytes) {
+    return ResourceExhausted(who + ": the build options are " + u(total) +
+                             " bytes, the runner takes at most " +
+                             u(limits.max_build_options_bytes));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+uint64_t dtype_size(const std::string& dtype) {
+  if (dtype == "float32") return 4;
+  if (dtype == "float16") return 2;
+  return 0;
+}
+
+std::string build_options(const Manifest& m) {
+  std::string s;
+  for (const auto& f : m.toolchain.flags) s += (s.empty() ? "" : " ") + f;
+  return s;
+}
 
 bool is_c_identifier(const std::string& s) {
   if (s.empty() || s.size() > 256) return false;
@@ -92,8 +144,19 @@ bool is_c_identifier(const std::string& s) {
 }
 
 Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
-                         ManifestArtifacts* which) {
+                         ManifestArtifacts* which, Backend backend) {
   std::string who = "manifest '" + m.name + "'";
+  const bool gpu = backend == Backend::kGpu;
+  const bool opencl_bundle = m.target.arch == kOpenClArch;
+  if (gpu && !opencl_bundle) {
+    return FailedPrecondition(who + ": target arch '" + m.target.arch.substr(0, 40) +
+                              "' is a CPU bundle; backend GPU needs an OpenCL bundle (target "
+                              "arch 'opencl'); load it with backend CPU or compile for the GPU");
+  }
+  if (!gpu && opencl_bundle) {
+    return FailedPrecondition(who + ": target arch 'opencl' is a GPU bundle; load it with "
+                              "backend GPU");
+  }
   if (m.format_version != kManifestFormatVersion) {
     return FailedPrecondition(who + ": format_version " + u(m.format_version) +
                               ", this runner reads " + u(kManifestFormatVersion));
@@ -114,6 +177,10 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
                              "' is not 64 lowercase hex characters");
     }
     if (a.role == "kernels") {
+      if (gpu) {
+        return InvalidArgument(aw + ": a GPU bundle carries OpenCL source (role 'opencl'), "
+                               "not a kernel library");
+      }
       if (a.kind != ArtifactKind::kKernelLibrary) {
         return InvalidArgument(aw + ": kind " + kind_name(a.kind) + ", expected KERNEL_LIBRARY");
       }
@@ -126,13 +193,27 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
       if (found.weights >= 0) return InvalidArgument(who + ": more than one 'weights' artifact");
       found.weights = int(i);
       weights_size = a.size;
+    } else if (a.role == "opencl") {
+      if (!gpu) {
+        return InvalidArgument(aw + ": OpenCL source in a CPU bundle; the CPU backend runs a "
+                               "kernel library (role 'kernels')");
+      }
+      if (a.kind != ArtifactKind::kOpenClSource) {
+        return InvalidArgument(aw + ": kind " + kind_name(a.kind) + ", expected OPENCL_SOURCE");
+      }
+      if (found.opencl >= 0) return InvalidArgument(who + ": more than one 'opencl' artifact");
+      found.opencl = int(i);
     } else if (a.kind == ArtifactKind::kUnspecified) {
       return InvalidArgument(aw + ": kind is ARTIFACT_KIND_UNSPECIFIED");
     }
   }
-  if (found.kernels < 0) {
+  if (!gpu && found.kernels < 0) {
     return InvalidArgument(who + ": no artifact with role 'kernels' (KERNEL_LIBRARY)");
   }
+  if (gpu && found.opencl < 0) {
+    return InvalidArgument(who + ": no artifact with role 'opencl' (OPENCL_SOURCE)");
+  }
+  if (gpu) NPAS_RETURN_IF_ERROR(check_build_flags(m, limits));
 
   // Sizes.
   if (m.arena_bytes > limits.max_arena_bytes) {
@@ -150,7 +231,7 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
     return ResourceExhausted(who + ": " + u(m.tensors.size()) + " tensors, limit " +
                              u(limits.max_tensors));
   }
-  for (size_t i = 0; i < m.tensors.size(); ++i) NPAS_RETURN_IF_ERROR(check_tensor(m, i, limits));
+  for (size_t i = 0; i < m.tensors.size(); ++i) NPAS_RETURN_IF_ERROR(check_tensor(m, i, limits, backend));
   NPAS_RETURN_IF_ERROR(
       check_index_list(m.inputs, m.tensors.size(), limits.max_model_io, who + ": inputs"));
   NPAS_RETURN_IF_ERROR(
@@ -194,6 +275,11 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
     if (s.work_items == 0 || s.work_items > limits.max_work_items) {
       return InvalidArgument(sw + ": work_items " + u(s.work_items) + " must be 1.." +
                              u(limits.max_work_items));
+    }
+    if (gpu && s.local_size > 0 && s.work_items % s.local_size != 0) {
+      return InvalidArgument(sw + ": work_items " + u(s.work_items) +
+                             " is not a multiple of local_size " + u(s.local_size) +
+                             "; pad the global size or use local_size 0");
     }
   }
   if (which) *which = found;

@@ -40,8 +40,9 @@ struct Step {
   std::vector<uint32_t> inputs;
   uint32_t output = 0;
   std::vector<ParamRef> params;
-  uint64_t work_items = 0;
+  uint64_t work_items = 0;  // CPU: [begin, end) range; GPU: the 1-D global work size
   uint64_t flops = 0;
+  uint64_t local_size = 0;  // GPU only: work-group size, 0 lets the driver choose
 };
 
 struct Target {
@@ -81,23 +82,39 @@ struct ManifestLimits {
   size_t max_model_io = 1024;  // model inputs, and outputs
   size_t max_rank = 8;
   uint64_t max_work_items = 1ull << 40;
+  size_t max_build_flags = 256;           // GPU: Toolchain.flags entries
+  size_t max_build_options_bytes = 4096;  // GPU: the flags joined with spaces
 };
+
+// Which executor a bundle is loaded for: CPU bundles carry a kernel library (target arch
+// x86_64/aarch64), GPU bundles OpenCL C source (target arch "opencl").
+enum class Backend : int { kCpu = 0, kGpu = 1 };
 
 constexpr uint32_t kManifestFormatVersion = 1;
 constexpr uint64_t kTensorAlignment = 16;  // arena offsets
 constexpr uint64_t kParamAlignment = 64;   // weight blob offsets (kernel ABI promise)
 
-// Indices of the artifacts a CPU load uses (after validate_manifest).
+// Indices of the artifacts a load uses (after validate_manifest).
 struct ManifestArtifacts {
-  int kernels = -1;
+  int kernels = -1;  // CPU: the kernel library
+  int opencl = -1;   // GPU: the OpenCL C source
   int weights = -1;  // -1: no weight blob
 };
 
-// Checks everything that does not need the store: versions, counts, shapes, sizes, offsets,
-// indices, symbols. Params are checked against the weight artifact's declared size; the
-// loader checks that size against the store.
+constexpr const char* kOpenClArch = "opencl";
+
+// Checks everything that does not need the store or the device: versions, artifacts for the
+// backend, counts, shapes, dtypes ("float16" only for GPU), sizes, offsets, indices, symbols,
+// GPU work sizes and build flags. Params are checked against the weight artifact's declared
+// size; the loader checks that size against the store.
 Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
-                         ManifestArtifacts* which);
+                         ManifestArtifacts* which, Backend backend = Backend::kCpu);
+
+// Bytes per element of a tensor dtype the runner knows: float32 4, float16 2; 0 otherwise.
+uint64_t dtype_size(const std::string& dtype);
+
+// Toolchain.flags joined with single spaces: the options for clBuildProgram.
+std::string build_options(const Manifest& m);
 
 // A C identifier: [A-Za-z_][A-Za-z0-9_]*, at most 256 characters.
 bool is_c_identifier(const std::string& s);

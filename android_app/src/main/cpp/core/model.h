@@ -1,6 +1,7 @@
-// A loaded model: the validated manifest, its kernel library (dlopen), weight blob, activation
-// arena, per-thread scratch, the precomputed kernel arguments of every step, and the thread
-// pool that runs them. Also the executor: one run, and the benchmark protocol.
+// A loaded model, whatever runs it: the validated manifest, input checks, one run, and the
+// benchmark protocol (warm-up discarded, N timed runs, per-layer times), written once here.
+// Backends (core/cpu_model.h: kernel library + thread pool; core/gpu_model.h: OpenCL) supply
+// the hooks: put inputs in place, execute every step once, fetch outputs.
 #ifndef NPAS_CORE_MODEL_H
 #define NPAS_CORE_MODEL_H
 
@@ -11,30 +12,10 @@
 #include <vector>
 
 #include "core/artifact_store.h"
-#include "core/device_info.h"
 #include "core/manifest.h"
-#include "core/npas_kernel_abi.h"
-#include "core/os_util.h"
 #include "core/status.h"
-#include "core/thread_pool.h"
 
 namespace npas {
-
-// Threads and pinning as asked by the client (proto LoadModelRequest).
-struct ThreadRequest {
-  uint32_t threads = 0;           // 0: one per big core
-  std::vector<uint32_t> cpu_affinity;
-  bool pin_big_cores = false;
-};
-
-// Threads and pinning as used: affinity is empty (no pinning) or has one CPU per thread.
-struct ThreadPlan {
-  int threads = 1;
-  std::vector<int> affinity;
-};
-
-constexpr uint32_t kMaxThreads = 256;
-StatusOr<ThreadPlan> plan_threads(const ThreadRequest& req, const DeviceInfo& device);
 
 // A tensor handed in by a caller; `data` is borrowed for the duration of the call.
 struct TensorView {
@@ -66,70 +47,69 @@ struct BenchmarkResult {
 };
 
 // Fills `values` (count floats) with the default benchmark input: splitmix64 from a fixed
-// seed, per model input in order, mapped to [-1, 1).
+// seed, per model input in order, mapped to [-1, 1). float16 inputs get the same values,
+// rounded to half precision.
 void default_input_values(float* values, size_t count, uint64_t* state);
 constexpr uint64_t kDefaultInputSeed = 0x4E50415300000001ull;  // "NPAS", 1
 
+// IEEE 754 binary16 bits of `f`, rounded to nearest even (inf/NaN kept).
+uint16_t float_to_half(float f);
+
+// Every artifact of the manifest is in the store with its declared size (NotFound when one
+// is missing, FailedPrecondition when a size differs).
+Status check_artifacts_in_store(const Manifest& manifest, const ArtifactStore& store);
+// Reads exactly `size` bytes of the file at `path` into `dst`; `what` names it in errors.
+Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,
+                      const std::string& what);
+
 class Model {
  public:
-  // Validates the manifest completely, then loads. Errors name the step, symbol or artifact.
-  static StatusOr<std::unique_ptr<Model>> load(const Manifest& manifest,
-                                               const ArtifactStore& store,
-                                               const ManifestLimits& limits,
-                                               const ThreadPlan& plan);
-  ~Model();
+  virtual ~Model() = default;
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
   const Manifest& manifest() const { return manifest_; }
   uint64_t init_ns() const { return init_ns_; }
-  int threads() const { return pool_->threads(); }
-  const std::vector<int>& cpu_affinity() const { return plan_.affinity; }
+  virtual Backend backend() const = 0;
+  virtual int threads() const = 0;
+  // CPUs the worker threads are pinned to; empty: no pinning.
+  virtual std::vector<int> cpu_affinity() const { return {}; }
 
-  // InvalidArgument naming the tensor and the expected vs the received value.
+  // InvalidArgument naming the tensor and the expected vs the received value. The dtype must
+  // be the manifest's (empty counts as float32), so float16 tensors travel as 2-byte halves.
   Status check_inputs(const std::vector<TensorView>& inputs) const;
-  // One inference: copies the inputs into the arena, runs every step, reports the time of the
-  // steps alone. Read the outputs with output_data() afterwards (same caller, same lock).
+  // One inference: puts the inputs in place, runs every step, fetches the outputs; reports
+  // the time of the steps alone. Read the outputs with output_data() afterwards (same caller,
+  // same lock).
   Status run(const std::vector<TensorView>& inputs, uint64_t* latency_ns);
-  const uint8_t* output_data(size_t i) const;
+  virtual const uint8_t* output_data(size_t i) const = 0;
   size_t output_size(size_t i) const;
 
   Status benchmark(const BenchmarkOptions& opts, BenchmarkResult* result);
 
- private:
-  struct PreparedStep {
-    npas_kernel_fn fn = nullptr;
-    npas_step_args args{};
-    int64_t work_items = 0;
-    uint8_t* scratch = nullptr;  // worker w uses scratch + w * scratch_stride
-    size_t scratch_stride = 0;
-  };
-  struct DlClose {
-    void operator()(void* h) const;
-  };
+ protected:
+  explicit Model(const Manifest& manifest) : manifest_(manifest) {}
 
-  Model() = default;
-  static void run_range(void* ctx, int worker, int64_t begin, int64_t end);
-  void copy_inputs(const std::vector<TensorView>& inputs);
-  void copy_default_inputs();
-  void run_steps();
-  uint64_t run_steps_timed(std::vector<std::vector<uint64_t>>* layer_ns, size_t run);
+  // Copies checked inputs (in Manifest.inputs order) to their arena offsets.
+  virtual Status write_inputs(const std::vector<TensorView>& inputs) = 0;
+  // Runs every step once and returns the wall time of the steps (monotonic clock) in *ns.
+  // With layer_ns, also each step's time into (*layer_ns)[step][run].
+  virtual Status execute(std::vector<std::vector<uint64_t>>* layer_ns, size_t run,
+                         uint64_t* ns) = 0;
+  // After run(): makes output_data() valid (a device backend copies the outputs back).
+  virtual Status read_outputs() { return Status::Ok(); }
+  // The CPU the calling thread is pinned to during run/benchmark; -1: none.
+  virtual int caller_cpu() const { return -1; }
+
+  uint64_t init_ns_ = 0;
+
+ private:
+  const std::vector<TensorView>& default_inputs();
 
   Manifest manifest_;
-  ThreadPlan plan_;
-  uint64_t init_ns_ = 0;
-  std::unique_ptr<void, DlClose> lib_;
-  AlignedBuffer weights_;
-  AlignedBuffer arena_;
-  AlignedBuffer scratch_;
-  std::vector<const float*> arg_pointers_;  // every step's inputs and params, back to back
-  std::vector<PreparedStep> steps_;
-  std::unique_ptr<ThreadPool> pool_;
-  std::vector<float> default_inputs_;  // concatenated, built on first use
+  std::vector<uint8_t> default_bytes_;  // concatenated, built on first use
+  std::vector<TensorView> default_views_;
 };
-
-// Reads the ELF header of `path` and checks it is a shared object for this runner's machine.
-Status check_kernel_elf(const std::string& path, const std::string& sha);
 
 }  // namespace npas
 

@@ -48,6 +48,7 @@ Manifest from_proto(const pb::Manifest& p) {
     for (const auto& pr : s.params()) st.params.push_back({pr.offset(), pr.nbytes()});
     st.work_items = s.work_items();
     st.flops = s.flops();
+    st.local_size = s.local_size();
     m.steps.push_back(std::move(st));
   }
   m.content_hash = p.content_hash();

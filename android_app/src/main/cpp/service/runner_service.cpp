@@ -4,6 +4,9 @@
 #include <cstdio>
 
 #include "core/device_info.h"
+#include "core/cpu_model.h"
+#include "core/gpu_model.h"
+#include "core/npas_kernel_abi.h"
 #include "core/model.h"
 #include "core/sha256.h"
 #include "service/convert.h"
@@ -145,26 +148,27 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
                                       pb::LoadModelResponse* resp) {
   grpc::Status auth = authenticate(ctx);
   if (!auth.ok()) return auth;
-  if (req->backend() == pb::GPU) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                        "the GPU (OpenCL) backend is not implemented in runner " +
-                            std::string(kRunnerVersion) + "; use backend CPU");
-  }
-  if (req->backend() != pb::CPU && req->backend() != pb::BACKEND_UNSPECIFIED) {
+  const bool gpu = req->backend() == pb::GPU;
+  if (!gpu && req->backend() != pb::CPU && req->backend() != pb::BACKEND_UNSPECIFIED) {
     return invalid("unknown backend " + std::to_string(req->backend()));
   }
   if (!req->has_manifest()) return invalid("LoadModel needs a manifest");
   Status room = models_.check_room();
   if (!room.ok()) return to_grpc(room);
 
-  ThreadRequest treq;
-  treq.threads = req->threads();
-  treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
-  treq.pin_big_cores = req->pin_big_cores();
-  auto plan = plan_threads(treq, device_info());
-  if (!plan.ok()) return to_grpc(plan.status());
-
-  auto model = Model::load(from_proto(req->manifest()), *store_, manifest_limits_, plan.value());
+  StatusOr<std::unique_ptr<Model>> model = Status(Code::kInternal, "not loaded");
+  if (gpu) {
+    model = load_gpu_model(from_proto(req->manifest()), *store_, manifest_limits_,
+                           store_->dir() + "/" + kProgramCacheDir);
+  } else {
+    ThreadRequest treq;
+    treq.threads = req->threads();
+    treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
+    treq.pin_big_cores = req->pin_big_cores();
+    auto plan = plan_threads(treq, device_info());
+    if (!plan.ok()) return to_grpc(plan.status());
+    model = load_cpu_model(from_proto(req->manifest()), *store_, manifest_limits_, plan.value());
+  }
   if (!model.ok()) {
     log_error("LoadModel", model.status());
     return to_grpc(model.status());

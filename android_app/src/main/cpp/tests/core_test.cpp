@@ -1,5 +1,8 @@
 // Tests of the core without gRPC: sha256 vectors, the store, manifest checks, the thread pool,
-// and a real kernel library loaded and run. Usage: npas_core_test KERNEL_LIB STORE_DIR
+// a real kernel library loaded and run, and the OpenCL backend on whatever OpenCL device the
+// machine has (PoCL in CI; skipped with a note when there is none).
+// Usage: npas_core_test KERNEL_LIB STORE_DIR
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +17,8 @@
 #include "core/artifact_store.h"
 #include "core/device_info.h"
 #include "core/manifest.h"
+#include "core/cpu_model.h"
+#include "core/gpu_model.h"
 #include "core/model.h"
 #include "core/model_registry.h"
 #include "core/sha256.h"
@@ -261,7 +266,7 @@ void test_model(const std::string& kernel_lib, const std::string& dir) {
   for (int threads : {1, 3, 64}) {  // 64 > work items
     ThreadPlan plan;
     plan.threads = threads;
-    auto model = Model::load(m, store, ManifestLimits{}, plan);
+    auto model = load_cpu_model(m, store, ManifestLimits{}, plan);
     CHECK(model.ok());
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().to_string().c_str());
@@ -296,13 +301,13 @@ void test_model(const std::string& kernel_lib, const std::string& dir) {
   ThreadPlan one;
   Manifest missing = m;
   missing.steps[1].symbol = "k_does_not_exist";
-  auto r1 = Model::load(missing, store, ManifestLimits{}, one);
+  auto r1 = load_cpu_model(missing, store, ManifestLimits{}, one);
   CHECK_CODE(r1.status(), Code::kNotFound);
   CHECK(r1.status().message().find("k_does_not_exist") != std::string::npos);
 
   Manifest wrong_size = m;
   wrong_size.artifacts[0].size += 1;
-  CHECK_CODE(Model::load(wrong_size, store, ManifestLimits{}, one).status(),
+  CHECK_CODE(load_cpu_model(wrong_size, store, ManifestLimits{}, one).status(),
              Code::kFailedPrecondition);
 
   // The same library claiming to be aarch64 (or x86_64 when this runner is arm64).
@@ -312,14 +317,14 @@ void test_model(const std::string& kernel_lib, const std::string& dir) {
   std::string fsha = put(store, foreign);
   Manifest arm = m;
   arm.artifacts[0] = {"kernels", ArtifactKind::kKernelLibrary, fsha, foreign.size()};
-  auto r2 = Model::load(arm, store, ManifestLimits{}, one);
+  auto r2 = load_cpu_model(arm, store, ManifestLimits{}, one);
   CHECK_CODE(r2.status(), Code::kFailedPrecondition);
   CHECK(r2.status().message().find("is built for " + elf_machine_name(other) + ", this runner is") !=
         std::string::npos);
 
   // Registry: cap and handles.
   ModelRegistry reg(1);
-  auto a = Model::load(m, store, ManifestLimits{}, one);
+  auto a = load_cpu_model(m, store, ManifestLimits{}, one);
   auto h = reg.add(std::move(a).value());
   CHECK(h.ok() && h.value().size() == 32);
   CHECK_CODE(reg.check_room(), Code::kResourceExhausted);
@@ -327,6 +332,199 @@ void test_model(const std::string& kernel_lib, const std::string& dir) {
   CHECK_CODE(reg.acquire("nope").status(), Code::kNotFound);
   CHECK(reg.remove(h.value()).ok());
   CHECK_CODE(reg.remove(h.value()), Code::kNotFound);
+}
+
+// y = (x + w) * 2 again, as OpenCL: x at float 0, h at 64, y at 128 (n <= 64).
+const char kGpuSource[] =
+    "__kernel void g_add(__global float *arena, __global const float *weights) {\n"
+    "  size_t i = get_global_id(0);\n"
+    "  if (i < N) arena[64 + i] = arena[i] + weights[i];\n"
+    "}\n"
+    "__kernel void g_double(__global float *arena, __global const float *weights) {\n"
+    "  size_t i = get_global_id(0);\n"
+    "  if (i < N) arena[128 + i] = 2.0f * arena[64 + i];\n"
+    "}\n";
+
+Manifest gpu_manifest(const std::string& ssha, uint64_t ssize, const std::string& wsha,
+                      uint64_t wsize, int64_t n) {
+  Manifest m;
+  m.format_version = 1;
+  m.kernel_abi_version = 1;
+  m.name = "gpu_two_step";
+  m.target = {"opencl", "linux", "opencl", {}};
+  m.toolchain = {"opencl", "1.2", {"-DN=" + std::to_string(n), "-cl-std=CL1.2"}};
+  m.artifacts = {{"opencl", ArtifactKind::kOpenClSource, ssha, ssize},
+                 {"weights", ArtifactKind::kWeights, wsha, wsize}};
+  uint64_t nb = uint64_t(n) * 4;
+  m.tensors = {{"x", {1, n}, "float32", 0, nb},
+               {"h", {1, n}, "float32", 256, nb},
+               {"y", {1, n}, "float32", 512, nb}};
+  m.inputs = {0};
+  m.outputs = {2};
+  m.arena_bytes = 768;
+  Step s1{"add", "add", "g_add", {0}, 1, {{0, nb}}, 64, 0, 16};
+  Step s2{"double", "mul", "g_double", {1}, 2, {}, 64, 0, 0};
+  m.steps = {s1, s2};
+  return m;
+}
+
+void test_gpu_manifest_checks() {
+  std::string s(64, 'a'), w(64, 'b');
+  Manifest good = gpu_manifest(s, 100, w, 160, 37);
+  ManifestLimits lim;
+  CHECK(validate_manifest(good, lim, nullptr, Backend::kGpu).ok());
+  // An OpenCL bundle on the CPU and a CPU bundle on the GPU.
+  CHECK_CODE(validate_manifest(good, lim, nullptr, Backend::kCpu), Code::kFailedPrecondition);
+  Manifest m = good;
+  m.target.arch = "x86_64";
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kFailedPrecondition);
+  m = good;
+  m.steps[0].local_size = 7;  // 64 % 7 != 0
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m = good;
+  m.toolchain.flags = {"-D X=1"};
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m = good;
+  m.toolchain.flags = {"cl-fast-relaxed-math"};
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m = good;
+  m.toolchain.flags = {"-D" + std::string(5000, 'x')};
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kResourceExhausted);
+  m = good;
+  m.artifacts.push_back(m.artifacts[0]);
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m = good;
+  m.artifacts.erase(m.artifacts.begin());
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m = good;
+  m.artifacts.push_back({"kernels", ArtifactKind::kKernelLibrary, s, 10});
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  // float16: 2 bytes per element, GPU only.
+  m = good;
+  for (auto& t : m.tensors) {
+    t.dtype = "float16";
+    t.nbytes /= 2;
+  }
+  CHECK(validate_manifest(m, lim, nullptr, Backend::kGpu).ok());
+  m.tensors[0].nbytes *= 2;
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  Manifest cpu = two_step_manifest(std::string(64, 'a'), 100, w, 40, 10);
+  cpu.tensors[0].dtype = "float16";
+  cpu.tensors[0].nbytes = 20;
+  CHECK_CODE(validate_manifest(cpu, lim, nullptr), Code::kInvalidArgument);
+
+  CHECK(build_options(good) == "-DN=37 -cl-std=CL1.2");
+  std::string k = program_cache_key("s", "p", "d", "v", "drv", "-O");
+  CHECK(k.size() == 64 && k == program_cache_key("s", "p", "d", "v", "drv", "-O"));
+  CHECK(k != program_cache_key("s", "p", "d", "v", "drv2", "-O"));
+  CHECK(program_cache_key("ab", "c", "", "", "", "") != program_cache_key("a", "bc", "", "", "", ""));
+
+  CHECK(float_to_half(0.0f) == 0x0000 && float_to_half(1.0f) == 0x3C00);
+  CHECK(float_to_half(-2.0f) == 0xC000 && float_to_half(65504.0f) == 0x7BFF);
+  CHECK(float_to_half(1e6f) == 0x7C00 && float_to_half(5.9604645e-8f) == 0x0001);
+  CHECK(float_to_half(1.0f + 1.0f / 2048) == 0x3C00);  // tie -> even
+  CHECK(float_to_half(1.0f + 3.0f / 2048) == 0x3C02);
+}
+
+void test_gpu_model(const std::string& dir) {
+  DeviceInfo probe;
+  probe_opencl(&probe);
+  size_t devices = 0;
+  for (const auto& p : probe.opencl_platforms) devices += p.devices.size();
+
+  auto st = ArtifactStore::open(dir + "/gpu", StoreLimits{});
+  CHECK(st.ok());
+  ArtifactStore& store = *st.value();
+  const int64_t n = 37;
+  std::string src = kGpuSource;
+  std::string ssha = put(store, src);
+  std::vector<float> wv(n), xv(n);
+  for (int64_t i = 0; i < n; ++i) {
+    wv[size_t(i)] = 0.25f * float(i);
+    xv[size_t(i)] = 1.5f - 0.125f * float(i);
+  }
+  std::string wbytes(reinterpret_cast<const char*>(wv.data()), wv.size() * 4);
+  std::string wsha = put(store, wbytes);
+  Manifest m = gpu_manifest(ssha, src.size(), wsha, wbytes.size(), n);
+  std::string cache = dir + "/gpu/cl-cache";
+
+  auto model = load_gpu_model(m, store, ManifestLimits{}, cache);
+  if (devices == 0) {
+    std::printf("note: no OpenCL device (%s); GPU load must say so\n",
+                probe.opencl_status.c_str());
+    CHECK_CODE(model.status(), Code::kFailedPrecondition);
+    CHECK(model.status().message().find("no OpenCL device") != std::string::npos);
+    return;
+  }
+  CHECK(model.ok());
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", model.status().to_string().c_str());
+    return;
+  }
+  Model& gm = *model.value();
+  CHECK(gm.threads() == 1 && gm.backend() == Backend::kGpu);
+  TensorView x{"x", {1, n}, "float32", xv.data(), xv.size() * 4};
+  uint64_t ns = 0;
+  CHECK(gm.run({x}, &ns).ok());
+  const float* y = reinterpret_cast<const float*>(gm.output_data(0));
+  bool right = true;
+  for (int64_t i = 0; i < n; ++i) right = right && y[i] == (xv[size_t(i)] + wv[size_t(i)]) * 2;
+  CHECK(right);
+  TensorView half_x = x;
+  half_x.dtype = "float16";
+  CHECK_CODE(gm.run({half_x}, &ns), Code::kInvalidArgument);
+
+  BenchmarkOptions opts;
+  opts.warmup = 2;
+  opts.runs = 30;
+  opts.per_layer = true;
+  BenchmarkResult r;
+  CHECK(gm.benchmark(opts, &r).ok());
+  CHECK(r.samples_ns.size() == 30 && r.warmup_ns.size() == 2 && r.layer_ns.size() == 2);
+  bool sums_fit = true;
+  for (size_t i = 0; i < 30; ++i) {
+    sums_fit = sums_fit && r.layer_ns[0][i] + r.layer_ns[1][i] <= r.samples_ns[i];
+  }
+  CHECK(sums_fit);
+
+  // The program binary was cached; a second load uses it and computes the same.
+  size_t cached = 0;
+  if (DIR* d = ::opendir(cache.c_str())) {
+    while (dirent* e = ::readdir(d)) cached += is_valid_sha256_hex(e->d_name) ? 1 : 0;
+    ::closedir(d);
+  }
+  CHECK(cached == 1);
+  auto again = load_gpu_model(m, store, ManifestLimits{}, cache);
+  CHECK(again.ok() && again.value()->run({x}, &ns).ok() &&
+        std::memcmp(again.value()->output_data(0), y, size_t(n) * 4) == 0);
+
+  Manifest missing = m;
+  missing.steps[1].symbol = "g_nope";
+  auto r1 = load_gpu_model(missing, store, ManifestLimits{}, cache);
+  CHECK_CODE(r1.status(), Code::kNotFound);
+  CHECK(r1.status().message().find("g_nope") != std::string::npos);
+
+  std::string broken = src;
+  broken.replace(broken.find("2.0f *"), 6, "2.0f *+*");
+  Manifest bad = m;
+  bad.artifacts[0] = {"opencl", ArtifactKind::kOpenClSource, put(store, broken), broken.size()};
+  auto r2 = load_gpu_model(bad, store, ManifestLimits{}, cache);
+  CHECK_CODE(r2.status(), Code::kFailedPrecondition);
+  CHECK(r2.status().message().find("'g_double' (line 7)") != std::string::npos);
+
+  Manifest fp16 = m;
+  fp16.target.features = {"cl_khr_fp16"};
+  bool has_fp16 = false;
+  for (const auto& p : probe.opencl_platforms) {
+    for (const auto& d : p.devices) {
+      for (const auto& e : d.extensions) has_fp16 = has_fp16 || e == "cl_khr_fp16";
+    }
+  }
+  if (!has_fp16) {
+    auto r3 = load_gpu_model(fp16, store, ManifestLimits{}, cache);
+    CHECK_CODE(r3.status(), Code::kFailedPrecondition);
+    CHECK(r3.status().message().find("needs cl_khr_fp16") != std::string::npos);
+  }
 }
 
 void test_device() {
@@ -358,6 +556,8 @@ int main(int argc, char** argv) {
   test_thread_pool();
   test_manifest_checks();
   test_model(argv[1], dir);
+  test_gpu_manifest_checks();
+  test_gpu_model(dir);
   test_device();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);

@@ -1,0 +1,221 @@
+// The backend-independent part of a loaded model: input checks, default inputs, one run and
+// the benchmark loop. Backends only put inputs in place, execute steps and fetch outputs.
+#include "core/model.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/os_util.h"
+#include "core/thread_pool.h"
+
+namespace npas {
+namespace {
+
+std::string u(uint64_t v) { return std::to_string(v); }
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+}  // namespace
+
+Status check_artifacts_in_store(const Manifest& manifest, const ArtifactStore& store) {
+  for (const ArtifactRef& a : manifest.artifacts) {
+    auto size = store.size_of(a.sha256);
+    if (!size.ok()) {
+      return NotFound("artifact '" + a.role + "' " + a.sha256 +
+                      " is not in the runner's store; upload it first");
+    }
+    if (size.value() != a.size) {
+      return FailedPrecondition("artifact '" + a.role + "' " + a.sha256 + " has " +
+                                u(size.value()) + " bytes in the store, the manifest says " +
+                                u(a.size));
+    }
+  }
+  return Status::Ok();
+}
+
+Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,
+                      const std::string& what) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError("cannot open " + what + " " + path, errno);
+  uint64_t done = 0;
+  while (done < size) {
+    ssize_t n = ::read(fd.get(), dst + done, size_t(std::min<uint64_t>(size - done, 1 << 30)));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot read " + what + " " + path, errno);
+    }
+    if (n == 0) return DataLoss(what + " " + path + " ended after " + u(done) + " bytes");
+    done += uint64_t(n);
+  }
+  return Status::Ok();
+}
+
+void default_input_values(float* values, size_t count, uint64_t* state) {
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    // 24 random bits -> [0, 1) exactly representable, then [-1, 1).
+    values[i] = float(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+  }
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t exp = (x >> 23) & 0xFFu;
+  uint32_t mant = x & 0x7FFFFFu;
+  if (exp == 0xFF) return uint16_t(sign | 0x7C00u | (mant ? 0x200u : 0));  // inf, NaN
+  int32_t e = int32_t(exp) - 127 + 15;
+  if (e >= 31) return uint16_t(sign | 0x7C00u);  // overflow -> inf
+  if (e <= 0) {                                   // subnormal half, or zero
+    if (e < -10) return uint16_t(sign);
+    mant |= 0x800000u;
+    uint32_t shift = uint32_t(14 - e);
+    uint32_t h = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) ++h;
+    return uint16_t(sign | h);
+  }
+  uint32_t h = (uint32_t(e) << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;  // may carry into the exponent: ok
+  return uint16_t(sign | h);
+}
+
+Status Model::check_inputs(const std::vector<TensorView>& inputs) const {
+  const auto& m = manifest_;
+  if (inputs.size() != m.inputs.size()) {
+    std::string names;
+    for (uint32_t idx : m.inputs) names += (names.empty() ? "" : ", ") + m.tensors[idx].name;
+    return InvalidArgument("model '" + m.name + "' takes " + u(m.inputs.size()) + " input(s) [" +
+                           names + "], got " + u(inputs.size()));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& t = m.tensors[m.inputs[i]];
+    const TensorView& v = inputs[i];
+    std::string who = "input " + u(i) + " '" + t.name + "'";
+    if (!v.name.empty() && v.name != t.name) {
+      return InvalidArgument(who + ": got a tensor named '" + v.name +
+                             "'; inputs go in the manifest's order");
+    }
+    const std::string dtype = v.dtype.empty() ? "float32" : v.dtype;
+    if (dtype != t.dtype) {
+      return InvalidArgument(who + ": dtype expected " + t.dtype + ", got " + dtype +
+                             (v.dtype.empty() ? " (empty means float32)" : ""));
+    }
+    if (v.shape != t.shape) {
+      return InvalidArgument(who + ": shape expected " + shape_str(t.shape) + ", got " +
+                             shape_str(v.shape));
+    }
+    if (v.size != t.nbytes) {
+      return InvalidArgument(who + ": data expected " + u(t.nbytes) + " bytes, got " +
+                             u(v.size));
+    }
+  }
+  return Status::Ok();
+}
+
+const std::vector<TensorView>& Model::default_inputs() {
+  if (default_views_.size() == manifest_.inputs.size()) return default_views_;
+  size_t total_elems = 0, total_bytes = 0;
+  for (uint32_t idx : manifest_.inputs) {
+    const TensorSpec& t = manifest_.tensors[idx];
+    total_elems += size_t(t.nbytes / dtype_size(t.dtype));
+    total_bytes += size_t(t.nbytes);
+  }
+  std::vector<float> values(total_elems);
+  uint64_t state = kDefaultInputSeed;
+  default_input_values(values.data(), total_elems, &state);
+  default_bytes_.assign(total_bytes, 0);
+  default_views_.clear();
+  size_t elem = 0, byte = 0;
+  for (uint32_t idx : manifest_.inputs) {
+    const TensorSpec& t = manifest_.tensors[idx];
+    size_t n = size_t(t.nbytes / dtype_size(t.dtype));
+    uint8_t* dst = default_bytes_.data() + byte;
+    if (t.dtype == "float16") {
+      for (size_t k = 0; k < n; ++k) {
+        uint16_t h = float_to_half(values[elem + k]);
+        std::memcpy(dst + 2 * k, &h, 2);
+      }
+    } else {
+      std::memcpy(dst, values.data() + elem, n * 4);
+    }
+    default_views_.push_back({t.name, t.shape, t.dtype, dst, size_t(t.nbytes)});
+    elem += n;
+    byte += size_t(t.nbytes);
+  }
+  return default_views_;
+}
+
+Status Model::run(const std::vector<TensorView>& inputs, uint64_t* latency_ns) {
+  NPAS_RETURN_IF_ERROR(check_inputs(inputs));
+  ScopedCallerAffinity pin(caller_cpu());
+  NPAS_RETURN_IF_ERROR(write_inputs(inputs));
+  uint64_t t = 0;
+  NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &t));
+  NPAS_RETURN_IF_ERROR(read_outputs());
+  if (latency_ns) *latency_ns = t;
+  return Status::Ok();
+}
+
+size_t Model::output_size(size_t i) const {
+  return size_t(manifest_.tensors[manifest_.outputs[i]].nbytes);
+}
+
+Status Model::benchmark(const BenchmarkOptions& opts, BenchmarkResult* result) {
+  const size_t n_steps = manifest_.steps.size();
+  if (opts.runs > kMaxBenchmarkRuns) {
+    return InvalidArgument("runs " + u(opts.runs) + " is over the limit of " +
+                           u(kMaxBenchmarkRuns));
+  }
+  if (opts.warmup > kMaxBenchmarkWarmup) {
+    return InvalidArgument("warmup " + u(opts.warmup) + " is over the limit of " +
+                           u(kMaxBenchmarkWarmup));
+  }
+  if (opts.runs == 0) return InvalidArgument("runs must be at least 1");
+  uint32_t runs = opts.runs;
+  if (opts.per_layer && uint64_t(runs) * n_steps > kMaxLayerSamples) {
+    return InvalidArgument("per_layer with " + u(runs) + " runs x " + u(n_steps) +
+                           " steps is " + u(uint64_t(runs) * n_steps) +
+                           " samples, over the limit of " + u(kMaxLayerSamples) +
+                           "; ask for fewer runs");
+  }
+  bool given = !opts.inputs.empty() || manifest_.inputs.empty();
+  if (given) NPAS_RETURN_IF_ERROR(check_inputs(opts.inputs));
+  const std::vector<TensorView>& inputs = given ? opts.inputs : default_inputs();
+
+  result->samples_ns.assign(runs, 0);
+  result->warmup_ns.assign(opts.warmup, 0);
+  result->layer_ns.clear();
+  if (opts.per_layer) result->layer_ns.assign(n_steps, std::vector<uint64_t>(runs, 0));
+
+  ScopedCallerAffinity pin(caller_cpu());
+  // Inputs go in before every run (outside the timing): the memory plan may reuse their space.
+  for (uint32_t r = 0; r < opts.warmup; ++r) {
+    if (opts.cancelled && opts.cancelled()) return Status(Code::kCancelled, "benchmark cancelled");
+    NPAS_RETURN_IF_ERROR(write_inputs(inputs));
+    NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &result->warmup_ns[r]));
+  }
+  auto* layers = opts.per_layer ? &result->layer_ns : nullptr;
+  for (uint32_t r = 0; r < runs; ++r) {
+    if (opts.cancelled && opts.cancelled()) return Status(Code::kCancelled, "benchmark cancelled");
+    NPAS_RETURN_IF_ERROR(write_inputs(inputs));
+    NPAS_RETURN_IF_ERROR(execute(layers, r, &result->samples_ns[r]));
+  }
+  return Status::Ok();
+}
+
+}  // namespace npas
