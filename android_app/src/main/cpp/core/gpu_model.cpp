@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -142,7 +143,10 @@ Status cache_write(const std::string& dir, const std::string& key,
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoError("cannot create program cache " + dir, errno);
   }
-  std::string tmp = dir + "/.tmp-" + key + "-" + std::to_string(::getpid());
+  // Unique per process and call: two loads of the same bundle may race to write one key.
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = dir + "/.tmp-" + key + "-" + std::to_string(::getpid()) + "-" +
+                    std::to_string(counter.fetch_add(1));
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd.valid()) return ErrnoError("cannot create " + tmp, errno);
   std::vector<uint8_t> out(48 + binary.size());
