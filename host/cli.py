@@ -37,6 +37,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", default="1,3,224,224",
                    help="example input shape, NCHW (default: 1,3,224,224)")
     p.add_argument("--name", help="bundle name (default: from the model)")
+    p.add_argument("--backend", choices=("cpu", "gpu"),
+                   help="cpu: C kernels for the CPU (default); gpu: OpenCL kernels. For a "
+                        "bundle, taken from the bundle")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="GPU only: fp16 needs a device with cl_khr_fp16 (Adreno has it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +88,7 @@ def _progress() -> Progress:
 
 
 def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
-    from codegen import compile_model
+    from codegen import compile_model, toolchain_for
 
     from .models import example_inputs, load_model, parse_shape
 
@@ -96,7 +101,9 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
         progress.update(task, description=f"compiling {name}: {what}")
 
     t0 = time.perf_counter()
-    bundle = compile_model(model, example_inputs(shape), out_dir, name=name, progress=stage)
+    toolchain = toolchain_for(args.backend or "cpu", args.precision)
+    bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
+                           toolchain=toolchain, progress=stage)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     return bundle
@@ -214,10 +221,15 @@ def cmd_profile(args) -> int:
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bundle-")))
             bundle = _compile(args.model, tmp, args, progress)
+        backend = "gpu" if bundle.manifest.target.arch == "opencl" else "cpu"
+        if args.backend and args.backend != backend:
+            raise CliError(f"{args.model} is a {backend.upper()} bundle; --backend "
+                           f"{args.backend} needs a bundle compiled with --backend "
+                           f"{args.backend}")
         device = _device(args, stack)
         session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
         up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
-        key = session.load(bundle, LoadOptions(threads=args.threads),
+        key = session.load(bundle, LoadOptions(threads=args.threads, backend=backend),
                            progress=lambda n, _total: progress.advance(up, n))
         progress.update(up, completed=progress.tasks[-1].total)
         progress.remove_task(up)
@@ -225,7 +237,7 @@ def cmd_profile(args) -> int:
                           total=None)
         result = session.benchmark(key, runs=args.runs, warmup=args.warmup,
                                    per_layer=args.per_layer)
-    info = {"model": args.model, "bundle": bundle.manifest.name,
+    info = {"model": args.model, "bundle": bundle.manifest.name, "backend": backend,
             "content_hash": bundle.manifest.content_hash, "device": args.device,
             "threads": result.threads, "runs": args.runs, "warmup": args.warmup,
             "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9}
@@ -238,8 +250,9 @@ def cmd_profile(args) -> int:
 
 def _print_profile(info: dict, result, per_layer: bool) -> None:
     s = result.stats
-    t = Table(title=f"{info['bundle']} on {info['device']} ({result.threads} thread(s), "
-                    f"{s.n} runs after {info['warmup']} warm-up)")
+    how = "GPU" if info["backend"] == "gpu" else f"CPU, {result.threads} thread(s)"
+    t = Table(title=f"{info['bundle']} on {info['device']} ({how}, {s.n} runs after "
+                    f"{info['warmup']} warm-up)")
     for col in ("mean", "median", "p10", "p90", "std", "min", "max"):
         t.add_column(f"{col} ms", justify="right")
     t.add_row(*(f"{v:.3f}" for v in (s.mean_ms, s.median_ms, s.p10_ms, s.p90_ms, s.std_ms,
@@ -248,6 +261,11 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
     out.print(f"init {result.init_ns / 1e6:.1f} ms; {info['gflop']:.2f} GFLOP per run → "
               f"{info['gflop'] / (s.median_ms / 1e3):.1f} GFLOP/s at the median")
     if per_layer and result.layers:
+        import statistics
+        per_run = [sum(v) for v in zip(*(la.samples_ns for la in result.layers), strict=True)]
+        share = statistics.median(p / t for p, t in zip(per_run, result.samples_ns,
+                                                         strict=True))
+        out.print(f"per-layer times add up to {share:.1%} of each run (median over runs)")
         lt = Table(title="per layer (median)")
         lt.add_column("layer")
         lt.add_column("op")

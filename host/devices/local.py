@@ -46,6 +46,7 @@ class LocalRunnerConfig:
     store: Path = field(default_factory=lambda: default_cache_dir() / "store-local")
     startup_timeout_s: float = 20.0
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # the runner's environment (default: inherit)
 
 
 class LocalRunner:
@@ -79,7 +80,8 @@ class LocalRunner:
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          env=self.config.env)
         finally:
             log.close()
         self.address = self._read_address()

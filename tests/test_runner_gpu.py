@@ -1,0 +1,108 @@
+"""OpenCL tier: the runner's GPU backend, through the real runner (PoCL here).
+
+Output equality with torch for the GPU emitter's models is in test_codegen_opencl.py; this
+file covers the profile command and the failures a user can meet."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+
+import pytest
+from zoo import small_cnn
+
+from codegen import OpenClToolchain, compile_model
+from codegen.bundle import artifact_ref
+from host.cli import main
+from host.devices.local import LocalRunner, LocalRunnerConfig
+from host.rpc.client import RunnerError
+from host.session import LoadOptions, Session
+
+pytestmark = pytest.mark.opencl
+
+
+@pytest.fixture(scope="module")
+def gpu_runner(local_runner):
+    info = local_runner.client().device_info()
+    if not any(p.devices for p in info.opencl_platforms):
+        pytest.skip(f"opencl tier: the runner sees no OpenCL device ({info.opencl_status})")
+    return local_runner
+
+
+def _gpu_bundle(tmp_path, name="small_gpu", precision="fp32"):
+    import torch
+    x = torch.randn(1, 3, 32, 32)
+    return compile_model(small_cnn(), x, tmp_path / name, name=name,
+                         toolchain=OpenClToolchain(precision=precision))
+
+
+def test_profile_gpu_resnet18_100_samples_and_layers_add_up(capsys, gpu_runner, tmp_path):
+    """The issue's acceptance check at full size."""
+    rc = main(["profile", "--device", "local", "--backend", "gpu", "resnet18", "--json",
+               "--per-layer", "--warmup", "1", "--store", str(tmp_path / "s")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    d = json.loads(out)
+    assert d["backend"] == "gpu" and len(d["samples_ns"]) == 100
+    layers = d["layers"]
+    assert len(layers) == 31 and all(len(la["samples_ns"]) == 100 for la in layers)
+    share = statistics.median(sum(la["samples_ns"][i] for la in layers) / d["samples_ns"][i]
+                              for i in range(100))
+    assert 0.9 <= share <= 1.1
+
+
+def test_kernel_that_fails_to_build_names_it(gpu_runner, tmp_path):
+    b = _gpu_bundle(tmp_path)
+    src = b.file("opencl")
+    text = src.read_text()
+    victim = b.manifest.steps[2].symbol
+    head, sig, body = text.partition(f"__kernel void {victim}(")
+    src.write_text(head + sig + body.replace("{", "{ undeclared_thing = 1;", 1))
+    arts = tuple(artifact_ref(b.path, a.role, a.kind, a.file) for a in b.manifest.artifacts)
+    broken = dataclasses.replace(b, manifest=dataclasses.replace(b.manifest, artifacts=arts))
+    with Session(gpu_runner) as s:
+        with pytest.raises(RunnerError) as e:
+            s.load(broken, LoadOptions(backend="gpu"))
+        assert e.value.code == "FAILED_PRECONDITION"
+        assert victim in e.value.message and "undeclared_thing" in e.value.message
+        # still serving: the intact bundle loads and runs
+        good = _gpu_bundle(tmp_path, "good")
+        key = s.load(good, LoadOptions(backend="gpu"))
+        assert len(s.benchmark(key, runs=3, warmup=1).samples_ns) == 3
+
+
+def test_fp16_bundle_on_a_device_without_fp16(gpu_runner, tmp_path):
+    info = gpu_runner.client().device_info()
+    exts = {e for p in info.opencl_platforms for d in p.devices for e in d.extensions}
+    if "cl_khr_fp16" in exts:
+        pytest.skip("this OpenCL device supports cl_khr_fp16")
+    b = _gpu_bundle(tmp_path, "half", precision="fp16")
+    with Session(gpu_runner) as s:
+        with pytest.raises(RunnerError) as e:
+            s.load(b, LoadOptions(backend="gpu"))
+    assert e.value.code == "FAILED_PRECONDITION" and "cl_khr_fp16" in e.value.message
+
+
+def test_device_without_opencl(runner_binary, tmp_path):
+    empty = tmp_path / "no-icds"
+    empty.mkdir()
+    env = {**os.environ, "OCL_ICD_VENDORS": str(empty)}
+    cfg = LocalRunnerConfig(binary=runner_binary, store=tmp_path / "store", env=env)
+    with LocalRunner(cfg) as runner, Session(runner) as s:
+        assert not runner.client().device_info().opencl_platforms
+        with pytest.raises(RunnerError) as e:
+            s.load(_gpu_bundle(tmp_path), LoadOptions(backend="gpu"))
+        assert e.value.code == "FAILED_PRECONDITION" and "no OpenCL device" in e.value.message
+        # the CPU path on the same runner is unaffected
+        import torch
+        cpu = compile_model(small_cnn(), torch.randn(1, 3, 32, 32), tmp_path / "cpu", "cpu")
+        key = s.load(cpu)
+        assert len(s.benchmark(key, runs=2, warmup=1).samples_ns) == 2
+
+
+def test_backend_mismatch_is_a_cli_error(capsys, gpu_runner, tmp_path):
+    b = _gpu_bundle(tmp_path)
+    rc = main(["profile", str(b.path), "--backend", "cpu", "--runs", "2"])
+    assert rc == 2 and "GPU bundle" in capsys.readouterr().err
