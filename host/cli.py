@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     _add_model_args(p)
 
+    p = sub.add_parser("install", help="install the runner on a phone and check it answers")
+    p.add_argument("--device", required=True, help="the phone's adb serial")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--apk", type=Path, help="the runner app (android_app, built by Gradle)")
+    what.add_argument("--binary", type=Path,
+                      help="the standalone arm64 runner, pushed to /data/local/tmp/npas")
+
     p = sub.add_parser("profile", help="measure a model or bundle on a device")
     p.add_argument("model", help="a bundle folder, or a model as for compile")
     p.add_argument("--device", default="local",
@@ -73,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="use a runner already listening at HOST:PORT")
     p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
     p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
+    p.add_argument("--max-temp", type=float, default=40.0,
+                   help="phones: wait until the battery is at most this many °C (default 40)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="phones: do not pin the runner's threads to the big cores")
     p.add_argument("--store", type=Path, help="artifact store for the local runner")
     _add_model_args(p)
     return ap
@@ -87,8 +98,19 @@ def _progress() -> Progress:
                     DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
 
 
-def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
-    from codegen import compile_model, toolchain_for
+def _toolchain(args, device_info=None):
+    """The toolchain for --backend/--precision and, when known, the device's ABI."""
+    from codegen import toolchain_for
+
+    backend = args.backend or "cpu"
+    if backend == "gpu" or device_info is None or device_info.abi == "x86_64":
+        return toolchain_for(backend, args.precision)
+    raise CliError(f"the device's ABI {device_info.abi!r} has no CPU code generator in this "
+                   f"version; use --backend gpu")
+
+
+def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_info=None):
+    from codegen import compile_model
 
     from .models import example_inputs, load_model, parse_shape
 
@@ -101,7 +123,7 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress):
         progress.update(task, description=f"compiling {name}: {what}")
 
     t0 = time.perf_counter()
-    toolchain = toolchain_for(args.backend or "cpu", args.precision)
+    toolchain = _toolchain(args, device_info)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage)
     progress.remove_task(task)
@@ -189,9 +211,12 @@ def _device(args, stack: ExitStack):
             raise CliError(f"--token-file {args.token_file}: {e.strerror}") from None
         return RemoteRunner(args.address, token)
     if args.device != "local":
-        raise CliError(f"--device {args.device}: this version measures on the local runner or "
-                       f"on a runner you started (--address HOST:PORT --token-file F); "
-                       f"driving a phone over adb is not implemented yet")
+        from .devices.phone import PhoneConfig, PhoneRunner
+
+        phone = PhoneRunner(PhoneConfig(serial=args.device, max_temp_c=args.max_temp))
+        phone.pin_big_cores = not args.no_pin
+        stack.callback(phone.close)
+        return phone
     cfg = LocalRunnerConfig(binary=args.runner)
     if args.store:
         cfg.store = args.store
@@ -203,48 +228,67 @@ def _device(args, stack: ExitStack):
     return runner
 
 
+def _bundle_backend(bundle) -> str:
+    return "gpu" if bundle.manifest.target.arch == "opencl" else "cpu"
+
+
+def _check_bundle_fits(bundle, info, src: str) -> None:
+    target = bundle.manifest.target
+    if target.arch != "opencl" and target.abi != info.abi:
+        raise CliError(f"{src} holds kernels for {target.abi}; the device is {info.abi}. "
+                       f"Give the model instead of the bundle, or compile it for {info.abi}")
+
+
 def cmd_profile(args) -> int:
     from codegen.bundle import BundleError, load_bundle
 
+    from .measure import throttled_cores
     from .session import LoadOptions, Session
 
     if args.runs < 1 or args.warmup < 1 or args.threads < 0:
         raise CliError(f"--runs and --warmup must be ≥ 1 and --threads ≥ 0 (0: one per big "
                        f"core); got {args.runs}, {args.warmup}, {args.threads}")
-    with ExitStack() as stack, _progress() as progress:
-        src = Path(args.model)
-        if (src / "manifest.json").is_file():
-            try:
-                bundle = load_bundle(src)
-            except BundleError as e:
-                raise CliError(str(e)) from None
-        else:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bundle-")))
-            bundle = _compile(args.model, tmp, args, progress)
-        backend = "gpu" if bundle.manifest.target.arch == "opencl" else "cpu"
-        if args.backend and args.backend != backend:
-            raise CliError(f"{args.model} is a {backend.upper()} bundle; --backend "
-                           f"{args.backend} needs a bundle compiled with --backend "
+    src = Path(args.model)
+    bundle = None
+    if (src / "manifest.json").is_file():
+        try:
+            bundle = load_bundle(src)
+        except BundleError as e:
+            raise CliError(str(e)) from None
+        if args.backend and args.backend != _bundle_backend(bundle):
+            raise CliError(f"{args.model} is a {_bundle_backend(bundle).upper()} bundle; "
+                           f"--backend {args.backend} needs a bundle compiled with --backend "
                            f"{args.backend}")
+    with ExitStack() as stack, _progress() as progress:
+        task = progress.add_task(f"starting the runner on {args.device}", total=None)
         device = _device(args, stack)
         session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
+        info = session.client.device_info()
+        progress.remove_task(task)
+        if bundle is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bundle-")))
+            bundle = _compile(args.model, tmp, args, progress, device_info=info)
+        _check_bundle_fits(bundle, info, args.model)
+        backend = _bundle_backend(bundle)
         up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
-        key = session.load(bundle, LoadOptions(threads=args.threads, backend=backend),
-                           progress=lambda n, _total: progress.advance(up, n))
-        progress.update(up, completed=progress.tasks[-1].total)
+        opts = LoadOptions(threads=args.threads, backend=backend,
+                           pin_big_cores=getattr(device, "pin_big_cores", False))
+        key = session.load(bundle, opts, progress=lambda n, _total: progress.advance(up, n))
         progress.remove_task(up)
         progress.add_task(f"measuring: {args.warmup} warm-up + {args.runs} timed runs",
                           total=None)
         result = session.benchmark(key, runs=args.runs, warmup=args.warmup,
                                    per_layer=args.per_layer)
-    info = {"model": args.model, "bundle": bundle.manifest.name, "backend": backend,
-            "content_hash": bundle.manifest.content_hash, "device": args.device,
-            "threads": result.threads, "runs": args.runs, "warmup": args.warmup,
-            "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9}
+    record = {"model": args.model, "bundle": bundle.manifest.name, "backend": backend,
+              "content_hash": bundle.manifest.content_hash, "device": args.device,
+              "abi": info.abi, "threads": result.threads, "runs": args.runs,
+              "warmup": args.warmup, "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9,
+              "throttled_cores": throttled_cores(result, info),
+              "note": getattr(device, "timing_note", "")}
     if args.json:
-        print(json.dumps({**info, **result.to_dict()}))
+        print(json.dumps({**record, **result.to_dict()}))
         return 0
-    _print_profile(info, result, args.per_layer)
+    _print_profile(record, result, args.per_layer)
     return 0
 
 
@@ -258,6 +302,11 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
     t.add_row(*(f"{v:.3f}" for v in (s.mean_ms, s.median_ms, s.p10_ms, s.p90_ms, s.std_ms,
                                       s.min_ms, s.max_ms)))
     out.print(t)
+    if info["throttled_cores"]:
+        out.print(f"[yellow]warning:[/yellow] cores {info['throttled_cores']} ran below 90% of "
+                  f"their maximum frequency after the runs: the device was throttling")
+    if info["note"]:
+        out.print(f"[yellow]note:[/yellow] {info['note']}")
     out.print(f"init {result.init_ns / 1e6:.1f} ms; {info['gflop']:.2f} GFLOP per run → "
               f"{info['gflop'] / (s.median_ms / 1e3):.1f} GFLOP/s at the median")
     if per_layer and result.layers:
@@ -275,13 +324,28 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
         out.print(lt)
 
 
-COMMANDS = {"devices": cmd_devices, "compile": cmd_compile, "profile": cmd_profile}
+def cmd_install(args) -> int:
+    from .devices.phone import PhoneConfig, install
+
+    runner = install(PhoneConfig(serial=args.device), apk=args.apk, binary=args.binary)
+    try:
+        info = runner.client().device_info()
+    finally:
+        runner.stop()
+    out.print(f"runner {info.runner_version} ({runner.mode}) on {args.device} answers: "
+              f"{info.abi}, {info.cpu_model}, {len(info.cores)} cores")
+    return 0
+
+
+COMMANDS = {"devices": cmd_devices, "compile": cmd_compile, "install": cmd_install,
+            "profile": cmd_profile}
 
 
 def main(argv: list[str] | None = None) -> int:
     from codegen import CodegenError, CompileError
     from codegen.bundle import BundleError
 
+    from .devices.phone import PhoneError
     from .models import ModelSpecError
     from .rpc.client import RunnerError
 
@@ -289,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, ModelSpecError, BundleError, CodegenError, CompileError,
-            RunnerError) as e:
+            RunnerError, PhoneError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:

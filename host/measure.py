@@ -86,3 +86,13 @@ class BenchmarkResult:
         d = asdict(self)
         d["stats"] = asdict(self.stats)
         return d
+
+
+def throttled_cores(result: BenchmarkResult, device_info, threshold: float = 0.9) -> list[int]:
+    """Big cores whose frequency after the runs was under ``threshold`` of their maximum:
+    the device was throttling and the samples are pessimistic. Empty where the OS does not
+    expose frequencies."""
+    after = result.telemetry_after.core_freq_khz if result.telemetry_after else {}
+    return [c.id for c in device_info.cores
+            if c.is_big and c.max_freq_khz and after.get(c.id)
+            and after[c.id] < threshold * c.max_freq_khz]

@@ -129,6 +129,10 @@ class Session:
 
     def benchmark(self, key: str, runs: int = 100, warmup: int = 10,
                   per_layer: bool = False, timeout_s: float = 1800.0) -> BenchmarkResult:
+        before = getattr(self.device, "before_measure", None)
+        if before is not None:
+            before(self.on_event)
+
         def call():
             _, _, model = self._loaded[key]
             r = self._client.benchmark(model.handle, runs, warmup, per_layer, timeout_s)

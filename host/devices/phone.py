@@ -1,0 +1,226 @@
+"""A phone as a device: the runner on it, started and reached through adb (adbutils).
+
+Two ways the runner can live on a phone:
+- the runner app (`dev.npas.runner`, android_app/): a foreground service in its own process,
+  started with `am start-foreground-service ... --es token T --ei port P`;
+- the standalone executable pushed to /data/local/tmp/npas (`npas-host install --binary`).
+Either way it listens on the phone's loopback only; the host reaches it through
+`adb forward tcp:LOCAL tcp:PORT`, and every call carries a fresh token. Before timing, the
+session waits until the phone has cooled below a threshold.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import adbutils
+
+from ..rpc.client import RunnerClient, RunnerError
+from .adb import battery_temp_c
+
+APP_PACKAGE = "dev.npas.runner"
+APP_SERVICE = f"{APP_PACKAGE}/.RunnerService"
+REMOTE_DIR = "/data/local/tmp/npas"
+REMOTE_BINARY = f"{REMOTE_DIR}/npas-runner"
+EM_AARCH64 = 183
+
+
+class PhoneError(RuntimeError):
+    """Something about the phone or adb, said so the user can act on it."""
+
+
+@dataclass
+class PhoneConfig:
+    serial: str
+    adb_host: str = "127.0.0.1"
+    adb_port: int = 5037
+    mode: str = "auto"  # "app", "binary", or "auto": the app if installed, else the binary
+    device_port: int = 0  # the runner's port on the phone; 0: pick one at random
+    startup_timeout_s: float = 30.0
+    max_temp_c: float = 40.0  # battery temperature to wait for before timing
+    cool_timeout_s: float = 300.0
+    cool_poll_s: float = 10.0
+    adb_timeout_s: float = 20.0
+
+
+class PhoneRunner:
+    pin_big_cores = True  # phones: pin the pool to the big cores unless told otherwise
+
+    def __init__(self, config: PhoneConfig, adb: adbutils.AdbClient | None = None):
+        self.config = config
+        self.name = config.serial
+        self.adb = adb or adbutils.AdbClient(host=config.adb_host, port=config.adb_port,
+                                             socket_timeout=config.adb_timeout_s)
+        self.address = ""
+        self.token = ""
+        self.mode = ""
+        self._local_port = 0
+
+    # -- adb --
+    def device(self) -> adbutils.AdbDevice:
+        """The phone, or a PhoneError naming what adb sees instead."""
+        try:
+            items = self.adb.list()
+        except (adbutils.AdbError, OSError) as e:
+            raise PhoneError(f"adb server at {self.config.adb_host}:{self.config.adb_port} "
+                             f"not reachable ({e}); start it with `adb start-server`") from e
+        states = {it.serial: it.state for it in items}
+        serial = self.config.serial
+        if serial not in states:
+            seen = ", ".join(f"{s} ({st})" for s, st in states.items()) or "none"
+            raise PhoneError(f"no device with serial {serial!r} (adb sees: {seen})")
+        if states[serial] != "device":
+            raise PhoneError(f"device {serial} is {states[serial]!r}; unlock it and accept "
+                             f"the USB debugging prompt")
+        return self.adb.device(serial)
+
+    def _shell(self, dev: adbutils.AdbDevice, cmd: str) -> tuple[int, str]:
+        try:
+            r = dev.shell2(cmd, timeout=self.config.adb_timeout_s)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as e:
+            raise PhoneError(f"device {self.config.serial}: `{cmd}` failed: {e}") from e
+        return r.returncode, str(r.output)
+
+    def _has_app(self, dev) -> bool:
+        rc, out = self._shell(dev, f"pm list packages {APP_PACKAGE}")
+        return rc == 0 and f"package:{APP_PACKAGE}" in out.split()
+
+    def _has_binary(self, dev) -> bool:
+        return self._shell(dev, f"test -x {REMOTE_BINARY}")[0] == 0
+
+    # -- lifecycle --
+    def start(self) -> None:
+        dev = self.device()
+        mode = self.config.mode
+        if mode == "auto":
+            mode = "app" if self._has_app(dev) else "binary" if self._has_binary(dev) else ""
+        if not mode:
+            raise PhoneError(f"no NPAS runner on {self.config.serial}: install it with "
+                             f"`npas-host install --device {self.config.serial} --apk PATH` or "
+                             f"`--binary PATH`")
+        self.mode = mode
+        self.token = secrets.token_hex(32)
+        port = self.config.device_port or 20000 + secrets.randbelow(30000)
+        if mode == "app":
+            rc, out = self._shell(dev, f"am start-foreground-service -n {APP_SERVICE} "
+                                       f"--es token {self.token} --ei port {port}")
+            if rc != 0 or "Error" in out:
+                raise PhoneError(f"could not start {APP_SERVICE}: {out.strip()}")
+        else:
+            cmd = (f"cd {REMOTE_DIR} && umask 077 && echo {self.token} > token && "
+                   f"(nohup ./npas-runner --listen 127.0.0.1:{port} --token-file token "
+                   f"--store store > runner.log 2>&1 &)")
+            rc, out = self._shell(dev, cmd)
+            if rc != 0:
+                raise PhoneError(f"could not start {REMOTE_BINARY}: {out.strip()}")
+        try:
+            self._local_port = dev.forward_port(port)
+        except adbutils.AdbError as e:
+            raise PhoneError(f"adb forward to port {port} on {self.config.serial}: {e}") from e
+        self.address = f"127.0.0.1:{self._local_port}"
+        self._wait_answering(dev)
+
+    def _wait_answering(self, dev) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with RunnerClient(self.address, self.token) as c:
+                    c.device_info(timeout_s=2.0)
+                return
+            except RunnerError as e:
+                last = e
+                time.sleep(0.5)
+        log = ""
+        if self.mode == "binary":
+            log = self._shell(dev, f"tail -n 20 {REMOTE_DIR}/runner.log")[1]
+        raise PhoneError(f"the runner on {self.config.serial} did not answer within "
+                         f"{self.config.startup_timeout_s:.0f} s ({last}); {log}".strip())
+
+    def stop(self) -> None:
+        try:
+            dev = self.device()
+        except PhoneError:
+            return  # the phone is gone: nothing left to stop
+        if self.mode == "app":
+            self._shell(dev, f"am stopservice -n {APP_SERVICE}")
+        elif self.mode == "binary":
+            self._shell(dev, f"pkill -f {REMOTE_BINARY} || true")
+        if self._local_port:
+            try:
+                dev.forward_remove(f"tcp:{self._local_port}", raise_non_found=False)
+            except adbutils.AdbError:
+                pass
+            self._local_port = 0
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self, timeout_s: float = 60.0) -> RunnerClient:
+        if not self.address:
+            raise PhoneError(f"the runner on {self.config.serial} is not started")
+        return RunnerClient(self.address, self.token, timeout_s)
+
+    def close(self) -> None:
+        self.stop()
+
+    # -- measurement hygiene --
+    def before_measure(self, on_event: Callable[[str], None]) -> None:
+        """Wait until the battery is below max_temp_c (phones throttle when hot)."""
+        dev = self.device()
+        deadline = time.monotonic() + self.config.cool_timeout_s
+        while True:
+            t = battery_temp_c(dev)
+            if t is None or t <= self.config.max_temp_c:
+                return
+            if time.monotonic() > deadline:
+                on_event(f"{self.config.serial}: still {t:.1f} °C after "
+                         f"{self.config.cool_timeout_s:.0f} s; measuring anyway")
+                return
+            on_event(f"{self.config.serial}: {t:.1f} °C > {self.config.max_temp_c:.1f} °C, "
+                     f"cooling down")
+            time.sleep(self.config.cool_poll_s)
+
+
+def check_arm64_executable(path: Path) -> None:
+    head = path.read_bytes()[:20]
+    if head[:4] != b"\x7fELF" or int.from_bytes(head[18:20], "little") != EM_AARCH64:
+        raise PhoneError(f"{path} is not an arm64 ELF executable; build the standalone "
+                         f"runner for arm64-v8a (android_app/README.md)")
+
+
+def install(config: PhoneConfig, apk: Path | None = None, binary: Path | None = None,
+            adb: adbutils.AdbClient | None = None) -> PhoneRunner:
+    """Install the app or push the standalone runner, then start it once to check it answers.
+    Returns the started runner (the caller stops it)."""
+    if (apk is None) == (binary is None):
+        raise PhoneError("give exactly one of --apk PATH or --binary PATH")
+    runner = PhoneRunner(config, adb)
+    dev = runner.device()
+    if apk is not None:
+        if not apk.is_file():
+            raise PhoneError(f"--apk {apk}: no such file")
+        try:
+            dev.install(str(apk), nolaunch=True, silent=True)
+        except adbutils.AdbError as e:
+            raise PhoneError(f"installing {apk} on {config.serial} failed: {e}") from e
+        config.mode = "app"
+    else:
+        assert binary is not None
+        if not binary.is_file():
+            raise PhoneError(f"--binary {binary}: no such file")
+        check_arm64_executable(binary)
+        runner._shell(dev, f"mkdir -p {REMOTE_DIR}")
+        try:
+            dev.push(str(binary), REMOTE_BINARY)
+        except (adbutils.AdbError, OSError) as e:
+            raise PhoneError(f"pushing {binary} to {config.serial} failed: {e}") from e
+        runner._shell(dev, f"chmod 755 {REMOTE_BINARY}")
+        config.mode = "binary"
+    runner.start()
+    return runner

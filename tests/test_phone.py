@@ -1,0 +1,210 @@
+"""Phones through adb. No phone is reachable from the development machines, so:
+
+- against adbutils' real client and a real adb server (adbutils starts one): listing with no
+  phone, and a serial that is not there;
+- at adbutils' boundary (marked ``adb_boundary``): PhoneRunner drives a stand-in for
+  adbutils' client whose "phone" runs the real host runner on loopback, so starting with a
+  token, forwarding, stopping, cooling down and a phone that vanishes mid-run are exercised
+  with the real runner behind them; what only a real phone can show is left to the ``phone``
+  tier at the bottom, skipped without one.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import adbutils
+import pytest
+from adbutils._proto import AdbDeviceInfo, ShellReturn
+from zoo import small_cnn
+
+from host.devices.adb import list_phones
+from host.devices.phone import (
+    APP_PACKAGE,
+    PhoneConfig,
+    PhoneError,
+    PhoneRunner,
+    check_arm64_executable,
+)
+from host.rpc.client import RunnerError
+from host.session import Session
+
+
+def _adb_server_up() -> bool:
+    try:
+        adbutils.AdbClient(socket_timeout=5).server_version()
+        return True
+    except Exception:
+        return False
+
+
+# ---- the real adb server, no phone ----
+
+def test_listing_without_a_phone_is_not_an_error():
+    phones, note = list_phones()
+    if phones:
+        pytest.skip("a phone is attached; this test is for machines without one")
+    assert note
+
+
+def test_missing_serial_is_a_clear_error_and_fast():
+    if not _adb_server_up():
+        pytest.skip("no adb server could be reached or started")
+    runner = PhoneRunner(PhoneConfig(serial="NPAS-NO-SUCH-PHONE"))
+    t0 = time.monotonic()
+    with pytest.raises(PhoneError, match="no device with serial 'NPAS-NO-SUCH-PHONE'"):
+        runner.start()
+    assert time.monotonic() - t0 < 10
+
+
+def test_unreachable_adb_server():
+    runner = PhoneRunner(PhoneConfig(serial="X", adb_port=9, adb_timeout_s=2))
+    with pytest.raises(PhoneError, match="adb server"):
+        runner.start()
+
+
+def test_binary_for_the_wrong_architecture_is_refused(runner_binary):
+    with pytest.raises(PhoneError, match="not an arm64 ELF"):
+        check_arm64_executable(runner_binary)
+
+
+# ---- at adbutils' boundary: a stand-in phone that runs the real host runner ----
+
+class FakePhone:
+    """Implements the part of adbutils.AdbDevice that PhoneRunner uses. Its `am
+    start-foreground-service` starts the real host runner on the requested loopback port."""
+
+    def __init__(self, serial: str, runner_binary: Path, store: Path):
+        self.serial = serial
+        self.binary, self.store = runner_binary, store
+        self.proc: subprocess.Popen | None = None
+        self.temps = [30.0]
+        self.commands: list[str] = []
+        self.forwards: dict[int, int] = {}
+
+    def shell2(self, cmd: str, timeout=None, **_):
+        self.commands.append(cmd)
+        argv = shlex.split(cmd)
+        if argv[:3] == ["pm", "list", "packages"]:
+            return ShellReturn(cmd, 0, f"package:{APP_PACKAGE}\n")
+        if argv[:2] == ["am", "start-foreground-service"]:
+            token = argv[argv.index("token") + 1]
+            port = argv[argv.index("port") + 1]
+            tf = self.store.parent / "token"
+            tf.write_text(token)
+            self.proc = subprocess.Popen(
+                [str(self.binary), "--listen", f"127.0.0.1:{port}", "--token-file", str(tf),
+                 "--store", str(self.store)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            return ShellReturn(cmd, 0, "Starting service: Intent { ... }")
+        if argv[:2] == ["am", "stopservice"]:
+            self.kill()
+            return ShellReturn(cmd, 0, "Stopping service")
+        return ShellReturn(cmd, 1, f"/system/bin/sh: {argv[0]}: not found")
+
+    def shell(self, cmd, timeout=None, **_):
+        if cmd == "dumpsys battery":
+            t = self.temps.pop(0) if len(self.temps) > 1 else self.temps[0]
+            return f"Current Battery Service state:\n  temperature: {int(t * 10)}\n"
+        return self.shell2(cmd).output
+
+    def forward_port(self, remote) -> int:
+        self.forwards[int(remote)] = int(remote)  # the "phone" is this machine: no relay
+        return int(remote)
+
+    def forward_remove(self, local, raise_non_found=True):
+        self.forwards.pop(int(str(local).split(":")[1]), None)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class FakeAdb:
+    def __init__(self, phone: FakePhone):
+        self.phone, self.attached = phone, True
+
+    def list(self):
+        return [AdbDeviceInfo(self.phone.serial, "device")] if self.attached else []
+
+    def device(self, serial):
+        assert serial == self.phone.serial
+        return self.phone
+
+
+@pytest.fixture()
+def fake(runner_binary, tmp_path):
+    phone = FakePhone("R58M00FAKE", runner_binary, tmp_path / "store")
+    yield phone, FakeAdb(phone)
+    phone.kill()
+
+
+@pytest.mark.adb_boundary
+def test_phone_runner_starts_app_with_token_and_forwards(fake, compiled):
+    phone, adb = fake
+    runner = PhoneRunner(PhoneConfig(serial=phone.serial, startup_timeout_s=20), adb)
+    bundle, model, x = compiled("small_cnn", small_cnn, (1, 3, 32, 32))
+    with Session(runner) as s:
+        assert runner.mode == "app" and runner.address.startswith("127.0.0.1:")
+        start = next(c for c in phone.commands if c.startswith("am start-foreground-service"))
+        assert runner.token in start and "dev.npas.runner/.RunnerService" in start
+        key = s.load(bundle)
+        assert len(s.benchmark(key, runs=3, warmup=1).samples_ns) == 3
+    runner.close()
+    assert any(c.startswith("am stopservice") for c in phone.commands)
+    assert not phone.forwards and phone.proc.poll() is not None
+
+
+@pytest.mark.adb_boundary
+def test_hot_phone_is_cooled_before_timing(fake):
+    phone, adb = fake
+    phone.temps = [45.0, 42.5, 38.0]
+    cfg = PhoneConfig(serial=phone.serial, max_temp_c=40.0, cool_poll_s=0.01)
+    events: list[str] = []
+    PhoneRunner(cfg, adb).before_measure(events.append)
+    assert len(events) == 2 and "45.0 °C" in events[0]
+
+
+@pytest.mark.adb_boundary
+def test_phone_that_vanishes_mid_run_gives_clear_error_without_hang(fake, compiled):
+    phone, adb = fake
+    runner = PhoneRunner(PhoneConfig(serial=phone.serial, startup_timeout_s=20), adb)
+    bundle, _, x = compiled("small_cnn", small_cnn, (1, 3, 32, 32))
+    with Session(runner, call_timeout_s=10) as s:
+        key = s.load(bundle)
+        adb.attached = False  # unplugged: adb no longer lists it, the runner is gone
+        phone.kill()
+        t0 = time.monotonic()
+        with pytest.raises((PhoneError, RunnerError)) as e:
+            s.run(key, [x.numpy()])
+        assert time.monotonic() - t0 < 30
+        assert "R58M00FAKE" in str(e.value)
+
+
+@pytest.mark.adb_boundary
+def test_no_runner_installed_says_how_to_install(tmp_path):
+    class Bare(FakePhone):
+        def shell2(self, cmd, timeout=None, **_):
+            return ShellReturn(cmd, 1, "")
+
+    phone = Bare("R58M00BARE", Path("/nonexistent"), tmp_path)
+    with pytest.raises(PhoneError, match="npas-host install --device R58M00BARE"):
+        PhoneRunner(PhoneConfig(serial=phone.serial), FakeAdb(phone)).start()
+
+
+# ---- a real phone ----
+
+@pytest.mark.phone
+def test_profile_on_an_attached_phone(capsys):
+    phones, note = list_phones()
+    ready = [p for p in phones if p.state == "device" and p.abi == "arm64-v8a"]
+    if not ready:
+        pytest.skip(f"phone tier: no arm64 phone attached ({note or 'none ready'})")
+    from host.cli import main
+    rc = main(["profile", "--device", ready[0].serial, "zoo:small_cnn", "--input-shape",
+               "1,3,32,32", "--runs", "10", "--json"])
+    assert rc == 0
