@@ -7,7 +7,14 @@ LR graph with torch ops for the compiler-free test tier.
 
 from codegen.compile import CompileReport, compile_model, read_report
 from codegen.lr import CodegenError, UnsupportedOp
-from codegen.toolchain import CompileError, HostToolchain, OpenClToolchain, toolchain_for
+from codegen.toolchain import (
+    Arm64AndroidToolchain,
+    CompileError,
+    HostToolchain,
+    OpenClToolchain,
+    toolchain_for,
+)
 
-__all__ = ["CodegenError", "CompileError", "CompileReport", "HostToolchain", "OpenClToolchain",
-           "UnsupportedOp", "compile_model", "read_report", "toolchain_for"]
+__all__ = ["Arm64AndroidToolchain", "CodegenError", "CompileError", "CompileReport",
+           "HostToolchain", "OpenClToolchain", "UnsupportedOp",
+           "compile_model", "read_report", "toolchain_for"]

@@ -4,8 +4,10 @@ keeps. A toolchain also names the language its source is written in (``language(
 A toolchain compiles with flags that keep the kernels free of libc (``-ffreestanding -nostdlib
 -fno-builtin -fno-tree-loop-distribute-patterns`` so gcc emits no memset/memcpy calls) and
 links with ``-Wl,-z,defs`` so any undefined symbol fails the build here, not on the phone.
-``HostToolchain`` uses the system ``cc``; an arm64/Android one is another subclass that
-changes the compiler, target flags and target record (see ``CToolchain``).
+``HostToolchain`` uses the system ``cc``. ``Arm64AndroidToolchain`` builds for arm64-v8a
+phones with clang (the NDK's when one is given or ``ANDROID_NDK_HOME``/``ANDROID_NDK_ROOT``
+names one, else Debian's ``clang`` + ``lld``); the generated C is the same, clang
+auto-vectorises it to NEON.
 
 ``OpenClToolchain`` builds nothing here: the OpenCL C source is the artifact and the runner
 builds it on the device with ``clBuildProgram(build_options)``. ``check`` compiles it offline
@@ -14,12 +16,15 @@ with clang (``-x cl``, SPIR target, syntax only) when clang is installed.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from codegen.bundle import ArtifactRef, Target, Toolchain, artifact_ref
 from codegen.emit.c import CLanguage
@@ -29,6 +34,12 @@ from codegen.lr import CodegenError
 
 COMMON_FLAGS = ("-O3", "-ffreestanding", "-nostdlib", "-fPIC", "-shared", "-fno-builtin",
                 "-fno-tree-loop-distribute-patterns", "-fno-stack-protector", "-Wl,-z,defs")
+# clang has no -fno-tree-loop-distribute-patterns: -fno-builtin already keeps it from turning
+# loops into memset/memcpy calls. lld, 16 KB pages and a soname (added by compile()) are what
+# Android asks of a library.
+CLANG_ANDROID_FLAGS = ("-O3", "-ffreestanding", "-nostdlib", "-fPIC", "-shared", "-fuse-ld=lld",
+                       "-fno-builtin", "-fno-stack-protector", "-Wl,-z,defs",
+                       "-Wl,-z,max-page-size=16384")
 
 
 class CompileError(CodegenError):
@@ -44,10 +55,11 @@ class CToolchain:
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 600.0
     _version: str | None = field(default=None, init=False, repr=False)
+    common_flags: ClassVar[tuple[str, ...]] = COMMON_FLAGS
 
     @property
     def flags(self) -> tuple[str, ...]:
-        return (*COMMON_FLAGS, *self.target_flags, *self.extra_flags)
+        return (*self.common_flags, *self.target_flags, *self.extra_flags)
 
     def compiler_path(self) -> str:
         path = shutil.which(self.compiler)
@@ -109,12 +121,18 @@ class HostToolchain(CToolchain):
 
     def target(self) -> Target:
         arch = platform.machine()
-        abi = {"x86_64": "x86_64", "aarch64": "arm64-v8a"}.get(arch, arch)
+        abi = host_abi()
         features: tuple[str, ...] = ()
         if "-march=native" in self.flags:
             features = tuple(f for f in ("avx2", "fma", "avx512f", "asimd") if f in
                              _cpu_flags())
         return Target(arch=arch, os="linux", abi=abi, features=features)
+
+
+def host_abi() -> str:
+    """This machine's ABI in Android's spelling (x86_64, arm64-v8a)."""
+    arch = platform.machine()
+    return {"x86_64": "x86_64", "aarch64": "arm64-v8a"}.get(arch, arch)
 
 
 def _cpu_flags() -> set[str]:
@@ -127,6 +145,74 @@ def _cpu_flags() -> set[str]:
         if key.strip() in ("flags", "Features"):
             return set(val.split())
     return set()
+
+
+ARM64_ABI = "arm64-v8a"
+ARM64_BASE_MARCH = "-march=armv8-a"
+# ARMv8.2 dot product + half precision, chosen only when the device reports both (the names
+# are the kernel's /proc/cpuinfo "Features", which DeviceInfo.cpu_features reports).
+ARM64_DOTPROD_FP16_MARCH = "-march=armv8.2-a+fp16+dotprod"
+NDK_CLANG = Path("toolchains/llvm/prebuilt/linux-x86_64/bin/clang")
+
+
+def find_ndk(env: Mapping[str, str] | None = None) -> Path | None:
+    """The Android NDK named by ``ANDROID_NDK_HOME`` or ``ANDROID_NDK_ROOT`` (in ``env``,
+    default ``os.environ``), if it holds a clang; else None."""
+    env = os.environ if env is None else env
+    for var in ("ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"):
+        root = env.get(var)
+        if root and (Path(root) / NDK_CLANG).is_file():
+            return Path(root)
+    return None
+
+
+def arm64_march(features: tuple[str, ...] | list[str]) -> str:
+    """-march for a device's CPU features: armv8.2-a+fp16+dotprod needs asimddp and
+    fphp/asimdhp; anything less gets the armv8-a baseline every arm64-v8a phone runs."""
+    f = set(features)
+    if "asimddp" in f and f & {"fphp", "asimdhp"}:
+        return ARM64_DOTPROD_FP16_MARCH
+    return ARM64_BASE_MARCH
+
+
+@dataclass
+class Arm64AndroidToolchain(CToolchain):
+    """arm64-v8a Android kernels: clang ``--target=aarch64-linux-android<api_level>``, lld.
+
+    ``compiler`` empty (the default) picks the NDK's clang when ``ndk`` (or, if that is None,
+    ``ANDROID_NDK_HOME``/``ANDROID_NDK_ROOT`` at construction) names an NDK, else ``clang`` on
+    PATH (Debian: apt-get install clang lld). ``features`` are the device's CPU features
+    (DeviceInfo.cpu_features); they only choose ``-march`` (see ``arm64_march``). The kernels
+    link against nothing, so one library runs on Android and on arm64 Linux (the runner under
+    qemu-aarch64)."""
+
+    compiler: str = ""
+    features: tuple[str, ...] = ()
+    api_level: int = 24
+    ndk: Path | None = None
+    common_flags: ClassVar[tuple[str, ...]] = CLANG_ANDROID_FLAGS
+
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        if not self.compiler:
+            ndk = Path(self.ndk) if self.ndk else find_ndk()
+            self.compiler = str(ndk / NDK_CLANG) if ndk else "clang"
+        if not self.target_flags:
+            self.target_flags = (f"--target=aarch64-linux-android{self.api_level}",
+                                 arm64_march(self.features))
+
+    def compiler_path(self) -> str:
+        path = shutil.which(self.compiler)
+        if path is None:
+            raise CompileError(f"clang {self.compiler!r} not found; arm64 kernels need clang and "
+                               "lld (apt-get install clang lld) or an NDK in ANDROID_NDK_HOME")
+        return path
+
+    def target(self) -> Target:
+        features = ["asimd"]
+        if ARM64_DOTPROD_FP16_MARCH in self.flags:
+            features += ["asimddp", "asimdhp", "fphp"]
+        return Target(arch="aarch64", os="android", abi=ARM64_ABI, features=tuple(features))
 
 
 OPENCL_BUILD_OPTIONS = ("-cl-std=CL1.2",)
@@ -195,12 +281,22 @@ class OpenClToolchain:
                                f"{' '.join(cmd)}\n{r.stderr.strip()[-4000:]}")
 
 
-def toolchain_for(target: str = "cpu", precision: str = "fp32") -> CToolchain | OpenClToolchain:
-    """The default toolchain for a target name: "cpu" (host cc) or "gpu" (OpenCL)."""
+def toolchain_for(target: str = "cpu", precision: str = "fp32", abi: str | None = None,
+                  features: tuple[str, ...] = ()) -> CToolchain | OpenClToolchain:
+    """The default toolchain for a target name: "cpu" or "gpu" (OpenCL).
+
+    For "cpu", ``abi`` is the device's ABI (DeviceInfo.abi): None or the host's own ABI gives
+    the host cc, "arm64-v8a" gives ``Arm64AndroidToolchain(features=features)`` (also on an
+    arm64 host: a phone wants Android's flags, and the kernels run on arm64 Linux too)."""
     if target == "gpu":
         return OpenClToolchain(precision=precision)
     if target == "cpu":
         if precision != "fp32":
             raise CodegenError(f"precision {precision!r}: CPU bundles are fp32 only")
-        return HostToolchain()
+        if abi == ARM64_ABI:
+            return Arm64AndroidToolchain(features=tuple(features))
+        if abi is None or abi == host_abi():
+            return HostToolchain()
+        raise CodegenError(f"abi {abi!r}: CPU kernels can be built for {ARM64_ABI!r} or this "
+                           f"machine's {host_abi()!r}")
     raise CodegenError(f"target {target!r}: use \"cpu\" or \"gpu\"")
