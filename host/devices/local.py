@@ -47,6 +47,8 @@ class LocalRunnerConfig:
     startup_timeout_s: float = 20.0
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # the runner's environment (default: inherit)
+    # Run the binary through this (an emulator: devices/qemu.py); empty runs it directly.
+    command_prefix: tuple[str, ...] = ()
 
 
 class LocalRunner:
@@ -75,8 +77,9 @@ class LocalRunner:
         with os.fdopen(fd, "w") as f:
             f.write(self.token)
         self.config.store.mkdir(parents=True, exist_ok=True)
-        cmd = [str(self.binary), "--listen", "127.0.0.1:0", "--token-file", str(token_file),
-               "--store", str(self.config.store), *self.config.extra_args]
+        cmd = [*self.config.command_prefix, str(self.binary), "--listen", "127.0.0.1:0",
+               "--token-file", str(token_file), "--store", str(self.config.store),
+               *self.config.extra_args]
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
