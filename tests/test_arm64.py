@@ -1,0 +1,199 @@
+"""arm64 tier: kernels built for arm64-v8a (Arm64AndroidToolchain, clang + lld) run on the arm64
+runner under qemu-aarch64 (scripts/build_arm64.sh builds it) and match PyTorch. The closest
+check to a phone these machines have; qemu's timings mean nothing, so none are asserted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+from zoo import rel_err, small_cnn, torchvision_model
+
+from codegen import compile_model
+from codegen.toolchain import (
+    ARM64_BASE_MARCH,
+    ARM64_DOTPROD_FP16_MARCH,
+    Arm64AndroidToolchain,
+    HostToolchain,
+    toolchain_for,
+)
+from host.devices.local import LocalRunnerConfig
+from host.rpc.client import RunnerError
+from host.session import LoadOptions, Session
+
+pytestmark = pytest.mark.arm64
+
+MODELS = {
+    "small_cnn": (small_cnn, (1, 3, 32, 32)),
+    "resnet18": (lambda: torchvision_model("resnet18"), (1, 3, 64, 64)),
+    "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), (1, 3, 64, 64)),
+}
+CALL_TIMEOUT_S = 300.0  # emulated: calls take several times longer than on the host
+
+
+@pytest.fixture(scope="module")
+def clang() -> str:
+    if not shutil.which("clang") or not shutil.which("ld.lld"):
+        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld, or "
+                    "scripts/build_arm64.sh)")
+    return shutil.which("clang")
+
+
+@pytest.fixture(scope="module")
+def qemu_runner(tmp_path_factory):
+    from host.devices.qemu import QemuArm64Runner
+
+    try:
+        runner = QemuArm64Runner(LocalRunnerConfig(store=tmp_path_factory.mktemp("arm64-store"),
+                                                   startup_timeout_s=120.0))
+    except FileNotFoundError as e:
+        pytest.skip(f"arm64 tier: {e}")
+    with runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def device_info(qemu_runner):
+    return qemu_runner.client().device_info()
+
+
+@pytest.fixture(scope="module")
+def arm64_compiled(tmp_path_factory, clang):
+    """arm64_compiled(key, toolchain=None) -> (Bundle, model, x), once per key."""
+    cache: dict = {}
+
+    def get(key: str, toolchain: Arm64AndroidToolchain | None = None, name: str | None = None):
+        name = name or key
+        if name not in cache:
+            factory, shape = MODELS[key]
+            model = factory()
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+            out = tmp_path_factory.mktemp(f"arm64-{name}")
+            bundle = compile_model(model, (x,), out, name=name,
+                                   toolchain=toolchain or Arm64AndroidToolchain())
+            cache[name] = (bundle, model, x)
+        return cache[name]
+
+    return get
+
+
+def _run(runner, bundle, x, threads: int = 1):
+    with Session(runner, call_timeout_s=CALL_TIMEOUT_S) as s:
+        h = s.load(bundle, LoadOptions(threads=threads))
+        (got,) = s.run(h, [x.numpy()])
+    return got
+
+
+# ---- toolchain choices (no qemu needed) ----
+
+@pytest.mark.parametrize("features, march", [
+    ((), ARM64_BASE_MARCH),
+    (("asimd", "asimddp"), ARM64_BASE_MARCH),  # dot product without fp16
+    (("asimd", "fphp", "asimdhp"), ARM64_BASE_MARCH),  # fp16 without dot product
+    (("asimd", "asimddp", "asimdhp"), ARM64_DOTPROD_FP16_MARCH),
+    (("asimd", "asimddp", "fphp"), ARM64_DOTPROD_FP16_MARCH),
+])
+def test_march_follows_device_features(features, march):
+    tc = Arm64AndroidToolchain(compiler="clang", features=features)
+    assert march in tc.flags
+    assert {ARM64_BASE_MARCH, ARM64_DOTPROD_FP16_MARCH} - {march} & set(tc.flags) == set()
+    assert "--target=aarch64-linux-android24" in tc.flags
+    t = tc.target()
+    assert (t.arch, t.os, t.abi) == ("aarch64", "android", "arm64-v8a")
+    assert ("asimddp" in t.features) == (march == ARM64_DOTPROD_FP16_MARCH)
+
+
+def test_toolchain_for_picks_by_abi(tmp_path):
+    assert isinstance(toolchain_for("cpu"), HostToolchain)
+    tc = toolchain_for("cpu", abi="arm64-v8a", features=("asimddp", "asimdhp"))
+    assert isinstance(tc, Arm64AndroidToolchain)
+    assert ARM64_DOTPROD_FP16_MARCH in tc.flags
+
+
+def test_ndk_clang_is_preferred(tmp_path, monkeypatch):
+    clang = tmp_path / "ndk" / "toolchains/llvm/prebuilt/linux-x86_64/bin/clang"
+    clang.parent.mkdir(parents=True)
+    clang.write_text("#!/bin/sh\n")
+    monkeypatch.delenv("ANDROID_NDK_HOME", raising=False)
+    monkeypatch.setenv("ANDROID_NDK_ROOT", str(tmp_path / "ndk"))
+    assert Arm64AndroidToolchain().compiler == str(clang)
+    monkeypatch.delenv("ANDROID_NDK_ROOT")
+    assert Arm64AndroidToolchain().compiler == "clang"
+
+
+# ---- the kernel library ----
+
+def test_kernel_library_is_freestanding_arm64(arm64_compiled):
+    bundle, _, _ = arm64_compiled("small_cnn")
+    lib = bundle.file("kernels")
+    readelf = shutil.which("llvm-readelf") or shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("arm64 tier: no readelf (binutils or llvm)")
+    header = subprocess.run([readelf, "-h", str(lib)], capture_output=True, text=True,
+                            check=True).stdout
+    assert "AArch64" in header and "DYN" in header
+    dyn = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "NEEDED" not in dyn
+    assert f"[{lib.name}]" in dyn  # the soname
+    syms = subprocess.run([readelf, "--dyn-syms", "-W", str(lib)], capture_output=True,
+                          text=True, check=True).stdout
+    undefined = [ln.split()[-1] for ln in syms.splitlines()
+                 if " UND " in ln and len(ln.split()) >= 8]
+    assert undefined == []
+    assert bundle.manifest.target.abi == "arm64-v8a"
+
+
+# ---- on the arm64 runner under qemu ----
+
+def test_device_info_reports_arm64(device_info):
+    assert device_info.abi == "arm64-v8a"
+    assert device_info.machine == "aarch64"
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_arm64_output_equals_pytorch(key, threads, arm64_compiled, qemu_runner):
+    bundle, model, x = arm64_compiled(key)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = _run(qemu_runner, bundle, x, threads)
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= 1e-4
+
+
+def test_kernels_for_the_device_features(device_info, arm64_compiled, qemu_runner):
+    """Compile for what the runner reports (qemu's CPU has dot product and fp16, so this is the
+    armv8.2-a build) and check it still runs and matches."""
+    features = tuple(device_info.cpu_features)
+    tc = toolchain_for("cpu", abi=device_info.abi, features=features)
+    bundle, model, x = arm64_compiled("small_cnn", tc, name="small_cnn_devfeat")
+    want_march = (ARM64_DOTPROD_FP16_MARCH
+                  if "asimddp" in features and {"fphp", "asimdhp"} & set(features)
+                  else ARM64_BASE_MARCH)
+    assert want_march in bundle.manifest.toolchain.flags
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert rel_err(_run(qemu_runner, bundle, x), want) <= 1e-4
+
+
+def test_x86_64_library_is_refused(compiled, qemu_runner):
+    bundle, _, _ = compiled("small_cnn", *MODELS["small_cnn"])  # host cc: x86-64 kernels
+    if bundle.manifest.target.arch == "aarch64":
+        pytest.skip("this host builds aarch64 kernels itself")
+    with Session(qemu_runner, call_timeout_s=CALL_TIMEOUT_S) as s:
+        with pytest.raises(RunnerError) as e:
+            s.load(bundle)
+    assert e.value.code == "FAILED_PRECONDITION"
+    assert bundle.manifest.target.arch in str(e.value) and "aarch64" in str(e.value)
+
+
+def test_benchmark_returns_every_sample(arm64_compiled, qemu_runner):
+    bundle, _, _ = arm64_compiled("small_cnn")
+    with Session(qemu_runner, call_timeout_s=CALL_TIMEOUT_S) as s:
+        h = s.load(bundle, LoadOptions(threads=1))
+        r = s.benchmark(h, runs=3, warmup=1)
+    assert len(r.samples_ns) == 3 and all(v > 0 for v in r.samples_ns)
+    assert len(r.warmup_ns) == 1
