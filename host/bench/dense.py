@@ -1,0 +1,537 @@
+"""Dense latency: ours against PyTorch, ONNX Runtime, MNN and ncnn, interleaved, in one run.
+
+For every model and thread count, every engine is loaded, its output checked against PyTorch
+on the same input, then sampled round-robin (the order rotates every repetition), so machine
+drift lands on all engines alike. Printed: median/p10/p90 per engine, ours relative to the
+fastest of {ONNX Runtime, PyTorch} and of {MNN, ncnn}, and achieved GFLOP/s, also as a
+fraction of a measured SGEMM peak (torch.mm) at the same thread count.
+
+    python -m host.bench.dense --models resnet18 --threads 1,2 --runs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from host.measure import Stats
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
+FRAMEWORKS = ("ONNX Runtime", "PyTorch")  # "ours vs the frameworks people deploy on servers"
+MOBILE = ("MNN", "ncnn")  # "ours vs the engines people deploy on phones"
+
+
+class BenchArgError(ValueError):
+    """A bad command line: printed without a traceback, exit code 2."""
+
+
+# ---------------------------------------------------------------- arguments
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise BenchArgError(f"--threads {text!r}: expected a comma-separated list of thread "
+                            f"counts, e.g. 1,2") from None
+    if not values or any(v < 1 for v in values):
+        raise BenchArgError(f"--threads {text!r}: every thread count must be ≥ 1")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise BenchArgError(f"--models {text!r}: name at least one model, e.g. resnet18")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="npas-host bench dense", description=(
+        "Dense latency of our compiled bundle against PyTorch, ONNX Runtime, MNN and ncnn "
+        "(batch 1, interleaved samples, outputs checked against PyTorch)."))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help=f"comma-separated torchvision names (default: "
+                         f"{','.join(DEFAULT_MODELS)})")
+    ap.add_argument("--threads", default="1,2", help="thread counts (default: 1,2)")
+    ap.add_argument("--runs", type=int, default=30,
+                    help="timed samples per engine (default 30)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed inferences per engine before sampling (default 3)")
+    ap.add_argument("--input-size", type=int, default=224,
+                    help="input height and width (default 224)")
+    ap.add_argument("--engines", default="ours," + ",".join(
+        ("PyTorch", "ONNX Runtime", "MNN", "ncnn")),
+                    help="subset of engines to run (default: all)")
+    ap.add_argument("--tolerance", type=float, default=1e-3,
+                    help="largest accepted max|out - ref| / max|ref| (default 1e-3)")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="write every sample here")
+    ap.add_argument("--cache", type=Path,
+                    help="converted-model cache (default: ~/.cache/npas/bench)")
+    ap.add_argument("--runner", type=Path, help="the npas-runner binary")
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.models = parse_models(args.models)
+    args.threads = parse_threads(args.threads)
+    if args.runs < 1:
+        raise BenchArgError(f"--runs must be ≥ 1, got {args.runs}")
+    if args.warmup < 0:
+        raise BenchArgError(f"--warmup must be ≥ 0, got {args.warmup}")
+    if not 32 <= args.input_size <= 2048:
+        raise BenchArgError(f"--input-size must be within 32..2048 (torchvision classifiers "
+                            f"downsample by 32), got {args.input_size}")
+    if not args.tolerance > 0:
+        raise BenchArgError(f"--tolerance must be > 0, got {args.tolerance}")
+    known = ("ours", *FRAMEWORKS, *MOBILE)
+    engines = tuple(dict.fromkeys(e.strip() for e in args.engines.split(",") if e.strip()))
+    unknown = [e for e in engines if e not in known]
+    if unknown or not engines:
+        raise BenchArgError(f"--engines: unknown {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(known)}")
+    args.engines = engines
+    return args
+
+
+# ---------------------------------------------------------------- pure arithmetic
+
+def rotated(items: Sequence, rep: int) -> list:
+    """Round-robin order for repetition ``rep``: every item leads once per len(items) reps."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def gflops(flops: int | None, ms: float | None) -> float | None:
+    if not flops or not ms or ms <= 0:
+        return None
+    return flops / (ms * 1e-3) / 1e9
+
+
+def ratio_to_fastest(ours_ms: float | None,
+                     others_ms: dict[str, float | None]) -> tuple[str, float] | None:
+    """(fastest engine's name, ours_ms / its ms): above 1 means ours is slower. None when
+    ours or every other engine has no time."""
+    timed = {k: v for k, v in others_ms.items() if v is not None and v > 0}
+    if ours_ms is None or not timed:
+        return None
+    name = min(timed, key=timed.__getitem__)
+    return name, ours_ms / timed[name]
+
+
+def max_rel_error(out, ref) -> float:
+    """max|out - ref| / max|ref| (inf for a shape mismatch or non-finite output)."""
+    import numpy as np
+
+    o, r = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if o.size != r.size:
+        return float("inf")
+    diff = np.abs(o.reshape(r.shape) - r).max()
+    scale = np.abs(r).max()
+    if not np.isfinite(diff):
+        return float("inf")
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+# ---------------------------------------------------------------- records
+
+@dataclass
+class EngineRun:
+    """One engine on one model at one thread count: a result, also when it failed."""
+
+    model: str
+    threads: int
+    engine: str
+    status: str  # "ok", "wrong", "unavailable", "failed"
+    detail: str = ""
+    rel_err: float | None = None
+    samples_ns: list[int] = field(default_factory=list)
+
+    @property
+    def stats(self) -> Stats | None:
+        return Stats.of(self.samples_ns) if self.samples_ns else None
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self.samples_ns) / 1e6 if self.samples_ns else None
+
+
+@dataclass
+class Row:
+    engine: str
+    status: str
+    median_ms: float | None
+    p10_ms: float | None
+    p90_ms: float | None
+    gflops: float | None
+    peak_fraction: float | None
+    rel_err: float | None
+    detail: str
+
+
+def table_rows(runs: Sequence[EngineRun], flops: int | None,
+               peak_gflops: float | None) -> list[Row]:
+    rows = []
+    for r in runs:
+        s = r.stats
+        g = gflops(flops, s.median_ms if s else None)
+        rows.append(Row(r.engine, r.status, s and s.median_ms, s and s.p10_ms, s and s.p90_ms,
+                        g, g / peak_gflops if g is not None and peak_gflops else None,
+                        r.rel_err, r.detail))
+    return rows
+
+
+def ratios(runs: Sequence[EngineRun]) -> dict[str, dict[str, tuple[str, float] | None]]:
+    """For every ours-variant: its ratio to the fastest framework and mobile engine."""
+    med = {r.engine: r.median_ms for r in runs if r.status == "ok"}
+    result = {}
+    for r in runs:
+        if r.engine.startswith("ours"):
+            result[r.engine] = {
+                "frameworks": ratio_to_fastest(med.get(r.engine),
+                                               {k: med.get(k) for k in FRAMEWORKS}),
+                "mobile": ratio_to_fastest(med.get(r.engine), {k: med.get(k) for k in MOBILE}),
+            }
+    return result
+
+
+# ---------------------------------------------------------------- measuring
+
+def sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 3) -> float:
+    """Best-of-``repeats`` torch.mm on n×n float32 at ``threads``: what this machine's BLAS
+    reaches, the roofline for a compute-bound CNN."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up: thread pool, packing buffers
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def tuned_bundle(model_name: str, input_size: int, out_dir: Path):
+    """The bundle compiled with a tuning database, when one exists for this model and
+    machine; the "ours (tuned)" column appears only then. No tuning database exists yet."""
+    return None
+
+
+def bench_cache_dir(explicit: Path | None) -> Path:
+    from host.devices.local import default_cache_dir
+
+    return explicit or default_cache_dir() / "bench"
+
+
+def load_workload(name: str, size: int, cache_root: Path):
+    """The model with weights that stay the same across runs (models have random weights, and
+    the cached conversions were made from them), and the benchmark input."""
+    import torch
+
+    from host.models import example_inputs, load_model
+
+    from .engines import Workload
+
+    cache = cache_root / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{size}"
+    cache.mkdir(parents=True, exist_ok=True)
+    model = load_model(name)
+    weights = cache / "weights.pt"
+    if weights.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    else:
+        for stale in cache.iterdir():  # converted from weights that are gone
+            if stale.is_file():
+                stale.unlink()
+        tmp = weights.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, weights)
+    (x,) = example_inputs((1, 3, size, size))
+    return Workload(name, size, model.eval(), x, cache)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
+
+
+def measure(loaded: dict, runs: int, on_sample: Callable[[], None]) -> dict[str, list[int]]:
+    """``runs`` samples per engine, round-robin with a rotating order; an engine that raises
+    stops being sampled and its error is kept under the key ``(name, "error")``."""
+    samples: dict = {name: [] for name in loaded}
+    alive = list(loaded)
+    for rep in range(runs):
+        for name in rotated(alive, rep):
+            if name not in alive:
+                continue
+            try:
+                samples[name].append(loaded[name].sample_ns())
+            except Exception as e:  # an engine failing is a result, not the end of the run
+                samples[(name, "error")] = f"{type(e).__name__}: {e}"
+                alive.remove(name)
+            on_sample()
+    return samples
+
+
+def bench_model(name: str, args, session, progress: Progress,
+                peaks: dict[int, float]) -> tuple[list[EngineRun], dict]:
+    from codegen import compile_model
+
+    from .engines import OTHER_ENGINES, EngineUnavailable, OursEngine
+
+    task = progress.add_task(f"{name}: loading the model", total=None)
+    w = load_workload(name, args.input_size, bench_cache_dir(args.cache))
+    import torch
+    with torch.inference_mode():
+        ref = w.model(w.example).numpy()
+    info: dict = {"model": name, "input_size": args.input_size, "flops": None, "engines": {}}
+    engines: dict = {}
+    unavailable: dict[str, str] = {}
+
+    if "ours" in args.engines:
+        progress.update(task, description=f"{name}: compiling ours")
+        tmp = Path(tempfile.mkdtemp(prefix="npas-bench-"))
+        try:
+            t0 = time.perf_counter()
+            bundle = compile_model(w.model, (w.example,), tmp / "ours", name=w.cache.name,
+                                   progress=lambda s: progress.update(
+                                       task, description=f"{name}: compiling ours ({s})"))
+            info["compile_s"] = round(time.perf_counter() - t0, 1)
+            info["flops"] = sum(s.flops for s in bundle.manifest.steps)
+            engines["ours"] = OursEngine(session, bundle)
+            tuned = tuned_bundle(name, args.input_size, tmp / "tuned")
+            if tuned is not None:
+                engines["ours (tuned)"] = OursEngine(session, tuned, "ours (tuned)")
+        except Exception as e:  # codegen errors of every kind: ours is then "unavailable"
+            unavailable["ours"] = f"compile failed: {e}"
+    for label in args.engines:
+        if label != "ours":
+            engines[label] = OTHER_ENGINES[label]()
+    for label, eng in list(engines.items()):
+        progress.update(task, description=f"{name}: converting for {label} (cached after the "
+                                          f"first run)")
+        try:
+            info["engines"][label] = eng.prepare(w)
+        except EngineUnavailable as e:
+            unavailable[label] = str(e)
+            del engines[label]
+        except Exception as e:
+            unavailable[label] = f"conversion failed: {type(e).__name__}: {e}"
+            del engines[label]
+    progress.remove_task(task)
+
+    results: list[EngineRun] = []
+    for threads in args.threads:
+        runs = bench_threads(w, ref, threads, engines, unavailable, args, progress)
+        print_table(name, args.input_size, threads, runs, info["flops"], peaks.get(threads),
+                    args.runs)
+        results += runs
+    return results, info
+
+
+def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
+                  progress: Progress) -> list[EngineRun]:
+    from .engines import EngineUnavailable
+
+    runs = {label: EngineRun(w.name, threads, label, "unavailable", why)
+            for label, why in unavailable.items()}
+    loaded: dict = {}
+    task = progress.add_task(f"{w.name}, {threads} thread(s): loading", total=None)
+    try:
+        for label, eng in engines.items():
+            progress.update(task, description=f"{w.name}, {threads} thread(s): loading and "
+                                              f"checking {label}")
+            try:
+                lo = eng.load(w, threads)
+            except EngineUnavailable as e:
+                runs[label] = EngineRun(w.name, threads, label, "unavailable", str(e))
+                continue
+            except Exception as e:
+                runs[label] = EngineRun(w.name, threads, label, "unavailable",
+                                        f"load failed: {type(e).__name__}: {e}")
+                continue
+            try:
+                rel = max_rel_error(lo.infer(), ref)
+                for _ in range(args.warmup):
+                    lo.infer()
+            except Exception as e:
+                runs[label] = EngineRun(w.name, threads, label, "failed",
+                                        f"inference failed: {type(e).__name__}: {e}")
+                lo.close()
+                continue
+            if rel > args.tolerance:
+                runs[label] = EngineRun(w.name, threads, label, "wrong",
+                                        f"output differs from PyTorch (max rel err {rel:.2e} > "
+                                        f"{args.tolerance:g}); not timed", rel)
+                lo.close()
+                continue
+            runs[label] = EngineRun(w.name, threads, label, "ok", "", rel)
+            loaded[label] = lo
+        progress.remove_task(task)
+        task = progress.add_task(f"{w.name}, {threads} thread(s): sampling {len(loaded)} "
+                                 f"engines round-robin", total=args.runs * len(loaded))
+        samples = measure(loaded, args.runs, lambda: progress.advance(task))
+    finally:
+        for lo in loaded.values():
+            try:
+                lo.close()
+            except Exception:
+                pass
+        progress.remove_task(task)
+    for label in loaded:
+        runs[label].samples_ns = samples[label]
+        if (label, "error") in samples:
+            runs[label].status = "failed"
+            runs[label].detail = (f"failed after {len(samples[label])} samples: "
+                                  f"{samples[(label, 'error')]}")
+    order = [e for e in ("ours", "ours (tuned)", "PyTorch", "ONNX Runtime", "MNN", "ncnn")
+             if e in runs]
+    return [runs[e] for e in order]
+
+
+# ---------------------------------------------------------------- printing
+
+def _f(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def print_table(model: str, size: int, threads: int, runs: Sequence[EngineRun],
+                flops: int | None, peak: float | None, n_runs: int) -> None:
+    title = (f"{model}, 1×3×{size}×{size}, {threads} thread(s): median of {n_runs} "
+             f"interleaved samples; SGEMM peak {_f(peak, '.1f')} GFLOP/s")
+    t = Table(title=title, caption=(
+        "GFLOP/s: model FLOPs (sum of our manifest's Step.flops) / median. Engines using "
+        "Winograd or other fast convolutions do fewer real FLOPs, so they can exceed the "
+        "SGEMM peak."))
+    t.add_column("engine", no_wrap=True)
+    for col in ("median ms", "p10 ms", "p90 ms", "GFLOP/s", "of peak", "max rel err"):
+        t.add_column(col, justify="right")
+    t.add_column("note")
+    for r in table_rows(runs, flops, peak):
+        if r.status in ("ok", "failed") and r.median_ms is not None:
+            t.add_row(r.engine, _f(r.median_ms, ".2f"), _f(r.p10_ms, ".2f"),
+                      _f(r.p90_ms, ".2f"), _f(r.gflops, ".1f"),
+                      "–" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f}%",
+                      _f(r.rel_err, ".1e"), escape(r.detail))
+        else:
+            t.add_row(r.engine, "–", "–", "–", "–", "–", _f(r.rel_err, ".1e"),
+                      f"[red]{escape(r.status)}: {escape(r.detail)}[/red]")
+    out.print(t)
+    for ours, rs in ratios(runs).items():
+        for what, group in (("frameworks", FRAMEWORKS), ("mobile", MOBILE)):
+            rt = rs[what]
+            label = f"{ours} / fastest of {{{', '.join(group)}}}"
+            out.print(f"  {label}: " + (f"[bold]{rt[1]:.2f}×[/bold] ({rt[0]}; >1 means ours "
+                                        f"is slower)" if rt else "– (nothing to compare)"))
+
+
+def print_summary(results: Sequence[EngineRun], args) -> None:
+    t = Table(title="Summary: ours / fastest (>1: ours slower)")
+    for col in ("model", "threads", "ours ms", "vs ORT/PyTorch", "vs MNN/ncnn"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for model in args.models:
+        for threads in args.threads:
+            runs = [r for r in results if r.model == model and r.threads == threads]
+            ours = next((r for r in runs if r.engine == "ours"), None)
+            rs = ratios(runs).get("ours", {})
+            fw, mb = rs.get("frameworks"), rs.get("mobile")
+            t.add_row(model, str(threads),
+                      _f(ours.median_ms if ours and ours.status == "ok" else None, ".2f"),
+                      f"{fw[1]:.2f}× ({fw[0]})" if fw else "–",
+                      f"{mb[1]:.2f}× ({mb[0]})" if mb else "–")
+    out.print(t)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except BenchArgError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        return 2
+    from host.devices.local import LocalRunner, LocalRunnerConfig
+    from host.models import ModelSpecError
+    from host.session import Session
+
+    load = os.getloadavg()
+    err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+              f"average {load[0]:.2f}: a busy machine gives noisy numbers")
+    results: list[EngineRun] = []
+    infos: list[dict] = []
+    peaks: dict[int, float] = {}
+    try:
+        with ExitStack() as stack, _progress() as progress:
+            for threads in args.threads:
+                task = progress.add_task(f"SGEMM peak at {threads} thread(s)", total=None)
+                peaks[threads] = sgemm_peak_gflops(threads)
+                progress.remove_task(task)
+            session = None
+            if "ours" in args.engines:
+                task = progress.add_task("starting the local runner", total=None)
+                try:
+                    runner = LocalRunner(LocalRunnerConfig(binary=args.runner))
+                except FileNotFoundError as e:
+                    err.print(f"[yellow]ours unavailable:[/yellow] {escape(str(e))}")
+                    args.engines = tuple(e for e in args.engines if e != "ours")
+                else:
+                    stack.callback(runner.close)
+                    session = stack.enter_context(Session(runner, call_timeout_s=600,
+                                                          on_event=err.print))
+                progress.remove_task(task)
+            for name in args.models:
+                try:
+                    res, info = bench_model(name, args, session, progress, peaks)
+                except ModelSpecError as e:
+                    err.print(f"[red]error:[/red] {escape(str(e))}")
+                    return 2
+                results += res
+                infos.append(info)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    print_summary(results, args)
+    if args.json:
+        record = {"argv": sys.argv[1:] if argv is None else list(argv),
+                  "machine": {"cpu": platform.processor() or platform.machine(),
+                              "cpus": os.cpu_count(), "loadavg_at_start": load},
+                  "sgemm_peak_gflops": peaks, "models": infos,
+                  "results": [{**asdict(r), "stats": asdict(r.stats) if r.stats else None}
+                              for r in results]}
+        args.json.write_text(json.dumps(record, indent=1))
+        err.print(f"wrote every sample to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
