@@ -43,7 +43,7 @@ sysroot_packages=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev libabsl-dev libssl-dev
   libc-ares-dev libre2-dev zlib1g-dev
   # run time
-  libgrpc++1.51 libgrpc29 libprotobuf32 libprotobuf-lite32 libprotoc32 libabsl20220623
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libc-ares2 libre2-9 libssl3 zlib1g
   # the arm64 loader, libc and C++ runtime for qemu-aarch64 -L
   libc6 libstdc++6 libgcc-s1
