@@ -225,7 +225,7 @@ def ratios(runs: Sequence[EngineRun]) -> dict[str, dict[str, tuple[str, float] |
 
 # ---------------------------------------------------------------- measuring
 
-def sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 3) -> float:
+def sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     """Best-of-``repeats`` torch.mm on n×n float32 at ``threads``: what this machine's BLAS
     reaches, the roofline for a compute-bound CNN."""
     import torch
@@ -359,6 +359,13 @@ def bench_model(name: str, args, session, progress: Progress,
     return results, info
 
 
+def _close(lo) -> None:
+    try:
+        lo.close()
+    except Exception as e:  # a leak for the rest of the run, not a reason to stop it
+        err.print(f"[yellow]warning:[/yellow] closing {lo.engine}: {escape(str(e))}")
+
+
 def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
                   progress: Progress) -> list[EngineRun]:
     from .engines import EngineUnavailable
@@ -387,13 +394,13 @@ def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, st
             except Exception as e:
                 runs[label] = EngineRun(w.name, threads, label, "failed",
                                         f"inference failed: {type(e).__name__}: {e}")
-                lo.close()
+                _close(lo)
                 continue
             if rel > args.tolerance:
                 runs[label] = EngineRun(w.name, threads, label, "wrong",
                                         f"output differs from PyTorch (max rel err {rel:.2e} > "
                                         f"{args.tolerance:g}); not timed", rel)
-                lo.close()
+                _close(lo)
                 continue
             runs[label] = EngineRun(w.name, threads, label, "ok", "", rel)
             loaded[label] = lo
@@ -403,10 +410,7 @@ def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, st
         samples = measure(loaded, args.runs, lambda: progress.advance(task))
     finally:
         for lo in loaded.values():
-            try:
-                lo.close()
-            except Exception:
-                pass
+            _close(lo)
         progress.remove_task(task)
     for label in loaded:
         runs[label].samples_ns = samples[label]
@@ -428,7 +432,8 @@ def _f(v: float | None, fmt: str) -> str:
 def print_table(model: str, size: int, threads: int, runs: Sequence[EngineRun],
                 flops: int | None, peak: float | None, n_runs: int) -> None:
     title = (f"{model}, 1×3×{size}×{size}, {threads} thread(s): median of {n_runs} "
-             f"interleaved samples; SGEMM peak {_f(peak, '.1f')} GFLOP/s")
+             f"interleaved samples; SGEMM peak {_f(peak, '.1f')} GFLOP/s; load average "
+             f"{os.getloadavg()[0]:.2f} at the end")
     t = Table(title=title, caption=(
         "GFLOP/s: model FLOPs (sum of our manifest's Step.flops) / median. Engines using "
         "Winograd or other fast convolutions do fewer real FLOPs, so they can exceed the "
@@ -436,13 +441,16 @@ def print_table(model: str, size: int, threads: int, runs: Sequence[EngineRun],
     t.add_column("engine", no_wrap=True)
     for col in ("median ms", "p10 ms", "p90 ms", "GFLOP/s", "of peak", "max rel err"):
         t.add_column(col, justify="right")
-    t.add_column("note")
-    for r in table_rows(runs, flops, peak):
+    rows = table_rows(runs, flops, peak)
+    notes = any(r.detail for r in rows)
+    if notes:
+        t.add_column("note")
+    for r in rows:
         if r.status in ("ok", "failed") and r.median_ms is not None:
             t.add_row(r.engine, _f(r.median_ms, ".2f"), _f(r.p10_ms, ".2f"),
                       _f(r.p90_ms, ".2f"), _f(r.gflops, ".1f"),
                       "–" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f}%",
-                      _f(r.rel_err, ".1e"), escape(r.detail))
+                      _f(r.rel_err, ".1e"), *([escape(r.detail)] if notes else []))
         else:
             t.add_row(r.engine, "–", "–", "–", "–", "–", _f(r.rel_err, ".1e"),
                       f"[red]{escape(r.status)}: {escape(r.detail)}[/red]")
@@ -484,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     from host.models import ModelSpecError
     from host.session import Session
 
+    if not out.is_terminal:  # piped to a file: 80 columns would wrap the numbers
+        out.width = max(out.width, 120)
     load = os.getloadavg()
     err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
               f"average {load[0]:.2f}: a busy machine gives noisy numbers")

@@ -218,10 +218,8 @@ class MnnEngine:
                                   np.zeros(shape, np.float32), MNN.Tensor_DimensionType_Caffe)
             out.copyToHostTensor(host_out)
             return np.array(host_out.getNumpyData(), copy=True)
-
-        def close() -> None:
-            interp.releaseSession(session)
-        return Loaded(self.name, infer, _timed_after_untimed(infer), close)
+        # The Python API has no releaseSession: the session goes with the interpreter.
+        return Loaded(self.name, infer, _timed_after_untimed(infer))
 
 
 class NcnnEngine:
@@ -230,8 +228,8 @@ class NcnnEngine:
     def prepare(self, w: Workload) -> str:
         v = version_of("ncnn")
         pv = version_of("pnnx")
-        stem = w.cache / f"model.pnnx{pv}"
-        param, binf = stem.with_suffix(".ncnn.param"), stem.with_suffix(".ncnn.bin")
+        param = w.cache / f"model.pnnx{pv}.ncnn.param"
+        binf = w.cache / f"model.pnnx{pv}.ncnn.bin"
         if not (param.is_file() and binf.is_file()):
             self._convert(w, param, binf)
         w.files["ncnn.param"], w.files["ncnn.bin"] = param, binf
