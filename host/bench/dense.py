@@ -305,6 +305,13 @@ def measure(loaded: dict, runs: int, on_sample: Callable[[], None]) -> dict[str,
 
 def bench_model(name: str, args, session, progress: Progress,
                 peaks: dict[int, float]) -> tuple[list[EngineRun], dict]:
+    # our bundles live only for this model's measurements (VGG16's weights are 553 MB)
+    with tempfile.TemporaryDirectory(prefix="npas-bench-") as tmp:
+        return _bench_model(name, args, session, progress, peaks, Path(tmp))
+
+
+def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, float],
+                 tmp: Path) -> tuple[list[EngineRun], dict]:
     from codegen import compile_model
 
     from .engines import OTHER_ENGINES, EngineUnavailable, OursEngine
@@ -320,7 +327,6 @@ def bench_model(name: str, args, session, progress: Progress,
 
     if "ours" in args.engines:
         progress.update(task, description=f"{name}: compiling ours")
-        tmp = Path(tempfile.mkdtemp(prefix="npas-bench-"))
         try:
             t0 = time.perf_counter()
             bundle = compile_model(w.model, (w.example,), tmp / "ours", name=w.cache.name,
