@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model into a bundle")
     p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("--abi", choices=("host", "arm64-v8a"), default="host",
+                   help="CPU kernels for this machine (host, default) or for arm64 phones")
     _add_model_args(p)
+
+    p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`")
+    p.add_argument("which", choices=("dense",), help="dense: our code vs PyTorch, ONNX "
+                   "Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
 
     p = sub.add_parser("install", help="install the runner on a phone and check it answers")
     p.add_argument("--device", required=True, help="the phone's adb serial")
@@ -69,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure a model or bundle on a device")
     p.add_argument("model", help="a bundle folder, or a model as for compile")
     p.add_argument("--device", default="local",
-                   help="'local' (the host runner; default) or a phone serial")
+                   help="'local' (the host runner; default), 'qemu-arm64' (the arm64 runner "
+                        "under qemu: real arm64 kernels, meaningless timings) or a phone serial")
     p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
-    p.add_argument("--warmup", type=int, default=10,
-                   help="discarded warm-up runs, ≥ 1 (default 10)")
+    p.add_argument("--warmup", type=int,
+                   help="discarded warm-up runs, ≥ 1 (default 10; 1 under qemu-arm64)")
     p.add_argument("--threads", type=int, default=1,
                    help="runner threads; 0: one per big core (default 1)")
     p.add_argument("--per-layer", action="store_true", help="also time every layer")
@@ -103,10 +111,17 @@ def _toolchain(args, device_info=None):
     from codegen import toolchain_for
 
     backend = args.backend or "cpu"
-    if backend == "gpu" or device_info is None or device_info.abi == "x86_64":
-        return toolchain_for(backend, args.precision)
-    raise CliError(f"the device's ABI {device_info.abi!r} has no CPU code generator in this "
-                   f"version; use --backend gpu")
+    if backend == "gpu":
+        return toolchain_for("gpu", args.precision)
+    if device_info is None:
+        abi = getattr(args, "abi", "host")
+        return toolchain_for("cpu", args.precision, abi=None if abi == "host" else abi)
+    if device_info.abi not in ("x86_64", "arm64-v8a"):
+        raise CliError(f"the device's ABI {device_info.abi!r} has no CPU code generator; "
+                       f"use --backend gpu")
+    abi = None if device_info.abi == "x86_64" else device_info.abi
+    return toolchain_for("cpu", args.precision, abi=abi,
+                         features=tuple(device_info.cpu_features))
 
 
 def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_info=None):
@@ -210,6 +225,15 @@ def _device(args, stack: ExitStack):
         except OSError as e:
             raise CliError(f"--token-file {args.token_file}: {e.strerror}") from None
         return RemoteRunner(args.address, token)
+    if args.device == "qemu-arm64":
+        from .devices.qemu import QemuArm64Runner
+
+        try:
+            qemu = QemuArm64Runner()
+        except FileNotFoundError as e:
+            raise CliError(str(e)) from None
+        stack.callback(qemu.close)
+        return qemu
     if args.device != "local":
         from .devices.phone import PhoneConfig, PhoneRunner
 
@@ -245,6 +269,8 @@ def cmd_profile(args) -> int:
     from .measure import throttled_cores
     from .session import LoadOptions, Session
 
+    if args.warmup is None:
+        args.warmup = 1 if args.device == "qemu-arm64" else 10
     if args.runs < 1 or args.warmup < 1 or args.threads < 0:
         raise CliError(f"--runs and --warmup must be ≥ 1 and --threads ≥ 0 (0: one per big "
                        f"core); got {args.runs}, {args.warmup}, {args.threads}")
@@ -262,7 +288,9 @@ def cmd_profile(args) -> int:
     with ExitStack() as stack, _progress() as progress:
         task = progress.add_task(f"starting the runner on {args.device}", total=None)
         device = _device(args, stack)
-        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
+        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m),
+                                              call_timeout_s=getattr(device, "call_timeout_s",
+                                                                     60.0)))
         info = session.client.device_info()
         progress.remove_task(task)
         if bundle is None:
@@ -324,6 +352,12 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
         out.print(lt)
 
 
+def cmd_bench(args) -> int:
+    from .bench import dense
+
+    return dense.main(args.rest)
+
+
 def cmd_install(args) -> int:
     from .devices.phone import PhoneConfig, install
 
@@ -337,7 +371,8 @@ def cmd_install(args) -> int:
     return 0
 
 
-COMMANDS = {"devices": cmd_devices, "compile": cmd_compile, "install": cmd_install,
+COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "compile": cmd_compile,
+            "install": cmd_install,
             "profile": cmd_profile}
 
 

@@ -58,6 +58,9 @@ class QemuArm64Runner(LocalRunner):
 
     name = "qemu-arm64"
     STARTUP_TIMEOUT_S = 120.0
+    call_timeout_s = 300.0  # emulation: every call is several times slower than native
+    timing_note = ("qemu-arm64 emulates an arm64 CPU: the kernels and the runner are real "
+                   "arm64 code, but these timings say nothing about a phone")
 
     def __init__(self, config: LocalRunnerConfig | None = None, sysroot: Path | None = None,
                  qemu: str = QEMU):

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs a benchmark (not a test) after setting up, with the other engines installed:
+#   scripts/bench.sh dense [--models resnet18,mobilenet_v2,vgg16] [--threads 1,2] [--runs 30]
+# Benchmarks compare engines side by side in one run, interleaved; report medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NPAS_SKIP_ARM64=${NPAS_SKIP_ARM64:-1} scripts/setup.sh
+stamp=.venv/.npas-bench
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bench] installing the engines to compare with (pyproject's bench extra)"
+  # The project's torch==2.13.0 pin holds pnnx's unpinned torch requirement to the CPU build.
+  .venv/bin/pip install -q -e ".[test,bench]"
+  echo "$want" > "$stamp"
+fi
+exec .venv/bin/npas-host bench "$@"
