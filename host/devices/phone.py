@@ -106,6 +106,8 @@ class PhoneRunner:
         self.token = secrets.token_hex(32)
         port = self.config.device_port or 20000 + secrets.randbelow(30000)
         if mode == "app":
+            # the ongoing notification needs this on Android 13+; harmless where granted
+            self._shell(dev, f"pm grant {APP_PACKAGE} android.permission.POST_NOTIFICATIONS")
             rc, out = self._shell(dev, f"am start-foreground-service -n {APP_SERVICE} "
                                        f"--es token {self.token} --ei port {port}")
             if rc != 0 or "Error" in out:
