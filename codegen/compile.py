@@ -30,7 +30,7 @@ from codegen.bundle import (
     artifact_ref,
 )
 from codegen.capture import capture
-from codegen.emit.cstyle import CStyleLanguage, step_params
+from codegen.emit.cstyle import CStyleLanguage
 from codegen.lr import CodegenError, Graph, numel
 from codegen.passes import pipeline, run_passes
 from codegen.passes.memory_plan import align
@@ -97,10 +97,10 @@ def compile_model(module: torch.nn.Module,
     stage("capture")
     say("passes")
     lang = toolchain.language()
-    graph = run_passes(graph, pipeline(lang.elem_bytes))
+    graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa()))
     stage("passes")
     say("emit")
-    params = [step_params(la) for la in graph.steps]
+    params = [lang.layer_params(graph, la) for la in graph.steps]
     param_refs = layout_weights(params, lang.elem_bytes)
     prog = lang.render(graph, param_refs)
     (out / toolchain.source_name).write_text(prog.source, encoding="utf-8")

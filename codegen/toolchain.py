@@ -30,6 +30,7 @@ from codegen.bundle import ArtifactRef, Target, Toolchain, artifact_ref
 from codegen.emit.c import CLanguage
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.emit.opencl import LANGUAGES as OPENCL_LANGUAGES
+from codegen.isa import VectorIsa, isa_for
 from codegen.lr import CodegenError
 
 COMMON_FLAGS = ("-O3", "-ffreestanding", "-nostdlib", "-fPIC", "-shared", "-fno-builtin",
@@ -54,6 +55,7 @@ class CToolchain:
     target_flags: tuple[str, ...] = ()
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 600.0
+    vectorize: bool = True  # blocked layout + vector kernels; False: the scalar NCHW kernels
     _version: str | None = field(default=None, init=False, repr=False)
     common_flags: ClassVar[tuple[str, ...]] = COMMON_FLAGS
 
@@ -84,8 +86,16 @@ class CToolchain:
 
     source_name = "kernels.c"  # the generated source, kept in the bundle for people to read
 
+    def isa(self) -> VectorIsa | None:
+        """The vector ISA the kernels are written for (from the target's features); None when
+        ``vectorize`` is off."""
+        if not self.vectorize:
+            return None
+        t = self.target()
+        return isa_for(t.arch, t.features)
+
     def language(self) -> CStyleLanguage:
-        return CLanguage()
+        return CLanguage(self.isa())
 
     def build(self, source: str, bundle_dir: Path, name: str) -> tuple[ArtifactRef, ...]:
         """Write the kernel artifact(s) for ``source`` into ``bundle_dir``."""
@@ -243,6 +253,10 @@ class OpenClToolchain:
 
     def language(self) -> CStyleLanguage:
         return OPENCL_LANGUAGES[self.precision]()
+
+    def isa(self) -> None:
+        """GPU bundles keep plain NCHW: no CPU vector ISA."""
+        return None
 
     def record(self) -> Toolchain:
         return Toolchain(compiler="opencl-runtime", version="OpenCL C 1.2",

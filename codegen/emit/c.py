@@ -11,6 +11,7 @@ memory plan never lets a step's output share bytes with its inputs.
 
 from __future__ import annotations
 
+from codegen.emit import vec
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -21,7 +22,8 @@ from codegen.emit.cstyle import (
     StepCode,
     decompose,
 )
-from codegen.lr import Graph
+from codegen.isa import VectorIsa
+from codegen.lr import Graph, Layer
 
 ELTWISE_CHUNK = 4096
 KERNEL_ABI_VERSION = 1
@@ -69,13 +71,52 @@ static inline float npas_expf(float x) {
 """
 
 
+def _by_layout(blocked, plain, operand: str = "in"):
+    """A kernel that picks the vectorised template when the layer's tensor is blocked."""
+    def kernel(c: Ctx):
+        shape = c.ins[0] if operand == "in" else c.out
+        return (blocked if len(shape) == 5 else plain)(c)
+    return kernel
+
+
+VECTOR_KERNELS = {
+    "conv2d": _by_layout(vec.conv2d_blocked, KERNELS["conv2d"], "out"),
+    "maxpool2d": _by_layout(vec.pool_blocked("max"), KERNELS["maxpool2d"]),
+    "avgpool2d": _by_layout(vec.pool_blocked("avg"), KERNELS["avgpool2d"]),
+    "adaptive_avgpool2d": _by_layout(vec.pool_blocked("adaptive"),
+                                     KERNELS["adaptive_avgpool2d"]),
+    "mul_channel": _by_layout(vec.mul_channel_blocked, KERNELS["mul_channel"]),
+    "linear": vec.linear_vec,
+    "to_nchwxc": vec.to_blocked,
+    "to_nchw": vec.to_plain,
+}
+
+
 class CLanguage(CStyleLanguage):
-    """Plain C99 for a freestanding shared library; the kernel ABI's calling convention."""
+    """Plain C99 for a freestanding shared library; the kernel ABI's calling convention.
+
+    With a vector ``isa``, blocked (NCHW[x]c) layers get the vectorised templates of
+    ``codegen.emit.vec`` and their params are packed for them; without, the scalar ones."""
 
     kernels = KERNELS
 
+    def __init__(self, isa: VectorIsa | None = None) -> None:
+        self.isa = isa
+        if isa is not None:
+            self.kernels = {**KERNELS, **VECTOR_KERNELS}
+
     def prelude(self) -> str:
-        return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH
+        vp = vec.vector_prelude(self.isa) if self.isa is not None else ""
+        return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH + vp
+
+    def layer_params(self, graph: Graph, la: Layer):
+        if self.isa is not None:
+            x = self.isa.floats
+            if la.op == "conv2d" and len(graph.shapes[la.output]) == 5:
+                return vec.pack_conv(la, graph.shapes[la.inputs[0]], x)
+            if la.op == "linear":
+                return vec.pack_linear(la, x)
+        return super().layer_params(graph, la)
 
     def signature(self, symbol: str) -> str:
         return (f"NPAS_EXPORT void {symbol}(const npas_step_args *args, int64_t begin, "

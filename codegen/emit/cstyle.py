@@ -123,6 +123,10 @@ class CStyleLanguage:
     def check_layer(self, graph: Graph, la: Layer) -> None:
         """Refuse what this language cannot emit for ``la`` (tuning, sizes)."""
 
+    def layer_params(self, graph: Graph, la: Layer) -> tuple[np.ndarray, ...]:
+        """The params ``la``'s kernel reads, in order and in the layout it reads them."""
+        return step_params(la)
+
     # -- shared rendering ----------------------------------------------------------------------
     def activations(self) -> str:
         return "".join(f"{self.func_q} float npas_{a}(float v) {{\n  "
@@ -138,7 +142,8 @@ class CStyleLanguage:
                ) -> Program:
         """Render every step of ``graph`` (after the passes); ``param_refs`` are where each
         step's params sit in the weight blob (needed by languages that bake them in)."""
-        parts = [self.prelude()]
+        self.helpers: dict[str, str] = {}  # micro-kernels the steps call, by name
+        parts = []
         steps = []
         for i, la in enumerate(graph.steps):
             if la.op not in self.kernels:
@@ -157,7 +162,9 @@ class CStyleLanguage:
                          f"{' + ' + '+'.join(la.epilogue) if la.epilogue else ''} */\n"
                          f"{self.signature(sym)} {{\n"
                          + "".join(f"  {ln}\n" for ln in body) + "}\n")
-            steps.append(StepCode(la, sym, work_items, flops, step_params(la), local))
+            steps.append(StepCode(la, sym, work_items, flops, self.layer_params(graph, la),
+                                  local))
+        parts = [self.prelude(), *self.helpers.values(), *parts]
         return Program(source="\n".join(parts), steps=tuple(steps))
 
 
