@@ -325,3 +325,73 @@ def test_android_build_generates_from_the_hosts_proto():
     # The Android path includes the gRPC fetch inside the same service block that generates.
     service_block = cmake[cmake.index("if(NPAS_BUILD_SERVICE)"):]
     assert service_block.index("npas_grpc_android.cmake") < service_block.index("NPAS_PROTO_FILE")
+
+
+# ---- resources and status keys -------------------------------------------------------------
+
+STRINGS_XML = APP / "src/main/res/values/strings.xml"
+
+
+def _calls(src: str, name: str) -> list[list[str]]:
+    """The top-level arguments of every `name(...)` call (parentheses balanced, strings skipped)."""
+    calls = []
+    for m in re.finditer(rf"\b{name}\(", src):
+        args, depth, i, start, quote = [], 1, m.end(), m.end(), None
+        while depth:
+            c = src[i]
+            if quote:
+                quote = None if c == quote and src[i - 1] != "\\" else quote
+            elif c in "\"'":
+                quote = c
+            elif c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            elif c == "," and depth == 1:
+                args.append(src[start:i].strip())
+                start = i + 1
+            i += 1
+        args.append(src[start:i - 1].strip())
+        calls.append([a for a in args if a])
+    return calls
+
+
+def test_kotlin_string_resources_exist_with_their_arguments():
+    strings = {s.get("name"): s.text or "" for s in ET.parse(STRINGS_XML).getroot()}
+    used = 0
+    for f in KOTLIN.rglob("*.kt"):
+        src = f.read_text()
+        for name in re.findall(r"\bR\.string\.(\w+)", src):
+            assert name in strings, f"{f.name} uses R.string.{name}, not in {STRINGS_XML.name}"
+        for args in _calls(src, "getString"):
+            m = re.fullmatch(r"R\.string\.(\w+)", args[0])
+            if not m:
+                continue
+            used += 1
+            wanted = max(map(int, re.findall(r"%(\d+)\$", strings[m.group(1)])), default=0)
+            assert len(args) - 1 == wanted, (
+                f"{f.name}: getString(R.string.{m.group(1)}, ...) passes {len(args) - 1} "
+                f"arguments, the string '{strings[m.group(1)]}' takes {wanted}")
+    assert used, "no getString(R.string...) calls found: the pattern no longer matches"
+
+
+def test_status_keys_kotlin_reads_are_written():
+    """Every key Kotlin reads from a status JSON is one runner_jni.cpp's status() writes or one
+    Kotlin puts itself, so a renamed field cannot silently show as empty on the phone."""
+    kotlin = "\n".join(f.read_text() for f in KOTLIN.rglob("*.kt"))
+    consts = dict(re.findall(r"\bconst val (\w+) = \"([^\"]*)\"", kotlin))
+
+    def keys(pattern: str) -> set[str]:
+        found = set()
+        for quoted, const in re.findall(pattern, kotlin):
+            found.add(quoted or consts.get(const, const))
+        return found
+
+    read = keys(r"\b(?:opt\w*|has|get(?:String|Int|Long|Double|Boolean|JSONObject))"
+                r"\(\s*(?:\"(\w+)\"|([A-Z][A-Z0-9_]+)\s*[,)])")
+    put = keys(r"\.put\(\s*(?:\"(\w+)\"|([A-Z][A-Z0-9_]+)\s*[,)])")
+    native = set(re.findall(r'\\"(\w+)\\":', JNI_CPP.read_text()))
+    assert {"running", "last_measurement", "median_ns", "runs"} <= native
+    assert read, "no status reads found in Kotlin: the pattern no longer matches"
+    assert read <= native | put, (
+        f"Kotlin reads status keys nobody writes: {sorted(read - native - put)}")

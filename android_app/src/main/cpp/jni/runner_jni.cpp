@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -35,11 +36,21 @@ struct State {
   std::string store_dir;
   uint64_t started_ns = 0;
   std::string last_error;
+  // Outlives the server that made it, so the app still shows it after a stop or a restart.
+  std::optional<npas::LastMeasurement> last_measurement;
 };
 
 State& state() {
   static State s;
   return s;
+}
+
+// Keeps the newer of the state's measurement and `m` (servers come and go; callers hold s.mu).
+void remember(State& s, std::optional<npas::LastMeasurement> m) {
+  if (m && (!s.last_measurement ||
+            m->finished_unix_ms >= s.last_measurement->finished_unix_ms)) {
+    s.last_measurement = std::move(m);
+  }
 }
 
 void throw_java(JNIEnv* env, const char* cls, const std::string& msg) {
@@ -61,25 +72,62 @@ bool to_string(JNIEnv* env, jstring s, const char* what, std::string* out) {
   return true;
 }
 
+// `s` as the inside of a JSON string, ASCII only: everything else as \uXXXX (UTF-16, surrogate
+// pairs above U+FFFF), bytes that are not UTF-8 as U+FFFD. ASCII because NewStringUTF takes
+// modified UTF-8, which differs from UTF-8 above U+FFFF (CheckJNI aborts on it), and a model
+// name is any string the host sent.
 std::string json_escape(const std::string& s) {
   std::string out;
   out.reserve(s.size() + 2);
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += char(c);
-        }
+  auto u16 = [&out](unsigned v) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "\\u%04x", v);
+    out += buf;
+  };
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            u16(c);
+          } else {
+            out += char(c);
+          }
+      }
+      ++i;
+      continue;
     }
+    // A UTF-8 sequence: its length from the lead byte, then continuation bytes, no overlong
+    // forms, no surrogates, nothing above U+10FFFF.
+    size_t len = c >= 0xf8 ? 0 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+    unsigned cp = len == 4 ? c & 0x07u : len == 3 ? c & 0x0fu : c & 0x1fu;
+    bool ok = len != 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      ok = (cc & 0xc0) == 0x80;
+      cp = (cp << 6) | (cc & 0x3fu);
+    }
+    static const unsigned kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    ok = ok && cp >= kMin[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
+    if (!ok) {
+      u16(0xfffd);
+      ++i;  // resynchronise on the next byte
+      continue;
+    }
+    if (cp >= 0x10000) {
+      cp -= 0x10000;
+      u16(0xd800 + (cp >> 10));
+      u16(0xdc00 + (cp & 0x3ffu));
+    } else {
+      u16(cp);
+    }
+    i += len;
   }
   return out;
 }
@@ -104,6 +152,17 @@ std::string telemetry_json() {
            json_escape(hottest->name) + "\"";
   }
   return out;
+}
+
+std::string measurement_json(const std::optional<npas::LastMeasurement>& m) {
+  if (!m) return "null";
+  return "{\"model\":\"" + json_escape(m->model) + "\",\"backend\":\"" +
+         json_escape(m->backend) + "\",\"threads\":" + std::to_string(m->threads) +
+         ",\"runs\":" + std::to_string(m->runs) + ",\"warmup\":" + std::to_string(m->warmup) +
+         ",\"median_ns\":" + std::to_string(m->median_ns) +
+         ",\"min_ns\":" + std::to_string(m->min_ns) +
+         ",\"p90_ns\":" + std::to_string(m->p90_ns) +
+         ",\"finished_unix_ms\":" + std::to_string(m->finished_unix_ms) + "}";
 }
 
 }  // namespace
@@ -171,12 +230,19 @@ JNIEXPORT void JNICALL Java_dev_npas_runner_NativeRunner_stop(JNIEnv*, jclass) {
     server->shutdown();
     server->wait();
     log_line("stopped");
+    // Taken after wait(): a benchmark finishing in the grace period counts.
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    remember(s, server->last_measurement());
   }
   // `server` is destroyed here, outside the lock, so status() never waits on a shutdown.
 }
 
 // String status(): {"running":bool, "address", "port", "uptime_s", "store_dir", "cpu_freq_khz",
-// "max_temp_c", "max_temp_zone", "last_error"}; absent fields are unknown.
+// "max_temp_c", "max_temp_zone", "last_error", "last_measurement"}; absent fields are unknown.
+// last_measurement is the last Benchmark that succeeded in this process, or null:
+// {"model", "backend" ("cpu"/"gpu"), "threads", "runs", "warmup", "median_ns", "min_ns",
+//  "p90_ns", "finished_unix_ms"}.
 JNIEXPORT jstring JNICALL Java_dev_npas_runner_NativeRunner_status(JNIEnv* env, jclass) {
   std::string json = "{";
   {
@@ -193,6 +259,8 @@ JNIEXPORT jstring JNICALL Java_dev_npas_runner_NativeRunner_status(JNIEnv* env, 
       json += "\"running\":false";
     }
     if (!s.last_error.empty()) json += ",\"last_error\":\"" + json_escape(s.last_error) + "\"";
+    if (s.server) remember(s, s.server->last_measurement());
+    json += ",\"last_measurement\":" + measurement_json(s.last_measurement);
   }
   json += "," + telemetry_json() + "}";
   return env->NewStringUTF(json.c_str());

@@ -87,6 +87,10 @@ void RunnerServer::shutdown() {
   });
 }
 
+std::optional<LastMeasurement> RunnerServer::last_measurement() const {
+  return service_->last_measurement();
+}
+
 void RunnerServer::wait() {
   if (server_) server_->Wait();
 }

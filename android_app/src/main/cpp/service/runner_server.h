@@ -5,11 +5,13 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "core/artifact_store.h"
 #include "core/manifest.h"
 #include "core/status.h"
+#include "service/last_measurement.h"
 
 namespace grpc {
 class Server;
@@ -43,6 +45,8 @@ class RunnerServer {
   // HOST:PORT with the port actually bound, e.g. "127.0.0.1:40123".
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // The last Benchmark that succeeded on this server; empty before the first. Thread-safe.
+  std::optional<LastMeasurement> last_measurement() const;
   // Stops accepting calls and lets the ones in progress finish (up to a grace period).
   // Thread-safe; calls after the first do nothing.
   void shutdown();

@@ -1,6 +1,7 @@
 // gRPC Runner service over the core.
 #include "service/runner_service.h"
 
+#include <chrono>
 #include <cstdio>
 
 #include "core/device_info.h"
@@ -247,7 +248,25 @@ grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
     l->set_op(m.steps[i].op);
     l->mutable_samples_ns()->Add(result.layer_ns[i].begin(), result.layer_ns[i].end());
   }
+
+  LastMeasurement last;
+  last.model = m.name;
+  last.backend = model.backend() == Backend::kGpu ? "gpu" : "cpu";
+  last.threads = model.threads();
+  last.runs = uint32_t(result.samples_ns.size());
+  last.warmup = uint32_t(result.warmup_ns.size());
+  set_sample_stats(result.samples_ns, &last);
+  last.finished_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+  std::lock_guard<std::mutex> lock(last_mu_);
+  last_ = std::move(last);
   return grpc::Status::OK;
+}
+
+std::optional<LastMeasurement> RunnerService::last_measurement() const {
+  std::lock_guard<std::mutex> lock(last_mu_);
+  return last_;
 }
 
 grpc::Status RunnerService::UnloadModel(Ctx* ctx, const pb::UnloadModelRequest* req,

@@ -4,12 +4,15 @@
 #define NPAS_SERVICE_RUNNER_SERVICE_H
 
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "core/artifact_store.h"
 #include "core/manifest.h"
 #include "core/model_registry.h"
 #include "npas/runner/v1/runner.grpc.pb.h"
+#include "service/last_measurement.h"
 
 namespace npas {
 
@@ -41,6 +44,9 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
   grpc::Status UnloadModel(Ctx* ctx, const runner::v1::UnloadModelRequest* req,
                            runner::v1::UnloadModelResponse* resp) override;
 
+  // The last Benchmark that succeeded; empty before the first. Thread-safe.
+  std::optional<LastMeasurement> last_measurement() const;
+
  private:
   // UNAUTHENTICATED unless the call carries the session token (constant-time compare).
   grpc::Status authenticate(const Ctx* ctx) const;
@@ -49,6 +55,8 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
   std::unique_ptr<ArtifactStore> store_;
   ManifestLimits manifest_limits_;
   ModelRegistry models_;
+  mutable std::mutex last_mu_;
+  std::optional<LastMeasurement> last_;
 };
 
 }  // namespace npas

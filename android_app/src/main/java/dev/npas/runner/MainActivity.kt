@@ -21,9 +21,9 @@ import org.json.JSONObject
 import java.security.SecureRandom
 
 /**
- * Shows whether the runner service runs, its address, uptime and the phone's temperature, from
- * the status file the service writes (it lives in another process). Start/Stop are for using
- * the phone by hand; the host drives the service over adb.
+ * Shows whether the runner service runs, its address, uptime, the phone's temperature and the
+ * last measurement, from the status file the service writes (it lives in another process).
+ * Start/Stop are for using the phone by hand; the host drives the service over adb.
  */
 class MainActivity : AppCompatActivity() {
     private lateinit var statusView: TextView
@@ -94,6 +94,14 @@ class MainActivity : AppCompatActivity() {
             )
         } else {
             lines += getString(R.string.ui_not_running)
+        }
+        status.optJSONObject(RunnerService.LAST_MEASUREMENT)?.let {
+            val agoS = (nowMs - it.optLong("finished_unix_ms", nowMs)) / 1000.0
+            lines += getString(
+                R.string.ui_last_measurement,
+                RunnerService.formatMeasurement(it),
+                RunnerService.formatUptime(maxOf(agoS, 0.0)),
+            )
         }
         // Everything else the runner reported, as it reported it (never holds the token).
         lines += status.toString(2)

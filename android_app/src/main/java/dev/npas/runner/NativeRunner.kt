@@ -27,7 +27,11 @@ object NativeRunner {
     @JvmStatic
     external fun stop()
 
-    /** JSON: running, address, port, uptime_s, store_dir, cpu_freq_khz, max_temp_c, last_error. */
+    /**
+     * JSON: running, address, port, uptime_s, store_dir, cpu_freq_khz, max_temp_c, last_error,
+     * last_measurement (the last successful benchmark in this process, or null: model, backend,
+     * threads, runs, warmup, median_ns, min_ns, p90_ns, finished_unix_ms).
+     */
     @JvmStatic
     external fun status(): String
 }

@@ -14,6 +14,7 @@ import android.util.Log
 import androidx.core.app.NotificationCompat
 import org.json.JSONObject
 import java.io.File
+import java.util.Locale
 import java.util.concurrent.Executors
 import java.util.concurrent.ScheduledExecutorService
 import java.util.concurrent.ScheduledFuture
@@ -105,12 +106,16 @@ class RunnerService : Service() {
     }
 
     private fun stopRunner() {
+        val status = JSONObject().put("running", false)
         try {
             NativeRunner.stop()
+            // The native side keeps the last measurement past the stop: so does the file.
+            JSONObject(NativeRunner.status()).optJSONObject(LAST_MEASUREMENT)?.let {
+                status.put(LAST_MEASUREMENT, it)
+            }
         } catch (e: LinkageError) {
             // Never loaded: nothing to stop.
         }
-        val status = JSONObject().put("running", false)
         lastError?.let { status.put("error", it) }
         RunnerStatus.write(filesDir, stamped(status).toString())
     }
@@ -127,6 +132,7 @@ class RunnerService : Service() {
             if (status.has("max_temp_c")) {
                 text += " · %.1f °C".format(status.optDouble("max_temp_c"))
             }
+            status.optJSONObject(LAST_MEASUREMENT)?.let { text += " · " + formatMeasurement(it) }
             notify(text)
         }
     }
@@ -161,6 +167,7 @@ class RunnerService : Service() {
             .setSmallIcon(android.R.drawable.stat_notify_sync)
             .setContentTitle(getString(R.string.notification_title))
             .setContentText(text)
+            .setStyle(NotificationCompat.BigTextStyle().bigText(text))  // expanded: all of it
             .setOngoing(true)
             .setOnlyAlertOnce(true)
             .setForegroundServiceBehavior(NotificationCompat.FOREGROUND_SERVICE_IMMEDIATE)
@@ -200,6 +207,8 @@ class RunnerService : Service() {
         const val EXTRA_TOKEN = "token"
         const val EXTRA_PORT = "port"
         const val STORE_DIR = "store"
+        /** The status key of the last successful benchmark (runner_jni.cpp's status()). */
+        const val LAST_MEASUREMENT = "last_measurement"
         private const val CHANNEL_ID = "runner"
         private const val NOTIFICATION_ID = 1
         private const val STATUS_PERIOD_S = 2L
@@ -212,6 +221,15 @@ class RunnerService : Service() {
                 s < 3600 -> "${s / 60}m ${s % 60}s"
                 else -> "${s / 3600}h ${s / 60 % 60}m"
             }
+        }
+
+        /** A status's last_measurement in one line: "resnet18 CPU×4: median 20.6 ms (100 runs)". */
+        fun formatMeasurement(m: JSONObject): String {
+            val backend = m.optString("backend").uppercase(Locale.ROOT)
+            val where = if (backend == "CPU") "CPU×${m.optInt("threads")}" else backend
+            val medianMs = m.optLong("median_ns") / 1e6
+            val median = if (medianMs >= 10.0) "%.1f".format(medianMs) else "%.2f".format(medianMs)
+            return "${m.optString("model")} $where: median $median ms (${m.optLong("runs")} runs)"
         }
 
         /** The intent MainActivity uses; the host sends the same extras with `am`. */
