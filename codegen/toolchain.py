@@ -6,8 +6,9 @@ A toolchain compiles with flags that keep the kernels free of libc (``-ffreestan
 links with ``-Wl,-z,defs`` so any undefined symbol fails the build here, not on the phone.
 ``HostToolchain`` uses the system ``cc``. ``Arm64AndroidToolchain`` builds for arm64-v8a
 phones with clang (the NDK's when one is given or ``ANDROID_NDK_HOME``/``ANDROID_NDK_ROOT``
-names one, else Debian's ``clang`` + ``lld``); the generated C is the same, clang
-auto-vectorises it to NEON.
+names one, else Debian's ``clang`` + ``lld``); the generated C is the same. ``isa()`` names
+the vector ISA the kernels are written for (AVX-512/AVX2/SSE from the host's features, NEON on
+arm64): it sets the blocked layout's width, and the vector-extension kernels compile to it.
 
 ``OpenClToolchain`` builds nothing here: the OpenCL C source is the artifact and the runner
 builds it on the device with ``clBuildProgram(build_options)``. ``check`` compiles it offline

@@ -3,8 +3,11 @@
 The source includes no headers and calls nothing outside itself (no libc, no libm): it defines
 its own integer types, the ``npas_step_args`` struct of the kernel ABI
 (android_app/src/main/cpp/core/npas_kernel_abi.h), the ABI version symbol, and an ``expf``.
-Each step computes work items [begin, end): conv2d one (n, oc) output plane, linear one output
-feature for every batch row, pools and mul_channel one (n, c) plane, element-wise ops a chunk
+With a vector ISA (the default for CPU toolchains), blocked layers use the templates of
+``codegen.emit.vec`` (items: (n, oc tile, output row) for convs, (output block, batch row) for
+linear); the scalar ones below remain for plain NCHW layers (fallbacks, ``vectorize=False``).
+Each scalar step computes work items [begin, end): conv2d one (n, oc) output plane, linear one
+output feature for every batch row, pools and mul_channel one (n, c) plane, element-wise ops a chunk
 of ELTWISE_CHUNK elements, concat one (batch row, input) copy. Pointers are ``restrict``: the
 memory plan never lets a step's output share bytes with its inputs.
 """
