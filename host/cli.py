@@ -202,14 +202,21 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def cmd_compile(args) -> int:
     out_dir = Path(args.output)
     with _progress() as progress:
         bundle = _compile(args.model, out_dir, args, progress)
     m = bundle.manifest
-    out.print(f"bundle {out_dir}: {len(m.steps)} steps, arena {m.arena_bytes / 2**20:.1f} MiB, "
-              f"weights {m.artifact('weights').size / 2**20:.1f} MiB, "
-              f"{sum(s.flops for s in m.steps) / 1e9:.2f} GFLOP")
+    out.print(f"bundle {out_dir}: {len(m.steps)} steps for {m.target.abi}, arena "
+              f"{_size(m.arena_bytes)}, weights {_size(m.artifact('weights').size)}, "
+              f"{sum(s.flops for s in m.steps) / 1e6:,.1f} MFLOP")
     return 0
 
 

@@ -8,6 +8,8 @@ with ``torch.export.save`` (``.pt2``).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -47,6 +49,8 @@ def load_model(spec: str) -> nn.Module:
             raise ModelSpecError(f"{spec}: not a torch.export program ({e})") from e
     if ":" in spec:
         mod_name, _, attr = spec.partition(":")
+        if os.getcwd() not in sys.path:  # like `python -m`: modules in the current folder
+            sys.path.insert(0, os.getcwd())
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
