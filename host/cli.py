@@ -15,7 +15,6 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -28,9 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+from .console import err, out
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -37,10 +36,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from host.console import err, out
 from host.measure import Stats
-
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 FRAMEWORKS = ("ONNX Runtime", "PyTorch")  # "ours vs the frameworks people deploy on servers"

@@ -11,11 +11,6 @@ namespace {
 
 std::string u(uint64_t v) { return std::to_string(v); }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
 
 const char* kind_name(ArtifactKind k) {
   switch (k) {
@@ -119,6 +114,12 @@ Status check_build_flags(const Manifest& m, const ManifestLimits& limits) {
 }
 
 }  // namespace
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
 
 uint64_t dtype_size(const std::string& dtype) {
   if (dtype == "float32") return 4;

@@ -119,6 +119,9 @@ std::string build_options(const Manifest& m);
 // A C identifier: [A-Za-z_][A-Za-z0-9_]*, at most 256 characters.
 bool is_c_identifier(const std::string& s);
 
+// "(1, 3, 224, 224)", as Python prints a shape: for error messages.
+std::string shape_str(const std::vector<int64_t>& shape);
+
 }  // namespace npas
 
 #endif  // NPAS_CORE_MANIFEST_H

@@ -17,11 +17,6 @@ namespace {
 
 std::string u(uint64_t v) { return std::to_string(v); }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
 
 }  // namespace
 
