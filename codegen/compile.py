@@ -32,7 +32,7 @@ from codegen.bundle import (
 from codegen.capture import capture
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.lr import CodegenError, Graph, numel
-from codegen.passes import pipeline, run_passes
+from codegen.passes import TuningLookup, pipeline, run_passes
 from codegen.passes.memory_plan import align
 from codegen.toolchain import CToolchain, HostToolchain, OpenClToolchain
 
@@ -69,11 +69,14 @@ def compile_model(module: torch.nn.Module,
                   example_inputs: torch.Tensor | Sequence[torch.Tensor],
                   out_dir: str | Path, name: str = "model",
                   toolchain: CToolchain | OpenClToolchain | None = None,
-                  progress: Callable[[str], None] | None = None) -> Bundle:
+                  progress: Callable[[str], None] | None = None,
+                  tuning: TuningLookup | None = None) -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
-    ``OpenClToolchain(precision="fp32"|"fp16")`` for a GPU bundle (see ``toolchain_for``)."""
+    ``OpenClToolchain(precision="fp32"|"fp16")`` for a GPU bundle (see ``toolchain_for``).
+    ``tuning(layer, graph, target) -> dict | None`` overrides the cost model's tuning of the
+    layers it answers for (a tuning database's lookup; see ``codegen/passes/tune.py``)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -97,7 +100,8 @@ def compile_model(module: torch.nn.Module,
     stage("capture")
     say("passes")
     lang = toolchain.language()
-    graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa()))
+    graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa(), tuning,
+                                       toolchain.target() if tuning is not None else None))
     stage("passes")
     say("emit")
     params = [lang.layer_params(graph, la) for la in graph.steps]

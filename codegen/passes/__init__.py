@@ -5,24 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from codegen.bundle import Target
 from codegen.isa import VectorIsa
 from codegen.lr import Graph
 from codegen.passes.fold_bn import fold_bn
 from codegen.passes.fuse_epilogue import fuse_epilogue
 from codegen.passes.layout import block_layout
 from codegen.passes.memory_plan import plan_memory
+from codegen.passes.tune import TuningLookup, apply_tuning
 
 PIPELINE: tuple[Callable[[Graph], Graph], ...] = (fold_bn, fuse_epilogue, plan_memory)
 
 
-def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None
+def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None,
+             tuning: TuningLookup | None = None, target: Target | None = None
              ) -> tuple[Callable[[Graph], Graph], ...]:
     """The pipeline with the memory plan sized for ``elem_bytes``-byte elements; with a CPU
-    vector ``isa``, activations are laid out in blocks of its width first."""
+    vector ``isa``, activations are laid out in blocks of its width first; with a ``tuning``
+    lookup (and the ``target`` it is asked about), its answers replace the defaults after the
+    layout."""
     layout = (partial(block_layout, isa=isa),) if isa is not None else ()
-    if elem_bytes == 4 and not layout:
+    if tuning is not None and target is None:
+        raise ValueError("pipeline(tuning=...) needs the target the lookup is asked about")
+    tune = (partial(apply_tuning, lookup=tuning, target=target),) if tuning is not None else ()
+    if elem_bytes == 4 and not layout and not tune:
         return PIPELINE
-    return (fold_bn, fuse_epilogue, *layout, partial(plan_memory, elem_bytes=elem_bytes))
+    return (fold_bn, fuse_epilogue, *layout, *tune,
+            partial(plan_memory, elem_bytes=elem_bytes))
 
 
 def run_passes(graph: Graph, pipeline: tuple[Callable[[Graph], Graph], ...] = PIPELINE
@@ -32,5 +41,5 @@ def run_passes(graph: Graph, pipeline: tuple[Callable[[Graph], Graph], ...] = PI
     return graph
 
 
-__all__ = ["PIPELINE", "pipeline", "block_layout", "fold_bn", "fuse_epilogue", "plan_memory",
-           "run_passes"]
+__all__ = ["PIPELINE", "TuningLookup", "apply_tuning", "block_layout", "fold_bn",
+           "fuse_epilogue", "pipeline", "plan_memory", "run_passes"]
