@@ -1,0 +1,302 @@
+"""PruningPlan: the recorded, replayable decision — per layer a scheme, its parameters and a
+rate — and what applying it gives (PrunedModel) and says (PlanReport).
+
+A plan holds no weights or masks: ``apply`` scores the given model (magnitudes) and decides
+again, deterministically (ties broken by index), so the same plan on a fresh copy of the same
+model gives identical weights. Structural rules (filter, channel) are applied first and shrink
+the layers; mask rules then act on the (possibly shrunk) weights they find.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import handlers
+from .config import PruningConfig, PruningError, describe, parse_rate
+from .graph import DependencyGraph, Group
+from .schemes import SCHEMES, get_scheme
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class LayerRule:
+    scheme: str
+    rate: float
+    params: dict = field(default_factory=dict)
+
+
+def keep_count(channels: int, rate: float, vector_width: int) -> int:
+    """Channels kept when removing ``rate`` of ``channels``: the nearest width that is a multiple
+    of the vector width (or the full width), never below the vector width; a layer already
+    no wider than the vector width is left alone (ties: keep more)."""
+    if channels <= vector_width:
+        return channels
+    want = channels * (1.0 - rate)
+    widths = sorted({*range(vector_width, channels + 1, vector_width), channels})
+    return min(widths, key=lambda k: (abs(k - want), -k))
+
+
+@dataclass
+class LayerReport:
+    layer: str
+    scheme: str
+    params: dict
+    requested: float | None
+    achieved: float
+    weights_before: int
+    weights_after: int
+    note: str = ""
+
+
+@dataclass
+class PlanReport:
+    rows: list[LayerReport]
+
+    def row(self, layer: str) -> LayerReport:
+        return next(r for r in self.rows if r.layer == layer)
+
+    @property
+    def weights_before(self) -> int:
+        return sum(r.weights_before for r in self.rows)
+
+    @property
+    def weights_after(self) -> int:
+        return sum(r.weights_after for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(r) for r in self.rows]}
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':28} {'scheme':14} {'asked':>6} {'got':>6} {'weights':>19}  params"]
+        for r in self.rows:
+            asked = "" if r.requested is None else f"{r.requested:.3f}"
+            p = " ".join(f"{k}={v}" for k, v in r.params.items())
+            lines.append(f"{r.layer:28} {r.scheme:14} {asked:>6} {r.achieved:6.3f} "
+                         f"{r.weights_before:>9}→{r.weights_after:<9}  {p} {r.note}".rstrip())
+        b, a = self.weights_before, self.weights_after
+        lines.append(f"total: {b} → {a} weights ({b / max(a, 1):.2f}x)")
+        return "\n".join(lines)
+
+
+class PrunedModel:
+    """The pruned copy (``model``), the masks of the mask schemes (``masks``: parameter path →
+    bool tensor; ``reapply()`` after an optimizer step keeps pruned weights at zero), the removed
+    channels of each structural group, and the report."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor],
+                 removed: dict[tuple[str, str], list[int]], report: PlanReport):
+        self.model, self.masks, self.removed, self.report = model, masks, removed, report
+
+    def reapply(self) -> None:
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                self.model.get_parameter(name).mul_(mask)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        r = self.report
+        return (f"PrunedModel({type(self.model).__name__}: {r.weights_before} → "
+                f"{r.weights_after} weights in {len(r.rows)} layers, {len(self.masks)} masks)")
+
+
+def _weights(m: nn.Module) -> int:
+    return m.weight.numel() if getattr(m, "weight", None) is not None else 0
+
+
+@dataclass
+class PruningPlan:
+    layers: dict[str, LayerRule] = field(default_factory=dict)
+    config: PruningConfig = field(default_factory=PruningConfig)
+
+    # --- record ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"version": PLAN_VERSION, "config": self.config.to_dict(),
+                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruningPlan:
+        if d.get("version") != PLAN_VERSION:
+            raise PruningError(f"pruning plan version {d.get('version')!r}: this npas-host "
+                               f"reads version {PLAN_VERSION}")
+        layers = {}
+        for name, r in d.get("layers", {}).items():
+            layers[name] = LayerRule(r["scheme"], parse_rate(r["rate"]), dict(r.get("params", {})))
+        return cls(layers, PruningConfig(**d.get("config", {})))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise PruningError(f"pruning plan {path}: {e}") from e
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{k}: {v.scheme} {v.rate:.3g}" for k, v in self.layers.items())
+        return f"PruningPlan(vw={self.config.vector_width}, {rules})"
+
+    # --- building -------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, model: nn.Module, scheme: str, rate: float | str,
+                config: PruningConfig | None = None, params: dict | None = None,
+                only: list[str] | None = None) -> PruningPlan:
+        """One scheme and rate on every layer (or those in ``only``) it applies to."""
+        cfg = config or PruningConfig()
+        r, s = parse_rate(rate), get_scheme("*", scheme)
+        graph = DependencyGraph(model) if s.structural else None
+        layers = {}
+        for name, m in model.named_modules():
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or (only and name not in only):
+                continue
+            try:
+                p = s.params(name, m, params or {}, cfg)
+                s.check(name, m, r, p)
+                if graph is not None:
+                    graph.out_group(name) if scheme == "filter" else graph.in_groups(name)
+            except PruningError:
+                continue
+            layers[name] = LayerRule(scheme, r, dict(params or {}))
+        return cls(layers, cfg)
+
+    # --- applying -------------------------------------------------------------------------
+    def _resolve(self, model: nn.Module) -> dict[str, tuple]:
+        mods = dict(model.named_modules())
+        out = {}
+        for name in [n for n in mods if n in self.layers]:
+            rule = self.layers[name]
+            s = get_scheme(name, rule.scheme)
+            m = mods[name]
+            p = s.params(name, m, rule.params, self.config)
+            s.check(name, m, rule.rate, p)
+            out[name] = (s, p, rule.rate)
+        missing = [n for n in self.layers if n not in mods]
+        if missing:
+            close = [n for n in mods if missing[0].split(".")[-1] in n][:3]
+            hint = f"; layers like it: {', '.join(close)}" if close else ""
+            raise PruningError(f"layer {missing[0]}: no such module in "
+                               f"{type(model).__name__}{hint}")
+        return out
+
+    def _structural(self, model, rules) -> tuple[dict, dict[str, float], DependencyGraph | None]:
+        todo = {n: v for n, v in rules.items() if v[0].structural}
+        if not todo:
+            return {}, {}, None
+        graph = DependencyGraph(model)
+        mods = graph.modules
+        asked: dict[int, tuple[str, str, float, Group]] = {}
+        for name, (s, _, rate) in todo.items():
+            groups = [graph.out_group(name)] if s.name == "filter" else graph.in_groups(name)
+            for g in groups:
+                prev = asked.get(g.id)
+                if prev and (prev[1], prev[2]) != (s.name, rate):
+                    raise PruningError(
+                        f"{describe(name, mods[name])}: {s.name} {rate:.3f} prunes the same "
+                        f"channels ({g}) as {prev[0]}'s {prev[1]} {prev[2]:.3f}; channels "
+                        f"tied by a residual add or a BN are pruned once: give one rule")
+                asked.setdefault(g.id, (name, s.name, rate, g))
+        pruned: dict[int, list[int]] = {}
+        for gid, (_, scheme, rate, g) in sorted(asked.items()):
+            score = self._group_scores(g, scheme, mods)
+            k = keep_count(g.size, rate, self.config.vector_width)
+            order = torch.argsort(score, stable=True)
+            pruned[gid] = sorted(order[:g.size - k].tolist())
+        achieved = {}
+        for name, (s, _, _) in todo.items():
+            groups = [graph.out_group(name)] if s.name == "filter" else graph.in_groups(name)
+            total = sum(g.size for g in groups)
+            achieved[name] = sum(len(pruned[g.id]) for g in groups) / total
+        return graph.removed_positions(pruned), achieved, graph
+
+    @staticmethod
+    def _group_scores(g: Group, scheme: str, mods: dict[str, nn.Module]) -> torch.Tensor:
+        """Per channel: summed L2 norm of the producers' filters (filter) or of the consumers'
+        input slices (channel)."""
+        score = torch.zeros(g.size, dtype=torch.float64)
+        members = g.producers if scheme == "filter" else g.consumers
+        for mem in members:
+            w = mods[mem.layer].weight.detach().double()
+            if mem.role == "out":
+                score += w.reshape(w.shape[0], -1).norm(dim=1)
+            else:
+                cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # [in, rest]
+                sl = cols[mem.offset * mem.inner:(mem.offset + g.size) * mem.inner]
+                score += sl.reshape(g.size, -1).norm(dim=1)
+        return score
+
+    def apply(self, model: nn.Module) -> PrunedModel:
+        """Prune a deep copy of ``model`` (the original is left as it is)."""
+        model = copy.deepcopy(model)
+        rules = self._resolve(model)
+        mods = dict(model.named_modules())
+        before = {n: _weights(m) for n, m in mods.items() if isinstance(m, (nn.Conv2d,
+                                                                           nn.Linear))}
+        removed, achieved, _ = self._structural(model, rules)
+        handlers.shrink(model, removed)
+        masks: dict[str, torch.Tensor] = {}
+        rows: list[LayerReport] = []
+        for name, (s, p, rate) in rules.items():
+            m = mods[name]
+            if s.structural:
+                rows.append(LayerReport(name, s.name, p, rate, achieved[name], before[name],
+                                        _weights(m)))
+                continue
+            s.check(name, m, rate, p)  # the shape may have changed by a structural rule
+            with torch.no_grad():
+                mask = s.mask(m.weight, rate, p)
+                m.weight.mul_(mask)
+            masks[f"{name}.weight"] = mask
+            kept = int(mask.sum())
+            note = "" if m.weight.numel() == before[name] else "(after shrinking)"
+            rows.append(LayerReport(name, s.name, p, rate, 1 - kept / mask.numel(),
+                                    before[name], kept, note))
+        touched = {layer for layer, _ in removed}
+        for name in before:
+            if name in touched and name not in rules:
+                rows.append(LayerReport(name, "(follows)", {}, None,
+                                        1 - _weights(mods[name]) / before[name], before[name],
+                                        _weights(mods[name])))
+        order = list(mods)
+        rows.sort(key=lambda r: order.index(r.layer))
+        return PrunedModel(model, masks, removed, PlanReport(rows))
+
+    def report(self, model: nn.Module) -> PlanReport:
+        return self.apply(model).report
+
+    def masked_reference(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with the structural decisions as zeros instead of removed
+        channels (and the mask rules applied): the same outputs as ``apply(model).model``."""
+        pruned = self.apply(model)
+        ref = copy.deepcopy(model)
+        rules = self._resolve(ref)
+        removed, _, _ = self._structural(ref, rules)
+        handlers.zero(ref, removed)
+        if any(not v[0].structural for v in rules.values()) and removed:
+            raise PruningError("masked_reference: a plan mixing structural and mask rules "
+                               "has no unshrunk equivalent (masks are built on shrunk weights)")
+        mods = dict(ref.named_modules())
+        with torch.no_grad():
+            for name, mask in pruned.masks.items():
+                mods[name.rsplit(".", 1)[0]].weight.mul_(mask)
+        return ref
+
+
+def schemes_help() -> str:
+    return "\n".join(f"{n}: {s.doc}" for n, s in SCHEMES.items())
