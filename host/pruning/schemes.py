@@ -233,8 +233,10 @@ class Pattern(Scheme):
         frequent first (ties: smaller bit code first)."""
         a = w.detach().abs().reshape(-1, 9).clone()
         a[:, 4] = float("inf")
-        top = torch.argsort(-a, dim=1, stable=True)[:, :PATTERN_KEPT]
-        codes = (1 << top).sum(1)
+        # rank of each position in its kernel: larger first, ties by lower position
+        ai, aj = a[:, :, None], a[:, None, :]
+        rank = ((aj > ai) | ((aj == ai) & torch.ones(9, 9, dtype=torch.bool).tril(-1))).sum(2)
+        codes = ((rank < PATTERN_KEPT).long() << torch.arange(9)).sum(1)
         uniq, counts = torch.unique(codes, return_counts=True)
         order = sorted(range(len(uniq)), key=lambda j: (-int(counts[j]), int(uniq[j])))[:count]
         bits = torch.tensor([int(uniq[j]) for j in order])
