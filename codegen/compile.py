@@ -76,7 +76,8 @@ def compile_model(module: torch.nn.Module,
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
     ``OpenClToolchain(precision="fp32"|"fp16")`` for a GPU bundle (see ``toolchain_for``).
     ``tuning(layer, graph, target) -> dict | None`` overrides the cost model's tuning of the
-    layers it answers for (a tuning database's lookup; see ``codegen/passes/tune.py``)."""
+    layers it answers for (a tuning database's lookup; asked before the layout pass, about
+    logical shapes; see ``codegen/passes/tune.py``)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()

@@ -1,7 +1,8 @@
 """npas-host: the command line.
 
-Commands: devices, compile, profile. Human output is a rich table on stdout (progress on
-stderr); ``--json`` prints machine-readable records instead.
+Commands: devices, compile, profile, tune (host/tune/command.py), install, bench. Human output
+is a rich table on stdout (progress on stderr); ``--json`` prints machine-readable records
+instead.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GPU only: fp16 needs a device with cl_khr_fp16 (Adreno has it)")
 
 
+def _add_db_args(p: argparse.ArgumentParser, use: bool = True) -> None:
+    p.add_argument("--db", type=Path,
+                   help="tuning database (default: ~/.cache/npas/tuning.json)")
+    if use:
+        p.add_argument("--no-tuning-db", action="store_true",
+                       help="ignore the tuning database: the cost model's defaults everywhere")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="npas-host", description=(
         "Compiler-aware pruning and architecture search for phones: compile PyTorch CNNs "
@@ -56,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--abi", choices=("host", "arm64-v8a"), default="host",
                    help="CPU kernels for this machine (host, default) or for arm64 phones")
+    p.add_argument("--threads", type=int, default=1,
+                   help="the runner threads to take tuning for from the database (default 1)")
+    _add_db_args(p)
     _add_model_args(p)
 
     p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`")
@@ -90,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin", action="store_true",
                    help="phones: do not pin the runner's threads to the big cores")
     p.add_argument("--store", type=Path, help="artifact store for the local runner")
+    _add_db_args(p)
     _add_model_args(p)
+
+    from .tune.command import add_tune_parser
+
+    add_tune_parser(sub, _add_model_args, _add_db_args)
     return ap
 
 
@@ -121,7 +138,20 @@ def _toolchain(args, device_info=None):
                          features=tuple(device_info.cpu_features))
 
 
-def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_info=None):
+def _tuning_lookup(args, threads: int):
+    """The tuning database's lookup for compile_model, or None with --no-tuning-db."""
+    if getattr(args, "no_tuning_db", True):
+        return None
+    from .tune.db import TuningDB, TuningDbError
+
+    try:
+        return TuningDB(args.db).lookup(threads)
+    except TuningDbError as e:
+        raise CliError(str(e)) from None
+
+
+def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_info=None,
+             threads: int = 1):
     from codegen import compile_model
 
     from .models import example_inputs, load_model, parse_shape
@@ -136,10 +166,16 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_in
 
     t0 = time.perf_counter()
     toolchain = _toolchain(args, device_info)
+    lookup = _tuning_lookup(args, threads)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
-                           toolchain=toolchain, progress=stage)
+                           toolchain=toolchain, progress=stage, tuning=lookup)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
+    if lookup is not None and (lookup.hits or lookup.misses):
+        err.print(f"tuning database {lookup.db.path}: {len(lookup.hits)} of "
+                  f"{len(lookup.hits) + len(lookup.misses)} tunable layers tuned for "
+                  f"{threads} thread(s); the rest keep the cost model's defaults"
+                  + ("" if lookup.hits else " (run `npas-host tune` to fill it)"))
     return bundle
 
 
@@ -209,7 +245,7 @@ def _size(n: int) -> str:
 def cmd_compile(args) -> int:
     out_dir = Path(args.output)
     with _progress() as progress:
-        bundle = _compile(args.model, out_dir, args, progress)
+        bundle = _compile(args.model, out_dir, args, progress, threads=args.threads)
     m = bundle.manifest
     out.print(f"bundle {out_dir}: {len(m.steps)} steps for {m.target.abi}, arena "
               f"{_size(m.arena_bytes)}, weights {_size(m.artifact('weights').size)}, "
@@ -256,6 +292,14 @@ def _device(args, stack: ExitStack):
     return runner
 
 
+def _resolve_threads(threads: int, info) -> int:
+    """--threads 0 means one per big core (what the runner does with 0)."""
+    if threads > 0:
+        return threads
+    big = sum(1 for c in info.cores if c.is_big)
+    return big or len(info.cores) or 1
+
+
 def _bundle_backend(bundle) -> str:
     return "gpu" if bundle.manifest.target.arch == "opencl" else "cpu"
 
@@ -299,7 +343,8 @@ def cmd_profile(args) -> int:
         progress.remove_task(task)
         if bundle is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bundle-")))
-            bundle = _compile(args.model, tmp, args, progress, device_info=info)
+            bundle = _compile(args.model, tmp, args, progress, device_info=info,
+                              threads=_resolve_threads(args.threads, info))
         _check_bundle_fits(bundle, info, args.model)
         backend = _bundle_backend(bundle)
         up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
@@ -375,9 +420,15 @@ def cmd_install(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune.command import cmd_tune as run
+
+    return run(args)
+
+
 COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "compile": cmd_compile,
             "install": cmd_install,
-            "profile": cmd_profile}
+            "profile": cmd_profile, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,15 @@ def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None,
              ) -> tuple[Callable[[Graph], Graph], ...]:
     """The pipeline with the memory plan sized for ``elem_bytes``-byte elements; with a CPU
     vector ``isa``, activations are laid out in blocks of its width first; with a ``tuning``
-    lookup (and the ``target`` it is asked about), its answers replace the defaults after the
-    layout."""
+    lookup (and the ``target`` it is asked about), its answers are set before the layout (which
+    fills in the cost model's defaults for the rest)."""
     layout = (partial(block_layout, isa=isa),) if isa is not None else ()
     if tuning is not None and target is None:
         raise ValueError("pipeline(tuning=...) needs the target the lookup is asked about")
     tune = (partial(apply_tuning, lookup=tuning, target=target),) if tuning is not None else ()
     if elem_bytes == 4 and not layout and not tune:
         return PIPELINE
-    return (fold_bn, fuse_epilogue, *layout, *tune,
+    return (fold_bn, fuse_epilogue, *tune, *layout,
             partial(plan_memory, elem_bytes=elem_bytes))
 
 

@@ -2,10 +2,10 @@
 
 ``TuningLookup`` is a plain callable ``lookup(layer, graph, target) -> dict | None`` that the
 caller of ``compile_model`` passes in (codegen never imports the host, which owns the
-database). It runs after the layout pass, so ``graph.shapes`` holds the physical (blocked)
-shapes the kernels will see, and before the memory plan, so a tuning choice that changes
-buffers could still be planned. A dict is merged over the layer's tuning (the cost model's
-defaults, filled in by the layout pass); None keeps the defaults.
+database). It runs after epilogue fusion and BEFORE the layout pass, because tuning decides
+layouts (a Winograd conv reads blocked input): ``graph.shapes`` are still logical NCHW, and
+the layout pass fills in the cost model's defaults only for what the lookup left unset. A dict
+is merged over the layer's tuning; None keeps the defaults.
 """
 
 from __future__ import annotations

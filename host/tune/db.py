@@ -1,0 +1,258 @@
+"""The tuning database: the best tuning found for a layer signature on a target, on disk.
+
+A key says everything a kernel's speed depends on that compile_model fixes: the op, the
+logical (NCHW) shapes of its inputs and output, the weight shape, the attributes
+(kernel, stride, padding, dilation, groups), the fused epilogue, the pruning scheme and storage,
+the target (arch, OS, ABI, CPU features, vector ISA: which also fixes the channel block) and
+the runner's thread count. Logical shapes, because the lookup runs before the layout pass
+(tuning decides layouts: a Winograd conv reads blocked input). Layers with
+equal keys (resnet18 repeats its blocks) share one entry, so nothing is tuned twice.
+
+On disk a JSON file (default ``~/.cache/npas/tuning.json``), one entry per line::
+
+    {"format": "npas-tuning-db", "version": 1, "entries": [
+    {"key": {...}, "tuning": {"algo": "direct", "oc_tile": 2, "w_tile": 7}, "median_ms": ...,
+     "default_tuning": {...}, "default_ms": ..., "space": {...}, "layers": [...], ...},
+    ...]}
+
+Every write re-reads the file under an advisory lock, merges, writes a temporary file in the
+same folder, fsyncs it and renames it over the old one, so a crash leaves either the old or
+the new file, and two tuners writing at once lose nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codegen.bundle import Target
+from codegen.emit.vec import conv_kind, default_tuning, tuning_space
+from codegen.isa import isa_for
+from codegen.lr import Graph, Layer
+from codegen.passes.layout import blocked_shape
+
+FORMAT = "npas-tuning-db"
+VERSION = 1
+
+
+class TuningDbError(RuntimeError):
+    """The database file cannot be read; the message names the file and the fix."""
+
+
+def default_db_path() -> Path:
+    from host.devices.local import default_cache_dir
+
+    return default_cache_dir() / "tuning.json"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in sorted(v.items())}
+    if hasattr(v, "item"):  # numpy scalars
+        return v.item()
+    return v
+
+
+def _vector_out(la: Layer, graph: Graph, target: Target):
+    """(isa, blocked output shape) when ``la`` is a conv with a vectorised kernel on
+    ``target``, else None. The tuning lookup is asked before the layout pass: shapes are
+    logical NCHW, and the blocked one is what the layout pass will give the conv."""
+    if la.op != "conv2d" or target.arch == "opencl":
+        return None
+    out = graph.shapes[la.output]
+    isa = isa_for(target.arch, target.features)
+    if len(out) != 4 or isa.floats <= 1 or conv_kind(la, isa.floats) is None:
+        return None
+    return isa, blocked_shape(out, isa.floats)
+
+
+def tunable_space(la: Layer, graph: Graph, target: Target) -> dict[str, tuple]:
+    """The legal values of each of ``la``'s tuning parameters on ``target`` (empty: nothing
+    to tune: no vectorised kernel, or a single point)."""
+    v = _vector_out(la, graph, target)
+    if v is None:
+        return {}
+    space = tuning_space(la, v[1], v[0])
+    if not space or all(len(x) <= 1 for x in space.values()):
+        return {}
+    return space
+
+
+def default_point(la: Layer, graph: Graph, target: Target) -> dict[str, Any]:
+    """The cost model's choice for ``la`` (what the layout pass fills in)."""
+    v = _vector_out(la, graph, target)
+    return default_tuning(la, v[1], v[0]) if v is not None else {}
+
+
+def layer_key(la: Layer, graph: Graph, target: Target, threads: int) -> dict[str, Any]:
+    """What a kernel's speed depends on (see the module docstring), as plain JSON data."""
+    isa = isa_for(target.arch, target.features) if target.arch != "opencl" else None
+    return {
+        "op": la.op,
+        "inputs": [list(graph.shapes[t]) for t in la.inputs],
+        "output": list(graph.shapes[la.output]),
+        "weight": list(la.params["weight"].shape) if "weight" in la.params else None,
+        "attrs": _jsonable(la.attrs),
+        "epilogue": list(la.epilogue),
+        "scheme": la.scheme,
+        "storage": la.storage,
+        "target": {"arch": target.arch, "os": target.os, "abi": target.abi,
+                   "features": sorted(target.features), "isa": isa.name if isa else None},
+        "threads": threads,
+    }
+
+
+def key_string(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def describe_key(key: dict[str, Any]) -> str:
+    """A short human name for a key: ``conv2d 3x3s1 64→64 56x56 +relu``."""
+    w, out = key.get("weight") or [], key["output"]
+    a = key["attrs"]
+    if key["op"] == "conv2d" and len(w) == 4:
+        kh, kw = a["kernel"]
+        sh, sw = a["stride"]
+        s = f"s{sh}" if sh == sw else f"s{sh}x{sw}"
+        g = f" g{a['groups']}" if a.get("groups", 1) > 1 else ""
+        hw = "x".join(str(d) for d in out[2:4])
+        text = f"conv2d {kh}x{kw}{s} {w[1] * a.get('groups', 1)}→{w[0]}{g} {hw}"
+    else:
+        text = f"{key['op']} {out}"
+    if key["epilogue"]:
+        text += " +" + "+".join(key["epilogue"])
+    if key["scheme"] != "dense":
+        text += f" <{key['scheme']}/{key['storage']}>"
+    return text
+
+
+@dataclass
+class Entry:
+    key: dict[str, Any]
+    tuning: dict[str, Any]  # the best point; equal to default_tuning when nothing beat it
+    median_ms: float  # its median in the final re-measurement
+    default_tuning: dict[str, Any]
+    default_ms: float  # the default's median in the same re-measurement
+    space: dict[str, list] = field(default_factory=dict)  # what was searched
+    layers: list[str] = field(default_factory=list)  # where it was found
+    model: str = ""
+    runs: int = 0
+    candidates: int = 0  # points measured
+    device: str = ""  # the device's CPU, for people
+    tuned_at: str = ""
+
+    @property
+    def speedup(self) -> float:
+        return self.default_ms / self.median_ms if self.median_ms > 0 else 1.0
+
+
+class TuningDB:
+    """The entries of one database file; ``put`` writes through to disk at once."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.entries: dict[str, Entry] = self._read()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self) -> dict[str, Entry]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise TuningDbError(f"tuning database {self.path}: {e.strerror}") from None
+        try:
+            d = json.loads(text)
+            if d.get("format") != FORMAT:
+                raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
+            if d.get("version") != VERSION:
+                raise ValueError(f"version {d.get('version')!r}; this npas reads {VERSION}")
+            entries = [Entry(**e) for e in d["entries"]]
+            return {key_string(e.key): e for e in entries}
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise TuningDbError(f"tuning database {self.path} is not readable ({e}); move it "
+                                f"away or pass another --db") from None
+
+    def get(self, key: dict[str, Any]) -> Entry | None:
+        return self.entries.get(key_string(key))
+
+    def put(self, entry: Entry) -> None:
+        """Add or replace ``entry`` and write the file (merging what others wrote since)."""
+        if not entry.tuned_at:
+            entry.tuned_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        k = key_string(entry.key)
+        with self._locked():
+            self.entries = {**self._read(), k: entry}
+            self._write()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self) -> None:
+        head = json.dumps({"format": FORMAT, "version": VERSION})[:-1]
+        lines = [json.dumps(asdict(e), separators=(",", ":"))
+                 for _, e in sorted(self.entries.items())]
+        text = head + ', "entries": [\n' + ",\n".join(lines) + "\n]}\n"
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
+                                   dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def lookup(self, threads: int) -> DbLookup:
+        """The ``compile_model(tuning=...)`` hook for a runner with ``threads`` threads."""
+        return DbLookup(self, threads)
+
+
+class DbLookup:
+    """``lookup(layer, graph, target)``: the database's tuning for that layer, or None (the
+    cost model's defaults). An entry whose values the current code generator no longer
+    accepts is skipped. Records which layers it answered (``hits``) and which tunable layers
+    had no entry (``misses``)."""
+
+    def __init__(self, db: TuningDB, threads: int):
+        self.db, self.threads = db, threads
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+
+    def __call__(self, la: Layer, graph: Graph, target: Target) -> dict[str, Any] | None:
+        space = tunable_space(la, graph, target)
+        if not space:
+            return None
+        entry = self.db.get(layer_key(la, graph, target, self.threads))
+        if entry is None or not all(k in space and v in space[k]
+                                    for k, v in entry.tuning.items()):
+            self.misses.append(la.name)
+            return None
+        self.hits.append(la.name)
+        return dict(entry.tuning)
