@@ -353,3 +353,29 @@ def test_pruned_model_compiles_and_runs_on_the_runner(local_runner, cc, tmp_path
         (got,) = s.run(h, [x.numpy()])
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-4
+
+
+def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
+    import argparse
+
+    from host.pruning.command import add_plan_parser, apply_plan_file, cmd_plan
+
+    ap = argparse.ArgumentParser()
+    add_plan_parser(ap.add_subparsers(dest="command"))
+    out = tmp_path / "plan.json"
+    args = ap.parse_args(["plan", "zoo:small_cnn", "-o", str(out), "--vector-width", "4",
+                          "--rule", "*=unstructured:2x", "--rule", "dw=pattern:0.75",
+                          "--rule", "fc=block:4x:rows=8", "--rule", "k5=filter:0.5"])
+    assert cmd_plan(args) == 0
+    plan = PruningPlan.load(out)
+    assert plan.layers["dw"] == LayerRule("pattern", 0.75)
+    assert plan.layers["fc"] == LayerRule("block", 0.75, {"rows": 8})
+    assert plan.layers["out"].scheme == "unstructured" and plan.layers["out"].rate == 0.5
+    assert plan.config.vector_width == 4 and "total:" in capsys.readouterr().out
+    pruned = apply_plan_file(small_cnn(), out)
+    assert pruned.k5.out_channels == 4
+    from host.cli import CliError
+    bad = ap.parse_args(["plan", "zoo:small_cnn", "--rule", "pw=pattern:0.8"])
+    with pytest.raises(CliError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "
+                                       r"needs a 3x3 kernel, got 1x1"):
+        cmd_plan(bad)

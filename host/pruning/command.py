@@ -1,0 +1,106 @@
+"""The command-line side of pruning: `npas-host plan` (write a plan from rules, show its report)
+and `--plan PLAN.json` for compile/profile (prune the loaded model before compiling).
+
+Rules read ``LAYERS=SCHEME:RATE[:key=value,...]``: LAYERS is a glob over module paths ('*' for
+every layer); a glob skips the layers the scheme does not apply to, an exact name must fit.
+RATE is a fraction removed (0.8) or a compression ratio (5x). Later rules win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from pathlib import Path
+
+from torch import nn
+
+from .config import PruningConfig, PruningError, parse_rate
+from .plan import LayerRule, PruningPlan
+
+
+def add_plan_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", type=Path,
+                   help="prune the model with this plan (`npas-host plan`) before compiling")
+
+
+def apply_plan_file(model: nn.Module, path: Path | None) -> nn.Module:
+    """The model pruned by the plan at ``path`` (the model itself when no plan is given)."""
+    if path is None:
+        return model
+    from ..cli import CliError
+
+    try:
+        return PruningPlan.load(path).apply(model).model
+    except PruningError as e:
+        raise CliError(str(e)) from None
+
+
+def add_plan_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("plan", help="write a pruning plan and show what it does to a model")
+    p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
+    p.add_argument("--rule", action="append", required=True, metavar="LAYERS=SCHEME:RATE",
+                   help="e.g. 'layer*.conv1=pattern:5x', 'fc=block:0.75:rows=8', "
+                        "'*=unstructured:0.5'; schemes: unstructured, block, block_punched, "
+                        "connectivity, pattern, filter, channel. Repeatable; later rules win")
+    p.add_argument("-o", "--output", type=Path, help="the plan JSON to write")
+    p.add_argument("--vector-width", type=int, default=16,
+                   help="filter/channel widths stay multiples of this (default 16)")
+    p.add_argument("--patterns", type=int, default=8,
+                   help="pattern set size per layer for pattern pruning (default 8)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def parse_rule(text: str) -> tuple[str, str, float, dict]:
+    layers, eq, rest = text.partition("=")
+    parts = rest.split(":")
+    if not eq or len(parts) < 2 or not layers:
+        raise PruningError(f"rule {text!r}: expected LAYERS=SCHEME:RATE[:key=value,...], "
+                           f"e.g. 'layer1.*=pattern:0.8'")
+    params = {}
+    for kv in (x for p in parts[2:] for x in p.split(",") if x):
+        k, _, v = kv.partition("=")
+        try:
+            params[k] = int(v)
+        except ValueError:
+            raise PruningError(f"rule {text!r}: parameter {kv!r} must be key=integer") from None
+    return layers, parts[0], parse_rate(parts[1]), params
+
+
+def build_plan(model: nn.Module, rules: list[str], cfg: PruningConfig) -> PruningPlan:
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers: dict[str, LayerRule] = {}
+    for text in rules:
+        pattern, scheme, rate, params = parse_rule(text)
+        if any(c in pattern for c in "*?["):
+            hits = fnmatch.filter(names, pattern)
+            fit = PruningPlan.uniform(model, scheme, rate, cfg, params, only=hits).layers
+            if not fit:
+                raise PruningError(f"rule {text!r}: {scheme} applies to none of the "
+                                   f"{len(hits)} layers matching {pattern!r}")
+            layers.update(fit)
+        else:
+            layers[pattern] = LayerRule(scheme, rate, params)
+    return PruningPlan(layers, cfg)
+
+
+def cmd_plan(args) -> int:
+    from ..cli import CliError, out
+    from ..models import load_model
+
+    try:
+        model = load_model(args.model)
+        plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns))
+        report = plan.report(model)
+    except PruningError as e:
+        raise CliError(str(e)) from None
+    if args.output:
+        plan.save(args.output)
+    if args.json:
+        print(json.dumps({"plan": plan.to_dict(), **report.to_dict()}))
+    else:
+        out.print(str(report), markup=False, highlight=False)
+        if args.output:
+            out.print(f"plan of {len(plan.layers)} layers → {args.output}")
+    return 0
