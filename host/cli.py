@@ -51,6 +51,8 @@ def _add_db_args(p: argparse.ArgumentParser, use: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pruning.command import add_plan_option, add_plan_parser
+
     ap = argparse.ArgumentParser(prog="npas-host", description=(
         "Compiler-aware pruning and architecture search for phones: compile PyTorch CNNs "
         "into native kernels and measure them on a device's runner."))
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runner threads to take tuning for from the database (default 1)")
     _add_db_args(p)
     _add_model_args(p)
+    add_plan_option(p)
 
     p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`")
     p.add_argument("which", choices=("dense",), help="dense: our code vs PyTorch, ONNX "
@@ -104,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, help="artifact store for the local runner")
     _add_db_args(p)
     _add_model_args(p)
+    add_plan_option(p)
 
     from .tune.command import add_tune_parser
 
     add_tune_parser(sub, _add_model_args, _add_db_args)
+    add_plan_parser(sub)
     return ap
 
 
@@ -159,6 +164,10 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_in
     shape = parse_shape(args.input_shape)
     task = progress.add_task(f"loading {model_spec}", total=None)
     model = load_model(model_spec)
+    if getattr(args, "plan", None):
+        from .pruning.command import apply_plan_file
+
+        model = apply_plan_file(model, args.plan)
     name = args.name or Path(model_spec).stem.replace(":", "_").replace(".", "_")
 
     def stage(what: str) -> None:
@@ -426,9 +435,15 @@ def cmd_tune(args) -> int:
     return run(args)
 
 
+def cmd_plan(args) -> int:
+    from .pruning.command import cmd_plan as run
+
+    return run(args)
+
+
 COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "compile": cmd_compile,
             "install": cmd_install,
-            "profile": cmd_profile, "tune": cmd_tune}
+            "plan": cmd_plan, "profile": cmd_profile, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,13 +452,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .devices.phone import PhoneError
     from .models import ModelSpecError
+    from .pruning import PruningError
     from .rpc.client import RunnerError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (CliError, ModelSpecError, BundleError, CodegenError, CompileError,
-            RunnerError, PhoneError) as e:
+            RunnerError, PhoneError, PruningError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:

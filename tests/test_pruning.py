@@ -374,8 +374,7 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     assert plan.config.vector_width == 4 and "total:" in capsys.readouterr().out
     pruned = apply_plan_file(small_cnn(), out)
     assert pruned.k5.out_channels == 4
-    from host.cli import CliError
     bad = ap.parse_args(["plan", "zoo:small_cnn", "--rule", "pw=pattern:0.8"])
-    with pytest.raises(CliError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "
+    with pytest.raises(PruningError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "
                                        r"needs a 3x3 kernel, got 1x1"):
         cmd_plan(bad)

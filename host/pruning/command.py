@@ -28,12 +28,7 @@ def apply_plan_file(model: nn.Module, path: Path | None) -> nn.Module:
     """The model pruned by the plan at ``path`` (the model itself when no plan is given)."""
     if path is None:
         return model
-    from ..cli import CliError
-
-    try:
-        return PruningPlan.load(path).apply(model).model
-    except PruningError as e:
-        raise CliError(str(e)) from None
+    return PruningPlan.load(path).apply(model).model
 
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:
@@ -86,21 +81,18 @@ def build_plan(model: nn.Module, rules: list[str], cfg: PruningConfig) -> Prunin
 
 
 def cmd_plan(args) -> int:
-    from ..cli import CliError, out
+    """Raises PruningError (a user error: the CLI prints it)."""
     from ..models import load_model
 
-    try:
-        model = load_model(args.model)
-        plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns))
-        report = plan.report(model)
-    except PruningError as e:
-        raise CliError(str(e)) from None
+    model = load_model(args.model)
+    plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns))
+    report = plan.report(model)
     if args.output:
         plan.save(args.output)
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), **report.to_dict()}))
     else:
-        out.print(str(report), markup=False, highlight=False)
+        print(report)
         if args.output:
-            out.print(f"plan of {len(plan.layers)} layers → {args.output}")
+            print(f"plan of {len(plan.layers)} layers → {args.output}")
     return 0
