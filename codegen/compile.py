@@ -130,7 +130,10 @@ def compile_model(module: torch.nn.Module,
         artifacts=(*kernels, artifact_ref(out, "weights", "weights", WEIGHTS_NAME)),
         tensors=tuple(tensors), inputs=tuple(index[t] for t in graph.inputs),
         outputs=tuple(index[t] for t in graph.outputs),
-        arena_bytes=graph.plan.arena_bytes, scratch_bytes_per_thread=0, steps=steps,
+        arena_bytes=graph.plan.arena_bytes,
+        # the largest transform buffers any step asks for (Winograd convs)
+        scratch_bytes_per_thread=max((s.scratch_bytes for s in prog.steps), default=0),
+        steps=steps,
     ).with_hash()
     bundle = Bundle(path=out, manifest=manifest)
     bundle.save_manifest()

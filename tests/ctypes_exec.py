@@ -45,6 +45,7 @@ def run_bundle(bundle: Bundle | str | Path, inputs: Sequence[np.ndarray]) -> lis
         t = m.tensors[i]
         return arena[t.arena_offset:t.arena_offset + t.nbytes].view(np.float32).reshape(t.shape)
 
+    scratch = _aligned(max(m.scratch_bytes_per_thread, 64))
     for i, x in zip(m.inputs, inputs, strict=True):
         view(i)[...] = x
     for s in m.steps:
@@ -55,5 +56,5 @@ def run_bundle(bundle: Bundle | str | Path, inputs: Sequence[np.ndarray]) -> lis
         args = StepArgs(ctypes.cast(ins, FloatPtrArray),
                         arena.ctypes.data + m.tensors[s.output].arena_offset,
                         ctypes.cast(prm, FloatPtrArray))
-        KernelFn((s.symbol, lib))(ctypes.byref(args), 0, s.work_items, None)
+        KernelFn((s.symbol, lib))(ctypes.byref(args), 0, s.work_items, scratch.ctypes.data)
     return [view(i).copy() for i in m.outputs]

@@ -145,7 +145,8 @@ def test_layout_pass_converts_only_at_edges() -> None:
 
 
 def test_every_legal_tuning_value_matches_torch(cc, tmp_path, monkeypatch) -> None:
-    """The auto-tuner's search space: every (oc_tile, w_tile) of a conv gives torch's output."""
+    """The auto-tuner's search space: every (oc_tile, w_tile) of a direct conv gives torch's
+    output (Winograd's: tests/test_codegen_winograd.py)."""
     torch.manual_seed(1)
     model = Seq(C(3, 64, 3, padding=1), C(64, 64, 3, padding=1)).eval()
     x = torch.randn(1, 3, 6, 23)
@@ -158,7 +159,8 @@ def test_every_legal_tuning_value_matches_torch(cc, tmp_path, monkeypatch) -> No
     for oc_tile in space["oc_tile"]:
         for w_tile in (1, 5, max(space["w_tile"])):
             monkeypatch.setattr(layout, "default_tuning",
-                                lambda *a, o=oc_tile, w=w_tile: {"oc_tile": o, "w_tile": w})
+                                lambda *a, o=oc_tile, w=w_tile: {"algo": "direct",
+                                                                  "oc_tile": o, "w_tile": w})
             out = tmp_path / f"b{oc_tile}_{w_tile}"
             compile_model(model, x, out, name="t", toolchain=_Fixed(AVX2))
             (got,) = run_bundle(out, [x.numpy()])

@@ -116,7 +116,11 @@ class CLanguage(CStyleLanguage):
         if self.isa is not None:
             x = self.isa.floats
             if la.op == "conv2d" and len(graph.shapes[la.output]) == 5:
-                return vec.pack_conv(la, graph.shapes[la.inputs[0]], x)
+                in_shape = graph.shapes[la.inputs[0]]
+                algo = vec.conv_algo(la, graph.shapes[la.output], in_shape, self.isa)
+                if algo in vec.WINOGRAD:
+                    return vec.pack_winograd(la, vec.WINOGRAD[algo], x)
+                return vec.pack_conv(la, in_shape, x)
             if la.op == "linear":
                 return vec.pack_linear(la, x)
         return super().layer_params(graph, la)

@@ -57,6 +57,7 @@ class StepCode:
     flops: int
     params: tuple[np.ndarray, ...]  # in the order the kernel reads them
     local_size: int = 0
+    scratch_bytes: int = 0  # per thread, the kernel's ``scratch`` (transform buffers)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class CStyleLanguage:
                          f"{self.signature(sym)} {{\n"
                          + "".join(f"  {ln}\n" for ln in body) + "}\n")
             steps.append(StepCode(la, sym, work_items, flops, self.layer_params(graph, la),
-                                  local))
+                                  local, c.scratch_bytes))
         parts = [self.prelude(), *self.helpers.values(), *parts]
         return Program(source="\n".join(parts), steps=tuple(steps))
 
@@ -181,6 +182,7 @@ class Ctx:
         self.out = graph.shapes[la.output]
         self.param_refs = param_refs
         self.i = lang.index
+        self.scratch_bytes = 0  # a template that uses the per-thread scratch sets its size
 
     def x(self, j: int = 0, name: str = "x") -> str:
         return self.lang.decl(name, self.lang.input_ref(self, j))

@@ -14,6 +14,13 @@ Families and their variants (the name is the spec; the variant parameters are in
   plain), zero-padded, so pad lanes never change results. Groups when channels per group are a
   multiple of x.
 - ``dwconv2d_...``: depthwise, vector x vector over the channel block, same tiling.
+- ``conv2d_3x3s1`` by Winograd F(m, 3), m in ``WINOGRAD`` (2, 4, 6; tuning ``algo``), on
+  blocked input: ``winograd{m}_input_nchw16c__{isa}`` (B^T d B of one tile),
+  ``winograd_gemm_nchw16c__{isa}_{oc}x{t}t`` (one transform point's GEMM over input channels:
+  an ``oc`` x ``t`` (tiles) accumulator tile, vectorised over output channels, broadcast over
+  input channels), ``winograd{m}_output_nchw16c__{isa}[_{epilogue}]`` (A^T M A + bias +
+  epilogue). G g G^T is done at compile time (``pack_winograd``); V and M live in the runner's
+  per-thread ``scratch`` (the step reports its size). Items (n, tile block, oc group).
 - ``maxpool2d/avgpool2d/adaptive_avgpool2d_nchw16c__{isa}``, ``mul_channel_nchw16c__{isa}``.
 - ``linear__{isa}_4k``: y[n, o-block] as 4 chains of broadcast x times packed ``[o/x][k][x]``.
 - ``to_nchw16c`` / ``to_nchw``: the layout conversions at the graph's edges.
@@ -21,13 +28,15 @@ Families and their variants (the name is the spec; the variant parameters are in
 Every layer's step loops over work items (n, oc-tile, output row); inside, the output row is
 cut into interior tiles of ``w`` columns (no padding there, constant tap ranges) plus 1-column
 edge calls with the tap range worked out per column. Tuning parameters (``Layer.tuning``):
-``w_tile`` and ``oc_tile``; ``tuning_space`` lists the legal values, ``default_tuning`` picks
-with a register-file cost model.
+``algo``, ``w_tile`` and ``oc_tile``; ``tuning_space`` lists the legal values,
+``default_tuning`` picks with a cost model (``default_algo``: measured per layer shape).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -84,31 +93,66 @@ def _max_w(isa: VectorIsa, oc_tile: int) -> int:
 
 
 def tuning_space(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dict[str, tuple]:
-    """Legal values of each tuning parameter of ``la``'s vectorised kernel (empty: none)."""
+    """Legal values of each tuning parameter of ``la``'s vectorised kernel (empty: none).
+    ``algo``: "direct" or a Winograd variant (3x3 stride-1 dense convs); ``oc_tile`` x
+    ``w_tile`` is the accumulator tile: oc blocks x output columns (direct) or x tiles
+    (Winograd's per-point GEMM)."""
     if la.op != "conv2d" or len(out_shape) != 5:
         return {}
     ocb = out_shape[1]
     dw = conv_kind(la, isa.floats) == "depthwise"
     ocs = (1,) if dw or la.attrs["groups"] > 1 else tuple(t for t in (1, 2, 4) if ocb % t == 0
                                 and _max_w(isa, t) * t <= isa.registers - t - 1)
-    return {"oc_tile": ocs, "w_tile": tuple(range(1, _max_w(isa, 1) + 1))}
+    algos = ("direct", *WINOGRAD) if winograd_ok(la) else ("direct",)
+    return {"algo": algos, "oc_tile": ocs, "w_tile": tuple(range(1, _max_w(isa, 1) + 1))}
+
+
+def default_algo(la: Layer, out_shape: tuple[int, ...]) -> str:
+    """Winograd for 3x3 stride-1 convs with at least 8 input channels: the largest of F(4,3),
+    F(2,3) that gives an image at least 4 tiles (fewer leave the per-point GEMM one tile wide:
+    weight-bandwidth bound), else direct. Measured per layer shape on the AVX-512 host (1
+    thread): F(4,3) beats direct 2-3x from 56x56 down to 7x7 and F(2,3) at 14x14 and below;
+    at 4x4 only F(2,3) wins (256 ch: 1.04 vs 1.42 ms direct, 2.2 F(4,3)), at 2x2 direct wins
+    (5x); F(6,3) is within noise of F(4,3) at 28x28-224x224, slower below, less accurate."""
+    if not winograd_ok(la) or la.params["weight"].shape[1] < 8:
+        return "direct"
+    oh, ow = out_shape[2:4]
+    for algo in ("winograd4", "winograd2"):
+        m = WINOGRAD[algo]
+        if -(-oh // m) * -(-ow // m) >= 4:
+            return algo
+    return "direct"
+
+
+def _best_tile(total: int, most: int) -> int:
+    """The tile width with the least work per item (tiles cost their width plus a fixed
+    overhead; the remainder is a tile too)."""
+    best, best_cost = 1, float("inf")
+    for w in range(1, most + 1):
+        cost = (total // w) * (w + 3) + (total % w + 3 if total % w else 0)
+        if cost <= best_cost:
+            best, best_cost = w, cost
+    return best
 
 
 def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dict[str, Any]:
-    """The cost model: the largest oc tile (fewer broadcasts per FMA) that leaves enough work
-    items for a few threads, then the column tile with the least work per output column
-    (tiles cost their width plus a fixed overhead; the remainder is a tile too)."""
+    """The cost model: the algorithm (``default_algo``); the largest oc tile (fewer broadcasts
+    per FMA) that leaves enough work items for a few threads (Winograd splits work by tiles, so
+    up to 2 there), then the column (tile) count with the least work per output column (tile)."""
     space = tuning_space(la, out_shape, isa)
     if not space:
         return {}
     n, ocb, oh, ow, _ = out_shape
+    algo = default_algo(la, out_shape)
+    if algo in WINOGRAD:
+        m = WINOGRAD[algo]
+        oc_tile = max(t for t in space["oc_tile"] if t <= 2)
+        tiles = -(-oh // m) * -(-ow // m)
+        most = _max_w(isa, oc_tile)
+        w = -(-tiles // -(-tiles // most))  # fewest register tiles, evened out
+        return {"algo": algo, "oc_tile": oc_tile, "w_tile": w}
     oc_tile = max(t for t in space["oc_tile"] if t <= 2 and (t == 1 or n * ocb // t * oh >= 32))
-    best, best_cost = 1, float("inf")
-    for w in range(1, _max_w(isa, oc_tile) + 1):
-        cost = (ow // w) * (w + 3) + (ow % w + 3 if ow % w else 0)
-        if cost <= best_cost:
-            best, best_cost = w, cost
-    return {"oc_tile": oc_tile, "w_tile": best}
+    return {"algo": algo, "oc_tile": oc_tile, "w_tile": _best_tile(ow, _max_w(isa, oc_tile))}
 
 
 # ---- weight packing ----------------------------------------------------------------------------
@@ -214,7 +258,8 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
 
 
 def conv2d_blocked(c: Any) -> tuple[list[str], int, int]:
-    """Step body of a vectorised conv: items (n, oc tile, output row)."""
+    """Step body of a vectorised conv: items (n, oc tile, output row); Winograd layers go to
+    ``conv2d_winograd``."""
     isa: VectorIsa = c.lang.isa
     X = isa.floats
     la = c.la
@@ -232,6 +277,9 @@ def conv2d_blocked(c: Any) -> tuple[list[str], int, int]:
     oc_tile, w_tile = int(tun["oc_tile"]), int(tun["w_tile"])
     if ocb % oc_tile:
         oc_tile = 1
+    algo = conv_algo(la, c.out, xin, isa)
+    if algo in WINOGRAD:
+        return conv2d_winograd(c, WINOGRAD[algo], oc_tile, w_tile)
     col = X if (len(xin) == 5) else 1  # floats between input columns
     rs = iw * col
     cs = ih * iw * X if len(xin) == 5 else ih * iw  # between input channel blocks / channels
@@ -433,3 +481,272 @@ def linear_vec(c: Any) -> tuple[list[str], int, int]:
     items = ob * n
     return [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)], \
         items, 2 * n * o * k
+
+
+# ---- Winograd F(m, 3): 3x3 stride-1 convolutions ---------------------------------------------
+
+WINOGRAD = {"winograd2": 2, "winograd4": 4, "winograd6": 6}  # algo -> output tile m (m x m)
+# Interpolation points (infinity is the last one) and the input transform B^T they give
+# (solved exactly once; the same matrices as ncnn/NNPACK up to row scaling).
+_WINO_POINTS = {2: ("0", "1", "-1"), 4: ("0", "1", "-1", "2", "-2"),
+                6: ("0", "1", "-1", "2", "-2", "1/2", "-1/2")}
+_WINO_BT = {
+    2: ("-1 0 1 0", "0 1 1 0", "0 -1 1 0", "0 -1 0 1"),
+    4: ("4 0 -5 0 1 0", "0 -4 -4 1 1 0", "0 4 -4 -1 1 0", "0 -2 -1 2 1 0", "0 2 -1 -2 1 0",
+        "0 4 0 -5 0 1"),
+    6: ("-1 0 21/4 0 -21/4 0 1 0", "0 1 1 -17/4 -17/4 1 1 0", "0 -1 1 17/4 -17/4 -1 1 0",
+        "0 1/2 1/4 -5/2 -5/4 2 1 0", "0 -1/2 1/4 5/2 -5/4 -2 1 0", "0 2 4 -5/2 -5 1/2 1 0",
+        "0 -2 4 5/2 -5 -1/2 1 0", "0 -1 0 21/4 0 -21/4 0 1"),
+}
+# Scratch (per thread) the transform buffers of one work item may take: V and M of a tile
+# block stay in L2 (1 MiB per core on the AVX-512 host; phones' big cores have 512 KiB-1 MiB).
+WINOGRAD_SCRATCH_BUDGET = 384 << 10
+
+
+@functools.cache
+def winograd_matrices(m: int) -> tuple[tuple[tuple[Fraction, ...], ...], ...]:
+    """(A^T [m][a], G [a][3], B^T [a][a]) of F(m, 3), a = m + 2, exact: y = A^T[(G g)(B^T d)]
+    is the correlation of d (a samples) with g (3 taps)."""
+    pts = [Fraction(p) for p in _WINO_POINTS[m]]
+    a = m + 2
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for p in pts:
+        f = Fraction(1)
+        for q in pts:
+            if q != p:
+                f *= p - q
+        g.append([p ** k / f for k in range(3)])
+    g.append([Fraction(0), Fraction(0), Fraction(1)])
+    bt = [[Fraction(v) for v in row.split()] for row in _WINO_BT[m]]
+    assert len(at[0]) == len(g) == len(bt) == a
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+def winograd_ok(la: Layer) -> bool:
+    """Whether F(m, 3) computes ``la``: a dense 3x3 conv, stride 1, dilation 1, groups 1."""
+    return (la.op == "conv2d" and tuple(la.params["weight"].shape[2:]) == (3, 3)
+            and tuple(la.attrs["stride"]) == (1, 1) and tuple(la.attrs["dilation"]) == (1, 1)
+            and la.attrs["groups"] == 1)
+
+
+def conv_algo(la: Layer, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
+              isa: VectorIsa) -> str:
+    """The algorithm ``la``'s kernel uses: its tuning's ``algo`` (the cost model's default when
+    unset); Winograd needs a blocked input, so a plain one (first layers) falls back to direct."""
+    algo = {**default_tuning(la, out_shape, isa), **la.tuning}.get("algo", "direct")
+    if algo not in WINOGRAD or len(in_shape) != 5 or not winograd_ok(la):
+        return "direct"
+    return algo
+
+
+def _frac_c(v: Fraction) -> str:
+    return f"{float(v)!r}f" if v.denominator != 1 else f"{v.numerator}.0f"
+
+
+def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str]) -> str:
+    """C for sum(coeffs[k] * terms[k]) with zeros dropped and +-1 as add/sub."""
+    out = ""
+    for cf, t in zip(coeffs, terms, strict=True):
+        if cf == 0:
+            continue
+        mag = abs(cf)
+        term = t if mag == 1 else f"{t} * {_frac_c(mag)}"
+        if not out:
+            out = term if cf > 0 else (f"-{t}" if mag == 1 else f"{t} * {_frac_c(cf)}")
+        else:
+            out += f" {'+' if cf > 0 else '-'} {term}"
+    return out or "(vf){}"
+
+
+def pack_winograd(la: Layer, m: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights transformed at compile time, U = G g G^T per (oc, ic), packed
+    ``[a*a][oc/x][ic/x*x][x]`` (a = m + 2: one oc-block-major matrix per transform point, so a
+    point's GEMM streams contiguous weights), zero-padded; bias padded to a multiple of x."""
+    w, b = la.params["weight"], la.params["bias"]
+    oc, ic = w.shape[:2]
+    _, g, _ = winograd_matrices(m)
+    gm = np.array([[float(v) for v in row] for row in g])
+    u = np.einsum("ak,oikl,bl->abio", gm, w.astype(np.float64), gm)  # [a][a][ic][oc]
+    a = m + 2
+    ocp, icp = -(-oc // x) * x, -(-ic // x) * x
+    up = np.zeros((a * a, icp, ocp), np.float32)
+    up[:, :ic, :oc] = u.reshape(a * a, ic, oc)
+    bp = np.zeros(ocp, np.float32)
+    bp[:oc] = b
+    return up.reshape(a * a, icp, ocp // x, x).transpose(0, 2, 1, 3).copy(), bp
+
+
+def winograd_input_kernel(isa: VectorIsa, m: int) -> tuple[str, str]:
+    """B^T d B of one tile and one input channel block: d is the a x a patch at x + xo (row
+    stride rs), zero outside rows [r0, r1) x columns [c0, c1); point p goes to v + p * vs."""
+    X, a = isa.floats, m + 2
+    _, _, bt = winograd_matrices(m)
+    name = f"winograd{m}_input_nchw{X}c__{isa.name}"
+    i = "int64_t"
+    L = [f"/* {name}: F({m},3) input transform of one {a}x{a} tile, {X} channels. */",
+         f"{AI} void {name}(const float *restrict x, {i} xo, {i} rs, {i} r0, {i} r1, {i} c0, "
+         f"{i} c1, float *restrict v, {i} vs) {{",
+         f"  vf d[{a}][{a}], t[{a}][{a}];",
+         f"  for (int r = 0; r < {a}; ++r)",
+         f"    for (int c = 0; c < {a}; ++c)",
+         "      d[r][c] = (r >= r0 && r < r1 && c >= c0 && c < c1) ? "
+         f"*(const vf *)(x + (xo + r * rs + c * {X})) : (vf){{}};",
+         f"  for (int c = 0; c < {a}; ++c) {{"]
+    for r in range(a):
+        L.append(f"    t[{r}][c] = {_lincomb(bt[r], [f'd[{k}][c]' for k in range(a)])};")
+    L += ["  }", f"  for (int r = 0; r < {a}; ++r) {{"]
+    for c in range(a):
+        L.append(f"    *(vf *)(v + (r * {a} + {c}) * vs) = "
+                 f"{_lincomb(bt[c], [f't[r][{k}]' for k in range(a)])};")
+    L += ["  }", "}"]
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) -> tuple[str, str]:
+    """A^T M A + bias, then the epilogue, of one tile and one output channel block: point p of
+    M at mm + p * ms; stores rows [0, rows) x columns [0, cols) of the m x m tile at y (row
+    stride rs)."""
+    X, a = isa.floats, m + 2
+    at, _, _ = winograd_matrices(m)
+    name = (f"winograd{m}_output_nchw{X}c__{isa.name}" + "".join(f"_{e}" for e in epilogue))
+    i = "int64_t"
+    L = [f"/* {name}: F({m},3) output transform of one tile, {X} channels, + bias"
+         f"{''.join(' + ' + e for e in epilogue)}. */",
+         f"{AI} void {name}(const float *restrict mm, {i} ms, const float *restrict b, "
+         f"float *restrict y, {i} rs, {i} rows, {i} cols) {{",
+         "  const vf bv = *(const vf *)b;",
+         f"  vf t[{m}][{a}];",
+         f"  for (int c = 0; c < {a}; ++c) {{"]
+    for r in range(m):
+        L.append(f"    t[{r}][c] = " + _lincomb(
+            at[r], [f"*(const vf *)(mm + ({k} * {a} + c) * ms)" for k in range(a)]) + ";")
+    L += ["  }", f"  for (int r = 0; r < {m}; ++r) {{"]
+    for c in range(m):
+        L += [f"    {{ vf o = bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)])});",
+              *[f"      {ln}" for ln in _epi(epilogue, "o")],
+              f"      if (r < rows && {c} < cols) *(vf *)(y + r * rs + {c * X}) = o; }}"]
+    L += ["  }", "}"]
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str, str]:
+    """One transform point's batched GEMM, an ``oc_tile`` (oc blocks) x ``t_tile`` (tiles)
+    accumulator tile: M[o][t] = sum over input channels of V[t][ic] (broadcast) * U[ic][o]
+    (vector over x output channels). v: V at (first channel block, first tile), cs floats
+    between channel blocks, X floats between tiles; w: U at (first oc block, ic 0), wb floats
+    between oc blocks; mo: M at (first oc block, first tile), ms floats between oc blocks."""
+    X = isa.floats
+    name = f"winograd_gemm_nchw{X}c__{isa.name}_{oc_tile}x{t_tile}t"
+    i = "int64_t"
+    acc = [[f"a{o}_{j}" for j in range(t_tile)] for o in range(oc_tile)]
+    L = [f"/* {name}: {oc_tile} oc block(s) x {t_tile} tile(s) of one Winograd point. */",
+         f"{AI} void {name}(const float *restrict v, const float *restrict w, {i} wb, "
+         f"float *restrict mo, {i} ms, {i} cb, {i} cs) {{"]
+    for o in range(oc_tile):
+        L.append(f"  vf {', '.join(f'{a_} = (vf){{}}' for a_ in acc[o])};")
+    L += [f"  for ({i} c = 0; c < cb; ++c) {{",
+          "    const float *vp = v + c * cs;",
+          f"    const float *wp = w + c * {X * X};",
+          f"    for (int l = 0; l < {X}; ++l) {{"]
+    for o in range(oc_tile):
+        L.append(f"      const vf w{o} = *(const vf *)(wp + {o} * wb + l * {X});")
+    for j in range(t_tile):
+        L.append(f"      const float x{j} = vp[{j * X} + l];")
+        for o in range(oc_tile):
+            L.append(f"      {acc[o][j]} += x{j} * w{o};")
+    L += ["    }", "  }"]
+    for o in range(oc_tile):
+        for j in range(t_tile):
+            L.append(f"  *(vf *)(mo + {o} * ms + {j * X}) = {acc[o][j]};")
+    L.append("}")
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_blocking(m: int, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
+                      oc_tile: int, t_tile: int) -> tuple[int, int, int]:
+    """(tiles per work item, oc groups, scratch floats): tile blocks of a multiple of
+    ``t_tile`` tiles whose V and M fit the scratch budget, then the output channels split into
+    groups until there are a few work items for the threads."""
+    n, ocb, oh, ow, X = out_shape
+    icb = in_shape[1]
+    a2 = (m + 2) ** 2
+    tiles = -(-oh // m) * -(-ow // m)
+    groups = -(-tiles // t_tile)
+    per_group = a2 * (icb + ocb) * X * 4 * t_tile
+    tb = t_tile * max(1, min(groups, WINOGRAD_SCRATCH_BUDGET // per_group))
+    octs, og = ocb // oc_tile, 1
+    while n * -(-tiles // tb) * og < 4 and octs % (og * 2) == 0:
+        og *= 2
+    return tb, og, a2 * (icb + ocb // og) * X * tb
+
+
+def conv2d_winograd(c: Any, m: int, oc_tile: int, t_tile: int) -> tuple[list[str], int, int]:
+    """Step body of an F(m, 3) conv: items (n, tile block, oc group). Per item: the input
+    transform of the block's tiles into V (scratch, [a*a][ic/x][tiles][x]), one batched GEMM per
+    transform point into M (scratch, [a*a][oc/x][tiles][x]), then the output transform with
+    bias and epilogue straight into y."""
+    isa: VectorIsa = c.lang.isa
+    X = isa.floats
+    la = c.la
+    n, icb, ih, iw, _ = c.ins[0]
+    _, ocb, oh, ow, _ = c.out
+    oc, ic_real = la.params["weight"].shape[:2]
+    pt, _, pl, _ = la.attrs["padding"]
+    a = m + 2
+    a2 = a * a
+    th, tw = -(-oh // m), -(-ow // m)
+    tiles = th * tw
+    tb, og, scratch = winograd_blocking(m, c.out, c.ins[0], oc_tile, t_tile)
+    ocg = ocb // og
+    blocks = -(-tiles // tb)
+    c.scratch_bytes = scratch * 4
+    names = []
+    for nm, src in (winograd_input_kernel(isa, m), winograd_gemm_kernel(isa, oc_tile, t_tile),
+                    winograd_output_kernel(isa, m, la.epilogue)):
+        c.lang.helpers.setdefault(nm, src)
+        names.append(nm)
+    fin, fgemm, fout = names
+    i = "int64_t"
+    vs = icb * tb * X  # floats between V's transform points
+    ms = ocg * tb * X  # and M's
+    rs = iw * X
+    body = [f"const {i} n = it / {blocks * og}, t0 = (it / {og}) % {blocks} * {tb}, "
+            f"g = it % {og};",
+            f"const {i} nt = {tiles} - t0 < {tb} ? {tiles} - t0 : {tb};",
+            f"float *v = (float *)scratch, *mm = v + {a2 * vs};",
+            f"for ({i} cb = 0; cb < {icb}; ++cb) {{",
+            f"  const {i} xo = (n * {icb} + cb) * {ih * iw * X};",
+            f"  float *vc = v + cb * {tb * X};",
+            f"  for ({i} t = 0; t < nt; ++t) {{",
+            f"    const {i} r = (t0 + t) / {tw} * {m} - {pt}, "
+            f"col = (t0 + t) % {tw} * {m} - {pl};",
+            f"    const {i} o = xo + r * {rs} + col * {X};",
+            f"    if (r >= 0 && r + {a} <= {ih} && col >= 0 && col + {a} <= {iw})",
+            f"      {fin}(x, o, {rs}, 0, {a}, 0, {a}, vc + t * {X}, {vs});",
+            "    else",
+            f"      {fin}(x, o, {rs}, r < 0 ? -r : 0, {ih} - r, col < 0 ? -col : 0, "
+            f"{iw} - col, vc + t * {X}, {vs});",
+            "  }",
+            # GEMM tiles past nt read these slots: keep them finite
+            f"  for ({i} t = nt; t < (nt + {t_tile - 1}) / {t_tile} * {t_tile}; ++t)",
+            f"    for ({i} p = 0; p < {a2}; ++p) *(vf *)(vc + t * {X} + p * {vs}) = (vf){{}};",
+            "}",
+            f"for ({i} p = 0; p < {a2}; ++p)",
+            f"  for ({i} ob = 0; ob < {ocg}; ob += {oc_tile})",
+            f"    for ({i} t = 0; t < nt; t += {t_tile})",
+            f"      {fgemm}(v + p * {vs} + t * {X}, w + ((p * {ocb} + g * {ocg} + ob) * "
+            f"{icb * X}) * {X}, {icb * X * X}, mm + p * {ms} + (ob * {tb} + t) * {X}, {tb * X}, "
+            f"{icb}, {tb * X});",
+            f"for ({i} ob = 0; ob < {ocg}; ++ob) {{",
+            f"  const {i} oc = g * {ocg} + ob;",
+            f"  float *yc = y + (n * {ocb} + oc) * {oh * ow * X};",
+            f"  for ({i} t = 0; t < nt; ++t) {{",
+            f"    const {i} r = (t0 + t) / {tw} * {m}, col = (t0 + t) % {tw} * {m};",
+            f"    {fout}(mm + (ob * {tb} + t) * {X}, {ms}, b + oc * {X}, "
+            f"yc + (r * {ow} + col) * {X}, {ow * X}, {oh} - r, {ow} - col);",
+            "  }",
+            "}"]
+    items = n * blocks * og
+    L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * oc * oh * ow * ic_real * 9

@@ -8,19 +8,19 @@ there before its epilogue (an activation with f(0) != 0, e.g. sigmoid, leaves f(
 
 Greedy, in execution order: a conv with a vectorised kernel (``conv_kind``) produces a blocked
 tensor (a dense conv reads its input in whatever layout exists, plain for the first layer;
-depthwise and grouped ones read blocked); pools, activations, add and mul_channel follow their
-first input's layout (the other operand is converted); concat is blocked when every input but
-the last fills whole blocks. Everything else (linear, flatten, graph outputs, scalar-fallback
-convs) reads plain NCHW. A layout a consumer needs and nobody produced comes from one
-conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills each
-vectorised conv's ``tuning`` with the cost model's defaults (explicit values are kept).
+depthwise, grouped and Winograd ones read blocked); pools, activations, add and mul_channel
+follow their first input's layout (the other operand is converted); concat is blocked when
+every input but the last fills whole blocks. Everything else (linear, flatten, graph outputs,
+scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody produced comes
+from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
+each vectorised conv's ``tuning`` with the cost model's defaults (explicit values are kept).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from codegen.emit.vec import conv_kind, default_tuning
+from codegen.emit.vec import WINOGRAD, conv_kind, default_tuning
 from codegen.isa import VectorIsa
 from codegen.lr import ACTIVATIONS, Graph, Layer
 
@@ -72,9 +72,13 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
             kind = conv_kind(la, x)
             if kind == "dense" and la.attrs["groups"] == 1:
                 make_blocked = True
-                # the plain input is cheaper when it exists and is narrower than a block
+                # the plain input is cheaper when it exists and is narrower than a block;
+                # Winograd reads blocked input only
                 c = graph.shapes[ins[0]][1]
-                reads = (ins[0] in blocked and not (ins[0] in plain and c < x),)
+                algo = {**default_tuning(la, blocked_shape(graph.shapes[la.output], x), isa),
+                        **la.tuning}.get("algo", "direct")
+                reads = (algo in WINOGRAD
+                         or (ins[0] in blocked and not (ins[0] in plain and c < x)),)
             elif kind is not None:
                 make_blocked, reads = True, (True,)
         elif la.op in FOLLOW_OPS and four_d(la.output) and all(four_d(t) for t in ins):
