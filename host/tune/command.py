@@ -104,6 +104,36 @@ def _time(ms: float) -> str:
     return f"{ms * 1000:.1f} µs" if ms < 1 else f"{ms:.3f} ms"
 
 
+# Candidate bundles differ in their weight blobs (Winograd packs transformed weights), and the
+# runner's store keeps every artifact it was sent (there is no eviction): a resnet18 search
+# uploads ~150 MB per candidate. The local runner gets a private store, removed afterwards.
+TUNE_STORE_BYTES = 32 << 30
+
+
+def _tune_device(args, stack: ExitStack):
+    """For --device local (no --store, no --address): a runner with a private, temporary
+    artifact store, so the search neither fills nor pollutes the shared one."""
+    if args.device != "local" or args.address or args.store:
+        return None
+    import shutil
+    import tempfile
+
+    from ..cli import CliError
+    from ..devices.local import LocalRunner, LocalRunnerConfig, default_cache_dir
+
+    default_cache_dir().mkdir(parents=True, exist_ok=True)
+    store = Path(tempfile.mkdtemp(prefix="tune-store-", dir=default_cache_dir()))
+    stack.callback(shutil.rmtree, store, True)
+    try:
+        runner = LocalRunner(LocalRunnerConfig(
+            binary=args.runner, store=store,
+            extra_args=("--max-store-bytes", str(TUNE_STORE_BYTES))))
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    stack.callback(runner.close)
+    return runner
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from ..cli import CliError, _device, _resolve_threads, _toolchain
     from ..models import example_inputs, load_model, parse_shape
@@ -131,7 +161,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             TimeElapsedColumn(), console=err, transient=True))
         rp = _RichProgress(progress)
         rp.stage(f"starting the runner on {args.device}", 0, 1)
-        device = _device(args, stack)
+        device = _tune_device(args, stack) or _device(args, stack)
         session = stack.enter_context(Session(device, on_event=lambda m: err.print(m),
                                               call_timeout_s=getattr(device, "call_timeout_s",
                                                                      60.0)))
