@@ -6,8 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <vector>
 
 namespace npas {
@@ -46,7 +49,46 @@ Status write_all(int fd, const void* data, size_t size, const std::string& path)
   return Status::Ok();
 }
 
+int64_t mtime_ns(const struct stat& st) {
+  return int64_t(st.st_mtim.tv_sec) * 1000000000 + int64_t(st.st_mtim.tv_nsec);
+}
+
+struct OldFile {
+  int64_t stamp;
+  std::string name;
+  uint64_t size;
+  bool operator<(const OldFile& o) const {
+    return stamp != o.stamp ? stamp < o.stamp : name < o.name;
+  }
+};
+
 }  // namespace
+
+void trim_cache_dir(const std::string& dir, uint64_t max_bytes) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return;
+  std::vector<OldFile> files;
+  uint64_t total = 0;
+  while (dirent* e = ::readdir(d.get())) {
+    std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;  // ., .., temp files being written
+    struct stat st {};
+    if (::stat((dir + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    files.push_back({mtime_ns(st), name, uint64_t(st.st_size)});
+    total += uint64_t(st.st_size);
+  }
+  if (total <= max_bytes) return;
+  std::sort(files.begin(), files.end());
+  for (const OldFile& f : files) {
+    if (total <= max_bytes) break;
+    if (::unlink((dir + "/" + f.name).c_str()) != 0 && errno != ENOENT) continue;
+    total -= f.size;
+    std::fprintf(stderr, "npas-runner: program cache over %llu bytes: evicted %s (%llu bytes)\n",
+                 (unsigned long long)max_bytes, f.name.c_str(), (unsigned long long)f.size);
+  }
+}
+
+ArtifactPins::~ArtifactPins() { store_->unpin(shas_); }
 
 StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::open(const std::string& dir,
                                                              const StoreLimits& limits) {
@@ -75,7 +117,100 @@ StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::open(const std::string& 
 bool ArtifactStore::has(const std::string& sha) const {
   if (!is_valid_sha256_hex(sha)) return false;
   struct stat st {};
-  return ::stat(path_of(sha).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  if (::stat(path_of(sha).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  touch(sha);
+  return true;
+}
+
+void ArtifactStore::touch(const std::string& sha) const {
+  struct timespec now {};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  int64_t stamp = int64_t(now.tv_sec) * 1000000000 + int64_t(now.tv_nsec);
+  {
+    // Strictly increasing, so uses within one clock tick still order.
+    std::lock_guard<std::mutex> lock(stamp_mu_);
+    if (stamp <= last_stamp_ns_) stamp = last_stamp_ns_ + 1;
+    last_stamp_ns_ = stamp;
+  }
+  struct timespec times[2];
+  times[0].tv_sec = time_t(stamp / 1000000000);
+  times[0].tv_nsec = long(stamp % 1000000000);
+  times[1] = times[0];
+  ::utimensat(AT_FDCWD, path_of(sha).c_str(), times, 0);  // best effort
+}
+
+std::unique_ptr<ArtifactPins> ArtifactStore::pin(const std::vector<std::string>& shas) {
+  std::vector<std::string> valid;
+  for (const auto& sha : shas) {
+    if (is_valid_sha256_hex(sha)) valid.push_back(sha);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& sha : valid) ++pins_[sha];
+  }
+  for (const auto& sha : valid) touch(sha);
+  return std::unique_ptr<ArtifactPins>(new ArtifactPins(this, std::move(valid)));
+}
+
+void ArtifactStore::unpin(const std::vector<std::string>& shas) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& sha : shas) {
+    auto it = pins_.find(sha);
+    if (it != pins_.end() && --it->second <= 0) pins_.erase(it);
+  }
+}
+
+bool ArtifactStore::pinned(const std::string& sha) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pins_.count(sha) != 0;
+}
+
+Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size) {
+  const uint64_t limit = limits_.max_store_bytes;
+  if (used_ + reserved_ + size <= limit) return Status::Ok();
+  std::vector<OldFile> candidates;
+  uint64_t evictable = 0, pinned_bytes = 0;
+  {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir_.c_str()), ::closedir);
+    if (!d) return ErrnoError("cannot list store directory " + dir_, errno);
+    while (dirent* e = ::readdir(d.get())) {
+      std::string name = e->d_name;
+      if (!is_valid_sha256_hex(name)) continue;
+      struct stat st {};
+      if (::stat(path_of(name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      if (pins_.count(name)) {
+        pinned_bytes += uint64_t(st.st_size);
+        continue;
+      }
+      candidates.push_back({mtime_ns(st), name, uint64_t(st.st_size)});
+      evictable += uint64_t(st.st_size);
+    }
+  }
+  used_ = pinned_bytes + evictable;  // resync with the directory (commits hold mu_ too)
+  if (pinned_bytes + reserved_ + size > limit) {
+    return ResourceExhausted(
+        "artifact store is full: " + std::to_string(used_) + " bytes stored (" +
+        std::to_string(pinned_bytes) + " pinned by loaded models, the rest evictable), " +
+        std::to_string(reserved_) + " in uploads, limit " + std::to_string(limit) +
+        "; cannot take " + std::to_string(size) + " more for " + sha +
+        " even after evicting every unpinned artifact (unload models, raise --max-store-bytes, "
+        "or clear " + dir_ + ")");
+  }
+  std::sort(candidates.begin(), candidates.end());
+  for (const OldFile& c : candidates) {
+    if (used_ + reserved_ + size <= limit) break;
+    if (::unlink(path_of(c.name).c_str()) != 0 && errno != ENOENT) {
+      int err = errno;
+      return ErrnoError("cannot evict " + path_of(c.name), err);
+    }
+    used_ = used_ > c.size ? used_ - c.size : 0;
+    std::fprintf(stderr,
+                 "npas-runner: artifact store over %llu bytes: evicted least recently used %s "
+                 "(%llu bytes) for %s\n",
+                 (unsigned long long)limit, c.name.c_str(), (unsigned long long)c.size,
+                 sha.c_str());
+  }
+  return Status::Ok();
 }
 
 StatusOr<uint64_t> ArtifactStore::size_of(const std::string& sha) const {
@@ -111,13 +246,7 @@ StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::begin_write(const std::
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (used_ + reserved_ + size > limits_.max_store_bytes) {
-      return ResourceExhausted("artifact store is full: " + std::to_string(used_) +
-                               " bytes stored, " + std::to_string(reserved_) +
-                               " in uploads, limit " + std::to_string(limits_.max_store_bytes) +
-                               "; cannot take " + std::to_string(size) +
-                               " more (--max-store-bytes, or clear " + dir_ + ")");
-    }
+    NPAS_RETURN_IF_ERROR(make_room_locked(sha, size));
     reserved_ += size;
   }
   std::unique_ptr<ArtifactWriter> w(new ArtifactWriter(this, sha, size, false));
@@ -151,6 +280,7 @@ Status ArtifactStore::commit(const std::string& temp_path, const std::string& sh
     return ErrnoError("cannot move the upload into place as " + path_of(sha), err);
   }
   used_ += size;
+  touch(sha);
   // Make the rename durable too.
   UniqueFd dfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd.valid()) ::fsync(dfd.get());

@@ -1,13 +1,19 @@
 // The artifact store: a directory of files named by the lowercase sha256 of their content.
 // A file appears under its name only when complete and verified (temp file, fsync, rename) and
 // is read-only (0444), which Android requires before dlopen.
+//
+// Eviction: each artifact's mtime is its last use (set on store, on has(), and when a model
+// pins it for loading; it survives restarts). When an upload would go over max_store_bytes,
+// the least recently used artifacts that no loaded model pins are deleted until it fits.
 #ifndef NPAS_CORE_ARTIFACT_STORE_H
 #define NPAS_CORE_ARTIFACT_STORE_H
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "core/os_util.h"
 #include "core/sha256.h"
@@ -21,6 +27,27 @@ struct StoreLimits {
 };
 
 class ArtifactStore;
+
+// Artifacts kept out of eviction while this object lives (a loaded model holds one).
+class ArtifactPins {
+ public:
+  ~ArtifactPins();
+  ArtifactPins(const ArtifactPins&) = delete;
+  ArtifactPins& operator=(const ArtifactPins&) = delete;
+  const std::vector<std::string>& shas() const { return shas_; }
+
+ private:
+  friend class ArtifactStore;
+  ArtifactPins(ArtifactStore* store, std::vector<std::string> shas)
+      : store_(store), shas_(std::move(shas)) {}
+  ArtifactStore* store_;
+  std::vector<std::string> shas_;
+};
+
+// Files of a cache directory (the OpenCL program binaries under <store>/cl-cache) beyond
+// max_bytes in all: the least recently modified are deleted (temp files are left alone).
+constexpr uint64_t kProgramCacheMaxBytes = 256ull << 20;
+void trim_cache_dir(const std::string& dir, uint64_t max_bytes);
 
 // One upload in progress. Dropping it without finish() removes the temporary file and gives
 // back the reserved space.
@@ -62,6 +89,7 @@ class ArtifactStore {
   const StoreLimits& limits() const { return limits_; }
   const std::string& dir() const { return dir_; }
   // `sha` must be valid (is_valid_sha256_hex); every public call checks it.
+  // A present artifact counts as used now (eviction takes the least recently used first).
   bool has(const std::string& sha) const;
   // The size of a stored artifact; NotFound when absent.
   StatusOr<uint64_t> size_of(const std::string& sha) const;
@@ -69,13 +97,26 @@ class ArtifactStore {
   uint64_t used_bytes() const;
 
   // Starts an upload. InvalidArgument for a malformed sha, ResourceExhausted over a limit.
-  // When the artifact is present already the writer only checks the bytes.
+  // When the artifact is present already the writer only checks the bytes. When the store
+  // would go over max_store_bytes, unpinned artifacts are evicted, least recently used first
+  // (logged to stderr); ResourceExhausted only when even that cannot make room.
   StatusOr<std::unique_ptr<ArtifactWriter>> begin_write(const std::string& sha, uint64_t size);
+
+  // Marks the artifacts used now and keeps them from eviction until the result is dropped.
+  // Malformed shas are skipped. Pins count: two models may pin one artifact.
+  std::unique_ptr<ArtifactPins> pin(const std::vector<std::string>& shas);
+  bool pinned(const std::string& sha) const;
 
  private:
   friend class ArtifactWriter;
   ArtifactStore(std::string dir, const StoreLimits& limits) : dir_(std::move(dir)), limits_(limits) {}
+  friend class ArtifactPins;
   void release_reservation(uint64_t size);
+  void unpin(const std::vector<std::string>& shas);
+  // Sets the artifact's mtime to a fresh stamp (strictly increasing within the process).
+  void touch(const std::string& sha) const;
+  // Under mu_: evicts until `size` more bytes fit, or ResourceExhausted (evicting nothing).
+  Status make_room_locked(const std::string& sha, uint64_t size);
   // Moves a finished temp file into place (or drops it when another upload won the race).
   Status commit(const std::string& temp_path, const std::string& sha, uint64_t size);
 
@@ -84,6 +125,9 @@ class ArtifactStore {
   mutable std::mutex mu_;
   uint64_t used_ = 0;      // bytes in complete artifacts
   uint64_t reserved_ = 0;  // bytes promised to uploads in progress
+  std::map<std::string, int> pins_;
+  mutable std::mutex stamp_mu_;
+  mutable int64_t last_stamp_ns_ = 0;
 };
 
 }  // namespace npas

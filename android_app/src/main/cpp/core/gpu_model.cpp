@@ -273,6 +273,7 @@ Status GpuModel::build_program(const std::string& source, const std::string& sou
       Status s = try_binary(bin, options);
       if (s.ok()) {
         from_cache_ = true;
+        ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // last use, for trim_cache_dir
         return s;
       }
       log_line("cached program binary " + path + " is unusable (" + s.message() +
@@ -304,6 +305,7 @@ Status GpuModel::build_program(const std::string& source, const std::string& sou
     if (!bin.empty()) {
       Status s = cache_write(cache_dir, key, bin);
       if (!s.ok()) log_line("program cache: " + s.message());
+      trim_cache_dir(cache_dir, kProgramCacheMaxBytes);
     }
   }
   return Status::Ok();

@@ -28,9 +28,11 @@ Status ModelRegistry::check_room() const {
   return Status::Ok();
 }
 
-StatusOr<std::string> ModelRegistry::add(std::unique_ptr<Model> model) {
+StatusOr<std::string> ModelRegistry::add(std::unique_ptr<Model> model,
+                                         std::unique_ptr<ArtifactPins> pins) {
   auto e = std::make_shared<Entry>();
   e->model = std::move(model);
+  e->pins = std::move(pins);
   std::lock_guard<std::mutex> lock(mu_);
   if (models_.size() >= max_models_) {
     return ResourceExhausted(std::to_string(models_.size()) +
@@ -76,6 +78,7 @@ Status ModelRegistry::remove(const std::string& handle) {
   // Wait for a call in progress, then free the model here rather than on that call's thread.
   std::lock_guard<std::mutex> lock(e->mu);
   e->model.reset();
+  e->pins.reset();
   return Status::Ok();
 }
 

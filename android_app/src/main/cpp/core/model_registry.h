@@ -20,6 +20,7 @@ class ModelRegistry {
  private:
   struct Entry {
     std::unique_ptr<Model> model;
+    std::unique_ptr<ArtifactPins> pins;  // the model's artifacts, kept from store eviction
     std::mutex mu;
   };
 
@@ -37,8 +38,10 @@ class ModelRegistry {
   };
 
   size_t max_models() const { return max_models_; }
-  // ResourceExhausted when max_models are loaded already.
-  StatusOr<std::string> add(std::unique_ptr<Model> model);
+  // ResourceExhausted when max_models are loaded already. `pins` (may be null) live as long
+  // as the model.
+  StatusOr<std::string> add(std::unique_ptr<Model> model,
+                            std::unique_ptr<ArtifactPins> pins = nullptr);
   // Whether add() would fail now (checked before the costly load).
   Status check_room() const;
   // NotFound for an unknown handle. Blocks while another call uses the model.

@@ -157,9 +157,15 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
   Status room = models_.check_room();
   if (!room.ok()) return to_grpc(room);
 
+  const Manifest manifest = from_proto(req->manifest());
+  // Pinned before the load reads them, so a concurrent upload cannot evict them meanwhile.
+  std::vector<std::string> shas;
+  for (const ArtifactRef& a : manifest.artifacts) shas.push_back(a.sha256);
+  std::unique_ptr<ArtifactPins> pins = store_->pin(shas);
+
   StatusOr<std::unique_ptr<Model>> model = Status(Code::kInternal, "not loaded");
   if (gpu) {
-    model = load_gpu_model(from_proto(req->manifest()), *store_, manifest_limits_,
+    model = load_gpu_model(manifest, *store_, manifest_limits_,
                            store_->dir() + "/" + kProgramCacheDir);
   } else {
     ThreadRequest treq;
@@ -168,7 +174,7 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
     treq.pin_big_cores = req->pin_big_cores();
     auto plan = plan_threads(treq, device_info());
     if (!plan.ok()) return to_grpc(plan.status());
-    model = load_cpu_model(from_proto(req->manifest()), *store_, manifest_limits_, plan.value());
+    model = load_cpu_model(manifest, *store_, manifest_limits_, plan.value());
   }
   if (!model.ok()) {
     log_error("LoadModel", model.status());
@@ -177,7 +183,7 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
   uint64_t init_ns = model.value()->init_ns();
   int threads = model.value()->threads();
   std::vector<int> affinity = model.value()->cpu_affinity();
-  auto handle = models_.add(std::move(model).value());
+  auto handle = models_.add(std::move(model).value(), std::move(pins));
   if (!handle.ok()) return to_grpc(handle.status());
   resp->set_handle(handle.value());
   resp->set_init_ns(init_ns);

@@ -3,6 +3,7 @@
 // machine has (PoCL in CI; skipped with a note when there is none).
 // Usage: npas_core_test KERNEL_LIB STORE_DIR
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -129,14 +130,94 @@ void test_store(const std::string& dir) {
   longw.value().reset();
 
   CHECK_CODE(store.begin_write(std::string(64, 'b'), 1001).status(), Code::kResourceExhausted);
-  CHECK_CODE(store.begin_write(std::string(64, 'b'), 901).status(), Code::kResourceExhausted);
-  CHECK(store.begin_write(std::string(64, 'b'), 900).ok());
+  {
+    auto pins = store.pin({sha});  // else the 600 bytes would be evicted to make room
+    CHECK_CODE(store.begin_write(std::string(64, 'b'), 901).status(), Code::kResourceExhausted);
+    CHECK(store.begin_write(std::string(64, 'b'), 900).ok());
+  }
+  CHECK(store.has(sha));
   CHECK_CODE(store.begin_write("../x", 1).status(), Code::kInvalidArgument);
   CHECK(store.used_bytes() == 600);
 
   // Reopening counts what is there.
   auto reopened = ArtifactStore::open(dir, limits);
   CHECK(reopened.ok() && reopened.value()->used_bytes() == 600);
+}
+
+// LRU eviction: room is made by deleting the least recently used unpinned artifacts.
+// (present() looks at the file without counting as a use; has() and pin() count.)
+void test_store_eviction(const std::string& dir) {
+  StoreLimits limits;
+  limits.max_artifact_bytes = 1000;
+  limits.max_store_bytes = 1000;
+  auto st = ArtifactStore::open(dir, limits);
+  CHECK(st.ok());
+  ArtifactStore& store = *st.value();
+  auto present = [](const ArtifactStore& s, const std::string& sha) {
+    struct stat buf {};
+    return ::stat(s.path_of(sha).c_str(), &buf) == 0;
+  };
+  std::string a = put(store, std::string(300, 'a'));
+  std::string b = put(store, std::string(300, 'b'));
+  std::string c = put(store, std::string(300, 'c'));
+  CHECK(store.used_bytes() == 900);
+  CHECK(store.has(a));  // a is used again: b is now the least recently used
+  std::string d = put(store, std::string(300, 'd'));  // c a d
+  CHECK(present(store, a) && !present(store, b) && present(store, c) && present(store, d));
+  CHECK(store.used_bytes() == 900);
+
+  // A pinned artifact never goes, even when it is the least recently used.
+  std::string e, f;
+  {
+    auto pins = store.pin({c});
+    CHECK(store.pinned(c));
+    CHECK(store.has(a) && store.has(d));                // c a d
+    e = put(store, std::string(300, 'e'));  // c is pinned -> a goes: c d e
+    CHECK(!present(store, a) && present(store, c) && present(store, d) && present(store, e));
+    f = put(store, std::string(300, 'f'));  // d goes: c e f
+    CHECK(present(store, c) && !present(store, d) && present(store, e) && present(store, f));
+
+    // Still too big with every unpinned artifact gone: the error names the pinned bytes and
+    // nothing is evicted in vain.
+    auto pins2 = store.pin({e});  // c f e
+    std::string big(500, 'g');
+    auto w = store.begin_write(Sha256::hex(big.data(), big.size()), big.size());
+    CHECK_CODE(w.status(), Code::kResourceExhausted);
+    CHECK(w.status().message().find("600 pinned by loaded models") != std::string::npos);
+    CHECK(present(store, c) && present(store, e) && present(store, f));
+  }
+  CHECK(!store.pinned(c) && !store.pinned(e));
+  std::string big(500, 'g');
+  std::string g = put(store, big);  // unpinned now: c and f (the oldest) make room
+  CHECK(!present(store, c) && !present(store, f) && present(store, e) && present(store, g));
+  CHECK(store.used_bytes() == 800);
+
+  // The last-use times are the files' mtimes: a reopened store evicts in the same order.
+  std::string h = put(store, std::string(200, 'h'));  // 1000: full, g e h
+  CHECK(store.has(e));                                // g h e
+  auto reopened = ArtifactStore::open(dir, limits);
+  CHECK(reopened.ok() && reopened.value()->used_bytes() == 1000);
+  put(*reopened.value(), std::string(100, 'i'));
+  CHECK(!present(store, g) && present(store, e) && present(store, h));
+
+  // The program-binary cache: the oldest files go beyond the cap; temp files are left alone.
+  std::string cache = dir + "/cl-cache";
+  CHECK(::mkdir(cache.c_str(), 0700) == 0);
+  for (int i = 0; i < 4; ++i) {
+    std::string p = cache + "/k" + std::to_string(i);
+    FILE* fp = std::fopen(p.c_str(), "wb");
+    CHECK(fp != nullptr);
+    if (fp) {
+      std::fputs(std::string(100, 'x').c_str(), fp);
+      std::fclose(fp);
+    }
+    struct timespec t[2] = {{1000 + i, 0}, {1000 + i, 0}};
+    CHECK(::utimensat(AT_FDCWD, p.c_str(), t, 0) == 0);
+  }
+  trim_cache_dir(cache, 250);
+  struct stat s {};
+  CHECK(::stat((cache + "/k0").c_str(), &s) != 0 && ::stat((cache + "/k1").c_str(), &s) != 0);
+  CHECK(::stat((cache + "/k2").c_str(), &s) == 0 && ::stat((cache + "/k3").c_str(), &s) == 0);
 }
 
 void test_thread_pool() {
@@ -553,6 +634,7 @@ int main(int argc, char** argv) {
   if (std::system(cmd.c_str()) != 0) return 2;
   test_sha256();
   test_store(dir + "/store");
+  test_store_eviction(dir + "/evict");
   test_thread_pool();
   test_manifest_checks();
   test_model(argv[1], dir);
