@@ -88,4 +88,4 @@ def test_max_rel_error():
 
 
 def test_no_tuned_column_without_a_tuning_database(tmp_path):
-    assert tuned_bundle("resnet18", 224, tmp_path) is None
+    assert tuned_bundle(None, 1, tmp_path / "no-such-db.json", tmp_path / "out") is None

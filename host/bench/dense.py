@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache", type=Path,
                     help="converted-model cache (default: ~/.cache/npas/bench)")
     ap.add_argument("--runner", type=Path, help="the npas-runner binary")
+    ap.add_argument("--db", type=Path, help="tuning database for the \"ours (tuned)\" column "
+                    "(default: ~/.cache/npas/tuning.json; see `npas-host tune`)")
     return ap
 
 
@@ -239,10 +241,21 @@ def sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def tuned_bundle(model_name: str, input_size: int, out_dir: Path):
-    """The bundle compiled with a tuning database, when one exists for this model and
-    machine; the "ours (tuned)" column appears only then. No tuning database exists yet."""
-    return None
+def tuned_bundle(w, threads: int, db_path: Path | None, out_dir: Path):
+    """The bundle compiled with the tuning database's entries for ``threads`` threads (see
+    `npas-host tune`), or None when the database has none for this model's layers: the
+    "ours (tuned)" column appears only then."""
+    from codegen import compile_model
+    from host.tune.db import TuningDB
+
+    if db_path is not None and not Path(db_path).is_file():
+        return None
+    db = TuningDB(db_path)
+    if not db.path.is_file():
+        return None
+    lookup = db.lookup(threads)
+    bundle = compile_model(w.model, (w.example,), out_dir, name=w.cache.name, tuning=lookup)
+    return bundle if lookup.hits else None
 
 
 def bench_cache_dir(explicit: Path | None) -> Path:
@@ -332,9 +345,12 @@ def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, 
             info["compile_s"] = round(time.perf_counter() - t0, 1)
             info["flops"] = sum(s.flops for s in bundle.manifest.steps)
             engines["ours"] = OursEngine(session, bundle)
-            tuned = tuned_bundle(name, args.input_size, tmp / "tuned")
-            if tuned is not None:
-                engines["ours (tuned)"] = OursEngine(session, tuned, "ours (tuned)")
+            tuned = {t: b for t in args.threads
+                     if (b := tuned_bundle(w, t, args.db, tmp / f"tuned{t}")) is not None}
+            if tuned:
+                # thread counts without entries run the defaults, which is what tuned means
+                engines["ours (tuned)"] = OursEngine(session, bundle, "ours (tuned)",
+                                                     per_threads=tuned)
         except Exception as e:  # codegen errors of every kind: ours is then "unavailable"
             unavailable["ours"] = f"compile failed: {e}"
     for label in args.engines:

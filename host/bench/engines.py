@@ -284,8 +284,11 @@ class OursEngine:
 
     name = "ours"
 
-    def __init__(self, session, bundle, label: str = "ours"):
+    def __init__(self, session, bundle, label: str = "ours", per_threads=None):
+        """``bundle`` everywhere, or ``per_threads[threads]`` where given (tuned bundles are
+        compiled for one thread count)."""
         self.session, self.bundle, self.name = session, bundle, label
+        self.per_threads = per_threads or {}
 
     def prepare(self, w: Workload) -> str:
         return f"bundle {self.bundle.manifest.name} ({self.bundle.manifest.content_hash[:12]})"
@@ -293,7 +296,8 @@ class OursEngine:
     def load(self, w: Workload, threads: int) -> Loaded:
         from host.session import LoadOptions
 
-        key = self.session.load(self.bundle, LoadOptions(threads=threads))
+        bundle = self.per_threads.get(threads, self.bundle)
+        key = self.session.load(bundle, LoadOptions(threads=threads))
         x = w.example.numpy()
 
         def infer() -> np.ndarray:
