@@ -255,10 +255,14 @@ def cmd_compile(args) -> int:
     out_dir = Path(args.output)
     with _progress() as progress:
         bundle = _compile(args.model, out_dir, args, progress, threads=args.threads)
+    from codegen import read_report
+
     m = bundle.manifest
-    out.print(f"bundle {out_dir}: {len(m.steps)} steps for {m.target.abi}, arena "
-              f"{_size(m.arena_bytes)}, weights {_size(m.artifact('weights').size)}, "
-              f"{sum(s.flops for s in m.steps) / 1e6:,.1f} MFLOP")
+    r = read_report(out_dir)
+    out.print(f"bundle {out_dir}: {len(m.steps)} steps for {m.target.abi}, "
+              f"{sum(s.flops for s in m.steps) / 1e6:,.1f} MFLOP, weights "
+              f"{_size(m.artifact('weights').size)}, activation arena {_size(m.arena_bytes)} "
+              f"(largest live set {_size(r.peak_bytes)}), compiled in {r.seconds:.1f} s")
     return 0
 
 
