@@ -30,7 +30,7 @@ def test_uploads_past_the_store_limit_evict_the_least_recently_used(runner_binar
     shas = [{a.sha256 for a in aa} for aa in arts]
     shared = set.intersection(*shas)
     own = [s - shared for s in shas]
-    own_bytes = [sum(a.size for a in aa if a.sha256 in o) for aa, o in zip(arts, own)]
+    own_bytes = [sum(a.size for a in aa if a.sha256 in o) for aa, o in zip(arts, own, strict=True)]
     shared_bytes = per_bundle[0] - own_bytes[0]
     # Room for the shared artifacts and about two bundles' own ones, not for all four.
     limit = shared_bytes + max(own_bytes) * 5 // 2
