@@ -42,6 +42,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GPU only: fp16 needs a device with cl_khr_fp16 (Adreno has it)")
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    """How to reach the device's runner (profile, tune)."""
+    p.add_argument("--address", help="use a runner already listening at HOST:PORT")
+    p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
+    p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
+    p.add_argument("--max-temp", type=float, default=40.0,
+                   help="phones: wait until the battery is at most this many °C (default 40)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="phones: do not pin the runner's threads to the big cores")
+    p.add_argument("--store", type=Path, help="artifact store for the local runner")
+
+
 def _add_db_args(p: argparse.ArgumentParser, use: bool = True) -> None:
     p.add_argument("--db", type=Path,
                    help="tuning database (default: ~/.cache/npas/tuning.json)")
@@ -97,21 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runner threads; 0: one per big core (default 1)")
     p.add_argument("--per-layer", action="store_true", help="also time every layer")
     p.add_argument("--json", action="store_true", help="print every sample as JSON")
-    p.add_argument("--address", help="use a runner already listening at HOST:PORT")
-    p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
-    p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
-    p.add_argument("--max-temp", type=float, default=40.0,
-                   help="phones: wait until the battery is at most this many °C (default 40)")
-    p.add_argument("--no-pin", action="store_true",
-                   help="phones: do not pin the runner's threads to the big cores")
-    p.add_argument("--store", type=Path, help="artifact store for the local runner")
+    _add_device_args(p)
     _add_db_args(p)
     _add_model_args(p)
     add_plan_option(p)
 
     from .tune.command import add_tune_parser
 
-    add_tune_parser(sub, _add_model_args, _add_db_args)
+    add_tune_parser(sub, _add_model_args, _add_db_args, _add_device_args)
     add_plan_parser(sub)
     return ap
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from ..console import err, out
 
 
-def add_tune_parser(sub, add_model_args, add_db_args) -> None:
+def add_tune_parser(sub, add_model_args, add_db_args, add_device_args) -> None:
     p = sub.add_parser("tune", help="auto-tune a model's kernels on a device (genetic "
                        "algorithm over each layer's tuning) into the tuning database")
     p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
@@ -52,14 +52,7 @@ def add_tune_parser(sub, add_model_args, add_db_args) -> None:
     p.add_argument("--no-compare", action="store_true",
                    help="skip the whole-model default vs tuned measurement at the end")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--address", help="use a runner already listening at HOST:PORT")
-    p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
-    p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
-    p.add_argument("--max-temp", type=float, default=40.0,
-                   help="phones: wait until the battery is at most this many °C (default 40)")
-    p.add_argument("--no-pin", action="store_true",
-                   help="phones: do not pin the runner's threads to the big cores")
-    p.add_argument("--store", type=Path, help="artifact store for the local runner")
+    add_device_args(p)
     add_db_args(p, use=False)
     add_model_args(p)
 
