@@ -29,7 +29,8 @@ def run_reference(graph: Graph, inputs: Sequence[np.ndarray | torch.Tensor]) -> 
                 continue
             y = _layer(la, [env[t] for t in la.inputs], graph.shapes[la.output])
             for e in la.epilogue:
-                y = ACT[e](y)
+                # "add": a fused residual, the layer's second input
+                y = y + env[la.inputs[1]] if e == "add" else ACT[e](y)
             env[la.output] = y
     return [env[t].numpy() for t in graph.outputs]
 

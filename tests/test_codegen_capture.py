@@ -66,8 +66,11 @@ def test_fold_and_fuse() -> None:
     assert sum(la.op == "batchnorm2d" for la in g.layers) == 20
     assert not any(la.op == "batchnorm2d" for la in folded.layers)
     fused = fuse_epilogue(folded)
-    adds = [la for la in fused.layers if la.op == "add"]
-    assert len(adds) == 8 and all(la.epilogue == ("relu",) for la in adds)
+    # each residual add (and the ReLU after it) is now the epilogue of the conv before it
+    assert not any(la.op == "add" for la in fused.layers)
+    adds = [la for la in fused.layers if la.epilogue[:1] == ("add",)]
+    assert len(adds) == 8 and all(la.op == "conv2d" and la.epilogue == ("add", "relu")
+                                  for la in adds)
     assert not any(la.op == "relu" for la in fused.layers)
     conv1 = next(la for la in fused.layers if la.name == "conv1")
     assert conv1.epilogue == ("relu",) and conv1.params["bias"].shape == (64,)

@@ -193,8 +193,15 @@ class Ctx:
     def w(self, k: int, name: str) -> str:
         return self.lang.decl(name, self.lang.param_ref(self, k), restrict=False)
 
-    def epilogue(self, var: str) -> list[str]:
-        return [f"{var} = npas_{e}({var});" for e in self.la.epilogue]
+    def epilogue(self, var: str, index: str | None = None) -> list[str]:
+        """Lines applying the epilogue to ``var``; a fused residual ("add") reads the layer's
+        second input (declared by ``skip``) at ``index``, the output element's index."""
+        return [f"{var} += (float)s[{index}];" if e == "add" else f"{var} = npas_{e}({var});"
+                for e in self.la.epilogue]
+
+    def skip(self) -> list[str]:
+        """The declaration of ``s``, the fused residual, when the epilogue has one."""
+        return [self.x(1, "s")] if "add" in self.la.epilogue else []
 
 
 Rendered = tuple[list[str], int, int]  # body lines, work items, flops
@@ -245,8 +252,10 @@ def conv2d_plane(c: Ctx) -> Rendered:
     body.append("}")
     if c.la.epilogue:
         body += [f"for ({i} i = 0; i < {plane}; ++i) {{", f"  {f} v = yp[i];",
-                 *["  " + ln for ln in c.epilogue("v")], "  yp[i] = v;", "}"]
-    L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, n * oc, body)]
+                 *["  " + ln for ln in c.epilogue("v", f"it * {plane} + i")], "  yp[i] = v;",
+                 "}"]
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"),
+         *c.lang.over_items(c, n * oc, body)]
     return L, n * oc, 2 * n * oc * plane * icg * kh * kw
 
 
@@ -281,10 +290,11 @@ def conv2d_gather(c: Ctx) -> Rendered:
             f"    for ({i} kx = kx0; kx < kx1; ++kx)",
             f"      acc += ({f})w[wr + kx] * ({f})x[xr + kx * {dw}];",
             "  }",
-            *c.epilogue("acc"),
-            f"y[((n * {oc} + oc) * {oh} + oh) * {ow} + ow] = acc;"]
+            f"const {i} yi = ((n * {oc} + oc) * {oh} + oh) * {ow} + ow;",
+            *c.epilogue("acc", "yi"),
+            "y[yi] = acc;"]
     lines, items = c.lang.nest(c, [("n", n), ("oc", oc), ("oh", oh), ("ow", ow)], 2, body)
-    return [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *lines], items, \
+    return [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), *lines], items, \
         2 * n * oc * oh * ow * icg * kh * kw
 
 

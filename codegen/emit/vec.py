@@ -25,6 +25,10 @@ Families and their variants (the name is the spec; the variant parameters are in
 - ``linear__{isa}_4k``: y[n, o-block] as 4 chains of broadcast x times packed ``[o/x][k][x]``.
 - ``to_nchw16c`` / ``to_nchw``: the layout conversions at the graph's edges.
 
+An epilogue is the element-wise ops fused after the layer, applied in registers before the
+store: activations, and "add" (a fused residual: the layer's second input, the skip, read at the
+output's NCHW[x]c position; the micro-kernels take it as ``s``, strided like ``y``).
+
 Every layer's step loops over work items (n, oc-tile, output row); inside, the output row is
 cut into interior tiles of ``w`` columns (no padding there, constant tap ranges) plus 1-column
 edge calls with the tap range worked out per column. Tuning parameters (``Layer.tuning``):
@@ -192,8 +196,16 @@ def pack_linear(la: Layer, x: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- templates ---------------------------------------------------------------------------------
 
-def _epi(epilogue: tuple[str, ...], var: str) -> list[str]:
-    return [f"{var} = npas_v_{e}({var});" for e in epilogue]
+def _epi(epilogue: tuple[str, ...], var: str, skip: str | None = None) -> list[str]:
+    """Lines applying ``epilogue`` to the vector ``var``; a fused residual ("add") adds the
+    vector at ``skip`` (the same NCHW[x]c position in the layer's second input)."""
+    return [f"{var} += *(const vf *)({skip});" if e == "add" else f"{var} = npas_v_{e}({var});"
+            for e in epilogue]
+
+
+def _skip_param(epilogue: tuple[str, ...]) -> str:
+    """The micro-kernel parameter for a fused residual, right after y (strided like y)."""
+    return "const float *restrict s, " if "add" in epilogue else ""
 
 
 def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
@@ -220,7 +232,8 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
          f"{'depthwise ' if depthwise else ''}conv, stride {sh}x{sw}, dilation {dh}x{dw}, "
          f"{lay} input. */",
          f"{AI} void {name}(const float *restrict x, {i} xo, const float *restrict w, "
-         f"{i} wb, const float *restrict b, float *restrict y, {i} ys, {i} cb, {i} cs, "
+         f"{i} wb, const float *restrict b, float *restrict y, {_skip_param(epilogue)}"
+         f"{i} ys, {i} cb, {i} cs, "
          f"{i} rs, {i} ky0, {i} ky1, {i} kx0, {i} kx1) {{"]
     for o in range(oc_tile):
         L.append(f"  const vf b{o} = *(const vf *)(b + {o * X});")
@@ -251,7 +264,7 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
         L += ["        }", "      }"]
     for o in range(oc_tile):
         for j in range(w_tile):
-            L += ["  " + ln for ln in _epi(epilogue, acc[o][j])]
+            L += ["  " + ln for ln in _epi(epilogue, acc[o][j], f"s + {o} * ys + {j * X}")]
             L.append(f"  *(vf *)(y + {o} * ys + {j * X}) = {acc[o][j]};")
     L.append("}")
     return name, "\n".join(L) + "\n"
@@ -312,9 +325,13 @@ def conv2d_blocked(c: Any) -> tuple[list[str], int, int]:
     else:
         xbase = f"n * {xn}"
 
+    skip = "add" in la.epilogue
+
     def call(t: str, ow_expr: str, kx: str) -> str:
+        sarg = f"sr + {ow_expr} * {X}, " if skip else ""
         return (f"{names[t]}(x, xb + ih0 * {rs} + ({ow_expr} * {sw} - {pl}) * {col}, "
-                f"wp, {wblk}, bp, yr + {ow_expr} * {X}, {ys}, {cb}, {cs}, {rs}, ky0, ky1, {kx});")
+                f"wp, {wblk}, bp, yr + {ow_expr} * {X}, {sarg}{ys}, {cb}, {cs}, {rs}, ky0, "
+                f"ky1, {kx});")
 
     body = [f"const {i} n = it / {octs * oh}, ocb = (it / {oh}) % {octs} * {oc_tile}, "
             f"oh = it % {oh};",
@@ -326,6 +343,8 @@ def conv2d_blocked(c: Any) -> tuple[list[str], int, int]:
             f"const float *wp = w + ocb * {wblk};",
             f"const float *bp = b + ocb * {X};",
             f"float *yr = y + ((n * {ocb} + ocb) * {oh} + oh) * {ow * X};"]
+    if skip:
+        body.append("const float *sr = s + (yr - y);")
     edge = [f"  const {i} iw0 = ow * {sw} - {pl};",
             f"  const {i} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
             f"  const {i} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
@@ -342,7 +361,7 @@ def conv2d_blocked(c: Any) -> tuple[list[str], int, int]:
     if ow_hi < ow:
         body += [f"for ({i} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge, "}"]
     items = n * octs * oh
-    L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
     return L, items, 2 * n * oc * oh * ow * icg_real * kh * kw
 
 
@@ -614,7 +633,7 @@ def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) ->
     L = [f"/* {name}: F({m},3) output transform of one tile, {X} channels, + bias"
          f"{''.join(' + ' + e for e in epilogue)}. */",
          f"{AI} void {name}(const float *restrict mm, {i} ms, const float *restrict b, "
-         f"float *restrict y, {i} rs, {i} rows, {i} cols) {{",
+         f"float *restrict y, {_skip_param(epilogue)}{i} rs, {i} rows, {i} cols) {{",
          "  const vf bv = *(const vf *)b;",
          f"  vf t[{m}][{a}];",
          f"  for (int c = 0; c < {a}; ++c) {{"]
@@ -623,9 +642,11 @@ def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) ->
             at[r], [f"*(const vf *)(mm + ({k} * {a} + c) * ms)" for k in range(a)]) + ";")
     L += ["  }", f"  for (int r = 0; r < {m}; ++r) {{"]
     for c in range(m):
-        L += [f"    {{ vf o = bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)])});",
-              *[f"      {ln}" for ln in _epi(epilogue, "o")],
-              f"      if (r < rows && {c} < cols) *(vf *)(y + r * rs + {c * X}) = o; }}"]
+        # the residual is only read inside the image (a tile may overhang it)
+        L += [f"    if (r < rows && {c} < cols) {{",
+              f"      vf o = bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)])});",
+              *[f"      {ln}" for ln in _epi(epilogue, "o", f"s + r * rs + {c * X}")],
+              f"      *(vf *)(y + r * rs + {c * X}) = o; }}"]
     L += ["  }", "}"]
     return name, "\n".join(L) + "\n"
 
@@ -744,9 +765,11 @@ def conv2d_winograd(c: Any, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
             f"  for ({i} t = 0; t < nt; ++t) {{",
             f"    const {i} r = (t0 + t) / {tw} * {m}, col = (t0 + t) % {tw} * {m};",
             f"    {fout}(mm + (ob * {tb} + t) * {X}, {ms}, b + oc * {X}, "
-            f"yc + (r * {ow} + col) * {X}, {ow * X}, {oh} - r, {ow} - col);",
+            f"yc + (r * {ow} + col) * {X}, "
+            + (f"s + (yc - y) + (r * {ow} + col) * {X}, " if "add" in la.epilogue else "")
+            + f"{ow * X}, {oh} - r, {ow} - col);",
             "  }",
             "}"]
     items = n * blocks * og
-    L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
     return L, items, 2 * n * oc * oh * ow * ic_real * 9

@@ -14,6 +14,7 @@ every input but the last fills whole blocks. Everything else (linear, flatten, g
 scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody produced comes
 from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
 each vectorised conv's ``tuning`` with the cost model's defaults (explicit values are kept).
+A conv's fused residual (its second input) is read in the layout the conv writes.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
             make_blocked = all(graph.shapes[t][1] % x == 0 for t in ins[:-1])
             reads = (make_blocked,) * len(ins)
+        if la.op == "conv2d":
+            # a fused residual (the skip) is read in the layout the conv writes
+            reads = (*(reads or (False,)), *(make_blocked,) * (len(ins) - 1))
         if not reads:
             reads = (False,) * len(ins)
         new_ins = tuple(get(t, r, la) for t, r in zip(ins, reads, strict=True))
