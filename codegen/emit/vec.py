@@ -208,6 +208,18 @@ def _skip_param(epilogue: tuple[str, ...]) -> str:
     return "const float *restrict s, " if "add" in epilogue else ""
 
 
+
+def _lane_fma(indent: str, X: int, acc: list[list[str]], x_at) -> list[str]:
+    """One input lane of a register-blocked micro-kernel: load a weight vector per oc block
+    (``wp + o * wb + l * X``), broadcast each column's input scalar ``x_at(j)`` and accumulate
+    into ``acc[o][j]``. Shared by the direct convolution and the Winograd per-point GEMM."""
+    L = [f"{indent}const vf w{o} = *(const vf *)(wp + {o} * wb + l * {X});"
+         for o in range(len(acc))]
+    for j in range(len(acc[0])):
+        L.append(f"{indent}const float x{j} = {x_at(j)};")
+        L += [f"{indent}{acc[o][j]} += x{j} * w{o};" for o in range(len(acc))]
+    return L
+
 def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
                      lanes: int, depthwise: bool, oc_tile: int, w_tile: int,
                      epilogue: tuple[str, ...]) -> tuple[str, str]:
@@ -255,12 +267,7 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
               f"{dw * cs_col});",
               f"        const float *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lanes * X};",
               f"        for (int l = 0; l < {lanes}; ++l) {{"]
-        for o in range(oc_tile):
-            L.append(f"          const vf w{o} = *(const vf *)(wp + {o} * wb + l * {X});")
-        for j in range(w_tile):
-            L.append(f"          const float x{j} = xp[{j * sw * cs_col} + l];")
-            for o in range(oc_tile):
-                L.append(f"          {acc[o][j]} += x{j} * w{o};")
+        L += _lane_fma(" " * 10, X, acc, lambda j: f"xp[{j * sw * cs_col} + l]")
         L += ["        }", "      }"]
     for o in range(oc_tile):
         for j in range(w_tile):
@@ -670,12 +677,7 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
           "    const float *vp = v + c * cs;",
           f"    const float *wp = w + c * {X * X};",
           f"    for (int l = 0; l < {X}; ++l) {{"]
-    for o in range(oc_tile):
-        L.append(f"      const vf w{o} = *(const vf *)(wp + {o} * wb + l * {X});")
-    for j in range(t_tile):
-        L.append(f"      const float x{j} = vp[{j * X} + l];")
-        for o in range(oc_tile):
-            L.append(f"      {acc[o][j]} += x{j} * w{o};")
+    L += _lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]")
     L += ["    }", "  }"]
     for o in range(oc_tile):
         for j in range(t_tile):
