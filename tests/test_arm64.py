@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import torch
-from zoo import rel_err, small_cnn, torchvision_model
+from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
 from codegen import compile_model
 from codegen.toolchain import (
@@ -81,10 +81,7 @@ def arm64_compiled(tmp_path_factory, clang):
 
 
 def _run(runner, bundle, x, threads: int = 1):
-    with Session(runner, call_timeout_s=CALL_TIMEOUT_S) as s:
-        h = s.load(bundle, LoadOptions(threads=threads))
-        (got,) = s.run(h, [x.numpy()])
-    return got
+    return run_on_runner(runner, bundle, x, threads, call_timeout_s=CALL_TIMEOUT_S)
 
 
 # ---- toolchain choices (no qemu needed) ----

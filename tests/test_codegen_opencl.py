@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from codegen_models import every_op_cnn
-from zoo import rel_err, small_cnn, torchvision_model
+from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
 from codegen import CodegenError, CompileError, compile_model
 from codegen.capture import capture
@@ -23,7 +23,6 @@ from codegen.emit.opencl import OpenClHalfLanguage, OpenClLanguage
 from codegen.lr import numel
 from codegen.passes import pipeline, run_passes
 from codegen.toolchain import OpenClToolchain, toolchain_for
-from host.session import LoadOptions, Session
 
 TOL = 1e-4
 SIG = re.compile(r"__kernel void (\w+)\(__global (float|half) \*arena, "
@@ -216,8 +215,6 @@ def test_gpu_bundle_matches_torch(gpu_runner, monkeypatch, tmp_path, name, facto
     b = compile_model(model, x, tmp_path / name, name=name, toolchain=OpenClToolchain())
     if tuning:
         assert all(s.local_size == tuning["work_group"] for s in b.manifest.steps)
-    with Session(gpu_runner) as session:
-        key = session.load(b, LoadOptions(backend="gpu"))
-        (got,) = session.run(key, [x.numpy()])
+    got = run_on_runner(gpu_runner, b, x, backend="gpu")
     assert got.shape == tuple(want.shape)
     assert rel_err(got, want) <= TOL

@@ -16,13 +16,12 @@ import torch
 from ctypes_exec import run_bundle
 from test_codegen_vector import ISAS, Seq, _Fixed
 from torch import nn
-from zoo import rel_err, torchvision_model
+from zoo import rel_err, run_on_runner, torchvision_model
 
 from codegen import compile_model
 from codegen.emit import vec
 from codegen.isa import AVX512
 from codegen.lr import Layer
-from host.session import LoadOptions, Session
 
 pytestmark = pytest.mark.host
 TOL = 1e-3  # layers computed by Winograd
@@ -151,8 +150,6 @@ def test_models_with_winograd_on_the_runner(key, algo, threads, winograd_bundles
     assert "winograd" in (bundle.path / "kernels.c").read_text()
     with torch.no_grad():
         want = model(x).numpy()
-    with Session(local_runner) as s:
-        h = s.load(bundle, LoadOptions(threads=threads))
-        (got,) = s.run(h, [x.numpy()])
+    got = run_on_runner(local_runner, bundle, x, threads)
     assert got.shape == want.shape
     assert rel_err(got, want) <= TOL

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from torch import nn
-from zoo import rel_err, small_cnn, torchvision_model
+from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
 from host.pruning import (
     SCHEMES,
@@ -333,7 +333,6 @@ def test_grouped_conv_freezes_its_channels():
 @pytest.mark.host
 def test_pruned_model_compiles_and_runs_on_the_runner(local_runner, cc, tmp_path):
     from codegen import compile_model
-    from host.session import LoadOptions, Session
 
     plan = PruningPlan({
         "pw": LayerRule("filter", 0.5),  # shrinks pw, se.fc2, branch/k5 inputs
@@ -348,9 +347,7 @@ def test_pruned_model_compiles_and_runs_on_the_runner(local_runner, cc, tmp_path
     with torch.no_grad():
         want = pruned(x).numpy()
     bundle = compile_model(pruned.model, (x,), tmp_path / "bundle", name="small_cnn_pruned")
-    with Session(local_runner) as s:
-        h = s.load(bundle, LoadOptions(threads=1))
-        (got,) = s.run(h, [x.numpy()])
+    got = run_on_runner(local_runner, bundle, x)
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-4
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from zoo import rel_err, small_cnn, torchvision_model
+from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
 from host.rpc.client import RunnerError
 from host.session import LoadOptions, RemoteRunner, Session
@@ -30,9 +30,7 @@ def test_runner_output_equals_pytorch(key, threads, compiled, local_runner):
     bundle, model, x = compiled(key, factory, shape)
     with torch.no_grad():
         want = model(x).numpy()
-    with Session(local_runner) as s:
-        h = s.load(bundle, LoadOptions(threads=threads))
-        (got,) = s.run(h, [x.numpy()])
+    got = run_on_runner(local_runner, bundle, x, threads)
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-4
 

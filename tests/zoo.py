@@ -86,3 +86,14 @@ def torchvision_model(name: str, seed: int = 0) -> nn.Module:
 def rel_err(got, want) -> float:
     got, want = torch.as_tensor(got), torch.as_tensor(want)
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def run_on_runner(device, bundle, x, threads: int = 1, backend: str = "cpu",
+                  call_timeout_s: float = 60.0):
+    """Load ``bundle`` on ``device``'s runner, run it once on ``x``, return the output."""
+    from host.session import LoadOptions, Session
+
+    with Session(device, call_timeout_s=call_timeout_s) as s:
+        key = s.load(bundle, LoadOptions(threads=threads, backend=backend))
+        (got,) = s.run(key, [x.numpy()])
+    return got
