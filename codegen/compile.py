@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from codegen.capture import capture
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.lr import CodegenError, Graph, numel
 from codegen.passes import TuningLookup, pipeline, run_passes
+from codegen.passes.sparse import with_schemes
 from codegen.passes.memory_plan import align
 from codegen.toolchain import CToolchain, HostToolchain, OpenClToolchain
 
@@ -70,14 +71,18 @@ def compile_model(module: torch.nn.Module,
                   out_dir: str | Path, name: str = "model",
                   toolchain: CToolchain | OpenClToolchain | None = None,
                   progress: Callable[[str], None] | None = None,
-                  tuning: TuningLookup | None = None) -> Bundle:
+                  tuning: TuningLookup | None = None,
+                  schemes: Mapping[str, str] | None = None) -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
     ``OpenClToolchain(precision="fp32"|"fp16")`` for a GPU bundle (see ``toolchain_for``).
     ``tuning(layer, graph, target) -> dict | None`` overrides the cost model's tuning of the
     layers it answers for (a tuning database's lookup; asked before the layout pass, about
-    logical shapes; see ``codegen/passes/tune.py``)."""
+    logical shapes; see ``codegen/passes/tune.py``). ``schemes`` maps a layer's module path
+    to the pruning scheme its zeros follow ("unstructured", "pattern", "connectivity",
+    "block", "block_punched"): the sparse pass picks each such layer's storage format and
+    kernel from it (``codegen/passes/sparse.py``); layers not named stay dense."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -98,6 +103,8 @@ def compile_model(module: torch.nn.Module,
 
     say("capture")
     graph = capture(module, example_inputs)
+    if schemes:
+        graph = with_schemes(graph, schemes)
     stage("capture")
     say("passes")
     lang = toolchain.language()

@@ -169,10 +169,11 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_in
     shape = parse_shape(args.input_shape)
     task = progress.add_task(f"loading {model_spec}", total=None)
     model = load_model(model_spec)
+    schemes: dict[str, str] = {}
     if getattr(args, "plan", None):
         from .pruning.command import apply_plan_file
 
-        model = apply_plan_file(model, args.plan)
+        model, schemes = apply_plan_file(model, args.plan)
     name = args.name or Path(model_spec).stem.replace(":", "_").replace(".", "_")
 
     def stage(what: str) -> None:
@@ -182,7 +183,8 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_in
     toolchain = _toolchain(args, device_info)
     lookup = _tuning_lookup(args, threads)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
-                           toolchain=toolchain, progress=stage, tuning=lookup)
+                           toolchain=toolchain, progress=stage, tuning=lookup,
+                           schemes=schemes)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     if lookup is not None and (lookup.hits or lookup.misses):

@@ -369,7 +369,7 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     assert plan.layers["fc"] == LayerRule("block", 0.75, {"rows": 8})
     assert plan.layers["out"].scheme == "unstructured" and plan.layers["out"].rate == 0.5
     assert plan.config.vector_width == 4 and "total:" in capsys.readouterr().out
-    pruned = apply_plan_file(small_cnn(), out)
+    pruned, _ = apply_plan_file(small_cnn(), out)
     assert pruned.k5.out_channels == 4
     bad = ap.parse_args(["plan", "zoo:small_cnn", "--rule", "pw=pattern:0.8"])
     with pytest.raises(PruningError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "

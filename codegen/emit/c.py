@@ -14,7 +14,7 @@ memory plan never lets a step's output share bytes with its inputs.
 
 from __future__ import annotations
 
-from codegen.emit import vec
+from codegen.emit import sparse, vec
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -82,14 +82,23 @@ def _by_layout(blocked, plain, operand: str = "in"):
     return kernel
 
 
+def _by_storage(sparse_kernel, dense):
+    """A kernel that picks the sparse template for layers given a sparse storage format."""
+    def kernel(c: Ctx):
+        return (dense if c.la.storage == "dense" else sparse_kernel)(c)
+    return kernel
+
+
 VECTOR_KERNELS = {
-    "conv2d": _by_layout(vec.conv2d_blocked, KERNELS["conv2d"], "out"),
+    "conv2d": _by_storage(sparse.spconv, _by_layout(vec.conv2d_blocked, KERNELS["conv2d"],
+                                                    "out")),
+    "sparse_pad": sparse.sparse_pad,
     "maxpool2d": _by_layout(vec.pool_blocked("max"), KERNELS["maxpool2d"]),
     "avgpool2d": _by_layout(vec.pool_blocked("avg"), KERNELS["avgpool2d"]),
     "adaptive_avgpool2d": _by_layout(vec.pool_blocked("adaptive"),
                                      KERNELS["adaptive_avgpool2d"]),
     "mul_channel": _by_layout(vec.mul_channel_blocked, KERNELS["mul_channel"]),
-    "linear": vec.linear_vec,
+    "linear": _by_storage(sparse.linear_bcsr, vec.linear_vec),
     "to_nchwxc": vec.to_blocked,
     "to_nchw": vec.to_plain,
 }
@@ -115,6 +124,9 @@ class CLanguage(CStyleLanguage):
     def layer_params(self, graph: Graph, la: Layer):
         if self.isa is not None:
             x = self.isa.floats
+            if la.storage != "dense":
+                return (sparse.pack_sparse_conv(la) if la.op == "conv2d"
+                        else sparse.pack_sparse_linear(la, x))
             if la.op == "conv2d" and len(graph.shapes[la.output]) == 5:
                 in_shape = graph.shapes[la.inputs[0]]
                 algo = vec.conv_algo(la, graph.shapes[la.output], in_shape, self.isa)

@@ -12,6 +12,7 @@ from codegen.passes.fold_bn import fold_bn
 from codegen.passes.fuse_epilogue import fuse_epilogue
 from codegen.passes.layout import block_layout
 from codegen.passes.memory_plan import plan_memory
+from codegen.passes.sparse import choose_storage
 from codegen.passes.tune import TuningLookup, apply_tuning
 
 PIPELINE: tuple[Callable[[Graph], Graph], ...] = (fold_bn, fuse_epilogue, plan_memory)
@@ -24,7 +25,8 @@ def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None,
     vector ``isa``, activations are laid out in blocks of its width first; with a ``tuning``
     lookup (and the ``target`` it is asked about), its answers are set before the layout (which
     fills in the cost model's defaults for the rest)."""
-    layout = (partial(block_layout, isa=isa),) if isa is not None else ()
+    layout = ((partial(choose_storage, isa=isa), partial(block_layout, isa=isa))
+              if isa is not None else ())
     if tuning is not None and target is None:
         raise ValueError("pipeline(tuning=...) needs the target the lookup is asked about")
     tune = (partial(apply_tuning, lookup=tuning, target=target),) if tuning is not None else ()

@@ -69,7 +69,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         ins = la.inputs
         make_blocked = False
         reads: tuple[bool, ...] = ()
-        if la.op == "conv2d" and four_d(la.output):
+        if la.op == "conv2d" and four_d(la.output) and la.storage == "dense":
             kind = conv_kind(la, x)
             if kind == "dense" and la.attrs["groups"] == 1:
                 make_blocked = True
@@ -89,7 +89,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
             make_blocked = all(graph.shapes[t][1] % x == 0 for t in ins[:-1])
             reads = (make_blocked,) * len(ins)
-        if la.op == "conv2d":
+        if la.op == "conv2d" and la.storage == "dense":
             # a fused residual (the skip) is read in the layout the conv writes
             reads = (*(reads or (False,)), *(make_blocked,) * (len(ins) - 1))
         if not reads:

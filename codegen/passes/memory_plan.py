@@ -49,6 +49,9 @@ def plan_memory(graph: Graph, elem_bytes: int = 4) -> Graph:
             off = max(off, b1)
         offsets[r] = off
     arena = max((offsets[r] + size[r] for r in roots), default=0)
+    # sparse convs may read (and drop) a few vectors past their input's end
+    arena += align(max((la.attrs.get("overread_floats", 0) for la in steps), default=0)
+                   * elem_bytes)
 
     peak, peak_step, peak_set = 0, 0, ()
     for s in range(end + 1):

@@ -24,11 +24,13 @@ def add_plan_option(p: argparse.ArgumentParser) -> None:
                    help="prune the model with this plan (`npas-host plan`) before compiling")
 
 
-def apply_plan_file(model: nn.Module, path: Path | None) -> nn.Module:
-    """The model pruned by the plan at ``path`` (the model itself when no plan is given)."""
+def apply_plan_file(model: nn.Module, path: Path | None) -> tuple[nn.Module, dict[str, str]]:
+    """The model pruned by the plan at ``path`` and its layers' mask schemes (for
+    ``compile_model(schemes=...)``); the model itself and {} when no plan is given."""
     if path is None:
-        return model
-    return PruningPlan.load(path).apply(model).model
+        return model, {}
+    pruned = PruningPlan.load(path).apply(model)
+    return pruned.model, pruned.schemes
 
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:

@@ -94,6 +94,13 @@ class PrunedModel:
                  removed: dict[tuple[str, str], list[int]], report: PlanReport):
         self.model, self.masks, self.removed, self.report = model, masks, removed, report
 
+    @property
+    def schemes(self) -> dict[str, str]:
+        """Module path -> mask scheme of every masked layer: what ``compile_model(schemes=...)``
+        reads to pick each layer's sparse storage (structural layers are plain dense ones)."""
+        return {name.rsplit(".", 1)[0]: row.scheme for name in self.masks
+                for row in self.report.rows if row.layer == name.rsplit(".", 1)[0]}
+
     def reapply(self) -> None:
         with torch.no_grad():
             for name, mask in self.masks.items():

@@ -1,0 +1,241 @@
+"""Sparse CPU kernels: pruned convolutions and linear layers that skip their zeros.
+
+A sparse conv (``Layer.storage`` "csr" or "bcsr", chosen by ``codegen/passes/sparse.py``) reads
+plain NCHW and writes plain NCHW. Its input is read as one flat plane per input channel and
+stride phase: the ``sparse_pad`` step copies the input into zero-padded planes Q_ab[r][q] =
+x_padded[s*r + a][s*q + b] (one per phase (a, b) the kernel uses), each ``PS`` floats long with
+zeros after its ``Hq x Wq`` data; a 1x1 stride-1 unpadded conv reads its input directly. Then
+output position p = oh*Wq + ow of every filter is
+
+    y'[p] = sum over kept weights (ic, ky, kx) of w * Q[ic, ky%s, kx%s][p + (ky//s)*Wq + kx//s]
+
+so each kept weight is one (offset, value) pair and the inner loop streams vectors of
+consecutive p: one unaligned load and one FMA per vector, no branches, no index arithmetic.
+Columns ow >= OW of y' (the padding's) are computed and dropped when storing.
+
+Formats (params, in order):
+- ``csr`` (m = 1) and ``bcsr`` (m filters share one index list; their union, zero-filled):
+  ``vals`` [entries][m] float, ``bias`` [groups*m], ``offs`` [entries] int32 (the offset
+  above), ``gptr`` [groups+1] int32 (each group's entries), ``order`` [groups] int32 (the
+  group computed in each slot). Groups are ordered by index-list length, longest and shortest
+  alternating, so any contiguous range of work items (what one thread gets) carries an even
+  share of the work. Work items: (n, chunk of V vectors of p, group slot), slots innermost so
+  a thread reuses the same input chunk across filters.
+- linear ``bcsr``: blocks of x outputs (the vector width), kept input indices per block:
+  ``vals`` [entries][x], ``bias`` [blocks*x], ``offs`` [entries] int32, ``gptr``.
+
+Int32 arrays travel in the float32 weight blob bit for bit (``np.ndarray.view``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from codegen.isa import VectorIsa
+from codegen.lr import Layer
+
+
+def _i32(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, np.int32)).view(np.float32)
+
+
+def balanced_order(lengths: list[int]) -> list[int]:
+    """Indices sorted by length, taken longest, shortest, second longest, ... ."""
+    by = sorted(range(len(lengths)), key=lambda g: (-lengths[g], g))
+    out, lo, hi = [], 0, len(by) - 1
+    while lo <= hi:
+        out.append(by[lo])
+        if lo != hi:
+            out.append(by[hi])
+        lo, hi = lo + 1, hi - 1
+    return out
+
+
+def pack_sparse_conv(la: Layer) -> tuple[np.ndarray, ...]:
+    w, b = la.params["weight"], la.params["bias"]
+    m = int(la.tuning["m"])
+    geo = la.attrs["sparse"]
+    oc, ic, kh, kw = w.shape
+    s = la.attrs["stride"][0]
+    g = -(-oc // m)
+    wp = np.zeros((g * m, ic, kh, kw), np.float32)
+    wp[:oc] = w
+    bp = np.zeros(g * m, np.float32)
+    bp[:oc] = b
+    phase = {ph: i for i, ph in enumerate(geo["phases"])}
+    ps, wq = geo["PS"], geo["Wq"]
+    nph = len(geo["phases"])
+    # offset of every (ic, ky, kx)
+    ci, ky, kx = np.meshgrid(np.arange(ic), np.arange(kh), np.arange(kw), indexing="ij")
+    if geo["direct"]:
+        off = ci * ps
+    else:
+        ph = np.vectorize(lambda a, c: phase[(a, c)])(ky % s, kx % s)
+        off = (ci * nph + ph) * ps + (ky // s) * wq + kx // s
+    off = off.reshape(-1)
+    blocks = wp.reshape(g, m, -1)
+    lists = [np.flatnonzero(blocks[j].any(0)) for j in range(g)]
+    lists = [li[np.argsort(off[li], kind="stable")] for li in lists]
+    order = balanced_order([len(li) for li in lists])
+    gptr, offs, vals = [0], [], []
+    for j in order:
+        li = lists[j]
+        offs.append(off[li])
+        vals.append(blocks[j][:, li].T)
+        gptr.append(gptr[-1] + len(li))
+    offs_a = np.concatenate(offs) if offs else np.zeros(0, np.int64)
+    vals_a = np.concatenate(vals) if vals else np.zeros((0, m), np.float32)
+    assert offs_a.max(initial=0) < 2**31
+    return (np.ascontiguousarray(vals_a, np.float32).reshape(-1), bp, _i32(offs_a),
+            _i32(gptr), _i32(order))
+
+
+def pack_sparse_linear(la: Layer, x: int) -> tuple[np.ndarray, ...]:
+    w, b = la.params["weight"], la.params["bias"]
+    o, k = w.shape
+    g = -(-o // x)
+    wp = np.zeros((g * x, k), np.float32)
+    wp[:o] = w
+    bp = np.zeros(g * x, np.float32)
+    bp[:o] = b
+    blocks = wp.reshape(g, x, k)
+    gptr, offs, vals = [0], [], []
+    for j in range(g):
+        li = np.flatnonzero(blocks[j].any(0))
+        offs.append(li)
+        vals.append(blocks[j][:, li].T)
+        gptr.append(gptr[-1] + len(li))
+    return (np.ascontiguousarray(np.concatenate(vals), np.float32).reshape(-1), bp,
+            _i32(np.concatenate(offs)), _i32(gptr))
+
+
+def _ints(c: Any, k: int, name: str) -> str:
+    return f"const int32_t *restrict {name} = (const int32_t *){c.lang.param_ref(c, k)};"
+
+
+def spconv(c: Any) -> tuple[list[str], int, int]:
+    """A csr/bcsr conv step (see the module docstring)."""
+    isa: VectorIsa = c.lang.isa
+    X = isa.floats
+    la = c.la
+    geo = la.attrs["sparse"]
+    m, V = int(la.tuning["m"]), int(geo["V"])
+    n, oc, oh, ow = c.out
+    g = -(-oc // m)
+    wq, plane = geo["Wq"], geo["plane"]
+    chunk = V * X
+    nch = -(-plane // chunk)
+    i = "int64_t"
+    acc = [[f"a{r}_{v}" for v in range(V)] for r in range(m)]
+    body = [f"const {i} slot = it % {g}, ch = (it / {g}) % {nch}, n = it / {g * nch};",
+            f"const {i} p0 = ch * {chunk};",
+            f"const float *xb = x + n * {geo['XN']} + p0;",
+            f"const {i} grp = order[slot];",
+            f"const float *bb = b + grp * {m};"]
+    for r in range(m):
+        body.append(f"vf {', '.join(acc[r])};")
+        body.append(f"{{ const vf bv = (vf){{}} + bb[{r}]; "
+                    + " ".join(f"{a} = bv;" for a in acc[r]) + " }")
+    body += ["const float *wv = w + (int64_t)gptr[slot] * " + str(m) + ";",
+             "for (int32_t e = gptr[slot], e1 = gptr[slot + 1]; e < e1; ++e, wv += "
+             f"{m}) {{",
+             "  const float *xp = xb + offs[e];"]
+    body += [f"  const float w{r} = wv[{r}];" for r in range(m)]
+    for v in range(V):
+        body.append(f"  {{ const vf xv = *(const vfu *)(xp + {v * X});"
+                    + "".join(f" {acc[r][v]} += xv * w{r};" for r in range(m)) + " }")
+    body.append("}")
+    body.append(f"const {i} pend = p0 + {chunk} < {plane} ? p0 + {chunk} : {plane};")
+    body.append(f"float buf[{chunk}] __attribute__((aligned(64)));")
+    for r in range(m):
+        guard = f"if (grp * {m} + {r} < {oc}) " if oc % m else ""
+        body.append(f"{guard}{{")
+        body += [f"  *(vf *)(buf + {v * X}) = {acc[r][v]};" for v in range(V)]
+        body.append(f"  const {i} po = (n * {oc} + grp * {m} + {r}) * {oh * ow};")
+        if wq == ow:
+            body += [f"  for ({i} q = p0; q < pend; ++q) {{",
+                     "    float v = buf[q - p0];",
+                     *["    " + ln for ln in c.epilogue("v", "po + q")],
+                     "    y[po + q] = v;", "  }"]
+        else:
+            body += [f"  for ({i} p = p0; p < pend;) {{",
+                     f"    const {i} row = p / {wq}, rs = row * {wq};",
+                     f"    const {i} seg = rs + {wq} < pend ? rs + {wq} : pend;",
+                     f"    const {i} lim = rs + {ow} < seg ? rs + {ow} : seg;",
+                     f"    const {i} yo = po + row * {ow} - rs;",
+                     f"    for ({i} q = p; q < lim; ++q) {{",
+                     "      float v = buf[q - p0];",
+                     *["      " + ln for ln in c.epilogue("v", "yo + q")],
+                     "      y[yo + q] = v;", "    }",
+                     "    p = seg;", "  }"]
+        body.append("}")
+    items = n * nch * g
+    nnz = int((la.params["weight"] != 0).sum())
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), _ints(c, 2, "offs"),
+         _ints(c, 3, "gptr"), _ints(c, 4, "order"), *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * nnz * oh * ow
+
+
+def sparse_pad(c: Any) -> tuple[list[str], int, int]:
+    """Zero-padded, phase-split planes of a plain NCHW tensor for sparse convs; items
+    (n, channel)."""
+    a = c.la.attrs
+    n, ch, h, w = c.ins[0]
+    s = a["stride"]
+    pt, _, pl, _ = a["padding"]
+    hq, wq, ps = a["Hq"], a["Wq"], a["PS"]
+    i = "int64_t"
+    body = [f"const float *xi = x + it * {h * w};",
+            f"float *yo = y + it * {len(a['phases']) * ps};"]
+    for k, (pa, pb) in enumerate(a["phases"]):
+        # columns q whose source column s*q + pb - pl lies in [0, w)
+        q_lo = max(0, -(-(pl - pb) // s))
+        q_hi = max(q_lo, min(wq, (w - 1 + pl - pb) // s + 1))
+        body += ["{", f"  float *yp = yo + {k * ps};",
+                 f"  for ({i} r = 0; r < {hq}; ++r) {{",
+                 f"    const {i} ih = r * {s} + {pa - pt};",
+                 f"    float *yr = yp + r * {wq};",
+                 f"    if (ih < 0 || ih >= {h}) {{ for ({i} q = 0; q < {wq}; ++q) yr[q] = 0.0f;"
+                 " continue; }",
+                 f"    const float *xr = xi + ih * {w} + {pb - pl};",
+                 f"    for ({i} q = 0; q < {q_lo}; ++q) yr[q] = 0.0f;",
+                 f"    for ({i} q = {q_lo}; q < {q_hi}; ++q) yr[q] = xr[q * {s}];",
+                 f"    for ({i} q = {q_hi}; q < {wq}; ++q) yr[q] = 0.0f;",
+                 "  }",
+                 f"  for ({i} q = {hq * wq}; q < {ps}; ++q) yp[q] = 0.0f;", "}"]
+    items = n * ch
+    return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, 0
+
+
+def linear_bcsr(c: Any) -> tuple[list[str], int, int]:
+    """Block-sparse linear: one (output block, batch row) per item."""
+    X = c.lang.isa.floats
+    n, k = c.ins[0]
+    o = c.out[1]
+    ob = -(-o // X)
+    i = "int64_t"
+    body = [f"const {i} obk = it / {n}, n = it % {n};",
+            f"const float *xr = x + n * {k};",
+            "vf a0 = (vf){}, a1 = (vf){}, a2 = (vf){}, a3 = (vf){};",
+            "int32_t e = gptr[obk];",
+            "const int32_t e1 = gptr[obk + 1];",
+            f"const float *wv = w + (int64_t)e * {X};",
+            f"for (; e + 4 <= e1; e += 4, wv += {4 * X}) {{",
+            *[f"  a{j} += xr[offs[e + {j}]] * *(const vf *)(wv + {j * X});" for j in range(4)],
+            "}",
+            f"for (; e < e1; ++e, wv += {X}) a0 += xr[offs[e]] * *(const vf *)wv;",
+            f"vf v = *(const vf *)(b + obk * {X}) + ((a0 + a1) + (a2 + a3));"]
+    body += [f"v = npas_v_{e}(v);" for e in c.la.epilogue]
+    body.append(f"float *yr = y + n * {o} + obk * {X};")
+    if o % X == 0:
+        body.append("*(vfu *)yr = v;")
+    else:
+        body += [f"if (obk < {ob - 1}) *(vfu *)yr = v;",
+                 f"else for (int l = 0; l < {o % X}; ++l) yr[l] = v[l];"]
+    items = ob * n
+    nnz = int((c.la.params["weight"] != 0).sum())
+    L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), _ints(c, 2, "offs"), _ints(c, 3, "gptr"),
+         *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * nnz

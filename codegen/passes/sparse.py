@@ -1,0 +1,176 @@
+"""Sparse layers: which pruning scheme a layer's zeros follow, and the storage format (and so
+the kernel) that turns them into time saved.
+
+``with_schemes`` records the schemes ``compile_model(schemes=...)`` was given on the captured
+layers (``Layer.scheme``); the formats themselves are chosen by ``choose_storage``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from codegen.isa import VectorIsa
+from codegen.lr import CodegenError, Graph, Layer
+
+# The mask schemes the code generator knows (filter/channel pruning gives plain, narrower
+# layers and needs nothing here).
+SPARSE_SCHEMES = ("unstructured", "pattern", "connectivity", "block", "block_punched")
+
+
+def with_schemes(graph: Graph, schemes: Mapping[str, str]) -> Graph:
+    """``graph`` with ``Layer.scheme`` set for the conv2d/linear layers named in ``schemes``
+    (module path -> scheme). Unknown layers or schemes are a CodegenError naming them."""
+    by_name = {la.name: la for la in graph.layers if la.op in ("conv2d", "linear")}
+    for name, scheme in schemes.items():
+        if scheme in ("filter", "channel", "dense"):
+            continue
+        if scheme not in SPARSE_SCHEMES:
+            raise CodegenError(f"layer {name}: unknown pruning scheme {scheme!r}; known: "
+                               f"{', '.join(SPARSE_SCHEMES)}")
+        if name not in by_name:
+            near = [n for n in by_name if name.split(".")[-1] in n][:3]
+            raise CodegenError(f"layer {name}: no conv2d or linear layer of that name in the "
+                               f"captured model" + (f" (like: {', '.join(near)})" if near
+                                                     else ""))
+    layers = [replace(la, scheme=schemes[la.name]) if la.name in by_name
+              and schemes.get(la.name, "dense") in SPARSE_SCHEMES else la
+              for la in graph.layers]
+    return graph.with_layers(layers)
+
+
+# ---- storage choice ----------------------------------------------------------------------------
+
+# A layer keeps dense storage when its sparse kernel would do more than this fraction of the
+# dense layer's multiply-adds (zeros included by the block format): past it the register-blocked
+# dense kernels (and Winograd, which already does 2.25-4x fewer multiplies on 3x3 layers) win.
+# ``m`` is the number of filters sharing one index list (1: CSR, more: blocks).
+MAX_DENSITY = {1: 0.40, 2: 0.50, 4: 0.60, 8: 0.65}
+MIN_BLOCK_EFFICIENCY = 0.9  # useful multiply-adds / all, for a block format to be chosen
+OVERREAD_SLACK = "overread_floats"  # a sparse conv's reads past its input's last element
+
+
+def _union_entries(nz: np.ndarray, m: int) -> int:
+    """Index-list length summed over filter groups of ``m``: positions any filter keeps."""
+    oc = nz.shape[0]
+    g = -(-oc // m)
+    pad = np.zeros((g * m, *nz.shape[1:]), bool)
+    pad[:oc] = nz
+    return int(pad.reshape(g, m, -1).any(1).sum())
+
+
+def _most_rows(isa: VectorIsa) -> int:
+    # m x V accumulators + V input vectors (weights are broadcast from memory: AVX-512's
+    # embedded broadcast, NEON's by-element FMA) must fit the registers with V >= 2
+    return 8 if isa.registers >= 32 else 4
+
+
+def _most_vectors(m: int, isa: VectorIsa) -> int:
+    return max(1, min(12, (isa.registers - 4) // (m + 1)))
+
+
+def sparse_plan(nz: np.ndarray, plane: int, isa: VectorIsa) -> tuple[int, int, int]:
+    """(m, V, entries) of a sparse conv. m: the most filters per shared index list (a power of
+    two) whose zero-filled blocks keep ≥ MIN_BLOCK_EFFICIENCY of the multiply-adds useful:
+    every input vector loaded serves m FMAs, and loads, not FMAs, bound these kernels once the
+    input planes spill out of L1 (measured on resnet18's 7x7 layers: m=4 x V=4 took 1.6x the
+    time of m=8 x V=2, the same FMAs). V: vectors of output positions per work item, the
+    least work counting the last chunk's overhang and about one vector's worth of fixed cost
+    per chunk (set-up, the store)."""
+    nnz = int(nz.sum())
+    m, u = 1, nnz
+    k = 2
+    while k <= _most_rows(isa):
+        uk = _union_entries(nz, k)
+        if nnz >= MIN_BLOCK_EFFICIENCY * uk * k:
+            m, u = k, uk
+        k *= 2
+    t = -(-plane // isa.floats)
+    v = min(range(1, _most_vectors(m, isa) + 1), key=lambda v: (-(-t // v) * (v + 1), -v))
+    return m, v, u
+
+
+def choose_storage(graph: Graph, isa: VectorIsa) -> Graph:
+    """Give every conv2d (groups 1, dilation 1) and linear layer whose ``scheme`` is sparse a
+    sparse storage format when its kernel saves work, and plan its input: convs read their
+    input as zero-padded planes, one per stride phase (``sparse_pad`` steps, shared by convs of
+    the same geometry), except 1x1 stride-1 unpadded ones, which read it as it is.
+
+    Formats (``Layer.storage``): "csr" (one index list per filter: unstructured, pattern,
+    connectivity), "bcsr" (one index list per block of m filters, m > 1: block, block_punched,
+    or any layer whose zeros line up that way). ``Layer.tuning`` records m, V (vectors of
+    output positions per work item), the density and the reason for the choice; a layer left
+    dense records why in ``attrs["sparse_skipped"]``."""
+    x = isa.floats
+    layers: list[Layer] = []
+    shapes = dict(graph.shapes)
+    pads: dict[tuple, str] = {}
+    for la in graph.layers:
+        if la.scheme not in SPARSE_SCHEMES or la.op not in ("conv2d", "linear"):
+            layers.append(la)
+            continue
+        w = la.params["weight"]
+        nz = w != 0
+        density = float(nz.mean())
+        if la.op == "linear":
+            ob = -(-w.shape[0] // x)
+            u = _union_entries(nz, x)
+            eff = u * x / max(1, ob * x * w.shape[1])
+            if eff > MAX_DENSITY[8]:
+                layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
+                              f"blocks of {x} outputs keep {eff:.0%} of the weights"}))
+                continue
+            layers.append(replace(la, storage="bcsr", tuning={
+                "m": x, "density": round(density, 4), "entries": u}))
+            continue
+        oc, icg, kh, kw = w.shape
+        if la.attrs["groups"] != 1 or tuple(la.attrs["dilation"]) != (1, 1):
+            layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
+                                             "grouped or dilated conv: dense kernels"}))
+            continue
+        n, c, h, wd = graph.shapes[la.inputs[0]]
+        _, _, oh, ow = graph.shapes[la.output]
+        s, s2 = la.attrs["stride"]
+        pt, pb, pl, pr = la.attrs["padding"]
+        direct = s == s2 == 1 and kh == kw == 1 and not any(la.attrs["padding"])
+        if s != s2:
+            direct = False
+        wq = wd if direct else -(-(wd + pl + pr) // s)
+        hq = h if direct else -(-(h + pt + pb) // s)
+        plane = oh * wq
+        m, v, entries = sparse_plan(nz, plane, isa)
+        kept = entries * m / w.size
+        if kept > MAX_DENSITY[m]:
+            layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
+                          f"density {density:.2f} ({kept:.2f} with m={m}) is above "
+                          f"{MAX_DENSITY[m]}: the dense kernel is faster"}))
+            continue
+        chunk = v * x
+        geo: dict = {"direct": direct, "Wq": wq, "Hq": hq, "V": v, "plane": plane}
+        inputs = la.inputs
+        if direct:
+            geo.update(PS=h * wd, phases=((0, 0),), XN=c * h * wd)
+            attrs = {**la.attrs, "sparse": geo, OVERREAD_SLACK: chunk}
+        else:
+            phases = tuple(sorted({(ky % s, kx % s) for ky in range(kh) for kx in range(kw)}))
+            ps = -(-(hq * wq + chunk + kw) // x) * x
+            geo.update(PS=ps, phases=phases, XN=c * len(phases) * ps)
+            key = (la.inputs[0], s, tuple(la.attrs["padding"]), phases, ps, wq, hq)
+            if key not in pads:
+                name = f"{la.inputs[0]}_pad{len(pads)}"
+                shapes[name] = (n, c, len(phases), ps)
+                layers.append(Layer(f"{la.name}.pad", "sparse_pad", (la.inputs[0],), name,
+                                    {"stride": s, "padding": tuple(la.attrs["padding"]),
+                                     "phases": phases, "Hq": hq, "Wq": wq, "PS": ps}))
+                pads[key] = name
+            inputs = (pads[key], *la.inputs[1:])
+            attrs = {**la.attrs, "sparse": geo}
+        layers.append(replace(la, inputs=inputs, attrs=attrs,
+                              storage="csr" if m == 1 else "bcsr",
+                              tuning={"m": m, "V": v, "density": round(density, 4),
+                                      "entries": entries}))
+    used = {t for la in layers for t in (*la.inputs, la.output)}
+    return replace(graph, layers=tuple(layers), plan=None,
+                   shapes={k: v for k, v in shapes.items() if k in used})

@@ -1,0 +1,525 @@
+"""Phase 2's search space: per prunable layer a filter type, a pruning scheme and a rate.
+
+A ``Candidate`` is one ``LayerChoice`` per searched layer (in module order): the filter type
+("keep"; for a k×k convolution "1x1" or "dwpw" = depthwise k×k + pointwise 1×1, initialised
+from the original weights), the scheme (``host/pruning`` names, "none" when not pruned) and the
+compression ratio (1x = not pruned, 5x = 80% of the weights removed). Only valid choices are
+offered: each scheme's own ``check`` on the (re-typed) layer, and for filter/channel pruning a
+channel group the dependency graph can shrink and that the rate actually narrows (widths stay
+multiples of the vector width, at least one vector wide: ``keep_count``). ``repair`` resolves
+two structural rules asking different things of one channel group (the later layer falls back
+to unstructured pruning at its rate), so every candidate turns into a plan that applies.
+
+Layers with a negligible share of the model's multiply-adds (squeeze-excite 1×1s on 1×1 maps,
+a small classifier) are not searched: they cannot buy latency and only add dimensions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..pruning import (
+    SCHEMES,
+    DependencyGraph,
+    LayerRule,
+    PrunedModel,
+    PruningConfig,
+    PruningError,
+    PruningPlan,
+    describe,
+    keep_count,
+)
+
+FILTER_TYPES = ("keep", "1x1", "dwpw")
+SCHEME_ORDER = ("none", "unstructured", "block", "block_punched", "connectivity", "pattern",
+                "filter", "channel")
+MASK_SCHEMES = ("unstructured", "block", "block_punched", "connectivity", "pattern")
+STRUCTURAL = ("filter", "channel")
+DEFAULT_RATIOS = (1.0, 2.0, 2.5, 3.0, 5.0, 7.0, 10.0)
+STEM_MAX_IN = 4  # convs reading ≤ this many channels (the image) keep their filter type
+
+
+def ratio_str(r: float) -> str:
+    return f"{r:g}x"
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    ftype: str = "keep"
+    scheme: str = "none"
+    ratio: float = 1.0  # compression ratio; the fraction removed is 1 - 1/ratio
+
+    @property
+    def rate(self) -> float:
+        return 1.0 - 1.0 / self.ratio
+
+    def __str__(self) -> str:
+        ft = "" if self.ftype == "keep" else f"{self.ftype} "
+        if self.scheme == "none":
+            return f"{ft}dense".strip()
+        return f"{ft}{self.scheme} {ratio_str(self.ratio)}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    choices: tuple[LayerChoice, ...]
+
+    def key(self) -> str:
+        return "|".join(f"{c.ftype}/{c.scheme}/{c.ratio:g}" for c in self.choices)
+
+    def to_json(self) -> list[list]:
+        return [[c.ftype, c.scheme, c.ratio] for c in self.choices]
+
+    @staticmethod
+    def from_json(rows: list) -> Candidate:
+        return Candidate(tuple(LayerChoice(str(f), str(s), float(r)) for f, s, r in rows))
+
+
+@dataclass
+class LayerSpace:
+    """One searched layer: its shape, cost and valid choices (ftype → ratio → schemes)."""
+
+    name: str
+    desc: str
+    kernel: tuple[int, int]
+    in_ch: int
+    out_ch: int
+    macs: int
+    options: dict[str, dict[float, tuple[str, ...]]]
+
+    def target(self, ftype: str) -> str:
+        """The module a scheme acts on once the filter type is applied."""
+        return f"{self.name}.1" if ftype == "dwpw" else self.name
+
+    def valid(self, c: LayerChoice) -> bool:
+        return c.scheme in self.options.get(c.ftype, {}).get(c.ratio, ())
+
+
+@dataclass
+class _Groups:
+    """Where a conv/linear layer sits in the channel groups (ids), sizes by id."""
+
+    out: int | None = None
+    ins: tuple[int, ...] = ()
+    through: int | None = None
+
+
+def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds of every Conv2d/Linear for one forward pass on ``example``."""
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            def conv_hook(mod, _inp, out, name=name):
+                kh, kw = mod.kernel_size
+                macs[name] = (out.numel() * (mod.in_channels // mod.groups) * kh * kw)
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            def lin_hook(mod, _inp, out, name=name):
+                macs[name] = out.numel() * mod.in_features
+            hooks.append(m.register_forward_hook(lin_hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+def _pointwise_padding(m: nn.Conv2d) -> tuple[int, int] | None:
+    """The padding that gives a 1×1 conv (same stride) the output size of ``m``, if any."""
+    if isinstance(m.padding, str):
+        return (0, 0) if m.padding == "same" and m.stride == (1, 1) else None
+    pads = []
+    for p, d, k in zip(m.padding, m.dilation, m.kernel_size, strict=True):
+        twice = 2 * p - d * (k - 1)
+        if twice < 0 or twice % 2:
+            return None
+        pads.append(twice // 2)
+    return pads[0], pads[1]
+
+
+def filter_type_valid(m: nn.Module, ftype: str) -> bool:
+    if ftype == "keep":
+        return True
+    if not isinstance(m, nn.Conv2d) or m.groups != 1 or m.kernel_size == (1, 1):
+        return False
+    if m.in_channels <= STEM_MAX_IN:
+        return False
+    return ftype == "dwpw" or _pointwise_padding(m) is not None
+
+
+def make_filter(m: nn.Conv2d, ftype: str) -> nn.Module:
+    """The cheaper filter for ``m``, initialised from its weights.
+
+    1x1: the kernel's taps summed (exact where the input is locally constant).
+    dwpw: per input channel i, the best rank-1 split of W[:, i] (out × k²) by SVD into a
+    depthwise kernel (k²) and a pointwise column (out): W ≈ pw[:, i] ⊗ dw[i]."""
+    w = m.weight.detach()
+    bias = m.bias is not None
+    if ftype == "1x1":
+        p = _pointwise_padding(m)
+        assert p is not None
+        new = nn.Conv2d(m.in_channels, m.out_channels, 1, stride=m.stride, padding=p,
+                        bias=bias)
+        with torch.no_grad():
+            new.weight.copy_(w.sum((2, 3), keepdim=True))
+            if bias:
+                new.bias.copy_(m.bias.detach())
+        return new.to(w.device)
+    o, i, kh, kw = w.shape
+    dw = nn.Conv2d(i, i, (kh, kw), stride=m.stride, padding=m.padding, dilation=m.dilation,
+                   groups=i, bias=False)
+    pw = nn.Conv2d(i, o, 1, bias=bias)
+    mats = w.permute(1, 0, 2, 3).reshape(i, o, kh * kw).double()  # [in, out, k²]
+    u, s, vh = torch.linalg.svd(mats, full_matrices=False)
+    root = s[:, 0].sqrt()  # split the singular value evenly: similar magnitudes on both sides
+    with torch.no_grad():
+        dw.weight.copy_((vh[:, 0, :] * root[:, None]).reshape(i, 1, kh, kw).float())
+        pw.weight.copy_((u[:, :, 0] * root[:, None]).T.reshape(o, i, 1, 1).float())
+        if bias:
+            pw.bias.copy_(m.bias.detach())
+    return nn.Sequential(dw, pw).to(w.device)
+
+
+def apply_filter_types(model: nn.Module, ftypes: dict[str, str]) -> nn.Module:
+    """A copy of ``model`` with the named layers re-typed (dwpw layers become a Sequential:
+    ``name.0`` depthwise, ``name.1`` pointwise)."""
+    model = copy.deepcopy(model)
+    for name, ft in ftypes.items():
+        if ft == "keep":
+            continue
+        parent, attr = _parent(model, name)
+        setattr(parent, attr, make_filter(getattr(parent, attr), ft))
+    return model
+
+
+@dataclass
+class SearchSpace:
+    layers: list[LayerSpace]
+    ratios: tuple[float, ...]
+    config: PruningConfig
+    total_macs: int
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it is not searched
+    # every conv/linear layer: dense MACs, kernel, out channels, groups it touches
+    _all: dict[str, tuple[int, tuple[int, int], int, _Groups]] = field(default_factory=dict)
+    _group_size: dict[int, int] = field(default_factory=dict)
+    _claims: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+
+    # --- building -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: nn.Module, example: torch.Tensor,
+              ratios: tuple[float, ...] = DEFAULT_RATIOS,
+              schemes: tuple[str, ...] = MASK_SCHEMES + STRUCTURAL,
+              ftypes: tuple[str, ...] = FILTER_TYPES, vector_width: int = 16,
+              pattern_count: int = 8, min_share: float = 0.005) -> SearchSpace:
+        for s in schemes:
+            if s not in SCHEMES:
+                raise PruningError(f"scheme {s!r}: known schemes are {', '.join(SCHEMES)}")
+        for f in ftypes:
+            if f not in FILTER_TYPES:
+                raise PruningError(f"filter type {f!r}: known are {', '.join(FILTER_TYPES)}")
+        ratios = tuple(sorted({1.0, *(float(r) for r in ratios)}))
+        if ratios[0] < 1.0:
+            raise PruningError(f"compression ratios must be ≥ 1x; got {ratios}")
+        cfg = PruningConfig(vector_width=vector_width, pattern_count=pattern_count)
+        macs = layer_macs(model, example)
+        total = sum(macs.values()) or 1
+        mods = dict(model.named_modules())
+        try:
+            graph = DependencyGraph(model)
+        except PruningError:
+            graph = None
+        groups: dict[str, _Groups] = {n: _Groups() for n in macs}
+        sizes: dict[int, int] = {}
+        frozen: set[int] = set()
+        if graph is not None:
+            for g in graph.groups:
+                sizes[g.id] = g.size
+                if g.frozen:
+                    frozen.add(g.id)
+                for mem in g.members:
+                    gr = groups.get(mem.layer)
+                    if gr is None:
+                        continue
+                    if mem.role == "out":
+                        gr.out = g.id
+                    elif mem.role == "in" and g.id not in gr.ins:
+                        gr.ins = (*gr.ins, g.id)
+                    elif mem.role == "through":
+                        gr.through = g.id
+        space = cls([], ratios, cfg, total, _group_size=sizes)
+        for name, mac in macs.items():
+            m = mods[name]
+            kernel = m.kernel_size if isinstance(m, nn.Conv2d) else (1, 1)
+            out_ch = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            space._all[name] = (mac, tuple(kernel), out_ch, groups[name])
+        for name, m in mods.items():
+            if name not in macs:
+                continue
+            if macs[name] / total < min_share:
+                space.skipped[name] = (f"{macs[name] / total:.2%} of the multiply-adds "
+                                       f"(< {min_share:.1%})")
+                continue
+            gr = groups[name]
+            claims = {
+                "filter": (gr.out,) if gr.out is not None and gr.out not in frozen else (),
+                "channel": gr.ins if gr.ins and not (set(gr.ins) & frozen) else (),
+            }
+            options: dict[str, dict[float, tuple[str, ...]]] = {}
+            for ft in ftypes:
+                if not filter_type_valid(m, ft):
+                    continue
+                target = m if ft == "keep" else (
+                    make_filter(m, ft) if ft == "1x1" else make_filter(m, ft)[1])
+                per: dict[float, tuple[str, ...]] = {}
+                for r in ratios:
+                    if r == 1.0:
+                        per[r] = ("none",)
+                        continue
+                    ok = [s for s in schemes if cls._scheme_ok(s, name, target, 1 - 1 / r,
+                                                               cfg, claims, sizes)]
+                    if ok:
+                        per[r] = tuple(sorted(ok, key=SCHEME_ORDER.index))
+                options[ft] = per
+            in_ch = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+            out_ch = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            kernel = m.kernel_size if isinstance(m, nn.Conv2d) else (1, 1)
+            space.layers.append(LayerSpace(name, describe(name, m), tuple(kernel), in_ch,
+                                           out_ch, macs[name], options))
+            space._claims[name] = claims
+        if not space.layers:
+            raise PruningError(f"{type(model).__name__}: no Conv2d/Linear layer to search")
+        return space
+
+    @staticmethod
+    def _scheme_ok(s: str, name: str, target: nn.Module, rate: float, cfg: PruningConfig,
+                   claims: dict[str, tuple[int, ...]], sizes: dict[int, int]) -> bool:
+        scheme = SCHEMES[s]
+        if scheme.structural:
+            gids = claims[s]
+            if not gids:
+                return False
+            # the rate must narrow something (a group at the vector width stays as it is)
+            return any(keep_count(sizes[g], rate, cfg.vector_width) < sizes[g] for g in gids)
+        try:
+            p = scheme.params(name, target, {}, cfg)
+            scheme.check(name, target, rate, p)
+        except PruningError:
+            return False
+        return True
+
+    # --- candidates -----------------------------------------------------------------------
+    def dense(self) -> Candidate:
+        return Candidate(tuple(LayerChoice() for _ in self.layers))
+
+    def _fallback(self, ls: LayerSpace, c: LayerChoice) -> LayerChoice:
+        schemes = ls.options.get(c.ftype, {}).get(c.ratio, ())
+        for s in ("unstructured", *MASK_SCHEMES):
+            if s in schemes:
+                return replace(c, scheme=s)
+        return replace(c, scheme="none", ratio=1.0)
+
+    def repair(self, cand: Candidate) -> Candidate:
+        """Make two structural rules on one channel group agree: a later layer whose
+        filter/channel rule asks something else of a group already claimed falls back to
+        unstructured pruning at its rate (PruningPlan refuses such pairs)."""
+        if len(cand.choices) != len(self.layers):
+            raise PruningError(f"candidate has {len(cand.choices)} layer choices; the space "
+                               f"has {len(self.layers)} layers")
+        claims: dict[int, tuple[str, float]] = {}
+        out = []
+        for ls, c in zip(self.layers, cand.choices, strict=True):
+            if not ls.valid(c):
+                raise PruningError(f"{ls.desc}: {c} is not in the search space")
+            if c.scheme in STRUCTURAL:
+                gids = self._claims[ls.name][c.scheme]
+                want = (c.scheme, c.ratio)
+                if any(claims.get(g, want) != want for g in gids):
+                    c = self._fallback(ls, c)
+                else:
+                    for g in gids:
+                        claims[g] = want
+            out.append(c)
+        return Candidate(tuple(out))
+
+    def random(self, rng: np.random.Generator) -> Candidate:
+        """Uniform per layer: a filter type, then a rate, then a scheme valid for both."""
+        out = []
+        for ls in self.layers:
+            fts = list(ls.options)
+            ft = fts[rng.integers(len(fts))]
+            rs = list(ls.options[ft])
+            r = rs[rng.integers(len(rs))]
+            ss = ls.options[ft][r]
+            out.append(LayerChoice(ft, ss[rng.integers(len(ss))], r))
+        return self.repair(Candidate(tuple(out)))
+
+    def uniform(self, scheme: str, ratio: float) -> Candidate:
+        """Every layer the same scheme and rate, filter types kept; a layer the scheme does not
+        fit takes unstructured pruning at the same rate."""
+        out = []
+        for ls in self.layers:
+            c = LayerChoice("keep", scheme, ratio)
+            if not ls.valid(c):
+                c = self._fallback(ls, c) if ratio in ls.options["keep"] else LayerChoice()
+            out.append(c)
+        return self.repair(Candidate(tuple(out)))
+
+    def uniform_grid(self) -> list[tuple[str, float]]:
+        """Every (scheme, ratio) that fits at least one layer unchanged."""
+        grid = []
+        for s in SCHEME_ORDER[1:]:
+            for r in self.ratios[1:]:
+                if any(ls.valid(LayerChoice("keep", s, r)) for ls in self.layers):
+                    grid.append((s, r))
+        return grid
+
+    def _cheapest(self, pick_scheme) -> Candidate:
+        """Per layer, the filter type and rate that cost least, with the scheme
+        ``pick_scheme(layer, ftype, ratio)`` chooses (None: skip that option)."""
+        out: list[LayerChoice] = []
+        for i, ls in enumerate(self.layers):
+            best, best_cost = LayerChoice(), (math.inf,)
+            for ft, per in ls.options.items():
+                for r, schemes in per.items():
+                    s = pick_scheme(ls, ft, r, schemes)
+                    if s is None:
+                        continue
+                    c = LayerChoice(ft, s, r)
+                    trial = [*out, c, *(LayerChoice() for _ in self.layers[i + 1:])]
+                    fixed = self.repair(Candidate(tuple(trial)))
+                    structural, effective = self.mac_fractions(fixed)
+                    cost = (round(effective, 12), round(structural, 12), -r)
+                    if cost < best_cost:
+                        best, best_cost = fixed.choices[i], cost
+            out.append(best)
+        return self.repair(Candidate(tuple(out)))
+
+    def extremes(self) -> list[Candidate]:
+        """The most pruned candidates: structural pruning at the highest rates with the
+        cheapest filter types, and for each mask scheme in the space, that scheme at its
+        highest rate wherever it fits. The latency floor the target is checked against."""
+        def structural(ls, ft, r, schemes):
+            st = [s for s in schemes if s in STRUCTURAL]
+            return st[0] if st else (schemes[0] if r == 1.0 else None)
+
+        found = [self._cheapest(structural)]
+        present = {s for ls in self.layers for per in ls.options.values()
+                   for ss in per.values() for s in ss if s in MASK_SCHEMES}
+        for mask in sorted(present, key=SCHEME_ORDER.index):
+            def pick(ls, ft, r, schemes, mask=mask):
+                if mask in schemes:
+                    return mask
+                if any(mask in ss for ss in ls.options[ft].values()):
+                    return None  # the scheme fits this layer: only at its own rates
+                return structural(ls, ft, r, schemes)
+            found.append(self._cheapest(pick))
+        out, seen = [], set()
+        for c in found:
+            if c.key() not in seen:
+                seen.add(c.key())
+                out.append(c)
+        return out
+
+    # --- turning a candidate into a model ---------------------------------------------------
+    def ftypes(self, cand: Candidate) -> dict[str, str]:
+        return {ls.name: c.ftype for ls, c in zip(self.layers, cand.choices, strict=True)
+                if c.ftype != "keep"}
+
+    def plan(self, cand: Candidate) -> PruningPlan:
+        """The pruning plan of ``cand`` for the model with its filter types applied."""
+        rules = {ls.target(c.ftype): LayerRule(c.scheme, c.rate, {})
+                 for ls, c in zip(self.layers, cand.choices, strict=True)
+                 if c.scheme != "none"}
+        return PruningPlan(rules, copy.deepcopy(self.config))
+
+    def realize(self, model: nn.Module, cand: Candidate) -> PrunedModel:
+        """``model`` re-typed and pruned (one-shot magnitude) as ``cand`` says."""
+        return self.plan(cand).apply(apply_filter_types(model, self.ftypes(cand)))
+
+    # --- cost estimate and encoding (what the Bayesian-optimisation filter sees) -------------
+    def mac_fractions(self, cand: Candidate) -> tuple[float, float]:
+        """(structural, effective) multiply-adds of ``cand`` over the dense model's: filter
+        types and filter/channel shrinking (followed through the channel groups), then also
+        counting only the weights mask schemes keep. An estimate; latency is measured."""
+        keep: dict[int, float] = {}
+        chosen = {ls.name: c for ls, c in zip(self.layers, cand.choices, strict=True)}
+        for ls, c in zip(self.layers, cand.choices, strict=True):
+            if c.scheme in STRUCTURAL:
+                for g in self._claims[ls.name][c.scheme]:
+                    size = self._group_size[g]
+                    keep.setdefault(g, keep_count(size, c.rate, self.config.vector_width)
+                                    / size)
+        s_total = e_total = 0.0
+        for name, (mac, kernel, out_ch, gr) in self._all.items():
+            if gr.through is not None:
+                k_in = k_out = 1.0
+                k_through = keep.get(gr.through, 1.0)
+            else:
+                k_through = 1.0
+                k_out = keep.get(gr.out, 1.0) if gr.out is not None else 1.0
+                sz = [self._group_size[g] for g in gr.ins]
+                k_in = (sum(keep.get(g, 1.0) * z for g, z in zip(gr.ins, sz, strict=True))
+                        / sum(sz)) if sz else 1.0
+            c = chosen.get(name, LayerChoice())
+            dens = 1.0 / c.ratio if c.scheme in MASK_SCHEMES else 1.0
+            kk = kernel[0] * kernel[1]
+            base = mac * k_through
+            if c.ftype == "1x1":
+                s = base * k_in * k_out / kk
+                e = s * dens
+            elif c.ftype == "dwpw":
+                dw = base * k_in / out_ch
+                pw = base * k_in * k_out / kk
+                s, e = dw + pw, dw + pw * dens
+            else:
+                s = base * k_in * k_out
+                e = s * dens
+            s_total += s
+            e_total += e
+        return s_total / self.total_macs, e_total / self.total_macs
+
+    def features(self, cand: Candidate) -> np.ndarray:
+        """A fixed-length numeric encoding: per layer the filter type and scheme one-hot, the
+        log-ratio and the kept weight share; then the estimated MAC fractions (weighted up:
+        they summarise what matters most for latency)."""
+        rows: list[float] = []
+        for c in cand.choices:
+            rows += [float(c.ftype == f) for f in FILTER_TYPES]
+            rows += [float(c.scheme == s) for s in SCHEME_ORDER]
+            rows += [math.log(c.ratio) / math.log(10), 1.0 / c.ratio]
+        s, e = self.mac_fractions(cand)
+        w = math.sqrt(len(self.layers))
+        rows += [w * s, w * e, w * math.log(s) / 3, w * math.log(e) / 3]
+        return np.asarray(rows, dtype=np.float64)
+
+    def size(self) -> float:
+        """How many candidates the space holds (before repair)."""
+        n = 1.0
+        for ls in self.layers:
+            n *= sum(len(ss) for per in ls.options.values() for ss in per.values())
+        return n
+
+    def to_dict(self) -> dict:
+        return {"ratios": list(self.ratios), "config": self.config.to_dict(),
+                "total_macs": self.total_macs, "skipped": self.skipped,
+                "layers": [{"name": ls.name, "desc": ls.desc, "macs": ls.macs,
+                            "options": {ft: {ratio_str(r): list(ss) for r, ss in per.items()}
+                                        for ft, per in ls.options.items()}}
+                           for ls in self.layers]}
