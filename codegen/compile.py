@@ -33,8 +33,8 @@ from codegen.capture import capture
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.lr import CodegenError, Graph, numel
 from codegen.passes import TuningLookup, pipeline, run_passes
-from codegen.passes.sparse import with_schemes
 from codegen.passes.memory_plan import align
+from codegen.passes.sparse import sparse_summary, with_schemes
 from codegen.toolchain import CToolchain, HostToolchain, OpenClToolchain
 
 REPORT_NAME = "report.json"
@@ -54,6 +54,9 @@ class CompileReport:
     peak_tensors: tuple[str, ...] = ()
     weights_bytes: int = 0
     source_bytes: int = 0
+    # layers given a pruning scheme: "storage (m filters per index list, density)", or why
+    # they stayed dense
+    sparse: dict[str, str] = field(default_factory=dict)
 
     def save(self, bundle_dir: Path) -> None:
         (Path(bundle_dir) / REPORT_NAME).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -154,6 +157,7 @@ def compile_model(module: torch.nn.Module,
     report.peak_step, report.peak_tensors = plan.peak_step, plan.peak_tensors
     report.weights_bytes = (out / WEIGHTS_NAME).stat().st_size
     report.source_bytes = len(prog.source)
+    report.sparse = sparse_summary(graph)
     report.save(out)
     say("done")
     return bundle

@@ -20,7 +20,7 @@ import numpy as np
 ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
 ALIAS_OPS = ("flatten", "reshape")
 COMPUTE_OPS = ("conv2d", "linear", "batchnorm2d", *ACTIVATIONS, "add", "mul_channel",
-               "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "concat", "sparse_pad")
+               "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "concat")
 SUPPORTED_OPS = (*COMPUTE_OPS, *ALIAS_OPS)
 GRAPH_OPS = ("input", "output")
 

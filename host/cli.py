@@ -270,6 +270,8 @@ def cmd_compile(args) -> int:
               f"{sum(s.flops for s in m.steps) / 1e6:,.1f} MFLOP, weights "
               f"{_size(m.artifact('weights').size)}, activation arena {_size(m.arena_bytes)} "
               f"(largest live set {_size(r.peak_bytes)}), compiled in {r.seconds:.1f} s")
+    for layer, what in r.sparse.items():
+        out.print(f"  {escape(layer)}: {escape(what)}")
     return 0
 
 

@@ -9,7 +9,9 @@ there before its epilogue (an activation with f(0) != 0, e.g. sigmoid, leaves f(
 Greedy, in execution order: a conv with a vectorised kernel (``conv_kind``) produces a blocked
 tensor (a dense conv reads its input in whatever layout exists, plain for the first layer;
 depthwise, grouped and Winograd ones read blocked); pools, activations, add and mul_channel
-follow their first input's layout (the other operand is converted); concat is blocked when
+follow their first input's layout (the other operand is converted), except windowed pools,
+which are always blocked (the scalar NCHW ones are 10-30x slower: NaN-propagating compares
+that do not vectorise; a conversion costs less); concat is blocked when
 every input but the last fills whole blocks. Everything else (linear, flatten, graph outputs,
 scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody produced comes
 from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
@@ -83,8 +85,8 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
             elif kind is not None:
                 make_blocked, reads = True, (True,)
         elif la.op in FOLLOW_OPS and four_d(la.output) and all(four_d(t) for t in ins):
-            make_blocked = ins[0] in blocked or (la.op == "add" and any(t in blocked
-                                                                         for t in ins))
+            make_blocked = (ins[0] in blocked or la.op in ("maxpool2d", "avgpool2d")
+                            or (la.op == "add" and any(t in blocked for t in ins)))
             reads = (make_blocked,) * len(ins)
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
             make_blocked = all(graph.shapes[t][1] % x == 0 for t in ins[:-1])

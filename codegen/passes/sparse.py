@@ -174,3 +174,19 @@ def choose_storage(graph: Graph, isa: VectorIsa) -> Graph:
     used = {t for la in layers for t in (*la.inputs, la.output)}
     return replace(graph, layers=tuple(layers), plan=None,
                    shapes={k: v for k, v in shapes.items() if k in used})
+
+
+def sparse_summary(graph: Graph) -> dict[str, str]:
+    """Per layer with a pruning scheme: its storage and shape, or why it stayed dense."""
+    out = {}
+    for la in graph.layers:
+        if la.scheme == "dense":
+            continue
+        if la.storage != "dense":
+            t = la.tuning
+            out[la.name] = (f"{la.scheme}: {la.storage}, m={t['m']}, density "
+                            f"{t['density']:.3f}, {t['entries']} index entries")
+        else:
+            why = la.attrs.get("sparse_skipped", "no sparse kernel for this target")
+            out[la.name] = f"{la.scheme}: dense ({why})"
+    return out

@@ -1,0 +1,232 @@
+"""Sparse storage and kernels (issue 4): every mask scheme and a model mixing schemes (with
+filter pruning) compile to sparse kernels that the runner executes like PyTorch runs the pruned
+model; the storage choice and the packed formats decode to the pruned weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from zoo import rel_err, run_on_runner
+
+from codegen import compile_model, read_report
+from codegen.emit.sparse import balanced_order, pack_sparse_conv, pack_sparse_linear
+from codegen.isa import AVX2, AVX512, NEON
+from codegen.lr import CodegenError
+from codegen.passes.sparse import sparse_plan
+from host.pruning import PruningConfig
+from host.pruning.plan import LayerRule, PruningPlan
+
+
+class SparseNet(nn.Module):
+    """Odd sizes, stride 2 (3x3 and 1x1), a 1x1 stride-1 conv read in place, a residual add
+    fused into a sparse conv, a 5x5 conv, a depthwise conv, a pool between sparse convs, and
+    a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, 1, 1)
+        self.c2 = nn.Conv2d(32, 48, 3, 2, 1)
+        self.c3 = nn.Conv2d(48, 48, 1)
+        self.c4 = nn.Conv2d(48, 48, 3, 1, 1)
+        self.dw = nn.Conv2d(48, 48, 3, 1, 1, groups=48)
+        self.c5 = nn.Conv2d(48, 40, 5, 1, 2)
+        self.pool = nn.MaxPool2d(2)
+        self.c6 = nn.Conv2d(40, 37, 1, 2)
+        self.fc = nn.Linear(37 * 3 * 3, 29)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = torch.relu(x + self.c3(x))
+        x = torch.relu(self.c4(x)) + x
+        x = torch.relu(self.c5(self.dw(x)))
+        x = self.c6(self.pool(x))
+        return self.fc(x.flatten(1))
+
+
+SHAPE = (1, 3, 21, 21)
+CFG = PruningConfig(vector_width=16, pattern_count=8)
+# scheme -> (rate, params); rates high enough that every layer's sparse kernel is chosen
+SCHEMES = {
+    "unstructured": (0.8, {}),
+    "block": (0.75, {"rows": 16}),
+    "block_punched": (0.75, {"filters": 8, "channels": 4}),
+    "pattern": (0.8, {}),
+    "connectivity": (0.7, {}),
+}
+MIXED = {"c1": LayerRule("pattern", 0.75), "c2": LayerRule("block_punched", 0.8,
+                                                             {"filters": 16, "channels": 4}),
+         "c3": LayerRule("block", 0.7, {"rows": 8}), "c4": LayerRule("unstructured", 0.85),
+         "c5": LayerRule("connectivity", 0.75), "c6": LayerRule("filter", 0.5),
+         "fc": LayerRule("block", 0.8, {"rows": 16})}
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return SparseNet().eval()
+
+
+def _plan(scheme: str) -> PruningPlan:
+    rate, params = SCHEMES[scheme]
+    return PruningPlan.uniform(_net(), scheme, rate, CFG, params)
+
+
+def _compile(pruned, tmp_path, name: str):
+    x = torch.randn(*SHAPE)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / name, name=name, schemes=pruned.schemes)
+    return bundle, x, want
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_every_scheme_runs_sparse_and_equals_torch(scheme, local_runner, tmp_path):
+    pruned = _plan(scheme).apply(_net())
+    for row in pruned.report.rows:  # the one-shot pruner hits the rate in every layer
+        w = dict(pruned.model.named_modules())[row.layer].weight
+        unit = 9 if scheme == "connectivity" else 1
+        assert abs(row.achieved * w.numel() - SCHEMES[scheme][0] * w.numel()) <= unit * 16
+    bundle, x, want = _compile(pruned, tmp_path, scheme)
+    sparse = read_report(bundle.path).sparse
+    assert set(sparse) == set(pruned.schemes)
+    # depthwise convs keep their dense kernel; so does an unstructured Linear (a vector of
+    # outputs would almost never be all zero); everything else runs sparse
+    stays_dense = {"dw", "fc"} if scheme in ("unstructured", "connectivity") else {"dw"}
+    assert {k for k, v in sparse.items() if ": dense (" in v} == stays_dense & set(sparse), \
+        sparse
+    for threads in (1, 2):
+        got = run_on_runner(local_runner, bundle, x, threads=threads)
+        assert rel_err(got, want.numpy()) <= 1e-4, (scheme, threads)
+
+
+@pytest.mark.host
+def test_mixed_schemes_with_filter_pruning_equal_torch(local_runner, tmp_path):
+    pruned = PruningPlan(dict(MIXED), CFG).apply(_net(1))
+    assert pruned.model.c6.out_channels == 16  # filter pruning shrank it (and fc's input)
+    bundle, x, want = _compile(pruned, tmp_path, "mixed")
+    sparse = read_report(bundle.path).sparse
+    assert sparse["c2"].startswith("block_punched: bcsr, m=8")
+    assert sparse["c3"].startswith("block: bcsr, m=8")
+    assert sparse["c4"].startswith("unstructured: csr, m=1")
+    assert sparse["fc"].startswith("block: bcsr, m=16")
+    assert "c6" not in sparse  # structural: a plain, narrower dense layer
+    ops = [s.op for s in bundle.manifest.steps]
+    assert "sparse_pad" in ops
+    for threads in (1, 2):
+        got = run_on_runner(local_runner, bundle, x, threads=threads)
+        assert rel_err(got, want.numpy()) <= 1e-4, threads
+
+
+@pytest.mark.host
+def test_batch_of_two_and_dense_fallback(local_runner, tmp_path):
+    plan = PruningPlan({"c2": LayerRule("unstructured", 0.3), "c4": LayerRule("unstructured",
+                                                                              0.9)}, CFG)
+    pruned = plan.apply(_net(2))
+    x = torch.randn(2, *SHAPE[1:])
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / "b2", schemes=pruned.schemes)
+    sparse = read_report(bundle.path).sparse
+    assert "dense kernel is faster" in sparse["c2"]  # 70 % dense: not worth a sparse kernel
+    assert sparse["c4"].startswith("unstructured: csr")
+    got = run_on_runner(local_runner, bundle, x, threads=2)
+    assert rel_err(got, want.numpy()) <= 1e-4
+
+
+def test_unknown_layer_or_scheme_is_a_clear_error(tmp_path):
+    x = torch.randn(*SHAPE)
+    with pytest.raises(CodegenError, match=r"layer c9: no conv2d or linear layer"):
+        compile_model(_net(), x, tmp_path / "a", schemes={"c9": "unstructured"})
+    with pytest.raises(CodegenError, match=r"layer c1: unknown pruning scheme 'diagonal'"):
+        compile_model(_net(), x, tmp_path / "b", schemes={"c1": "diagonal"})
+
+
+# ---- the formats, without a compiler ----------------------------------------------------------
+
+def _decode_conv(params, la, ic, kh, kw):
+    vals, bias, offs, gptr, order = params
+    m = la.tuning["m"]
+    offs, gptr, order = (a.view(np.int32) for a in (offs, gptr, order))
+    geo = la.attrs["sparse"]
+    s = la.attrs["stride"][0]
+    phase = {p: i for i, p in enumerate(geo["phases"])}
+    where = {}
+    for c in range(ic):
+        for ky in range(kh):
+            for kx in range(kw):
+                off = (c * geo["PS"] if geo["direct"] else
+                       (c * len(phase) + phase[(ky % s, kx % s)]) * geo["PS"]
+                       + (ky // s) * geo["Wq"] + kx // s)
+                where[off] = (c, ky, kx)
+    oc = la.params["weight"].shape[0]
+    w = np.zeros((-(-oc // m) * m, ic, kh, kw), np.float32)
+    vals = vals.reshape(-1, m)
+    for slot, g in enumerate(order):
+        for e in range(gptr[slot], gptr[slot + 1]):
+            c, ky, kx = where[int(offs[e])]
+            w[g * m:(g + 1) * m, c, ky, kx] = vals[e]
+    return w[:oc]
+
+
+@pytest.mark.parametrize("stride,k,pad", [(1, 3, 1), (2, 3, 1), (1, 1, 0), (2, 1, 0), (1, 5, 2)])
+def test_csr_and_bcsr_formats_decode_to_the_weights(stride, k, pad):
+    from codegen.capture import capture
+    from codegen.passes import fold_bn, fuse_epilogue
+    from codegen.passes.sparse import choose_storage, with_schemes
+
+    torch.manual_seed(3)
+    conv = nn.Sequential(nn.Conv2d(24, 40, k, stride, pad)).eval()
+    for scheme, rate, params in (("unstructured", 0.8, {}),
+                                 ("block_punched" if k > 1 else "block", 0.75,
+                                  {"filters": 8, "channels": 4} if k > 1 else {"rows": 8})):
+        pruned = PruningPlan({"0": LayerRule(scheme, rate, params)}, CFG).apply(conv)
+        g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 24, 15, 15))))
+        g = choose_storage(with_schemes(g, {"0": scheme}), AVX512)
+        (la,) = [la for la in g.layers if la.op == "conv2d"]
+        assert la.storage == ("csr" if scheme == "unstructured" else "bcsr")
+        w = la.params["weight"]
+        np.testing.assert_array_equal(_decode_conv(pack_sparse_conv(la), la, 24, k, k), w)
+        pads = [la for la in g.layers if la.op == "sparse_pad"]
+        assert bool(pads) == (stride > 1 or pad > 0)
+
+
+def test_block_linear_format_decodes_to_the_weights():
+    from codegen.lr import Layer
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((37, 50)).astype(np.float32)
+    w[:, rng.random(50) < 0.7] = 0
+    la = Layer("fc", "linear", ("x",), "y", params={"weight": w, "bias": np.ones(37, np.float32)},
+               storage="bcsr", tuning={"m": 16})
+    vals, bias, offs, gptr = pack_sparse_linear(la, 16)
+    offs, gptr = offs.view(np.int32), gptr.view(np.int32)
+    got = np.zeros((48, 50), np.float32)
+    vals = vals.reshape(-1, 16)
+    for b in range(3):
+        for e in range(gptr[b], gptr[b + 1]):
+            got[b * 16:(b + 1) * 16, offs[e]] = vals[e]
+    np.testing.assert_array_equal(got[:37], w)
+    assert bias[:37].tolist() == [1.0] * 37 and not bias[37:].any()
+
+
+def test_sparse_plan_shares_index_lists_only_where_zeros_line_up():
+    rng = np.random.default_rng(1)
+    unstructured = rng.random((64, 64, 3, 3)) < 0.2
+    m, v, entries = sparse_plan(unstructured, 56 * 58, AVX512)
+    assert (m, entries) == (1, int(unstructured.sum()))
+    blocks = np.repeat(rng.random((4, 16, 3, 3)) < 0.2, 16, axis=0)  # 16 filters per block
+    assert sparse_plan(blocks, 56 * 58, AVX512)[0] == 8
+    assert sparse_plan(blocks, 56 * 58, AVX2)[0] == 4  # 16 registers: fewer rows
+    assert sparse_plan(blocks, 7 * 9, NEON)[1] >= 1
+    m, v, _ = sparse_plan(blocks, 7 * 9, AVX512)
+    assert m * v + v <= AVX512.registers
+
+
+def test_balanced_order_alternates_long_and_short():
+    lengths = [5, 1, 9, 3, 7]
+    order = balanced_order(lengths)
+    assert sorted(order) == list(range(5))
+    assert [lengths[i] for i in order] == [9, 1, 7, 3, 5]
