@@ -11,7 +11,7 @@ from torch import nn
 from zoo import rel_err, run_on_runner
 
 from codegen import compile_model, read_report
-from codegen.emit.sparse import balanced_order, pack_sparse_conv, pack_sparse_linear
+from codegen.emit.sparse import balanced_order, pack_fkw, pack_sparse_conv, pack_sparse_linear
 from codegen.isa import AVX2, AVX512, NEON
 from codegen.lr import CodegenError
 from codegen.passes.sparse import sparse_plan
@@ -111,6 +111,7 @@ def test_mixed_schemes_with_filter_pruning_equal_torch(local_runner, tmp_path):
     assert sparse["c2"].startswith("block_punched: bcsr, m=8")
     assert sparse["c3"].startswith("block: bcsr, m=8")
     assert sparse["c4"].startswith("unstructured: csr, m=1")
+    assert sparse["c1"].startswith("pattern: csr") and sparse["c5"].startswith("connectivity: fkw")
     assert sparse["fc"].startswith("block: bcsr, m=16")
     assert "c6" not in sparse  # structural: a plain, narrower dense layer
     ops = [s.op for s in bundle.manifest.steps]
@@ -230,3 +231,44 @@ def test_balanced_order_alternates_long_and_short():
     order = balanced_order(lengths)
     assert sorted(order) == list(range(5))
     assert [lengths[i] for i in order] == [9, 1, 7, 3, 5]
+
+
+@pytest.mark.parametrize("scheme,rate,stride", [("pattern", 0.8, 1), ("pattern", 0.7, 2),
+                                                ("connectivity", 0.6, 1)])
+def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
+    from codegen.capture import capture
+    from codegen.passes import fold_bn, fuse_epilogue
+    from codegen.passes.sparse import choose_storage, with_schemes
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(20, 24, 3, stride, 1)).eval()
+    pruned = PruningPlan({"0": LayerRule(scheme, rate)}, CFG).apply(net)
+    g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 20, 13, 13))))
+    g = choose_storage(with_schemes(g, {"0": scheme}), AVX512,
+                       fkw_schemes=("pattern", "connectivity"))
+    (la,) = [la for la in g.layers if la.op == "conv2d"]
+    assert la.storage == "fkw"
+    vals, bias, koff, runs, sptr, order, taps = pack_fkw(la)
+    koff, runs, sptr, order, taps = (a.view(np.int32) for a in (koff, runs, sptr, order, taps))
+    w = la.params["weight"]
+    t = int((w[0] != 0).reshape(20, 9).sum(1).max())
+    n_shapes = len(taps) // t
+    assert n_shapes <= (8 if scheme == "pattern" else 1)
+    geo = la.attrs["sparse"]
+    per_channel = len(geo["phases"]) * geo["PS"]
+    tap_to_pos = {}
+    for ky in range(3):
+        for kx in range(3):
+            ph = geo["phases"].index((ky % stride, kx % stride))
+            tap_to_pos[ph * geo["PS"] + (ky // stride) * geo["Wq"] + kx // stride] = ky * 3 + kx
+    got = np.zeros((24, 20, 9), np.float32)
+    runs, vals, taps = runs.reshape(-1, 3), vals.reshape(-1, t), taps.reshape(-1, t)
+    for slot, f in enumerate(order):
+        shapes_seen = [runs[r][0] for r in range(sptr[slot], sptr[slot + 1])]
+        assert len(shapes_seen) == len(set(shapes_seen))  # one run per shape: no branches
+        for r in range(sptr[slot], sptr[slot + 1]):
+            sh, k0, k1 = runs[r]
+            for k in range(k0, k1):
+                for j in range(t):
+                    got[f, koff[k] // per_channel, tap_to_pos[int(taps[sh][j])]] = vals[k][j]
+    np.testing.assert_array_equal(got.reshape(w.shape), w)

@@ -85,6 +85,8 @@ def _by_layout(blocked, plain, operand: str = "in"):
 def _by_storage(sparse_kernel, dense):
     """A kernel that picks the sparse template for layers given a sparse storage format."""
     def kernel(c: Ctx):
+        if c.la.storage == "fkw":
+            return sparse.fkw_conv(c)
         return (dense if c.la.storage == "dense" else sparse_kernel)(c)
     return kernel
 
@@ -124,6 +126,8 @@ class CLanguage(CStyleLanguage):
     def layer_params(self, graph: Graph, la: Layer):
         if self.isa is not None:
             x = self.isa.floats
+            if la.storage == "fkw":
+                return sparse.pack_fkw(la)
             if la.storage != "dense":
                 return (sparse.pack_sparse_conv(la) if la.op == "conv2d"
                         else sparse.pack_sparse_linear(la, x))

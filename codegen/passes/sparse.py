@@ -92,15 +92,41 @@ def sparse_plan(nz: np.ndarray, plane: int, isa: VectorIsa) -> tuple[int, int, i
     return m, v, u
 
 
-def choose_storage(graph: Graph, isa: VectorIsa) -> Graph:
+FKW_MAX_SHAPES = 64
+
+
+def fkw_shapes(nz: np.ndarray) -> np.ndarray | None:
+    """The distinct kernel shapes (bool [P, kh*kw]) of a layer whose kept kernels all keep the
+    same number of positions (pattern pruning: 4; connectivity: all), at most 25 and at most
+    FKW_MAX_SHAPES shapes; None when the layer does not look like that (then it is plain CSR)."""
+    k = nz.reshape(nz.shape[0] * nz.shape[1], -1)
+    kept = k[k.any(1)]
+    if not len(kept) or len(set(kept.sum(1).tolist())) != 1 or kept[0].sum() > 25:
+        return None
+    shapes = np.unique(kept, axis=0)
+    return shapes if len(shapes) <= FKW_MAX_SHAPES else None
+
+
+# Schemes whose layers get FKW rather than CSR. Measured on the AVX-512 host (resnet18, every
+# 3x3 conv pattern-pruned to 5.3x, 1 thread, side by side): CSR 17.3-17.8 ms, FKW 19.7-20.1 ms
+# (both are bound by one input load per FMA; FKW's four tap bases per kernel cost address
+# arithmetic that CSR folds into the load), so pattern layers use CSR here; connectivity's
+# 9-tap kernels were even within noise. A phone may rank them differently: pass
+# ``fkw_schemes`` to choose.
+FKW_SCHEMES = ("connectivity",)
+
+
+def choose_storage(graph: Graph, isa: VectorIsa,
+                   fkw_schemes: tuple[str, ...] = FKW_SCHEMES) -> Graph:
     """Give every conv2d (groups 1, dilation 1) and linear layer whose ``scheme`` is sparse a
     sparse storage format when its kernel saves work, and plan its input: convs read their
     input as zero-padded planes, one per stride phase (``sparse_pad`` steps, shared by convs of
     the same geometry), except 1x1 stride-1 unpadded ones, which read it as it is.
 
-    Formats (``Layer.storage``): "csr" (one index list per filter: unstructured, pattern,
-    connectivity), "bcsr" (one index list per block of m filters, m > 1: block, block_punched,
-    or any layer whose zeros line up that way). ``Layer.tuning`` records m, V (vectors of
+    Formats (``Layer.storage``): "csr" (one index list per filter: unstructured), "bcsr" (one
+    index list per block of m filters, m > 1: block, block_punched, or any layer whose zeros
+    line up that way), "fkw" (filter-kernel-weight, kernels grouped by shape, for the
+    ``fkw_schemes``; see ``codegen/emit/sparse.py``). ``Layer.tuning`` records m, V (vectors of
     output positions per work item), the density and the reason for the choice; a layer left
     dense records why in ``attrs["sparse_skipped"]``."""
     x = isa.floats
@@ -167,8 +193,10 @@ def choose_storage(graph: Graph, isa: VectorIsa) -> Graph:
                 pads[key] = name
             inputs = (pads[key], *la.inputs[1:])
             attrs = {**la.attrs, "sparse": geo}
-        layers.append(replace(la, inputs=inputs, attrs=attrs,
-                              storage="csr" if m == 1 else "bcsr",
+        storage = "csr" if m == 1 else "bcsr"
+        if m == 1 and la.scheme in fkw_schemes and fkw_shapes(nz) is not None:
+            storage = "fkw"
+        layers.append(replace(la, inputs=inputs, attrs=attrs, storage=storage,
                               tuning={"m": m, "V": v, "density": round(density, 4),
                                       "entries": entries}))
     used = {t for la in layers for t in (*la.inputs, la.output)}
