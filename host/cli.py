@@ -1,6 +1,7 @@
 """npas-host: the command line.
 
-Commands: devices, compile, profile, tune (host/tune/command.py), install, bench. Human output
+Commands: devices, compile, profile, tune (host/tune/command.py), search
+(host/search/command.py), install, bench. Human output
 is a rich table on stdout (progress on stderr); ``--json`` prints machine-readable records
 instead.
 """
@@ -85,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     add_plan_option(p)
 
-    p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`")
-    p.add_argument("which", choices=("dense",), help="dense: our code vs PyTorch, ONNX "
-                   "Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16")
+    p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`, "
+                       "`bench sparse --help`")
+    p.add_argument("which", choices=("dense", "sparse"), help="dense: our code vs PyTorch, "
+                   "ONNX Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16; sparse: "
+                   "pruned models on our sparse kernels vs our dense code and those engines")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
 
     p = sub.add_parser("install", help="install the runner on a phone and check it answers")
@@ -118,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tune_parser(sub, _add_model_args, _add_db_args, _add_device_args)
     add_plan_parser(sub)
+    from .search.command import add_search_parser
+
+    add_search_parser(sub, _add_device_args)
     return ap
 
 
@@ -424,9 +430,9 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import dense
+    from .bench import dense, sparse
 
-    return dense.main(args.rest)
+    return {"dense": dense, "sparse": sparse}[args.which].main(args.rest)
 
 
 def cmd_install(args) -> int:
@@ -448,6 +454,12 @@ def cmd_tune(args) -> int:
     return run(args)
 
 
+def cmd_search(args) -> int:
+    from .search.command import cmd_search as run
+
+    return run(args)
+
+
 def cmd_plan(args) -> int:
     from .pruning.command import cmd_plan as run
 
@@ -456,7 +468,7 @@ def cmd_plan(args) -> int:
 
 COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "compile": cmd_compile,
             "install": cmd_install,
-            "plan": cmd_plan, "profile": cmd_profile, "tune": cmd_tune}
+            "plan": cmd_plan, "profile": cmd_profile, "search": cmd_search, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,30 @@ def evaluate(model: nn.Module, data: Dataset, device: str = "cpu", batch_size: i
         correct += int((pred == y).sum())
         seen += len(y)
     return correct / max(seen, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Dataset, device: str = "cpu", batch_size: int = 256,
+                   gate: contextlib.AbstractContextManager | None = None) -> None:
+    """Recompute every BatchNorm's running statistics over ``data.train`` (a cumulative
+    average, in train mode, no gradients). Pruning changes layer outputs abruptly; the running
+    averages lag behind for many steps and an eval-mode model then scores far below what it
+    does in train mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    dev = torch.device(device)
+    model.to(dev).train()
+    gate = gate if gate is not None else contextlib.nullcontext()
+    try:
+        for x, _ in batches(data.train, batch_size, shuffle=False):
+            with gate:
+                model(x.to(dev))
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.eval()

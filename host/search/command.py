@@ -1,0 +1,211 @@
+"""`npas-host search`: the command line of the search (host/search/search.py does the work).
+
+Bad arguments (an unknown model, a missing dataset folder, an unreachable latency target) are
+refused with a message before a run folder is written or anything is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..console import err, out
+from .space import FILTER_TYPES, MASK_SCHEMES, STRUCTURAL
+
+SEARCH_STORE_BYTES = 2 << 30
+
+
+def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
+    from .search import DEFAULT_MODEL
+    from .strategies import STRATEGIES
+
+    p = sub.add_parser("search", help="search per-layer filter types, pruning schemes and "
+                       "rates for a latency target measured on a device",
+                       description="Phase 1 replaces mobile-unfriendly operators, phase 2 "
+                       "searches the pruning (every candidate fine-tuned briefly and measured "
+                       "on the device), phase 3 prunes the chosen candidate with gradual and "
+                       "ADMM pruning, trains it and exports it. Writes a run folder with a "
+                       "journal, checkpoints, the final model and report.md.")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"torchvision name, module:factory, or a .pt file of a whole model "
+                        f"(default {DEFAULT_MODEL}: a small CNN for digits)")
+    p.add_argument("--weights", help="a state dict to load into --model first")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (scikit-learn's, offline; default), cifar10:PATH (the "
+                        "python-pickle folder) or imagefolder:PATH")
+    p.add_argument("--image-size", type=int,
+                   help="input size (default: 16 for digits, 32 for the others)")
+    p.add_argument("--device", help="'local' (the host runner; default), 'qemu-arm64' or a "
+                                     "phone serial")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--latency-ms", type=float,
+                        help="the latency target, measured on the device (median)")
+    target.add_argument("--speedup", type=float,
+                        help="or: target = the dense model's measured latency / SPEEDUP")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="npas",
+                   help="npas (RL controller + Bayesian optimisation; default), random, "
+                        "uniform")
+    p.add_argument("--budget", type=int, default=32,
+                   help="candidates evaluated in phase 2 (default 32)")
+    p.add_argument("--batch", type=int, default=4,
+                   help="candidates per round of the strategy (default 4)")
+    p.add_argument("--samples", type=int, default=256,
+                   help="npas: candidates the controller samples per round for the Bayesian "
+                        "filter (default 256)")
+    p.add_argument("--rates", default="1x,2x,2.5x,3x,5x,7x,10x",
+                   help="compression ratios (or fractions removed) to choose from")
+    p.add_argument("--schemes", default=",".join(MASK_SCHEMES + STRUCTURAL),
+                   help="pruning schemes to choose from (default: all)")
+    p.add_argument("--filter-types", default=",".join(FILTER_TYPES),
+                   help="keep, 1x1, dwpw (depthwise + pointwise) (default: all)")
+    p.add_argument("--latency-weight", type=float, default=2.0,
+                   help="beta in reward = acc × (latency/target)^-beta above the target "
+                        "(default 2)")
+    p.add_argument("--finetune-epochs", type=float, default=1.0,
+                   help="phase 2: fine-tuning per candidate, in epochs (default 1)")
+    p.add_argument("--pretrain-epochs", default="auto",
+                   help="train the model first for this many epochs; auto: 12 when its "
+                        "accuracy is near chance (random weights), else 0")
+    p.add_argument("--phase1-epochs", type=float, default=1.0,
+                   help="fine-tuning after replacing operators (default 1)")
+    p.add_argument("--phase3-epochs", type=float, default=2.0,
+                   help="budget of gradual and of ADMM pruning each (default 2)")
+    p.add_argument("--final-epochs", type=float, default=6.0,
+                   help="training of the final model (default 6)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate for training")
+    p.add_argument("--finetune-lr", type=float, default=0.05,
+                   help="learning rate for fine-tuning (phases 1 to 3; cosine decay)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--train-device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads for training (default 1: the local runner measures on "
+                        "the same CPU)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs")
+    p.add_argument("--threads", type=int, default=1, help="runner threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path,
+                   help="the run folder to write (default runs/search-DATE-TIME)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped search (its recorded settings are used)")
+    p.add_argument("--skip-final", action="store_true",
+                   help="stop after phase 2 (benchmarks)")
+    p.add_argument("--phase1-checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--no-live", action="store_true", help="log lines instead of a live panel")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_device_args(p)
+    return p
+
+
+def config_from_args(args):
+    from .search import SearchConfig, SearchError, rates_arg
+
+    pre = None
+    if args.pretrain_epochs != "auto":
+        try:
+            pre = float(args.pretrain_epochs)
+        except ValueError:
+            raise SearchError(f"--pretrain-epochs {args.pretrain_epochs!r}: a number or "
+                              f"auto") from None
+    return SearchConfig(
+        model=args.model, weights=args.weights, dataset=args.dataset,
+        image_size=args.image_size, device=args.device or "local",
+        latency_ms=args.latency_ms, speedup=args.speedup, strategy=args.strategy,
+        budget=args.budget, batch=args.batch, samples=args.samples,
+        ratios=rates_arg(args.rates),
+        schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
+        filter_types=tuple(s.strip() for s in args.filter_types.split(",") if s.strip()),
+        latency_weight=args.latency_weight, finetune_epochs=args.finetune_epochs,
+        pretrain_epochs=pre, phase1_epochs=args.phase1_epochs,
+        phase3_epochs=args.phase3_epochs, final_epochs=args.final_epochs, lr=args.lr,
+        finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        train_device=args.train_device, train_threads=args.train_threads, runs=args.runs,
+        warmup=args.warmup, threads=args.threads, seed=args.seed,
+        skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint)
+
+
+def open_device(args, device: str, stack: ExitStack):
+    """The device: for --device local a runner with a private artifact store (candidates
+    differ in their weights; the store is removed afterwards), else as profile does."""
+    from ..cli import CliError, _device
+    from ..devices.local import LocalRunner, LocalRunnerConfig, default_cache_dir
+
+    if device != "local" or args.address or args.store:
+        args.device = device
+        return _device(args, stack)
+    default_cache_dir().mkdir(parents=True, exist_ok=True)
+    store = Path(tempfile.mkdtemp(prefix="search-store-", dir=default_cache_dir()))
+    stack.callback(shutil.rmtree, store, True)
+    try:
+        runner = LocalRunner(LocalRunnerConfig(
+            binary=args.runner, store=store,
+            extra_args=("--max-store-bytes", str(SEARCH_STORE_BYTES))))
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    stack.callback(runner.close)
+    return runner
+
+
+def cmd_search(args) -> int:
+    from ..cli import CliError
+    from ..data import DataSpecError
+    from ..pruning import PruningError
+    from .journal import Journal
+    from .live import LiveView, SearchUI
+    from .search import Search, SearchConfig, SearchError, prepare
+
+    try:
+        if args.resume:
+            header = Journal(args.resume).header()
+            if header is None:
+                raise SearchError(f"--resume {args.resume}: no search journal there")
+            cfg = SearchConfig.from_dict(header["config"])
+            if args.device:
+                cfg.device = args.device
+            run_dir = args.resume
+        else:
+            cfg = config_from_args(args)
+            run_dir = args.out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+        prep = prepare(cfg)
+        with ExitStack() as stack:
+            device = open_device(args, cfg.device, stack)
+            ui = LiveView(err) if err.is_terminal and not args.no_live else SearchUI(err)
+            shares_cpu = cfg.device in ("local", "qemu-arm64") and not args.address
+            with ui:
+                s = Search(cfg, run_dir, device, resume=bool(args.resume), ui=ui,
+                           shares_cpu=shares_cpu, prepared=prep).run()
+    except (SearchError, DataSpecError, PruningError) as e:
+        raise CliError(str(e)) from None
+    _print_result(s, args.json)
+    return 0
+
+
+def _print_result(s: dict, as_json: bool) -> None:
+    ch, p3 = s["chosen"], s.get("phase3") or {}
+    if as_json:
+        keep = ("run_dir", "report", "model", "dataset", "device", "strategy", "seed",
+                "target_ms", "dense_ms", "floor_ms", "best_meeting_accuracy", "evaluated",
+                "failed", "wall_s")
+        print(json.dumps({**{k: s.get(k) for k in keep},
+                          "chosen": {k: ch.get(k) for k in ("id", "summary", "accuracy",
+                                                            "latency_ms", "reward")},
+                          "phase1": {k: s["phase1"].get(k) for k in ("acc_before",
+                                                                     "acc_replaced",
+                                                                     "acc_after")},
+                          "phase3": {k: v for k, v in p3.items() if k != "layers"}}))
+        return
+    out.print(f"searched {s['evaluated']} candidates ({s['failed']} failed) in "
+              f"{s['wall_s']:.0f} s; target {s['target_ms']:.3f} ms (dense "
+              f"{s['dense_ms']:.3f} ms)")
+    out.print(f"chosen: candidate {ch['id']}: {ch['summary']}")
+    out.print(f"  phase 2: accuracy {ch['accuracy']:.2%} at {ch['latency_ms']:.3f} ms")
+    if p3:
+        verdict = "meets" if p3["meets_target"] else "[red]misses[/red]"
+        out.print(f"  final ({p3['picked']}): accuracy {p3['final_acc']:.2%} at "
+                  f"{p3['final_ms']:.3f} ms on {s['device']}: {verdict} the target")
+    out.print(f"report: {s['report']}")

@@ -1,0 +1,152 @@
+"""NPAS's RL controller: an LSTM policy that writes a candidate decision by decision.
+
+For each searched layer in order it takes three decisions — filter type, compression ratio,
+scheme — each a categorical over that decision's vocabulary with the choices the space does not
+offer (given the earlier decisions for the layer) masked out. The LSTM's input at each step is
+the layer's embedding, the decision kind's, and the previous decision's, so later layers see
+what earlier ones chose. Trained by REINFORCE: loss = -(R - b)/σ · log π(candidate) - λ·H, with
+b a moving average of the rewards (the baseline) and σ their running standard deviation (the
+rewards are accuracies that differ in the second decimal; unscaled, the policy would barely
+move). The heads start at zero: the first samples are uniform over the valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .space import FILTER_TYPES, SCHEME_ORDER, Candidate, LayerChoice, SearchSpace
+
+
+class Controller(nn.Module):
+    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 64, lr: float = 0.05,
+                 entropy: float = 0.005, baseline_decay: float = 0.7):
+        super().__init__()
+        self.space = space
+        nl, nf, nr, ns = len(space.layers), len(FILTER_TYPES), len(space.ratios), \
+            len(SCHEME_ORDER)
+        self.sizes = (nf, nr, ns)
+        ft = torch.zeros(nl, nf, dtype=torch.bool)
+        ra = torch.zeros(nl, nf, nr, dtype=torch.bool)
+        sc = torch.zeros(nl, nf, nr, ns, dtype=torch.bool)
+        for li, ls in enumerate(space.layers):
+            for f, per in ls.options.items():
+                fi = FILTER_TYPES.index(f)
+                ft[li, fi] = True
+                for r, schemes in per.items():
+                    ri = space.ratios.index(r)
+                    ra[li, fi, ri] = True
+                    for s in schemes:
+                        sc[li, fi, ri, SCHEME_ORDER.index(s)] = True
+        self.register_buffer("ft_mask", ft)
+        self.register_buffer("ratio_mask", ra)
+        self.register_buffer("scheme_mask", sc)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.layer_emb = nn.Embedding(nl, 16)
+            self.kind_emb = nn.Embedding(3, 8)
+            self.act_emb = nn.Embedding(1 + nf + nr + ns, 16)  # 0: start
+            self.cell = nn.LSTMCell(40, hidden)
+            self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.sizes)
+        for h in self.heads:
+            nn.init.zeros_(h.weight)
+            nn.init.zeros_(h.bias)
+        self.offsets = (1, 1 + nf, 1 + nf + nr)
+        self.hidden = hidden
+        self.opt = torch.optim.Adam(self.parameters(), lr=lr)
+        self.entropy_weight = entropy
+        self.baseline_decay = baseline_decay
+        self.baseline: float | None = None
+        self._n = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+        self.updates = 0
+
+    # --- candidates <-> actions -------------------------------------------------------------
+    def actions(self, cands: list[Candidate]) -> torch.Tensor:
+        return torch.tensor([[[FILTER_TYPES.index(c.ftype), self.space.ratios.index(c.ratio),
+                               SCHEME_ORDER.index(c.scheme)] for c in cand.choices]
+                             for cand in cands], dtype=torch.long)
+
+    def candidates(self, actions: torch.Tensor) -> list[Candidate]:
+        r = self.space.ratios
+        return [Candidate(tuple(LayerChoice(FILTER_TYPES[f], SCHEME_ORDER[s], r[ri])
+                                for f, ri, s in row.tolist())) for row in actions]
+
+    # --- the policy ---------------------------------------------------------------------------
+    def _run(self, batch: int, actions: torch.Tensor | None = None,
+             generator: torch.Generator | None = None):
+        nl = len(self.space.layers)
+        h = torch.zeros(batch, self.hidden)
+        c = torch.zeros(batch, self.hidden)
+        prev = torch.zeros(batch, dtype=torch.long)
+        taken = torch.zeros(batch, nl, 3, dtype=torch.long)
+        logp = torch.zeros(batch)
+        ent = torch.zeros(batch)
+        rows = torch.arange(batch)
+        for li in range(nl):
+            lemb = self.layer_emb.weight[li].expand(batch, -1)
+            for k in range(3):
+                x = torch.cat([lemb, self.kind_emb.weight[k].expand(batch, -1),
+                               self.act_emb(prev)], 1)
+                h, c = self.cell(x, (h, c))
+                logits = self.heads[k](h)
+                if k == 0:
+                    mask = self.ft_mask[li].expand(batch, -1)
+                elif k == 1:
+                    mask = self.ratio_mask[li][taken[:, li, 0]]
+                else:
+                    mask = self.scheme_mask[li][taken[:, li, 0], taken[:, li, 1]]
+                logits = logits.masked_fill(~mask, -math.inf)
+                lp = torch.log_softmax(logits, 1)
+                if actions is None:
+                    a = torch.multinomial(lp.exp().detach(), 1, generator=generator).squeeze(1)
+                else:
+                    a = actions[:, li, k]
+                taken[:, li, k] = a
+                logp = logp + lp[rows, a]
+                # masked entries: p = 0 and log p = -inf; zero them before multiplying, or the
+                # gradient of 0 · -inf poisons the update with NaNs
+                safe = lp.masked_fill(~mask, 0.0)
+                ent = ent - (safe.exp().masked_fill(~mask, 0.0) * safe).sum(1)
+                prev = a + self.offsets[k]
+        return taken, logp, ent
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> list[Candidate]:
+        taken, _, _ = self._run(n, generator=generator)
+        return self.candidates(taken)
+
+    def log_prob(self, cands: list[Candidate]) -> torch.Tensor:
+        _, logp, _ = self._run(len(cands), actions=self.actions(cands))
+        return logp
+
+    def update(self, cands: list[Candidate], rewards: list[float], steps: int = 2) -> float:
+        """One REINFORCE update on evaluated candidates; returns the loss."""
+        if not cands:
+            return 0.0
+        r = torch.tensor(rewards, dtype=torch.float32)
+        for v in rewards:  # running variance (Welford) of every reward seen
+            self._n += 1
+            d = v - self._mean
+            self._mean += d / self._n
+            self._m2 += d * (v - self._mean)
+        if self.baseline is None:
+            self.baseline = float(r.mean())
+        std = math.sqrt(self._m2 / self._n) if self._n > 1 else 1.0
+        adv = (r - self.baseline) / max(std, 1e-3)
+        acts = self.actions(cands)
+        loss_v = 0.0
+        for _ in range(steps):
+            _, logp, ent = self._run(len(cands), actions=acts)
+            loss = -(adv * logp).mean() - self.entropy_weight * ent.mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            loss_v = float(loss.detach())
+        self.baseline = (self.baseline_decay * self.baseline
+                         + (1 - self.baseline_decay) * float(r.mean()))
+        self.updates += 1
+        return loss_v

@@ -1,0 +1,255 @@
+"""The latency oracle: compile a candidate with the code generator and time it on the device.
+
+One worker thread compiles and measures while the search's main thread fine-tunes the same
+candidate for its accuracy (``submit`` returns a future). Results are cached by the bundle's
+content hash (kernels + weights + manifest: the same hash is the same program), in memory and
+in ``latency.jsonl`` in the run folder, so a resumed run or a repeated candidate is not measured
+again. Failures are results, not exceptions: a candidate that does not compile, or whose
+measurement loses the runner twice (the session restarts it and retries once; then the oracle
+restarts the device and tries once more), comes back with ``ok=False`` and the errors.
+
+When the device shares this machine's CPU (the local runner, qemu), training must not run while
+the runner is timing: ``quiet`` is a lock the trainer takes around each step and the oracle
+holds for the timed runs only (compiling overlaps training; timing does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from codegen import CodegenError, CompileError, compile_model
+
+from ..rpc.client import RunnerError
+from ..session import LoadOptions, Session
+
+CACHE_NAME = "latency.jsonl"
+
+
+@dataclass
+class LatencyResult:
+    ok: bool
+    median_ms: float | None = None
+    content_hash: str = ""
+    samples_ns: list[int] = field(default_factory=list)
+    warmup_ns: list[int] = field(default_factory=list)
+    init_ns: int = 0
+    threads: int = 0
+    telemetry_before: dict | None = None
+    telemetry_after: dict | None = None
+    layers: list[dict] = field(default_factory=list)  # per layer: name, op, median_ms
+    compile_s: float = 0.0
+    measure_s: float = 0.0
+    cached: bool = False
+    restarts: int = 0
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    bundle_dir: str | None = None
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_record(d: dict) -> LatencyResult:
+        known = {k: v for k, v in d.items() if k in LatencyResult.__dataclass_fields__}
+        return LatencyResult(**known)
+
+    @property
+    def temperature_c(self) -> float | None:
+        """The hottest thermal zone after the runs (None where the OS exposes none)."""
+        t = (self.telemetry_after or {}).get("thermal_millicelsius") or {}
+        return max(t.values()) / 1000.0 if t else None
+
+    @property
+    def p10_ms(self) -> float | None:
+        if not self.samples_ns:
+            return None
+        s = sorted(self.samples_ns)
+        return s[len(s) // 10] / 1e6
+
+    @property
+    def p90_ms(self) -> float | None:
+        if not self.samples_ns:
+            return None
+        s = sorted(self.samples_ns)
+        return s[min(len(s) - 1, (9 * len(s)) // 10)] / 1e6
+
+
+@dataclass
+class MeasureConfig:
+    runs: int = 100
+    warmup: int = 10
+    threads: int = 1
+    pin_big_cores: bool = False
+    call_timeout_s: float = 60.0
+
+
+class LatencyOracle:
+    def __init__(self, device, toolchain, example: torch.Tensor, cfg: MeasureConfig,
+                 cache_path: Path | None = None, quiet: threading.Lock | None = None,
+                 on_event: Callable[[str], None] | None = None):
+        self.device, self.toolchain, self.example, self.cfg = device, toolchain, example, cfg
+        self.quiet = quiet
+        self.on_event = on_event or (lambda _m: None)
+        self.session = Session(device, call_timeout_s=cfg.call_timeout_s,
+                               on_event=self.on_event)
+        self.info = self.session.client.device_info()
+        self.cache: dict[str, dict] = {}
+        self.cache_path = cache_path
+        self._cache_lock = threading.Lock()
+        self._session_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="npas-latency")
+        self.restarts = 0  # device restarts by the oracle (the session counts its own)
+        # test hook: called with (tag, attempt) right before a benchmark
+        self.before_benchmark: Callable[[str, int], None] | None = None
+        if cache_path is not None:
+            self.load_cache(cache_path)
+
+    # --- cache --------------------------------------------------------------------------------
+    def load_cache(self, path: Path) -> None:
+        self.cache_path = path
+        if not path.is_file():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                d = json.loads(line)
+                self.cache[d["key"]] = d["result"]
+            except (json.JSONDecodeError, KeyError):
+                continue
+
+    def persist(self, path: Path) -> None:
+        """From now on keep the cache in ``path`` (written now with everything known)."""
+        with self._cache_lock:
+            self.cache_path = path
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"key": k, "result": v}) + "\n"
+                                   for k, v in self.cache.items()))
+            tmp.replace(path)
+
+    def _remember(self, key: str, result: LatencyResult) -> None:
+        rec = result.to_record()
+        rec.pop("bundle_dir", None)
+        with self._cache_lock:
+            self.cache[key] = rec
+            if self.cache_path is not None:
+                with open(self.cache_path, "a") as f:
+                    f.write(json.dumps({"key": key, "result": rec}) + "\n")
+
+    def _key(self, content_hash: str, per_layer: bool) -> str:
+        c = self.cfg
+        return f"{content_hash}:r{c.runs}:w{c.warmup}:t{c.threads}{':layers' if per_layer else ''}"
+
+    # --- measuring ---------------------------------------------------------------------------
+    def submit(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
+               keep_bundle: bool = False) -> Future:
+        """Compile and measure on the worker thread; the future gives a LatencyResult."""
+        return self._pool.submit(self.measure, tag, model, schemes, bundle_dir, False,
+                                 keep_bundle)
+
+    def measure(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
+                per_layer: bool = False, keep_bundle: bool = True,
+                use_cache: bool = True) -> LatencyResult:
+        t0 = time.perf_counter()
+        bundle_dir = Path(bundle_dir)
+        try:
+            model = model.cpu().eval()
+            name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in tag) or "model"
+            bundle = compile_model(model, (self.example,), bundle_dir, name=name,
+                                   toolchain=self.toolchain, schemes=schemes)
+        except (CodegenError, CompileError, ValueError) as e:
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+            return LatencyResult(ok=False, errors=[f"compile: {e}"],
+                                 compile_s=time.perf_counter() - t0)
+        compile_s = time.perf_counter() - t0
+        key = self._key(bundle.manifest.content_hash, per_layer)
+        try:
+            cached = self.cache.get(key) if use_cache else None
+            if cached is not None:
+                r = LatencyResult.from_record(cached)
+                r.cached, r.compile_s, r.measure_s, r.restarts, r.attempts = \
+                    True, compile_s, 0.0, 0, 0
+                r.bundle_dir = str(bundle_dir) if keep_bundle else None
+                return r
+            r = self._benchmark(tag, bundle, per_layer)
+            r.compile_s = compile_s
+            if r.ok:
+                self._remember(key, r)
+            r.bundle_dir = str(bundle_dir) if keep_bundle else None
+            return r
+        finally:
+            if not keep_bundle:
+                shutil.rmtree(bundle_dir, ignore_errors=True)
+
+    def _benchmark(self, tag: str, bundle, per_layer: bool) -> LatencyResult:
+        errors: list[str] = []
+        restarts = 0
+        t0 = time.perf_counter()
+        for attempt in range(2):
+            before = self.session.restarts
+            try:
+                with self._session_lock:
+                    if self.before_benchmark is not None:
+                        self.before_benchmark(tag, attempt)
+                    key = self.session.load(bundle, LoadOptions(
+                        threads=self.cfg.threads, pin_big_cores=self.cfg.pin_big_cores))
+                    try:
+                        with self.quiet if self.quiet is not None else contextlib.nullcontext():
+                            res = self.session.benchmark(key, runs=self.cfg.runs,
+                                                         warmup=self.cfg.warmup,
+                                                         per_layer=per_layer)
+                    finally:
+                        with contextlib.suppress(RunnerError):
+                            self.session.unload(key)
+                restarts += self.session.restarts - before
+                d = res.to_dict()
+                layers = [{"name": la.name, "op": la.op, "median_ms": la.median_ms}
+                          for la in res.layers]
+                return LatencyResult(
+                    ok=True, median_ms=statistics.median(res.samples_ns) / 1e6,
+                    content_hash=bundle.manifest.content_hash,
+                    samples_ns=list(res.samples_ns), warmup_ns=list(res.warmup_ns),
+                    init_ns=res.init_ns, threads=res.threads,
+                    telemetry_before=d["telemetry_before"], telemetry_after=d["telemetry_after"],
+                    layers=layers, measure_s=time.perf_counter() - t0, restarts=restarts,
+                    attempts=attempt + 1, errors=errors)
+            except RunnerError as e:
+                restarts += self.session.restarts - before
+                errors.append(str(e))
+                self.on_event(f"{tag}: measurement failed (attempt {attempt + 1}): {e}")
+                if attempt == 0:
+                    try:
+                        self._restart()
+                        restarts += 1
+                    except Exception as e2:  # a phone that is gone, a remote runner
+                        errors.append(f"restart: {e2}")
+                        break
+        return LatencyResult(ok=False, content_hash=bundle.manifest.content_hash,
+                             measure_s=time.perf_counter() - t0, restarts=restarts,
+                             attempts=len([e for e in errors if not e.startswith("restart")]),
+                             errors=errors)
+
+    def _restart(self) -> None:
+        """A fresh runner and session (a crashed kernel can leave the runner in any state)."""
+        with self._session_lock:
+            with contextlib.suppress(Exception):
+                self.session.close()
+            self.device.restart()
+            self.restarts += 1
+            self.session = Session(self.device, call_timeout_s=self.cfg.call_timeout_s,
+                                   on_event=self.on_event)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.session.close()

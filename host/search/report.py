@@ -1,0 +1,264 @@
+"""The run's report: ``report.md`` with PNG plots beside it (matplotlib, no display needed).
+
+Plots: accuracy against measured latency for every candidate with the Pareto front and the
+target marked; the chosen per-layer filter types, schemes and rates; per-layer latency of the
+final model next to the dense one (the runner's per-layer timing); the search's progress.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated (latency, accuracy) points: no other point is at least as
+    fast and at least as accurate and strictly better in one. Sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_acc = [], -1.0
+    for i in order:
+        if points[i][1] > best_acc:
+            front.append(i)
+            best_acc = points[i][1]
+    return front
+
+
+def _plot_scatter(path: Path, done: list[dict], s: dict) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [(r["latency_ms"], r["accuracy"]) for r in done]
+    ok = [p for p, r in zip(pts, done, strict=True) if r["meets_target"]]
+    over = [p for p, r in zip(pts, done, strict=True) if not r["meets_target"]]
+    if ok:
+        ax.scatter(*zip(*ok, strict=True), s=18, c="tab:blue", label="meets target")
+    if over:
+        ax.scatter(*zip(*over, strict=True), s=18, c="tab:gray", alpha=0.6, label="over target")
+    front = pareto(pts)
+    if front:
+        fx, fy = zip(*(pts[i] for i in front), strict=True)
+        ax.step(fx, fy, where="post", c="tab:orange", lw=1.2)
+        ax.scatter(fx, fy, s=40, facecolors="none", edgecolors="tab:orange",
+                   label="Pareto front")
+    ax.axvline(s["target_ms"], c="tab:red", ls="--", lw=1, label="target")
+    ch = s.get("chosen")
+    if ch:
+        ax.scatter([ch["latency_ms"]], [ch["accuracy"]], marker="*", s=220, c="gold",
+                   edgecolors="k", zorder=5, label="chosen")
+    if s.get("dense_ms") and s.get("phase1", {}).get("acc_after") is not None:
+        ax.scatter([s["dense_ms"]], [s["phase1"]["acc_after"]], marker="D", s=40, c="k",
+                   label="dense (phase 1)")
+    ax.set_xlabel("measured latency, median of the runner's timed runs (ms)")
+    ax.set_ylabel("validation accuracy after the short fine-tune")
+    ax.set_title("phase 2 candidates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_layers(path: Path, layers: list[dict]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(layers) + 1.2))
+    names = [la["name"] for la in layers]
+    ratios = [la["ratio"] for la in layers]
+    colors = {"none": "lightgray", "filter": "tab:green", "channel": "tab:olive"}
+    ax.barh(names, ratios, color=[colors.get(la["scheme"], "tab:blue") for la in layers])
+    for i, la in enumerate(layers):
+        ax.text(ratios[i], i, f" {la['choice']}", va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(0.9, max(ratios + [1.0]) * 6)
+    ax.invert_yaxis()
+    ax.set_xlabel("compression ratio (log); label: filter type, scheme, rate")
+    ax.set_title("chosen candidate, per layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _merged_names(dense: list[str], final: list[str]) -> list[str]:
+    """The final model's steps in order, each dense-only step placed before the first final
+    step that came from it (b1.0 before b1.0.0, b1.0.1 when it became depthwise+pointwise)."""
+    names = list(final)
+    for d in dense:
+        if d in names:
+            continue
+        at = next((i for i, n in enumerate(names) if n.startswith(d + ".")), None)
+        if at is None:
+            prev = dense[:dense.index(d)]
+            at = max((names.index(p) + 1 for p in prev if p in names), default=0)
+        names.insert(at, d)
+    return names
+
+
+def _plot_per_layer(path: Path, dense: list[dict], final: list[dict]) -> None:
+    names = _merged_names([la["name"] for la in dense], [la["name"] for la in final])
+    d = {la["name"]: la["median_ms"] for la in dense}
+    f = {la["name"]: la["median_ms"] for la in final}
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+    y = range(len(names))
+    ax.barh([i - 0.2 for i in y], [d.get(n, 0.0) for n in names], height=0.4,
+            label="dense (phase 1)", color="lightgray")
+    ax.barh([i + 0.2 for i in y], [f.get(n, 0.0) for n in names], height=0.4,
+            label="final", color="tab:blue")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time per run (ms), runner's per-layer timing")
+    ax.set_title("per-layer latency (compiled steps)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_progress(path: Path, records: list[dict]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    done = [r for r in records if r.get("status") == "done"]
+    ax.scatter([r["id"] for r in done], [r["reward"] for r in done], s=12, c="tab:blue",
+               label="reward")
+    best, xs, ys = None, [], []
+    for r in sorted(done, key=lambda r: r["id"]):
+        if r["meets_target"] and (best is None or r["accuracy"] > best):
+            best = r["accuracy"]
+        if best is not None:
+            xs.append(r["id"])
+            ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", c="tab:orange", label="best accuracy meeting target")
+    ax.set_xlabel("candidate")
+    ax.set_ylabel("reward / accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f} ms"
+
+
+def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
+    """Write report.md and plots/ into ``run_dir``; returns the report's path."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    done = [r for r in records if r.get("status") == "done"]
+    failed = [r for r in records if r.get("status") == "failed"]
+    if done:
+        _plot_scatter(plots / "accuracy_vs_latency.png", done, s)
+        _plot_progress(plots / "progress.png", records)
+    if s.get("layers"):
+        _plot_layers(plots / "layers.png", s["layers"])
+    p3 = s.get("phase3") or {}
+    if p3.get("layers") or s.get("dense_layers"):
+        _plot_per_layer(plots / "per_layer_latency.png", s.get("dense_layers", []),
+                        p3.get("layers", []))
+    p1 = s.get("phase1", {})
+    ch = s.get("chosen") or {}
+    lines = [
+        f"# NPAS search: {s['model']} on {s['dataset']}",
+        "",
+        f"Device **{s['device']}** ({s.get('device_desc', '')}), strategy **{s['strategy']}**, "
+        f"seed {s['seed']}, run folder `{run_dir}`.",
+        "",
+        "## Result",
+        "",
+        "| | accuracy | latency (median) | |",
+        "| --- | --- | --- | --- |",
+        f"| dense model after phase 1 | {_pct(p1.get('acc_after'))} | {_ms(s.get('dense_ms'))} "
+        f"| |",
+        f"| chosen candidate (phase 2, short fine-tune) | {_pct(ch.get('accuracy'))} | "
+        f"{_ms(ch.get('latency_ms'))} | candidate {ch.get('id', '-')} |",
+    ]
+    if p3.get("final_acc") is not None:
+        meets = "meets" if p3.get("meets_target") else "**misses**"
+        lines.append(f"| final model (phase 3) | {_pct(p3['final_acc'])} | "
+                     f"{_ms(p3.get('final_ms'))} (p10 {_ms(p3.get('p10_ms'))}, p90 "
+                     f"{_ms(p3.get('p90_ms'))}) | {meets} the target |")
+    lines += [
+        "",
+        f"Latency target **{s['target_ms']:.3f} ms**"
+        + (f" (dense {s['dense_ms']:.3f} ms / {s['dense_ms'] / s['target_ms']:.2f})"
+           if s.get("dense_ms") else "")
+        + f"; the most pruned candidates measure {_ms(s.get('floor_ms'))}. "
+        f"Every latency here is measured on the device by the runner: {s.get('runs', 100)} "
+        f"timed runs after {s.get('warmup', 10)} warm-up, median. Reward = accuracy, × "
+        f"(latency / target)^-{s.get('beta', 2.0):g} above the target.",
+    ]
+    if s.get("note"):
+        lines += ["", f"Note: {s['note']}"]
+    lines += ["", "## Phase 1: mobile-friendly operators", ""]
+    reps = p1.get("replacements", [])
+    if reps:
+        lines.append("| where | was | now |")
+        lines.append("| --- | --- | --- |")
+        lines += [f"| `{r['where']}` | {r['old']} | {r['new']} |" for r in reps]
+    else:
+        lines.append("Nothing to replace.")
+    lines += ["",
+              f"Accuracy before {_pct(p1.get('acc_before'))}, with the replacements and no "
+              f"training {_pct(p1.get('acc_replaced'))}, after {p1.get('epochs', 0):g} "
+              f"epoch(s) of fine-tuning {_pct(p1.get('acc_after'))}."
+              + (f" (The model was first trained for {p1['pretrain_epochs']:g} epochs: it "
+                 f"came with random weights.)" if p1.get("pretrain_epochs") else "")]
+    p2 = s.get("phase2", {})
+    meeting = [r for r in done if r["meets_target"]]
+    lines += ["", "## Phase 2: scheme search", "",
+              f"{len(records)} candidates evaluated ({len(failed)} failed), "
+              f"{len(meeting)} meet the target; {p2.get('seconds', 0):.0f} s. Each: one-shot "
+              f"magnitude pruning, {s.get('finetune_epochs', 0):g} epoch(s) of fine-tuning, "
+              f"validation accuracy; compiled and measured on the device at the same time.",
+              ""]
+    if done:
+        lines.append("![accuracy vs latency](plots/accuracy_vs_latency.png)")
+        lines.append("")
+        lines.append("![progress](plots/progress.png)")
+        lines.append("")
+    if s.get("layers"):
+        lines += ["Chosen per layer:", "", "| layer | choice | weights kept |",
+                  "| --- | --- | --- |"]
+        lines += [f"| `{la['name']}` ({la['desc'].partition(' (')[2].rstrip(')')}) | "
+                  f"{la['choice']} | "
+                  f"{1 / la['ratio']:.0%} |" for la in s["layers"]]
+        lines += ["", "![layers](plots/layers.png)", ""]
+    top = sorted(meeting, key=lambda r: (-r["accuracy"], r["latency_ms"]))[:8]
+    if top:
+        lines += ["Best candidates meeting the target:", "",
+                  "| id | accuracy | latency | choices |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['id']} | {r['accuracy']:.2%} | {r['latency_ms']:.3f} ms | "
+                  f"{r.get('summary', '')} |" for r in top]
+        lines.append("")
+    if failed:
+        lines += ["Failed candidates:", ""]
+        lines += [f"- {r['id']}: {r.get('error')}" for r in failed]
+        lines.append("")
+    if p3:
+        lines += ["## Phase 3: pruning algorithm and final training", ""]
+        algos = p3.get("algorithms", {})
+        if algos:
+            lines += ["| algorithm | accuracy after its budget |", "| --- | --- |"]
+            lines += [f"| {k} | {v:.2%} |" for k, v in algos.items()]
+            lines += ["", f"Kept **{p3.get('picked')}**; then {p3.get('final_epochs', 0):g} "
+                          f"epoch(s) of training with the masks held: accuracy "
+                          f"{_pct(p3.get('final_acc'))}."]
+        if p3.get("remeasured_ms") is not None:
+            lines += ["", f"First measurement {_ms(p3.get('first_ms'))} was over the target; "
+                          f"re-measured: {_ms(p3['remeasured_ms'])}."]
+        exp = p3.get("exported", {})
+        if exp:
+            lines += ["", "Exported:", ""]
+            lines += [f"- {k}: `{v}`" for k, v in exp.items()]
+        if p3.get("layers"):
+            lines += ["", "![per-layer latency](plots/per_layer_latency.png)"]
+        lines.append("")
+    lines += [f"Wall time {s.get('wall_s', 0):.0f} s."]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
