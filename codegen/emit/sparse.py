@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from codegen.emit.vec import linear_store
 from codegen.isa import VectorIsa
 from codegen.lr import Layer
 
@@ -239,14 +240,7 @@ def linear_bcsr(c: Any) -> tuple[list[str], int, int]:
             *[f"  a{j} += xr[offs[e + {j}]] * *(const vf *)(wv + {j * X});" for j in range(4)],
             "}",
             f"for (; e < e1; ++e, wv += {X}) a0 += xr[offs[e]] * *(const vf *)wv;",
-            f"vf v = *(const vf *)(b + obk * {X}) + ((a0 + a1) + (a2 + a3));"]
-    body += [f"v = npas_v_{e}(v);" for e in c.la.epilogue]
-    body.append(f"float *yr = y + n * {o} + obk * {X};")
-    if o % X == 0:
-        body.append("*(vfu *)yr = v;")
-    else:
-        body += [f"if (obk < {ob - 1}) *(vfu *)yr = v;",
-                 f"else for (int l = 0; l < {o % X}; ++l) yr[l] = v[l];"]
+            *linear_store(c)]
     items = ob * n
     nnz = int((c.la.params["weight"] != 0).sum())
     L = [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), _ints(c, 2, "offs"), _ints(c, 3, "gptr"),

@@ -492,6 +492,21 @@ def to_plain(c: Any) -> tuple[list[str], int, int]:
     return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, 0
 
 
+def linear_store(c: Any) -> list[str]:
+    """The end of a vectorised linear item: bias + the four chains a0..a3, the epilogue, and
+    the store of output block ``obk`` of batch row ``n`` (the last block may be partial)."""
+    X = c.lang.isa.floats
+    o = c.out[1]
+    ob = -(-o // X)
+    L = [f"vf v = *(const vf *)(b + obk * {X}) + ((a0 + a1) + (a2 + a3));",
+         *_epi(c.la.epilogue, "v"),
+         f"float *yr = y + n * {o} + obk * {X};"]
+    if o % X == 0:
+        return [*L, "*(vfu *)yr = v;"]
+    return [*L, f"if (obk < {ob - 1}) *(vfu *)yr = v;",
+            f"else for (int l = 0; l < {o % X}; ++l) yr[l] = v[l];"]
+
+
 def linear_vec(c: Any) -> tuple[list[str], int, int]:
     """One (output block, batch row) per item: 4 accumulator chains over k."""
     X = c.lang.isa.floats
@@ -511,14 +526,7 @@ def linear_vec(c: Any) -> tuple[list[str], int, int]:
             f"  a3 += xr[j + 3] * *(const vf *)(wr + (j + 3) * {X});",
             "}",
             f"for ({i} j = {k4}; j < {k}; ++j) a0 += xr[j] * *(const vf *)(wr + j * {X});",
-            f"vf v = *(const vf *)(b + obk * {X}) + ((a0 + a1) + (a2 + a3));",
-            *_epi(c.la.epilogue, "v"),
-            f"float *yr = y + n * {o} + obk * {X};"]
-    if o % X == 0:
-        body.append("*(vfu *)yr = v;")
-    else:
-        body += [f"if (obk < {ob - 1}) *(vfu *)yr = v;",
-                 f"else for (int l = 0; l < {o % X}; ++l) yr[l] = v[l];"]
+            *linear_store(c)]
     items = ob * n
     return [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)], \
         items, 2 * n * o * k
