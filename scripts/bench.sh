@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs a benchmark (not a test) after setting up, with the other engines installed:
 #   scripts/bench.sh dense [--models resnet18,mobilenet_v2,vgg16] [--threads 1,2] [--runs 30]
-# Benchmarks compare engines side by side in one run, interleaved; report medians.
+#   scripts/bench.sh sparse [--models ...] [--threads 1,2] [--runs 15] [--rates npas,2x,3x,10x]
+#                           [--engines-on-pruned] [--json PATH]
+# Benchmarks compare engines side by side in one run, interleaved; report medians. `sparse`
+# prunes each model with its per-layer mappings (host/bench/sparse.py) and compares our sparse
+# bundles with our dense one and the fastest of ONNX Runtime, MNN and ncnn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPAS_SKIP_ARM64=${NPAS_SKIP_ARM64:-1} scripts/setup.sh

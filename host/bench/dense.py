@@ -385,10 +385,56 @@ def _close(lo) -> None:
         err.print(f"[yellow]warning:[/yellow] closing {lo.engine}: {escape(str(e))}")
 
 
-def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
-                  progress: Progress) -> list[EngineRun]:
+def load_checked(label: str, eng, w, ref, threads: int, args,
+                 keep_wrong: bool = False) -> tuple[EngineRun, object | None]:
+    """Load ``eng`` on workload ``w`` for ``threads``, check one output against ``ref``
+    (``args.tolerance``) and run ``args.warmup`` untimed inferences: the EngineRun (status
+    "ok" with its error, or why not) and the Loaded engine, which is None unless "ok" (or
+    "wrong" with ``keep_wrong``: timed all the same, for kernels being worked on)."""
     from .engines import EngineUnavailable
 
+    try:
+        lo = eng.load(w, threads)
+    except EngineUnavailable as e:
+        return EngineRun(w.name, threads, label, "unavailable", str(e)), None
+    except Exception as e:
+        return EngineRun(w.name, threads, label, "unavailable",
+                         f"load failed: {type(e).__name__}: {e}"), None
+    try:
+        rel = max_rel_error(lo.infer(), ref)
+        for _ in range(args.warmup):
+            lo.infer()
+    except Exception as e:
+        _close(lo)
+        return EngineRun(w.name, threads, label, "failed",
+                         f"inference failed: {type(e).__name__}: {e}"), None
+    if rel > args.tolerance:
+        if keep_wrong:
+            return EngineRun(w.name, threads, label, "wrong",
+                             f"output differs from PyTorch (max rel err {rel:.2e} > "
+                             f"{args.tolerance:g}); timed all the same", rel), lo
+        _close(lo)
+        return EngineRun(w.name, threads, label, "wrong",
+                         f"output differs from PyTorch (max rel err {rel:.2e} > "
+                         f"{args.tolerance:g}); not timed", rel), None
+    return EngineRun(w.name, threads, label, "ok", "", rel), lo
+
+
+def attach_samples(runs: dict[str, EngineRun], samples: dict) -> None:
+    """Put ``measure``'s samples into the runs; an engine that failed mid-way says after how
+    many samples."""
+    for label, got in samples.items():
+        if isinstance(label, tuple):
+            continue
+        runs[label].samples_ns = got
+        if (label, "error") in samples:
+            runs[label].status = "failed"
+            runs[label].detail = (f"failed after {len(got)} samples: "
+                                  f"{samples[(label, 'error')]}")
+
+
+def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
+                  progress: Progress) -> list[EngineRun]:
     runs = {label: EngineRun(w.name, threads, label, "unavailable", why)
             for label, why in unavailable.items()}
     loaded: dict = {}
@@ -397,32 +443,9 @@ def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, st
         for label, eng in engines.items():
             progress.update(task, description=f"{w.name}, {threads} thread(s): loading and "
                                               f"checking {label}")
-            try:
-                lo = eng.load(w, threads)
-            except EngineUnavailable as e:
-                runs[label] = EngineRun(w.name, threads, label, "unavailable", str(e))
-                continue
-            except Exception as e:
-                runs[label] = EngineRun(w.name, threads, label, "unavailable",
-                                        f"load failed: {type(e).__name__}: {e}")
-                continue
-            try:
-                rel = max_rel_error(lo.infer(), ref)
-                for _ in range(args.warmup):
-                    lo.infer()
-            except Exception as e:
-                runs[label] = EngineRun(w.name, threads, label, "failed",
-                                        f"inference failed: {type(e).__name__}: {e}")
-                _close(lo)
-                continue
-            if rel > args.tolerance:
-                runs[label] = EngineRun(w.name, threads, label, "wrong",
-                                        f"output differs from PyTorch (max rel err {rel:.2e} > "
-                                        f"{args.tolerance:g}); not timed", rel)
-                _close(lo)
-                continue
-            runs[label] = EngineRun(w.name, threads, label, "ok", "", rel)
-            loaded[label] = lo
+            runs[label], lo = load_checked(label, eng, w, ref, threads, args)
+            if lo is not None:
+                loaded[label] = lo
         progress.remove_task(task)
         task = progress.add_task(f"{w.name}, {threads} thread(s): sampling {len(loaded)} "
                                  f"engines round-robin", total=args.runs * len(loaded))
@@ -431,12 +454,7 @@ def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, st
         for lo in loaded.values():
             _close(lo)
         progress.remove_task(task)
-    for label in loaded:
-        runs[label].samples_ns = samples[label]
-        if (label, "error") in samples:
-            runs[label].status = "failed"
-            runs[label].detail = (f"failed after {len(samples[label])} samples: "
-                                  f"{samples[(label, 'error')]}")
+    attach_samples(runs, samples)
     order = [e for e in ("ours", "ours (tuned)", "PyTorch", "ONNX Runtime", "MNN", "ncnn")
              if e in runs]
     return [runs[e] for e in order]
