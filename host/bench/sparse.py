@@ -843,6 +843,30 @@ def print_results(results: Sequence[ModelResult], threads: int, args) -> None:
                           f"{escape(r.status)}: {escape(r.detail)}")
 
 
+def print_engines_on_pruned(results: Sequence[ModelResult], threads: int, args) -> None:
+    """The other engines on the dense model and on the pruned ones: zeros cost them the same."""
+    t = Table(title=f"The other engines on the dense and the pruned models, {threads} "
+                    f"thread(s) (pruned / dense ≈ 1: they run the zeros)")
+    for col in ("model", "engine", "pruned with", "dense ms", "pruned ms", "pruned / dense"):
+        t.add_column(col, justify="left" if col in ("model", "engine", "pruned with")
+                     else "right")
+    for res in results:
+        by = {r.engine: r for r in res.runs if r.threads == threads}
+        for v in res.variants:
+            for e in args.engines:
+                p = by.get(f"{e} on {v.mapping} {v.target:g}x")
+                if p is None:
+                    continue
+                d = by.get(e)
+                dm = d.median_ms if d and d.status == "ok" else None
+                pm = p.median_ms if p.status == "ok" else None
+                t.add_row(res.model, e, f"{escape(v.mapping)} {v.target:g}x", _f(dm, ".2f"),
+                          _f(pm, ".2f") if pm is not None else f"{p.status}",
+                          _f(speedup(pm, dm), ".2f"))
+    if t.row_count:
+        out.print(t)
+
+
 def print_headlines(results: Sequence[ModelResult], args) -> None:
     t = Table(title="At the NPAS rates: our sparse bundle's speed-up (issue 4 asks, at 1 "
                     "thread, for at least the 'needed' ratio over the fastest dense engine "
@@ -933,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for threads in args.threads:
         print_results(results, threads, args)
+        if args.engines_on_pruned:
+            print_engines_on_pruned(results, threads, args)
     print_headlines(results, args)
     for res in results:
         if res.unstructured is not None:
