@@ -7,7 +7,8 @@ before the search). Expected improvement is taken on the reward itself: for each
 joint samples of (accuracy, latency) from the two posteriors go through the reward function,
 EI = E[max(reward - best, 0)] (Monte Carlo, common random numbers across candidates). A batch is
 chosen greedily with the "kriging believer": after each pick its predicted mean joins the data
-as if observed, so the next pick goes elsewhere.
+as if observed, so the next pick goes elsewhere. Before there are a few accuracies to fit, the
+picks are spread over the estimated cost among the candidates predicted to meet the target.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
 
 from .reward import Outcome, RewardConfig
 from .space import Candidate, SearchSpace
 
 PRIOR_ACC_STD = 0.15  # accuracy uncertainty before there are enough observations to fit
+N_INIT = 4  # below this many accuracies, the first picks spread over the cost instead
 
 
 def _gp(seed: int) -> GaussianProcessRegressor:
-    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(length_scale=2.0,
-                                                         length_scale_bounds=(0.05, 100.0),
-                                                         nu=2.5)
+    # linear (a Bayesian linear model: per-layer effects that add up) + Matérn (what does not
+    # add up) + noise (fine-tuning and timing are noisy)
+    kernel = (ConstantKernel(0.1, (1e-4, 1e2)) * DotProduct(1.0, (1e-3, 1e2))
+              + ConstantKernel(1.0, (1e-3, 1e2)) * Matern(length_scale=1.0,
+                                                          length_scale_bounds=(0.05, 100.0),
+                                                          nu=2.5)
               + WhiteKernel(1e-2, (1e-6, 1.0)))
     return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2,
                                     random_state=seed)
@@ -90,6 +95,8 @@ class BayesFilter:
         yl = np.log(np.array([o.latency_ms for o in lat_obs], dtype=np.float64))
         acc = _Model(xa, ya, self.seed, PRIOR_ACC_STD)
         lat = _Model(xl, yl, self.seed + 1, 1.0)
+        if len(acc_obs) < N_INIT:
+            return self._initial(pool, feats, lat, n)
         best = max((o.reward for o in observed if o.ok and o.accuracy is not None), default=0.0)
         rng = np.random.default_rng([self.seed, round_index])
         z = rng.standard_normal((2, self.mc_samples))
@@ -111,4 +118,26 @@ class BayesFilter:
             chosen.append(i)
             acc.believe(feats[i], float(ma[i]))
             lat.believe(feats[i], float(ml[i]))
+        return chosen
+
+    def _initial(self, pool: list[Candidate], feats: np.ndarray, lat: _Model, n: int
+                 ) -> list[int]:
+        """Too few accuracies for a model: spread the picks over the estimated cost (the
+        quantiles of log effective MACs) among the candidates predicted to meet the target,
+        so the first observations span light to heavy pruning."""
+        cost = np.log(np.array([self.space.mac_fractions(c)[1] for c in pool]))
+        ok = np.ones(len(pool), dtype=bool)
+        if lat.gp is not None:
+            ml, _ = lat.predict(feats)
+            ok = np.exp(ml) <= self.reward.target_ms
+            if not ok.any():
+                ok[:] = True
+        idx = np.flatnonzero(ok)
+        chosen: list[int] = []
+        for q in (np.arange(n) + 0.5) / n:
+            t = np.quantile(cost[idx], q)
+            rest = [i for i in idx if i not in chosen]
+            if not rest:
+                break
+            chosen.append(int(min(rest, key=lambda i: (abs(cost[i] - t), i))))
         return chosen

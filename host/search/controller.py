@@ -4,10 +4,11 @@ For each searched layer in order it takes three decisions — filter type, compr
 scheme — each a categorical over that decision's vocabulary with the choices the space does not
 offer (given the earlier decisions for the layer) masked out. The LSTM's input at each step is
 the layer's embedding, the decision kind's, and the previous decision's, so later layers see
-what earlier ones chose. Trained by REINFORCE: loss = -(R - b)/σ · log π(candidate) - λ·H, with
-b a moving average of the rewards (the baseline) and σ their running standard deviation (the
-rewards are accuracies that differ in the second decimal; unscaled, the policy would barely
-move). The heads start at zero: the first samples are uniform over the valid choices.
+what earlier ones chose. Trained by policy gradient (REINFORCE) with a baseline: the advantage
+(R - b)/σ, b a moving average of the rewards and σ their running standard deviation (rewards
+are accuracies that differ in the second decimal; unscaled, the policy would barely move), in
+PPO's clipped form so that one update cannot move a candidate's probability by more than 20%,
+minus λ·entropy. The heads start at zero: the first samples are uniform over the valid choices.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from torch import nn
 
 from .space import FILTER_TYPES, SCHEME_ORDER, Candidate, LayerChoice, SearchSpace
 
+CLIP = 0.2
+
 
 class Controller(nn.Module):
-    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 64, lr: float = 0.05,
+    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 64, lr: float = 0.02,
                  entropy: float = 0.005, baseline_decay: float = 0.7):
         super().__init__()
         self.space = space
@@ -138,10 +141,18 @@ class Controller(nn.Module):
         std = math.sqrt(self._m2 / self._n) if self._n > 1 else 1.0
         adv = (r - self.baseline) / max(std, 1e-3)
         acts = self.actions(cands)
+        with torch.no_grad():
+            old = self._run(len(cands), actions=acts)[1]
         loss_v = 0.0
         for _ in range(steps):
             _, logp, ent = self._run(len(cands), actions=acts)
-            loss = -(adv * logp).mean() - self.entropy_weight * ent.mean()
+            # clipped surrogate (as in PPO): once a candidate's probability has moved by more
+            # than CLIP relative to before this update, it stops pulling; plain REINFORCE drives
+            # the log-probability of a below-baseline candidate towards -inf and drags the
+            # rest of the policy with it
+            ratio = (logp - old).exp()
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - CLIP, 1 + CLIP) * adv)
+            loss = -surrogate.mean() - self.entropy_weight * ent.mean()
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()

@@ -242,10 +242,10 @@ class LatencyOracle:
     def _restart(self) -> None:
         """A fresh runner and session (a crashed kernel can leave the runner in any state)."""
         with self._session_lock:
+            self.device.restart()  # may raise: then the old session stays (and recovers later)
+            self.restarts += 1
             with contextlib.suppress(Exception):
                 self.session.close()
-            self.device.restart()
-            self.restarts += 1
             self.session = Session(self.device, call_timeout_s=self.cfg.call_timeout_s,
                                    on_event=self.on_event)
 

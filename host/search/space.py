@@ -496,17 +496,18 @@ class SearchSpace:
         return s_total / self.total_macs, e_total / self.total_macs
 
     def features(self, cand: Candidate) -> np.ndarray:
-        """A fixed-length numeric encoding: per layer the filter type and scheme one-hot, the
-        log-ratio and the kept weight share; then the estimated MAC fractions (weighted up:
-        they summarise what matters most for latency)."""
+        """A compact numeric encoding, built so that a sum of per-layer effects is easy to
+        fit: per layer log10 of the ratio, the same for structural and for coarse-grained mask
+        schemes (block, block-punched, connectivity, pattern) only, and the filter type; then
+        the estimated MAC fractions and their logs (what latency mostly follows)."""
         rows: list[float] = []
         for c in cand.choices:
-            rows += [float(c.ftype == f) for f in FILTER_TYPES]
-            rows += [float(c.scheme == s) for s in SCHEME_ORDER]
-            rows += [math.log(c.ratio) / math.log(10), 1.0 / c.ratio]
+            lr = math.log10(c.ratio)
+            rows += [lr, lr * (c.scheme in STRUCTURAL),
+                     lr * (c.scheme in ("block", "block_punched", "connectivity", "pattern")),
+                     float(c.ftype == "1x1"), float(c.ftype == "dwpw")]
         s, e = self.mac_fractions(cand)
-        w = math.sqrt(len(self.layers))
-        rows += [w * s, w * e, w * math.log(s) / 3, w * math.log(e) / 3]
+        rows += [s, e, math.log10(s), math.log10(e)]
         return np.asarray(rows, dtype=np.float64)
 
     def size(self) -> float:
