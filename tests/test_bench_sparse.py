@@ -197,6 +197,12 @@ def test_result_rows_speedups_fastest_engine_and_headline():
     assert (rb.engine, rb.vs_engine) == ("ncnn (pruned)", pytest.approx(11.0 / 4.0))
     assert rc.sparse_ms is None and rc.vs_dense is None and "unreachable" in rc.detail
     assert headline(res.variants, {r.engine: r for r in runs if r.threads == 1}) is b
+    # a faster bundle with a wrong output (timed with --time-wrong) heads only when none is right
+    by = {r.engine: r for r in runs if r.threads == 1}
+    by[b.label] = _run(b.label, 1.0, "wrong")
+    assert headline(res.variants, by) is a
+    by[a.label] = _run(a.label, 2.0, "wrong")
+    assert headline(res.variants, by) is b
 
 
 def test_unstructured_summary_and_step_times():
