@@ -104,14 +104,14 @@ def test_random_candidates_apply_and_keep_guards(tiny):
 def test_repair_resolves_two_rules_on_one_channel_group(tiny):
     model, x, space = tiny
     dense = LayerChoice()
-    # b1's filters and b2's input channels are the same group: 2x and 5x cannot both hold
-    c = Candidate((dense, LayerChoice("keep", "filter", 2.0), LayerChoice("keep", "channel", 5.0),
+    # b1's filters and b2's input channels are the same group: 2x and 3x cannot both hold
+    c = Candidate((dense, LayerChoice("keep", "filter", 2.0), LayerChoice("keep", "channel", 3.0),
                    dense, dense))
     with pytest.raises(Exception, match="prunes the same channels"):
         space.plan(c).apply(model)
     fixed = space.repair(c)
     assert fixed.choices[1] == LayerChoice("keep", "filter", 2.0)
-    assert fixed.choices[2] == LayerChoice("keep", "unstructured", 5.0)
+    assert fixed.choices[2] == LayerChoice("keep", "unstructured", 3.0)
     assert space.realize(model, fixed).model(x).shape == (1, 10)
     other = Candidate((dense, LayerChoice("keep", "filter", 2.0), dense,
                        LayerChoice("keep", "channel", 2.0), dense))

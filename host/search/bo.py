@@ -13,6 +13,7 @@ picks are spread over the estimated cost among the candidates predicted to meet 
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -35,7 +36,7 @@ def _gp(seed: int) -> GaussianProcessRegressor:
                                                           length_scale_bounds=(0.05, 100.0),
                                                           nu=2.5)
               + WhiteKernel(1e-2, (1e-6, 1.0)))
-    return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2,
+    return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1,
                                     random_state=seed)
 
 
@@ -77,37 +78,66 @@ class BayesFilter:
         self.space, self.reward, self.seed = space, reward, seed
         self.mc_samples = mc_samples
         self.last_ei: np.ndarray | None = None
+        self.acc: _Model | None = None
+        self.lat: _Model | None = None
+        self.best = 0.0
+        self.n_acc = 0
+        self._fitted: tuple | None = None
+
+    def _feats(self, cands: list[Candidate]) -> np.ndarray:
+        return np.stack([self.space.features(c) for c in cands])
+
+    def fit(self, observed: list[Outcome]) -> None:
+        """Fit both models to everything measured so far (not again for the same data)."""
+        key = tuple((o.candidate.key(), o.accuracy, o.latency_ms, o.reward) for o in observed)
+        if key == self._fitted:
+            return
+        self._fitted = key
+        width = len(self.space.features(self.space.dense()))
+        acc_obs = [o for o in observed if o.accuracy is not None and o.latency_ms is not None
+                   and o.ok]
+        lat_obs = [o for o in observed if o.latency_ms is not None]
+        xa = self._feats([o.candidate for o in acc_obs]) if acc_obs else np.zeros((0, width))
+        xl = self._feats([o.candidate for o in lat_obs]) if lat_obs else np.zeros((0, width))
+        self.acc = _Model(xa, np.array([o.accuracy for o in acc_obs], dtype=np.float64),
+                          self.seed, PRIOR_ACC_STD)
+        self.lat = _Model(xl, np.log(np.array([o.latency_ms for o in lat_obs],
+                                              dtype=np.float64)), self.seed + 1, 1.0)
+        self.n_acc = len(acc_obs)
+        self.best = max((o.reward for o in observed if o.ok and o.accuracy is not None),
+                        default=0.0)
+
+    def _reward_samples(self, acc: _Model, lat: _Model, feats: np.ndarray, z: np.ndarray):
+        ma, sa = acc.predict(feats)
+        ml, sl = lat.predict(feats)
+        a = np.clip(ma[:, None] + sa[:, None] * z[0][None], 0.0, 1.0)
+        t = np.exp(ml[:, None] + sl[:, None] * z[1][None])
+        return self.reward.many(a, t), ma, ml
+
+    def expected_reward(self, cands: list[Candidate], round_index: int = 0) -> np.ndarray:
+        """E[reward] under the models (after ``fit``): what the controller is trained on
+        between evaluations."""
+        z = np.random.default_rng([self.seed, round_index, 7]).standard_normal(
+            (2, self.mc_samples))
+        r, _, _ = self._reward_samples(self.acc, self.lat, self._feats(cands), z)
+        return r.mean(1)
 
     def pick(self, pool: list[Candidate], observed: list[Outcome], n: int,
              round_index: int = 0) -> list[int]:
         """Indices into ``pool`` of the ``n`` candidates to evaluate, best first."""
         if n <= 0 or not pool:
             return []
-        feats = np.stack([self.space.features(c) for c in pool])
-        acc_obs = [o for o in observed if o.accuracy is not None and o.latency_ms is not None
-                   and o.ok]
-        lat_obs = [o for o in observed if o.latency_ms is not None]
-        xa = np.stack([self.space.features(o.candidate) for o in acc_obs]) if acc_obs else \
-            np.zeros((0, feats.shape[1]))
-        ya = np.array([o.accuracy for o in acc_obs], dtype=np.float64)
-        xl = np.stack([self.space.features(o.candidate) for o in lat_obs]) if lat_obs else \
-            np.zeros((0, feats.shape[1]))
-        yl = np.log(np.array([o.latency_ms for o in lat_obs], dtype=np.float64))
-        acc = _Model(xa, ya, self.seed, PRIOR_ACC_STD)
-        lat = _Model(xl, yl, self.seed + 1, 1.0)
-        if len(acc_obs) < N_INIT:
+        self.fit(observed)
+        feats = self._feats(pool)
+        acc, lat = copy.deepcopy(self.acc), copy.deepcopy(self.lat)
+        if self.n_acc < N_INIT:
             return self._initial(pool, feats, lat, n)
-        best = max((o.reward for o in observed if o.ok and o.accuracy is not None), default=0.0)
         rng = np.random.default_rng([self.seed, round_index])
         z = rng.standard_normal((2, self.mc_samples))
         chosen: list[int] = []
         for _ in range(min(n, len(pool))):
-            ma, sa = acc.predict(feats)
-            ml, sl = lat.predict(feats)
-            a = np.clip(ma[:, None] + sa[:, None] * z[0][None], 0.0, 1.0)
-            t = np.exp(ml[:, None] + sl[:, None] * z[1][None])
-            r = self.reward.many(a, t)
-            ei = np.maximum(r - best, 0.0).mean(1)
+            r, ma, ml = self._reward_samples(acc, lat, feats, z)
+            ei = np.maximum(r - self.best, 0.0).mean(1)
             ei[chosen] = -1.0
             if not chosen:
                 self.last_ei = ei.copy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import tempfile
 import time
 from contextlib import ExitStack
@@ -159,7 +160,8 @@ def cmd_search(args) -> int:
     from .live import LiveView, SearchUI
     from .search import Search, SearchConfig, SearchError, prepare
 
-    try:
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: stop the runner, keep the
+    try:                                                   # journal (resume continues it)
         if args.resume:
             header = Journal(args.resume).header()
             if header is None:
@@ -181,8 +183,14 @@ def cmd_search(args) -> int:
                            shares_cpu=shares_cpu, prepared=prep).run()
     except (SearchError, DataSpecError, PruningError) as e:
         raise CliError(str(e)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _print_result(s, args.json)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_result(s: dict, as_json: bool) -> None:

@@ -1,12 +1,17 @@
 """The latency oracle: compile a candidate with the code generator and time it on the device.
 
 One worker thread compiles and measures while the search's main thread fine-tunes the same
-candidate for its accuracy (``submit`` returns a future). Results are cached by the bundle's
-content hash (kernels + weights + manifest: the same hash is the same program), in memory and
-in ``latency.jsonl`` in the run folder, so a resumed run or a repeated candidate is not measured
-again. Failures are results, not exceptions: a candidate that does not compile, or whose
-measurement loses the runner twice (the session restarts it and retries once; then the oracle
-restarts the device and tries once more), comes back with ``ok=False`` and the errors.
+candidate for its accuracy (``submit`` returns a future). Compiling happens in a separate
+process: capture traces the model with torch.fx, which patches ``nn.Module.__call__`` for the
+whole process while it traces, so a model trained in another thread at that moment would run
+through the tracer. The process also keeps a crash in the compiler away from the search.
+
+Results are cached by the bundle's content hash (kernels + weights + manifest: the same hash
+is the same program), in memory and in ``latency.jsonl`` in the run folder, so a resumed run or
+a repeated candidate is not measured again. Failures are results, not exceptions: a candidate
+that does not compile, or whose measurement loses the runner twice (the session restarts it
+and retries once; then the oracle restarts the device and tries once more), comes back with
+``ok=False`` and the errors.
 
 When the device shares this machine's CPU (the local runner, qemu), training must not run while
 the runner is timing: ``quiet`` is a lock the trainer takes around each step and the oracle
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import shutil
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,11 +37,23 @@ import torch
 from torch import nn
 
 from codegen import CodegenError, CompileError, compile_model
+from codegen.bundle import Bundle
 
 from ..rpc.client import RunnerError
 from ..session import LoadOptions, Session
 
 CACHE_NAME = "latency.jsonl"
+
+
+def _child_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _compile(model: nn.Module, example: torch.Tensor, out: Path, name: str, toolchain,
+             schemes: dict[str, str]) -> Bundle:
+    """Runs in the compile process."""
+    return compile_model(model, (example,), out, name=name, toolchain=toolchain,
+                         schemes=schemes)
 
 
 @dataclass
@@ -110,6 +129,8 @@ class LatencyOracle:
         self._cache_lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="npas-latency")
+        self._compiler: ProcessPoolExecutor | None = None
+        self._compiler_lock = threading.Lock()
         self.restarts = 0  # device restarts by the oracle (the session counts its own)
         # test hook: called with (tag, attempt) right before a benchmark
         self.before_benchmark: Callable[[str, int], None] | None = None
@@ -165,9 +186,8 @@ class LatencyOracle:
         try:
             model = model.cpu().eval()
             name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in tag) or "model"
-            bundle = compile_model(model, (self.example,), bundle_dir, name=name,
-                                   toolchain=self.toolchain, schemes=schemes)
-        except (CodegenError, CompileError, ValueError) as e:
+            bundle = self._compile_remote(model, bundle_dir, name, schemes)
+        except (CodegenError, CompileError, ValueError, BrokenProcessPool) as e:
             shutil.rmtree(bundle_dir, ignore_errors=True)
             return LatencyResult(ok=False, errors=[f"compile: {e}"],
                                  compile_s=time.perf_counter() - t0)
@@ -190,6 +210,22 @@ class LatencyOracle:
         finally:
             if not keep_bundle:
                 shutil.rmtree(bundle_dir, ignore_errors=True)
+
+    def _compile_remote(self, model: nn.Module, out: Path, name: str,
+                        schemes: dict[str, str]) -> Bundle:
+        with self._compiler_lock:
+            if self._compiler is None:
+                self._compiler = ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init)
+            pool = self._compiler
+        try:
+            return pool.submit(_compile, model, self.example, out, name, self.toolchain,
+                               dict(schemes)).result()
+        except BrokenProcessPool:
+            with self._compiler_lock:  # the next candidate gets a fresh process
+                if self._compiler is pool:
+                    self._compiler = None
+            raise BrokenProcessPool(f"the compiler process died compiling {name}") from None
 
     def _benchmark(self, tag: str, bundle, per_layer: bool) -> LatencyResult:
         errors: list[str] = []
@@ -251,5 +287,7 @@ class LatencyOracle:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._compiler is not None:
+            self._compiler.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.session.close()

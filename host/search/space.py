@@ -6,7 +6,8 @@ from the original weights), the scheme (``host/pruning`` names, "none" when not 
 compression ratio (1x = not pruned, 5x = 80% of the weights removed). Only valid choices are
 offered: each scheme's own ``check`` on the (re-typed) layer, and for filter/channel pruning a
 channel group the dependency graph can shrink and that the rate actually narrows (widths stay
-multiples of the vector width, at least one vector wide: ``keep_count``). ``repair`` resolves
+multiples of the vector width, at least one vector wide: ``keep_count``; of the rates that
+keep the same widths only the lowest is offered). ``repair`` resolves
 two structural rules asking different things of one channel group (the later layer falls back
 to unstructured pruning at its rate), so every candidate turns into a plan that applies.
 
@@ -220,6 +221,8 @@ class SearchSpace:
     _all: dict[str, tuple[int, tuple[int, int], int, _Groups]] = field(default_factory=dict)
     _group_size: dict[int, int] = field(default_factory=dict)
     _claims: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    # (layer, structural scheme, ratio) -> the compression the kept widths really give
+    _effective: dict[tuple[str, str, float], float] = field(default_factory=dict)
 
     # --- building -------------------------------------------------------------------------
     @classmethod
@@ -288,12 +291,27 @@ class SearchSpace:
                 target = m if ft == "keep" else (
                     make_filter(m, ft) if ft == "1x1" else make_filter(m, ft)[1])
                 per: dict[float, tuple[str, ...]] = {}
+                widths_seen: set[tuple[str, tuple[int, ...]]] = set()
                 for r in ratios:
                     if r == 1.0:
                         per[r] = ("none",)
                         continue
-                    ok = [s for s in schemes if cls._scheme_ok(s, name, target, 1 - 1 / r,
-                                                               cfg, claims, sizes)]
+                    ok = []
+                    for sc in schemes:
+                        if not cls._scheme_ok(sc, name, target, 1 - 1 / r, cfg, claims, sizes):
+                            continue
+                        if sc in STRUCTURAL:
+                            # rates that keep the same widths are the same model: offer the
+                            # lowest, and remember what it really removes
+                            gids = claims[sc]
+                            kept = tuple(keep_count(sizes[g], 1 - 1 / r, vector_width)
+                                         for g in gids)
+                            if (sc, kept) in widths_seen:
+                                continue
+                            widths_seen.add((sc, kept))
+                            space._effective[(name, sc, r)] = (
+                                sum(sizes[g] for g in gids) / sum(kept))
+                        ok.append(sc)
                     if ok:
                         per[r] = tuple(sorted(ok, key=SCHEME_ORDER.index))
                 options[ft] = per
@@ -373,13 +391,35 @@ class SearchSpace:
     def uniform(self, scheme: str, ratio: float) -> Candidate:
         """Every layer the same scheme and rate, filter types kept; a layer the scheme does not
         fit takes unstructured pruning at the same rate."""
+        return self.homogeneous("keep", scheme, ratio)
+
+    def homogeneous(self, ftype: str, scheme: str, ratio: float) -> Candidate:
+        """The same choice on every layer where it fits: the filter type where the layer can
+        take it (else keep), the scheme at that rate (else unstructured, else dense)."""
         out = []
         for ls in self.layers:
-            c = LayerChoice("keep", scheme, ratio)
+            ft = ftype if ftype in ls.options else "keep"
+            c = self._canonical(ls, LayerChoice(ft, scheme, ratio))
             if not ls.valid(c):
-                c = self._fallback(ls, c) if ratio in ls.options["keep"] else LayerChoice()
+                c = self._fallback(ls, c) if ratio in ls.options[ft] else LayerChoice()
             out.append(c)
         return self.repair(Candidate(tuple(out)))
+
+    def _canonical(self, ls: LayerSpace, c: LayerChoice) -> LayerChoice:
+        """A structural choice at a rate not offered because a lower one keeps the same
+        widths: that lower rate."""
+        if c.scheme not in STRUCTURAL or ls.valid(c):
+            return c
+        gids = self._claims[ls.name][c.scheme]
+        vw = self.config.vector_width
+
+        def kept(r: float) -> tuple[int, ...]:
+            return tuple(keep_count(self._group_size[g], 1 - 1 / r, vw) for g in gids)
+
+        for r, schemes in ls.options.get(c.ftype, {}).items():
+            if c.scheme in schemes and kept(r) == kept(c.ratio):
+                return LayerChoice(c.ftype, c.scheme, r)
+        return c
 
     def uniform_grid(self) -> list[tuple[str, float]]:
         """Every (scheme, ratio) that fits at least one layer unchanged."""
@@ -501,13 +541,19 @@ class SearchSpace:
         schemes (block, block-punched, connectivity, pattern) only, and the filter type; then
         the estimated MAC fractions and their logs (what latency mostly follows)."""
         rows: list[float] = []
-        for c in cand.choices:
-            lr = math.log10(c.ratio)
+        for ls, c in zip(self.layers, cand.choices, strict=True):
+            lr = math.log10(self._effective.get((ls.name, c.scheme, c.ratio), c.ratio))
             rows += [lr, lr * (c.scheme in STRUCTURAL),
                      lr * (c.scheme in ("block", "block_punched", "connectivity", "pattern")),
                      float(c.ftype == "1x1"), float(c.ftype == "dwpw")]
         s, e = self.mac_fractions(cand)
         rows += [s, e, math.log10(s), math.log10(e)]
+        # how much of the model changed, whatever the layer: what accuracy follows first
+        share = [ls.macs / self.total_macs for ls in self.layers]
+        rows += [sum(w * math.log10(self._effective.get((ls.name, c.scheme, c.ratio), c.ratio))
+                     for w, ls, c in zip(share, self.layers, cand.choices, strict=True)),
+                 sum(w * (c.ftype == "1x1") for w, c in zip(share, cand.choices, strict=True)),
+                 sum(w * (c.ftype == "dwpw") for w, c in zip(share, cand.choices, strict=True))]
         return np.asarray(rows, dtype=np.float64)
 
     def size(self) -> float:

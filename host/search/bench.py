@@ -1,0 +1,161 @@
+"""Benchmark of the search strategies (not a test): npas, random and uniform, each with the same
+evaluation budget, over several seeds, on one device, with the same phase-1 model and the same
+latency target; prints per strategy and seed the best accuracy among the evaluated candidates
+that meet the target (phase 2's accuracy: one-shot pruning + the short fine-tune), and the mean.
+
+    scripts/bench_search.sh [--seeds 0,1,2] [--budget 24] [--speedup 8] ...
+
+The phase-1 model is trained once (a first run with seed 0) and shared; the target is fixed
+from that run's dense latency, so every strategy chases the same number. Strategies run
+interleaved per seed so that a change in the machine's load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.table import Table
+
+from ..console import err, out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="bench_search.sh", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--strategies", default="npas,random,uniform")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", type=int, default=24, help="candidates per run (default 24)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--speedup", type=float, default=8.0,
+                    help="target = dense latency / SPEEDUP (default 8)")
+    ap.add_argument("--latency-ms", type=float, help="or an absolute target")
+    ap.add_argument("--model", default=None, help="default: the search's default model")
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--finetune-epochs", type=float, default=0.5,
+                    help="phase 2 fine-tuning per candidate (default 0.5)")
+    ap.add_argument("--pretrain-epochs", default="auto")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--device", default="local")
+    ap.add_argument("--runner", type=Path)
+    ap.add_argument("--out", type=Path, help="default runs/bench-search-DATE-TIME")
+    ap.add_argument("--base", type=Path,
+                    help="reuse the phase-1 model and target of an earlier bench's base run "
+                         "(OUT/base) instead of making a new one")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from types import SimpleNamespace
+
+    from ..cli import CliError
+    from .command import open_device
+    from .live import SearchUI
+    from .search import DEFAULT_MODEL, Search, SearchConfig, SearchError, prepare
+
+    a = parse_args(argv)
+    strategies = [s for s in a.strategies.split(",") if s]
+    seeds = [int(s) for s in a.seeds.split(",") if s]
+    root = a.out or Path("runs") / f"bench-search-{time.strftime('%Y%m%d-%H%M%S')}"
+    pre = None if a.pretrain_epochs == "auto" else float(a.pretrain_epochs)
+    common = dict(model=a.model or DEFAULT_MODEL, dataset=a.dataset, device=a.device,
+                  budget=a.budget, batch=a.batch, finetune_epochs=a.finetune_epochs,
+                  pretrain_epochs=pre, runs=a.runs, skip_final=True)
+    dev_args = SimpleNamespace(address=None, token_file=None, runner=a.runner, store=None,
+                               max_temp=40.0, no_pin=False, device=a.device)
+    ui = SearchUI(err)
+    table: dict[str, dict[int, float | None]] = {s: {} for s in strategies}
+    meeting: dict[str, dict[int, int]] = {s: {} for s in strategies}
+    t0 = time.perf_counter()
+    try:
+        with ExitStack() as stack:
+            device = open_device(dev_args, a.device, stack)
+            # the shared phase-1 model and target: one short run
+            base_cfg = SearchConfig(**{**common, "strategy": "uniform", "budget": 1,
+                                       "speedup": a.speedup if a.latency_ms is None else None,
+                                       "latency_ms": a.latency_ms, "seed": 0})
+            ui.phase("bench", "phase 1 (shared) and the latency target")
+            base_dir = a.base or root / "base"
+            if a.base is None:
+                base = Search(base_cfg, base_dir, device, ui=ui,
+                              prepared=prepare(base_cfg)).run()
+            else:
+                base = _base_of(a.base)
+            target = base["target_ms"]
+            ckpt = str(base_dir / "checkpoints" / "phase1.pt")
+            ui.log(f"target {target:.4f} ms (dense {base['dense_ms']:.4f} ms)")
+            for seed in seeds:
+                for strat in strategies:
+                    cfg = SearchConfig(**{**common, "strategy": strat, "seed": seed,
+                                          "latency_ms": target, "phase1_checkpoint": ckpt})
+                    ui.phase("bench", f"{strat}, seed {seed}")
+                    s = Search(cfg, root / f"{strat}-seed{seed}", device,
+                               ui=SearchUI(err, quiet=True), prepared=prepare(cfg)).run()
+                    table[strat][seed] = s["best_meeting_accuracy"]
+                    recs = [r for r in _records(root / f"{strat}-seed{seed}")
+                            if r.get("status") == "done"]
+                    meeting[strat][seed] = sum(1 for r in recs if r["meets_target"])
+                    ui.log(f"{strat} seed {seed}: best accuracy meeting the target "
+                           f"{_fmt(table[strat][seed])} ({meeting[strat][seed]}/{len(recs)} "
+                           f"meet it), {s['wall_s']:.0f} s")
+    except SearchError as e:
+        raise CliError(str(e)) from None
+    _print(table, meeting, seeds, target, base["dense_ms"], a, time.perf_counter() - t0)
+    (root / "bench.json").write_text(json.dumps(
+        {"target_ms": target, "dense_ms": base["dense_ms"], "budget": a.budget,
+         "seeds": seeds, "best_meeting_accuracy": table, "meeting": meeting,
+         "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
+    out.print(f"runs and bench.json: {root}")
+    return 0
+
+
+def _base_of(run: Path) -> dict:
+    from .journal import Journal
+    from .search import SearchError
+
+    recs = Journal(run).records()
+    probe = next((r for r in recs if r.get("type") == "probe"), None)
+    if not recs or probe is None or not (run / "checkpoints" / "phase1.pt").is_file():
+        raise SearchError(f"--base {run}: not a finished base run (journal, probe, "
+                          f"checkpoints/phase1.pt)")
+    return {"target_ms": recs[0]["target_ms"], "dense_ms": probe["dense"]["median_ms"]}
+
+
+def _records(run: Path) -> list[dict]:
+    from .journal import Journal
+
+    return [r for r in Journal(run).records() if r.get("type") == "candidate"]
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _mean(vals: list[float | None]) -> float | None:
+    got = [v if v is not None else 0.0 for v in vals]
+    return statistics.fmean(got) if got else None
+
+
+def _print(table, meeting, seeds, target, dense, a, wall) -> None:
+    t = Table(title=f"best phase-2 accuracy meeting {target:.4f} ms (dense {dense:.4f} ms), "
+                    f"{a.budget} candidates each, {a.finetune_epochs:g} epoch fine-tune")
+    t.add_column("strategy")
+    for s in seeds:
+        t.add_column(f"seed {s}", justify="right")
+    t.add_column("mean", justify="right")
+    t.add_column("meeting (mean)", justify="right")
+    for strat, row in table.items():
+        vals = [row.get(s) for s in seeds]
+        t.add_row(strat, *(_fmt(v) for v in vals), _fmt(_mean(vals)),
+                  f"{statistics.fmean(meeting[strat].values()):.1f}")
+    out.print(t)
+    out.print(f"a run with no candidate meeting the target counts 0 in the mean; "
+              f"{wall:.0f} s in all")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
