@@ -51,8 +51,8 @@ def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=tuple(STRATEGIES), default="npas",
                    help="npas (RL controller + Bayesian optimisation; default), random, "
                         "uniform")
-    p.add_argument("--budget", type=int, default=32,
-                   help="candidates evaluated in phase 2 (default 32)")
+    p.add_argument("--budget", type=int, default=64,
+                   help="candidates evaluated in phase 2 (default 64)")
     p.add_argument("--batch", type=int, default=4,
                    help="candidates per round of the strategy (default 4)")
     p.add_argument("--samples", type=int, default=256,
@@ -74,10 +74,10 @@ def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
                         "accuracy is near chance (random weights), else 0")
     p.add_argument("--phase1-epochs", type=float, default=1.0,
                    help="fine-tuning after replacing operators (default 1)")
-    p.add_argument("--phase3-epochs", type=float, default=2.0,
-                   help="budget of gradual and of ADMM pruning each (default 2)")
-    p.add_argument("--final-epochs", type=float, default=6.0,
-                   help="training of the final model (default 6)")
+    p.add_argument("--phase3-epochs", type=float, default=4.0,
+                   help="budget of gradual and of ADMM pruning each (default 4)")
+    p.add_argument("--final-epochs", type=float, default=15.0,
+                   help="training of the final model (default 15)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate for training")
     p.add_argument("--finetune-lr", type=float, default=0.05,
                    help="learning rate for fine-tuning (phases 1 to 3; cosine decay)")

@@ -50,7 +50,8 @@ def _plot_scatter(path: Path, done: list[dict], s: dict) -> None:
     if s.get("dense_ms") and s.get("phase1", {}).get("acc_after") is not None:
         ax.scatter([s["dense_ms"]], [s["phase1"]["acc_after"]], marker="D", s=40, c="k",
                    label="dense (phase 1)")
-    ax.set_xlabel("measured latency, median of the runner's timed runs (ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("measured latency, median of the runner's timed runs (ms, log scale)")
     ax.set_ylabel("validation accuracy after the short fine-tune")
     ax.set_title("phase 2 candidates")
     ax.grid(alpha=0.3)

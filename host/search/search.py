@@ -76,7 +76,7 @@ class SearchConfig:
     latency_ms: float | None = None
     speedup: float | None = None  # target = dense latency / speedup (when no latency_ms)
     strategy: str = "npas"
-    budget: int = 32
+    budget: int = 64
     batch: int = 4
     samples: int = 256
     ratios: tuple[float, ...] = DEFAULT_RATIOS
@@ -87,8 +87,8 @@ class SearchConfig:
     finetune_epochs: float = 1.0
     pretrain_epochs: float | None = None  # None: AUTO_PRETRAIN_EPOCHS if untrained, else 0
     phase1_epochs: float = 1.0
-    phase3_epochs: float = 2.0
-    final_epochs: float = 6.0
+    phase3_epochs: float = 4.0
+    final_epochs: float = 15.0
     lr: float = 0.05
     finetune_lr: float = 0.05
     batch_size: int = 64
@@ -240,8 +240,10 @@ def prepare(cfg: SearchConfig) -> Prepared:
     return Prepared(model, fast, reps, data, example, notes)
 
 
-def _seed_for(seed: int, key: str) -> int:
-    return (zlib.crc32(key.encode()) ^ (seed * 2654435761)) & 0x7FFFFFFF
+def _seed_for(key: str) -> int:
+    """The fine-tuning seed of a candidate: from its encoding only, so a candidate scores the
+    same whichever strategy or run seed proposes it (comparisons see less noise)."""
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
 
 
 def _summary(space: SearchSpace, cand: Candidate) -> str:
@@ -560,7 +562,7 @@ class Search:
             try:
                 self._to_device(pruned)
                 train(pruned.model, self.prep.data, cfg.finetune_epochs, self.train_cfg,
-                      _seed_for(cfg.seed, c.key()), after_step=pruned.reapply,
+                      _seed_for(c.key()), after_step=pruned.reapply,
                       gate=self._gate(), lr=cfg.finetune_lr)
                 recalibrate_bn(pruned.model, self.prep.data, cfg.train_device,
                                gate=self._gate())
