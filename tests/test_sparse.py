@@ -122,6 +122,21 @@ def test_mixed_schemes_with_filter_pruning_equal_torch(local_runner, tmp_path):
 
 
 @pytest.mark.host
+@pytest.mark.parametrize("size", [14, 7, 28])
+def test_padded_planes_at_resnet_sizes(size, local_runner, tmp_path):
+    """14x14 gives 16-float padded rows, the case GCC 12.2 once vectorised wrongly."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()).eval()
+    pruned = PruningPlan({"0": LayerRule("unstructured", 0.8)}, CFG).apply(net)
+    x = torch.randn(1, 16, size, size)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / f"p{size}", schemes=pruned.schemes)
+    assert read_report(bundle.path).sparse["0"].startswith("unstructured: csr")
+    assert rel_err(run_on_runner(local_runner, bundle, x), want.numpy()) <= 1e-4
+
+
+@pytest.mark.host
 def test_batch_of_two_and_dense_fallback(local_runner, tmp_path):
     plan = PruningPlan({"c2": LayerRule("unstructured", 0.3), "c4": LayerRule("unstructured",
                                                                               0.9)}, CFG)
