@@ -38,61 +38,61 @@ class Strategy(Protocol):
     def status(self) -> str: ...
 
 
-class RandomStrategy:
-    name = "random"
+class _Proposer:
+    """The bookkeeping the baselines share: never propose a candidate twice (also one seen in
+    a resumed journal), and ignore the prior."""
 
-    def __init__(self, space: SearchSpace, seed: int = 0, **_):
+    def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        self.rng = np.random.default_rng([seed, 1])
         self.seen: set[str] = set()
 
     def prior(self, outcomes: list[Outcome]) -> None:
         pass
+
+    def _take(self, c: Candidate, out: list[Candidate]) -> None:
+        if c.key() not in self.seen:
+            self.seen.add(c.key())
+            out.append(c)
+
+    def tell(self, outcomes: list[Outcome]) -> None:
+        self.seen.update(o.candidate.key() for o in outcomes)
+
+
+class RandomStrategy(_Proposer):
+    name = "random"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, **_):
+        super().__init__(space)
+        self.rng = np.random.default_rng([seed, 1])
 
     def ask(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []
         for _ in range(200 * n):
             if len(out) == n:
                 break
-            c = self.space.random(self.rng)
-            if c.key() not in self.seen:
-                self.seen.add(c.key())
-                out.append(c)
+            self._take(self.space.random(self.rng), out)
         return out
-
-    def tell(self, outcomes: list[Outcome]) -> None:
-        self.seen.update(o.candidate.key() for o in outcomes)
 
     def status(self) -> str:
         return f"{len(self.seen)} proposed"
 
 
-class UniformStrategy:
+class UniformStrategy(_Proposer):
     name = "uniform"
 
     def __init__(self, space: SearchSpace, seed: int = 0, **_):
-        self.space = space
+        super().__init__(space)
         grid = space.uniform_grid()
         order = np.random.default_rng([seed, 2]).permutation(len(grid))
         self.grid = [grid[i] for i in order]
         self.next = 0
-        self.seen: set[str] = set()
-
-    def prior(self, outcomes: list[Outcome]) -> None:
-        pass
 
     def ask(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []
         while len(out) < n and self.next < len(self.grid):
-            c = self.space.uniform(*self.grid[self.next])
+            self._take(self.space.uniform(*self.grid[self.next]), out)
             self.next += 1
-            if c.key() not in self.seen:
-                self.seen.add(c.key())
-                out.append(c)
         return out
-
-    def tell(self, outcomes: list[Outcome]) -> None:
-        self.seen.update(o.candidate.key() for o in outcomes)
 
     def status(self) -> str:
         return f"grid {self.next}/{len(self.grid)}"
