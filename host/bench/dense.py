@@ -519,6 +519,17 @@ def print_summary(results: Sequence[EngineRun], args) -> None:
 
 # ---------------------------------------------------------------- main
 
+def announce_machine(width: int) -> tuple[float, float, float]:
+    """Widen a piped console to ``width`` columns (80 would wrap the numbers), say what the
+    machine is and how busy (a busy machine gives noisy numbers); the load averages."""
+    if not out.is_terminal:
+        out.width = max(out.width, width)
+    load = os.getloadavg()
+    err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+              f"average {load[0]:.2f}: a busy machine gives noisy numbers")
+    return load
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -529,11 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     from host.models import ModelSpecError
     from host.session import Session
 
-    if not out.is_terminal:  # piped to a file: 80 columns would wrap the numbers
-        out.width = max(out.width, 120)
-    load = os.getloadavg()
-    err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
-              f"average {load[0]:.2f}: a busy machine gives noisy numbers")
+    load = announce_machine(120)
     results: list[EngineRun] = []
     infos: list[dict] = []
     peaks: dict[int, float] = {}

@@ -41,6 +41,7 @@ from .dense import (
     EngineRun,
     _close,
     _progress,
+    announce_machine,
     attach_samples,
     bench_cache_dir,
     gflops,
@@ -928,11 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     from host.devices.local import LocalRunner, LocalRunnerConfig
     from host.session import Session
 
-    if not out.is_terminal:  # piped to a file: 80 columns would wrap the numbers
-        out.width = max(out.width, 200)
-    load = os.getloadavg()
-    err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
-              f"average {load[0]:.2f}: a busy machine gives noisy numbers")
+    load = announce_machine(200)
     results: list[ModelResult] = []
     failed: dict[str, str] = {}
     t_start = time.perf_counter()
