@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +93,42 @@ def test_runner_that_cannot_be_restarted_fails_clearly(compiled, fresh_runner):
             s.run(h, [x.numpy()])
         assert time.monotonic() - t0 < 15
         assert e.value.code == "UNAVAILABLE" and "cannot be restarted" in str(e.value)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_runner_exits_when_its_host_is_sigkilled(runner_binary, tmp_path):
+    """The runner dies with the process that started it, even one killed with SIGKILL (which
+    runs no cleanup): it watches the stdin pipe that only its parent holds."""
+    code = ("import sys, time\n"
+            "from pathlib import Path\n"
+            "from host.devices.local import LocalRunner, LocalRunnerConfig\n"
+            "r = LocalRunner(LocalRunnerConfig(binary=Path(sys.argv[1]), store=Path(sys.argv[2])))\n"
+            "r.start()\n"
+            "print(r.pid, flush=True)\n"
+            "time.sleep(600)\n")
+    host = subprocess.Popen([sys.executable, "-c", code, str(runner_binary),
+                             str(tmp_path / "store")], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        pid = int(host.stdout.readline())
+        assert _pid_alive(pid)
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+        deadline = time.monotonic() + 15
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _pid_alive(pid), "the runner outlived its SIGKILLed host"
+    finally:
+        host.kill()
+        host.stdout.close()

@@ -79,11 +79,13 @@ class LocalRunner:
         self.config.store.mkdir(parents=True, exist_ok=True)
         cmd = [*self.config.command_prefix, str(self.binary), "--listen", "127.0.0.1:0",
                "--token-file", str(token_file), "--store", str(self.config.store),
-               *self.config.extra_args]
+               "--exit-on-stdin-eof", *self.config.extra_args]
         log = open(self.log_path, "ab")
         try:
+            # stdin: a pipe only this process writes to; the runner exits when it closes,
+            # so a SIGKILLed host does not leave its runner behind
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          stdin=subprocess.PIPE, start_new_session=True,
                                           env=self.config.env)
         finally:
             log.close()
@@ -129,8 +131,9 @@ class LocalRunner:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if p.stdout:
-            p.stdout.close()
+        for f in (p.stdin, p.stdout):
+            if f:
+                f.close()
 
     def restart(self) -> None:
         self.stop()

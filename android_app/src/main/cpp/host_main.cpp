@@ -3,7 +3,9 @@
 // it), logs to stderr, and shuts down cleanly on SIGTERM/SIGINT.
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -29,6 +31,9 @@ const char kUsage[] =
     "  --max-artifact-bytes N     largest artifact accepted (default 1073741824)\n"
     "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
     "  --max-models N             models loaded at once (default 16)\n"
+  "  --exit-on-stdin-eof        shut down when stdin reaches end of file: the parent holds\n"
+  "                             the pipe's write end, so the runner goes when it does, even\n"
+  "                             when the parent is SIGKILLed\n"
     "  --help                     this text\n";
 
 int usage_error(const std::string& msg) {
@@ -49,6 +54,7 @@ bool parse_u64(const std::string& s, uint64_t* out) {
 int main(int argc, char** argv) {
   npas::RunnerConfig config;
   std::string token_file;
+  bool exit_on_stdin_eof = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -63,6 +69,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--allow-remote") {
       config.allow_remote = true;
+    } else if (a == "--exit-on-stdin-eof") {
+      exit_on_stdin_eof = true;
     } else if (a == "--listen") {
       if (!value(&config.listen)) return usage_error("--listen needs HOST:PORT");
     } else if (a == "--token-file") {
@@ -131,6 +139,18 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   npas::RunnerServer* srv = server.value().get();
+  if (exit_on_stdin_eof) {
+    // Detached: it may still be blocked in read() when main returns, which is fine.
+    std::thread([] {
+      char buf[256];
+      for (;;) {
+        ssize_t r = ::read(STDIN_FILENO, buf, sizeof buf);
+        if (r == 0 || (r < 0 && errno != EINTR)) break;
+      }
+      std::fprintf(stderr, "npas-runner: stdin closed (parent gone)\n");
+      ::kill(::getpid(), SIGTERM);
+    }).detach();
+  }
   std::thread signal_thread([&stop_signals, srv] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
