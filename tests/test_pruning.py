@@ -5,6 +5,7 @@ tier: a pruned model compiled and run on the local runner)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -375,3 +376,25 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     with pytest.raises(PruningError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "
                                        r"needs a 3x3 kernel, got 1x1"):
         cmd_plan(bad)
+
+
+@pytest.mark.parametrize("rules", [
+    {"layer1.0.conv1": LayerRule("filter", 0.5), "layer2.0.conv1": LayerRule("channel", 0.25)},
+    {"layer1.0.conv1": LayerRule("pattern", 0.7), "fc": LayerRule("unstructured", 0.9),
+     "layer2.0.conv2": LayerRule("block_punched", 0.8)},
+])
+def test_zero_masks_zero_what_apply_removes(rules):
+    """zero_masks (what gradual/ADMM pruning steer towards) in the model's own shapes gives the
+    outputs of the model apply() prunes: structural rules and mask rules alike."""
+    torch.manual_seed(0)
+    model = torchvision_model("resnet18").eval()
+    plan = PruningPlan(rules, PruningConfig(vector_width=16))
+    masks = plan.zero_masks(model)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for path, mask in masks.items():
+            zeroed.get_parameter(path).mul_(mask)
+    x = _x((1, 3, 32, 32))
+    with torch.no_grad():
+        assert rel_err(zeroed(x), plan.apply(model)(x)) <= 1e-5
+    assert all(not torch.equal(m, torch.ones_like(m)) for m in masks.values())

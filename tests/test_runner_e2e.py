@@ -113,7 +113,8 @@ def test_runner_exits_when_its_host_is_sigkilled(runner_binary, tmp_path):
     code = ("import sys, time\n"
             "from pathlib import Path\n"
             "from host.devices.local import LocalRunner, LocalRunnerConfig\n"
-            "r = LocalRunner(LocalRunnerConfig(binary=Path(sys.argv[1]), store=Path(sys.argv[2])))\n"
+            "cfg = LocalRunnerConfig(binary=Path(sys.argv[1]), store=Path(sys.argv[2]))\n"
+            "r = LocalRunner(cfg)\n"
             "r.start()\n"
             "print(r.pid, flush=True)\n"
             "time.sleep(600)\n")

@@ -284,6 +284,40 @@ class PruningPlan:
         rows.sort(key=lambda r: order.index(r.layer))
         return PrunedModel(model, masks, removed, PlanReport(rows))
 
+    def zero_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Parameter path → bool mask (True: kept) of every weight and bias ``apply`` would
+        remove or zero, as zeros in ``model``'s own shapes (structural rules zero the channels
+        ``apply`` would cut, ranked the same way; mask rules mask what is left). ``model`` is
+        not changed. Gradual and ADMM pruning (host/search/algorithms.py) steer towards these."""
+        resolved = self._resolve(model)
+        removed, _, _ = self._structural(model, resolved)
+        mods = dict(model.named_modules())
+        masks: dict[str, torch.Tensor] = {}
+
+        def zero(path: str, dim: int, idx: list[int]) -> None:
+            p = model.get_parameter(path)
+            m = masks.setdefault(path, torch.ones_like(p, dtype=torch.bool))
+            m.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=p.device), False)
+
+        for (layer, role), idx in removed.items():
+            m = mods[layer]
+            if role == "in":
+                zero(f"{layer}.weight", 1, idx)
+                continue
+            if getattr(m, "weight", None) is not None:
+                zero(f"{layer}.weight", 0, idx)
+            if getattr(m, "bias", None) is not None:
+                zero(f"{layer}.bias", 0, idx)
+        for name, (s, p, rate) in resolved.items():
+            if s.structural:
+                continue
+            w = mods[name].weight.detach()
+            path = f"{name}.weight"
+            current = masks.get(path)
+            mask = s.mask(w * current if current is not None else w, rate, p)
+            masks[path] = mask if current is None else mask & current
+        return masks
+
     def report(self, model: nn.Module) -> PlanReport:
         return self.apply(model).report
 

@@ -47,36 +47,7 @@ def soft_masks(model: nn.Module, plan: PruningPlan, scale: float = 1.0
         except PruningError:
             continue
         rules[name] = LayerRule(rule.scheme, rate, dict(rule.params))
-    sub = PruningPlan(rules, plan.config)
-    # The plan's own resolution and channel ranking (private to host/pruning, used here so
-    # the channels zeroed are exactly the ones apply() will remove).
-    resolved = sub._resolve(model)
-    removed, _, _ = sub._structural(model, resolved)
-    masks: dict[str, torch.Tensor] = {}
-
-    def zero(path: str, dim: int, idx: list[int]) -> None:
-        p = model.get_parameter(path)
-        m = masks.setdefault(path, torch.ones_like(p, dtype=torch.bool))
-        m.index_fill_(dim, torch.tensor(idx, dtype=torch.long), False)
-
-    for (layer, role), idx in removed.items():
-        m = mods[layer]
-        if role == "in":
-            zero(f"{layer}.weight", 1, idx)
-            continue
-        if getattr(m, "weight", None) is not None:
-            zero(f"{layer}.weight", 0, idx)
-        if getattr(m, "bias", None) is not None:
-            zero(f"{layer}.bias", 0, idx)
-    for name, (s, p, rate) in resolved.items():
-        if s.structural:
-            continue
-        w = mods[name].weight.detach()
-        path = f"{name}.weight"
-        current = masks.get(path)
-        mask = s.mask(w * current if current is not None else w, rate, p)
-        masks[path] = mask if current is None else mask & current
-    return masks
+    return PruningPlan(rules, plan.config).zero_masks(model)
 
 
 def _apply(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
