@@ -75,7 +75,7 @@ def compile_model(module: torch.nn.Module,
                   toolchain: CToolchain | OpenClToolchain | None = None,
                   progress: Callable[[str], None] | None = None,
                   tuning: TuningLookup | None = None,
-                  schemes: Mapping[str, str] | None = None) -> Bundle:
+                  schemes: Mapping[str, str] | None = None, sparse: str = "auto") -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
@@ -85,7 +85,9 @@ def compile_model(module: torch.nn.Module,
     logical shapes; see ``codegen/passes/tune.py``). ``schemes`` maps a layer's module path
     to the pruning scheme its zeros follow ("unstructured", "pattern", "connectivity",
     "block", "block_punched"): the sparse pass picks each such layer's storage format and
-    kernel from it (``codegen/passes/sparse.py``); layers not named stay dense."""
+    kernel from it (``codegen/passes/sparse.py``); layers not named stay dense. ``sparse``
+    "auto" keeps a layer dense where its density makes the dense kernel faster, "always"
+    uses every sparse kernel there is."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -112,7 +114,8 @@ def compile_model(module: torch.nn.Module,
     say("passes")
     lang = toolchain.language()
     graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa(), tuning,
-                                       toolchain.target() if tuning is not None else None))
+                                       toolchain.target() if tuning is not None else None,
+                                       sparse=sparse))
     stage("passes")
     say("emit")
     params = [lang.layer_params(graph, la) for la in graph.steps]

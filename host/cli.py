@@ -190,7 +190,7 @@ def _compile(model_spec: str, out_dir: Path, args, progress: Progress, device_in
     lookup = _tuning_lookup(args, threads)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage, tuning=lookup,
-                           schemes=schemes)
+                           schemes=schemes, sparse=getattr(args, "sparse", "auto"))
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     if lookup is not None and (lookup.hits or lookup.misses):

@@ -48,7 +48,8 @@ class SparseNet(nn.Module):
 
 SHAPE = (1, 3, 21, 21)
 CFG = PruningConfig(vector_width=16, pattern_count=8)
-# scheme -> (rate, params); rates high enough that every layer's sparse kernel is chosen
+# scheme -> (rate, params); the kernel tests compile with sparse="always" (every layer that
+# has a sparse kernel gets it, whatever its density), the cost-model tests with "auto"
 SCHEMES = {
     "unstructured": (0.8, {}),
     "block": (0.75, {"rows": 16}),
@@ -77,7 +78,8 @@ def _compile(pruned, tmp_path, name: str):
     x = torch.randn(*SHAPE)
     with torch.no_grad():
         want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / name, name=name, schemes=pruned.schemes)
+    bundle = compile_model(pruned.model, x, tmp_path / name, name=name, schemes=pruned.schemes,
+                           sparse="always")
     return bundle, x, want
 
 
@@ -92,11 +94,9 @@ def test_every_scheme_runs_sparse_and_equals_torch(scheme, local_runner, tmp_pat
     bundle, x, want = _compile(pruned, tmp_path, scheme)
     sparse = read_report(bundle.path).sparse
     assert set(sparse) == set(pruned.schemes)
-    # depthwise convs keep their dense kernel; so does an unstructured Linear (a vector of
-    # outputs would almost never be all zero); everything else runs sparse
-    stays_dense = {"dw", "fc"} if scheme in ("unstructured", "connectivity") else {"dw"}
-    assert {k for k, v in sparse.items() if ": dense (" in v} == stays_dense & set(sparse), \
-        sparse
+    # depthwise convs keep their dense kernel (there is no sparse one); everything else runs
+    # sparse, even an unstructured Linear (blocks of outputs, zero-filled)
+    assert {k for k, v in sparse.items() if ": dense (" in v} == {"dw"} & set(sparse), sparse
     for threads in (1, 2):
         got = run_on_runner(local_runner, bundle, x, threads=threads)
         assert rel_err(got, want.numpy()) <= 1e-4, (scheme, threads)
@@ -131,7 +131,8 @@ def test_padded_planes_at_resnet_sizes(size, local_runner, tmp_path):
     x = torch.randn(1, 16, size, size)
     with torch.no_grad():
         want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / f"p{size}", schemes=pruned.schemes)
+    bundle = compile_model(pruned.model, x, tmp_path / f"p{size}", schemes=pruned.schemes,
+                           sparse="always")
     assert read_report(bundle.path).sparse["0"].startswith("unstructured: csr")
     assert rel_err(run_on_runner(local_runner, bundle, x), want.numpy()) <= 1e-4
 
@@ -200,7 +201,7 @@ def test_csr_and_bcsr_formats_decode_to_the_weights(stride, k, pad):
                                   {"filters": 8, "channels": 4} if k > 1 else {"rows": 8})):
         pruned = PruningPlan({"0": LayerRule(scheme, rate, params)}, CFG).apply(conv)
         g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 24, 15, 15))))
-        g = choose_storage(with_schemes(g, {"0": scheme}), AVX512)
+        g = choose_storage(with_schemes(g, {"0": scheme}), AVX512, policy="always")
         (la,) = [la for la in g.layers if la.op == "conv2d"]
         assert la.storage == ("csr" if scheme == "unstructured" else "bcsr")
         w = la.params["weight"]
@@ -260,7 +261,7 @@ def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
     pruned = PruningPlan({"0": LayerRule(scheme, rate)}, CFG).apply(net)
     g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 20, 13, 13))))
     g = choose_storage(with_schemes(g, {"0": scheme}), AVX512,
-                       fkw_schemes=("pattern", "connectivity"))
+                       fkw_schemes=("pattern", "connectivity"), policy="always")
     (la,) = [la for la in g.layers if la.op == "conv2d"]
     assert la.storage == "fkw"
     vals, bias, koff, runs, sptr, order, taps = pack_fkw(la)
@@ -287,3 +288,31 @@ def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
                 for j in range(t):
                     got[f, koff[k] // per_channel, tap_to_pos[int(taps[sh][j])]] = vals[k][j]
     np.testing.assert_array_equal(got.reshape(w.shape), w)
+
+
+@pytest.mark.parametrize("size,stride,rate,sparse", [
+    (56, 1, 0.8, False),  # Winograd F(4,3) on 196 tiles: CSR must keep ≤ 12 %
+    (56, 1, 0.9, True),
+    (14, 1, 0.8, True),   # 16 tiles: Winograd's edge is smaller, 25 %
+    (7, 1, 0.7, True),    # 4 tiles: 33 %
+    (56, 2, 0.7, True),   # stride 2: direct dense kernel, 40 %
+])
+def test_density_limit_follows_the_dense_algorithm(size, stride, rate, sparse):
+    from codegen.capture import capture
+    from codegen.passes import fold_bn, fuse_epilogue
+    from codegen.passes.sparse import choose_storage, with_schemes
+
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(32, 32, 3, stride, 1)).eval()
+    pruned = PruningPlan({"0": LayerRule("unstructured", rate)}, CFG).apply(net)
+    g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 32, size, size))))
+    g = with_schemes(g, {"0": "unstructured"})
+    (la,) = [la for la in choose_storage(g, AVX512).layers if la.op == "conv2d"]
+    assert (la.storage == "csr") == sparse, la.attrs.get("sparse_skipped")
+    if not sparse:
+        assert "Winograd" in la.attrs["sparse_skipped"]
+    (forced,) = [la for la in choose_storage(g, AVX512, policy="always").layers
+                 if la.op == "conv2d"]
+    assert forced.storage == "csr"
+    with pytest.raises(CodegenError, match="sparse policy 'never'"):
+        choose_storage(g, AVX512, policy="never")

@@ -19,13 +19,14 @@ PIPELINE: tuple[Callable[[Graph], Graph], ...] = (fold_bn, fuse_epilogue, plan_m
 
 
 def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None,
-             tuning: TuningLookup | None = None, target: Target | None = None
-             ) -> tuple[Callable[[Graph], Graph], ...]:
+             tuning: TuningLookup | None = None, target: Target | None = None,
+             sparse: str = "auto") -> tuple[Callable[[Graph], Graph], ...]:
     """The pipeline with the memory plan sized for ``elem_bytes``-byte elements; with a CPU
     vector ``isa``, activations are laid out in blocks of its width first; with a ``tuning``
     lookup (and the ``target`` it is asked about), its answers are set before the layout (which
-    fills in the cost model's defaults for the rest)."""
-    layout = ((partial(choose_storage, isa=isa), partial(block_layout, isa=isa))
+    fills in the cost model's defaults for the rest). ``sparse``: the sparse pass's policy
+    ("auto" or "always", see ``choose_storage``)."""
+    layout = ((partial(choose_storage, isa=isa, policy=sparse), partial(block_layout, isa=isa))
               if isa is not None else ())
     if tuning is not None and target is None:
         raise ValueError("pipeline(tuning=...) needs the target the lookup is asked about")

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from codegen.emit.vec import WINOGRAD, default_algo
 from codegen.isa import VectorIsa
 from codegen.lr import CodegenError, Graph, Layer
 
@@ -45,9 +46,35 @@ def with_schemes(graph: Graph, schemes: Mapping[str, str]) -> Graph:
 
 # A layer keeps dense storage when its sparse kernel would do more than this fraction of the
 # dense layer's multiply-adds (zeros included by the block format): past it the register-blocked
-# dense kernels (and Winograd, which already does 2.25-4x fewer multiplies on 3x3 layers) win.
-# ``m`` is the number of filters sharing one index list (1: CSR, more: blocks).
+# dense kernels win. ``m`` is the number of filters sharing one index list (1: CSR, more:
+# blocks). Measured per layer on the AVX-512 host (1 thread, resnet18/vgg16 layers forced
+# sparse, sparse vs dense): stride-2 3x3 convs (direct dense) at density 0.5, m=8: 0.55-0.6 of
+# the dense time; at 0.3, m=1: 0.72-0.76.
 MAX_DENSITY = {1: 0.40, 2: 0.50, 4: 0.60, 8: 0.65}
+# Dense 3x3 stride-1 convs run Winograd, up to 4x fewer multiplies on large images, so there
+# the sparse kernel must skip much more; how much depends on the image (Winograd's edge shrinks
+# with the tile count). Rows: (least F(4,3) output tiles, limits by m). Measured break-even
+# densities (same runs): m=1 0.13-0.15 and m=8 0.22-0.29 at 28x28-224x224 outputs (≥ 49
+# tiles), 0.3 and 0.5 at 14x14 (16 tiles), 0.35 and 0.6 at 7x7; limits a little under them.
+WINOGRAD_MAX_DENSITY = (
+    (49, {1: 0.12, 2: 0.15, 4: 0.18, 8: 0.22}),
+    (16, {1: 0.25, 2: 0.32, 4: 0.40, 8: 0.45}),
+    (0, {1: 0.33, 2: 0.42, 4: 0.52, 8: 0.58}),
+)
+
+
+def max_density(la: Layer, out_shape: tuple[int, ...], m: int) -> tuple[float, str]:
+    """The density (``m``-filter blocks' share of the dense multiply-adds) above which ``la``
+    keeps its dense kernel, and which dense kernel that is."""
+    algo = la.tuning.get("algo") or default_algo(la, out_shape)
+    if algo not in WINOGRAD:
+        return MAX_DENSITY[m], "direct"
+    oh, ow = out_shape[2:4]
+    tiles = -(-oh // 4) * -(-ow // 4)
+    limits = next(lim for least, lim in WINOGRAD_MAX_DENSITY if tiles >= least)
+    return limits[m], f"Winograd {algo[-1]}x3"
+
+
 MIN_BLOCK_EFFICIENCY = 0.9  # useful multiply-adds / all, for a block format to be chosen
 OVERREAD_SLACK = "overread_floats"  # a sparse conv's reads past its input's last element
 
@@ -116,8 +143,11 @@ def fkw_shapes(nz: np.ndarray) -> np.ndarray | None:
 FKW_SCHEMES = ("connectivity",)
 
 
+SPARSE_POLICIES = ("auto", "always")
+
+
 def choose_storage(graph: Graph, isa: VectorIsa,
-                   fkw_schemes: tuple[str, ...] = FKW_SCHEMES) -> Graph:
+                   fkw_schemes: tuple[str, ...] = FKW_SCHEMES, policy: str = "auto") -> Graph:
     """Give every conv2d (groups 1, dilation 1) and linear layer whose ``scheme`` is sparse a
     sparse storage format when its kernel saves work, and plan its input: convs read their
     input as zero-padded planes, one per stride phase (``sparse_pad`` steps, shared by convs of
@@ -128,7 +158,13 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     line up that way), "fkw" (filter-kernel-weight, kernels grouped by shape, for the
     ``fkw_schemes``; see ``codegen/emit/sparse.py``). ``Layer.tuning`` records m, V (vectors of
     output positions per work item), the density and the reason for the choice; a layer left
-    dense records why in ``attrs["sparse_skipped"]``."""
+    dense records why in ``attrs["sparse_skipped"]``. ``policy`` "auto" keeps the dense kernel
+    where the density limits above say it is faster; "always" gives every layer that has a
+    sparse kernel that kernel (tests, measurements of the limits)."""
+    if policy not in SPARSE_POLICIES:
+        raise CodegenError(f"sparse policy {policy!r}: expected one of "
+                           f"{', '.join(SPARSE_POLICIES)}")
+    forced = policy == "always"
     x = isa.floats
     layers: list[Layer] = []
     shapes = dict(graph.shapes)
@@ -144,7 +180,7 @@ def choose_storage(graph: Graph, isa: VectorIsa,
             ob = -(-w.shape[0] // x)
             u = _union_entries(nz, x)
             eff = u * x / max(1, ob * x * w.shape[1])
-            if eff > MAX_DENSITY[8]:
+            if eff > MAX_DENSITY[8] and not forced:
                 layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
                               f"blocks of {x} outputs keep {eff:.0%} of the weights"}))
                 continue
@@ -168,10 +204,11 @@ def choose_storage(graph: Graph, isa: VectorIsa,
         plane = oh * wq
         m, v, entries = sparse_plan(nz, plane, isa)
         kept = entries * m / w.size
-        if kept > MAX_DENSITY[m]:
+        limit, dense_kind = max_density(la, graph.shapes[la.output], m)
+        if kept > limit and not forced:
             layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
                           f"density {density:.2f} ({kept:.2f} with m={m}) is above "
-                          f"{MAX_DENSITY[m]}: the dense kernel is faster"}))
+                          f"{limit}: the dense kernel is faster ({dense_kind})"}))
             continue
         chunk = v * x
         geo: dict = {"direct": direct, "Wq": wq, "Hq": hq, "V": v, "plane": plane}

@@ -604,7 +604,7 @@ def _bench_model(name: str, args, session, progress, tmp: Path) -> ModelResult:
             unstr.setdefault("threads", {})[threads] = measure_unstructured(
                 session, dense_bundle, unstr, threads, args, progress)
     if unstr is not None:
-        for k in ("bundle", "ref", "example"):
+        for k in ("bundles", "ref", "example"):
             unstr.pop(k, None)
     return ModelResult(name, work_flops(dense_works), variants, runs, info, unstr,
                        dense_compile_s)
@@ -647,6 +647,12 @@ def conv3x3_names(model) -> set[str]:
             and tuple(m.kernel_size) == (3, 3) and m.groups == 1 and n.startswith("layer")}
 
 
+# The sparse pass's policies compared on the unstructured 3x3 convs: "auto" keeps a conv dense
+# where the cost model says dense is faster (Winograd layers at 20 % density), "always" runs
+# every one sparse.
+UNSTRUCTURED_POLICIES = ("auto", "always")
+
+
 def prepare_unstructured(w, rate: float, dense_works, tmp: Path, progress) -> dict:
     from codegen import compile_model
     from host.pruning.command import build_plan
@@ -658,37 +664,43 @@ def prepare_unstructured(w, rate: float, dense_works, tmp: Path, progress) -> di
         rules = [f"layer*.conv*=unstructured:{rate}"]
         pruned = build_plan(w.model, rules, PruningConfig(16, 8)).apply(w.model)
         ref, works = forward_work(pruned.model, w.example)
-        bundle = compile_model(pruned.model, (w.example,), tmp / "unstructured",
-                               name=f"resnet18-unstructured-{rate:g}", schemes=pruned.schemes)
+        bundles = {policy: compile_model(pruned.model, (w.example,), tmp / f"unstr-{policy}",
+                                         name=f"resnet18-unstructured-{rate:g}-{policy}",
+                                         schemes=pruned.schemes, sparse=policy)
+                   for policy in UNSTRUCTURED_POLICIES}
     finally:
         progress.remove_task(task)
     convs = conv3x3_names(w.model)
-    return {"rate": rate, "rules": rules, "convs": sorted(convs), "bundle": bundle, "ref": ref,
-            "example": w.example.numpy(),
-            "sparse_layers": sparse_kernel_layers(bundle.manifest.steps, works)[0],
+    return {"rate": rate, "rules": rules, "convs": sorted(convs), "bundles": bundles,
+            "ref": ref, "example": w.example.numpy(),
+            "sparse_layers": {p: sparse_kernel_layers(b.manifest.steps, works)[0]
+                              for p, b in bundles.items()},
             "conv_flops_dense": sum(dense_works[n].flops for n in convs),
             "conv_flops_sparse": sum(works[n].flops for n in convs)}
 
 
 def measure_unstructured(session, dense_bundle, u: dict, threads: int, args,
                          progress) -> dict:
-    """Both bundles with per-layer times, interleaved (one run each per repetition, after one
-    untimed run); per run: the whole run, the sum of the 3x3 conv steps and of the glue steps
-    (GLUE_OPS). The sparse output is checked first."""
+    """The dense bundle and the sparse ones (one per policy) with per-layer times, interleaved
+    (one run each per repetition, after one untimed run); per run: the whole run, the sum of
+    the 3x3 conv steps and of the glue steps (GLUE_OPS). The sparse outputs are checked
+    first."""
     from host.session import LoadOptions
 
     from .dense import max_rel_error
 
     convs = set(u["convs"])
     keys: dict[str, str] = {}
-    res: dict = {"rel_err": None, "runs": {"dense": [], "unstructured": []}}
+    res: dict = {"rel_err": None, "runs": {"dense": [], **{p: [] for p in u["bundles"]}}}
     task = progress.add_task(f"resnet18, {threads} thread(s): 3x3 convs, per layer",
-                             total=args.runs * 2)
+                             total=args.runs * (1 + len(u["bundles"])))
     try:
         keys["dense"] = session.load(dense_bundle, LoadOptions(threads=threads))
-        keys["unstructured"] = session.load(u["bundle"], LoadOptions(threads=threads))
-        res["rel_err"] = max_rel_error(session.run(keys["unstructured"], [u["example"]])[0],
-                                       u["ref"])
+        errs = []
+        for policy, bundle in u["bundles"].items():
+            keys[policy] = session.load(bundle, LoadOptions(threads=threads))
+            errs.append(max_rel_error(session.run(keys[policy], [u["example"]])[0], u["ref"]))
+        res["rel_err"] = max(errs)
         for rep in range(args.runs):
             for k in rotated(list(keys), rep):
                 r = session.benchmark(keys[k], runs=1, warmup=1, per_layer=True)
@@ -710,14 +722,15 @@ def measure_unstructured(session, dense_bundle, u: dict, threads: int, args,
     return res
 
 
-def unstructured_summary(res: dict) -> dict:
+def unstructured_summary(res: dict, policy: str = "auto") -> dict:
     """Medians over runs (ms) of the whole run, the 3x3 conv steps, and those plus the glue
-    steps, for both bundles; ratios sparse / dense."""
+    steps, for the dense bundle and the sparse one of ``policy``; ratios sparse / dense."""
     def med(k: str, *what: str) -> float | None:
         v = [sum(r[w] for w in what) for r in res["runs"].get(k, [])]
         return statistics.median(v) / 1e6 if v else None
 
-    d = {f"{k}_{name}_ms": med(k, *what) for k in ("dense", "unstructured")
+    d = {f"{key}_{name}_ms": med(k, *what) for key, k in (("dense", "dense"),
+                                                          ("unstructured", policy))
          for name, what in (("conv", ("conv3x3_ns",)), ("conv_glue", ("conv3x3_ns", "glue_ns")),
                             ("total", ("total_ns",)))}
     for name in ("conv", "conv_glue", "total"):
@@ -897,24 +910,28 @@ def print_headlines(results: Sequence[ModelResult], args) -> None:
 
 
 def print_unstructured(u: dict) -> None:
-    t = Table(title=f"ResNet-18's 16 3x3 convs at {u['rate']:.0%} unstructured sparsity "
-                    f"({u['sparse_layers']} got a sparse kernel) vs dense: per-layer times, "
-                    f"both bundles interleaved, medians over runs", caption=(
-        "3x3: sum of the 3x3 conv steps in one run; + glue: with the padding and layout-change "
-        "steps (" + ", ".join(GLUE_OPS) + ") of each bundle, which sparse layers bring. ratio: "
+    got = ", ".join(f"{p}: {n}" for p, n in u["sparse_layers"].items())
+    t = Table(title=f"ResNet-18's 16 3x3 convs at {u['rate']:.0%} unstructured sparsity vs "
+                    f"dense (sparse kernels, by policy: {got}): per-layer times, all bundles "
+                    f"interleaved, medians over runs", caption=(
+        "policy: the sparse pass's; auto keeps a conv dense where its cost model says the "
+        "dense kernel (Winograd) is faster, always runs every conv sparse. 3x3: sum of the "
+        "3x3 conv steps in one run; + glue: with the padding and layout-change steps ("
+        + ", ".join(GLUE_OPS) + ") of each bundle, which sparse layers bring. ratio: "
         "sparse / dense, below 1 is faster. Multiply-adds of these convs ×2: "
         f"{u['conv_flops_dense'] / 1e9:.2f} → {u['conv_flops_sparse'] / 1e9:.2f} G."))
-    for col in ("threads", "dense 3x3 ms", "sparse 3x3 ms", "ratio", "dense + glue",
+    for col in ("threads", "policy", "dense 3x3 ms", "sparse 3x3 ms", "ratio", "dense + glue",
                 "sparse + glue", "ratio", "model dense", "model sparse", "ratio", "rel err"):
         t.add_column(col, justify="right")
     t.add_column("note")
     for threads, res in u.get("threads", {}).items():
-        s = unstructured_summary(res)
-        t.add_row(str(threads), *(_f(s[k], ".2f") for k in (
-            "dense_conv_ms", "unstructured_conv_ms", "conv_ratio", "dense_conv_glue_ms",
-            "unstructured_conv_glue_ms", "conv_glue_ratio", "dense_total_ms",
-            "unstructured_total_ms", "total_ratio")), _f(res.get("rel_err"), ".1e"),
-            escape(res.get("error", "")))
+        for policy in u["sparse_layers"]:
+            s = unstructured_summary(res, policy)
+            t.add_row(str(threads), policy, *(_f(s[k], ".2f") for k in (
+                "dense_conv_ms", "unstructured_conv_ms", "conv_ratio", "dense_conv_glue_ms",
+                "unstructured_conv_glue_ms", "conv_glue_ratio", "dense_total_ms",
+                "unstructured_total_ms", "total_ratio")), _f(res.get("rel_err"), ".1e"),
+                escape(res.get("error", "")))
     out.print(t)
 
 
@@ -980,7 +997,9 @@ def main(argv: list[str] | None = None) -> int:
                               "variants": [{**asdict(v), "label": v.label} for v in r.variants],
                               "unstructured": r.unstructured and {
                                   **r.unstructured,
-                                  "summary": {t: unstructured_summary(x) for t, x in
+                                  "summary": {t: {p: unstructured_summary(x, p)
+                                                  for p in r.unstructured["sparse_layers"]}
+                                              for t, x in
                                               r.unstructured.get("threads", {}).items()}},
                               "results": [{**asdict(x),
                                            "stats": asdict(x.stats) if x.stats else None}
