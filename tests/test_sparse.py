@@ -316,3 +316,32 @@ def test_density_limit_follows_the_dense_algorithm(size, stride, rate, sparse):
     assert forced.storage == "csr"
     with pytest.raises(CodegenError, match="sparse policy 'never'"):
         choose_storage(g, AVX512, policy="never")
+
+
+class _Residual(nn.Module):
+    def __init__(self, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, stride, 1)
+        self.skip = nn.AvgPool2d(3, stride, 1) if stride > 1 else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + self.skip(x))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("size,stride", [(112, 1), (117, 1), (229, 2)])
+def test_vector_stores_on_wide_images_equal_torch(size, stride, local_runner, tmp_path):
+    """Images at least VEC_STORE_MIN_WIDTH vectors wide store whole vectors (with the fused
+    residual and activation) and the row ends lane by lane."""
+    torch.manual_seed(7)
+    net = _Residual(stride).eval()
+    pruned = PruningPlan({"conv": LayerRule("unstructured", 0.8)}, CFG).apply(net)
+    x = torch.randn(1, 16, size, size)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / f"w{size}", schemes=pruned.schemes,
+                           sparse="always")
+    assert read_report(bundle.path).sparse["conv"].startswith("unstructured: csr")
+    for threads in (1, 2):
+        got = run_on_runner(local_runner, bundle, x, threads=threads)
+        assert rel_err(got, want.numpy()) <= 1e-4, threads
