@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 import torch
+from torch import nn
 from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
 from codegen import compile_model
@@ -228,5 +229,28 @@ def test_sparse_kernels_on_arm64_equal_torch(qemu_runner, clang, tmp_path):
     sparse = read_report(bundle.path).sparse
     assert sparse["c2"].startswith("block_punched: bcsr, m=8")  # 32 NEON registers
     assert sparse["fc"].startswith("block: bcsr, m=4")  # one NEON vector of outputs
+    for threads in (1, 2):
+        assert rel_err(_run(qemu_runner, bundle, x, threads), want.numpy()) <= 1e-4
+
+
+def test_plain_pool_and_vector_stores_on_arm64_equal_torch(qemu_runner, clang, tmp_path):
+    """NEON's 4-float vectors: sparse convs wide enough for whole-vector stores around a
+    stride-2 max pool on plain NCHW (the shuffles of maxpool2d_plain_s2), under qemu."""
+    from test_sparse import _PoolBetween
+
+    from host.pruning import LayerRule, PruningConfig
+    from host.pruning.plan import PruningPlan
+
+    torch.manual_seed(9)
+    plan = PruningPlan({"a": LayerRule("unstructured", 0.8), "b": LayerRule("unstructured", 0.8)},
+                       PruningConfig(vector_width=16))
+    pruned = plan.apply(_PoolBetween(nn.MaxPool2d(3, 2, 1)).eval())
+    x = torch.randn(1, 8, 41, 41)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / "pool", name="pool_arm64",
+                           toolchain=Arm64AndroidToolchain(), schemes=pruned.schemes,
+                           sparse="always")
+    assert "to_nchwxc" not in [s.op for s in bundle.manifest.steps]
     for threads in (1, 2):
         assert rel_err(_run(qemu_runner, bundle, x, threads), want.numpy()) <= 1e-4

@@ -345,3 +345,38 @@ def test_vector_stores_on_wide_images_equal_torch(size, stride, local_runner, tm
     for threads in (1, 2):
         got = run_on_runner(local_runner, bundle, x, threads=threads)
         assert rel_err(got, want.numpy()) <= 1e-4, threads
+
+
+class _PoolBetween(nn.Module):
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.a, self.pool, self.b = nn.Conv2d(8, 16, 3, 1, 1), pool, nn.Conv2d(16, 16, 3, 1, 1)
+
+    def forward(self, x):
+        return self.b(self.pool(torch.relu(self.a(x))))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("size,pool,plain", [
+    (224, nn.MaxPool2d(2, 2), True),                      # VGG's
+    (112, nn.MaxPool2d(3, 2, 1), True),                   # ResNet's stem
+    (75, nn.MaxPool2d(3, 2, 1, ceil_mode=True), True),    # odd width, windows past the end
+    (28, nn.MaxPool2d(2, 2), False),                      # narrow: blocked kernel
+])
+def test_max_pool_between_sparse_convs_stays_plain(size, pool, plain, local_runner, tmp_path):
+    """A stride-2 max pool whose wide input a sparse conv wrote plain runs on plain NCHW (no
+    layout conversions around it) and equals PyTorch; a narrow one runs blocked."""
+    torch.manual_seed(8)
+    plan = PruningPlan({"a": LayerRule("unstructured", 0.8), "b": LayerRule("unstructured", 0.8)},
+                       CFG)
+    pruned = plan.apply(_PoolBetween(pool).eval())
+    x = torch.randn(1, 8, size, size)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / "pool", schemes=pruned.schemes,
+                           sparse="always")
+    ops = [s.op for s in bundle.manifest.steps]
+    assert ("to_nchwxc" not in ops and "to_nchw" not in ops) == plain, ops
+    for threads in (1, 2):
+        got = run_on_runner(local_runner, bundle, x, threads=threads)
+        assert rel_err(got, want.numpy()) <= 1e-4, threads

@@ -91,11 +91,16 @@ def _by_storage(sparse_kernel, dense):
     return kernel
 
 
+def _plain_maxpool(c: Ctx):
+    ok = vec.plain_pool_ok(c.la, c.ins[0][3], c.lang.isa.floats)
+    return (vec.maxpool2d_plain_s2 if ok else KERNELS["maxpool2d"])(c)
+
+
 VECTOR_KERNELS = {
     "conv2d": _by_storage(sparse.spconv, _by_layout(vec.conv2d_blocked, KERNELS["conv2d"],
                                                     "out")),
     "sparse_pad": sparse.sparse_pad,
-    "maxpool2d": _by_layout(vec.pool_blocked("max"), KERNELS["maxpool2d"]),
+    "maxpool2d": _by_layout(vec.pool_blocked("max"), _plain_maxpool),
     "avgpool2d": _by_layout(vec.pool_blocked("avg"), KERNELS["avgpool2d"]),
     "adaptive_avgpool2d": _by_layout(vec.pool_blocked("adaptive"),
                                      KERNELS["adaptive_avgpool2d"]),

@@ -430,6 +430,67 @@ def pool_blocked(kind: str) -> Callable[[Any], tuple[list[str], int, int]]:
     return kernel
 
 
+def plain_pool_ok(la: Layer, in_width: int, x: int) -> bool:
+    """A max pool ``maxpool2d_plain_s2`` runs on plain NCHW: stride 2, dilation 1, a window
+    of at most 3 wide, an input at least 4 vectors wide (narrower ones go mostly column by
+    column: vgg16's 28-wide pool took 0.94 ms so, 0.27 ms with its layout conversions and
+    the blocked kernel)."""
+    a = la.attrs
+    return (la.op == "maxpool2d" and tuple(a["stride"]) == (2, 2)
+            and tuple(a["dilation"]) == (1, 1) and a["kernel"][1] <= 3 and in_width >= 4 * x)
+
+
+def maxpool2d_plain_s2(c: Any) -> tuple[list[str], int, int]:
+    """Stride-2 max pooling on plain NCHW (between sparse convs, which read and write it):
+    items (n * channel, output row); X output columns per step, each window column an
+    odd-lane shuffle of two loads; the first columns (whose windows touch the padding) and
+    any the vectors cannot reach go one by one. NaNs propagate as in PyTorch."""
+    X = c.lang.isa.floats
+    n, ch, ih, iw = c.ins[0]
+    _, _, oh, ow = c.out
+    (kh, kw), (ph, pw) = c.a["kernel"], c.a["padding"]
+    i = "int64_t"
+    # Output columns [q_lo, q_end) go in whole vectors. Window column kx of the X outputs from
+    # q reads input columns 2q - pw + kx + 2j (j < X): the odd lanes of two loads from
+    # 2q - pw + kx - 1, which read nothing past the last column used; so a vector may start
+    # at q when 2q - pw - 1 >= 0 and 2q - pw + kw + 2X - 3 < iw. The last vector overlaps
+    # the one before it rather than leaving a tail (max is idempotent).
+    q_lo = (pw + 2) // 2
+    q_max = (iw - kw - 2 * X + 2 + pw) // 2
+    q_end = min(ow, q_max + X) if q_max >= q_lo else q_lo
+    if q_end - q_lo < X:
+        q_end = q_lo
+    odd = ", ".join(str(2 * j + 1) for j in range(X))
+    rows = [f"  const {i} ih = oh * 2 - {ph} + ky;", f"  if (ih < 0 || ih >= {ih}) continue;"]
+    body = [f"const {i} nc = it / {oh}, oh = it % {oh};",
+            f"const float *xp = x + nc * {ih * iw};",
+            f"float *yr = y + it * {ow};",
+            f"for ({i} q0 = {q_lo}; q0 < {q_end}; q0 += {X}) {{",
+            f"  const {i} q = q0 + {X} <= {q_end} ? q0 : {q_end - X};",
+            "  vf m = (vf){} - __builtin_inff();",
+            f"  for ({i} ky = 0; ky < {kh}; ++ky) {{",
+            *["  " + ln for ln in rows],
+            f"    const float *r = xp + ih * {iw} + 2 * q - {pw + 1};",
+            *[f"    {{ const vf a = *(const vfu *)(r + {kx}), b = *(const vfu *)(r + {kx + X});"
+              f" const vf v = __builtin_shufflevector(a, b, {odd});"
+              " m = npas_vsel((v > m) | (v != v), v, m); }" for kx in range(kw)],
+            "  }", "  *(vfu *)(yr + q) = m;", "}",
+            f"for ({i} q = 0; q < {ow}; ++q) {{",
+            f"  if (q == {q_lo}) q = {q_end};",
+            f"  if (q >= {ow}) break;",
+            "  float m = -__builtin_inff();",
+            f"  for ({i} ky = 0; ky < {kh}; ++ky) {{",
+            *["  " + ln for ln in rows],
+            f"    for ({i} kx = 0; kx < {kw}; ++kx) {{",
+            f"      const {i} iw = q * 2 - {pw} + kx;",
+            f"      if (iw < 0 || iw >= {iw}) continue;",
+            f"      const float v = xp[ih * {iw} + iw];",
+            "      if (v > m || v != v) m = v;", "    }", "  }",
+            "  yr[q] = m;", "}"]
+    items = n * ch * oh
+    return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, numel(c.out) * kh * kw
+
+
 def mul_channel_blocked(c: Any) -> tuple[list[str], int, int]:
     X = c.lang.isa.floats
     n, cbk, h, w, _ = c.out

@@ -10,8 +10,9 @@ Greedy, in execution order: a conv with a vectorised kernel (``conv_kind``) prod
 tensor (a dense conv reads its input in whatever layout exists, plain for the first layer;
 depthwise, grouped and Winograd ones read blocked); pools, activations, add and mul_channel
 follow their first input's layout (the other operand is converted), except windowed pools,
-which are always blocked (the scalar NCHW ones are 10-30x slower: NaN-propagating compares
-that do not vectorise; a conversion costs less); concat is blocked when
+which are blocked (the scalar NCHW ones are 10-30x slower: NaN-propagating compares that do
+not vectorise; a conversion costs less) unless they are stride-2 max pools on a wide plain
+input (a sparse conv's output), which have a vectorised plain kernel; concat is blocked when
 every input but the last fills whole blocks. Everything else (linear, flatten, graph outputs,
 scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody produced comes
 from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from codegen.emit.vec import WINOGRAD, conv_kind, default_tuning
+from codegen.emit.vec import WINOGRAD, conv_kind, default_tuning, plain_pool_ok
 from codegen.isa import VectorIsa
 from codegen.lr import ACTIVATIONS, Graph, Layer
 
@@ -85,7 +86,9 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
             elif kind is not None:
                 make_blocked, reads = True, (True,)
         elif la.op in FOLLOW_OPS and four_d(la.output) and all(four_d(t) for t in ins):
-            make_blocked = (ins[0] in blocked or la.op in ("maxpool2d", "avgpool2d")
+            make_blocked = (ins[0] in blocked
+                            or (la.op in ("maxpool2d", "avgpool2d")
+                                and not plain_pool_ok(la, graph.shapes[ins[0]][3], x))
                             or (la.op == "add" and any(t in blocked for t in ins)))
             reads = (make_blocked,) * len(ins)
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
