@@ -113,8 +113,8 @@ class LiveView(SearchUI):
             head.add_row("best so far", "-" if b is None else
                          f"acc {b['accuracy']:.4f} at {b['latency_ms']:.3f} ms "
                          f"(candidate {b['id']}): {escape(b.get('summary', ''))}")
-            head.add_row("device temp", "-" if self.temperature_c is None
-                         else f"{self.temperature_c:.1f} °C")
+            head.add_row("device temp", "not reported (no thermal sensor)"
+                         if self.temperature_c is None else f"{self.temperature_c:.1f} °C")
             head.add_row("elapsed", self._elapsed())
             recent = Table(title="last candidates", title_justify="left", expand=False)
             for col in ("id", "acc", "ms", "reward", "choices"):
