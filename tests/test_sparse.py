@@ -11,7 +11,13 @@ from torch import nn
 from zoo import rel_err, run_on_runner
 
 from codegen import compile_model, read_report
-from codegen.emit.sparse import balanced_order, pack_fkw, pack_sparse_conv, pack_sparse_linear
+from codegen.emit.sparse import (
+    balanced_order,
+    pack_fkw,
+    pack_sparse_conv,
+    pack_sparse_conv1x1_blocked,
+    pack_sparse_linear,
+)
 from codegen.isa import AVX2, AVX512, NEON
 from codegen.lr import CodegenError
 from codegen.passes.sparse import sparse_plan
@@ -109,7 +115,7 @@ def test_mixed_schemes_with_filter_pruning_equal_torch(local_runner, tmp_path):
     bundle, x, want = _compile(pruned, tmp_path, "mixed")
     sparse = read_report(bundle.path).sparse
     assert sparse["c2"].startswith("block_punched: bcsr, m=8")
-    assert sparse["c3"].startswith("block: bcsr, m=8")
+    assert sparse["c3"].startswith("block: bcsr_blocked, m=16")  # 1x1: on blocked NCHW16c
     assert sparse["c4"].startswith("unstructured: csr, m=1")
     assert sparse["c1"].startswith("pattern: csr") and sparse["c5"].startswith("connectivity: fkw")
     assert sparse["fc"].startswith("block: bcsr, m=16")
@@ -203,8 +209,21 @@ def test_csr_and_bcsr_formats_decode_to_the_weights(stride, k, pad):
         g = fuse_epilogue(fold_bn(capture(pruned.model, torch.randn(1, 24, 15, 15))))
         g = choose_storage(with_schemes(g, {"0": scheme}), AVX512, policy="always")
         (la,) = [la for la in g.layers if la.op == "conv2d"]
-        assert la.storage == ("csr" if scheme == "unstructured" else "bcsr")
         w = la.params["weight"]
+        if (stride, k, scheme) == (1, 1, "block"):  # a block-pruned 1x1: the blocked format
+            assert la.storage == "bcsr_blocked"
+            hw = 15 * 15
+            vals, bias, offs, gptr = pack_sparse_conv1x1_blocked(la, 16, hw)
+            offs, gptr, vals = offs.view(np.int32), gptr.view(np.int32), vals.reshape(-1, 16)
+            got = np.zeros((48, 24), np.float32)
+            for b in range(3):
+                for e in range(gptr[b], gptr[b + 1]):
+                    cb, lane = divmod(int(offs[e]), hw * 16)
+                    assert lane < 16
+                    got[b * 16:(b + 1) * 16, cb * 16 + lane] = vals[e]
+            np.testing.assert_array_equal(got[:40], w.reshape(40, 24))
+            continue
+        assert la.storage == ("csr" if scheme == "unstructured" else "bcsr")
         np.testing.assert_array_equal(_decode_conv(pack_sparse_conv(la), la, 24, k, k), w)
         pads = [la for la in g.layers if la.op == "sparse_pad"]
         assert bool(pads) == (stride > 1 or pad > 0)
@@ -377,6 +396,51 @@ def test_max_pool_between_sparse_convs_stays_plain(size, pool, plain, local_runn
                            sparse="always")
     ops = [s.op for s in bundle.manifest.steps]
     assert ("to_nchwxc" not in ops and "to_nchw" not in ops) == plain, ops
+    for threads in (1, 2):
+        got = run_on_runner(local_runner, bundle, x, threads=threads)
+        assert rel_err(got, want.numpy()) <= 1e-4, threads
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNet-V2's block: expand 1x1, depthwise 3x3, project 1x1, residual."""
+
+    def __init__(self, c: int = 24, e: int = 72):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e),
+                                    nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(e, e, 3, 1, 1, groups=e, bias=False),
+                                nn.BatchNorm2d(e), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.project(self.dw(self.expand(x)))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("size", [14, 23])
+def test_block_pruned_1x1_convs_run_blocked_and_equal_torch(size, local_runner, tmp_path):
+    """Block-pruned (rows = the vector width) 1x1 convs get the blocked sparse kernel: no
+    layout change around the depthwise conv between them; the fused residual and ReLU6 go
+    with it; a plane whose size is not a multiple of the tile ends in a shorter tile."""
+    torch.manual_seed(10)
+    net = nn.Sequential(nn.Conv2d(3, 24, 3, 1, 1), _InvertedResidual()).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            nn.init.uniform_(m.running_mean, -0.1, 0.1)
+    plan = PruningPlan({"1.expand.0": LayerRule("block", 0.6, {"rows": 16}),
+                        "1.project.0": LayerRule("block", 0.7, {"rows": 16})}, CFG)
+    pruned = plan.apply(net)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, tmp_path / f"ir{size}", schemes=pruned.schemes)
+    sparse = read_report(bundle.path).sparse
+    assert sparse["1.expand.0"].startswith("block: bcsr_blocked, m=16"), sparse
+    assert sparse["1.project.0"].startswith("block: bcsr_blocked, m=16"), sparse
+    ops = [s.op for s in bundle.manifest.steps]
+    assert ops.count("to_nchwxc") == 0 and ops.count("to_nchw") == 1, ops  # the output's
     for threads in (1, 2):
         got = run_on_runner(local_runner, bundle, x, threads=threads)
         assert rel_err(got, want.numpy()) <= 1e-4, threads

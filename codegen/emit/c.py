@@ -87,6 +87,8 @@ def _by_storage(sparse_kernel, dense):
     def kernel(c: Ctx):
         if c.la.storage == "fkw":
             return sparse.fkw_conv(c)
+        if c.la.storage == "bcsr_blocked":
+            return sparse.spconv1x1_blocked(c)
         return (dense if c.la.storage == "dense" else sparse_kernel)(c)
     return kernel
 
@@ -133,6 +135,9 @@ class CLanguage(CStyleLanguage):
             x = self.isa.floats
             if la.storage == "fkw":
                 return sparse.pack_fkw(la)
+            if la.storage == "bcsr_blocked":
+                _, _, h, w, _ = graph.shapes[la.output]
+                return sparse.pack_sparse_conv1x1_blocked(la, x, h * w)
             if la.storage != "dense":
                 return (sparse.pack_sparse_conv(la) if la.op == "conv2d"
                         else sparse.pack_sparse_linear(la, x))

@@ -23,6 +23,10 @@ Formats (params, in order):
   a thread reuses the same input chunk across filters.
 - linear ``bcsr``: blocks of x outputs (the vector width), kept input indices per block:
   ``vals`` [entries][x], ``bias`` [blocks*x], ``offs`` [entries] int32, ``gptr``.
+- conv ``bcsr_blocked`` (1x1, stride 1): the linear format on the [oc, ic] matrix, on blocked
+  NCHW[x]c activations (the one sparse conv that is): ``offs`` holds each kept input
+  channel's offset in the blocked image; vectorised over the x outputs of a block, the input
+  broadcast, a tile of W positions per work item.
 
 Int32 arrays travel in the float32 weight blob bit for bit (``np.ndarray.view``).
 """
@@ -94,7 +98,18 @@ def pack_sparse_conv(la: Layer) -> tuple[np.ndarray, ...]:
 
 
 def pack_sparse_linear(la: Layer, x: int) -> tuple[np.ndarray, ...]:
-    w, b = la.params["weight"], la.params["bias"]
+    return _pack_blocks(la.params["weight"], la.params["bias"], x, lambda li: li)
+
+
+def pack_sparse_conv1x1_blocked(la: Layer, x: int, hw: int) -> tuple[np.ndarray, ...]:
+    """bcsr_blocked: the block Linear's format on the [oc, ic] matrix, each kept input channel
+    ic stored as its offset in a blocked image, (ic // x) * hw * x + ic % x."""
+    w = la.params["weight"]
+    return _pack_blocks(w.reshape(w.shape[0], -1), la.params["bias"], x,
+                        lambda li: (li // x) * hw * x + li % x)
+
+
+def _pack_blocks(w: np.ndarray, b: np.ndarray, x: int, offset) -> tuple[np.ndarray, ...]:
     o, k = w.shape
     g = -(-o // x)
     wp = np.zeros((g * x, k), np.float32)
@@ -105,7 +120,7 @@ def pack_sparse_linear(la: Layer, x: int) -> tuple[np.ndarray, ...]:
     gptr, offs, vals = [0], [], []
     for j in range(g):
         li = np.flatnonzero(blocks[j].any(0))
-        offs.append(li)
+        offs.append(offset(li))
         vals.append(blocks[j][:, li].T)
         gptr.append(gptr[-1] + len(li))
     return (np.ascontiguousarray(np.concatenate(vals), np.float32).reshape(-1), bp,
@@ -285,6 +300,54 @@ static void npas_copy_strided(float *y, const float *x, int64_t n, int64_t s) {
   for (int64_t q = 0; q < n; ++q) y[q] = x[q * s];
 }
 """
+
+
+def spconv1x1_blocked(c: Any) -> tuple[list[str], int, int]:
+    """A bcsr_blocked 1x1 conv on NCHW[x]c: items (n, output block, tile of W positions); W
+    accumulator vectors (x outputs each) start at the bias; per kept input channel, one weight
+    vector and W broadcast inputs, W FMAs; the epilogue (a fused residual read blocked) in
+    registers, aligned vector stores. The last tile of a plane may be shorter."""
+    X = c.lang.isa.floats
+    n, ob, h, w, _ = c.out
+    cb = c.ins[0][1]
+    hw = h * w
+    W = int(c.la.tuning["W"])
+    nt = -(-hw // W)
+    i = "int64_t"
+    add = "add" in c.la.epilogue
+
+    def tile(wt: int) -> list[str]:
+        acc = [f"a{j}" for j in range(wt)]
+        L = [f"vf {', '.join(acc)};", " ".join(f"{a} = bv;" for a in acc),
+             "for (int32_t e = gptr[obk], e1 = gptr[obk + 1]; e < e1; ++e, wv += "
+             f"{X}) {{",
+             "  const vf wk = *(const vf *)wv;",
+             "  const float *xp = xb + offs[e];",
+             *[f"  {acc[j]} += xp[{j * X}] * wk;" for j in range(wt)], "}"]
+        for j in range(wt):
+            L += [f"{acc[j]} += *(const vf *)(sb + {j * X});" if e == "add"
+                  else f"{acc[j]} = npas_v_{e}({acc[j]});" for e in c.la.epilogue]
+            L.append(f"*(vf *)(yb + {j * X}) = {acc[j]};")
+        return L
+
+    body = [f"const {i} t = it % {nt}, obk = (it / {nt}) % {ob}, n = it / {nt * ob};",
+            f"const {i} p0 = t * {W};",
+            f"const float *xb = x + n * {cb * hw * X} + p0 * {X};",
+            f"float *yb = y + ((n * {ob} + obk) * {hw} + p0) * {X};",
+            *([f"const float *sb = s + ((n * {ob} + obk) * {hw} + p0) * {X};"] if add else []),
+            f"const vf bv = *(const vf *)(b + obk * {X});",
+            f"const float *wv = w + (int64_t)gptr[obk] * {X};"]
+    rem = hw % W
+    if rem:
+        body += [f"if (p0 + {W} <= {hw}) {{", *["  " + ln for ln in tile(W)], "} else {",
+                 *["  " + ln for ln in tile(rem)], "}"]
+    else:
+        body += tile(W)
+    items = n * ob * nt
+    nnz = int((c.la.params["weight"] != 0).sum())
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), _ints(c, 2, "offs"),
+         _ints(c, 3, "gptr"), *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * nnz * hw
 
 
 def linear_bcsr(c: Any) -> tuple[list[str], int, int]:

@@ -17,7 +17,8 @@ every input but the last fills whole blocks. Everything else (linear, flatten, g
 scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody produced comes
 from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
 each vectorised conv's ``tuning`` with the cost model's defaults (explicit values are kept).
-A conv's fused residual (its second input) is read in the layout the conv writes.
+A conv's fused residual (its second input) is read in the layout the conv writes. Sparse convs
+read and write plain NCHW, except "bcsr_blocked" 1x1 ones, which are blocked like dense convs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from codegen.isa import VectorIsa
 from codegen.lr import ACTIVATIONS, Graph, Layer
 
 TO_BLOCKED, TO_PLAIN = "to_nchwxc", "to_nchw"
+BLOCKED_SPARSE = "bcsr_blocked"  # the one sparse storage whose conv reads and writes blocked
 FOLLOW_OPS = ("maxpool2d", "avgpool2d", "adaptive_avgpool2d", "add", "mul_channel",
               *ACTIVATIONS)
 
@@ -72,7 +74,9 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         ins = la.inputs
         make_blocked = False
         reads: tuple[bool, ...] = ()
-        if la.op == "conv2d" and four_d(la.output) and la.storage == "dense":
+        if la.op == "conv2d" and four_d(la.output) and la.storage == BLOCKED_SPARSE:
+            make_blocked, reads = True, (True,)
+        elif la.op == "conv2d" and four_d(la.output) and la.storage == "dense":
             kind = conv_kind(la, x)
             if kind == "dense" and la.attrs["groups"] == 1:
                 make_blocked = True
@@ -94,7 +98,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
             make_blocked = all(graph.shapes[t][1] % x == 0 for t in ins[:-1])
             reads = (make_blocked,) * len(ins)
-        if la.op == "conv2d" and la.storage == "dense":
+        if la.op == "conv2d" and la.storage in ("dense", BLOCKED_SPARSE):
             # a fused residual (the skip) is read in the layout the conv writes
             reads = (*(reads or (False,)), *(make_blocked,) * (len(ins) - 1))
         if not reads:
@@ -105,7 +109,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
             shapes[name] = blocked_shape(graph.shapes[la.output], x)
             blocked[la.output] = name
             tuning = la.tuning
-            if la.op == "conv2d":
+            if la.op == "conv2d" and la.storage == "dense":
                 tuning = {**default_tuning(la, shapes[name], isa), **la.tuning}
             out.append(replace(la, inputs=new_ins, output=name, tuning=tuning))
         else:

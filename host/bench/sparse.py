@@ -132,7 +132,8 @@ MAPPINGS: dict[str, tuple[PruneMapping, ...]] = {
         PruneMapping("mobilenet_v2", "block 1x1", 1.8, (
             Rule("features.*.conv.*", "block", "R", "rows=16", only_1x1=True),
             Rule("features.18.0", "block", "R", "rows=16"),
-        ), "block pruning (16 rows) of every 1x1 conv: sparse kernels; depthwise convs, the "
+        ), "block pruning (16 rows) of every 1x1 conv: sparse kernels on blocked activations "
+           "(bcsr_blocked: no layout change around the depthwise convs); depthwise convs, the "
            "stem and the classifier dense"),
     ),
 }
