@@ -89,6 +89,23 @@ def _compile(pruned, tmp_path, name: str):
     return bundle, x, want
 
 
+def _prune_and_compile(net: nn.Module, rules: dict, shape: tuple, out, sparse: str = "always"):
+    """``net`` pruned by ``rules`` (layer -> LayerRule), a random input of ``shape``, PyTorch's
+    output on it, the pruned model compiled with its schemes: (bundle, x, want)."""
+    pruned = PruningPlan(rules, CFG).apply(net)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = pruned.model(x)
+    bundle = compile_model(pruned.model, x, out, name=out.name, schemes=pruned.schemes,
+                           sparse=sparse)
+    return bundle, x, want
+
+
+def _equals_torch(local_runner, bundle, x, want, threads=(1, 2)) -> None:
+    for t in threads:
+        assert rel_err(run_on_runner(local_runner, bundle, x, threads=t), want.numpy()) <= 1e-4, t
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_every_scheme_runs_sparse_and_equals_torch(scheme, local_runner, tmp_path):
@@ -133,14 +150,10 @@ def test_padded_planes_at_resnet_sizes(size, local_runner, tmp_path):
     """14x14 gives 16-float padded rows, the case GCC 12.2 once vectorised wrongly."""
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()).eval()
-    pruned = PruningPlan({"0": LayerRule("unstructured", 0.8)}, CFG).apply(net)
-    x = torch.randn(1, 16, size, size)
-    with torch.no_grad():
-        want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / f"p{size}", schemes=pruned.schemes,
-                           sparse="always")
+    bundle, x, want = _prune_and_compile(net, {"0": LayerRule("unstructured", 0.8)},
+                                         (1, 16, size, size), tmp_path / f"p{size}")
     assert read_report(bundle.path).sparse["0"].startswith("unstructured: csr")
-    assert rel_err(run_on_runner(local_runner, bundle, x), want.numpy()) <= 1e-4
+    _equals_torch(local_runner, bundle, x, want, threads=(1,))
 
 
 @pytest.mark.host
@@ -353,17 +366,11 @@ def test_vector_stores_on_wide_images_equal_torch(size, stride, local_runner, tm
     """Images at least VEC_STORE_MIN_WIDTH vectors wide store whole vectors (with the fused
     residual and activation) and the row ends lane by lane."""
     torch.manual_seed(7)
-    net = _Residual(stride).eval()
-    pruned = PruningPlan({"conv": LayerRule("unstructured", 0.8)}, CFG).apply(net)
-    x = torch.randn(1, 16, size, size)
-    with torch.no_grad():
-        want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / f"w{size}", schemes=pruned.schemes,
-                           sparse="always")
+    bundle, x, want = _prune_and_compile(_Residual(stride).eval(),
+                                         {"conv": LayerRule("unstructured", 0.8)},
+                                         (1, 16, size, size), tmp_path / f"w{size}")
     assert read_report(bundle.path).sparse["conv"].startswith("unstructured: csr")
-    for threads in (1, 2):
-        got = run_on_runner(local_runner, bundle, x, threads=threads)
-        assert rel_err(got, want.numpy()) <= 1e-4, threads
+    _equals_torch(local_runner, bundle, x, want)
 
 
 class _PoolBetween(nn.Module):
@@ -386,19 +393,12 @@ def test_max_pool_between_sparse_convs_stays_plain(size, pool, plain, local_runn
     """A stride-2 max pool whose wide input a sparse conv wrote plain runs on plain NCHW (no
     layout conversions around it) and equals PyTorch; a narrow one runs blocked."""
     torch.manual_seed(8)
-    plan = PruningPlan({"a": LayerRule("unstructured", 0.8), "b": LayerRule("unstructured", 0.8)},
-                       CFG)
-    pruned = plan.apply(_PoolBetween(pool).eval())
-    x = torch.randn(1, 8, size, size)
-    with torch.no_grad():
-        want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / "pool", schemes=pruned.schemes,
-                           sparse="always")
+    rules = {"a": LayerRule("unstructured", 0.8), "b": LayerRule("unstructured", 0.8)}
+    bundle, x, want = _prune_and_compile(_PoolBetween(pool).eval(), rules, (1, 8, size, size),
+                                         tmp_path / "pool")
     ops = [s.op for s in bundle.manifest.steps]
     assert ("to_nchwxc" not in ops and "to_nchw" not in ops) == plain, ops
-    for threads in (1, 2):
-        got = run_on_runner(local_runner, bundle, x, threads=threads)
-        assert rel_err(got, want.numpy()) <= 1e-4, threads
+    _equals_torch(local_runner, bundle, x, want)
 
 
 class _InvertedResidual(nn.Module):
@@ -429,18 +429,13 @@ def test_block_pruned_1x1_convs_run_blocked_and_equal_torch(size, local_runner, 
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.2, 0.2)
             nn.init.uniform_(m.running_mean, -0.1, 0.1)
-    plan = PruningPlan({"1.expand.0": LayerRule("block", 0.6, {"rows": 16}),
-                        "1.project.0": LayerRule("block", 0.7, {"rows": 16})}, CFG)
-    pruned = plan.apply(net)
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-        want = pruned.model(x)
-    bundle = compile_model(pruned.model, x, tmp_path / f"ir{size}", schemes=pruned.schemes)
+    rules = {"1.expand.0": LayerRule("block", 0.6, {"rows": 16}),
+             "1.project.0": LayerRule("block", 0.7, {"rows": 16})}
+    bundle, x, want = _prune_and_compile(net, rules, (1, 3, size, size), tmp_path / f"ir{size}",
+                                         sparse="auto")
     sparse = read_report(bundle.path).sparse
     assert sparse["1.expand.0"].startswith("block: bcsr_blocked, m=16"), sparse
     assert sparse["1.project.0"].startswith("block: bcsr_blocked, m=16"), sparse
     ops = [s.op for s in bundle.manifest.steps]
     assert ops.count("to_nchwxc") == 0 and ops.count("to_nchw") == 1, ops  # the output's
-    for threads in (1, 2):
-        got = run_on_runner(local_runner, bundle, x, threads=threads)
-        assert rel_err(got, want.numpy()) <= 1e-4, threads
+    _equals_torch(local_runner, bundle, x, want)
