@@ -361,15 +361,17 @@ class _Residual(nn.Module):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("size,stride", [(112, 1), (117, 1), (229, 2)])
+@pytest.mark.parametrize("size,stride", [(112, 1), (117, 1), (229, 2), (258, 1)])
 def test_vector_stores_on_wide_images_equal_torch(size, stride, local_runner, tmp_path):
     """Images at least VEC_STORE_MIN_WIDTH vectors wide store whole vectors (with the fused
-    residual and activation) and the row ends lane by lane."""
+    residual and activation) and the row ends lane by lane; 258x258x16 is past
+    PREFETCH_MIN_INPUT_BYTES (software prefetch in the inner loop)."""
     torch.manual_seed(7)
     bundle, x, want = _prune_and_compile(_Residual(stride).eval(),
                                          {"conv": LayerRule("unstructured", 0.8)},
                                          (1, 16, size, size), tmp_path / f"w{size}")
     assert read_report(bundle.path).sparse["conv"].startswith("unstructured: csr")
+    assert ("__builtin_prefetch" in (bundle.path / "kernels.c").read_text()) == (size == 258)
     _equals_torch(local_runner, bundle, x, want)
 
 
