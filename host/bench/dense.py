@@ -96,10 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    args.models = parse_models(args.models)
-    args.threads = parse_threads(args.threads)
+def check_sampling(args: argparse.Namespace) -> None:
+    """The options both benchmarks share: --runs, --warmup, --input-size, --tolerance."""
     if args.runs < 1:
         raise BenchArgError(f"--runs must be ≥ 1, got {args.runs}")
     if args.warmup < 0:
@@ -109,8 +107,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             f"downsample by 32), got {args.input_size}")
     if not args.tolerance > 0:
         raise BenchArgError(f"--tolerance must be > 0, got {args.tolerance}")
+
+
+def engine_names(text: str) -> tuple[str, ...]:
+    """--engines: the comma-separated names, blanks and repeats dropped, in order."""
+    return tuple(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.models = parse_models(args.models)
+    args.threads = parse_threads(args.threads)
+    check_sampling(args)
     known = ("ours", *FRAMEWORKS, *MOBILE)
-    engines = tuple(dict.fromkeys(e.strip() for e in args.engines.split(",") if e.strip()))
+    engines = engine_names(args.engines)
     unknown = [e for e in engines if e not in known]
     if unknown or not engines:
         raise BenchArgError(f"--engines: unknown {', '.join(unknown) or '(none given)'}; "
@@ -530,15 +540,28 @@ def announce_machine(width: int) -> tuple[float, float, float]:
     return load
 
 
+def local_session(binary: Path | None, stack: ExitStack, progress):
+    """A session on a fresh local runner, both closed with ``stack``; FileNotFoundError when
+    there is no runner binary."""
+    from host.devices.local import LocalRunner, LocalRunnerConfig
+    from host.session import Session
+
+    task = progress.add_task("starting the local runner", total=None)
+    try:
+        runner = LocalRunner(LocalRunnerConfig(binary=binary))
+        stack.callback(runner.close)
+        return stack.enter_context(Session(runner, call_timeout_s=600, on_event=err.print))
+    finally:
+        progress.remove_task(task)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except BenchArgError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
-    from host.devices.local import LocalRunner, LocalRunnerConfig
     from host.models import ModelSpecError
-    from host.session import Session
 
     load = announce_machine(120)
     results: list[EngineRun] = []
@@ -552,17 +575,11 @@ def main(argv: list[str] | None = None) -> int:
                 progress.remove_task(task)
             session = None
             if "ours" in args.engines:
-                task = progress.add_task("starting the local runner", total=None)
                 try:
-                    runner = LocalRunner(LocalRunnerConfig(binary=args.runner))
+                    session = local_session(args.runner, stack, progress)
                 except FileNotFoundError as e:
                     err.print(f"[yellow]ours unavailable:[/yellow] {escape(str(e))}")
                     args.engines = tuple(e for e in args.engines if e != "ours")
-                else:
-                    stack.callback(runner.close)
-                    session = stack.enter_context(Session(runner, call_timeout_s=600,
-                                                          on_event=err.print))
-                progress.remove_task(task)
             for name in args.models:
                 try:
                     res, info = bench_model(name, args, session, progress, peaks)

@@ -44,9 +44,12 @@ from .dense import (
     announce_machine,
     attach_samples,
     bench_cache_dir,
+    check_sampling,
+    engine_names,
     gflops,
     load_checked,
     load_workload,
+    local_session,
     measure,
     parse_models,
     parse_threads,
@@ -237,19 +240,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             f"from {', '.join(MAPPINGS)} (mappings live in host/bench/sparse.py)")
     args.threads = parse_threads(args.threads)
     args.rates = parse_rates(args.rates)
-    if args.runs < 1:
-        raise BenchArgError(f"--runs must be ≥ 1, got {args.runs}")
-    if args.warmup < 0:
-        raise BenchArgError(f"--warmup must be ≥ 0, got {args.warmup}")
-    if not 32 <= args.input_size <= 2048:
-        raise BenchArgError(f"--input-size must be within 32..2048 (torchvision classifiers "
-                            f"downsample by 32), got {args.input_size}")
-    if not args.tolerance > 0:
-        raise BenchArgError(f"--tolerance must be > 0, got {args.tolerance}")
+    check_sampling(args)
     if not 0 <= args.unstructured < 1:
         raise BenchArgError(f"--unstructured is the fraction of weights removed, in [0, 1); "
                             f"got {args.unstructured}")
-    names = tuple(dict.fromkeys(e.strip() for e in args.engines.split(",") if e.strip()))
+    names = engine_names(args.engines)
     if names == ("none",):
         names = ()
     bad = [e for e in names if e not in DENSE_ENGINES]
@@ -944,25 +939,17 @@ def main(argv: list[str] | None = None) -> int:
     except BenchArgError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
-    from host.devices.local import LocalRunner, LocalRunnerConfig
-    from host.session import Session
-
     load = announce_machine(200)
     results: list[ModelResult] = []
     failed: dict[str, str] = {}
     t_start = time.perf_counter()
     try:
         with ExitStack() as stack, _progress() as progress:
-            task = progress.add_task("starting the local runner", total=None)
             try:
-                runner = LocalRunner(LocalRunnerConfig(binary=args.runner))
+                session = local_session(args.runner, stack, progress)
             except FileNotFoundError as e:
                 err.print(f"[red]error:[/red] {escape(str(e))}")
                 return 2
-            stack.callback(runner.close)
-            session = stack.enter_context(Session(runner, call_timeout_s=600,
-                                                  on_event=err.print))
-            progress.remove_task(task)
             for name in args.models:
                 try:
                     results.append(bench_model(name, args, session, progress))

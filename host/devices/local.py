@@ -154,3 +154,18 @@ class LocalRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int, stack) -> LocalRunner:
+    """A local runner with a private artifact store in the cache folder, removed (with the
+    runner) when ``stack`` closes: for work that uploads many distinct bundles (a search's
+    candidates, a tuner's variants), which would fill and pollute the shared store. A missing
+    runner binary raises FileNotFoundError."""
+    default_cache_dir().mkdir(parents=True, exist_ok=True)
+    store = Path(tempfile.mkdtemp(prefix=prefix, dir=default_cache_dir()))
+    stack.callback(shutil.rmtree, store, True)
+    runner = LocalRunner(LocalRunnerConfig(
+        binary=binary, store=store, extra_args=("--max-store-bytes", str(max_store_bytes))))
+    stack.callback(runner.close)
+    return runner
+

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -134,22 +132,15 @@ def open_device(args, device: str, stack: ExitStack):
     """The device: for --device local a runner with a private artifact store (candidates
     differ in their weights; the store is removed afterwards), else as profile does."""
     from ..cli import CliError, _device
-    from ..devices.local import LocalRunner, LocalRunnerConfig, default_cache_dir
+    from ..devices.local import scratch_runner
 
     if device != "local" or args.address or args.store:
         args.device = device
         return _device(args, stack)
-    default_cache_dir().mkdir(parents=True, exist_ok=True)
-    store = Path(tempfile.mkdtemp(prefix="search-store-", dir=default_cache_dir()))
-    stack.callback(shutil.rmtree, store, True)
     try:
-        runner = LocalRunner(LocalRunnerConfig(
-            binary=args.runner, store=store,
-            extra_args=("--max-store-bytes", str(SEARCH_STORE_BYTES))))
+        return scratch_runner(args.runner, "search-store-", SEARCH_STORE_BYTES, stack)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
-    stack.callback(runner.close)
-    return runner
 
 
 def cmd_search(args) -> int:

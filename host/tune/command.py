@@ -108,23 +108,13 @@ def _tune_device(args, stack: ExitStack):
     artifact store, so the search neither fills nor pollutes the shared one."""
     if args.device != "local" or args.address or args.store:
         return None
-    import shutil
-    import tempfile
-
     from ..cli import CliError
-    from ..devices.local import LocalRunner, LocalRunnerConfig, default_cache_dir
+    from ..devices.local import scratch_runner
 
-    default_cache_dir().mkdir(parents=True, exist_ok=True)
-    store = Path(tempfile.mkdtemp(prefix="tune-store-", dir=default_cache_dir()))
-    stack.callback(shutil.rmtree, store, True)
     try:
-        runner = LocalRunner(LocalRunnerConfig(
-            binary=args.runner, store=store,
-            extra_args=("--max-store-bytes", str(TUNE_STORE_BYTES))))
+        return scratch_runner(args.runner, "tune-store-", TUNE_STORE_BYTES, stack)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
-    stack.callback(runner.close)
-    return runner
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
