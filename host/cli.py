@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.markup import escape
@@ -29,42 +29,17 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
+from .commands.args import add_compile_args, add_db_args, add_device_args, add_model_args
 from .console import err, out
+from .errors import UserError
 
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", default="1,3,224,224",
-                   help="example input shape, NCHW (default: 1,3,224,224)")
-    p.add_argument("--name", help="bundle name (default: from the model)")
-    p.add_argument("--backend", choices=("cpu", "gpu"),
-                   help="cpu: C kernels for the CPU (default); gpu: OpenCL kernels. For a "
-                        "bundle, taken from the bundle")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="GPU only: fp16 needs a device with cl_khr_fp16 (Adreno has it)")
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    """How to reach the device's runner (profile, tune)."""
-    p.add_argument("--address", help="use a runner already listening at HOST:PORT")
-    p.add_argument("--token-file", type=Path, help="the token of the runner at --address")
-    p.add_argument("--runner", type=Path, help="the npas-runner binary for --device local")
-    p.add_argument("--max-temp", type=float, default=40.0,
-                   help="phones: wait until the battery is at most this many °C (default 40)")
-    p.add_argument("--no-pin", action="store_true",
-                   help="phones: do not pin the runner's threads to the big cores")
-    p.add_argument("--store", type=Path, help="artifact store for the local runner")
-
-
-def _add_db_args(p: argparse.ArgumentParser, use: bool = True) -> None:
-    p.add_argument("--db", type=Path,
-                   help="tuning database (default: ~/.cache/npas/tuning.json)")
-    if use:
-        p.add_argument("--no-tuning-db", action="store_true",
-                       help="ignore the tuning database: the cost model's defaults everywhere")
+# The old private names, for code not yet moved to host/commands/args.py and host/errors.py.
+CliError = UserError
+_add_model_args, _add_device_args, _add_db_args = add_model_args, add_device_args, add_db_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pruning.command import add_plan_option, add_plan_parser
+    from .pruning.command import add_plan_parser
 
     ap = argparse.ArgumentParser(prog="npas-host", description=(
         "Compiler-aware pruning and architecture search for phones: compile PyTorch CNNs "
@@ -84,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runner threads to take tuning for from the database (default 1)")
     _add_db_args(p)
     _add_model_args(p)
-    add_plan_option(p)
+    add_compile_args(p)
 
     p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`, "
                        "`bench sparse --help`")
@@ -115,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(p)
     _add_db_args(p)
     _add_model_args(p)
-    add_plan_option(p)
+    add_compile_args(p)
 
     from .tune.command import add_tune_parser
 
@@ -125,10 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search_parser(sub, _add_device_args)
     return ap
-
-
-class CliError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
 
 
 def _progress() -> Progress:
@@ -282,42 +253,10 @@ def cmd_compile(args) -> int:
 
 
 def _device(args, stack: ExitStack):
-    from .devices.local import LocalRunner, LocalRunnerConfig
-    from .session import RemoteRunner
+    from .commands.args import device_spec
+    from .devices import open_device
 
-    if args.address:
-        if not args.token_file:
-            raise CliError("--address needs --token-file (the runner's session token)")
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as e:
-            raise CliError(f"--token-file {args.token_file}: {e.strerror}") from None
-        return RemoteRunner(args.address, token)
-    if args.device == "qemu-arm64":
-        from .devices.qemu import QemuArm64Runner
-
-        try:
-            qemu = QemuArm64Runner()
-        except FileNotFoundError as e:
-            raise CliError(str(e)) from None
-        stack.callback(qemu.close)
-        return qemu
-    if args.device != "local":
-        from .devices.phone import PhoneConfig, PhoneRunner
-
-        phone = PhoneRunner(PhoneConfig(serial=args.device, max_temp_c=args.max_temp))
-        phone.pin_big_cores = not args.no_pin
-        stack.callback(phone.close)
-        return phone
-    cfg = LocalRunnerConfig(binary=args.runner)
-    if args.store:
-        cfg.store = args.store
-    try:
-        runner = LocalRunner(cfg)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from None
-    stack.callback(runner.close)
-    return runner
+    return open_device(device_spec(args), stack)
 
 
 def _resolve_threads(threads: int, info) -> int:
@@ -342,12 +281,10 @@ def _check_bundle_fits(bundle, info, src: str) -> None:
 def cmd_profile(args) -> int:
     from codegen.bundle import BundleError, load_bundle
 
+    from .devices.session import LoadOptions, Session
     from .measure import throttled_cores
-    from .session import LoadOptions, Session
 
-    if args.warmup is None:
-        args.warmup = 1 if args.device == "qemu-arm64" else 10
-    if args.runs < 1 or args.warmup < 1 or args.threads < 0:
+    if args.runs < 1 or (args.warmup is not None and args.warmup < 1) or args.threads < 0:
         raise CliError(f"--runs and --warmup must be ≥ 1 and --threads ≥ 0 (0: one per big "
                        f"core); got {args.runs}, {args.warmup}, {args.threads}")
     src = Path(args.model)
@@ -364,9 +301,9 @@ def cmd_profile(args) -> int:
     with ExitStack() as stack, _progress() as progress:
         task = progress.add_task(f"starting the runner on {args.device}", total=None)
         device = _device(args, stack)
-        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m),
-                                              call_timeout_s=getattr(device, "call_timeout_s",
-                                                                     60.0)))
+        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
+        if args.warmup is None:
+            args.warmup = device.traits.default_warmup
         info = session.client.device_info()
         progress.remove_task(task)
         if bundle is None:
@@ -377,19 +314,19 @@ def cmd_profile(args) -> int:
         backend = _bundle_backend(bundle)
         up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
         opts = LoadOptions(threads=args.threads, backend=backend,
-                           pin_big_cores=getattr(device, "pin_big_cores", False))
+                           pin_big_cores=device.traits.pin_big_cores)
         key = session.load(bundle, opts, progress=lambda n, _total: progress.advance(up, n))
         progress.remove_task(up)
         progress.add_task(f"measuring: {args.warmup} warm-up + {args.runs} timed runs",
                           total=None)
-        result = session.benchmark(key, runs=args.runs, warmup=args.warmup,
-                                   per_layer=args.per_layer)
+        result = session.benchmark(key, replace(opts, runs=args.runs, warmup=args.warmup,
+                                                per_layer=args.per_layer))
     record = {"model": args.model, "bundle": bundle.manifest.name, "backend": backend,
               "content_hash": bundle.manifest.content_hash, "device": args.device,
               "abi": info.abi, "threads": result.threads, "runs": args.runs,
               "warmup": args.warmup, "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9,
               "throttled_cores": throttled_cores(result, info),
-              "note": getattr(device, "timing_note", "")}
+              "note": device.traits.timing_note}
     if args.json:
         print(json.dumps({**record, **result.to_dict()}))
         return 0

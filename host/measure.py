@@ -1,14 +1,36 @@
-"""Measurement records and their statistics: what a benchmark on a device gives back.
+"""Measurement records: the settings of a measurement (MeasureConfig) and what a benchmark on a
+device gives back, with its statistics.
 
 The runner defines the semantics (warm-up discarded, then N timed runs, every sample kept);
-this module only summarises. Summaries use medians and percentiles because phones and shared
-machines are noisy.
+this module only states the settings and summarises. MeasureConfig passes unchanged from the
+command line through the Session to the RPC client; host/rpc/convert.py alone turns it into
+proto requests. Summaries use medians and percentiles because phones and shared machines are
+noisy.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How to load and time a bundle on a runner: the one place the host states these settings
+    and their defaults (argparse defaults read them: ``default=MeasureConfig.runs``).
+
+    ``threads``, ``cpu_affinity``, ``pin_big_cores`` and ``backend`` apply when the model is
+    loaded; ``runs``, ``warmup`` and ``per_layer`` when it is benchmarked. ``threads`` 0 lets
+    the runner choose (one per big core; DeviceInfo.default_threads says how many).
+    """
+
+    runs: int = 100
+    warmup: int = 10
+    threads: int = 0
+    cpu_affinity: tuple[int, ...] = ()
+    pin_big_cores: bool = False
+    per_layer: bool = False
+    backend: str = "cpu"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from host.measure import percentile
+from host.measure import MeasureConfig, percentile
 
 pytestmark = pytest.mark.host
 
@@ -119,13 +119,14 @@ def test_status_shows_the_last_benchmark_made_over_grpc(jni_harness, compiled, t
 
         with RunnerClient(f"127.0.0.1:{port}", token, timeout_s=60.0) as client:
             client.ensure_artifacts(bundle)
-            loaded = client.load_model(manifest, threads=2)
+            loaded = client.load_model(manifest, MeasureConfig(threads=2))
             started_ms = time.time() * 1000
-            result = client.benchmark(loaded.handle, runs=7, warmup=2, timeout_s=120.0)
+            result = client.benchmark(loaded.handle, MeasureConfig(runs=7, warmup=2),
+                                      timeout_s=120.0)
             ended_ms = time.time() * 1000
             # A benchmark that fails leaves the record alone.
             with pytest.raises(RunnerError):
-                client.benchmark(loaded.handle, runs=10**9, warmup=2)
+                client.benchmark(loaded.handle, MeasureConfig(runs=10**9, warmup=2))
 
         jvm.stdin.write("done\n")
         jvm.stdin.flush()

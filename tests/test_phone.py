@@ -29,8 +29,9 @@ from host.devices.phone import (
     PhoneRunner,
     check_arm64_executable,
 )
+from host.devices.session import Session
+from host.measure import MeasureConfig
 from host.rpc.client import RunnerError
-from host.session import Session
 
 
 def _adb_server_up() -> bool:
@@ -153,7 +154,7 @@ def test_phone_runner_starts_app_with_token_and_forwards(fake, compiled):
         start = next(c for c in phone.commands if c.startswith("am start-foreground-service"))
         assert runner.token in start and "dev.npas.runner/.RunnerService" in start
         key = s.load(bundle)
-        assert len(s.benchmark(key, runs=3, warmup=1).samples_ns) == 3
+        assert len(s.benchmark(key, MeasureConfig(runs=3, warmup=1)).samples_ns) == 3
     runner.close()
     assert any(c.startswith("am stopservice") for c in phone.commands)
     assert not phone.forwards and phone.proc.poll() is not None

@@ -14,8 +14,10 @@ import pytest
 import torch
 from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
+from host.devices.remote import RemoteRunner
+from host.devices.session import Session
+from host.measure import MeasureConfig
 from host.rpc.client import RunnerError
-from host.session import LoadOptions, RemoteRunner, Session
 
 pytestmark = pytest.mark.host
 
@@ -43,8 +45,8 @@ def test_runner_output_equals_pytorch(key, threads, compiled, local_runner):
 def test_benchmark_returns_every_sample(compiled, local_runner):
     bundle, _, _ = compiled("small_cnn", *MODELS["small_cnn"])
     with Session(local_runner) as s:
-        h = s.load(bundle, LoadOptions(threads=1))
-        r = s.benchmark(h, runs=100, warmup=3, per_layer=True)
+        h = s.load(bundle, MeasureConfig(threads=1, runs=100, warmup=3, per_layer=True))
+        r = s.benchmark(h)
     assert len(r.samples_ns) == 100 and all(v > 0 for v in r.samples_ns)
     assert len(r.warmup_ns) == 3
     assert r.init_ns > 0
@@ -79,7 +81,7 @@ def test_runner_killed_mid_session_is_restarted(compiled, fresh_runner):
         assert time.monotonic() - t0 < 30
         assert s.restarts == 1 and fresh_runner.pid != first_pid
         assert rel_err(got, want) <= 1e-4
-        assert len(s.benchmark(h, runs=5, warmup=1).samples_ns) == 5
+        assert len(s.benchmark(h, MeasureConfig(runs=5, warmup=1)).samples_ns) == 5
 
 
 def test_runner_that_cannot_be_restarted_fails_clearly(compiled, fresh_runner):

@@ -17,8 +17,9 @@ from codegen import OpenClToolchain, compile_model
 from codegen.bundle import artifact_ref
 from host.cli import main
 from host.devices.local import LocalRunner, LocalRunnerConfig
+from host.devices.session import Session
+from host.measure import MeasureConfig
 from host.rpc.client import RunnerError
-from host.session import LoadOptions, Session
 
 pytestmark = pytest.mark.opencl
 
@@ -64,13 +65,13 @@ def test_kernel_that_fails_to_build_names_it(gpu_runner, tmp_path):
     broken = dataclasses.replace(b, manifest=dataclasses.replace(b.manifest, artifacts=arts))
     with Session(gpu_runner) as s:
         with pytest.raises(RunnerError) as e:
-            s.load(broken, LoadOptions(backend="gpu"))
+            s.load(broken, MeasureConfig(backend="gpu"))
         assert e.value.code == "FAILED_PRECONDITION"
         assert victim in e.value.message and "undeclared_thing" in e.value.message
         # still serving: the intact bundle loads and runs
         good = _gpu_bundle(tmp_path, "good")
-        key = s.load(good, LoadOptions(backend="gpu"))
-        assert len(s.benchmark(key, runs=3, warmup=1).samples_ns) == 3
+        key = s.load(good, MeasureConfig(backend="gpu"))
+        assert len(s.benchmark(key, MeasureConfig(runs=3, warmup=1)).samples_ns) == 3
 
 
 def test_fp16_bundle_on_a_device_without_fp16(gpu_runner, tmp_path):
@@ -81,7 +82,7 @@ def test_fp16_bundle_on_a_device_without_fp16(gpu_runner, tmp_path):
     b = _gpu_bundle(tmp_path, "half", precision="fp16")
     with Session(gpu_runner) as s:
         with pytest.raises(RunnerError) as e:
-            s.load(b, LoadOptions(backend="gpu"))
+            s.load(b, MeasureConfig(backend="gpu"))
     assert e.value.code == "FAILED_PRECONDITION" and "cl_khr_fp16" in e.value.message
 
 
@@ -93,13 +94,13 @@ def test_device_without_opencl(runner_binary, tmp_path):
     with LocalRunner(cfg) as runner, Session(runner) as s:
         assert not runner.client().device_info().opencl_platforms
         with pytest.raises(RunnerError) as e:
-            s.load(_gpu_bundle(tmp_path), LoadOptions(backend="gpu"))
+            s.load(_gpu_bundle(tmp_path), MeasureConfig(backend="gpu"))
         assert e.value.code == "FAILED_PRECONDITION" and "no OpenCL device" in e.value.message
         # the CPU path on the same runner is unaffected
         import torch
         cpu = compile_model(small_cnn(), torch.randn(1, 3, 32, 32), tmp_path / "cpu", "cpu")
         key = s.load(cpu)
-        assert len(s.benchmark(key, runs=2, warmup=1).samples_ns) == 2
+        assert len(s.benchmark(key, MeasureConfig(runs=2, warmup=1)).samples_ns) == 2
 
 
 def test_backend_mismatch_is_a_cli_error(capsys, gpu_runner, tmp_path):

@@ -15,6 +15,7 @@ from zoo import small_cnn
 
 from codegen.bundle import ParamRef, artifact_ref, load_bundle
 from host.devices.local import LocalRunner, LocalRunnerConfig
+from host.measure import MeasureConfig
 from host.rpc.client import TOKEN_METADATA_KEY, RunnerClient, RunnerError
 from host.rpc.convert import kind_to_proto, manifest_to_proto
 from host.rpc.stubs import load
@@ -154,7 +155,7 @@ def test_upload_without_header_or_kind_is_invalid(client):
 # ---- loading ----
 
 def _load(client, manifest):
-    return client.load_model(manifest, threads=1)
+    return client.load_model(manifest, MeasureConfig(threads=1))
 
 
 def test_load_with_missing_artifact_is_not_found(runner, bundle, tmp_path):
@@ -253,7 +254,7 @@ def test_run_validates_handle_and_inputs(client, bundle):
     wrong_dtype = pb.Tensor(name=spec.name, shape=list(spec.shape), dtype="float16",
                             data=good.tobytes())
     expect("INVALID_ARGUMENT", "dtype", run_raw, [wrong_dtype])
-    expect("INVALID_ARGUMENT", "runs", client.benchmark, h, runs=10_000_000)
+    expect("INVALID_ARGUMENT", "runs", client.benchmark, h, MeasureConfig(runs=10_000_000))
     # and the model still runs correctly afterwards
     (out,) = client.run(h, m, [good])
     assert out.shape == tuple(m.tensors[m.outputs[0]].shape)

@@ -13,10 +13,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..rpc.client import RunnerClient, RunnerError
+from . import DeviceSpec, DeviceTraits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_PREFIX = "NPAS-RUNNER LISTENING "
@@ -55,6 +58,7 @@ class LocalRunner:
     """Start, stop and restart one npas-runner process."""
 
     name = "local"
+    traits = DeviceTraits(shares_host_cpu=True)
 
     def __init__(self, config: LocalRunnerConfig | None = None):
         self.config = config or LocalRunnerConfig()
@@ -144,6 +148,9 @@ class LocalRunner:
             raise RunnerError("connect", "UNAVAILABLE", "the local runner is not running")
         return RunnerClient(self.address, self.token, timeout_s)
 
+    def before_measure(self, on_event: Callable[[str], None]) -> None:
+        pass
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -156,7 +163,8 @@ class LocalRunner:
         self.close()
 
 
-def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int, stack) -> LocalRunner:
+def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int,
+                   stack: ExitStack) -> LocalRunner:
     """A local runner with a private artifact store in the cache folder, removed (with the
     runner) when ``stack`` closes: for work that uploads many distinct bundles (a search's
     candidates, a tuner's variants), which would fill and pollute the shared store. A missing
@@ -169,3 +177,16 @@ def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int, stack
     stack.callback(runner.close)
     return runner
 
+
+
+def from_spec(spec: DeviceSpec, stack: ExitStack) -> LocalRunner:
+    """The host runner for ``spec`` (devices/__init__.py's registry): its --store, else a
+    private temporary store when ``spec.private_store_bytes`` is set, else the shared one."""
+    if spec.store is None and spec.private_store_bytes is not None:
+        return scratch_runner(spec.runner, "scratch-store-", spec.private_store_bytes, stack)
+    cfg = LocalRunnerConfig(binary=spec.runner)
+    if spec.store is not None:
+        cfg.store = spec.store
+    runner = LocalRunner(cfg)
+    stack.callback(runner.close)
+    return runner

@@ -14,12 +14,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import adbutils
 
 from ..rpc.client import RunnerClient, RunnerError
+from . import DeviceSpec, DeviceTraits
 from .adb import battery_temp_c
 
 APP_PACKAGE = "dev.npas.runner"
@@ -45,14 +47,15 @@ class PhoneConfig:
     cool_timeout_s: float = 300.0
     cool_poll_s: float = 10.0
     adb_timeout_s: float = 20.0
+    pin_big_cores: bool = True  # pin the pool to the big cores unless told otherwise
 
 
 class PhoneRunner:
-    pin_big_cores = True  # phones: pin the pool to the big cores unless told otherwise
-
     def __init__(self, config: PhoneConfig, adb: adbutils.AdbClient | None = None):
         self.config = config
         self.name = config.serial
+        self.traits = DeviceTraits(pin_big_cores=config.pin_big_cores)
+        self.pin_big_cores = config.pin_big_cores  # compat: until every caller reads traits
         self.adb = adb or adbutils.AdbClient(host=config.adb_host, port=config.adb_port,
                                              socket_timeout=config.adb_timeout_s)
         self.address = ""
@@ -187,6 +190,14 @@ class PhoneRunner:
             on_event(f"{self.config.serial}: {t:.1f} °C > {self.config.max_temp_c:.1f} °C, "
                      f"cooling down")
             time.sleep(self.config.cool_poll_s)
+
+
+def from_spec(spec: DeviceSpec, stack: ExitStack) -> PhoneRunner:
+    """The phone whose adb serial is ``spec.name`` (devices/__init__.py's registry)."""
+    phone = PhoneRunner(PhoneConfig(serial=spec.name, max_temp_c=spec.max_temp_c,
+                                    pin_big_cores=spec.pin_big_cores))
+    stack.callback(phone.close)
+    return phone
 
 
 def check_arm64_executable(path: Path) -> None:

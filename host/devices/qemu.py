@@ -11,9 +11,11 @@ and its timings say nothing about a phone's.
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
+from . import DeviceSpec, DeviceTraits
 from .local import REPO_ROOT, LocalRunner, LocalRunnerConfig, default_cache_dir
 
 ARM64_RUNNER = REPO_ROOT / "build" / "arm64" / "npas-runner"
@@ -58,9 +60,13 @@ class QemuArm64Runner(LocalRunner):
 
     name = "qemu-arm64"
     STARTUP_TIMEOUT_S = 120.0
-    call_timeout_s = 300.0  # emulation: every call is several times slower than native
-    timing_note = ("qemu-arm64 emulates an arm64 CPU: the kernels and the runner are real "
-                   "arm64 code, but these timings say nothing about a phone")
+    # emulation: every call is several times slower than native, and warm-up buys nothing
+    traits = DeviceTraits(
+        call_timeout_s=300.0, shares_host_cpu=True, default_warmup=1,
+        timing_note=("qemu-arm64 emulates an arm64 CPU: the kernels and the runner are real "
+                     "arm64 code, but these timings say nothing about a phone"))
+    # compat: the old attribute names, until every caller reads ``traits``
+    call_timeout_s, timing_note = traits.call_timeout_s, traits.timing_note
 
     def __init__(self, config: LocalRunnerConfig | None = None, sysroot: Path | None = None,
                  qemu: str = QEMU):
@@ -72,3 +78,10 @@ class QemuArm64Runner(LocalRunner):
         config = replace(config, binary=find_arm64_runner(config.binary),
                          command_prefix=(self.qemu, "-L", str(self.sysroot)))
         super().__init__(config)
+
+
+def from_spec(spec: DeviceSpec, stack: ExitStack) -> QemuArm64Runner:
+    """The qemu-arm64 device (devices/__init__.py's registry); its own runner and store."""
+    qemu = QemuArm64Runner()
+    stack.callback(qemu.close)
+    return qemu

@@ -22,10 +22,6 @@ from .plan import LayerRule, PruningPlan
 def add_plan_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", type=Path,
                    help="prune the model with this plan (`npas-host plan`) before compiling")
-    p.add_argument("--sparse", choices=("auto", "always"), default="auto",
-                   help="with --plan: 'auto' (default) gives a pruned layer its sparse kernel "
-                        "only where that beats the dense one at its density; 'always' "
-                        "wherever one exists")
 
 
 def apply_plan_file(model: nn.Module, path: Path | None) -> tuple[nn.Module, dict[str, str]]:

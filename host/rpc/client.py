@@ -8,17 +8,25 @@ missing, in chunks, with size and sha256 declared up front.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from codegen.bundle import Bundle, Manifest
+from codegen import Bundle, Manifest
 
-from ..measure import BenchmarkResult, LayerTiming, Telemetry
-from .convert import kind_to_proto, manifest_to_proto
+from ..measure import BenchmarkResult, MeasureConfig
+from .convert import (
+    LoadedModel,
+    benchmark_request,
+    benchmark_result,
+    kind_to_proto,
+    load_request,
+    loaded_model,
+)
 from .stubs import load
+
+__all__ = ["LoadedModel", "ProgressFn", "RunnerClient", "RunnerError"]
 
 TOKEN_METADATA_KEY = "x-npas-token"
 CHUNK_BYTES = 1 << 20
@@ -38,14 +46,6 @@ class RunnerError(RuntimeError):
     def unreachable(self) -> bool:
         """The runner is gone or not answering (as opposed to refusing a request)."""
         return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    handle: str
-    init_ns: int
-    threads: int
-    cpu_affinity: tuple[int, ...]
 
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -138,15 +138,11 @@ class RunnerClient:
                 sent += a.size
         return sent
 
-    def load_model(self, manifest: Manifest, threads: int = 0,
-                   cpu_affinity: Sequence[int] = (), pin_big_cores: bool = False,
-                   backend: str = "cpu") -> LoadedModel:
-        pb = self._pb
-        r = self._call("LoadModel", pb.LoadModelRequest(
-            manifest=manifest_to_proto(manifest),
-            backend=pb.Backend.Value(backend.upper()),
-            threads=threads, cpu_affinity=list(cpu_affinity), pin_big_cores=pin_big_cores))
-        return LoadedModel(r.handle, r.init_ns, r.threads, tuple(r.cpu_affinity))
+    def load_model(self, manifest: Manifest,
+                   measure: MeasureConfig | None = None) -> LoadedModel:
+        """Load with ``measure``'s threads, affinity, pinning and backend."""
+        return loaded_model(self._call("LoadModel",
+                                       load_request(manifest, measure or MeasureConfig())))
 
     def _tensors(self, manifest: Manifest, arrays: Sequence[np.ndarray]) -> list:
         pb = self._pb
@@ -168,25 +164,13 @@ class RunnerClient:
         return [np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)).copy()
                 for t in r.outputs]
 
-    def benchmark(self, handle: str, runs: int = 100, warmup: int = 10,
-                  per_layer: bool = False, timeout_s: float = 600.0) -> BenchmarkResult:
-        r = self._call("Benchmark", self._pb.BenchmarkRequest(
-            handle=handle, runs=runs, warmup=warmup, per_layer=per_layer), timeout_s)
-        return BenchmarkResult(
-            samples_ns=tuple(r.samples_ns),
-            warmup_ns=tuple(r.warmup_ns),
-            init_ns=r.init_ns,
-            threads=r.threads,
-            layers=tuple(LayerTiming(x.name, x.op, tuple(x.samples_ns)) for x in r.layers),
-            telemetry_before=_telemetry(r.telemetry_before),
-            telemetry_after=_telemetry(r.telemetry_after),
-        )
+    def benchmark(self, handle: str, measure: MeasureConfig | None = None,
+                  timeout_s: float = 600.0) -> BenchmarkResult:
+        """Time a loaded model with ``measure``'s runs, warm-up and per-layer setting."""
+        r = self._call("Benchmark", benchmark_request(handle, measure or MeasureConfig()),
+                       timeout_s)
+        return benchmark_result(r)
 
     def unload(self, handle: str) -> None:
         self._call("UnloadModel", self._pb.UnloadModelRequest(handle=handle))
 
-
-def _telemetry(t) -> Telemetry:
-    return Telemetry(timestamp_ns=t.timestamp_ns,
-                     core_freq_khz={c.id: c.cur_freq_khz for c in t.cores},
-                     thermal_millicelsius={z.name: z.temp_millicelsius for z in t.thermal})

@@ -1,10 +1,23 @@
-"""The one place where a bundle's Manifest (codegen/bundle.py) becomes the proto message."""
+"""The one place where host records and proto messages meet: a bundle's Manifest
+(codegen/bundle.py) and a MeasureConfig (host/measure.py) become requests, and the runner's
+answers become LoadedModel and BenchmarkResult records."""
 
 from __future__ import annotations
 
-from codegen.bundle import Manifest
+from dataclasses import dataclass
 
+from codegen import Manifest
+
+from ..measure import BenchmarkResult, LayerTiming, MeasureConfig, Telemetry
 from .stubs import load
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    handle: str
+    init_ns: int
+    threads: int
+    cpu_affinity: tuple[int, ...]
 
 KIND_TO_PROTO = {"kernel_library": "KERNEL_LIBRARY", "weights": "WEIGHTS",
                  "opencl_source": "OPENCL_SOURCE"}
@@ -41,3 +54,45 @@ def manifest_to_proto(m: Manifest):
                        local_size=s.local_size) for s in m.steps],
         content_hash=m.content_hash,
     )
+
+
+def load_request(manifest: Manifest, measure: MeasureConfig):
+    """LoadModelRequest: the manifest and the load-time half of ``measure``."""
+    pb, _ = load()
+    return pb.LoadModelRequest(
+        manifest=manifest_to_proto(manifest),
+        backend=pb.Backend.Value(measure.backend.upper()),
+        threads=measure.threads, cpu_affinity=list(measure.cpu_affinity),
+        pin_big_cores=measure.pin_big_cores)
+
+
+def loaded_model(r) -> LoadedModel:
+    """LoadModelResponse -> LoadedModel."""
+    return LoadedModel(r.handle, r.init_ns, r.threads, tuple(r.cpu_affinity))
+
+
+def benchmark_request(handle: str, measure: MeasureConfig):
+    """BenchmarkRequest: the benchmark-time half of ``measure``."""
+    pb, _ = load()
+    return pb.BenchmarkRequest(handle=handle, runs=measure.runs, warmup=measure.warmup,
+                               per_layer=measure.per_layer)
+
+
+def benchmark_result(r) -> BenchmarkResult:
+    """BenchmarkResponse -> BenchmarkResult."""
+    return BenchmarkResult(
+        samples_ns=tuple(r.samples_ns),
+        warmup_ns=tuple(r.warmup_ns),
+        init_ns=r.init_ns,
+        threads=r.threads,
+        layers=tuple(LayerTiming(x.name, x.op, tuple(x.samples_ns)) for x in r.layers),
+        telemetry_before=telemetry(r.telemetry_before),
+        telemetry_after=telemetry(r.telemetry_after),
+    )
+
+
+def telemetry(t) -> Telemetry:
+    """proto Telemetry -> Telemetry."""
+    return Telemetry(timestamp_ns=t.timestamp_ns,
+                     core_freq_khz={c.id: c.cur_freq_khz for c in t.cores},
+                     thermal_millicelsius={z.name: z.temp_millicelsius for z in t.thermal})

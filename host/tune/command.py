@@ -119,8 +119,8 @@ def _tune_device(args, stack: ExitStack):
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from ..cli import CliError, _device, _resolve_threads, _toolchain
+    from ..devices.session import Session
     from ..models import example_inputs, load_model, parse_shape
-    from ..session import Session
     from .db import TuningDB, TuningDbError
     from .ga import GaConfig
     from .tuner import TuneConfig, tune_model
@@ -145,9 +145,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         rp = _RichProgress(progress)
         rp.stage(f"starting the runner on {args.device}", 0, 1)
         device = _tune_device(args, stack) or _device(args, stack)
-        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m),
-                                              call_timeout_s=getattr(device, "call_timeout_s",
-                                                                     60.0)))
+        session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
         info = session.client.device_info()
         threads = _resolve_threads(args.threads, info)
         cfg = TuneConfig(threads=threads, runs=args.runs, warmup=args.warmup,
@@ -158,7 +156,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                          device=info.cpu_model)
         report = tune_model(model, example_inputs(shape), session, _toolchain(args, info), db,
                             cfg, rp)
-    note = getattr(device, "timing_note", "")
+    note = device.traits.timing_note
     if args.json:
         print(json.dumps({"model": args.model, "device": args.device, "threads": threads,
                           "db": str(db.path), "note": note, **asdict(report)},

@@ -1,0 +1,127 @@
+"""A measuring session on one device: upload what is missing, load, run, benchmark.
+
+The session outlives its runner: when the runner dies mid-session (a crashing kernel, a killed
+process), a device that can restart it (the local runner) is restarted, the model re-uploaded
+where needed and reloaded, and the call retried once. A device that cannot be restarted gives
+a RunnerError that says so. Nothing waits longer than its deadline.
+
+The measurement settings are one MeasureConfig (host/measure.py), given at load and passed
+unchanged to the client; benchmark uses the one the model was loaded with unless given another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from codegen import Bundle
+
+from ..measure import BenchmarkResult, MeasureConfig
+from ..rpc.client import LoadedModel, ProgressFn, RunnerClient, RunnerError
+from . import Device
+from .remote import RemoteRunner
+
+__all__ = ["LoadOptions", "RemoteRunner", "Session"]
+
+
+def LoadOptions(threads: int = 1, cpu_affinity: tuple[int, ...] = (),  # noqa: N802
+                pin_big_cores: bool = False, backend: str = "cpu") -> MeasureConfig:
+    """Compatibility for code written before MeasureConfig (its old default: one thread);
+    new code passes a MeasureConfig."""
+    return MeasureConfig(threads=threads, cpu_affinity=tuple(cpu_affinity),
+                         pin_big_cores=pin_big_cores, backend=backend)
+
+
+class Session:
+    """``call_timeout_s`` None: the device's own (``device.traits.call_timeout_s``)."""
+
+    def __init__(self, device: Device, call_timeout_s: float | None = None,
+                 on_event: Callable[[str], None] | None = None):
+        self.device = device
+        self.call_timeout_s = (device.traits.call_timeout_s if call_timeout_s is None
+                               else call_timeout_s)
+        self.on_event = on_event or (lambda _msg: None)
+        self.restarts = 0
+        device.start()
+        self._client = device.client(self.call_timeout_s)
+        self._loaded: dict[str, tuple[Bundle, MeasureConfig, LoadedModel]] = {}
+
+    @property
+    def client(self) -> RunnerClient:
+        return self._client
+
+    def close(self) -> None:
+        for key in list(self._loaded):
+            self.unload(key)
+        self._client.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _recover(self, err: RunnerError) -> None:
+        self.on_event(f"runner lost ({err.code}); restarting it")
+        self.device.restart()  # raises for devices that cannot be restarted
+        self.restarts += 1
+        self._client.close()
+        self._client = self.device.client(self.call_timeout_s)
+        for key, (bundle, measure, _) in list(self._loaded.items()):
+            self._loaded[key] = (bundle, measure, self._load(bundle, measure, None))
+
+    def _with_retry(self, fn):
+        try:
+            return fn()
+        except RunnerError as e:
+            if not e.unreachable:
+                raise
+            self._recover(e)
+            return fn()
+
+    def _load(self, bundle: Bundle, measure: MeasureConfig, progress: ProgressFn | None):
+        self._client.ensure_artifacts(bundle, progress)
+        return self._client.load_model(bundle.manifest, measure)
+
+    def load(self, bundle: Bundle, measure: MeasureConfig | None = None,
+             progress: ProgressFn | None = None) -> str:
+        """Upload (only what is missing) and load; returns a key for run/benchmark."""
+        measure = measure or MeasureConfig()
+        model = self._with_retry(lambda: self._load(bundle, measure, progress))
+        key = model.handle
+        self._loaded[key] = (bundle, measure, model)
+        return key
+
+    def loaded(self, key: str) -> LoadedModel:
+        return self._loaded[key][2]
+
+    def run(self, key: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        def call():
+            bundle, _, model = self._loaded[key]
+            return self._client.run(model.handle, bundle.manifest, inputs)
+        return self._with_retry(call)
+
+    def benchmark(self, key: str, measure: MeasureConfig | None = None, *,
+                  runs: int | None = None, warmup: int | None = None,
+                  per_layer: bool | None = None, timeout_s: float = 1800.0) -> BenchmarkResult:
+        """Time the model: ``measure`` (default: the one it was loaded with) with ``runs``,
+        ``warmup`` and ``per_layer`` overriding its fields where given."""
+        measure = measure or self._loaded[key][1]
+        given = {"runs": runs, "warmup": warmup, "per_layer": per_layer}
+        measure = replace(measure, **{k: v for k, v in given.items() if v is not None})
+        self.device.before_measure(self.on_event)
+
+        def call():
+            _, _, model = self._loaded[key]
+            return self._client.benchmark(model.handle, measure, timeout_s)
+        return self._with_retry(call)
+
+    def unload(self, key: str) -> None:
+        bundle, measure, model = self._loaded.pop(key)
+        try:
+            self._client.unload(model.handle)
+        except RunnerError as e:
+            if not (e.unreachable or e.code == "NOT_FOUND"):
+                raise
