@@ -4,8 +4,8 @@
 #   scripts/bench.sh sparse [--models ...] [--threads 1,2] [--runs 15] [--rates npas,2x,3x,10x]
 #                           [--engines-on-pruned] [--json PATH]
 # Benchmarks compare engines side by side in one run, interleaved; report medians. `sparse`
-# prunes each model with its per-layer mappings (host/bench/sparse.py) and compares our sparse
-# bundles with our dense one and the fastest of ONNX Runtime, MNN and ncnn.
+# prunes each model with its per-layer mappings (host/bench/sparse/mappings.py) and compares
+# our sparse bundles with our dense one and the fastest of ONNX Runtime, MNN and ncnn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPAS_SKIP_ARM64=${NPAS_SKIP_ARM64:-1} scripts/setup.sh

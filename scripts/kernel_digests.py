@@ -30,10 +30,10 @@ MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 def sparse_bench():
     """The sparse benchmark's mappings and pruner, wherever the module lives."""
     try:
-        from host.bench.sparse import mappings as m  # type: ignore[attr-defined]
-        from host.bench.sparse import run as r  # type: ignore[attr-defined]
-        return m.MAPPINGS, r.prune, r.forward_work
-    except ImportError:
+        from host.bench.sparse import mappings as m
+        from host.bench.sparse import work as w
+        return m.MAPPINGS, w.prune, w.forward_work
+    except ImportError:  # an older checkout: host/bench/sparse.py, one module
         from host.bench import sparse as s
         return s.MAPPINGS, s.prune, s.forward_work
 

@@ -3,18 +3,8 @@
 import numpy as np
 import pytest
 
-from host.bench.dense import (
-    BenchArgError,
-    EngineRun,
-    gflops,
-    max_rel_error,
-    parse_args,
-    ratio_to_fastest,
-    ratios,
-    rotated,
-    table_rows,
-    tuned_bundle,
-)
+from host.bench.common import BenchArgError, EngineRun, gflops, max_rel_error, rotated
+from host.bench.dense import parse_args, ratio_to_fastest, ratios, table_rows, tuned_bundle
 
 
 def test_arguments_parsed_and_deduplicated():

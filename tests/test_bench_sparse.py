@@ -8,21 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from host.bench.dense import BenchArgError, EngineRun
-from host.bench.sparse import (
-    MAPPINGS,
+from host.bench.common import BenchArgError, EngineRun
+from host.bench.sparse.cli import parse_args, parse_rates
+from host.bench.sparse.mappings import MAPPINGS, Rule, layer_kinds
+from host.bench.sparse.tables import headline, result_rows
+from host.bench.sparse.work import (
     LayerWork,
     ModelResult,
-    Rule,
     Variant,
     compression,
     forward_work,
-    headline,
-    layer_kinds,
-    parse_args,
-    parse_rates,
     prune,
-    result_rows,
     solve_rate,
     sparse_kernel_layers,
     step_times,
@@ -228,7 +224,7 @@ def test_unstructured_summary_and_step_times():
 
 @pytest.mark.host
 def test_small_run_checks_outputs_and_writes_every_sample(runner_binary, cc, tmp_path):
-    from host.bench.sparse import main
+    from host.bench.sparse.cli import main
 
     out = tmp_path / "sparse.json"
     rc = main(["--models", "resnet18", "--input-size", "32", "--runs", "2", "--warmup", "1",

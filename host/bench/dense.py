@@ -15,58 +15,45 @@ import argparse
 import json
 import os
 import platform
-import re
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 
 from host.console import err, out
-from host.measure import Stats
+
+from . import common
+from .common import (
+    BenchArgError,
+    EngineRun,
+    announce_machine,
+    attach_samples,
+    bench_cache_dir,
+    check_sampling,
+    close_loaded,
+    engine_names,
+    gflops,
+    load_checked,
+    load_workload,
+    local_session,
+    measure,
+    parse_models,
+    parse_threads,
+)
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 FRAMEWORKS = ("ONNX Runtime", "PyTorch")  # "ours vs the frameworks people deploy on servers"
 MOBILE = ("MNN", "ncnn")  # "ours vs the engines people deploy on phones"
 
 
-class BenchArgError(ValueError):
-    """A bad command line: printed without a traceback, exit code 2."""
-
-
 # ---------------------------------------------------------------- arguments
-
-def parse_threads(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise BenchArgError(f"--threads {text!r}: expected a comma-separated list of thread "
-                            f"counts, e.g. 1,2") from None
-    if not values or any(v < 1 for v in values):
-        raise BenchArgError(f"--threads {text!r}: every thread count must be ≥ 1")
-    return tuple(dict.fromkeys(values))
-
-
-def parse_models(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise BenchArgError(f"--models {text!r}: name at least one model, e.g. resnet18")
-    return names
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="npas-host bench dense", description=(
@@ -96,24 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def check_sampling(args: argparse.Namespace) -> None:
-    """The options both benchmarks share: --runs, --warmup, --input-size, --tolerance."""
-    if args.runs < 1:
-        raise BenchArgError(f"--runs must be ≥ 1, got {args.runs}")
-    if args.warmup < 0:
-        raise BenchArgError(f"--warmup must be ≥ 0, got {args.warmup}")
-    if not 32 <= args.input_size <= 2048:
-        raise BenchArgError(f"--input-size must be within 32..2048 (torchvision classifiers "
-                            f"downsample by 32), got {args.input_size}")
-    if not args.tolerance > 0:
-        raise BenchArgError(f"--tolerance must be > 0, got {args.tolerance}")
-
-
-def engine_names(text: str) -> tuple[str, ...]:
-    """--engines: the comma-separated names, blanks and repeats dropped, in order."""
-    return tuple(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.models = parse_models(args.models)
@@ -131,20 +100,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- pure arithmetic
 
-def rotated(items: Sequence, rep: int) -> list:
-    """Round-robin order for repetition ``rep``: every item leads once per len(items) reps."""
-    if not items:
-        return []
-    k = rep % len(items)
-    return list(items[k:]) + list(items[:k])
-
-
-def gflops(flops: int | None, ms: float | None) -> float | None:
-    if not flops or not ms or ms <= 0:
-        return None
-    return flops / (ms * 1e-3) / 1e9
-
-
 def ratio_to_fastest(ours_ms: float | None,
                      others_ms: dict[str, float | None]) -> tuple[str, float] | None:
     """(fastest engine's name, ours_ms / its ms): above 1 means ours is slower. None when
@@ -156,42 +111,7 @@ def ratio_to_fastest(ours_ms: float | None,
     return name, ours_ms / timed[name]
 
 
-def max_rel_error(out, ref) -> float:
-    """max|out - ref| / max|ref| (inf for a shape mismatch or non-finite output)."""
-    import numpy as np
-
-    o, r = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if o.size != r.size:
-        return float("inf")
-    diff = np.abs(o.reshape(r.shape) - r).max()
-    scale = np.abs(r).max()
-    if not np.isfinite(diff):
-        return float("inf")
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
 # ---------------------------------------------------------------- records
-
-@dataclass
-class EngineRun:
-    """One engine on one model at one thread count: a result, also when it failed."""
-
-    model: str
-    threads: int
-    engine: str
-    status: str  # "ok", "wrong", "unavailable", "failed"
-    detail: str = ""
-    rel_err: float | None = None
-    samples_ns: list[int] = field(default_factory=list)
-
-    @property
-    def stats(self) -> Stats | None:
-        return Stats.of(self.samples_ns) if self.samples_ns else None
-
-    @property
-    def median_ms(self) -> float | None:
-        return statistics.median(self.samples_ns) / 1e6 if self.samples_ns else None
-
 
 @dataclass
 class Row:
@@ -268,61 +188,6 @@ def tuned_bundle(w, threads: int, db_path: Path | None, out_dir: Path):
     return bundle if lookup.hits else None
 
 
-def bench_cache_dir(explicit: Path | None) -> Path:
-    from host.devices.local import default_cache_dir
-
-    return explicit or default_cache_dir() / "bench"
-
-
-def load_workload(name: str, size: int, cache_root: Path):
-    """The model with weights that stay the same across runs (models have random weights, and
-    the cached conversions were made from them), and the benchmark input."""
-    import torch
-
-    from host.models import example_inputs, load_model
-
-    from .engines import Workload
-
-    cache = cache_root / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{size}"
-    cache.mkdir(parents=True, exist_ok=True)
-    model = load_model(name)
-    weights = cache / "weights.pt"
-    if weights.is_file():
-        model.load_state_dict(torch.load(weights, weights_only=True))
-    else:
-        for stale in cache.iterdir():  # converted from weights that are gone
-            if stale.is_file():
-                stale.unlink()
-        tmp = weights.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, weights)
-    (x,) = example_inputs((1, 3, size, size))
-    return Workload(name, size, model.eval(), x, cache)
-
-
-def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
-
-
-def measure(loaded: dict, runs: int, on_sample: Callable[[], None]) -> dict[str, list[int]]:
-    """``runs`` samples per engine, round-robin with a rotating order; an engine that raises
-    stops being sampled and its error is kept under the key ``(name, "error")``."""
-    samples: dict = {name: [] for name in loaded}
-    alive = list(loaded)
-    for rep in range(runs):
-        for name in rotated(alive, rep):
-            if name not in alive:
-                continue
-            try:
-                samples[name].append(loaded[name].sample_ns())
-            except Exception as e:  # an engine failing is a result, not the end of the run
-                samples[(name, "error")] = f"{type(e).__name__}: {e}"
-                alive.remove(name)
-            on_sample()
-    return samples
-
-
 def bench_model(name: str, args, session, progress: Progress,
                 peaks: dict[int, float]) -> tuple[list[EngineRun], dict]:
     # our bundles live only for this model's measurements (VGG16's weights are 553 MB)
@@ -388,61 +253,6 @@ def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, 
     return results, info
 
 
-def _close(lo) -> None:
-    try:
-        lo.close()
-    except Exception as e:  # a leak for the rest of the run, not a reason to stop it
-        err.print(f"[yellow]warning:[/yellow] closing {lo.engine}: {escape(str(e))}")
-
-
-def load_checked(label: str, eng, w, ref, threads: int, args,
-                 keep_wrong: bool = False) -> tuple[EngineRun, object | None]:
-    """Load ``eng`` on workload ``w`` for ``threads``, check one output against ``ref``
-    (``args.tolerance``) and run ``args.warmup`` untimed inferences: the EngineRun (status
-    "ok" with its error, or why not) and the Loaded engine, which is None unless "ok" (or
-    "wrong" with ``keep_wrong``: timed all the same, for kernels being worked on)."""
-    from .engines import EngineUnavailable
-
-    try:
-        lo = eng.load(w, threads)
-    except EngineUnavailable as e:
-        return EngineRun(w.name, threads, label, "unavailable", str(e)), None
-    except Exception as e:
-        return EngineRun(w.name, threads, label, "unavailable",
-                         f"load failed: {type(e).__name__}: {e}"), None
-    try:
-        rel = max_rel_error(lo.infer(), ref)
-        for _ in range(args.warmup):
-            lo.infer()
-    except Exception as e:
-        _close(lo)
-        return EngineRun(w.name, threads, label, "failed",
-                         f"inference failed: {type(e).__name__}: {e}"), None
-    if rel > args.tolerance:
-        if keep_wrong:
-            return EngineRun(w.name, threads, label, "wrong",
-                             f"output differs from PyTorch (max rel err {rel:.2e} > "
-                             f"{args.tolerance:g}); timed all the same", rel), lo
-        _close(lo)
-        return EngineRun(w.name, threads, label, "wrong",
-                         f"output differs from PyTorch (max rel err {rel:.2e} > "
-                         f"{args.tolerance:g}); not timed", rel), None
-    return EngineRun(w.name, threads, label, "ok", "", rel), lo
-
-
-def attach_samples(runs: dict[str, EngineRun], samples: dict) -> None:
-    """Put ``measure``'s samples into the runs; an engine that failed mid-way says after how
-    many samples."""
-    for label, got in samples.items():
-        if isinstance(label, tuple):
-            continue
-        runs[label].samples_ns = got
-        if (label, "error") in samples:
-            runs[label].status = "failed"
-            runs[label].detail = (f"failed after {len(got)} samples: "
-                                  f"{samples[(label, 'error')]}")
-
-
 def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
                   progress: Progress) -> list[EngineRun]:
     runs = {label: EngineRun(w.name, threads, label, "unavailable", why)
@@ -462,7 +272,7 @@ def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, st
         samples = measure(loaded, args.runs, lambda: progress.advance(task))
     finally:
         for lo in loaded.values():
-            _close(lo)
+            close_loaded(lo)
         progress.remove_task(task)
     attach_samples(runs, samples)
     order = [e for e in ("ours", "ours (tuned)", "PyTorch", "ONNX Runtime", "MNN", "ncnn")
@@ -529,32 +339,6 @@ def print_summary(results: Sequence[EngineRun], args) -> None:
 
 # ---------------------------------------------------------------- main
 
-def announce_machine(width: int) -> tuple[float, float, float]:
-    """Widen a piped console to ``width`` columns (80 would wrap the numbers), say what the
-    machine is and how busy (a busy machine gives noisy numbers); the load averages."""
-    if not out.is_terminal:
-        out.width = max(out.width, width)
-    load = os.getloadavg()
-    err.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
-              f"average {load[0]:.2f}: a busy machine gives noisy numbers")
-    return load
-
-
-def local_session(binary: Path | None, stack: ExitStack, progress):
-    """A session on a fresh local runner, both closed with ``stack``; FileNotFoundError when
-    there is no runner binary."""
-    from host.devices.local import LocalRunner, LocalRunnerConfig
-    from host.session import Session
-
-    task = progress.add_task("starting the local runner", total=None)
-    try:
-        runner = LocalRunner(LocalRunnerConfig(binary=binary))
-        stack.callback(runner.close)
-        return stack.enter_context(Session(runner, call_timeout_s=600, on_event=err.print))
-    finally:
-        progress.remove_task(task)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -568,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     infos: list[dict] = []
     peaks: dict[int, float] = {}
     try:
-        with ExitStack() as stack, _progress() as progress:
+        with ExitStack() as stack, common.progress() as progress:
             for threads in args.threads:
                 task = progress.add_task(f"SGEMM peak at {threads} thread(s)", total=None)
                 peaks[threads] = sgemm_peak_gflops(threads)

@@ -1,4 +1,4 @@
-"""The engines the dense benchmark compares: how each converts a model and runs it.
+"""The engines the benchmarks compare: how each converts a model and runs it.
 
 One class per engine, all with the same two steps: ``prepare`` converts the model once per
 model (cached on disk, keyed by model name, input size and the converter's version) and

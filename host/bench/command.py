@@ -1,0 +1,31 @@
+"""``npas-host bench dense|sparse``: the benchmarks (not tests) as a subcommand.
+
+``register(sub)`` adds the ``bench`` parser, which takes the benchmark's name and hands the
+rest of the command line to that benchmark's own parser (``bench dense --help``); ``run(args)``
+runs it and returns its exit code. The benchmarks are imported only when one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BENCHMARKS = ("dense", "sparse")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the subcommands in ``sub``."""
+    p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`, "
+                       "`bench sparse --help`")
+    p.add_argument("which", choices=BENCHMARKS, help="dense: our code vs PyTorch, "
+                   "ONNX Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16; sparse: "
+                   "pruned models on our sparse kernels vs our dense code and those engines")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark ``args.which`` with the options ``args.rest``: its exit code."""
+    if args.which == "dense":
+        from .dense import main
+    else:
+        from .sparse.cli import main
+    return main(args.rest)
