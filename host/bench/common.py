@@ -35,6 +35,8 @@ from host.measure import Stats
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+    from host.devices.session import Session
+
     from .engines import Loaded, Workload
 
 
@@ -263,16 +265,15 @@ def announce_machine(width: int) -> tuple[float, float, float]:
     return load
 
 
-def local_session(binary: Path | None, stack: ExitStack, progress: Progress):
-    """A session on a fresh local runner, both closed with ``stack``; FileNotFoundError when
-    there is no runner binary."""
-    from host.devices.local import LocalRunner, LocalRunnerConfig
-    from host.session import Session
+def local_session(binary: Path | None, stack: ExitStack, progress: Progress) -> Session:
+    """A session on a fresh local runner, both closed with ``stack``; UserError (saying how to
+    build one) when there is no runner binary."""
+    from host.devices import DeviceSpec, open_device
+    from host.devices.session import Session
 
     task = progress.add_task("starting the local runner", total=None)
     try:
-        runner = LocalRunner(LocalRunnerConfig(binary=binary))
-        stack.callback(runner.close)
-        return stack.enter_context(Session(runner, call_timeout_s=600, on_event=err.print))
+        device = open_device(DeviceSpec("local", runner=binary), stack)
+        return stack.enter_context(Session(device, call_timeout_s=600, on_event=err.print))
     finally:
         progress.remove_task(task)

@@ -28,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from host.console import err, out
+from host.errors import UserError
 
 from . import common
 from .common import (
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             if "ours" in args.engines:
                 try:
                     session = local_session(args.runner, stack, progress)
-                except FileNotFoundError as e:
+                except UserError as e:
                     err.print(f"[yellow]ours unavailable:[/yellow] {escape(str(e))}")
                     args.engines = tuple(e for e in args.engines if e != "ours")
             for name in args.models:

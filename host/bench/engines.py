@@ -294,10 +294,10 @@ class OursEngine:
         return f"bundle {self.bundle.manifest.name} ({self.bundle.manifest.content_hash[:12]})"
 
     def load(self, w: Workload, threads: int) -> Loaded:
-        from host.session import LoadOptions
+        from host.measure import MeasureConfig
 
         bundle = self.per_threads.get(threads, self.bundle)
-        key = self.session.load(bundle, LoadOptions(threads=threads))
+        key = self.session.load(bundle, MeasureConfig(threads=threads))
         x = w.example.numpy()
 
         def infer() -> np.ndarray:

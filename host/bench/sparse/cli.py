@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from host.console import err
+from host.errors import UserError
 
 from .. import common
 from ..common import (
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack, common.progress() as progress:
             try:
                 session = local_session(args.runner, stack, progress)
-            except FileNotFoundError as e:
+            except UserError as e:
                 err.print(f"[red]error:[/red] {escape(str(e))}")
                 return 2
             for name in args.models:

@@ -221,7 +221,7 @@ def measure_unstructured(session, dense_bundle, u: dict, threads: int, args,
     (one run each per repetition, after one untimed run); per run: the whole run, the sum of
     the 3x3 conv steps and of the glue steps (GLUE_OPS). The sparse outputs are checked
     first."""
-    from host.session import LoadOptions
+    from host.measure import MeasureConfig
 
     convs = set(u["convs"])
     keys: dict[str, str] = {}
@@ -229,10 +229,10 @@ def measure_unstructured(session, dense_bundle, u: dict, threads: int, args,
     task = progress.add_task(f"resnet18, {threads} thread(s): 3x3 convs, per layer",
                              total=args.runs * (1 + len(u["bundles"])))
     try:
-        keys["dense"] = session.load(dense_bundle, LoadOptions(threads=threads))
+        keys["dense"] = session.load(dense_bundle, MeasureConfig(threads=threads))
         errs = []
         for policy, bundle in u["bundles"].items():
-            keys[policy] = session.load(bundle, LoadOptions(threads=threads))
+            keys[policy] = session.load(bundle, MeasureConfig(threads=threads))
             errs.append(max_rel_error(session.run(keys[policy], [u["example"]])[0], u["ref"]))
         res["rel_err"] = max(errs)
         for rep in range(args.runs):
