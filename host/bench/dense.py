@@ -22,10 +22,19 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from codegen import Bundle
+    from host.devices.session import Session
+
+    from .engines import Workload
 
 from host.console import err, out
 from host.errors import UserError
@@ -172,7 +181,8 @@ def sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def tuned_bundle(w, threads: int, db_path: Path | None, out_dir: Path):
+def tuned_bundle(w: Workload, threads: int, db_path: Path | None,
+                 out_dir: Path) -> Bundle | None:
     """The bundle compiled with the tuning database's entries for ``threads`` threads (see
     `npas-host tune`), or None when the database has none for this model's layers: the
     "ours (tuned)" column appears only then."""
@@ -189,7 +199,7 @@ def tuned_bundle(w, threads: int, db_path: Path | None, out_dir: Path):
     return bundle if lookup.hits else None
 
 
-def bench_model(name: str, args, session, progress: Progress,
+def bench_model(name: str, args: argparse.Namespace, session: Session | None, progress: Progress,
                 peaks: dict[int, float]) -> tuple[list[EngineRun], dict]:
     # our bundles live only for this model's measurements (VGG16's weights are 553 MB)
     with tempfile.TemporaryDirectory(prefix="npas-bench-") as tmp:
@@ -254,7 +264,8 @@ def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, 
     return results, info
 
 
-def bench_threads(w, ref, threads: int, engines: dict, unavailable: dict[str, str], args,
+def bench_threads(w: Workload, ref: np.ndarray, threads: int, engines: dict,
+                  unavailable: dict[str, str], args: argparse.Namespace,
                   progress: Progress) -> list[EngineRun]:
     runs = {label: EngineRun(w.name, threads, label, "unavailable", why)
             for label, why in unavailable.items()}
@@ -321,7 +332,7 @@ def print_table(model: str, size: int, threads: int, runs: Sequence[EngineRun],
                                         f"is slower)" if rt else "– (nothing to compare)"))
 
 
-def print_summary(results: Sequence[EngineRun], args) -> None:
+def print_summary(results: Sequence[EngineRun], args: argparse.Namespace) -> None:
     t = Table(title="Summary: ours / fastest (>1: ours slower)")
     for col in ("model", "threads", "ours ms", "vs ORT/PyTorch", "vs MNN/ncnn"):
         t.add_column(col, justify="right" if col != "model" else "left")

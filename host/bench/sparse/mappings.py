@@ -10,6 +10,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Issue 4's bar at the NPAS rates, 1 thread: our sparse bundle over the fastest dense engine.
 NEEDED_SPEEDUP = {"vgg16": 2.0, "resnet18": 1.8, "mobilenet_v2": 1.3}
@@ -97,7 +101,7 @@ MAPPINGS: dict[str, tuple[PruneMapping, ...]] = {
 }
 
 
-def layer_kinds(model) -> dict[str, str]:
+def layer_kinds(model: nn.Module) -> dict[str, str]:
     """Every Conv2d and Linear of ``model`` → "1x1" (1x1 conv without groups), "kxk"
     (k×k conv without groups), "grouped" or "linear"."""
     from torch import nn

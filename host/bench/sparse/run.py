@@ -5,12 +5,15 @@ ResNet-18, its 3x3 convs at unstructured sparsity against the dense ones, step b
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
+from rich.progress import Progress
 
 from host.console import err
 
@@ -30,6 +33,7 @@ from .tables import print_plans
 from .work import (
     GLUE_OPS,
     Contestant,
+    LayerWork,
     ModelResult,
     Variant,
     compression,
@@ -43,15 +47,25 @@ from .work import (
     work_flops,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from codegen import Bundle
+    from host.devices.session import Session
+
+    from ..engines import Workload
+
 # ---------------------------------------------------------------- one model
 
-def bench_model(name: str, args, session, progress) -> ModelResult:
+def bench_model(name: str, args: argparse.Namespace, session: Session,
+                progress: Progress) -> ModelResult:
     # bundles live only for this model's measurements (VGG-16's weights are 553 MB)
     with tempfile.TemporaryDirectory(prefix="npas-bench-sparse-") as tmp:
         return _bench_model(name, args, session, progress, Path(tmp))
 
 
-def _bench_model(name: str, args, session, progress, tmp: Path) -> ModelResult:
+def _bench_model(name: str, args: argparse.Namespace, session: Session, progress: Progress,
+                 tmp: Path) -> ModelResult:
     from codegen import compile_model
 
     from ..engines import OTHER_ENGINES, EngineUnavailable, OursEngine, Workload
@@ -147,7 +161,8 @@ def _bench_model(name: str, args, session, progress, tmp: Path) -> ModelResult:
 
 
 def bench_threads(model: str, threads: int, contestants: Sequence[Contestant],
-                  unavailable: Mapping[str, str], args, progress) -> list[EngineRun]:
+                  unavailable: Mapping[str, str], args: argparse.Namespace,
+                  progress: Progress) -> list[EngineRun]:
     """Load and check every contestant, then sample them round-robin (common.measure)."""
     runs = {label: EngineRun(model, threads, label, "unavailable", why)
             for label, why in unavailable.items()}
@@ -175,7 +190,7 @@ def bench_threads(model: str, threads: int, contestants: Sequence[Contestant],
 
 # ---------------------------------------------------------------- 3x3 convs, unstructured
 
-def conv3x3_names(model) -> set[str]:
+def conv3x3_names(model: nn.Module) -> set[str]:
     """ResNet-18's 3x3 convs: the layer* ones (the stem is 7x7, the shortcuts 1x1)."""
     from torch import nn
 
@@ -189,7 +204,8 @@ def conv3x3_names(model) -> set[str]:
 UNSTRUCTURED_POLICIES = ("auto", "always")
 
 
-def prepare_unstructured(w, rate: float, dense_works, tmp: Path, progress) -> dict:
+def prepare_unstructured(w: Workload, rate: float, dense_works: Mapping[str, LayerWork],
+                         tmp: Path, progress: Progress) -> dict:
     from codegen import compile_model
     from host.pruning.command import build_plan
     from host.pruning.config import PruningConfig
@@ -215,8 +231,8 @@ def prepare_unstructured(w, rate: float, dense_works, tmp: Path, progress) -> di
             "conv_flops_sparse": sum(works[n].flops for n in convs)}
 
 
-def measure_unstructured(session, dense_bundle, u: dict, threads: int, args,
-                         progress) -> dict:
+def measure_unstructured(session: Session, dense_bundle: Bundle, u: dict, threads: int,
+                         args: argparse.Namespace, progress: Progress) -> dict:
     """The dense bundle and the sparse ones (one per policy) with per-layer times, interleaved
     (one run each per repetition, after one untimed run); per run: the whole run, the sum of
     the 3x3 conv steps and of the glue steps (GLUE_OPS). The sparse outputs are checked

@@ -5,6 +5,7 @@ unstructured 3x3 comparison.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ def result_rows(res: ModelResult, threads: int, engines: Sequence[str]) -> list[
     return rows
 
 
-def print_results(results: Sequence[ModelResult], threads: int, args) -> None:
+def print_results(results: Sequence[ModelResult], threads: int,
+                  args: argparse.Namespace) -> None:
     t = Table(title=f"Sparse vs dense, {threads} thread(s), 1×3×{args.input_size}×"
                     f"{args.input_size}: medians of {args.runs} interleaved samples; load "
                     f"average {os.getloadavg()[0]:.2f} at the end", caption=(
@@ -140,7 +142,8 @@ def print_results(results: Sequence[ModelResult], threads: int, args) -> None:
                           f"{escape(r.status)}: {escape(r.detail)}")
 
 
-def print_engines_on_pruned(results: Sequence[ModelResult], threads: int, args) -> None:
+def print_engines_on_pruned(results: Sequence[ModelResult], threads: int,
+                            args: argparse.Namespace) -> None:
     """The other engines on the dense model and on the pruned ones: zeros cost them the same."""
     t = Table(title=f"The other engines on the dense and the pruned models, {threads} "
                     f"thread(s) (pruned / dense ≈ 1: they run the zeros)")
@@ -164,7 +167,7 @@ def print_engines_on_pruned(results: Sequence[ModelResult], threads: int, args) 
         out.print(t)
 
 
-def print_headlines(results: Sequence[ModelResult], args) -> None:
+def print_headlines(results: Sequence[ModelResult], args: argparse.Namespace) -> None:
     t = Table(title="At the NPAS rates: our sparse bundle's speed-up (issue 4 asks, at 1 "
                     "thread, for at least the 'needed' ratio over the fastest dense engine "
                     "and as much over ours dense)")

@@ -13,9 +13,19 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..common import EngineRun
 from .mappings import PruneMapping, layer_kinds
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from host.pruning.plan import PrunedModel
+
+    from ..engines import Workload
 
 # ---------------------------------------------------------------- pure arithmetic
 
@@ -225,7 +235,7 @@ class ModelResult:
 
 # ---------------------------------------------------------------- pruning
 
-def forward_work(model, x) -> tuple:
+def forward_work(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, dict[str, LayerWork]]:
     """PyTorch's output on ``x`` and every Conv2d/Linear's LayerWork (forward hooks)."""
     import torch
     from torch import nn
@@ -252,7 +262,8 @@ def forward_work(model, x) -> tuple:
     return y, works
 
 
-def prune(model, mapping: PruneMapping, target: float, dense: Mapping[str, LayerWork]):
+def prune(model: nn.Module, mapping: PruneMapping, target: float,
+          dense: Mapping[str, LayerWork]) -> tuple[Solved, PrunedModel, list[str]]:
     """Solve the mapping's rate for ``target``: (Solved, its PrunedModel, its rule strings)."""
     from torch import nn
 
@@ -281,7 +292,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def pruned_cache(w, rules: Sequence[str]) -> Path:
+def pruned_cache(w: Workload, rules: Sequence[str]) -> Path:
     """A folder for the other engines' conversions of a pruned model: keyed by the rules and
     the cached base weights they were applied to."""
     st = (w.cache / "weights.pt").stat()
