@@ -118,3 +118,18 @@ def throttled_cores(result: BenchmarkResult, device_info, threshold: float = 0.9
     return [c.id for c in device_info.cores
             if c.is_big and c.max_freq_khz and after.get(c.id)
             and after[c.id] < threshold * c.max_freq_khz]
+
+
+def runner_threads(threads: int, device_info) -> int:
+    """The threads a model loaded with ``threads`` gets on the device that reported
+    ``device_info``: ``threads`` itself, or for 0 the runner's own choice
+    (DeviceInfo.default_threads: one per big core). The rule lives in the runner only."""
+    if threads > 0:
+        return threads
+    if device_info.default_threads < 1:
+        from .errors import UserError
+
+        raise UserError(f"the runner ({device_info.runner_version}) does not say how many "
+                        f"threads --threads 0 gives (DeviceInfo.default_threads, protocol "
+                        f"1.2); rebuild it (scripts/setup.sh) or give --threads N")
+    return device_info.default_threads

@@ -1,5 +1,6 @@
 """The command-line side of pruning: `npas-host plan` (write a plan from rules, show its report)
-and `--plan PLAN.json` for compile/profile (prune the loaded model before compiling).
+and `--plan PLAN.json` for compile/profile (prune the loaded model before compiling; the
+other compile options, such as --sparse, are in host/commands/args.py).
 
 Rules read ``LAYERS=SCHEME:RATE[:key=value,...]``: LAYERS is a glob over module paths ('*' for
 every layer); a glob skips the layers the scheme does not apply to, an exact name must fit.
@@ -33,7 +34,12 @@ def apply_plan_file(model: nn.Module, path: Path | None) -> tuple[nn.Module, dic
     return pruned.model, pruned.schemes
 
 
-def add_plan_parser(sub) -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``plan`` to the subcommands in ``sub``."""
+    add_plan_parser(sub)
+
+
+def add_plan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="write a pruning plan and show what it does to a model")
     p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
     p.add_argument("--rule", action="append", required=True, metavar="LAYERS=SCHEME:RATE",
@@ -82,8 +88,8 @@ def build_plan(model: nn.Module, rules: list[str], cfg: PruningConfig) -> Prunin
     return PruningPlan(layers, cfg)
 
 
-def cmd_plan(args) -> int:
-    """Raises PruningError (a user error: the CLI prints it)."""
+def run(args: argparse.Namespace) -> int:
+    """`npas-host plan`. Raises PruningError (a user error: the CLI prints it)."""
     from ..models import load_model
 
     model = load_model(args.model)
@@ -98,3 +104,6 @@ def cmd_plan(args) -> int:
         if args.output:
             print(f"plan of {len(plan.layers)} layers → {args.output}")
     return 0
+
+
+cmd_plan = run  # the old name (tests/test_pruning.py)

@@ -17,10 +17,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..commands.args import add_db_args, add_device_args, add_model_args, device_spec
 from ..console import err, out
+from ..errors import UserError
 
 
-def add_tune_parser(sub, add_model_args, add_db_args, add_device_args) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tune`` to the subcommands in ``sub``."""
     p = sub.add_parser("tune", help="auto-tune a model's kernels on a device (genetic "
                        "algorithm over each layer's tuning) into the tuning database")
     p.add_argument("model", help="torchvision name, module:factory, or a .pt2 export")
@@ -99,42 +102,32 @@ def _time(ms: float) -> str:
 
 # Candidate bundles differ in their weight blobs (Winograd packs transformed weights), and the
 # runner's store keeps every artifact it was sent (there is no eviction): a resnet18 search
-# uploads ~150 MB per candidate. The local runner gets a private store, removed afterwards.
+# uploads ~150 MB per candidate. The local runner gets a private store (DeviceSpec's
+# private_store_bytes), removed afterwards, so the search neither fills nor pollutes the
+# shared one.
 TUNE_STORE_BYTES = 32 << 30
 
 
-def _tune_device(args, stack: ExitStack):
-    """For --device local (no --store, no --address): a runner with a private, temporary
-    artifact store, so the search neither fills nor pollutes the shared one."""
-    if args.device != "local" or args.address or args.store:
-        return None
-    from ..cli import CliError
-    from ..devices.local import scratch_runner
-
-    try:
-        return scratch_runner(args.runner, "tune-store-", TUNE_STORE_BYTES, stack)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from None
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from ..cli import CliError, _device, _resolve_threads, _toolchain
+def run(args: argparse.Namespace) -> int:
+    from ..devices import open_device
     from ..devices.session import Session
+    from ..measure import runner_threads
     from ..models import example_inputs, load_model, parse_shape
+    from ..targets import toolchain_for_device
     from .db import TuningDB, TuningDbError
     from .ga import GaConfig
     from .tuner import TuneConfig, tune_model
 
     if (args.backend or "cpu") != "cpu":
-        raise CliError("tune: only CPU kernels have a tuning space so far; drop --backend gpu")
+        raise UserError("tune: only CPU kernels have a tuning space so far; drop --backend gpu")
     if min(args.generations, args.population, args.runs, args.warmup) < 1 or args.threads < 0:
-        raise CliError(f"--generations, --population, --runs and --warmup must be ≥ 1 and "
-                       f"--threads ≥ 0; got {args.generations}, {args.population}, "
-                       f"{args.runs}, {args.warmup}, {args.threads}")
+        raise UserError(f"--generations, --population, --runs and --warmup must be ≥ 1 and "
+                        f"--threads ≥ 0; got {args.generations}, {args.population}, "
+                        f"{args.runs}, {args.warmup}, {args.threads}")
     try:
         db = TuningDB(args.db)
     except TuningDbError as e:
-        raise CliError(str(e)) from None
+        raise UserError(str(e)) from None
     shape = parse_shape(args.input_shape)
     model = load_model(args.model)
     name = args.name or Path(args.model).stem.replace(":", "_").replace(".", "_")
@@ -144,18 +137,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
             TimeElapsedColumn(), console=err, transient=True))
         rp = _RichProgress(progress)
         rp.stage(f"starting the runner on {args.device}", 0, 1)
-        device = _tune_device(args, stack) or _device(args, stack)
+        device = open_device(device_spec(args, private_store_bytes=TUNE_STORE_BYTES), stack)
         session = stack.enter_context(Session(device, on_event=lambda m: err.print(m)))
         info = session.client.device_info()
-        threads = _resolve_threads(args.threads, info)
+        threads = runner_threads(args.threads, info)
         cfg = TuneConfig(threads=threads, runs=args.runs, warmup=args.warmup,
                          ga=GaConfig(population=args.population, generations=args.generations),
                          seed=args.seed, time_budget_s=args.time_budget_s,
                          finalists=args.finalists, margin=args.margin,
                          compare=not args.no_compare, retune=args.retune, model_name=name,
                          device=info.cpu_model)
-        report = tune_model(model, example_inputs(shape), session, _toolchain(args, info), db,
-                            cfg, rp)
+        toolchain = toolchain_for_device(info, "cpu", args.precision)
+        report = tune_model(model, example_inputs(shape), session, toolchain, db, cfg, rp)
     note = device.traits.timing_note
     if args.json:
         print(json.dumps({"model": args.model, "device": args.device, "threads": threads,

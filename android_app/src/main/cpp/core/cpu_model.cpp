@@ -43,9 +43,7 @@ StatusOr<ThreadPlan> plan_threads(const ThreadRequest& req, const DeviceInfo& de
                              u(device.cores.size() - 1));
     }
   }
-  plan.threads = req.threads > 0 ? int(req.threads)
-                                 : int(big.empty() ? device.max_threads : big.size());
-  if (plan.threads < 1) plan.threads = 1;
+  plan.threads = req.threads > 0 ? int(req.threads) : default_threads(device);
   std::vector<int> cpus;
   if (!req.cpu_affinity.empty()) {
     cpus.assign(req.cpu_affinity.begin(), req.cpu_affinity.end());

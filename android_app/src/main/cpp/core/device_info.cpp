@@ -125,6 +125,11 @@ std::vector<int> big_core_ids(const DeviceInfo& info) {
   return ids;
 }
 
+int default_threads(const DeviceInfo& info) {
+  const size_t big = big_core_ids(info).size();
+  return std::max(1, int(big == 0 ? info.max_threads : big));
+}
+
 DeviceInfo probe_device_info() {
   DeviceInfo d;
 #if defined(__aarch64__)

@@ -50,6 +50,10 @@ void probe_opencl(DeviceInfo* info);
 // The ids of the big cores (all cores when frequencies are unknown or all equal).
 std::vector<int> big_core_ids(const DeviceInfo& info);
 
+// The threads a model gets when the client asks for 0: one per big core (all cores when
+// frequencies are unknown), at least 1. Reported as DeviceInfo.default_threads.
+int default_threads(const DeviceInfo& info);
+
 struct CoreFrequency {
   uint32_t id = 0;
   uint64_t cur_freq_khz = 0;

@@ -27,9 +27,12 @@ struct TensorView {
 };
 
 // Literal counts (the proto's "0 means default" is the service's business).
+constexpr uint32_t kDefaultBenchmarkWarmup = 10;  // proto BenchmarkRequest: 0 means these
+constexpr uint32_t kDefaultBenchmarkRuns = 100;
+
 struct BenchmarkOptions {
-  uint32_t warmup = 10;
-  uint32_t runs = 100;
+  uint32_t warmup = kDefaultBenchmarkWarmup;
+  uint32_t runs = kDefaultBenchmarkRuns;
   bool per_layer = false;
   std::vector<TensorView> inputs;  // empty: deterministic pseudo-random inputs
   // Polled between runs; true stops the benchmark with CANCELLED.

@@ -85,6 +85,7 @@ void to_proto(const DeviceInfo& d, pb::DeviceInfo* out) {
   }
   out->set_opencl_status(d.opencl_status);
   out->set_max_threads(d.max_threads);
+  out->set_default_threads(uint32_t(default_threads(d)));
 }
 
 void to_proto(const Telemetry& t, pb::Telemetry* out) {

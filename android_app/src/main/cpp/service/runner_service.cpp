@@ -218,21 +218,14 @@ grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
                                       pb::BenchmarkResponse* resp) {
   grpc::Status auth = authenticate(ctx);
   if (!auth.ok()) return auth;
-  if (req->runs() > kMaxBenchmarkRuns) {
-    return invalid("runs " + std::to_string(req->runs()) + " is over the limit of " +
-                   std::to_string(kMaxBenchmarkRuns));
-  }
-  if (req->warmup() > kMaxBenchmarkWarmup) {
-    return invalid("warmup " + std::to_string(req->warmup()) + " is over the limit of " +
-                   std::to_string(kMaxBenchmarkWarmup));
-  }
   auto lease = models_.acquire(req->handle());
   if (!lease.ok()) return to_grpc(lease.status());
   Model& model = lease.value()->model();
 
   BenchmarkOptions opts;
-  opts.warmup = req->warmup() == 0 ? 10 : req->warmup();  // proto: 0 means the default
-  opts.runs = req->runs() == 0 ? 100 : req->runs();
+  // proto: 0 means the default; the limits are checked by Model::benchmark
+  opts.warmup = req->warmup() == 0 ? kDefaultBenchmarkWarmup : req->warmup();
+  opts.runs = req->runs() == 0 ? kDefaultBenchmarkRuns : req->runs();
   opts.per_layer = req->per_layer();
   opts.inputs = views_of(req->inputs());
   opts.cancelled = [ctx] { return ctx->IsCancelled(); };

@@ -612,6 +612,10 @@ void test_device() {
   const DeviceInfo& d = device_info();
   CHECK(!d.abi.empty() && !d.cores.empty() && d.max_threads >= 1);
   CHECK(!big_core_ids(d).empty());
+  CHECK(default_threads(d) == int(big_core_ids(d).size()));
+  ThreadRequest any;
+  auto dflt = plan_threads(any, d);
+  CHECK(dflt.ok() && dflt.value().threads == default_threads(d));
   CHECK(!d.opencl_status.empty());
   ThreadRequest req;
   req.threads = 2;
