@@ -16,9 +16,3 @@ comparison), ``tables.py`` (printing), ``cli.py`` (arguments and ``main``).
 
     python -m host.bench.sparse --models resnet18 --threads 1,2 --runs 15
 """
-
-# host/cli.py's cmd_bench calls ``host.bench.sparse.main``; once the CLI registers the bench
-# command through host/bench/command.py (which imports cli.main itself), this can go.
-from .cli import main
-
-__all__ = ["main"]
