@@ -2,7 +2,8 @@
 
 Every call carries the session token and a deadline, so a dead or hung runner turns into a
 RunnerError after at most the deadline instead of a hang. Uploads send only what the runner is
-missing, in chunks, with size and sha256 declared up front.
+missing, in chunks, with size and sha256 declared up front. Records become requests and
+answers become records in host/rpc/convert.py only; this module makes the calls.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from codegen import Bundle, Manifest
 from ..measure import BenchmarkResult, MeasureConfig
 from .convert import (
     LoadedModel,
+    arrays_from_proto,
     benchmark_request,
     benchmark_result,
+    inputs_to_proto,
     kind_to_proto,
     load_request,
     loaded_model,
@@ -144,25 +147,11 @@ class RunnerClient:
         return loaded_model(self._call("LoadModel",
                                        load_request(manifest, measure or MeasureConfig())))
 
-    def _tensors(self, manifest: Manifest, arrays: Sequence[np.ndarray]) -> list:
-        pb = self._pb
-        specs = [manifest.tensors[i] for i in manifest.inputs]
-        if len(arrays) != len(specs):
-            raise ValueError(f"model {manifest.name} takes {len(specs)} inputs, got "
-                             f"{len(arrays)}")
-        out = []
-        for spec, a in zip(specs, arrays, strict=True):
-            a = np.ascontiguousarray(a, dtype="<f4")
-            out.append(pb.Tensor(name=spec.name, shape=list(a.shape), dtype="float32",
-                                 data=a.tobytes()))
-        return out
-
     def run(self, handle: str, manifest: Manifest,
             inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         r = self._call("Run", self._pb.RunRequest(handle=handle,
-                                                  inputs=self._tensors(manifest, inputs)))
-        return [np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)).copy()
-                for t in r.outputs]
+                                                  inputs=inputs_to_proto(manifest, inputs)))
+        return arrays_from_proto(r.outputs)
 
     def benchmark(self, handle: str, measure: MeasureConfig | None = None,
                   timeout_s: float = 600.0) -> BenchmarkResult:

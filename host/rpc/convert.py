@@ -4,7 +4,10 @@ answers become LoadedModel and BenchmarkResult records."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from codegen import Manifest
 
@@ -54,6 +57,26 @@ def manifest_to_proto(m: Manifest):
                        local_size=s.local_size) for s in m.steps],
         content_hash=m.content_hash,
     )
+
+
+def inputs_to_proto(manifest: Manifest, arrays: Sequence[np.ndarray]) -> list:
+    """The model's inputs as proto Tensors (float32, little-endian), named as in the manifest."""
+    pb, _ = load()
+    specs = [manifest.tensors[i] for i in manifest.inputs]
+    if len(arrays) != len(specs):
+        raise ValueError(f"model {manifest.name} takes {len(specs)} inputs, got "
+                         f"{len(arrays)}")
+    out = []
+    for spec, a in zip(specs, arrays, strict=True):
+        a = np.ascontiguousarray(a, dtype="<f4")
+        out.append(pb.Tensor(name=spec.name, shape=list(a.shape), dtype="float32",
+                             data=a.tobytes()))
+    return out
+
+
+def arrays_from_proto(tensors) -> list[np.ndarray]:
+    """proto Tensors (float32) -> arrays (copies: the message's buffer is not kept)."""
+    return [np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)).copy() for t in tensors]
 
 
 def load_request(manifest: Manifest, measure: MeasureConfig):
