@@ -1,9 +1,12 @@
-"""Pure-Python tier: resolving the MODEL argument."""
+"""Pure-Python tier: resolving the MODEL argument, and models whose module moved."""
+
+import io
 
 import pytest
 import torch
 
-from host.models import ModelSpecError, load_model, parse_shape
+from host.models import MOVED_MODULES, ModelSpecError, load_checkpoint, load_model, parse_shape
+from host.models.zoo import DigitsNet
 
 
 def test_parse_shape():
@@ -41,3 +44,18 @@ def test_export_file(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
     with pytest.raises(ModelSpecError, match="no such file"):
         load_model(str(tmp_path / "missing.pt2"))
+
+
+def test_a_moved_model_module_still_loads_by_its_old_name(tmp_path):
+    """Journals of earlier searches name the old module, in the model spec and inside their
+    pickled checkpoints; both still load (what --resume of such a run needs)."""
+    assert MOVED_MODULES["host.search.zoo"] == "host.models.zoo"
+    assert isinstance(load_model("host.search.zoo:digits_tiny"), DigitsNet)
+    buf = io.BytesIO()
+    torch.save(DigitsNet((4, 4, 4, 4)), buf, _use_new_zipfile_serialization=False)
+    old = buf.getvalue().replace(b"host.models.zoo", b"host.search.zoo")  # same length
+    assert b"host.models.zoo" not in old
+    (tmp_path / "old.pt").write_bytes(old)
+    m = load_checkpoint(tmp_path / "old.pt")
+    assert isinstance(m, DigitsNet) and m.stem[0].out_channels == 4
+

@@ -22,26 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from host.data import DataSpecError, batches, load_dataset
+from host.models.data import DataSpecError, batches, load_dataset
+from host.models.zoo import DigitsNet, digits_tiny
 from host.pruning import PruningPlan
-from host.search.algorithms import soft_masks
-from host.search.bo import BayesFilter
-from host.search.controller import Controller
+from host.pruning.algorithms import soft_masks
+from host.search.filters import apply_filter_types, make_filter
 from host.search.journal import Journal
 from host.search.ops import replace_ops
-from host.search.reward import Outcome, RewardConfig
-from host.search.space import (
-    Candidate,
-    LayerChoice,
-    SearchSpace,
-    apply_filter_types,
-    make_filter,
-)
-from host.search.strategies import make_strategy
-from host.search.zoo import DigitsNet, digits_tiny
+from host.search.space import Candidate, LayerChoice, SearchSpace
+from host.search.strategies import STRATEGIES, make_strategy
+from host.search.strategies.npas.bo import BayesFilter
+from host.search.strategies.npas.controller import Controller
+from host.search.strategies.reward import Outcome, RewardConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "host.search.zoo:digits_tiny"
+TINY = "host.models.zoo:digits_tiny"
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +163,7 @@ class _Mobileish(nn.Module):
 
 
 def test_phase1_replaces_modules_and_functional_calls():
-    from codegen.capture import capture
+    from codegen import capture
     from codegen.lr import UnsupportedOp
 
     m = _Mobileish().eval()
@@ -194,7 +189,7 @@ def _synthetic(space: SearchSpace, c: Candidate) -> tuple[float, float]:
     return 0.98 - hurt, 1.0 * space.mac_fractions(c)[1] + 0.02
 
 
-@pytest.mark.parametrize("name", ["npas", "random", "uniform"])
+@pytest.mark.parametrize("name", list(STRATEGIES))
 def test_strategies_share_ask_tell_and_are_deterministic(tiny, name):
     _, _, space = tiny
     reward = RewardConfig(0.25)
@@ -275,6 +270,40 @@ def test_bayes_filter_prefers_what_the_data_says(tiny):
     assert len(set(picks)) == 4
     picked = np.mean([np.log10(pool[i].choices[0].ratio) for i in picks])
     assert picked < np.mean([np.log10(c.choices[0].ratio) for c in pool])
+
+
+def test_strategy_registry_names_match_and_each_has_its_own_module():
+    for name, cls in STRATEGIES.items():
+        assert cls.name == name
+        assert cls.__module__.startswith(f"host.search.strategies.{name}"), cls.__module__
+
+
+def test_scheme_lists_follow_the_pruning_table():
+    """The search's scheme lists are SCHEMES split by ``structural``, in SCHEMES' order; the
+    mask schemes are the ones codegen has sparse kernels for."""
+    import codegen
+    from host.pruning import SCHEMES
+    from host.search.space import MASK_SCHEMES, SCHEME_ORDER, STRUCTURAL
+
+    assert SCHEME_ORDER == ("none", *SCHEMES)
+    assert set(STRUCTURAL) == {n for n, s in SCHEMES.items() if s.structural}
+    assert set(MASK_SCHEMES) | set(STRUCTURAL) == set(SCHEMES)
+    sparse = getattr(codegen, "SPARSE_SCHEMES", None)
+    if sparse is None:
+        pytest.skip("codegen does not export SPARSE_SCHEMES yet")
+    assert set(MASK_SCHEMES) == set(sparse)
+
+
+def test_search_command_defaults_are_the_config_defaults():
+    import argparse
+
+    from host.search import SearchConfig
+    from host.search.command import config_from_args, register
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="command"))
+    assert config_from_args(ap.parse_args(["search", "--speedup", "2"])) == \
+        SearchConfig(speedup=2.0)
 
 
 def test_reward_penalises_only_above_the_target():

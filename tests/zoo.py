@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from host.compat import import_torchvision
+from host.models.compat import import_torchvision
 
 
 class SqueezeExcite(nn.Module):

@@ -1,10 +1,18 @@
-"""The search (`npas-host search`): phase 1 operator replacement (ops.py), phase 2 over the
-space of per-layer filter types, schemes and rates (space.py) with a strategy (strategies.py:
-npas = controller.py + bo.py, random, uniform), candidates scored by a short fine-tune and by
-latency measured on the device (latency.py), phase 3 pruning algorithms (algorithms.py); the
-run (search.py) keeps a journal (journal.py) and writes a report (report.py)."""
+"""The search (`npas-host search`), in the order a run goes through it:
 
-from .search import DEFAULT_MODEL, Search, SearchConfig, SearchError, prepare
+- command.py: the command line; config.py: the settings (``SearchConfig``), written once;
+- prepare.py: the checks that need no device; engine.py: the run (checks on the device, the
+  phases, the export, the journal, resume); phases.py: phase 1 operator replacement (ops.py),
+  phase 2 the search loop, phase 3 pruning (host/pruning/algorithms.py);
+- space.py: per layer a filter type (filters.py: the re-typing itself), a scheme and a rate;
+  strategies/: npas, random, uniform behind one ask/tell interface, and the reward;
+- oracle.py: latency measured on the device; journal.py, live.py, report.py: what the run
+  records, shows and writes.
+"""
+
+from .config import DEFAULT_MODEL, SearchConfig, SearchError
+from .engine import Search
+from .prepare import prepare
 from .space import Candidate, LayerChoice, SearchSpace
 
 __all__ = ["DEFAULT_MODEL", "Candidate", "LayerChoice", "Search", "SearchConfig", "SearchError",

@@ -1,6 +1,8 @@
-"""`npas-host search`: the command line of the search (host/search/search.py does the work).
+"""`npas-host search`: the command line of the search (engine.py does the work).
 
-Bad arguments (an unknown model, a missing dataset folder, an unreachable latency target) are
+``register`` adds the subcommand, with its defaults read from SearchConfig (written once);
+``run`` turns the arguments into a SearchConfig, opens the device and runs the search. Bad
+arguments (an unknown model, a missing dataset folder, an unreachable latency target) are
 refused with a message before a run folder is written or anything is trained.
 """
 
@@ -13,16 +15,26 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from ..commands.args import add_device_args, device_spec
 from ..console import err, out
-from .space import FILTER_TYPES, MASK_SCHEMES, STRUCTURAL
+from ..devices import open_device
+from ..errors import UserError
+from .config import (
+    AUTO_PRETRAIN_EPOCHS,
+    DEFAULT_MODEL,
+    SEARCH_STORE_BYTES,
+    SearchConfig,
+    SearchError,
+    rates_arg,
+)
+from .space import ratio_str
+from .strategies import STRATEGIES
 
-SEARCH_STORE_BYTES = 2 << 30
+_D = SearchConfig  # the defaults, as class attributes of the dataclass
 
 
-def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
-    from .search import DEFAULT_MODEL
-    from .strategies import STRATEGIES
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``search`` subcommand to ``sub``."""
     p = sub.add_parser("search", help="search per-layer filter types, pruning schemes and "
                        "rates for a latency target measured on a device",
                        description="Phase 1 replaces mobile-unfriendly operators, phase 2 "
@@ -30,64 +42,68 @@ def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
                        "on the device), phase 3 prunes the chosen candidate with gradual and "
                        "ADMM pruning, trains it and exports it. Writes a run folder with a "
                        "journal, checkpoints, the final model and report.md.")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=_D.model,
                    help=f"torchvision name, module:factory, or a .pt file of a whole model "
                         f"(default {DEFAULT_MODEL}: a small CNN for digits)")
     p.add_argument("--weights", help="a state dict to load into --model first")
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default=_D.dataset,
                    help="digits (scikit-learn's, offline; default), cifar10:PATH (the "
                         "python-pickle folder) or imagefolder:PATH")
     p.add_argument("--image-size", type=int,
                    help="input size (default: 16 for digits, 32 for the others)")
-    p.add_argument("--device", help="'local' (the host runner; default), 'qemu-arm64' or a "
-                                     "phone serial")
+    p.add_argument("--device", help=f"'{_D.device}' (the host runner; default), 'qemu-arm64' "
+                                     f"or a phone serial")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--latency-ms", type=float,
                         help="the latency target, measured on the device (median)")
     target.add_argument("--speedup", type=float,
                         help="or: target = the dense model's measured latency / SPEEDUP")
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="npas",
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default=_D.strategy,
                    help="npas (RL controller + Bayesian optimisation; default), random, "
                         "uniform")
-    p.add_argument("--budget", type=int, default=64,
-                   help="candidates evaluated in phase 2 (default 64)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="candidates per round of the strategy (default 4)")
-    p.add_argument("--samples", type=int, default=256,
-                   help="npas: candidates the controller samples per round for the Bayesian "
-                        "filter (default 256)")
-    p.add_argument("--rates", default="1x,2x,2.5x,3x,5x,7x,10x",
+    p.add_argument("--budget", type=int, default=_D.budget,
+                   help=f"candidates evaluated in phase 2 (default {_D.budget})")
+    p.add_argument("--batch", type=int, default=_D.batch,
+                   help=f"candidates per round of the strategy (default {_D.batch})")
+    p.add_argument("--samples", type=int, default=_D.samples,
+                   help=f"npas: candidates the controller samples per round for the Bayesian "
+                        f"filter (default {_D.samples})")
+    p.add_argument("--rates", default=",".join(ratio_str(r) for r in _D.ratios),
                    help="compression ratios (or fractions removed) to choose from")
-    p.add_argument("--schemes", default=",".join(MASK_SCHEMES + STRUCTURAL),
+    p.add_argument("--schemes", default=",".join(_D.schemes),
                    help="pruning schemes to choose from (default: all)")
-    p.add_argument("--filter-types", default=",".join(FILTER_TYPES),
+    p.add_argument("--filter-types", default=",".join(_D.filter_types),
                    help="keep, 1x1, dwpw (depthwise + pointwise) (default: all)")
-    p.add_argument("--latency-weight", type=float, default=2.0,
-                   help="beta in reward = acc × (latency/target)^-beta above the target "
-                        "(default 2)")
-    p.add_argument("--finetune-epochs", type=float, default=1.0,
-                   help="phase 2: fine-tuning per candidate, in epochs (default 1)")
+    p.add_argument("--latency-weight", type=float, default=_D.latency_weight,
+                   help=f"beta in reward = acc × (latency/target)^-beta above the target "
+                        f"(default {_D.latency_weight:g})")
+    p.add_argument("--finetune-epochs", type=float, default=_D.finetune_epochs,
+                   help=f"phase 2: fine-tuning per candidate, in epochs (default "
+                        f"{_D.finetune_epochs:g})")
     p.add_argument("--pretrain-epochs", default="auto",
-                   help="train the model first for this many epochs; auto: 12 when its "
-                        "accuracy is near chance (random weights), else 0")
-    p.add_argument("--phase1-epochs", type=float, default=1.0,
-                   help="fine-tuning after replacing operators (default 1)")
-    p.add_argument("--phase3-epochs", type=float, default=4.0,
-                   help="budget of gradual and of ADMM pruning each (default 4)")
-    p.add_argument("--final-epochs", type=float, default=15.0,
-                   help="training of the final model (default 15)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate for training")
-    p.add_argument("--finetune-lr", type=float, default=0.05,
+                   help=f"train the model first for this many epochs; auto: "
+                        f"{AUTO_PRETRAIN_EPOCHS:g} when its accuracy is near chance (random "
+                        f"weights), else 0")
+    p.add_argument("--phase1-epochs", type=float, default=_D.phase1_epochs,
+                   help=f"fine-tuning after replacing operators (default {_D.phase1_epochs:g})")
+    p.add_argument("--phase3-epochs", type=float, default=_D.phase3_epochs,
+                   help=f"budget of gradual and of ADMM pruning each (default "
+                        f"{_D.phase3_epochs:g})")
+    p.add_argument("--final-epochs", type=float, default=_D.final_epochs,
+                   help=f"training of the final model (default {_D.final_epochs:g})")
+    p.add_argument("--lr", type=float, default=_D.lr, help="learning rate for training")
+    p.add_argument("--finetune-lr", type=float, default=_D.finetune_lr,
                    help="learning rate for fine-tuning (phases 1 to 3; cosine decay)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--train-device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--train-threads", type=int, default=1,
-                   help="torch threads for training (default 1: the local runner measures on "
-                        "the same CPU)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=10, help="discarded warm-up runs")
-    p.add_argument("--threads", type=int, default=1, help="runner threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=_D.batch_size)
+    p.add_argument("--train-device", default=_D.train_device, help="cpu (default) or cuda")
+    p.add_argument("--train-threads", type=int, default=_D.train_threads,
+                   help=f"torch threads for training (default {_D.train_threads}: the local "
+                        f"runner measures on the same CPU)")
+    p.add_argument("--runs", type=int, default=_D.runs, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=_D.warmup, help="discarded warm-up runs")
+    p.add_argument("--threads", type=int, default=_D.threads,
+                   help=f"runner threads (default {_D.threads})")
+    p.add_argument("--seed", type=int, default=_D.seed)
     p.add_argument("--out", type=Path,
                    help="the run folder to write (default runs/search-DATE-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -98,12 +114,10 @@ def add_search_parser(sub, add_device_args) -> argparse.ArgumentParser:
     p.add_argument("--no-live", action="store_true", help="log lines instead of a live panel")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_device_args(p)
-    return p
 
 
-def config_from_args(args):
-    from .search import SearchConfig, SearchError, rates_arg
-
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """The SearchConfig the parsed arguments describe (a fresh run, not --resume)."""
     pre = None
     if args.pretrain_epochs != "auto":
         try:
@@ -113,7 +127,7 @@ def config_from_args(args):
                               f"auto") from None
     return SearchConfig(
         model=args.model, weights=args.weights, dataset=args.dataset,
-        image_size=args.image_size, device=args.device or "local",
+        image_size=args.image_size, device=args.device or _D.device,
         latency_ms=args.latency_ms, speedup=args.speedup, strategy=args.strategy,
         budget=args.budget, batch=args.batch, samples=args.samples,
         ratios=rates_arg(args.rates),
@@ -128,28 +142,14 @@ def config_from_args(args):
         skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint)
 
 
-def open_device(args, device: str, stack: ExitStack):
-    """The device: for --device local a runner with a private artifact store (candidates
-    differ in their weights; the store is removed afterwards), else as profile does."""
-    from ..cli import CliError, _device
-    from ..devices.local import scratch_runner
-
-    if device != "local" or args.address or args.store:
-        args.device = device
-        return _device(args, stack)
-    try:
-        return scratch_runner(args.runner, "search-store-", SEARCH_STORE_BYTES, stack)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from None
-
-
-def cmd_search(args) -> int:
-    from ..cli import CliError
-    from ..data import DataSpecError
+def run(args: argparse.Namespace) -> int:
+    """Run (or with --resume continue) the search the arguments describe; print the result."""
+    from ..models.data import DataSpecError
     from ..pruning import PruningError
+    from .engine import Search
     from .journal import Journal
     from .live import LiveView, SearchUI
-    from .search import Search, SearchConfig, SearchError, prepare
+    from .prepare import prepare
 
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: stop the runner, keep the
     try:                                                   # journal (resume continues it)
@@ -166,14 +166,15 @@ def cmd_search(args) -> int:
             run_dir = args.out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         prep = prepare(cfg)
         with ExitStack() as stack:
-            device = open_device(args, cfg.device, stack)
+            # candidates differ in their weights: a local runner gets a private store
+            device = open_device(device_spec(args, cfg.device,
+                                             private_store_bytes=SEARCH_STORE_BYTES), stack)
             ui = LiveView(err) if err.is_terminal and not args.no_live else SearchUI(err)
-            shares_cpu = cfg.device in ("local", "qemu-arm64") and not args.address
             with ui:
                 s = Search(cfg, run_dir, device, resume=bool(args.resume), ui=ui,
-                           shares_cpu=shares_cpu, prepared=prep).run()
+                           prepared=prep).run()
     except (SearchError, DataSpecError, PruningError) as e:
-        raise CliError(str(e)) from None
+        raise UserError(str(e)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_result(s, args.json)

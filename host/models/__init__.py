@@ -1,14 +1,20 @@
-"""Turn what the user names on the command line into an nn.Module and example inputs.
+"""Models and what they learn from: turn what the user names into an nn.Module and inputs.
 
 A model is one of: a torchvision classification model name (random weights: nothing is
 downloaded), ``package.module:factory`` (a callable returning an nn.Module), or a file saved
-with ``torch.export.save`` (``.pt2``).
+with ``torch.export.save`` (``.pt2``). The package also holds the small models of the search's
+defaults and tests (zoo.py), the datasets (data.py), the training loop (train.py) and the
+torchvision import guard (compat.py).
+
+Modules that held models once and moved are listed in ``MOVED_MODULES``: a spec or a pickled
+checkpoint that names the old module still loads (journals of earlier searches name both).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -17,9 +23,38 @@ from torch import nn
 
 from .compat import import_torchvision
 
+# old module -> where its models live now; read by load_model and load_checkpoint only
+MOVED_MODULES = {"host.search.zoo": "host.models.zoo"}
+
 
 class ModelSpecError(ValueError):
     pass
+
+
+def current_module(name: str) -> str:
+    """Where a model module lives now (``MOVED_MODULES``); other names unchanged."""
+    return MOVED_MODULES.get(name, name)
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        return super().find_class(current_module(module), name)
+
+
+class _MovedPickle:
+    """A ``pickle_module`` for torch.load whose unpickler reads moved classes from their new
+    module (torch subclasses ``Unpickler`` and calls ``load``)."""
+
+    Unpickler = _Unpickler
+    load = staticmethod(lambda f, **kw: _Unpickler(f, **kw).load())
+
+
+def load_checkpoint(path: str | Path):
+    """``torch.load`` of a whole pickled object (a model, a PrunedModel) on the CPU, with the
+    classes of moved modules found where they are now. Only for files this tool wrote or the
+    user gave as a model: unpickling runs code."""
+    return torch.load(path, map_location="cpu", weights_only=False,
+                      pickle_module=_MovedPickle)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -49,6 +84,7 @@ def load_model(spec: str) -> nn.Module:
             raise ModelSpecError(f"{spec}: not a torch.export program ({e})") from e
     if ":" in spec:
         mod_name, _, attr = spec.partition(":")
+        mod_name = current_module(mod_name)
         if os.getcwd() not in sys.path:  # like `python -m`: modules in the current folder
             sys.path.insert(0, os.getcwd())
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..console import err, out
+from ..measure import MeasureConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-epochs", type=float, default=0.5,
                     help="phase 2 fine-tuning per candidate (default 0.5)")
     ap.add_argument("--pretrain-epochs", default="auto")
-    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=MeasureConfig.runs)
     ap.add_argument("--device", default="local")
     ap.add_argument("--runner", type=Path)
     ap.add_argument("--out", type=Path, help="default runs/bench-search-DATE-TIME")
@@ -50,12 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from types import SimpleNamespace
-
-    from ..cli import CliError
-    from .command import open_device
-    from .live import SearchUI
-    from .search import DEFAULT_MODEL, Search, SearchConfig, SearchError, prepare
+    from ..devices import DeviceSpec, open_device
+    from ..errors import UserError
+    from ..search import DEFAULT_MODEL, Search, SearchConfig, SearchError, prepare
+    from ..search.config import SEARCH_STORE_BYTES
+    from ..search.live import SearchUI
 
     a = parse_args(argv)
     strategies = [s for s in a.strategies.split(",") if s]
@@ -65,15 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(model=a.model or DEFAULT_MODEL, dataset=a.dataset, device=a.device,
                   budget=a.budget, batch=a.batch, finetune_epochs=a.finetune_epochs,
                   pretrain_epochs=pre, runs=a.runs, skip_final=True)
-    dev_args = SimpleNamespace(address=None, token_file=None, runner=a.runner, store=None,
-                               max_temp=40.0, no_pin=False, device=a.device)
+    spec = DeviceSpec(name=a.device, runner=a.runner, private_store_bytes=SEARCH_STORE_BYTES)
     ui = SearchUI(err)
     table: dict[str, dict[int, float | None]] = {s: {} for s in strategies}
     meeting: dict[str, dict[int, int]] = {s: {} for s in strategies}
     t0 = time.perf_counter()
     try:
         with ExitStack() as stack:
-            device = open_device(dev_args, a.device, stack)
+            device = open_device(spec, stack)
             # the shared phase-1 model and target: one short run
             base_cfg = SearchConfig(**{**common, "strategy": "uniform", "budget": 1,
                                        "speedup": a.speedup if a.latency_ms is None else None,
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"{_fmt(table[strat][seed])} ({meeting[strat][seed]}/{len(recs)} "
                            f"meet it), {s['wall_s']:.0f} s")
     except SearchError as e:
-        raise CliError(str(e)) from None
+        raise UserError(str(e)) from None
     _print(table, meeting, seeds, target, base["dense_ms"], a, time.perf_counter() - t0)
     (root / "bench.json").write_text(json.dumps(
         {"target_ms": target, "dense_ms": base["dense_ms"], "budget": a.budget,
@@ -114,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _base_of(run: Path) -> dict:
-    from .journal import Journal
-    from .search import SearchError
+    from ..search import SearchError
+    from ..search.journal import Journal
 
     recs = Journal(run).records()
     probe = next((r for r in recs if r.get("type") == "probe"), None)
@@ -126,7 +125,7 @@ def _base_of(run: Path) -> dict:
 
 
 def _records(run: Path) -> list[dict]:
-    from .journal import Journal
+    from ..search.journal import Journal
 
     return [r for r in Journal(run).records() if r.get("type") == "candidate"]
 

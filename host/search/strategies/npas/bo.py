@@ -21,8 +21,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
 
-from .reward import Outcome, RewardConfig
-from .space import Candidate, SearchSpace
+from ...space import Candidate, SearchSpace
+from ..reward import Outcome, RewardConfig
 
 PRIOR_ACC_STD = 0.15  # accuracy uncertainty before there are enough observations to fit
 N_INIT = 4  # below this many accuracies, the first picks spread over the cost instead

@@ -19,7 +19,8 @@ import math
 import torch
 from torch import nn
 
-from .space import FILTER_TYPES, SCHEME_ORDER, Candidate, LayerChoice, SearchSpace
+from ...filters import FILTER_TYPES
+from ...space import SCHEME_ORDER, Candidate, LayerChoice, SearchSpace
 
 CLIP = 0.2
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .space import Candidate
+from ..space import Candidate
 
 
 @dataclass(frozen=True)

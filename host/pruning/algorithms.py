@@ -1,4 +1,5 @@
-"""Phase 3's pruning algorithms: gradual magnitude pruning and ADMM, each ending in the plan.
+"""Pruning algorithms that train: gradual magnitude pruning and ADMM, each ending in the plan
+(the search's phase 3 runs both and keeps the better).
 
 Both work on the unshrunk (re-typed) model through ``soft_masks``: the zeros a plan would make
 at a given fraction of its rates, as boolean masks over the model's own parameters (filter and
@@ -23,9 +24,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..data import Dataset
-from ..pruning import LayerRule, PrunedModel, PruningError, PruningPlan, get_scheme
-from ..train import TrainConfig, recalibrate_bn, steps_for, train
+from ..models.data import Dataset
+from ..models.train import TrainConfig, recalibrate_bn, steps_for, train
+from .config import PruningError
+from .plan import LayerRule, PrunedModel, PruningPlan
+from .schemes import get_scheme
 
 RAMP = 0.7  # share of the steps spent ramping (gradual) or in ADMM iterations
 

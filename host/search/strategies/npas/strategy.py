@@ -1,101 +1,21 @@
-"""Search strategies behind one ask/tell interface.
+"""``npas``: the RL controller proposes, the Bayesian-optimisation filter picks.
 
-``ask(n)`` proposes up to n new candidates (fewer, or none, when the strategy has nothing left
-to propose); ``tell(outcomes)`` reports what they scored (accuracy AND latency, not only the
-scalar reward, so a multi-objective strategy such as an evolutionary Pareto search fits the same
-interface); ``prior(outcomes)`` hands over what was measured before the search (the probes:
-latency only, and the dense model's accuracy). A strategy is deterministic given its seed and
-what it was told, which is what lets ``--resume`` replay it from the journal.
-
-- ``npas``: first an initial design of homogeneous candidates spread over the estimated cost;
-  then the RL controller (controller.py) samples a pool, to which the one-layer moves
-  around the best candidates so far are added; the Bayesian-optimisation filter (bo.py) picks
-  the few to evaluate; their rewards train the controller, and between evaluations the
-  controller also trains on the models' expected reward for fresh samples of its own.
-- ``random``: every layer uniformly among its valid choices.
-- ``uniform``: one scheme and rate for every layer, the grid in a seeded random order.
+First an initial design of homogeneous candidates spread over the estimated cost; then the RL
+controller (controller.py) samples a pool, to which the one-layer moves around the best
+candidates so far are added; the Bayesian-optimisation filter (bo.py) picks the few to
+evaluate; their rewards train the controller, and between evaluations the controller also
+trains on the models' expected reward for fresh samples of its own.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import torch
 
+from ...space import Candidate, LayerChoice, SearchSpace
+from ..reward import Outcome, RewardConfig
 from .bo import N_INIT, BayesFilter
 from .controller import Controller
-from .reward import Outcome, RewardConfig
-from .space import Candidate, LayerChoice, SearchSpace
-
-
-class Strategy(Protocol):
-    name: str
-
-    def prior(self, outcomes: list[Outcome]) -> None: ...
-    def ask(self, n: int) -> list[Candidate]: ...
-    def tell(self, outcomes: list[Outcome]) -> None: ...
-    def status(self) -> str: ...
-
-
-class _Proposer:
-    """The bookkeeping the baselines share: never propose a candidate twice (also one seen in
-    a resumed journal), and ignore the prior."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.seen: set[str] = set()
-
-    def prior(self, outcomes: list[Outcome]) -> None:
-        pass
-
-    def _take(self, c: Candidate, out: list[Candidate]) -> None:
-        if c.key() not in self.seen:
-            self.seen.add(c.key())
-            out.append(c)
-
-    def tell(self, outcomes: list[Outcome]) -> None:
-        self.seen.update(o.candidate.key() for o in outcomes)
-
-
-class RandomStrategy(_Proposer):
-    name = "random"
-
-    def __init__(self, space: SearchSpace, seed: int = 0, **_):
-        super().__init__(space)
-        self.rng = np.random.default_rng([seed, 1])
-
-    def ask(self, n: int) -> list[Candidate]:
-        out: list[Candidate] = []
-        for _ in range(200 * n):
-            if len(out) == n:
-                break
-            self._take(self.space.random(self.rng), out)
-        return out
-
-    def status(self) -> str:
-        return f"{len(self.seen)} proposed"
-
-
-class UniformStrategy(_Proposer):
-    name = "uniform"
-
-    def __init__(self, space: SearchSpace, seed: int = 0, **_):
-        super().__init__(space)
-        grid = space.uniform_grid()
-        order = np.random.default_rng([seed, 2]).permutation(len(grid))
-        self.grid = [grid[i] for i in order]
-        self.next = 0
-
-    def ask(self, n: int) -> list[Candidate]:
-        out: list[Candidate] = []
-        while len(out) < n and self.next < len(self.grid):
-            self._take(self.space.uniform(*self.grid[self.next]), out)
-            self.next += 1
-        return out
-
-    def status(self) -> str:
-        return f"grid {self.next}/{len(self.grid)}"
 
 
 class NpasStrategy:
@@ -226,15 +146,3 @@ class NpasStrategy:
         b = self.controller.baseline
         return (f"round {self.rounds}, pool {self.last_pool}, controller updates "
                 f"{self.controller.updates}" + (f", baseline {b:.3f}" if b is not None else ""))
-
-
-STRATEGIES = {"npas": NpasStrategy, "random": RandomStrategy, "uniform": UniformStrategy}
-
-
-def make_strategy(name: str, space: SearchSpace, seed: int, reward: RewardConfig,
-                  samples: int = 256) -> Strategy:
-    try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"strategy {name!r}: known are {', '.join(STRATEGIES)}") from None
-    return cls(space, seed=seed, reward=reward, samples=samples)

@@ -1,5 +1,9 @@
 """The latency oracle: compile a candidate with the code generator and time it on the device.
 
+The oracle opens the measuring session itself and asks the runner what it is (``info``); the
+toolchain follows from that answer (host/targets.py), so nothing outside has to fetch the
+device's description first. The measurement settings are one MeasureConfig (host/measure.py).
+
 One worker thread compiles and measures while the search's main thread fine-tunes the same
 candidate for its accuracy (``submit`` returns a future). Compiling happens in a separate
 process: capture traces the model with torch.fx, which patches ``nn.Module.__call__`` for the
@@ -36,11 +40,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codegen import CodegenError, CompileError, compile_model
-from codegen.bundle import Bundle
+from codegen import Bundle, CodegenError, CompileError, compile_model
 
+from ..devices import Device
+from ..devices.session import Session
+from ..measure import MeasureConfig
 from ..rpc.client import RunnerError
-from ..session import LoadOptions, Session
+from ..targets import toolchain_for_device
 
 CACHE_NAME = "latency.jsonl"
 
@@ -105,25 +111,20 @@ class LatencyResult:
         return s[min(len(s) - 1, (9 * len(s)) // 10)] / 1e6
 
 
-@dataclass
-class MeasureConfig:
-    runs: int = 100
-    warmup: int = 10
-    threads: int = 1
-    pin_big_cores: bool = False
-    call_timeout_s: float = 60.0
-
-
 class LatencyOracle:
-    def __init__(self, device, toolchain, example: torch.Tensor, cfg: MeasureConfig,
-                 cache_path: Path | None = None, quiet: threading.Lock | None = None,
+    """Compiles and times candidates on ``device`` with the settings ``cfg``; ``toolchain``
+    None means the one for what the device's runner reports (``info``)."""
+
+    def __init__(self, device: Device, example: torch.Tensor, cfg: MeasureConfig, *,
+                 toolchain=None, cache_path: Path | None = None,
+                 quiet: threading.Lock | None = None,
                  on_event: Callable[[str], None] | None = None):
-        self.device, self.toolchain, self.example, self.cfg = device, toolchain, example, cfg
+        self.device, self.example, self.cfg = device, example, cfg
         self.quiet = quiet
         self.on_event = on_event or (lambda _m: None)
-        self.session = Session(device, call_timeout_s=cfg.call_timeout_s,
-                               on_event=self.on_event)
+        self.session = Session(device, on_event=self.on_event)  # the device's call timeout
         self.info = self.session.client.device_info()
+        self.toolchain = toolchain if toolchain is not None else toolchain_for_device(self.info)
         self.cache: dict[str, dict] = {}
         self.cache_path = cache_path
         self._cache_lock = threading.Lock()
@@ -237,13 +238,10 @@ class LatencyOracle:
                 with self._session_lock:
                     if self.before_benchmark is not None:
                         self.before_benchmark(tag, attempt)
-                    key = self.session.load(bundle, LoadOptions(
-                        threads=self.cfg.threads, pin_big_cores=self.cfg.pin_big_cores))
+                    key = self.session.load(bundle, self.cfg)
                     try:
                         with self.quiet if self.quiet is not None else contextlib.nullcontext():
-                            res = self.session.benchmark(key, runs=self.cfg.runs,
-                                                         warmup=self.cfg.warmup,
-                                                         per_layer=per_layer)
+                            res = self.session.benchmark(key, per_layer=per_layer)
                     finally:
                         with contextlib.suppress(RunnerError):
                             self.session.unload(key)
@@ -282,8 +280,7 @@ class LatencyOracle:
             self.restarts += 1
             with contextlib.suppress(Exception):
                 self.session.close()
-            self.session = Session(self.device, call_timeout_s=self.cfg.call_timeout_s,
-                                   on_event=self.on_event)
+            self.session = Session(self.device, on_event=self.on_event)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

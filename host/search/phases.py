@@ -1,0 +1,332 @@
+"""The three phases of a search, as functions over the running ``Search`` (engine.py), which
+holds the run's state: its settings, journal, oracle, space and live view.
+
+1. ``phase1``: train the model if it came with random weights, replace mobile-unfriendly
+   operators, fine-tune briefly; accuracy before and after.
+2. ``phase2``: the strategy proposes candidates in rounds; each is pruned one-shot and
+   fine-tuned for its accuracy on the main thread while the latency oracle compiles and
+   measures it on the device on its worker thread; the journal gets a record before and after
+   each. ``choose`` (or ``best`` without phase 3) picks the candidate to finish.
+3. ``phase3``: the chosen candidate is pruned again with gradual magnitude pruning and with
+   ADMM (a short budget each), the better one trained longer; the engine exports it.
+
+Each phase first looks in the journal for what a stopped run already did (``--resume``).
+Phase 2 is replayed: the strategy (seeded) is asked again and told the journal's results for
+the candidates that finished; only candidates without a result are evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import zlib
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..models import load_checkpoint
+from ..models.train import recalibrate_bn, train
+from ..pruning import PruningError
+from ..pruning.algorithms import admm, gradual
+from .config import AUTO_PRETRAIN_EPOCHS, SearchError
+from .filters import apply_filter_types
+from .ops import replace_ops
+from .oracle import LatencyResult
+from .space import Candidate
+from .strategies import make_strategy
+from .strategies.reward import Outcome, RewardConfig
+
+if TYPE_CHECKING:
+    from .engine import Search
+
+MAX_CONSECUTIVE_FAILURES = 3
+TARGET_MARGIN = 0.03  # the chosen candidate keeps this much under the target if it can
+
+
+def summary(cand: Candidate) -> str:
+    """A candidate in words, layer by layer (the journal's, the live view's, the report's)."""
+    return ", ".join(str(c) for c in cand.choices)
+
+
+def _seed_for(key: str) -> int:
+    """The fine-tuning seed of a candidate: from its encoding only, so a candidate scores the
+    same whichever strategy or run seed proposes it (comparisons see less noise)."""
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
+
+
+# --- phase 1 ---------------------------------------------------------------------------------
+
+
+def phase1(search: Search) -> tuple[nn.Module, dict]:
+    cfg, data = search.cfg, search.prep.data
+    done = search.journal.phase("phase1")
+    if done is not None:
+        search.ui.phase("phase 1", "done before (resumed)")
+        return search.load(done["checkpoint"]).eval(), done
+    if cfg.phase1_checkpoint:
+        search.ui.phase("phase 1", f"from {cfg.phase1_checkpoint}")
+        base = load_checkpoint(cfg.phase1_checkpoint)
+        acc = search.accuracy(base)
+        rec = {"acc_before": acc, "acc_replaced": acc, "acc_after": acc, "epochs": 0,
+               "replacements": [], "from": cfg.phase1_checkpoint,
+               "checkpoint": search.save(base, "phase1.pt")}
+        search.journal.append({"type": "phase", "phase": "phase1", **rec})
+        return base.cpu().eval(), rec
+    model = search.prep.model_orig
+    pre = search.journal.phase("pretrain")
+    pre_epochs = 0.0
+    if pre is not None:
+        model = search.load(pre["checkpoint"])
+        pre_epochs = pre["epochs"]
+    else:
+        acc0 = search.accuracy(model)
+        pre_epochs = cfg.pretrain_epochs if cfg.pretrain_epochs is not None else (
+            AUTO_PRETRAIN_EPOCHS if acc0 < 2.0 / data.num_classes else 0.0)
+        if pre_epochs > 0:
+            search.ui.phase("phase 1", f"training the model first ({pre_epochs:g} epochs; "
+                                       f"accuracy {acc0:.2%}: random weights)")
+            train(model, data, pre_epochs, search.train_cfg, cfg.seed, gate=search.gate())
+        acc_pre = search.accuracy(model)
+        search.journal.append({"type": "phase", "phase": "pretrain", "epochs": pre_epochs,
+                               "acc_initial": acc0, "accuracy": acc_pre,
+                               "checkpoint": search.save(model.cpu(), "pretrained.pt")})
+    acc_before = search.accuracy(model)
+    fast, reps = replace_ops(model.cpu())
+    acc_replaced = search.accuracy(fast)
+    epochs = cfg.phase1_epochs if reps else 0.0
+    search.ui.phase("phase 1", f"{len(reps)} operator(s) replaced; fine-tuning {epochs:g} "
+                               f"epoch(s)")
+    if epochs > 0:
+        train(fast, data, epochs, search.train_cfg, cfg.seed + 1, gate=search.gate(),
+              lr=cfg.finetune_lr)
+    acc_after = search.accuracy(fast)
+    rec = {"acc_before": acc_before, "acc_replaced": acc_replaced, "acc_after": acc_after,
+           "epochs": epochs, "pretrain_epochs": pre_epochs,
+           "replacements": [asdict(r) for r in reps],
+           "checkpoint": search.save(fast.cpu(), "phase1.pt")}
+    search.journal.append({"type": "phase", "phase": "phase1", **rec})
+    search.ui.log(f"phase 1: accuracy {acc_before:.2%} → {acc_replaced:.2%} with the "
+                  f"replacements → {acc_after:.2%} after fine-tuning")
+    return fast.cpu().eval(), rec
+
+
+# --- phase 2 ---------------------------------------------------------------------------------
+def phase2(search: Search) -> list[dict]:
+    cfg = search.cfg
+    t0 = time.perf_counter()
+    search.reward = RewardConfig(search.target_ms, cfg.latency_weight)
+    strategy = make_strategy(cfg.strategy, search.space, cfg.seed, search.reward, cfg.samples)
+    acc_dense = search.summary["phase1"]["acc_after"]
+    dense_c = search.space.dense()
+    strategy.prior([Outcome(dense_c, acc_dense, search.dense_lat.median_ms,
+                            search.reward(acc_dense, search.dense_lat.median_ms))]
+                   + [Outcome(c, None, r.median_ms, None) for c, r in search.extremes])
+    finished = search.journal.finished_candidates()
+    records: list[dict] = []
+    next_id = evaluated = 0
+    diverged = False
+    consecutive = 0
+    search.ui.phase("phase 2", f"{cfg.strategy}, {cfg.budget} candidates, space of "
+                               f"{search.space.size():.3g}")
+    search.ui.progress(0, cfg.budget)
+    while evaluated < cfg.budget:
+        cands = strategy.ask(min(cfg.batch, cfg.budget - evaluated))
+        if not cands:
+            search.ui.log(f"{cfg.strategy}: nothing left to propose after {evaluated} "
+                          f"candidates")
+            break
+        batch: list[tuple[int, Candidate, dict | None]] = []
+        for c in cands:
+            rec = finished.get(next_id)
+            if rec is not None and rec["key"] != c.key():
+                if not diverged:
+                    search.ui.log(f"resume: the strategy's proposal for candidate {next_id} "
+                                  f"differs from the journal's; continuing from the journal")
+                diverged = True
+                c = Candidate.from_json(rec["encoding"])
+            batch.append((next_id, c, rec))
+            next_id += 1
+        new = _evaluate(search, [(i, c) for i, c, rec in batch if rec is None])
+        outcomes = []
+        for i, c, rec in batch:
+            rec = rec if rec is not None else new[i]
+            records.append(rec)
+            if rec["status"] == "done":
+                outcomes.append(Outcome(c, rec["accuracy"], rec["latency_ms"],
+                                        rec["reward"]))
+                consecutive = 0
+            else:
+                outcomes.append(Outcome(c, None, None, None))
+                consecutive += 1 if i in new else 0
+                if rec.get("device_lost") and consecutive >= MAX_CONSECUTIVE_FAILURES:
+                    raise SearchError(
+                        f"the device is lost: {consecutive} candidates in a row could not "
+                        f"be measured ({rec.get('error')}). Reconnect it and continue with "
+                        f"--resume {search.run_dir}")
+            if i in finished:
+                search.ui.candidate({**rec, "summary": rec.get("summary", "")})
+        strategy.tell(outcomes)
+        evaluated += len(batch)
+        search.ui.progress(evaluated, cfg.budget)
+        search.ui.detail = strategy.status()
+    search.summary["phase2"] = {"evaluated": evaluated, "seconds": time.perf_counter() - t0,
+                                "strategy_status": strategy.status()}
+    return records
+
+
+def _evaluate(search: Search, todo: list[tuple[int, Candidate]]) -> dict[int, dict]:
+    """Fine-tune on this thread while the oracle compiles and measures on its own."""
+    cfg = search.cfg
+    out: dict[int, dict] = {}
+    pruned_models = {}
+    futures = {}
+    for cid, c in todo:
+        search.journal.append({"type": "candidate", "id": cid, "status": "started",
+                               "key": c.key(), "encoding": c.to_json(),
+                               "strategy": cfg.strategy, "summary": summary(c)})
+    for cid, c in todo:
+        try:
+            pruned = search.space.realize(search.base, c)
+        except PruningError as e:
+            out[cid] = _failed(search, cid, c, f"pruning: {e}")
+            continue
+        pruned_models[cid] = pruned
+        futures[cid] = search.oracle.submit(f"c{cid}", copy.deepcopy(pruned.model),
+                                            pruned.schemes,
+                                            search.run_dir / "bundles" / f"c{cid}")
+    for cid, c in todo:
+        if cid in out:
+            continue
+        pruned = pruned_models[cid]
+        t0 = time.perf_counter()
+        err = None
+        try:
+            _to_device(search, pruned)
+            train(pruned.model, search.prep.data, cfg.finetune_epochs, search.train_cfg,
+                  _seed_for(c.key()), after_step=pruned.reapply,
+                  gate=search.gate(), lr=cfg.finetune_lr)
+            recalibrate_bn(pruned.model, search.prep.data, cfg.train_device,
+                           gate=search.gate())
+            acc = search.accuracy(pruned.model)
+        except RuntimeError as e:
+            err, acc = f"fine-tune: {e}", None
+        ft_s = time.perf_counter() - t0
+        lat: LatencyResult = futures[cid].result()
+        search.ui.temperature(lat.temperature_c)
+        if err is not None or not lat.ok:
+            lost = not lat.ok and bool(lat.errors) and lat.attempts > 0
+            out[cid] = _failed(search, cid, c, err or "; ".join(lat.errors), lat,
+                               device_lost=lost)
+            continue
+        s, e = search.space.mac_fractions(c)
+        r = pruned.report
+        rec = {"type": "candidate", "id": cid, "status": "done", "key": c.key(),
+               "encoding": c.to_json(), "summary": summary(c),
+               "accuracy": acc, "latency_ms": lat.median_ms,
+               "reward": search.reward(acc, lat.median_ms),
+               "meets_target": lat.median_ms <= search.target_ms,
+               "mac_fraction": [s, e],
+               "weights_kept": r.weights_after / max(r.weights_before, 1),
+               "finetune_s": ft_s, "latency": search.lat_rec(lat)}
+        search.journal.append(rec)
+        search.ui.candidate(rec)
+        out[cid] = rec
+        del pruned_models[cid]
+    return out
+
+
+def _failed(search: Search, cid: int, c: Candidate, error: str, lat: LatencyResult | None = None,
+            device_lost: bool = False) -> dict:
+    rec = {"type": "candidate", "id": cid, "status": "failed", "key": c.key(),
+           "encoding": c.to_json(), "summary": summary(c), "error": error,
+           "device_lost": device_lost,
+           "latency": search.lat_rec(lat) if lat is not None else None}
+    search.journal.append(rec)
+    search.ui.candidate(rec)
+    return rec
+
+
+def _to_device(search: Search, pruned) -> None:
+    dev = torch.device(search.cfg.train_device)
+    pruned.model.to(dev)
+    if dev.type != "cpu":
+        pruned.masks = {k: v.to(dev) for k, v in pruned.masks.items()}
+
+
+def best(records: list[dict]) -> dict:
+    """Phase 2 only: the most accurate candidate meeting the target, else the best
+    reward (nothing more is evaluated)."""
+    done = [r for r in records if r["status"] == "done"]
+    if not done:
+        raise SearchError("every candidate failed; see the journal's errors")
+    ok = [r for r in done if r["meets_target"]]
+    if ok:
+        return max(ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    return max(done, key=lambda r: r["reward"])
+
+
+def choose(search: Search, records: list[dict]) -> dict:
+    """The most accurate candidate meeting the target; one at least TARGET_MARGIN under it
+    when there is one, so that measurement noise does not push the final model over."""
+    ok = [r for r in records if r["status"] == "done" and r["meets_target"]]
+    safe = [r for r in ok if r["latency_ms"] <= search.target_ms * (1 - TARGET_MARGIN)]
+    if safe or ok:
+        return max(safe or ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    # nothing met the target: the most pruned candidate does (it was measured)
+    search.ui.log("no candidate met the target; taking the most pruned candidate")
+    cid = 1 + max((r["id"] for r in records), default=-1)
+    done = search.journal.finished_candidates().get(cid)
+    if done is not None and done["status"] == "done":
+        return done
+    rec = _evaluate(search, [(cid, search.floor_cand)])[cid]
+    if rec["status"] != "done":
+        raise SearchError(f"no candidate met the target and the most pruned one failed: "
+                          f"{rec.get('error')}")
+    records.append(rec)
+    return rec
+
+
+# --- phase 3 ---------------------------------------------------------------------------------
+def phase3(search: Search, chosen: dict) -> dict:
+    cfg = search.cfg
+    cand = Candidate.from_json(chosen["encoding"])
+    plan = search.space.plan(cand)
+    start = apply_filter_types(search.base, search.space.ftypes(cand))
+    results: dict[str, tuple[float, str]] = {}
+    for algo, fn in (("gradual", gradual), ("admm", admm)):
+        done = search.journal.phase(f"phase3-{algo}")
+        if done is not None:
+            results[algo] = (done["accuracy"], done["checkpoint"])
+            continue
+        search.ui.phase("phase 3", f"{algo} pruning, {cfg.phase3_epochs:g} epoch(s)")
+        m = copy.deepcopy(start)
+        pruned = fn(m, plan, search.prep.data, cfg.phase3_epochs, search.train_cfg,
+                    cfg.seed + 3, gate=search.gate(), lr=cfg.finetune_lr)
+        acc = search.accuracy(pruned.model)
+        ck = search.save(pruned, f"phase3-{algo}.pt")
+        search.journal.append({"type": "phase", "phase": f"phase3-{algo}", "accuracy": acc,
+                               "checkpoint": ck})
+        search.ui.log(f"phase 3: {algo}: accuracy {acc:.2%}")
+        results[algo] = (acc, ck)
+    picked = max(results, key=lambda k: results[k][0])
+    done = search.journal.phase("phase3-final")
+    if done is not None:
+        pruned = search.load(done["checkpoint"])
+        final_acc = done["accuracy"]
+    else:
+        pruned = search.load(results[picked][1])
+        search.ui.phase("phase 3", f"training the {picked} result for {cfg.final_epochs:g} "
+                                   f"epoch(s)")
+        _to_device(search, pruned)
+        train(pruned.model, search.prep.data, cfg.final_epochs, search.train_cfg, cfg.seed + 4,
+              after_step=pruned.reapply, gate=search.gate(), lr=cfg.finetune_lr)
+        recalibrate_bn(pruned.model, search.prep.data, cfg.train_device, gate=search.gate())
+        final_acc = search.accuracy(pruned.model)
+        pruned.model.cpu()
+        pruned.masks = {k: v.cpu() for k, v in pruned.masks.items()}
+        search.journal.append({"type": "phase", "phase": "phase3-final", "accuracy": final_acc,
+                               "algorithm": picked,
+                               "checkpoint": search.save(pruned, "phase3-final.pt")})
+    return search.export(cand, plan, pruned, picked, results, final_acc)

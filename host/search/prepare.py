@@ -1,0 +1,120 @@
+"""Everything a search can check without a device, before a run folder is written: the model
+loads (a head adapted to the dataset's classes), the dataset exists, and the model with phase
+1's operator replacements is one the code generator can compile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from codegen import CodegenError, capture
+
+from ..models import ModelSpecError, load_checkpoint, load_model
+from ..models.data import Dataset, DataSpecError, check_dataset_spec, load_dataset
+from .config import SearchConfig, SearchError
+from .ops import replace_ops
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` checked and loaded, handed to the search so nothing is loaded twice."""
+
+    model_orig: nn.Module  # as loaded (head adapted to the dataset's classes)
+    model: nn.Module  # phase 1's replacements applied
+    replacements: list
+    data: Dataset
+    example: torch.Tensor
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_model(cfg: SearchConfig) -> nn.Module:
+    spec = cfg.model
+    if spec.endswith(".pt2"):
+        raise SearchError(f"model {spec}: a torch.export program cannot be fine-tuned; give a "
+                          f"torchvision name, MODULE:FACTORY, or a .pt file saved with "
+                          f"torch.save(model)")
+    if spec.endswith((".pt", ".pth")):
+        p = Path(spec)
+        if not p.is_file():
+            raise SearchError(f"model {spec}: no such file")
+        try:
+            m = load_checkpoint(p)
+        except Exception as e:  # pickle raises many kinds; what matters is the file
+            raise SearchError(f"model {spec}: cannot load it with torch.load ({e})") from e
+        if isinstance(m, dict):
+            raise SearchError(f"model {spec}: holds a state dict, not a model; give the "
+                              f"architecture (MODULE:FACTORY or a torchvision name) and "
+                              f"--weights {spec}")
+        if not isinstance(m, nn.Module):
+            raise SearchError(f"model {spec}: holds a {type(m).__name__}, not an nn.Module")
+        return m.eval()
+    torch.manual_seed(cfg.seed)  # random initialisation is part of the run's determinism
+    try:
+        m = load_model(spec)
+    except ModelSpecError as e:
+        raise SearchError(str(e)) from None
+    if cfg.weights:
+        try:
+            sd = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+            if isinstance(sd, dict) and "state_dict" in sd:
+                sd = sd["state_dict"]
+            m.load_state_dict(sd)
+        except (OSError, RuntimeError, KeyError, TypeError) as e:
+            raise SearchError(f"--weights {cfg.weights}: cannot load into {spec} ({e})") from e
+    return m.eval()
+
+
+def _first_conv_in(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _adapt_head(model: nn.Module, classes: int) -> str | None:
+    """Give the last Linear ``classes`` outputs (a new layer) when it has another count."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None or last[1].out_features == classes:
+        return None
+    name, m = last
+    parent_path, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.Linear(m.in_features, classes, bias=m.bias is not None))
+    return f"{name}: a new Linear {m.in_features}→{classes} for the dataset's classes " \
+           f"(was →{m.out_features})"
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Everything that can be checked without a device: model, data, operator support."""
+    cfg.validate()
+    try:
+        check_dataset_spec(cfg.dataset)
+    except DataSpecError as e:
+        raise SearchError(str(e)) from None
+    model = _load_model(cfg)
+    try:
+        data = load_dataset(cfg.dataset, cfg.image_size, _first_conv_in(model))
+    except DataSpecError as e:
+        raise SearchError(str(e)) from None
+    notes = []
+    note = _adapt_head(model, data.num_classes)
+    if note:
+        notes.append(note)
+    fast, reps = replace_ops(model)
+    example = torch.randn((1, *data.input_shape), generator=torch.Generator().manual_seed(0))
+    try:
+        capture(fast, (example,))
+    except CodegenError as e:
+        done = ", ".join(f"{r.old}→{r.new}" for r in reps) or "nothing"
+        raise SearchError(f"model {cfg.model}: the code generator cannot compile it even after "
+                          f"phase 1's replacements ({done}): {e}") from None
+    except RuntimeError as e:
+        raise SearchError(f"model {cfg.model} does not run on {tuple(example.shape)} inputs "
+                          f"from {cfg.dataset}: {e}") from None
+    return Prepared(model, fast, reps, data, example, notes)
