@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 
 #include "core/npas_kernel_abi.h"
@@ -17,18 +16,6 @@
 #include "core/thread_pool.h"
 
 namespace npas {
-namespace {
-
-std::string u(uint64_t v) { return std::to_string(v); }
-
-uint64_t now_ns() {
-  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now().time_since_epoch())
-                      .count());
-}
-
-
-}  // namespace
 
 StatusOr<ThreadPlan> plan_threads(const ThreadRequest& req, const DeviceInfo& device) {
   ThreadPlan plan;
@@ -128,19 +115,19 @@ class CpuModel final : public Model {
 
   Status execute(std::vector<std::vector<uint64_t>>* layer_ns, size_t run,
                  uint64_t* ns) override {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = monotonic_ns();
     if (!layer_ns) {
       for (PreparedStep& p : steps_) pool_->parallel_for(p.work_items, &run_range, &p);
     } else {
       uint64_t prev = t0;
       for (size_t i = 0; i < steps_.size(); ++i) {
         pool_->parallel_for(steps_[i].work_items, &run_range, &steps_[i]);
-        uint64_t t = now_ns();
+        uint64_t t = monotonic_ns();
         (*layer_ns)[i][run] = t - prev;
         prev = t;
       }
     }
-    *ns = now_ns() - t0;
+    *ns = monotonic_ns() - t0;
     return Status::Ok();
   }
 
@@ -168,7 +155,7 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
                                                 const ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const ThreadPlan& plan) {
-  uint64_t t0 = now_ns();
+  uint64_t t0 = monotonic_ns();
   ManifestArtifacts which;
   NPAS_RETURN_IF_ERROR(validate_manifest(manifest, limits, &which));
   NPAS_RETURN_IF_ERROR(check_artifacts_in_store(manifest, store));
@@ -259,7 +246,7 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   }
 
   m->pool_ = std::make_unique<ThreadPool>(plan.threads, plan.affinity);
-  m->init_ns_ = now_ns() - t0;
+  m->init_ns_ = monotonic_ns() - t0;
   return std::unique_ptr<Model>(std::move(m));
 }
 

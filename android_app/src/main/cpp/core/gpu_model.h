@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/artifact_store.h"
+#include "core/cl_program_cache.h"
 #include "core/manifest.h"
 #include "core/model.h"
 #include "core/status.h"
@@ -35,14 +36,6 @@ StatusOr<std::unique_ptr<Model>> load_gpu_model(const Manifest& manifest,
                                                 const ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const std::string& cache_dir);
-
-// The binary-cache key: sha256 over the source's sha256, the platform, the device, its
-// driver version and the build options.
-std::string program_cache_key(const std::string& source_sha, const std::string& platform,
-                              const std::string& device, const std::string& device_version,
-                              const std::string& driver_version, const std::string& options);
-
-constexpr size_t kMaxBuildLogBytes = 3000;  // in a Status message (gRPC metadata is ~8 KB)
 
 }  // namespace npas
 

@@ -9,9 +9,6 @@
 namespace npas {
 namespace {
 
-std::string u(uint64_t v) { return std::to_string(v); }
-
-
 const char* kind_name(ArtifactKind k) {
   switch (k) {
     case ArtifactKind::kKernelLibrary: return "KERNEL_LIBRARY";

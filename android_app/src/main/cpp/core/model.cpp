@@ -13,12 +13,6 @@
 #include "core/thread_pool.h"
 
 namespace npas {
-namespace {
-
-std::string u(uint64_t v) { return std::to_string(v); }
-
-
-}  // namespace
 
 Status check_artifacts_in_store(const Manifest& manifest, const ArtifactStore& store) {
   for (const ArtifactRef& a : manifest.artifacts) {

@@ -3,6 +3,7 @@
 #ifndef NPAS_CORE_STATUS_H
 #define NPAS_CORE_STATUS_H
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -48,6 +49,9 @@ class [[nodiscard]] Status {
   Code code_ = Code::kOk;
   std::string message_;
 };
+
+// A number in an error message.
+inline std::string u(uint64_t v) { return std::to_string(v); }
 
 inline Status InvalidArgument(std::string m) { return Status(Code::kInvalidArgument, std::move(m)); }
 inline Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
