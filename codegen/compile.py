@@ -29,8 +29,8 @@ from codegen.bundle import (
     TensorSpec,
     artifact_ref,
 )
-from codegen.capture import capture
 from codegen.emit.cstyle import CStyleLanguage
+from codegen.frontend import capture
 from codegen.lr import CodegenError, Graph, numel
 from codegen.passes import TuningLookup, pipeline, run_passes
 from codegen.passes.memory_plan import align
@@ -83,11 +83,11 @@ def compile_model(module: torch.nn.Module,
     ``tuning(layer, graph, target) -> dict | None`` overrides the cost model's tuning of the
     layers it answers for (a tuning database's lookup; asked before the layout pass, about
     logical shapes; see ``codegen/passes/tune.py``). ``schemes`` maps a layer's module path
-    to the pruning scheme its zeros follow ("unstructured", "pattern", "connectivity",
-    "block", "block_punched"): the sparse pass picks each such layer's storage format and
-    kernel from it (``codegen/passes/sparse.py``); layers not named stay dense. ``sparse``
-    "auto" keeps a layer dense where its density makes the dense kernel faster, "always"
-    uses every sparse kernel there is."""
+    to the pruning scheme its zeros follow (one of ``codegen.SPARSE_SCHEMES``): the sparse
+    pass picks each such layer's storage format and kernel from it
+    (``codegen/passes/sparse.py``); layers not named stay dense. ``sparse`` "auto" keeps a
+    layer dense where its density makes the dense kernel faster, "always" uses every sparse
+    kernel there is."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()

@@ -6,23 +6,175 @@ names, its attributes (kernel, stride, padding...), its parameters (numpy float3
 element-wise ops fused after it (``epilogue``), and the pruning scheme, storage format and
 tuning parameters the emitters will read. Passes return new Layers (``dataclasses.replace``);
 they never mutate one in place.
+
+The vocabulary is three tables, one row per entry, which capture, the passes, the emitters and
+the reference executor all read: ``ACTIVATIONS`` (an activation's C and vector bodies, its
+torch semantics and the torch forms captured as it), ``OPS`` (an op's kind, the params its
+kernel reads, whether it follows its input's layout, its reference) and ``SPARSE_FORMATS``
+(what the passes know of a storage format; ``codegen.emit.sparse.FORMATS`` emits it).
+``tests/test_codegen_tables.py`` checks that every row is complete.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-# Ops the code generator understands. "input"/"output" mark the graph's ends and emit no step;
-# ALIAS_OPS are pure reshapes: no step, the output shares the input's buffer.
-ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
-ALIAS_OPS = ("flatten", "reshape")
-COMPUTE_OPS = ("conv2d", "linear", "batchnorm2d", *ACTIVATIONS, "add", "mul_channel",
-               "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "concat")
-SUPPORTED_OPS = (*COMPUTE_OPS, *ALIAS_OPS)
-GRAPH_OPS = ("input", "output")
+# ---- the vocabulary: activations, ops and storage formats, one row each ------------------------
+
+@dataclass(frozen=True)
+class Activation:
+    """An element-wise activation, with what every stage needs of it: capture maps the torch
+    forms below to it, the emitters render its bodies (as a step and fused into an epilogue),
+    the reference executor runs ``torch_fn``. A new activation is one row of ``ACTIVATIONS``."""
+
+    c_body: str  # body of ``float npas_<name>(float v)``; "{exp}" is the language's exp
+    vec_body: str  # body of ``vf npas_v_<name>(vf v)`` (CPU vector kernels); "{lanes}": x
+    torch_fn: Callable[[torch.Tensor], torch.Tensor]
+    modules: tuple[type[nn.Module], ...] = ()  # nn.Module classes captured as it
+    functions: tuple[Callable[..., Any], ...] = ()  # functional forms captured as it
+    methods: tuple[str, ...] = ()  # Tensor methods captured as it
+    aten: tuple[str, ...] = ()  # ATen overload packets (torch.export graphs) captured as it
+
+
+# In C source order: a body may call the ones above it (hardswish calls relu6).
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(
+        "return v < 0.0f ? 0.0f : v;", "return (vf)((vi)v & ~(v < (vf){}));", F.relu,
+        (nn.ReLU,), (F.relu, torch.relu, F.relu_, torch.relu_), ("relu", "relu_"),
+        ("relu", "relu_")),
+    "relu6": Activation(
+        "return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);",
+        "v = npas_v_relu(v);\nconst vf six = (vf){} + 6.0f;\nreturn npas_vsel(v > six, six, v);",
+        F.relu6, (nn.ReLU6,), (F.relu6,), (), ("relu6",)),
+    "hardswish": Activation(
+        "return v * npas_relu6(v + 3.0f) / 6.0f;",
+        "return v * npas_v_relu6(v + 3.0f) * (1.0f / 6.0f);", F.hardswish, (nn.Hardswish,),
+        (F.hardswish,), (), ("hardswish", "hardswish_")),
+    "hardsigmoid": Activation(
+        "return npas_relu6(v + 3.0f) / 6.0f;", "return npas_v_relu6(v + 3.0f) * (1.0f / 6.0f);",
+        F.hardsigmoid, (nn.Hardsigmoid,), (F.hardsigmoid,), (),
+        ("hardsigmoid", "hardsigmoid_")),
+    "sigmoid": Activation(
+        "if (v >= 0.0f) return 1.0f / (1.0f + {exp}(-v));\n  const float e = {exp}(v);\n"
+        "  return e / (1.0f + e);",
+        "for (int l = 0; l < {lanes}; ++l) v[l] = npas_sigmoid(v[l]);\nreturn v;",
+        torch.sigmoid, (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid", "sigmoid_"),
+        ("sigmoid", "sigmoid_")),
+}
+
+Reference = Callable[["Layer", list[torch.Tensor], tuple[int, ...]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """An op of the LR. ``kind``: "graph" (the graph's ends: no step), "alias" (a pure
+    reshape: no step, the output shares the input's buffer), "compute" (a step capture
+    produces), "internal" (a step only the passes insert: layout conversions, sparse padding).
+    """
+
+    kind: str
+    params: tuple[str, ...] = ()  # the params its kernel reads, in order
+    follows_layout: bool = False  # on the CPU it takes its first input's layout (blocked or not)
+    emitted: bool = True  # has kernels (False: folded away by a pass before emitting)
+    reference: Reference | None = None  # (layer, inputs, output shape) -> output, with torch
+
+
+def _conv2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    a, p = la.attrs, la.params
+    pt, pb, pl, pr = a["padding"]
+    return F.conv2d(F.pad(xs[0], (pl, pr, pt, pb)), torch.from_numpy(p["weight"]),
+                    torch.from_numpy(p["bias"]), a["stride"], 0, a["dilation"], a["groups"])
+
+
+def _batchnorm2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    p = {k: torch.from_numpy(v) for k, v in la.params.items()}
+    return F.batch_norm(xs[0], p["mean"], p["var"], p["gamma"], p["beta"], False, 0.0,
+                        la.attrs["eps"])
+
+
+def _maxpool2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    a = la.attrs
+    return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"],
+                        a["ceil_mode"])
+
+
+def _avgpool2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    a = la.attrs
+    return F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
+                        a["count_include_pad"])
+
+
+def _activation(fn: Callable[[torch.Tensor], torch.Tensor]) -> Reference:
+    return lambda la, xs, shape: fn(xs[0])
+
+
+def _reshape(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    return xs[0].reshape(shape)
+
+
+# In the order error messages list them.
+OPS: dict[str, OpDef] = {
+    "conv2d": OpDef("compute", ("weight", "bias"), reference=_conv2d),
+    "linear": OpDef("compute", ("weight", "bias"), reference=lambda la, xs, shape: F.linear(
+        xs[0], torch.from_numpy(la.params["weight"]), torch.from_numpy(la.params["bias"]))),
+    "batchnorm2d": OpDef("compute", emitted=False, reference=_batchnorm2d),
+    **{name: OpDef("compute", follows_layout=True, reference=_activation(act.torch_fn))
+       for name, act in ACTIVATIONS.items()},
+    "add": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape: xs[0] + xs[1]),
+    "mul_channel": OpDef("compute", follows_layout=True,
+                         reference=lambda la, xs, shape: xs[0] * xs[1]),
+    "maxpool2d": OpDef("compute", follows_layout=True, reference=_maxpool2d),
+    "avgpool2d": OpDef("compute", follows_layout=True, reference=_avgpool2d),
+    "adaptive_avgpool2d": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape:
+                                F.adaptive_avg_pool2d(xs[0], la.attrs["output_size"])),
+    "concat": OpDef("compute", reference=lambda la, xs, shape: torch.cat(xs, dim=1)),
+    "flatten": OpDef("alias", reference=_reshape),
+    "reshape": OpDef("alias", reference=_reshape),
+    "input": OpDef("graph"),
+    "output": OpDef("graph"),
+    "sparse_pad": OpDef("internal"),
+    "to_nchwxc": OpDef("internal"),
+    "to_nchw": OpDef("internal"),
+}
+
+ALIAS_OPS = tuple(n for n, o in OPS.items() if o.kind == "alias")
+COMPUTE_OPS = tuple(n for n, o in OPS.items() if o.kind == "compute")
+SUPPORTED_OPS = (*COMPUTE_OPS, *ALIAS_OPS)  # what capture accepts
+GRAPH_OPS = tuple(n for n, o in OPS.items() if o.kind == "graph")
+
+
+@dataclass(frozen=True)
+class SparseFormat:
+    """What the passes know of a sparse storage format (``Layer.storage``); how it is packed
+    and emitted is ``codegen.emit.sparse.FORMATS``, keyed by the same names."""
+
+    ops: tuple[str, ...]  # the ops that have a kernel in this format
+    reads_blocked: bool  # reads and writes NCHW[x]c activations (else plain NCHW)
+    doc: str
+
+
+SPARSE_FORMATS = {
+    "csr": SparseFormat(("conv2d",), False, "one index list per filter (unstructured)"),
+    "bcsr": SparseFormat(("conv2d", "linear"), False,
+                         "one index list per block of m filters (block, block_punched)"),
+    "fkw": SparseFormat(("conv2d",), False, "kernels grouped by shape (pattern, connectivity)"),
+    "bcsr_blocked": SparseFormat(("conv2d",), True,
+                                 "1x1 convs: one index list per block of x outputs"),
+}
+
+
+def reads_blocked(storage: str) -> bool:
+    """Whether a layer with this storage reads and writes blocked activations like a dense
+    vectorised conv (False for "dense" itself: that is the layout pass's decision)."""
+    fmt = SPARSE_FORMATS.get(storage)
+    return fmt is not None and fmt.reads_blocked
 
 
 class CodegenError(ValueError):

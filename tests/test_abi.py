@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from codegen.capture import capture
+from codegen import capture
 from codegen.emit.c import KERNEL_ABI_VERSION, emit_c
 from codegen.passes import run_passes
 

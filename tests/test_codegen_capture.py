@@ -10,7 +10,7 @@ from codegen_models import every_op_cnn
 from torch import nn
 from zoo import rel_err, small_cnn, torchvision_model
 
-from codegen.capture import capture
+from codegen import capture
 from codegen.lr import CodegenError, UnsupportedOp
 from codegen.passes import fold_bn, fuse_epilogue, run_passes
 from codegen.reference import run_reference

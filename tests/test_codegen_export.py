@@ -16,7 +16,7 @@ from torch import nn
 from zoo import rel_err, small_cnn, torchvision_model
 
 from codegen import compile_model
-from codegen.capture import capture, is_exported
+from codegen.frontend import capture, is_exported
 from codegen.lr import Graph, UnsupportedOp
 from codegen.passes import run_passes
 from codegen.reference import run_reference

@@ -15,8 +15,7 @@ import torch
 from codegen_models import every_op_cnn
 from zoo import rel_err, run_on_runner, small_cnn, torchvision_model
 
-from codegen import CodegenError, CompileError, compile_model
-from codegen.capture import capture
+from codegen import CodegenError, CompileError, capture, compile_model
 from codegen.compile import layout_weights
 from codegen.emit.cstyle import step_params
 from codegen.emit.opencl import OpenClHalfLanguage, OpenClLanguage

@@ -9,6 +9,7 @@ import torch
 from codegen_models import every_op_cnn
 from zoo import torchvision_model
 
+from codegen import capture
 from codegen.bundle import (
     ArtifactRef,
     Manifest,
@@ -18,7 +19,6 @@ from codegen.bundle import (
     TensorSpec,
     Toolchain,
 )
-from codegen.capture import capture
 from codegen.lr import numel
 from codegen.passes import run_passes
 from codegen.passes.memory_plan import ALIGN, buffer_size

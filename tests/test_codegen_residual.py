@@ -18,9 +18,7 @@ from test_codegen_vector import Seq
 from torch import nn
 from zoo import rel_err, torchvision_model
 
-from codegen import HostToolchain, compile_model
-from codegen.capture import capture
-from codegen.emit import vec
+from codegen import HostToolchain, capture, compile_model, cost
 from codegen.lr import Layer
 from codegen.passes import run_passes
 from codegen.passes.memory_plan import buffer_size
@@ -76,7 +74,7 @@ def test_conv_output_with_two_consumers_is_not_fused() -> None:
 
 def _algo(algo: str):
     def lookup(la: Layer, graph, target):
-        return {"algo": algo} if vec.winograd_ok(la) else None
+        return {"algo": algo} if cost.winograd_ok(la) else None
     return lookup
 
 

@@ -16,9 +16,7 @@ from ctypes_exec import run_bundle
 from torch import nn
 from zoo import rel_err
 
-from codegen import HostToolchain, compile_model
-from codegen.capture import capture
-from codegen.emit import vec
+from codegen import HostToolchain, capture, compile_model, cost
 from codegen.isa import AVX2, AVX512, SSE, VectorIsa
 from codegen.passes import pipeline, run_passes
 from codegen.toolchain import _cpu_flags
@@ -139,7 +137,7 @@ def test_layout_pass_converts_only_at_edges() -> None:
     conv = g.steps[0]
     assert g.shapes[conv.output] == (1, 2, 8, 8, 16)  # 20 channels padded to 32
     assert g.plan.offsets and conv.tuning["w_tile"] >= 1
-    assert set(conv.tuning) == set(vec.tuning_space(conv, g.shapes[conv.output], AVX512))
+    assert set(conv.tuning) == set(cost.tuning_space(conv, g.shapes[conv.output], AVX512))
     plain = run_passes(capture(model, torch.randn(1, 3, 8, 8)), pipeline(4))
     assert all(len(s) == 4 or len(s) == 2 for s in plain.shapes.values())
 
@@ -153,7 +151,7 @@ def test_every_legal_tuning_value_matches_torch(cc, tmp_path, monkeypatch) -> No
     with torch.no_grad():
         want = model(x)
     g = run_passes(capture(model, x), pipeline(4, AVX2))
-    space = vec.tuning_space(g.steps[1], g.shapes[g.steps[1].output], AVX2)
+    space = cost.tuning_space(g.steps[1], g.shapes[g.steps[1].output], AVX2)
     assert space["oc_tile"] == (1, 2, 4) and max(space["w_tile"]) == 14
     import codegen.passes.layout as layout
     for oc_tile in space["oc_tile"]:

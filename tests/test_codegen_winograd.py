@@ -1,6 +1,6 @@
-"""Host tier: Winograd F(m, 3) convolutions (codegen/emit/vec.py) against torch.
+"""Host tier: Winograd F(m, 3) convolutions (codegen/emit/cpu/winograd.py) against torch.
 
-Every variant in ``vec.WINOGRAD`` (the registry that dispatch reads) runs at each vector width
+Every variant in ``cost.WINOGRAD`` (the registry that dispatch reads) runs at each vector width
 the host executes (16, 8, 4; the NEON build shares the width-4 C and runs in the arm64 tier) on
 awkward shapes: odd sizes that are not multiples of m, padding 0 and 1, channel counts that are
 not multiples of the block, 2x2/3x3 images, batch 2. Winograd layers are held to a relative
@@ -18,8 +18,8 @@ from test_codegen_vector import ISAS, Seq, _Fixed
 from torch import nn
 from zoo import rel_err, run_on_runner, torchvision_model
 
-from codegen import compile_model
-from codegen.emit import vec
+from codegen import compile_model, cost
+from codegen.emit.cpu.winograd import winograd_matrices
 from codegen.isa import AVX512
 from codegen.lr import Layer
 
@@ -41,22 +41,22 @@ CASES = {  # name: (model, input shape); the 1x1 first conv makes the 3x3 read b
 def _force(algo: str, **extra):
     """A tuning lookup that puts every Winograd-able conv on ``algo``."""
     def lookup(la: Layer, graph, target):
-        return {"algo": algo, **extra} if vec.winograd_ok(la) else None
+        return {"algo": algo, **extra} if cost.winograd_ok(la) else None
     return lookup
 
 
 def test_transform_matrices_compute_the_correlation() -> None:
     """A^T[(G g)(B^T d)] is the 3-tap correlation of d, for every m (exact matrices, float64)."""
     rng = np.random.default_rng(0)
-    for m in vec.WINOGRAD.values():
-        at, g, bt = (np.array(t, dtype=np.float64) for t in vec.winograd_matrices(m))
+    for m in cost.WINOGRAD.values():
+        at, g, bt = (np.array(t, dtype=np.float64) for t in winograd_matrices(m))
         d, w = rng.standard_normal(m + 2), rng.standard_normal(3)
         want = np.array([d[i:i + 3] @ w for i in range(m)])
         np.testing.assert_allclose(at @ ((g @ w) * (bt @ d)), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=[i.name for i in ISAS])
-@pytest.mark.parametrize("algo", list(vec.WINOGRAD))
+@pytest.mark.parametrize("algo", list(cost.WINOGRAD))
 @pytest.mark.parametrize("case", list(CASES))
 def test_winograd_variant_matches_torch(cc, tmp_path, case, algo, isa) -> None:
     torch.manual_seed(0)
@@ -70,13 +70,13 @@ def test_winograd_variant_matches_torch(cc, tmp_path, case, algo, isa) -> None:
     (got,) = run_bundle(b, [x.numpy()])
     assert got.shape == tuple(want.shape)
     assert rel_err(got, want) <= TOL
-    m = vec.WINOGRAD[algo]
+    m = cost.WINOGRAD[algo]
     src = (tmp_path / "b" / "kernels.c").read_text()
     assert f"winograd{m}_output_nchw{isa.floats}c__{isa.name}" in src
     assert b.manifest.scratch_bytes_per_thread > 0
 
 
-@pytest.mark.parametrize("algo", list(vec.WINOGRAD))
+@pytest.mark.parametrize("algo", list(cost.WINOGRAD))
 def test_every_register_tile_matches_torch(cc, tmp_path, algo) -> None:
     """The auto-tuner's space under Winograd: (oc_tile, w_tile = tiles per GEMM block)."""
     torch.manual_seed(1)
@@ -102,19 +102,19 @@ def _conv(ic: int, oc: int, k: int = 3, stride: int = 1, groups: int = 1) -> Lay
 
 
 def test_cost_model_picks_the_measured_winner() -> None:
-    """Defaults as measured per layer shape (see ``vec.default_algo``); the space lists every
+    """Defaults as measured per layer shape (see ``cost.default_algo``); the space lists every
     Winograd variant only where one is legal."""
     def algo(la: Layer, hw: int) -> str:
-        return vec.default_tuning(la, (1, 4, hw, hw, 16), AVX512)["algo"]
+        return cost.default_tuning(la, (1, 4, hw, hw, 16), AVX512)["algo"]
     assert algo(_conv(64, 64), 56) == algo(_conv(512, 512), 7) == "winograd4"
     assert algo(_conv(256, 256), 4) == algo(_conv(64, 64), 3) == "winograd2"
     assert algo(_conv(128, 128), 2) == "direct"
     assert algo(_conv(4, 64), 56) == "direct"  # too few input channels
     assert algo(_conv(64, 64, stride=2), 28) == algo(_conv(64, 64, k=1), 28) == "direct"
     assert algo(_conv(64, 64, groups=4), 28) == "direct"
-    assert vec.tuning_space(_conv(64, 64), (1, 4, 8, 8, 16), AVX512)["algo"] == (
-        "direct", *vec.WINOGRAD)
-    assert vec.tuning_space(_conv(64, 64, stride=2), (1, 4, 8, 8, 16), AVX512)["algo"] == (
+    assert cost.tuning_space(_conv(64, 64), (1, 4, 8, 8, 16), AVX512)["algo"] == (
+        "direct", *cost.WINOGRAD)
+    assert cost.tuning_space(_conv(64, 64, stride=2), (1, 4, 8, 8, 16), AVX512)["algo"] == (
         "direct",)
 
 

@@ -11,16 +11,14 @@ from torch import nn
 from zoo import rel_err, run_on_runner
 
 from codegen import compile_model, read_report
-from codegen.emit.sparse import (
-    balanced_order,
-    pack_fkw,
-    pack_sparse_conv,
-    pack_sparse_conv1x1_blocked,
-    pack_sparse_linear,
-)
+from codegen.cost import sparse_plan
+from codegen.emit.sparse.blocked import pack_sparse_conv1x1_blocked
+from codegen.emit.sparse.common import balanced_order
+from codegen.emit.sparse.csr import pack_sparse_conv
+from codegen.emit.sparse.fkw import pack_fkw
+from codegen.emit.sparse.linear import pack_sparse_linear
 from codegen.isa import AVX2, AVX512, NEON
 from codegen.lr import CodegenError
-from codegen.passes.sparse import sparse_plan
 from host.pruning import PruningConfig
 from host.pruning.plan import LayerRule, PruningPlan
 
@@ -209,7 +207,7 @@ def _decode_conv(params, la, ic, kh, kw):
 
 @pytest.mark.parametrize("stride,k,pad", [(1, 3, 1), (2, 3, 1), (1, 1, 0), (2, 1, 0), (1, 5, 2)])
 def test_csr_and_bcsr_formats_decode_to_the_weights(stride, k, pad):
-    from codegen.capture import capture
+    from codegen import capture
     from codegen.passes import fold_bn, fuse_epilogue
     from codegen.passes.sparse import choose_storage, with_schemes
 
@@ -284,7 +282,7 @@ def test_balanced_order_alternates_long_and_short():
 @pytest.mark.parametrize("scheme,rate,stride", [("pattern", 0.8, 1), ("pattern", 0.7, 2),
                                                 ("connectivity", 0.6, 1)])
 def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
-    from codegen.capture import capture
+    from codegen import capture
     from codegen.passes import fold_bn, fuse_epilogue
     from codegen.passes.sparse import choose_storage, with_schemes
 
@@ -330,7 +328,7 @@ def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
     (56, 2, 0.7, True),   # stride 2: direct dense kernel, 40 %
 ])
 def test_density_limit_follows_the_dense_algorithm(size, stride, rate, sparse):
-    from codegen.capture import capture
+    from codegen import capture
     from codegen.passes import fold_bn, fuse_epilogue
     from codegen.passes.sparse import choose_storage, with_schemes
 

@@ -1,6 +1,8 @@
-"""The auto-tuner: database keys and files, signature dedupe, GA operators inside the tuning
-space, the compile_model(tuning=...) hook (pure Python and cc), and one tiny tuning run on the
-local runner (host tier). No timing assertions: tests measure truth, not speed."""
+"""The auto-tuner (codegen/autotune): database keys and files, signature dedupe, GA operators
+inside the tuning space, the compile_model(tuning=...) hook (pure Python and cc), a tuning run
+through a fake Measurer (cc: codegen's seam, no device), and one tiny tuning run on the local
+runner through the host's Session-backed Measurer (host tier). No timing assertions: tests
+measure truth, not speed."""
 
 from __future__ import annotations
 
@@ -14,22 +16,27 @@ import pytest
 import torch
 import zoo
 
-from codegen import HostToolchain, compile_model
-from codegen.bundle import Target
-from codegen.capture import capture
-from codegen.passes import fold_bn, fuse_epilogue, pipeline, run_passes
-from host.tune import ga
-from host.tune.db import (
+from codegen import (
     DbLookup,
     Entry,
+    HostToolchain,
+    MeasureError,
+    Measurement,
+    Target,
+    TuneConfig,
     TuningDB,
     TuningDbError,
+    capture,
+    compile_model,
     default_point,
     key_string,
     layer_key,
     tunable_space,
+    tune_model,
 )
-from host.tune.tuner import TuneConfig, _Recorder, tune_model
+from codegen.autotune import ga
+from codegen.autotune.tuner import _Recorder
+from codegen.passes import fold_bn, fuse_epilogue, pipeline, run_passes
 
 AVX512_TARGET = Target("x86_64", "linux", "x86_64", ("avx2", "fma", "avx512f"))
 NEON_TARGET = Target("aarch64", "android", "arm64-v8a", ("asimd",))
@@ -245,9 +252,50 @@ def test_a_db_entry_changes_the_generated_kernel(cc, tmp_path):
 
 # ---- a real tuning run (host tier) -------------------------------------------------------------
 
+class _FakeMeasurer:
+    """A Measurer with no device: every step takes 1 ms plus its tile width in µs (so the
+    search has something to prefer), and the n-th measurement fails when asked to."""
+
+    def __init__(self, fail_at: int = -1):
+        self.calls = 0
+        self.fail_at = fail_at
+        self.loaded: set[str] = set()
+        self.released: list[str] = []
+
+    def measure(self, bundle, runs, warmup, per_layer):
+        self.calls += 1
+        self.loaded.add(str(bundle.path))
+        if self.calls == self.fail_at:
+            raise MeasureError("the fake device failed")
+        src = (bundle.path / "kernels.c").read_text()
+        widths = [int(w) for w in re.findall(r"_\d+x(\d+)w\b", src)]
+        layers = {st.name: [1_000_000 + 1000 * (sum(widths) % 7)] * runs
+                  for st in bundle.manifest.steps} if per_layer else {}
+        return Measurement([2_000_000] * runs, layers)
+
+    def release(self, bundle):
+        self.released.append(str(bundle.path))
+
+
+def test_the_tuner_measures_only_through_its_measurer(cc, tmp_path):
+    model, x = zoo.small_cnn(), torch.randn(1, 3, 32, 32)
+    db = TuningDB(tmp_path / "tuning.json")
+    cfg = TuneConfig(threads=1, runs=2, warmup=1, ga=ga.GaConfig(population=3, generations=2),
+                     compare=True, compare_runs=2, model_name="small")
+    fake = _FakeMeasurer(fail_at=2)
+    report = tune_model(model, (x,), fake, HostToolchain(), db, cfg)
+    # the failed candidate is a recorded failure, not an exception; the search went on
+    assert len(report.failures) == 1 and "the fake device failed" in report.failures[0]
+    assert report.generations == 2 and report.candidates_measured == fake.calls - 1 - 6
+    assert set(fake.released) == fake.loaded  # every bundle it measured was released
+    assert len(db) == len(report.signatures) > 0
+    assert report.model_default_ms == report.model_tuned_ms == 2.0
+
+
 @pytest.mark.host
 def test_tune_small_cnn_on_the_local_runner(cc, local_runner, tmp_path):
-    from host.session import Session
+    from host.devices.session import Session
+    from host.tune.measurer import SessionMeasurer
 
     model, x = zoo.small_cnn(), torch.randn(1, 3, 32, 32)
     tc = HostToolchain()
@@ -257,7 +305,7 @@ def test_tune_small_cnn_on_the_local_runner(cc, local_runner, tmp_path):
     cfg = TuneConfig(threads=1, runs=3, warmup=1, ga=ga.GaConfig(population=3, generations=2),
                      margin=-1.0, min_gain_ms=-1.0, compare=False, model_name="small")
     with Session(local_runner) as s:
-        report = tune_model(model, (x,), s, tc, db, cfg)
+        report = tune_model(model, (x,), SessionMeasurer(s, 1), tc, db, cfg)
         assert report.failures == []
         assert report.candidates_measured > 2 * 3  # the search's 6, then the finals
         assert report.generations == 2
@@ -283,7 +331,8 @@ def test_tune_small_cnn_on_the_local_runner(cc, local_runner, tmp_path):
         assert zoo.rel_err(got, want) <= 1e-4
 
         before = (tmp_path / "tuning.json").read_bytes()
-        again = tune_model(model, (x,), s, tc, TuningDB(tmp_path / "tuning.json"), cfg)
+        again = tune_model(model, (x,), SessionMeasurer(s, 1), tc,
+                           TuningDB(tmp_path / "tuning.json"), cfg)
     assert again.candidates_measured == 0 and again.generations == 0
     assert all(sig.from_db for sig in again.signatures)
     assert (tmp_path / "tuning.json").read_bytes() == before

@@ -4,17 +4,19 @@ The source includes no headers and calls nothing outside itself (no libc, no lib
 its own integer types, the ``npas_step_args`` struct of the kernel ABI
 (android_app/src/main/cpp/core/npas_kernel_abi.h), the ABI version symbol, and an ``expf``.
 With a vector ISA (the default for CPU toolchains), blocked layers use the templates of
-``codegen.emit.vec`` (items: (n, oc tile, output row) for convs, (output block, batch row) for
-linear); the scalar ones below remain for plain NCHW layers (fallbacks, ``vectorize=False``).
-Each scalar step computes work items [begin, end): conv2d one (n, oc) output plane, linear one
-output feature for every batch row, pools and mul_channel one (n, c) plane, element-wise ops a chunk
-of ELTWISE_CHUNK elements, concat one (batch row, input) copy. Pointers are ``restrict``: the
-memory plan never lets a step's output share bytes with its inputs.
+``codegen.emit.cpu`` and sparse ones those of ``codegen.emit.sparse`` (items: (n, oc tile,
+output row) for convs, (output block, batch row) for linear); the scalar ones below remain
+for plain NCHW layers (fallbacks, ``vectorize=False``). Each scalar step computes work items
+[begin, end): conv2d one (n, oc) output plane, linear one output feature for every batch row,
+pools and mul_channel one (n, c) plane, element-wise ops a chunk of ELTWISE_CHUNK elements,
+concat one (batch row, input) copy. Pointers are ``restrict``: the memory plan never lets a
+step's output share bytes with its inputs.
 """
 
 from __future__ import annotations
 
-from codegen.emit import sparse, vec
+from codegen import cost
+from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -25,6 +27,7 @@ from codegen.emit.cstyle import (
     StepCode,
     decompose,
 )
+from codegen.emit.sparse import FORMATS, sparse_pad
 from codegen.isa import VectorIsa
 from codegen.lr import Graph, Layer
 
@@ -82,34 +85,31 @@ def _by_layout(blocked, plain, operand: str = "in"):
     return kernel
 
 
-def _by_storage(sparse_kernel, dense):
-    """A kernel that picks the sparse template for layers given a sparse storage format."""
+def _by_storage(dense):
+    """A kernel that picks the storage format's template (``FORMATS``) for sparse layers."""
     def kernel(c: Ctx):
-        if c.la.storage == "fkw":
-            return sparse.fkw_conv(c)
-        if c.la.storage == "bcsr_blocked":
-            return sparse.spconv1x1_blocked(c)
-        return (dense if c.la.storage == "dense" else sparse_kernel)(c)
+        if c.la.storage == "dense":
+            return dense(c)
+        return FORMATS[c.la.storage].kernel[c.la.op](c)
     return kernel
 
 
 def _plain_maxpool(c: Ctx):
-    ok = vec.plain_pool_ok(c.la, c.ins[0][3], c.lang.isa.floats)
-    return (vec.maxpool2d_plain_s2 if ok else KERNELS["maxpool2d"])(c)
+    ok = cost.plain_pool_ok(c.la, c.ins[0][3], c.lang.isa.floats)
+    return (pool.maxpool2d_plain_s2 if ok else KERNELS["maxpool2d"])(c)
 
 
 VECTOR_KERNELS = {
-    "conv2d": _by_storage(sparse.spconv, _by_layout(vec.conv2d_blocked, KERNELS["conv2d"],
-                                                    "out")),
-    "sparse_pad": sparse.sparse_pad,
-    "maxpool2d": _by_layout(vec.pool_blocked("max"), _plain_maxpool),
-    "avgpool2d": _by_layout(vec.pool_blocked("avg"), KERNELS["avgpool2d"]),
-    "adaptive_avgpool2d": _by_layout(vec.pool_blocked("adaptive"),
+    "conv2d": _by_storage(_by_layout(conv.conv2d_blocked, KERNELS["conv2d"], "out")),
+    "sparse_pad": sparse_pad,
+    "maxpool2d": _by_layout(pool.pool_blocked("max"), _plain_maxpool),
+    "avgpool2d": _by_layout(pool.pool_blocked("avg"), KERNELS["avgpool2d"]),
+    "adaptive_avgpool2d": _by_layout(pool.pool_blocked("adaptive"),
                                      KERNELS["adaptive_avgpool2d"]),
-    "mul_channel": _by_layout(vec.mul_channel_blocked, KERNELS["mul_channel"]),
-    "linear": _by_storage(sparse.linear_bcsr, vec.linear_vec),
-    "to_nchwxc": vec.to_blocked,
-    "to_nchw": vec.to_plain,
+    "mul_channel": _by_layout(eltwise.mul_channel_blocked, KERNELS["mul_channel"]),
+    "linear": _by_storage(linear.linear_vec),
+    "to_nchwxc": convert.to_blocked,
+    "to_nchw": convert.to_plain,
 }
 
 
@@ -117,7 +117,7 @@ class CLanguage(CStyleLanguage):
     """Plain C99 for a freestanding shared library; the kernel ABI's calling convention.
 
     With a vector ``isa``, blocked (NCHW[x]c) layers get the vectorised templates of
-    ``codegen.emit.vec`` and their params are packed for them; without, the scalar ones."""
+    ``codegen.emit.cpu`` and their params are packed for them; without, the scalar ones."""
 
     kernels = KERNELS
 
@@ -127,28 +127,22 @@ class CLanguage(CStyleLanguage):
             self.kernels = {**KERNELS, **VECTOR_KERNELS}
 
     def prelude(self) -> str:
-        vp = vec.vector_prelude(self.isa) if self.isa is not None else ""
+        vp = prelude.vector_prelude(self.isa) if self.isa is not None else ""
         return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH + vp
 
     def layer_params(self, graph: Graph, la: Layer):
         if self.isa is not None:
             x = self.isa.floats
-            if la.storage == "fkw":
-                return sparse.pack_fkw(la)
-            if la.storage == "bcsr_blocked":
-                _, _, h, w, _ = graph.shapes[la.output]
-                return sparse.pack_sparse_conv1x1_blocked(la, x, h * w)
             if la.storage != "dense":
-                return (sparse.pack_sparse_conv(la) if la.op == "conv2d"
-                        else sparse.pack_sparse_linear(la, x))
+                return FORMATS[la.storage].pack[la.op](graph, la, x)
             if la.op == "conv2d" and len(graph.shapes[la.output]) == 5:
                 in_shape = graph.shapes[la.inputs[0]]
-                algo = vec.conv_algo(la, graph.shapes[la.output], in_shape, self.isa)
-                if algo in vec.WINOGRAD:
-                    return vec.pack_winograd(la, vec.WINOGRAD[algo], x)
-                return vec.pack_conv(la, in_shape, x)
+                algo = cost.conv_algo(la, graph.shapes[la.output], in_shape, self.isa)
+                if algo in cost.WINOGRAD:
+                    return pack.pack_winograd(la, cost.WINOGRAD[algo], x)
+                return pack.pack_conv(la, in_shape, x)
             if la.op == "linear":
-                return vec.pack_linear(la, x)
+                return pack.pack_linear(la, x)
         return super().layer_params(graph, la)
 
     def signature(self, symbol: str) -> str:

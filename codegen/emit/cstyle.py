@@ -15,7 +15,8 @@ receptive field, for the GPU) and concat (row copies vs a per-element gather). A
 picks its strategies in its ``kernels`` table.
 
 Arithmetic is in float whatever the storage type (fp16 bundles store half, compute in float).
-Params of a step, in order: conv2d/linear: weight, bias (bias always present). Others: none.
+Params of a step, in order: ``OPS[op].params`` (conv2d/linear: weight, bias; bias always
+present). Others: none.
 """
 
 from __future__ import annotations
@@ -27,19 +28,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from codegen.bundle import ParamRef
-from codegen.lr import ACTIVATIONS, CodegenError, Graph, Layer, numel
+from codegen.lr import ACTIVATIONS, OPS, CodegenError, Graph, Layer, numel
 
-PARAM_ORDER = {"conv2d": ("weight", "bias"), "linear": ("weight", "bias")}
-
-# Activation bodies on a float ``v``; ``{exp}`` is the language's exp.
-ACTIVATION_BODIES = {
-    "relu": "return v < 0.0f ? 0.0f : v;",
-    "relu6": "return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);",
-    "hardswish": "return v * npas_relu6(v + 3.0f) / 6.0f;",
-    "hardsigmoid": "return npas_relu6(v + 3.0f) / 6.0f;",
-    "sigmoid": ("if (v >= 0.0f) return 1.0f / (1.0f + {exp}(-v));\n"
-                "  const float e = {exp}(v);\n  return e / (1.0f + e);"),
-}
+# The params each op's kernel reads, in order (from the op table).
+PARAM_ORDER = {name: op.params for name, op in OPS.items() if op.params}
 
 
 def step_params(layer: Layer) -> tuple[np.ndarray, ...]:
@@ -130,9 +122,10 @@ class CStyleLanguage:
 
     # -- shared rendering ----------------------------------------------------------------------
     def activations(self) -> str:
+        """The scalar activations (``ACTIVATIONS[a].c_body``) as C functions."""
         return "".join(f"{self.func_q} float npas_{a}(float v) {{\n  "
-                       f"{ACTIVATION_BODIES[a].format(exp=self.exp)}\n}}\n"
-                       for a in ACTIVATIONS)
+                       f"{act.c_body.replace('{exp}', self.exp)}\n}}\n"
+                       for a, act in ACTIVATIONS.items())
 
     def decl(self, name: str, ref: str, const: bool = True, restrict: bool = True) -> str:
         """A pointer declaration to a tensor or param."""

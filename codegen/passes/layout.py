@@ -3,11 +3,11 @@
 x is the target's vector width in floats (``VectorIsa.floats``). A blocked tensor gets its own
 name (``<tensor>_nchw<x>c``) and its physical shape (N, ceil(C/x), H, W, x), so the memory plan
 sizes the padding without knowing about layouts. Channels are padded with zero weights (see
-``codegen/emit/vec.py``), so pad lanes never reach a real channel; a conv writes exact zeros
+``codegen/emit/cpu/pack.py``), so pad lanes never reach a real channel; a conv writes exact zeros
 there before its epilogue (an activation with f(0) != 0, e.g. sigmoid, leaves f(0)).
 
-Greedy, in execution order: a conv with a vectorised kernel (``conv_kind``) produces a blocked
-tensor (a dense conv reads its input in whatever layout exists, plain for the first layer;
+Greedy, in execution order: a conv with a vectorised kernel (``cost.vector_conv``) produces a
+blocked tensor (a dense conv reads its input in whatever layout exists, plain for the first layer;
 depthwise, grouped and Winograd ones read blocked); pools, activations, add and mul_channel
 follow their first input's layout (the other operand is converted), except windowed pools,
 which are blocked (the scalar NCHW ones are 10-30x slower: NaN-propagating compares that do
@@ -18,21 +18,20 @@ scalar-fallback convs) reads plain NCHW. A layout a consumer needs and nobody pr
 from one conversion step (``to_nchwxc``/``to_nchw``), shared by all such consumers. Also fills
 each vectorised conv's ``tuning`` with the cost model's defaults (explicit values are kept).
 A conv's fused residual (its second input) is read in the layout the conv writes. Sparse convs
-read and write plain NCHW, except "bcsr_blocked" 1x1 ones, which are blocked like dense convs.
+read and write plain NCHW, except those whose format reads blocked activations
+(``SPARSE_FORMATS[storage].reads_blocked``: "bcsr_blocked" 1x1 convs), blocked like dense convs.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from codegen.emit.vec import WINOGRAD, conv_kind, default_tuning, plain_pool_ok
+from codegen.cost import WINOGRAD, conv_kind, default_tuning, plain_pool_ok, vector_conv
 from codegen.isa import VectorIsa
-from codegen.lr import ACTIVATIONS, Graph, Layer
+from codegen.lr import OPS, Graph, Layer, reads_blocked
 
 TO_BLOCKED, TO_PLAIN = "to_nchwxc", "to_nchw"
-BLOCKED_SPARSE = "bcsr_blocked"  # the one sparse storage whose conv reads and writes blocked
-FOLLOW_OPS = ("maxpool2d", "avgpool2d", "adaptive_avgpool2d", "add", "mul_channel",
-              *ACTIVATIONS)
+FOLLOW_OPS = tuple(name for name, op in OPS.items() if op.follows_layout)
 
 
 def blocked_shape(shape: tuple[int, ...], x: int) -> tuple[int, ...]:
@@ -74,12 +73,11 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         ins = la.inputs
         make_blocked = False
         reads: tuple[bool, ...] = ()
-        if la.op == "conv2d" and four_d(la.output) and la.storage == BLOCKED_SPARSE:
+        if la.op == "conv2d" and four_d(la.output) and reads_blocked(la.storage):
             make_blocked, reads = True, (True,)
-        elif la.op == "conv2d" and four_d(la.output) and la.storage == "dense":
-            kind = conv_kind(la, x)
-            if kind == "dense" and la.attrs["groups"] == 1:
-                make_blocked = True
+        elif la.op == "conv2d" and vector_conv(la, graph.shapes[la.output], x):
+            make_blocked = True
+            if conv_kind(la, x) == "dense" and la.attrs["groups"] == 1:
                 # the plain input is cheaper when it exists and is narrower than a block;
                 # Winograd reads blocked input only
                 c = graph.shapes[ins[0]][1]
@@ -87,8 +85,8 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
                         **la.tuning}.get("algo", "direct")
                 reads = (algo in WINOGRAD
                          or (ins[0] in blocked and not (ins[0] in plain and c < x)),)
-            elif kind is not None:
-                make_blocked, reads = True, (True,)
+            else:
+                reads = (True,)
         elif la.op in FOLLOW_OPS and four_d(la.output) and all(four_d(t) for t in ins):
             make_blocked = (ins[0] in blocked
                             or (la.op in ("maxpool2d", "avgpool2d")
@@ -98,7 +96,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
         elif la.op == "concat" and four_d(la.output) and ins[0] in blocked:
             make_blocked = all(graph.shapes[t][1] % x == 0 for t in ins[:-1])
             reads = (make_blocked,) * len(ins)
-        if la.op == "conv2d" and la.storage in ("dense", BLOCKED_SPARSE):
+        if la.op == "conv2d" and (la.storage == "dense" or reads_blocked(la.storage)):
             # a fused residual (the skip) is read in the layout the conv writes
             reads = (*(reads or (False,)), *(make_blocked,) * (len(ins) - 1))
         if not reads:

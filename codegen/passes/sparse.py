@@ -2,7 +2,9 @@
 the kernel) that turns them into time saved.
 
 ``with_schemes`` records the schemes ``compile_model(schemes=...)`` was given on the captured
-layers (``Layer.scheme``); the formats themselves are chosen by ``choose_storage``.
+layers (``Layer.scheme``); the formats themselves are chosen by ``choose_storage``, with the
+density limits and block shapes of the cost model (``codegen/cost.py``). The format names are
+``codegen.lr.SPARSE_FORMATS``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-import numpy as np
-
-from codegen.emit.vec import WINOGRAD, _best_tile, default_algo
+from codegen.cost import (
+    BLOCKED_1X1_MAX_DENSITY,
+    FKW_SCHEMES,
+    MAX_DENSITY,
+    best_tile,
+    blocked_1x1_ok,
+    fkw_shapes,
+    max_density,
+    sparse_plan,
+    union_entries,
+)
 from codegen.isa import VectorIsa
 from codegen.lr import CodegenError, Graph, Layer
 
@@ -44,118 +54,7 @@ def with_schemes(graph: Graph, schemes: Mapping[str, str]) -> Graph:
 
 # ---- storage choice ----------------------------------------------------------------------------
 
-# A layer keeps dense storage when its sparse kernel would do more than this fraction of the
-# dense layer's multiply-adds (zeros included by the block format): past it the register-blocked
-# dense kernels win. ``m`` is the number of filters sharing one index list (1: CSR, more:
-# blocks). Measured per layer on the AVX-512 host (1 thread, resnet18/vgg16 layers forced
-# sparse, sparse vs dense): stride-2 3x3 convs (direct dense) at density 0.5, m=8: 0.55-0.6 of
-# the dense time; at 0.3, m=1: 0.72-0.76.
-MAX_DENSITY = {1: 0.40, 2: 0.50, 4: 0.60, 8: 0.65}
-# Dense 3x3 stride-1 convs run Winograd, up to 4x fewer multiplies on large images, so there
-# the sparse kernel must skip much more; how much depends on the image (Winograd's edge shrinks
-# with the tile count). Rows: (least F(4,3) output tiles, limits by m). Measured break-even
-# densities (same runs): m=1 0.13-0.15 and m=8 0.22-0.29 at 28x28-224x224 outputs (≥ 49
-# tiles), 0.3 and 0.5 at 14x14 (16 tiles), 0.35 and 0.6 at 7x7; limits a little under them.
-WINOGRAD_MAX_DENSITY = (
-    (49, {1: 0.12, 2: 0.15, 4: 0.18, 8: 0.22}),
-    (16, {1: 0.25, 2: 0.32, 4: 0.40, 8: 0.45}),
-    (0, {1: 0.33, 2: 0.42, 4: 0.52, 8: 0.58}),
-)
-
-
-def max_density(la: Layer, out_shape: tuple[int, ...], m: int) -> tuple[float, str]:
-    """The density (``m``-filter blocks' share of the dense multiply-adds) above which ``la``
-    keeps its dense kernel, and which dense kernel that is."""
-    algo = la.tuning.get("algo") or default_algo(la, out_shape)
-    if algo not in WINOGRAD:
-        return MAX_DENSITY[m], "direct"
-    oh, ow = out_shape[2:4]
-    tiles = -(-oh // 4) * -(-ow // 4)
-    limits = next(lim for least, lim in WINOGRAD_MAX_DENSITY if tiles >= least)
-    return limits[m], f"Winograd {algo[-1]}x3"
-
-
-# A 1x1 stride-1 conv whose zeros line up in blocks of x output channels (the block scheme
-# with rows = x) runs on blocked NCHW[x]c activations ("bcsr_blocked": one index list of kept
-# input channels per block of x outputs, vectorised over those outputs), so no layout change
-# separates it from the depthwise convs around it; it keeps its dense kernel above this share
-# of the dense multiply-adds. Measured (mobilenet_v2's projection convs block-pruned, forced,
-# against the same convs dense, 1 thread): 0.71 of the dense time at density 0.7, 0.57 at 0.5,
-# 0.35 at 0.3.
-BLOCKED_1X1_MAX_DENSITY = 0.75
-MIN_BLOCK_EFFICIENCY = 0.9  # useful multiply-adds / all, for a block format to be chosen
 OVERREAD_SLACK = "overread_floats"  # a sparse conv's reads past its input's last element
-
-
-def _union_entries(nz: np.ndarray, m: int) -> int:
-    """Index-list length summed over filter groups of ``m``: positions any filter keeps."""
-    oc = nz.shape[0]
-    g = -(-oc // m)
-    pad = np.zeros((g * m, *nz.shape[1:]), bool)
-    pad[:oc] = nz
-    return int(pad.reshape(g, m, -1).any(1).sum())
-
-
-def blocked_1x1_ok(la: Layer) -> bool:
-    """A conv the blocked sparse 1x1 kernel can run: 1x1, stride 1, no padding, groups 1."""
-    a = la.attrs
-    return (tuple(a["kernel"]) == (1, 1) and tuple(a["stride"]) == (1, 1)
-            and not any(a["padding"]) and a["groups"] == 1)
-
-
-def _most_rows(isa: VectorIsa) -> int:
-    # m x V accumulators + V input vectors (weights are broadcast from memory: AVX-512's
-    # embedded broadcast, NEON's by-element FMA) must fit the registers with V >= 2
-    return 8 if isa.registers >= 32 else 4
-
-
-def _most_vectors(m: int, isa: VectorIsa) -> int:
-    return max(1, min(12, (isa.registers - 4) // (m + 1)))
-
-
-def sparse_plan(nz: np.ndarray, plane: int, isa: VectorIsa) -> tuple[int, int, int]:
-    """(m, V, entries) of a sparse conv. m: the most filters per shared index list (a power of
-    two) whose zero-filled blocks keep ≥ MIN_BLOCK_EFFICIENCY of the multiply-adds useful:
-    every input vector loaded serves m FMAs, and loads, not FMAs, bound these kernels once the
-    input planes spill out of L1 (measured on resnet18's 7x7 layers: m=4 x V=4 took 1.6x the
-    time of m=8 x V=2, the same FMAs). V: vectors of output positions per work item, the
-    least work counting the last chunk's overhang and about one vector's worth of fixed cost
-    per chunk (set-up, the store)."""
-    nnz = int(nz.sum())
-    m, u = 1, nnz
-    k = 2
-    while k <= _most_rows(isa):
-        uk = _union_entries(nz, k)
-        if nnz >= MIN_BLOCK_EFFICIENCY * uk * k:
-            m, u = k, uk
-        k *= 2
-    t = -(-plane // isa.floats)
-    v = min(range(1, _most_vectors(m, isa) + 1), key=lambda v: (-(-t // v) * (v + 1), -v))
-    return m, v, u
-
-
-FKW_MAX_SHAPES = 64
-
-
-def fkw_shapes(nz: np.ndarray) -> np.ndarray | None:
-    """The distinct kernel shapes (bool [P, kh*kw]) of a layer whose kept kernels all keep the
-    same number of positions (pattern pruning: 4; connectivity: all), at most 25 and at most
-    FKW_MAX_SHAPES shapes; None when the layer does not look like that (then it is plain CSR)."""
-    k = nz.reshape(nz.shape[0] * nz.shape[1], -1)
-    kept = k[k.any(1)]
-    if not len(kept) or len(set(kept.sum(1).tolist())) != 1 or kept[0].sum() > 25:
-        return None
-    shapes = np.unique(kept, axis=0)
-    return shapes if len(shapes) <= FKW_MAX_SHAPES else None
-
-
-# Schemes whose layers get FKW rather than CSR. Measured on the AVX-512 host (resnet18, every
-# 3x3 conv pattern-pruned to 5.3x, 1 thread, side by side): CSR 17.3-17.8 ms, FKW 19.7-20.1 ms
-# (both are bound by one input load per FMA; FKW's four tap bases per kernel cost address
-# arithmetic that CSR folds into the load), so pattern layers use CSR here; connectivity's
-# 9-tap kernels were even within noise. A phone may rank them differently: pass
-# ``fkw_schemes`` to choose.
-FKW_SCHEMES = ("connectivity",)
 
 
 SPARSE_POLICIES = ("auto", "always")
@@ -171,7 +70,7 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     Formats (``Layer.storage``): "csr" (one index list per filter: unstructured), "bcsr" (one
     index list per block of m filters, m > 1: block, block_punched, or any layer whose zeros
     line up that way), "fkw" (filter-kernel-weight, kernels grouped by shape, for the
-    ``fkw_schemes``; see ``codegen/emit/sparse.py``). ``Layer.tuning`` records m, V (vectors of
+    ``fkw_schemes``; see ``codegen/emit/sparse``). ``Layer.tuning`` records m, V (vectors of
     output positions per work item), the density and the reason for the choice; a layer left
     dense records why in ``attrs["sparse_skipped"]``. ``policy`` "auto" keeps the dense kernel
     where the density limits above say it is faster; "always" gives every layer that has a
@@ -193,7 +92,7 @@ def choose_storage(graph: Graph, isa: VectorIsa,
         density = float(nz.mean())
         if la.op == "linear":
             ob = -(-w.shape[0] // x)
-            u = _union_entries(nz, x)
+            u = union_entries(nz, x)
             eff = u * x / max(1, ob * x * w.shape[1])
             if eff > MAX_DENSITY[8] and not forced:
                 layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
@@ -204,13 +103,13 @@ def choose_storage(graph: Graph, isa: VectorIsa,
             continue
         oc, icg, kh, kw = w.shape
         if blocked_1x1_ok(la):
-            u = _union_entries(nz, x)
+            u = union_entries(nz, x)
             eff = u * x / max(1, -(-oc // x) * x * icg)
             if eff <= BLOCKED_1X1_MAX_DENSITY:
                 hw = graph.shapes[la.output][2] * graph.shapes[la.output][3]
                 layers.append(replace(la, storage="bcsr_blocked", tuning={
                     "m": x, "density": round(density, 4), "entries": u,
-                    "W": _best_tile(hw, min(16, isa.registers - 4))}))
+                    "W": best_tile(hw, min(16, isa.registers - 4))}))
                 continue
         if la.attrs["groups"] != 1 or tuple(la.attrs["dilation"]) != (1, 1):
             layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":

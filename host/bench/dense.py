@@ -186,8 +186,7 @@ def tuned_bundle(w: Workload, threads: int, db_path: Path | None,
     """The bundle compiled with the tuning database's entries for ``threads`` threads (see
     `npas-host tune`), or None when the database has none for this model's layers: the
     "ours (tuned)" column appears only then."""
-    from codegen import compile_model
-    from host.tune.db import TuningDB
+    from codegen import TuningDB, compile_model
 
     if db_path is not None and not Path(db_path).is_file():
         return None

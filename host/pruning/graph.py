@@ -23,15 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from codegen import ACTIVATIONS
+
 from .config import PruningError, describe
 
-_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.SiLU,
-                 nn.GELU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
-                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardswish, F.hardsigmoid, torch.sigmoid,
-                   F.sigmoid, torch.tanh, F.silu, F.gelu, F.leaky_relu, F.dropout, F.max_pool2d,
-                   F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_", "sigmoid_"}
+# Layers that pass channels through unchanged: every activation the code generator knows (its
+# modules, functions and methods, one row each in codegen's ACTIVATIONS table), plus those it
+# does not compile but a model may still be pruned around, dropout, identity and pools.
+_PASS_MODULES = (*dict.fromkeys(t for a in ACTIVATIONS.values() for t in a.modules), nn.Tanh,
+                 nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d,
+                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_PASS_FUNCTIONS = {*(f for a in ACTIVATIONS.values() for f in a.functions), torch.tanh, F.silu,
+                   F.gelu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d,
+                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_PASS_METHODS = {*(m for a in ACTIVATIONS.values() for m in a.methods), "tanh", "contiguous",
+                 "clone"}
 _BINARY = {operator.add, operator.mul, torch.add, torch.mul, operator.sub, torch.sub,
            operator.iadd, operator.imul, "add", "mul", "sub", "add_", "mul_"}
 

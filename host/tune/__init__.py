@@ -1,7 +1,5 @@
-"""The auto-tuner: a genetic algorithm over each layer's tuning parameters, measured on a
-device's runner, and the tuning database that keeps what it found.
-
-``db`` (the records, their keys and the ``compile_model(tuning=...)`` lookup), ``ga`` (the pure
-genetic operators), ``tuner`` (the measuring loop), ``command`` (`npas-host tune`). Nothing is
-imported here, so the CLI's parser stays light (the tuner imports torch).
+"""`npas-host tune`: the command (``command``) and the device Session behind the tuner's
+``codegen.Measurer`` (``measurer``). The tuner, its genetic algorithm, the tuning space and the
+database are compiler knowledge and live in ``codegen/autotune``. Nothing is imported here, so
+the CLI's parser stays light (the tuner imports torch).
 """

@@ -109,14 +109,14 @@ TUNE_STORE_BYTES = 32 << 30
 
 
 def run(args: argparse.Namespace) -> int:
+    from codegen import GaConfig, TuneConfig, TuningDB, TuningDbError
+
     from ..devices import open_device
     from ..devices.session import Session
     from ..measure import runner_threads
     from ..models import example_inputs, load_model, parse_shape
     from ..targets import toolchain_for_device
-    from .db import TuningDB, TuningDbError
-    from .ga import GaConfig
-    from .tuner import TuneConfig, tune_model
+    from .measurer import tune_on_session as tune_model
 
     if (args.backend or "cpu") != "cpu":
         raise UserError("tune: only CPU kernels have a tuning space so far; drop --backend gpu")

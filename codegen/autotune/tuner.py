@@ -13,6 +13,9 @@ sample: elites are re-measured every generation, the default and the best ``fina
 signature are measured again at the end in interleaved rounds, and a point replaces the default
 only when its median beats the default's by ``margin``. Failures (a candidate that does not
 compile, a runner that dies) are recorded and the search goes on.
+
+The device is behind a ``Measurer`` (``codegen/autotune/measurer.py``): the tuner compiles and
+measures through it and never sees the host, its sessions or its RPC.
 """
 
 from __future__ import annotations
@@ -28,25 +31,22 @@ from typing import Any
 
 import torch
 
-from codegen import compile_model
-from codegen.bundle import Bundle, Target
-from codegen.capture import capture
-from codegen.lr import CodegenError, Graph, Layer
-from codegen.passes import pipeline, run_passes
-
-from ..measure import BenchmarkResult
-from ..rpc.client import RunnerError
-from ..session import LoadOptions, Session
-from . import ga
-from .db import (
-    Entry,
-    TuningDB,
+from codegen.autotune import ga
+from codegen.autotune.db import Entry, TuningDB
+from codegen.autotune.measurer import MeasureError, Measurement, Measurer
+from codegen.autotune.space import (
     default_point,
     describe_key,
     key_string,
     layer_key,
     tunable_space,
 )
+from codegen.bundle import Bundle, Target
+from codegen.compile import compile_model
+from codegen.frontend import capture
+from codegen.lr import CodegenError, Graph, Layer
+from codegen.passes import pipeline, run_passes
+from codegen.toolchain import CToolchain
 
 
 @dataclass(frozen=True)
@@ -151,29 +151,29 @@ class _Assign:
         return self.fallback(la, graph, target) if self.fallback else None
 
 
-def per_run_ms(result: BenchmarkResult, layers: Sequence[str]) -> list[float]:
+def per_run_ms(result: Measurement, layers: Sequence[str]) -> list[float]:
     """Per run, the mean time in ms of ``layers`` (steps of one signature)."""
-    by_name = {la.name: la.samples_ns for la in result.layers}
+    by_name = result.layers
     missing = [n for n in layers if n not in by_name]
     if missing:
-        raise RunnerError("benchmark", "INTERNAL",
-                          f"per-layer timings lack steps {missing[:3]}; got "
-                          f"{list(by_name)[:5]}...")
+        raise MeasureError(f"per-layer timings lack steps {missing[:3]}; got "
+                           f"{list(by_name)[:5]}...")
     cols = [by_name[n] for n in layers]
     return [sum(c[r] for c in cols) / len(cols) / 1e6 for r in range(len(cols[0]))]
 
 
 def tune_model(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
-               session: Session, toolchain, db: TuningDB, cfg: TuneConfig,
+               measurer: Measurer, toolchain: CToolchain, db: TuningDB, cfg: TuneConfig,
                progress: TuneProgress | None = None) -> TuneReport:
-    """Tune every layer signature of ``module`` that ``db`` lacks, measuring on ``session``'s
-    device with ``toolchain``'s kernels; write each result to ``db``. See the module docs."""
+    """Tune every layer signature of ``module`` that ``db`` lacks, measuring with ``measurer``
+    (on a runner with ``cfg.threads`` threads) with ``toolchain``'s kernels; write each result
+    to ``db``. See the module docs."""
     progress = progress or TuneProgress()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="npas-tune-"))
     report = TuneReport([], 0, 0, 0.0)
     try:
-        _Tuner(module, tuple(example_inputs), session, toolchain, db, cfg, progress, work,
+        _Tuner(module, tuple(example_inputs), measurer, toolchain, db, cfg, progress, work,
                report, t0).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -182,12 +182,11 @@ def tune_model(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
 
 
 class _Tuner:
-    def __init__(self, module, inputs, session, toolchain, db, cfg, progress, work, report,
-                 t0):
-        self.module, self.inputs, self.session = module, inputs, session
+    def __init__(self, module, inputs, measurer: Measurer, toolchain, db, cfg, progress, work,
+                 report, t0):
+        self.module, self.inputs, self.measurer = module, inputs, measurer
         self.toolchain, self.db, self.cfg, self.progress = toolchain, db, cfg, progress
         self.work, self.report, self.t0 = work, report, t0
-        self.opts = LoadOptions(threads=cfg.threads)
         self.n_bundles = 0
 
     # -- building and measuring ---------------------------------------------------------------
@@ -198,13 +197,11 @@ class _Tuner:
         return compile_model(self.module, self.inputs, out, name=f"{self.cfg.model_name}_tune",
                              toolchain=self.toolchain, tuning=lookup)
 
-    def measure(self, bundle: Bundle, runs: int) -> BenchmarkResult:
-        key = self.session.load(bundle, self.opts)
+    def measure(self, bundle: Bundle, runs: int) -> Measurement:
         try:
-            return self.session.benchmark(key, runs=runs, warmup=self.cfg.warmup,
-                                          per_layer=True)
+            return self.measurer.measure(bundle, runs, self.cfg.warmup, per_layer=True)
         finally:
-            self.session.unload(key)
+            self.measurer.release(bundle)
             shutil.rmtree(bundle.path, ignore_errors=True)
 
     def over_budget(self) -> bool:
@@ -264,7 +261,7 @@ class _Tuner:
                 try:
                     res = self.measure(self.compile(_Assign(genes, cfg.threads, fallback),
                                                     f"g{gen}i{i}"), cfg.runs)
-                except (CodegenError, RunnerError) as e:
+                except (CodegenError, MeasureError) as e:
                     self.report.failures.append(f"generation {gen + 1} individual {i + 1}: {e}")
                     continue
                 self.report.candidates_measured += 1
@@ -308,29 +305,25 @@ class _Tuner:
                 self.report.failures.append(f"final bundle {j}: {e}")
         runs = cfg.final_runs or 2 * cfg.runs
         final: dict[str, dict[ga.Genome, list[float]]] = {k: {} for k in todo}
-        loaded = []
         try:
-            for genes, b in bundles:
-                loaded.append((genes, self.session.load(b, self.opts)))
-            steps = cfg.final_rounds * len(loaded)
+            steps = cfg.final_rounds * len(bundles)
             for r in range(cfg.final_rounds):
-                order = loaded if r % 2 == 0 else loaded[::-1]
-                for n, (genes, key) in enumerate(order):
+                order = bundles if r % 2 == 0 else bundles[::-1]
+                for n, (genes, b) in enumerate(order):
                     self.progress.stage(f"final re-measurement: round {r + 1}/"
                                         f"{cfg.final_rounds}, bundle {n + 1}/{len(order)}",
-                                        r * len(loaded) + n, steps)
+                                        r * len(bundles) + n, steps)
                     try:
-                        res = self.session.benchmark(key, runs=runs, warmup=cfg.warmup,
-                                                     per_layer=True)
-                    except RunnerError as e:
+                        res = self.measurer.measure(b, runs, cfg.warmup, per_layer=True)
+                    except MeasureError as e:
                         self.report.failures.append(f"final round {r + 1}: {e}")
                         continue
                     self.report.candidates_measured += 1
                     for k, s in todo.items():
                         final[k].setdefault(genes[k], []).extend(per_run_ms(res, s.layers))
         finally:
-            for _, key in loaded:
-                self.session.unload(key)
+            for _, b in bundles:
+                self.measurer.release(b)
         for k, s in todo.items():
             fk = final[k]
             d = defaults[k]
@@ -358,19 +351,19 @@ class _Tuner:
         cfg = self.cfg
         pair = [("default", self.compile(None, "default")),
                 ("tuned", self.compile(self.db.lookup(cfg.threads), "tuned"))]
-        keys = {name: self.session.load(b, self.opts) for name, b in pair}
+        bundles = dict(pair)
         got: dict[str, list[int]] = {"default": [], "tuned": []}
         try:
             for r in range(3):
                 for name in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
                     self.progress.stage(f"whole model, default vs tuned: round {r + 1}/3",
                                         r, 3)
-                    res = self.session.benchmark(keys[name], runs=cfg.compare_runs,
-                                                 warmup=cfg.warmup)
+                    res = self.measurer.measure(bundles[name], cfg.compare_runs, cfg.warmup,
+                                                per_layer=False)
                     got[name].extend(res.samples_ns)
         finally:
-            for k in keys.values():
-                self.session.unload(k)
+            for b in bundles.values():
+                self.measurer.release(b)
         self.report.model_default_ms = statistics.median(got["default"]) / 1e6
         self.report.model_tuned_ms = statistics.median(got["tuned"]) / 1e6
 

@@ -1,67 +1,23 @@
-"""Capture: turn a PyTorch nn.Module into an LR Graph.
+"""The LR graph builder both capture front ends share: the walk over an fx graph, tensor naming,
+layer names from the source module path, refusals that name the layer, and one builder per LR
+op (``conv``, ``linear``, ...) that checks what the code generator supports and records a Layer.
 
-torch.fx ``symbolic_trace`` gives the op graph, ``ShapeProp`` on the example inputs gives every
-tensor's shape (so the batch size is the example's). Each fx node is looked up in a handler
-table by module type, function or method name; anything not in the table is refused with an
-``UnsupportedOp`` that names the layer. Dropout and Identity vanish (capture is in eval mode).
-
-A module that is already an exported graph (``torch.export.load(path).module()``: ATen ops,
-parameters as get_attr nodes) is not traced again; its graph is read directly and its ATen ops
-go through the table in ``codegen/capture_aten.py``, which calls the same op builders, so both
-paths give the same LR. Layer names come from the source module path in either case: a layer
-module's path ("layer1.0.conv1"), or for a functional op, its module's path and the op
-("layer1.0.add"); a name used twice gets ":2", ":3".
+A front end (``fx.py`` for traced nn.Modules, ``aten.py`` for torch.export graphs) reads a
+call's arguments in its own terms and calls these builders, so both give the same LR.
 """
 
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from torch._ops import OpOverload
-from torch.fx import GraphModule, Node, symbolic_trace
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx import GraphModule, Node
 
-from codegen import capture_aten
-from codegen.lr import SUPPORTED_OPS, CodegenError, Graph, Layer, UnsupportedOp
-
-
-def capture(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Graph:
-    """Trace ``module`` in eval mode on ``example_inputs`` and return its LR graph."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if is_exported(module):
-        # Already a graph, frozen at export time (train()/eval() raise on it). Clone the inputs:
-        # in-place ATen ops (relu_) would otherwise write into the caller's tensors.
-        with torch.no_grad():
-            ShapeProp(module).propagate(*(x.clone() for x in example_inputs))
-        return _Capture(module, exported=True).run()
-    was_training = module.training
-    module.eval()
-    try:
-        try:
-            gm = symbolic_trace(module)
-        except Exception as e:  # fx raises many types; the user needs to know which model
-            raise CodegenError(f"torch.fx could not trace {type(module).__name__}: {e}. The code "
-                               "generator needs a model without data-dependent control flow"
-                               ) from e
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*(x.clone() for x in example_inputs))
-        return _Capture(gm).run()
-    finally:
-        module.train(was_training)
-
-
-def is_exported(module: nn.Module) -> bool:
-    """Whether ``module`` is an exported program's graph (its calls are ATen OpOverloads)."""
-    return isinstance(module, GraphModule) and any(
-        n.op == "call_function" and isinstance(n.target, OpOverload) for n in module.graph.nodes)
+from codegen.lr import SUPPORTED_OPS, Graph, Layer, UnsupportedOp
 
 
 def _is_layer_module(kind: Any) -> bool:
@@ -82,35 +38,19 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v))
 
 
-# Signature stubs so functional calls can be read with their defaults filled in.
-def _sig_maxpool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                 return_indices=False): ...
-def _sig_avgpool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None): ...
-def _sig_hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False): ...
-def _sig_cat(tensors, dim=0): ...
-def _sig_add(input, other, alpha=1): ...
-
-
-def _bind(stub: Callable, node: Node) -> dict[str, Any]:
+def bind(stub: Callable, node: Node) -> dict[str, Any]:
+    """A call's arguments by the parameter names of ``stub``, defaults filled in."""
     b = inspect.signature(stub).bind(*node.args, **node.kwargs)
     b.apply_defaults()
     return dict(b.arguments)
 
 
-_ACT_MODULES = ((nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.Hardswish, "hardswish"),
-                (nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"))
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu",
-                  F.relu6: "relu6", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-                  torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
-_ADD = (operator.add, operator.iadd, torch.add)
-_MUL = (operator.mul, operator.imul, torch.mul)
-_CAT = (torch.cat, torch.concat, torch.concatenate)
-_IN_PLACE = (operator.iadd, operator.imul)
+def _sig_cat(tensors, dim=0): ...
 
 
-class _Capture:
+class GraphBuilder:
+    """The LR of one fx graph, built node by node (see the module docstring)."""
+
     def __init__(self, gm: GraphModule, exported: bool = False) -> None:
         self.gm = gm
         self.exported = exported
@@ -210,7 +150,9 @@ class _Capture:
         return value  # type: ignore[return-value]
 
     # ---- the walk ------------------------------------------------------------------------
-    def run(self) -> Graph:
+    def run(self, call: Callable[[GraphBuilder, Node], None]) -> Graph:
+        """Walk the graph: inputs and outputs here, every call through ``call`` (the front
+        end that knows the call's kind), constants as non-tensors."""
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.emit(node, "input", ())
@@ -221,138 +163,13 @@ class _Capture:
                 self.outputs = [self.tensor(node, o) for o in outs]
                 self.layers.append(Layer(name="output", op="output",
                                          inputs=tuple(self.outputs), output=""))
-            elif node.op == "call_module":
-                if self.exported and str(node.target).startswith("_guards"):
-                    self.names[node] = None  # export's input checks: nothing to compute
-                else:
-                    self.module(node, self.modules[node.target])
-            elif node.op == "call_function":
-                if isinstance(node.target, OpOverload):
-                    capture_aten.handle(self, node)
-                else:
-                    self.function(node)
-            elif node.op == "call_method":
-                self.method(node)
-            if node.op in ("call_module", "call_function", "call_method") and \
-                    not isinstance(node.target, OpOverload) and self._writes_first_arg(node):
-                self.names[node.args[0]] = self.names[node]
+            elif node.op in ("call_module", "call_function", "call_method"):
+                call(self, node)
             elif node.op == "get_attr":
                 self.names[node] = None  # a constant; refused if used as a tensor operand
         return Graph(layers=tuple(self.layers), shapes=self.shapes, inputs=tuple(self.inputs),
                      outputs=tuple(self.outputs))
 
-    def _writes_first_arg(self, node: Node) -> bool:
-        """An in-place call (``y.relu_()``, ``nn.ReLU(inplace=True)``): later reads of its
-        operand see the result, as in torch. (capture_aten does this for ATen ops.)"""
-        if not node.args or not isinstance(node.args[0], Node) or self.names.get(node) is None:
-            return False
-        if node.op == "call_module":
-            return getattr(self.modules[node.target], "inplace", False) is True
-        name = str(node.target) if node.op == "call_method" else \
-            getattr(node.target, "__name__", "")
-        if (name.endswith("_") and not name.endswith("__")) or node.target in _IN_PLACE:
-            return True
-        try:
-            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-        except (TypeError, ValueError):
-            return False
-        return bound.arguments.get("inplace") is True
-
-    def module(self, node: Node, m: nn.Module) -> None:
-        x = node.args[0] if node.args else None
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros":
-                raise self.refuse(node, f"padding_mode={m.padding_mode!r} is not supported; "
-                                  "only 'zeros'")
-            self.conv(node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
-        elif isinstance(m, nn.Linear):
-            self.linear(node, x, m.weight, m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            self.batchnorm(node, x, m.weight if m.affine else None,
-                           m.bias if m.affine else None,
-                           m.running_mean if m.track_running_stats else None,
-                           m.running_var if m.track_running_stats else None, m.eps)
-        elif isinstance(m, (nn.Dropout, nn.Identity)):
-            self.passthrough(node, x)
-        elif isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6):
-            self.hardtanh(node, x, m.min_val, m.max_val)
-        elif any(isinstance(m, t) for t, _ in _ACT_MODULES):
-            op = next(o for t, o in _ACT_MODULES if isinstance(m, t))
-            self.emit(node, op, [self.tensor(node, x)])
-        elif isinstance(m, nn.MaxPool2d):
-            self.maxpool(node, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                         m.return_indices)
-        elif isinstance(m, nn.AvgPool2d):
-            self.avgpool(node, x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                         m.count_include_pad, m.divisor_override)
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            self.adaptive(node, x)
-        elif isinstance(m, nn.Flatten):
-            self.emit(node, "flatten", [self.tensor(node, x)])
-        else:
-            raise self.refuse(node)
-
-    def function(self, node: Node) -> None:
-        f = node.target
-        a = node.args
-        if f in _ACT_FUNCTIONS:
-            self.emit(node, _ACT_FUNCTIONS[f], [self.tensor(node, a[0])])
-        elif f is F.hardtanh:
-            b = _bind(_sig_hardtanh, node)
-            self.hardtanh(node, b["input"], b["min_val"], b["max_val"])
-        elif f is F.dropout or f is F.dropout2d:
-            self.passthrough(node, a[0] if a else node.kwargs["input"])
-        elif f in _ADD:
-            b = _bind(_sig_add, node)
-            if b["alpha"] != 1:
-                raise self.refuse(node, f"add with alpha={b['alpha']} is not supported")
-            self.add(node, b["input"], b["other"])
-        elif f in _MUL:
-            self.mul(node, a[0], a[1])
-        elif f is F.max_pool2d:
-            b = _bind(_sig_maxpool, node)
-            self.maxpool(node, b["input"], b["kernel_size"], b["stride"], b["padding"],
-                         b["dilation"], b["ceil_mode"], b["return_indices"])
-        elif f is F.avg_pool2d:
-            b = _bind(_sig_avgpool, node)
-            self.avgpool(node, b["input"], b["kernel_size"], b["stride"], b["padding"],
-                         b["ceil_mode"], b["count_include_pad"], b["divisor_override"])
-        elif f is F.adaptive_avg_pool2d:
-            self.adaptive(node, a[0])
-        elif f is torch.flatten:
-            self.emit(node, "flatten", [self.tensor(node, a[0])])
-        elif f is torch.reshape:
-            self.emit(node, "reshape", [self.tensor(node, a[0])])
-        elif f in _CAT:
-            self.cat(node)
-        elif f in (getattr, operator.getitem) and self.shape_of(node) is None:
-            self.names[node] = None  # e.g. x.shape[0], only usable as a reshape's argument
-        else:
-            raise self.refuse(node)
-
-    def method(self, node: Node) -> None:
-        m = node.target
-        x = node.args[0]
-        if m in _ACT_METHODS:
-            self.emit(node, _ACT_METHODS[m], [self.tensor(node, x)])
-        elif m == "size" or (m == "dim" and self.shape_of(node) is None):
-            self.names[node] = None
-        elif m == "flatten":
-            self.emit(node, "flatten", [self.tensor(node, x)])
-        elif m in ("view", "reshape"):
-            self.emit(node, "reshape", [self.tensor(node, x)])
-        elif m == "contiguous":
-            self.passthrough(node, x)
-        elif m in ("add", "add_"):
-            if node.kwargs.get("alpha", 1) != 1:
-                raise self.refuse(node, "add with alpha is not supported")
-            self.add(node, x, node.args[1])
-        elif m in ("mul", "mul_"):
-            self.mul(node, x, node.args[1])
-        else:
-            raise self.refuse(node)
-
-    # ---- op builders ---------------------------------------------------------------------
     def conv(self, node: Node, x: Any, weight: torch.Tensor, bias: torch.Tensor | None,
              stride: Any, padding: Any, dilation: Any, groups: int) -> None:
         if weight.dim() != 4:
@@ -449,7 +266,7 @@ class _Capture:
                   {"output_size": (shape[2], shape[3])})
 
     def cat(self, node: Node) -> None:
-        b = _bind(_sig_cat, node)
+        b = bind(_sig_cat, node)
         parts = [self.tensor(node, t) for t in b["tensors"]]
         nd = len(self.shapes[parts[0]])
         if b["dim"] % nd != 1:

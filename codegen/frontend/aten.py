@@ -1,25 +1,26 @@
-"""ATen handler table for capture: the ops of a graph from ``torch.export``.
+"""The torch.export front end: the ATen ops of an exported graph, one handler per op.
 
 An exported program's module (``torch.export.load(path).module()``) is an fx graph whose calls
 are ATen OpOverloads (``aten.conv2d.default``, ``aten.relu_.default``...) with parameters as
 get_attr nodes. Each handler reads the op's arguments by the op's own schema (defaults filled
-in) and calls the same ``_Capture`` op builder as the nn.Module path, so both give the same LR.
-The table is keyed by overload packet; anything not in it is refused naming the layer.
+in) and calls the same ``GraphBuilder`` op builder as the nn.Module front end (``fx.py``), so both
+give the same LR. The table is keyed by overload packet (activations: their ``aten`` names in
+``codegen.lr.ACTIVATIONS``); anything not in it is refused naming the layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.fx import Node
 
-if TYPE_CHECKING:
-    from codegen.capture import _Capture
+from codegen.frontend.builder import GraphBuilder
+from codegen.lr import ACTIVATIONS
 
 aten = torch.ops.aten
-Handler = Callable[["_Capture", Node, dict[str, Any]], None]
+Handler = Callable[[GraphBuilder, Node, dict[str, Any]], None]
 
 
 def schema_args(node: Node) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def schema_args(node: Node) -> dict[str, Any]:
     return out
 
 
-def handle(cap: _Capture, node: Node) -> None:
+def handle(cap: GraphBuilder, node: Node) -> None:
     """Capture one ATen call. An in-place op (``relu_``) also rebinds the tensor it wrote, so
     later reads of that tensor see the new value, as they do in torch."""
     op = node.target
@@ -49,16 +50,16 @@ def handle(cap: _Capture, node: Node) -> None:
         cap.names[node.args[0]] = cap.names[node]
 
 
-def _conv2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _conv2d(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.conv(node, a["input"], cap.constant(node, a["weight"]), cap.constant(node, a["bias"]),
              a["stride"], a["padding"], a["dilation"], a["groups"])
 
 
-def _linear(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _linear(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.linear(node, a["input"], cap.constant(node, a["weight"]), cap.constant(node, a["bias"]))
 
 
-def _batch_norm(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _batch_norm(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     if a["training"]:
         raise cap.refuse(node, "batch norm in training mode (batch statistics); call "
                          "model.eval() before torch.export.export")
@@ -73,51 +74,51 @@ def _batch_norm(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
 
 def _unary(op: str) -> Handler:
     """An activation, or a reshape alias: one tensor in, ``op`` out."""
-    def h(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+    def h(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
         cap.emit(node, op, [cap.tensor(node, node.args[0])])
     return h
 
 
-def _hardtanh(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _hardtanh(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.hardtanh(node, a["self"], float(a["min_val"]), float(a["max_val"]))
 
 
-def _add(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _add(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     if a.get("alpha", 1) != 1:
         raise cap.refuse(node, f"add with alpha={a['alpha']} is not supported")
     cap.add(node, a["self"], a["other"])
 
 
-def _mul(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _mul(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.mul(node, a["self"], a["other"])
 
 
-def _max_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _max_pool2d(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.maxpool(node, a["self"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                 a["ceil_mode"], False)
 
 
-def _avg_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _avg_pool2d(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.avgpool(node, a["self"], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
                 a["count_include_pad"], a["divisor_override"])
 
 
-def _adaptive_avg_pool2d(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _adaptive_avg_pool2d(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.adaptive(node, a["self"])
 
 
-def _cat(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _cat(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.cat(node)
 
 
-def _dropout(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _dropout(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     if a["train"]:
         raise cap.refuse(node, "dropout in training mode; call model.eval() before "
                          "torch.export.export")
     cap.passthrough(node, a["input"])
 
 
-def _no_value(cap: _Capture, node: Node, a: dict[str, Any]) -> None:
+def _no_value(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.names[node] = None  # runtime checks and shape queries: no tensor to compute
 
 
@@ -125,12 +126,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.conv2d: _conv2d,
     aten.linear: _linear,
     aten.batch_norm: _batch_norm,
-    aten.relu: _unary("relu"), aten.relu_: _unary("relu"),
-    aten.relu6: _unary("relu6"),
-    aten.hardswish: _unary("hardswish"), aten.hardswish_: _unary("hardswish"),
-    aten.hardsigmoid: _unary("hardsigmoid"),
-    aten.hardsigmoid_: _unary("hardsigmoid"),
-    aten.sigmoid: _unary("sigmoid"), aten.sigmoid_: _unary("sigmoid"),
+    **{getattr(aten, op): _unary(name) for name, act in ACTIVATIONS.items() for op in act.aten},
     aten.hardtanh: _hardtanh, aten.hardtanh_: _hardtanh,
     aten.add: _add, aten.add_: _add,
     aten.mul: _mul, aten.mul_: _mul,

@@ -1,0 +1,47 @@
+"""Vectorised linear layers: y[n, o-block] as 4 chains of broadcast x times packed
+``[o/x][k][x]`` weights; ``linear_store`` is shared with the block-sparse linear."""
+
+from __future__ import annotations
+
+from codegen.emit.cpu.prelude import epi
+from codegen.emit.cstyle import Ctx
+
+
+def linear_store(c: Ctx) -> list[str]:
+    """The end of a vectorised linear item: bias + the four chains a0..a3, the epilogue, and
+    the store of output block ``obk`` of batch row ``n`` (the last block may be partial)."""
+    X = c.lang.isa.floats
+    o = c.out[1]
+    ob = -(-o // X)
+    L = [f"vf v = *(const vf *)(b + obk * {X}) + ((a0 + a1) + (a2 + a3));",
+         *epi(c.la.epilogue, "v"),
+         f"float *yr = y + n * {o} + obk * {X};"]
+    if o % X == 0:
+        return [*L, "*(vfu *)yr = v;"]
+    return [*L, f"if (obk < {ob - 1}) *(vfu *)yr = v;",
+            f"else for (int l = 0; l < {o % X}; ++l) yr[l] = v[l];"]
+
+
+def linear_vec(c: Ctx) -> tuple[list[str], int, int]:
+    """One (output block, batch row) per item: 4 accumulator chains over k."""
+    X = c.lang.isa.floats
+    n, k = c.ins[0]
+    o = c.out[1]
+    ob = -(-o // X)
+    k4 = k // 4 * 4
+    i = "int64_t"
+    body = [f"const {i} obk = it / {n}, n = it % {n};",
+            f"const float *wr = w + obk * {k * X};",
+            f"const float *xr = x + n * {k};",
+            "vf a0 = (vf){}, a1 = (vf){}, a2 = (vf){}, a3 = (vf){};",
+            f"for ({i} j = 0; j < {k4}; j += 4) {{",
+            f"  a0 += xr[j] * *(const vf *)(wr + j * {X});",
+            f"  a1 += xr[j + 1] * *(const vf *)(wr + (j + 1) * {X});",
+            f"  a2 += xr[j + 2] * *(const vf *)(wr + (j + 2) * {X});",
+            f"  a3 += xr[j + 3] * *(const vf *)(wr + (j + 3) * {X});",
+            "}",
+            f"for ({i} j = {k4}; j < {k}; ++j) a0 += xr[j] * *(const vf *)(wr + j * {X});",
+            *linear_store(c)]
+    items = ob * n
+    return [c.x(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)], \
+        items, 2 * n * o * k

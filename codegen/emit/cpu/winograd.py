@@ -1,0 +1,246 @@
+"""Winograd F(m, 3) for 3x3 stride-1 convs on blocked input: the exact transform matrices,
+the input/GEMM/output micro-kernels and the step that runs them per tile block (which
+variants exist, and which a layer gets, is ``codegen.cost``'s ``WINOGRAD``/``conv_algo``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from fractions import Fraction
+
+from codegen.emit.cpu.prelude import AI, epi, lane_fma, skip_param
+from codegen.emit.cstyle import Ctx
+from codegen.isa import VectorIsa
+
+# Interpolation points (infinity is the last one) and the input transform B^T they give
+# (solved exactly once; the same matrices as ncnn/NNPACK up to row scaling).
+_WINO_POINTS = {2: ("0", "1", "-1"), 4: ("0", "1", "-1", "2", "-2"),
+                6: ("0", "1", "-1", "2", "-2", "1/2", "-1/2")}
+
+
+_WINO_BT = {
+    2: ("-1 0 1 0", "0 1 1 0", "0 -1 1 0", "0 -1 0 1"),
+    4: ("4 0 -5 0 1 0", "0 -4 -4 1 1 0", "0 4 -4 -1 1 0", "0 -2 -1 2 1 0", "0 2 -1 -2 1 0",
+        "0 4 0 -5 0 1"),
+    6: ("-1 0 21/4 0 -21/4 0 1 0", "0 1 1 -17/4 -17/4 1 1 0", "0 -1 1 17/4 -17/4 -1 1 0",
+        "0 1/2 1/4 -5/2 -5/4 2 1 0", "0 -1/2 1/4 5/2 -5/4 -2 1 0", "0 2 4 -5/2 -5 1/2 1 0",
+        "0 -2 4 5/2 -5 -1/2 1 0", "0 -1 0 21/4 0 -21/4 0 1"),
+}
+
+
+# Scratch (per thread) the transform buffers of one work item may take: V and M of a tile
+# block stay in L2 (1 MiB per core on the AVX-512 host; phones' big cores have 512 KiB-1 MiB).
+WINOGRAD_SCRATCH_BUDGET = 384 << 10
+
+
+@functools.cache
+def winograd_matrices(m: int) -> tuple[tuple[tuple[Fraction, ...], ...], ...]:
+    """(A^T [m][a], G [a][3], B^T [a][a]) of F(m, 3), a = m + 2, exact: y = A^T[(G g)(B^T d)]
+    is the correlation of d (a samples) with g (3 taps)."""
+    pts = [Fraction(p) for p in _WINO_POINTS[m]]
+    a = m + 2
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for p in pts:
+        f = Fraction(1)
+        for q in pts:
+            if q != p:
+                f *= p - q
+        g.append([p ** k / f for k in range(3)])
+    g.append([Fraction(0), Fraction(0), Fraction(1)])
+    bt = [[Fraction(v) for v in row.split()] for row in _WINO_BT[m]]
+    assert len(at[0]) == len(g) == len(bt) == a
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+def _frac_c(v: Fraction) -> str:
+    return f"{float(v)!r}f" if v.denominator != 1 else f"{v.numerator}.0f"
+
+
+def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str]) -> str:
+    """C for sum(coeffs[k] * terms[k]) with zeros dropped and +-1 as add/sub."""
+    out = ""
+    for cf, t in zip(coeffs, terms, strict=True):
+        if cf == 0:
+            continue
+        mag = abs(cf)
+        term = t if mag == 1 else f"{t} * {_frac_c(mag)}"
+        if not out:
+            out = term if cf > 0 else (f"-{t}" if mag == 1 else f"{t} * {_frac_c(cf)}")
+        else:
+            out += f" {'+' if cf > 0 else '-'} {term}"
+    return out or "(vf){}"
+
+
+def winograd_input_kernel(isa: VectorIsa, m: int) -> tuple[str, str]:
+    """B^T d B of one tile and one input channel block: d is the a x a patch at x + xo (row
+    stride rs), zero outside rows [r0, r1) x columns [c0, c1); point p goes to v + p * vs."""
+    X, a = isa.floats, m + 2
+    _, _, bt = winograd_matrices(m)
+    name = f"winograd{m}_input_nchw{X}c__{isa.name}"
+    i = "int64_t"
+    L = [f"/* {name}: F({m},3) input transform of one {a}x{a} tile, {X} channels. */",
+         f"{AI} void {name}(const float *restrict x, {i} xo, {i} rs, {i} r0, {i} r1, {i} c0, "
+         f"{i} c1, float *restrict v, {i} vs) {{",
+         f"  vf d[{a}][{a}], t[{a}][{a}];",
+         f"  for (int r = 0; r < {a}; ++r)",
+         f"    for (int c = 0; c < {a}; ++c)",
+         "      d[r][c] = (r >= r0 && r < r1 && c >= c0 && c < c1) ? "
+         f"*(const vf *)(x + (xo + r * rs + c * {X})) : (vf){{}};",
+         f"  for (int c = 0; c < {a}; ++c) {{"]
+    for r in range(a):
+        L.append(f"    t[{r}][c] = {_lincomb(bt[r], [f'd[{k}][c]' for k in range(a)])};")
+    L += ["  }", f"  for (int r = 0; r < {a}; ++r) {{"]
+    for c in range(a):
+        L.append(f"    *(vf *)(v + (r * {a} + {c}) * vs) = "
+                 f"{_lincomb(bt[c], [f't[r][{k}]' for k in range(a)])};")
+    L += ["  }", "}"]
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) -> tuple[str, str]:
+    """A^T M A + bias, then the epilogue, of one tile and one output channel block: point p of
+    M at mm + p * ms; stores rows [0, rows) x columns [0, cols) of the m x m tile at y (row
+    stride rs)."""
+    X, a = isa.floats, m + 2
+    at, _, _ = winograd_matrices(m)
+    name = (f"winograd{m}_output_nchw{X}c__{isa.name}" + "".join(f"_{e}" for e in epilogue))
+    i = "int64_t"
+    L = [f"/* {name}: F({m},3) output transform of one tile, {X} channels, + bias"
+         f"{''.join(' + ' + e for e in epilogue)}. */",
+         f"{AI} void {name}(const float *restrict mm, {i} ms, const float *restrict b, "
+         f"float *restrict y, {skip_param(epilogue)}{i} rs, {i} rows, {i} cols) {{",
+         "  const vf bv = *(const vf *)b;",
+         f"  vf t[{m}][{a}];",
+         f"  for (int c = 0; c < {a}; ++c) {{"]
+    for r in range(m):
+        L.append(f"    t[{r}][c] = " + _lincomb(
+            at[r], [f"*(const vf *)(mm + ({k} * {a} + c) * ms)" for k in range(a)]) + ";")
+    L += ["  }", f"  for (int r = 0; r < {m}; ++r) {{"]
+    for c in range(m):
+        # the residual is only read inside the image (a tile may overhang it)
+        L += [f"    if (r < rows && {c} < cols) {{",
+              f"      vf o = bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)])});",
+              *[f"      {ln}" for ln in epi(epilogue, "o", f"s + r * rs + {c * X}")],
+              f"      *(vf *)(y + r * rs + {c * X}) = o; }}"]
+    L += ["  }", "}"]
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str, str]:
+    """One transform point's batched GEMM, an ``oc_tile`` (oc blocks) x ``t_tile`` (tiles)
+    accumulator tile: M[o][t] = sum over input channels of V[t][ic] (broadcast) * U[ic][o]
+    (vector over x output channels). v: V at (first channel block, first tile), cs floats
+    between channel blocks, X floats between tiles; w: U at (first oc block, ic 0), wb floats
+    between oc blocks; mo: M at (first oc block, first tile), ms floats between oc blocks."""
+    X = isa.floats
+    name = f"winograd_gemm_nchw{X}c__{isa.name}_{oc_tile}x{t_tile}t"
+    i = "int64_t"
+    acc = [[f"a{o}_{j}" for j in range(t_tile)] for o in range(oc_tile)]
+    L = [f"/* {name}: {oc_tile} oc block(s) x {t_tile} tile(s) of one Winograd point. */",
+         f"{AI} void {name}(const float *restrict v, const float *restrict w, {i} wb, "
+         f"float *restrict mo, {i} ms, {i} cb, {i} cs) {{"]
+    for o in range(oc_tile):
+        L.append(f"  vf {', '.join(f'{a_} = (vf){{}}' for a_ in acc[o])};")
+    L += [f"  for ({i} c = 0; c < cb; ++c) {{",
+          "    const float *vp = v + c * cs;",
+          f"    const float *wp = w + c * {X * X};",
+          f"    for (int l = 0; l < {X}; ++l) {{"]
+    L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]")
+    L += ["    }", "  }"]
+    for o in range(oc_tile):
+        for j in range(t_tile):
+            L.append(f"  *(vf *)(mo + {o} * ms + {j * X}) = {acc[o][j]};")
+    L.append("}")
+    return name, "\n".join(L) + "\n"
+
+
+def winograd_blocking(m: int, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
+                      oc_tile: int, t_tile: int) -> tuple[int, int, int]:
+    """(tiles per work item, oc groups, scratch floats): tile blocks of a multiple of
+    ``t_tile`` tiles whose V and M fit the scratch budget, then the output channels split into
+    groups until there are a few work items for the threads."""
+    n, ocb, oh, ow, X = out_shape
+    icb = in_shape[1]
+    a2 = (m + 2) ** 2
+    tiles = -(-oh // m) * -(-ow // m)
+    groups = -(-tiles // t_tile)
+    per_group = a2 * (icb + ocb) * X * 4 * t_tile
+    tb = t_tile * max(1, min(groups, WINOGRAD_SCRATCH_BUDGET // per_group))
+    octs, og = ocb // oc_tile, 1
+    while n * -(-tiles // tb) * og < 4 and octs % (og * 2) == 0:
+        og *= 2
+    return tb, og, a2 * (icb + ocb // og) * X * tb
+
+
+def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str], int, int]:
+    """Step body of an F(m, 3) conv: items (n, tile block, oc group). Per item: the input
+    transform of the block's tiles into V (scratch, [a*a][ic/x][tiles][x]), one batched GEMM per
+    transform point into M (scratch, [a*a][oc/x][tiles][x]), then the output transform with
+    bias and epilogue straight into y."""
+    isa: VectorIsa = c.lang.isa
+    X = isa.floats
+    la = c.la
+    n, icb, ih, iw, _ = c.ins[0]
+    _, ocb, oh, ow, _ = c.out
+    oc, ic_real = la.params["weight"].shape[:2]
+    pt, _, pl, _ = la.attrs["padding"]
+    a = m + 2
+    a2 = a * a
+    th, tw = -(-oh // m), -(-ow // m)
+    tiles = th * tw
+    tb, og, scratch = winograd_blocking(m, c.out, c.ins[0], oc_tile, t_tile)
+    ocg = ocb // og
+    blocks = -(-tiles // tb)
+    c.scratch_bytes = scratch * 4
+    names = []
+    for nm, src in (winograd_input_kernel(isa, m), winograd_gemm_kernel(isa, oc_tile, t_tile),
+                    winograd_output_kernel(isa, m, la.epilogue)):
+        c.lang.helpers.setdefault(nm, src)
+        names.append(nm)
+    fin, fgemm, fout = names
+    i = "int64_t"
+    vs = icb * tb * X  # floats between V's transform points
+    ms = ocg * tb * X  # and M's
+    rs = iw * X
+    body = [f"const {i} n = it / {blocks * og}, t0 = (it / {og}) % {blocks} * {tb}, "
+            f"g = it % {og};",
+            f"const {i} nt = {tiles} - t0 < {tb} ? {tiles} - t0 : {tb};",
+            f"float *v = (float *)scratch, *mm = v + {a2 * vs};",
+            f"for ({i} cb = 0; cb < {icb}; ++cb) {{",
+            f"  const {i} xo = (n * {icb} + cb) * {ih * iw * X};",
+            f"  float *vc = v + cb * {tb * X};",
+            f"  for ({i} t = 0; t < nt; ++t) {{",
+            f"    const {i} r = (t0 + t) / {tw} * {m} - {pt}, "
+            f"col = (t0 + t) % {tw} * {m} - {pl};",
+            f"    const {i} o = xo + r * {rs} + col * {X};",
+            f"    if (r >= 0 && r + {a} <= {ih} && col >= 0 && col + {a} <= {iw})",
+            f"      {fin}(x, o, {rs}, 0, {a}, 0, {a}, vc + t * {X}, {vs});",
+            "    else",
+            f"      {fin}(x, o, {rs}, r < 0 ? -r : 0, {ih} - r, col < 0 ? -col : 0, "
+            f"{iw} - col, vc + t * {X}, {vs});",
+            "  }",
+            # GEMM tiles past nt read these slots: keep them finite
+            f"  for ({i} t = nt; t < (nt + {t_tile - 1}) / {t_tile} * {t_tile}; ++t)",
+            f"    for ({i} p = 0; p < {a2}; ++p) *(vf *)(vc + t * {X} + p * {vs}) = (vf){{}};",
+            "}",
+            f"for ({i} p = 0; p < {a2}; ++p)",
+            f"  for ({i} ob = 0; ob < {ocg}; ob += {oc_tile})",
+            f"    for ({i} t = 0; t < nt; t += {t_tile})",
+            f"      {fgemm}(v + p * {vs} + t * {X}, w + ((p * {ocb} + g * {ocg} + ob) * "
+            f"{icb * X}) * {X}, {icb * X * X}, mm + p * {ms} + (ob * {tb} + t) * {X}, {tb * X}, "
+            f"{icb}, {tb * X});",
+            f"for ({i} ob = 0; ob < {ocg}; ++ob) {{",
+            f"  const {i} oc = g * {ocg} + ob;",
+            f"  float *yc = y + (n * {ocb} + oc) * {oh * ow * X};",
+            f"  for ({i} t = 0; t < nt; ++t) {{",
+            f"    const {i} r = (t0 + t) / {tw} * {m}, col = (t0 + t) % {tw} * {m};",
+            f"    {fout}(mm + (ob * {tb} + t) * {X}, {ms}, b + oc * {X}, "
+            f"yc + (r * {ow} + col) * {X}, "
+            + (f"s + (yc - y) + (r * {ow} + col) * {X}, " if "add" in la.epilogue else "")
+            + f"{ow * X}, {oh} - r, {ow} - col);",
+            "  }",
+            "}"]
+    items = n * blocks * og
+    L = [c.x(), *c.skip(), c.y(), c.w(0, "w"), c.w(1, "b"), *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * oc * oh * ow * ic_real * 9

@@ -1,0 +1,169 @@
+"""The nn.Module front end: a module traced by torch.fx (``symbolic_trace``), its calls read
+by module type, function or method name and turned into the builder's ops. Activations come
+from ``codegen.lr.ACTIVATIONS`` (their modules, functions and methods); anything else not in
+the tables below is refused with an ``UnsupportedOp`` that names the layer. Dropout and
+Identity vanish (capture is in eval mode).
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx import Node
+
+from codegen.frontend.builder import GraphBuilder, bind
+from codegen.lr import ACTIVATIONS
+
+
+# Signature stubs so functional calls can be read with their defaults filled in.
+# Signature stubs so functional calls can be read with their defaults filled in.
+def _sig_maxpool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 return_indices=False): ...
+def _sig_avgpool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None): ...
+def _sig_hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False): ...
+def _sig_add(input, other, alpha=1): ...
+
+
+_ACT_MODULES = tuple((t, name) for name, act in ACTIVATIONS.items() for t in act.modules)
+_ACT_FUNCTIONS = {f: name for name, act in ACTIVATIONS.items() for f in act.functions}
+_ACT_METHODS = {m: name for name, act in ACTIVATIONS.items() for m in act.methods}
+_ADD = (operator.add, operator.iadd, torch.add)
+_MUL = (operator.mul, operator.imul, torch.mul)
+_CAT = (torch.cat, torch.concat, torch.concatenate)
+_IN_PLACE = (operator.iadd, operator.imul)
+
+
+def handle(b: GraphBuilder, node: Node) -> None:
+    """Capture one call of a traced module (or a non-ATen call of an exported graph). An
+    in-place call also rebinds the tensor it wrote, so later reads see the new value."""
+    if node.op == "call_module":
+        if b.exported and str(node.target).startswith("_guards"):
+            b.names[node] = None  # export's input checks: nothing to compute
+        else:
+            module(b, node, b.modules[node.target])
+    elif node.op == "call_function":
+        function(b, node)
+    else:
+        method(b, node)
+    if _writes_first_arg(b, node):
+        b.names[node.args[0]] = b.names[node]
+
+
+def _writes_first_arg(b: GraphBuilder, node: Node) -> bool:
+    """An in-place call (``y.relu_()``, ``nn.ReLU(inplace=True)``): later reads of its
+    operand see the result, as in torch. (``aten.handle`` does this for ATen ops.)"""
+    if not node.args or not isinstance(node.args[0], Node) or b.names.get(node) is None:
+        return False
+    if node.op == "call_module":
+        return getattr(b.modules[node.target], "inplace", False) is True
+    name = str(node.target) if node.op == "call_method" else \
+        getattr(node.target, "__name__", "")
+    if (name.endswith("_") and not name.endswith("__")) or node.target in _IN_PLACE:
+        return True
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+def module(b: GraphBuilder, node: Node, m: nn.Module) -> None:
+    x = node.args[0] if node.args else None
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise b.refuse(node, f"padding_mode={m.padding_mode!r} is not supported; "
+                           "only 'zeros'")
+        b.conv(node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    elif isinstance(m, nn.Linear):
+        b.linear(node, x, m.weight, m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        b.batchnorm(node, x, m.weight if m.affine else None,
+                    m.bias if m.affine else None,
+                    m.running_mean if m.track_running_stats else None,
+                    m.running_var if m.track_running_stats else None, m.eps)
+    elif isinstance(m, (nn.Dropout, nn.Identity)):
+        b.passthrough(node, x)
+    elif isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6):
+        b.hardtanh(node, x, m.min_val, m.max_val)
+    elif any(isinstance(m, t) for t, _ in _ACT_MODULES):
+        op = next(o for t, o in _ACT_MODULES if isinstance(m, t))
+        b.emit(node, op, [b.tensor(node, x)])
+    elif isinstance(m, nn.MaxPool2d):
+        b.maxpool(node, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                  m.return_indices)
+    elif isinstance(m, nn.AvgPool2d):
+        b.avgpool(node, x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                  m.count_include_pad, m.divisor_override)
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        b.adaptive(node, x)
+    elif isinstance(m, nn.Flatten):
+        b.emit(node, "flatten", [b.tensor(node, x)])
+    else:
+        raise b.refuse(node)
+
+
+def function(b: GraphBuilder, node: Node) -> None:
+    f = node.target
+    a = node.args
+    if f in _ACT_FUNCTIONS:
+        b.emit(node, _ACT_FUNCTIONS[f], [b.tensor(node, a[0])])
+    elif f is F.hardtanh:
+        args = bind(_sig_hardtanh, node)
+        b.hardtanh(node, args["input"], args["min_val"], args["max_val"])
+    elif f is F.dropout or f is F.dropout2d:
+        b.passthrough(node, a[0] if a else node.kwargs["input"])
+    elif f in _ADD:
+        args = bind(_sig_add, node)
+        if args["alpha"] != 1:
+            raise b.refuse(node, f"add with alpha={args['alpha']} is not supported")
+        b.add(node, args["input"], args["other"])
+    elif f in _MUL:
+        b.mul(node, a[0], a[1])
+    elif f is F.max_pool2d:
+        args = bind(_sig_maxpool, node)
+        b.maxpool(node, args["input"], args["kernel_size"], args["stride"], args["padding"],
+                  args["dilation"], args["ceil_mode"], args["return_indices"])
+    elif f is F.avg_pool2d:
+        args = bind(_sig_avgpool, node)
+        b.avgpool(node, args["input"], args["kernel_size"], args["stride"], args["padding"],
+                  args["ceil_mode"], args["count_include_pad"], args["divisor_override"])
+    elif f is F.adaptive_avg_pool2d:
+        b.adaptive(node, a[0])
+    elif f is torch.flatten:
+        b.emit(node, "flatten", [b.tensor(node, a[0])])
+    elif f is torch.reshape:
+        b.emit(node, "reshape", [b.tensor(node, a[0])])
+    elif f in _CAT:
+        b.cat(node)
+    elif f in (getattr, operator.getitem) and b.shape_of(node) is None:
+        b.names[node] = None  # e.g. x.shape[0], only usable as a reshape's argument
+    else:
+        raise b.refuse(node)
+
+
+def method(b: GraphBuilder, node: Node) -> None:
+    m = node.target
+    x = node.args[0]
+    if m in _ACT_METHODS:
+        b.emit(node, _ACT_METHODS[m], [b.tensor(node, x)])
+    elif m == "size" or (m == "dim" and b.shape_of(node) is None):
+        b.names[node] = None
+    elif m == "flatten":
+        b.emit(node, "flatten", [b.tensor(node, x)])
+    elif m in ("view", "reshape"):
+        b.emit(node, "reshape", [b.tensor(node, x)])
+    elif m == "contiguous":
+        b.passthrough(node, x)
+    elif m in ("add", "add_"):
+        if node.kwargs.get("alpha", 1) != 1:
+            raise b.refuse(node, "add with alpha is not supported")
+        b.add(node, x, node.args[1])
+    elif m in ("mul", "mul_"):
+        b.mul(node, x, node.args[1])
+    else:
+        raise b.refuse(node)
