@@ -18,7 +18,6 @@ from types import ModuleType
 from rich.markup import escape
 
 from . import __version__
-from .commands.args import add_device_args
 from .console import err
 from .errors import UserError
 
@@ -35,28 +34,8 @@ COMMANDS = {
 }
 
 
-class _SearchEntry:
-    """host/search/command.py's entry points under their old names, until it has
-    register/run."""
-
-    @staticmethod
-    def register(sub: argparse._SubParsersAction) -> None:
-        from .search.command import add_search_parser
-
-        add_search_parser(sub, add_device_args)
-
-    @staticmethod
-    def run(args: argparse.Namespace) -> int:
-        from .search.command import cmd_search
-
-        return cmd_search(args)
-
-
-def _command(name: str) -> ModuleType | type[_SearchEntry]:
-    module = importlib.import_module(COMMANDS[name])
-    if name == "search" and "register" not in vars(module):
-        return _SearchEntry
-    return module
+def _command(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,24 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-
-
-# The old private names, for host/search until it imports host/commands/args.py,
-# host/devices and host/targets.py instead; removed once nothing imports host.cli.
-CliError = UserError
-
-
-def _device(args, stack):
-    from .commands.args import device_spec
-    from .devices import open_device
-
-    return open_device(device_spec(args), stack)
-
-
-def _toolchain(args, device_info=None):
-    from .targets import toolchain_for_device
-
-    return toolchain_for_device(device_info, args.backend or "cpu", args.precision)
 
 
 if __name__ == "__main__":

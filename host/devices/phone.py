@@ -55,7 +55,6 @@ class PhoneRunner:
         self.config = config
         self.name = config.serial
         self.traits = DeviceTraits(pin_big_cores=config.pin_big_cores)
-        self.pin_big_cores = config.pin_big_cores  # compat: until every caller reads traits
         self.adb = adb or adbutils.AdbClient(host=config.adb_host, port=config.adb_port,
                                              socket_timeout=config.adb_timeout_s)
         self.address = ""

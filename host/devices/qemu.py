@@ -65,8 +65,6 @@ class QemuArm64Runner(LocalRunner):
         call_timeout_s=300.0, shares_host_cpu=True, default_warmup=1,
         timing_note=("qemu-arm64 emulates an arm64 CPU: the kernels and the runner are real "
                      "arm64 code, but these timings say nothing about a phone"))
-    # compat: the old attribute names, until every caller reads ``traits``
-    call_timeout_s, timing_note = traits.call_timeout_s, traits.timing_note
 
     def __init__(self, config: LocalRunnerConfig | None = None, sysroot: Path | None = None,
                  qemu: str = QEMU):
