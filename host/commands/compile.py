@@ -63,7 +63,7 @@ def progress_bar() -> Progress:
 
 def tuning_lookup(db: Path | None, threads: int):
     """The tuning database's lookup for compile_model (tuning for ``threads`` threads)."""
-    from ..tune.db import TuningDB, TuningDbError
+    from codegen import TuningDB, TuningDbError
 
     try:
         return TuningDB(db).lookup(threads)
