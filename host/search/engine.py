@@ -83,8 +83,8 @@ class Search:
         self.oracle.before_benchmark = self.oracle_hook
         info = self.oracle.info
         self.device_desc = f"{info.abi}, {info.cpu_model}, runner {info.runner_version}"
-        isa = getattr(self.oracle.toolchain, "isa", None)
-        vw = isa().floats if callable(isa) else 4
+        isa = self.oracle.toolchain.isa()  # channel widths stay multiples of its vectors
+        vw = isa.floats if isa is not None else 4
         try:
             self.space = SearchSpace.build(self.prep.model, self.prep.example, cfg.ratios,
                                            cfg.schemes, cfg.filter_types, vector_width=vw,
