@@ -1,5 +1,6 @@
-"""The three phases of a search, as functions over the running ``Search`` (engine.py), which
-holds the run's state: its settings, journal, oracle, space and live view.
+"""The three phases of a search, as functions over the running search's state: ``RunState``,
+what a phase reads and writes (its settings, journal, oracle, space, live view, target, and
+the helpers to train, evaluate and checkpoint); engine.py's ``Search`` implements it.
 
 1. ``phase1``: train the model if it came with random weights, replace mobile-unfriendly
    operators, fine-tune briefly; accuracy before and after.
@@ -21,28 +22,58 @@ import copy
 import time
 import zlib
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..models import load_checkpoint
-from ..models.train import recalibrate_bn, train
+from ..models.train import TrainConfig, recalibrate_bn, train
 from ..pruning import PruningError
 from ..pruning.algorithms import admm, gradual
-from .config import AUTO_PRETRAIN_EPOCHS, SearchError
+from .config import AUTO_PRETRAIN_EPOCHS, SearchConfig, SearchError
 from .filters import apply_filter_types
+from .journal import Journal
+from .live import SearchUI
 from .ops import replace_ops
-from .oracle import LatencyResult
-from .space import Candidate
+from .oracle import LatencyOracle, LatencyResult
+from .prepare import Prepared
+from .space import Candidate, SearchSpace
 from .strategies import make_strategy
 from .strategies.reward import Outcome, RewardConfig
 
-if TYPE_CHECKING:
-    from .engine import Search
-
 MAX_CONSECUTIVE_FAILURES = 3
 TARGET_MARGIN = 0.03  # the chosen candidate keeps this much under the target if it can
+
+
+class RunState(Protocol):
+    """What the phases need from the running search (engine.Search). The engine sets
+    everything up to ``floor_cand`` before phase 1; ``base`` is phase 1's model, ``reward``
+    phase 2's reward function."""
+
+    cfg: SearchConfig
+    run_dir: Path
+    journal: Journal
+    ui: SearchUI
+    prep: Prepared
+    train_cfg: TrainConfig
+    oracle: LatencyOracle
+    space: SearchSpace
+    target_ms: float
+    dense_lat: LatencyResult
+    extremes: list[tuple[Candidate, LatencyResult]]
+    floor_cand: Candidate
+    summary: dict
+    base: nn.Module
+    reward: RewardConfig
+
+    def gate(self): ...
+    def accuracy(self, model: nn.Module) -> float: ...
+    def save(self, obj, name: str) -> str: ...
+    def load(self, rel: str): ...
+    def lat_rec(self, r: LatencyResult, samples: bool = True) -> dict: ...
+    def export(self, cand, plan, pruned, picked, results, final_acc) -> dict: ...
 
 
 def summary(cand: Candidate) -> str:
@@ -59,7 +90,7 @@ def _seed_for(key: str) -> int:
 # --- phase 1 ---------------------------------------------------------------------------------
 
 
-def phase1(search: Search) -> tuple[nn.Module, dict]:
+def phase1(search: RunState) -> tuple[nn.Module, dict]:
     cfg, data = search.cfg, search.prep.data
     done = search.journal.phase("phase1")
     if done is not None:
@@ -113,7 +144,7 @@ def phase1(search: Search) -> tuple[nn.Module, dict]:
 
 
 # --- phase 2 ---------------------------------------------------------------------------------
-def phase2(search: Search) -> list[dict]:
+def phase2(search: RunState) -> list[dict]:
     cfg = search.cfg
     t0 = time.perf_counter()
     search.reward = RewardConfig(search.target_ms, cfg.latency_weight)
@@ -176,7 +207,7 @@ def phase2(search: Search) -> list[dict]:
     return records
 
 
-def _evaluate(search: Search, todo: list[tuple[int, Candidate]]) -> dict[int, dict]:
+def _evaluate(search: RunState, todo: list[tuple[int, Candidate]]) -> dict[int, dict]:
     """Fine-tune on this thread while the oracle compiles and measures on its own."""
     cfg = search.cfg
     out: dict[int, dict] = {}
@@ -237,7 +268,7 @@ def _evaluate(search: Search, todo: list[tuple[int, Candidate]]) -> dict[int, di
     return out
 
 
-def _failed(search: Search, cid: int, c: Candidate, error: str, lat: LatencyResult | None = None,
+def _failed(search: RunState, cid: int, c: Candidate, error: str, lat: LatencyResult | None = None,
             device_lost: bool = False) -> dict:
     rec = {"type": "candidate", "id": cid, "status": "failed", "key": c.key(),
            "encoding": c.to_json(), "summary": summary(c), "error": error,
@@ -248,7 +279,7 @@ def _failed(search: Search, cid: int, c: Candidate, error: str, lat: LatencyResu
     return rec
 
 
-def _to_device(search: Search, pruned) -> None:
+def _to_device(search: RunState, pruned) -> None:
     dev = torch.device(search.cfg.train_device)
     pruned.model.to(dev)
     if dev.type != "cpu":
@@ -267,7 +298,7 @@ def best(records: list[dict]) -> dict:
     return max(done, key=lambda r: r["reward"])
 
 
-def choose(search: Search, records: list[dict]) -> dict:
+def choose(search: RunState, records: list[dict]) -> dict:
     """The most accurate candidate meeting the target; one at least TARGET_MARGIN under it
     when there is one, so that measurement noise does not push the final model over."""
     ok = [r for r in records if r["status"] == "done" and r["meets_target"]]
@@ -289,7 +320,7 @@ def choose(search: Search, records: list[dict]) -> dict:
 
 
 # --- phase 3 ---------------------------------------------------------------------------------
-def phase3(search: Search, chosen: dict) -> dict:
+def phase3(search: RunState, chosen: dict) -> dict:
     cfg = search.cfg
     cand = Candidate.from_json(chosen["encoding"])
     plan = search.space.plan(cand)
