@@ -3,9 +3,9 @@
 A Graph is a list of Layer records in execution order, plus the shapes of the tensors that flow
 between them. A Layer names the source module it came from, its op, its input and output tensor
 names, its attributes (kernel, stride, padding...), its parameters (numpy float32), the
-element-wise ops fused after it (``epilogue``), and the pruning scheme, storage format and
-tuning parameters the emitters will read. Passes return new Layers (``dataclasses.replace``);
-they never mutate one in place.
+element-wise ops fused after it (``epilogue``), and the pruning scheme, storage format (with
+the sparse pass's ``SparsePlan``) and tuning parameters the emitters will read. Passes return
+new Layers (``dataclasses.replace``); they never mutate one in place.
 
 The vocabulary is three tables, one row per entry, which capture, the passes, the emitters and
 the reference executor all read: ``ACTIVATIONS`` (an activation's C and vector bodies, its
@@ -177,6 +177,36 @@ def reads_blocked(storage: str) -> bool:
     return fmt is not None and fmt.reads_blocked
 
 
+@dataclass(frozen=True)
+class SparseGeometry:
+    """How a sparse conv on plain NCHW reads its input: one flat plane per input channel and
+    stride phase (see ``codegen/emit/sparse``)."""
+
+    direct: bool  # reads its input as it is (1x1, stride 1, unpadded): no sparse_pad step
+    wq: int  # row stride of a plane: the padded width over the stride
+    hq: int  # rows of a plane
+    plane: int  # output positions computed per filter, oh * wq (padding columns dropped)
+    ps: int  # floats per plane (its data, then zeros)
+    phases: tuple[tuple[int, int], ...]  # the stride phases (a, b) the kernel reads
+    xn: int  # input floats per batch image
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """What the sparse pass decided for a layer it gave a sparse storage format (the emitters
+    read it): index lists, their length, and the work-item shape."""
+
+    m: int  # filters (outputs) that share one index list
+    density: float  # share of the weights that are non-zero
+    entries: int  # index-list entries, summed over the lists
+    vectors: int = 0  # vectors of output positions per work item (convs on planes)
+    tile: int = 0  # output positions per work item ("bcsr_blocked")
+    geometry: SparseGeometry | None = None  # convs on planes
+
+    def __repr__(self) -> str:
+        return f"m={self.m}, density {self.density:.3f}, {self.entries} index entries"
+
+
 class CodegenError(ValueError):
     """The code generator cannot handle this model; the message names the layer and the fix."""
 
@@ -197,6 +227,7 @@ class Layer:
     scheme: str = "dense"
     storage: str = "dense"
     tuning: dict[str, Any] = field(default_factory=dict)
+    sparse: SparsePlan | None = None  # set with a sparse storage format
 
     @property
     def is_step(self) -> bool:
@@ -214,7 +245,7 @@ class Layer:
         if self.epilogue:
             s += f" +{'+'.join(self.epilogue)}"
         if self.scheme != "dense" or self.storage != "dense":
-            s += f" <{self.scheme}/{self.storage}>"
+            s += f" <{self.scheme}/{self.storage}{f': {self.sparse!r}' if self.sparse else ''}>"
         return s
 
     __str__ = __repr__

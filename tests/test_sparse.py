@@ -182,18 +182,18 @@ def test_unknown_layer_or_scheme_is_a_clear_error(tmp_path):
 
 def _decode_conv(params, la, ic, kh, kw):
     vals, bias, offs, gptr, order = params
-    m = la.tuning["m"]
+    m = la.sparse.m
     offs, gptr, order = (a.view(np.int32) for a in (offs, gptr, order))
-    geo = la.attrs["sparse"]
+    geo = la.sparse.geometry
     s = la.attrs["stride"][0]
-    phase = {p: i for i, p in enumerate(geo["phases"])}
+    phase = {p: i for i, p in enumerate(geo.phases)}
     where = {}
     for c in range(ic):
         for ky in range(kh):
             for kx in range(kw):
-                off = (c * geo["PS"] if geo["direct"] else
-                       (c * len(phase) + phase[(ky % s, kx % s)]) * geo["PS"]
-                       + (ky // s) * geo["Wq"] + kx // s)
+                off = (c * geo.ps if geo.direct else
+                       (c * len(phase) + phase[(ky % s, kx % s)]) * geo.ps
+                       + (ky // s) * geo.wq + kx // s)
                 where[off] = (c, ky, kx)
     oc = la.params["weight"].shape[0]
     w = np.zeros((-(-oc // m) * m, ic, kh, kw), np.float32)
@@ -247,7 +247,7 @@ def test_block_linear_format_decodes_to_the_weights():
     w = rng.standard_normal((37, 50)).astype(np.float32)
     w[:, rng.random(50) < 0.7] = 0
     la = Layer("fc", "linear", ("x",), "y", params={"weight": w, "bias": np.ones(37, np.float32)},
-               storage="bcsr", tuning={"m": 16})
+               storage="bcsr")
     vals, bias, offs, gptr = pack_sparse_linear(la, 16)
     offs, gptr = offs.view(np.int32), gptr.view(np.int32)
     got = np.zeros((48, 50), np.float32)
@@ -300,13 +300,13 @@ def test_fkw_format_groups_kernels_by_shape_and_decodes(scheme, rate, stride):
     t = int((w[0] != 0).reshape(20, 9).sum(1).max())
     n_shapes = len(taps) // t
     assert n_shapes <= (8 if scheme == "pattern" else 1)
-    geo = la.attrs["sparse"]
-    per_channel = len(geo["phases"]) * geo["PS"]
+    geo = la.sparse.geometry
+    per_channel = len(geo.phases) * geo.ps
     tap_to_pos = {}
     for ky in range(3):
         for kx in range(3):
-            ph = geo["phases"].index((ky % stride, kx % stride))
-            tap_to_pos[ph * geo["PS"] + (ky // stride) * geo["Wq"] + kx // stride] = ky * 3 + kx
+            ph = geo.phases.index((ky % stride, kx % stride))
+            tap_to_pos[ph * geo.ps + (ky // stride) * geo.wq + kx // stride] = ky * 3 + kx
     got = np.zeros((24, 20, 9), np.float32)
     runs, vals, taps = runs.reshape(-1, 3), vals.reshape(-1, t), taps.reshape(-1, t)
     for slot, f in enumerate(order):

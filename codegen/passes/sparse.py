@@ -24,7 +24,7 @@ from codegen.cost import (
     union_entries,
 )
 from codegen.isa import VectorIsa
-from codegen.lr import CodegenError, Graph, Layer
+from codegen.lr import CodegenError, Graph, Layer, SparseGeometry, SparsePlan
 
 # The mask schemes the code generator knows (filter/channel pruning gives plain, narrower
 # layers and needs nothing here).
@@ -70,11 +70,11 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     Formats (``Layer.storage``): "csr" (one index list per filter: unstructured), "bcsr" (one
     index list per block of m filters, m > 1: block, block_punched, or any layer whose zeros
     line up that way), "fkw" (filter-kernel-weight, kernels grouped by shape, for the
-    ``fkw_schemes``; see ``codegen/emit/sparse``). ``Layer.tuning`` records m, V (vectors of
-    output positions per work item), the density and the reason for the choice; a layer left
-    dense records why in ``attrs["sparse_skipped"]``. ``policy`` "auto" keeps the dense kernel
-    where the density limits above say it is faster; "always" gives every layer that has a
-    sparse kernel that kernel (tests, measurements of the limits)."""
+    ``fkw_schemes``; see ``codegen/emit/sparse``). ``Layer.sparse`` (a ``SparsePlan``)
+    records m, the vectors of output positions per work item, the density and how the input
+    is read; a layer left dense records why in ``attrs["sparse_skipped"]``. ``policy`` "auto"
+    keeps the dense kernel where the density limits above say it is faster; "always" gives
+    every layer that has a sparse kernel that kernel (tests, measurements of the limits)."""
     if policy not in SPARSE_POLICIES:
         raise CodegenError(f"sparse policy {policy!r}: expected one of "
                            f"{', '.join(SPARSE_POLICIES)}")
@@ -98,8 +98,8 @@ def choose_storage(graph: Graph, isa: VectorIsa,
                 layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
                               f"blocks of {x} outputs keep {eff:.0%} of the weights"}))
                 continue
-            layers.append(replace(la, storage="bcsr", tuning={
-                "m": x, "density": round(density, 4), "entries": u}))
+            layers.append(replace(la, storage="bcsr", tuning={},
+                                  sparse=SparsePlan(x, round(density, 4), u)))
             continue
         oc, icg, kh, kw = w.shape
         if blocked_1x1_ok(la):
@@ -107,9 +107,8 @@ def choose_storage(graph: Graph, isa: VectorIsa,
             eff = u * x / max(1, -(-oc // x) * x * icg)
             if eff <= BLOCKED_1X1_MAX_DENSITY:
                 hw = graph.shapes[la.output][2] * graph.shapes[la.output][3]
-                layers.append(replace(la, storage="bcsr_blocked", tuning={
-                    "m": x, "density": round(density, 4), "entries": u,
-                    "W": best_tile(hw, min(16, isa.registers - 4))}))
+                layers.append(replace(la, storage="bcsr_blocked", tuning={}, sparse=SparsePlan(
+                    x, round(density, 4), u, tile=best_tile(hw, min(16, isa.registers - 4)))))
                 continue
         if la.attrs["groups"] != 1 or tuple(la.attrs["dilation"]) != (1, 1):
             layers.append(replace(la, attrs={**la.attrs, "sparse_skipped":
@@ -134,15 +133,14 @@ def choose_storage(graph: Graph, isa: VectorIsa,
                           f"{limit}: the dense kernel is faster ({dense_kind})"}))
             continue
         chunk = v * x
-        geo: dict = {"direct": direct, "Wq": wq, "Hq": hq, "V": v, "plane": plane}
         inputs = la.inputs
         if direct:
-            geo.update(PS=h * wd, phases=((0, 0),), XN=c * h * wd)
-            attrs = {**la.attrs, "sparse": geo, OVERREAD_SLACK: chunk}
+            geo = SparseGeometry(True, wq, hq, plane, h * wd, ((0, 0),), c * h * wd)
+            attrs = {**la.attrs, OVERREAD_SLACK: chunk}
         else:
             phases = tuple(sorted({(ky % s, kx % s) for ky in range(kh) for kx in range(kw)}))
             ps = -(-(hq * wq + chunk + kw) // x) * x
-            geo.update(PS=ps, phases=phases, XN=c * len(phases) * ps)
+            geo = SparseGeometry(False, wq, hq, plane, ps, phases, c * len(phases) * ps)
             key = (la.inputs[0], s, tuple(la.attrs["padding"]), phases, ps, wq, hq)
             if key not in pads:
                 name = f"{la.inputs[0]}_pad{len(pads)}"
@@ -152,13 +150,13 @@ def choose_storage(graph: Graph, isa: VectorIsa,
                                      "phases": phases, "Hq": hq, "Wq": wq, "PS": ps}))
                 pads[key] = name
             inputs = (pads[key], *la.inputs[1:])
-            attrs = {**la.attrs, "sparse": geo}
+            attrs = la.attrs
         storage = "csr" if m == 1 else "bcsr"
         if m == 1 and la.scheme in fkw_schemes and fkw_shapes(nz) is not None:
             storage = "fkw"
-        layers.append(replace(la, inputs=inputs, attrs=attrs, storage=storage,
-                              tuning={"m": m, "V": v, "density": round(density, 4),
-                                      "entries": entries}))
+        layers.append(replace(la, inputs=inputs, attrs=attrs, storage=storage, tuning={},
+                              sparse=SparsePlan(m, round(density, 4), entries, vectors=v,
+                                                geometry=geo)))
     used = {t for la in layers for t in (*la.inputs, la.output)}
     return replace(graph, layers=tuple(layers), plan=None,
                    shapes={k: v for k, v in shapes.items() if k in used})
@@ -170,10 +168,8 @@ def sparse_summary(graph: Graph) -> dict[str, str]:
     for la in graph.layers:
         if la.scheme == "dense":
             continue
-        if la.storage != "dense":
-            t = la.tuning
-            out[la.name] = (f"{la.scheme}: {la.storage}, m={t['m']}, density "
-                            f"{t['density']:.3f}, {t['entries']} index entries")
+        if la.sparse is not None:
+            out[la.name] = f"{la.scheme}: {la.storage}, {la.sparse!r}"
         else:
             why = la.attrs.get("sparse_skipped", "no sparse kernel for this target")
             out[la.name] = f"{la.scheme}: dense ({why})"

@@ -1,11 +1,12 @@
 """Apply tuning from outside (a tuning database, a tuner's candidate) to the laid-out LR.
 
 ``TuningLookup`` is a plain callable ``lookup(layer, graph, target) -> dict | None`` that the
-caller of ``compile_model`` passes in (codegen never imports the host, which owns the
-database). It runs after epilogue fusion and BEFORE the layout pass, because tuning decides
-layouts (a Winograd conv reads blocked input): ``graph.shapes`` are still logical NCHW, and
-the layout pass fills in the cost model's defaults only for what the lookup left unset. A dict
-is merged over the layer's tuning; None keeps the defaults.
+caller of ``compile_model`` passes in (the tuning database's ``DbLookup`` or the tuner's
+candidates, ``codegen/autotune``; the passes know neither). It runs after epilogue fusion
+and BEFORE the layout pass, because tuning decides layouts (a Winograd conv reads blocked
+input): ``graph.shapes`` are still logical NCHW, and the layout pass fills in the cost model's
+defaults only for what the lookup left unset. A dict is merged over the layer's tuning; None
+keeps the defaults.
 """
 
 from __future__ import annotations

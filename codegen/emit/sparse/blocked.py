@@ -27,7 +27,7 @@ def spconv1x1_blocked(c: Ctx) -> tuple[list[str], int, int]:
     n, ob, h, w, _ = c.out
     cb = c.ins[0][1]
     hw = h * w
-    W = int(c.la.tuning["W"])
+    W = c.la.sparse.tile
     nt = -(-hw // W)
     i = "int64_t"
     add = "add" in c.la.epilogue

@@ -65,10 +65,10 @@ def store(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
     X = c.lang.isa.floats
     if c.out[3] < VEC_STORE_MIN_WIDTH * X:
         return store_rows(c, acc, m, grp)
-    geo = c.la.attrs["sparse"]
+    geo = c.la.sparse.geometry
     V = len(acc[0])
     n, oc, oh, ow = c.out
-    wq, plane, chunk = geo["Wq"], geo["plane"], V * X
+    wq, plane, chunk = geo.wq, geo.plane, V * X
     i = "int64_t"
     body = [f"const {i} pend = p0 + {chunk} < {plane} ? p0 + {chunk} : {plane};"]
     for v in range(V):
@@ -100,10 +100,10 @@ def store_rows(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
     """``store`` for narrow images: through ``buf``, one row segment at a time, element by
     element."""
     X = c.lang.isa.floats
-    geo = c.la.attrs["sparse"]
+    geo = c.la.sparse.geometry
     V = len(acc[0])
     n, oc, oh, ow = c.out
-    wq, plane, chunk = geo["Wq"], geo["plane"], V * X
+    wq, plane, chunk = geo.wq, geo.plane, V * X
     i = "int64_t"
     body = [f"const {i} pend = p0 + {chunk} < {plane} ? p0 + {chunk} : {plane};",
             f"float buf[{chunk}] __attribute__((aligned(64)));"]

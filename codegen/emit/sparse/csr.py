@@ -14,8 +14,8 @@ from codegen.lr import Layer
 
 def pack_sparse_conv(la: Layer) -> tuple[np.ndarray, ...]:
     w, b = la.params["weight"], la.params["bias"]
-    m = int(la.tuning["m"])
-    geo = la.attrs["sparse"]
+    m = la.sparse.m
+    geo = la.sparse.geometry
     oc, ic, kh, kw = w.shape
     s = la.attrs["stride"][0]
     g = -(-oc // m)
@@ -23,12 +23,12 @@ def pack_sparse_conv(la: Layer) -> tuple[np.ndarray, ...]:
     wp[:oc] = w
     bp = np.zeros(g * m, np.float32)
     bp[:oc] = b
-    phase = {ph: i for i, ph in enumerate(geo["phases"])}
-    ps, wq = geo["PS"], geo["Wq"]
-    nph = len(geo["phases"])
+    phase = {ph: i for i, ph in enumerate(geo.phases)}
+    ps, wq = geo.ps, geo.wq
+    nph = len(geo.phases)
     # offset of every (ic, ky, kx)
     ci, ky, kx = np.meshgrid(np.arange(ic), np.arange(kh), np.arange(kw), indexing="ij")
-    if geo["direct"]:
+    if geo.direct:
         off = ci * ps
     else:
         ph = np.vectorize(lambda a, c: phase[(a, c)])(ky % s, kx % s)
@@ -68,18 +68,18 @@ def spconv(c: Ctx) -> tuple[list[str], int, int]:
     isa: VectorIsa = c.lang.isa
     X = isa.floats
     la = c.la
-    geo = la.attrs["sparse"]
-    m, V = int(la.tuning["m"]), int(geo["V"])
+    geo = la.sparse.geometry
+    m, V = la.sparse.m, la.sparse.vectors
     n, oc, oh, ow = c.out
     g = -(-oc // m)
-    plane = geo["plane"]
+    plane = geo.plane
     chunk = V * X
     nch = -(-plane // chunk)
     i = "int64_t"
     acc = [[f"a{r}_{v}" for v in range(V)] for r in range(m)]
     body = [f"const {i} slot = it % {g}, ch = (it / {g}) % {nch}, n = it / {g * nch};",
             f"const {i} p0 = ch * {chunk};",
-            f"const float *xb = x + n * {geo['XN']} + p0;",
+            f"const float *xb = x + n * {geo.xn} + p0;",
             f"const {i} grp = order[slot];",
             f"const float *bb = b + grp * {m};"]
     for r in range(m):
@@ -90,7 +90,7 @@ def spconv(c: Ctx) -> tuple[list[str], int, int]:
              "for (int32_t e = gptr[slot], e1 = gptr[slot + 1]; e < e1; ++e, wv += "
              f"{m}) {{",
              "  const float *xp = xb + offs[e];"]
-    if geo["XN"] * 4 >= PREFETCH_MIN_INPUT_BYTES:
+    if geo.xn * 4 >= PREFETCH_MIN_INPUT_BYTES:
         body += [f"  __builtin_prefetch(xp + {PREFETCH_CHUNKS * chunk});"]
     body += [f"  const float w{r} = wv[{r}];" for r in range(m)]
     for v in range(V):

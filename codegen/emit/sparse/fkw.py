@@ -14,15 +14,15 @@ from codegen.lr import Layer
 
 def _tap_offsets(la: Layer, shape: np.ndarray) -> list[int]:
     """Offsets (within one input channel's planes) of the kept positions of a kernel shape."""
-    geo = la.attrs["sparse"]
+    geo = la.sparse.geometry
     kw = la.params["weight"].shape[3]
     s = la.attrs["stride"][0]
-    phase = {ph: i for i, ph in enumerate(geo["phases"])}
+    phase = {ph: i for i, ph in enumerate(geo.phases)}
     out = []
     for pos in np.flatnonzero(shape):
         ky, kx = divmod(int(pos), kw)
-        out.append(0 if geo["direct"] else
-                   phase[(ky % s, kx % s)] * geo["PS"] + (ky // s) * geo["Wq"] + kx // s)
+        out.append(0 if geo.direct else
+                   phase[(ky % s, kx % s)] * geo.ps + (ky // s) * geo.wq + kx // s)
     return out
 
 
@@ -33,8 +33,8 @@ def pack_fkw(la: Layer) -> tuple[np.ndarray, ...]:
     [oc+1] (each slot's runs), order [oc], taps [shapes][T] (tap offsets)."""
     w, b = la.params["weight"], la.params["bias"]
     oc, ic, kh, kw = w.shape
-    geo = la.attrs["sparse"]
-    nph = len(geo["phases"])
+    geo = la.sparse.geometry
+    nph = len(geo.phases)
     shapes = fkw_shapes(w != 0)
     assert shapes is not None
     code = {tuple(sh.tolist()): j for j, sh in enumerate(shapes)}
@@ -52,7 +52,7 @@ def pack_fkw(la: Layer) -> tuple[np.ndarray, ...]:
                 runs.append([sh, len(koff), len(koff)])
                 prev = sh
             runs[-1][2] += 1
-            koff.append(c * nph * geo["PS"])
+            koff.append(c * nph * geo.ps)
             vals.append(kern[f, c][shapes[sh]])
         sptr.append(len(runs))
     taps = [_tap_offsets(la, sh) for sh in shapes]
@@ -66,18 +66,18 @@ def fkw_conv(c: Ctx) -> tuple[list[str], int, int]:
     no index arithmetic or branches."""
     X = c.lang.isa.floats
     la = c.la
-    geo = la.attrs["sparse"]
-    V = int(geo["V"])
+    geo = la.sparse.geometry
+    V = la.sparse.vectors
     n, oc, oh, ow = c.out
     taps = int((la.params["weight"] != 0).reshape(-1, la.params["weight"][0, 0].size)
                .sum(1).max())
-    plane, chunk = geo["plane"], V * X
+    plane, chunk = geo.plane, V * X
     nch = -(-plane // chunk)
     i = "int64_t"
     acc = [[f"a0_{v}" for v in range(V)]]
     body = [f"const {i} slot = it % {oc}, ch = (it / {oc}) % {nch}, n = it / {oc * nch};",
             f"const {i} p0 = ch * {chunk};",
-            f"const float *xb = x + n * {geo['XN']} + p0;",
+            f"const float *xb = x + n * {geo.xn} + p0;",
             f"const {i} grp = order[slot];",
             f"vf {', '.join(acc[0])};",
             "{ const vf bv = (vf){} + b[grp]; " + " ".join(f"{a} = bv;" for a in acc[0])
