@@ -45,7 +45,7 @@ from codegen.bundle import Bundle, Target
 from codegen.compile import compile_model
 from codegen.frontend import capture
 from codegen.lr import CodegenError, Graph, Layer
-from codegen.passes import pipeline, run_passes
+from codegen.passes import TuningLookup, pipeline, run_passes
 from codegen.toolchain import CToolchain
 
 
@@ -191,7 +191,7 @@ class _Tuner:
 
     # -- building and measuring ---------------------------------------------------------------
 
-    def compile(self, lookup, tag: str) -> Bundle:
+    def compile(self, lookup: TuningLookup | None, tag: str) -> Bundle:
         self.n_bundles += 1
         out = self.work / f"{self.n_bundles:04d}-{tag}"
         return compile_model(self.module, self.inputs, out, name=f"{self.cfg.model_name}_tune",

@@ -15,6 +15,8 @@ step's output share bytes with its inputs.
 
 from __future__ import annotations
 
+import numpy as np
+
 from codegen import cost
 from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude
 from codegen.emit.cstyle import (
@@ -24,6 +26,7 @@ from codegen.emit.cstyle import (
     Ctx,
     Dims,
     Program,
+    Rendered,
     StepCode,
     decompose,
 )
@@ -79,7 +82,7 @@ static inline float npas_expf(float x) {
 
 def _by_layout(blocked, plain, operand: str = "in"):
     """A kernel that picks the vectorised template when the layer's tensor is blocked."""
-    def kernel(c: Ctx):
+    def kernel(c: Ctx) -> Rendered:
         shape = c.ins[0] if operand == "in" else c.out
         return (blocked if len(shape) == 5 else plain)(c)
     return kernel
@@ -87,7 +90,7 @@ def _by_layout(blocked, plain, operand: str = "in"):
 
 def _by_storage(dense):
     """A kernel that picks the storage format's template (``FORMATS``) for sparse layers."""
-    def kernel(c: Ctx):
+    def kernel(c: Ctx) -> Rendered:
         if c.la.storage == "dense":
             return dense(c)
         return FORMATS[c.la.storage].kernel[c.la.op](c)
@@ -130,7 +133,7 @@ class CLanguage(CStyleLanguage):
         vp = prelude.vector_prelude(self.isa) if self.isa is not None else ""
         return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH + vp
 
-    def layer_params(self, graph: Graph, la: Layer):
+    def layer_params(self, graph: Graph, la: Layer) -> tuple[np.ndarray, ...]:
         if self.isa is not None:
             x = self.isa.floats
             if la.storage != "dense":

@@ -14,6 +14,9 @@ only 1 is implemented), ``activation_storage`` ("buffer"; "image2d" is not imple
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from codegen.bundle import ParamRef
 from codegen.emit.cstyle import (
     KERNELS,
     CStyleLanguage,
@@ -134,7 +137,8 @@ class OpenClHalfLanguage(OpenClLanguage):
 LANGUAGES = {"fp32": OpenClLanguage, "fp16": OpenClHalfLanguage}
 
 
-def emit_opencl(graph: Graph, param_refs, precision: str = "fp32") -> Program:
+def emit_opencl(graph: Graph, param_refs: Sequence[Sequence[ParamRef]],
+                precision: str = "fp32") -> Program:
     """Render every step of ``graph`` (after the passes, memory-planned for this precision)."""
     if precision not in LANGUAGES:
         raise CodegenError(f"precision {precision!r}: the OpenCL emitter supports "

@@ -3,6 +3,8 @@ of a vector source), and the lines that apply an epilogue or accumulate one inpu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from codegen.isa import VectorIsa
 from codegen.lr import ACTIVATIONS
 
@@ -45,7 +47,8 @@ def skip_param(epilogue: tuple[str, ...]) -> str:
     return "const float *restrict s, " if "add" in epilogue else ""
 
 
-def lane_fma(indent: str, X: int, acc: list[list[str]], x_at) -> list[str]:
+def lane_fma(indent: str, X: int, acc: list[list[str]], x_at: Callable[[int], str]
+             ) -> list[str]:
     """One input lane of a register-blocked micro-kernel: load a weight vector per oc block
     (``wp + o * wb + l * X``), broadcast each column's input scalar ``x_at(j)`` and accumulate
     into ``acc[o][j]``. Shared by the direct convolution and the Winograd per-point GEMM."""

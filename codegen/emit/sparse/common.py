@@ -4,12 +4,15 @@ sparse conv's accumulators with the padding's columns dropped."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import numpy.typing as npt
 
 from codegen.emit.cstyle import Ctx
 
 
-def i32(a) -> np.ndarray:
+def i32(a: npt.ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a, np.int32)).view(np.float32)
 
 
@@ -25,7 +28,8 @@ def balanced_order(lengths: list[int]) -> list[int]:
     return out
 
 
-def pack_blocks(w: np.ndarray, b: np.ndarray, x: int, offset) -> tuple[np.ndarray, ...]:
+def pack_blocks(w: np.ndarray, b: np.ndarray, x: int,
+                offset: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, ...]:
     o, k = w.shape
     g = -(-o // x)
     wp = np.zeros((g * x, k), np.float32)
