@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check host codegen tests
+echo "[test] line budget"
+# A Python file in host/ or codegen/ over 600 lines says why on one of its first 5 lines
+# ("# line budget: REASON"); a new long file without one fails the run.
+over=$(find host codegen -name '*.py' -print0 | xargs -0 wc -l | awk '$2 != "total" && $1 > 600 {print $2}' |
+       while read -r f; do head -5 "$f" | grep -q "line budget:" || echo "  $f ($(wc -l < "$f") lines)"; done)
+if [ -n "$over" ]; then
+  echo "[test] over 600 lines without a '# line budget: REASON' line at the top; split them:" >&2
+  echo "$over" >&2
+  exit 1
+fi
 echo "[test] pytest"
 set +e
 .venv/bin/python -m pytest -ra "$@"
