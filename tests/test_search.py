@@ -288,10 +288,7 @@ def test_scheme_lists_follow_the_pruning_table():
     assert SCHEME_ORDER == ("none", *SCHEMES)
     assert set(STRUCTURAL) == {n for n, s in SCHEMES.items() if s.structural}
     assert set(MASK_SCHEMES) | set(STRUCTURAL) == set(SCHEMES)
-    sparse = getattr(codegen, "SPARSE_SCHEMES", None)
-    if sparse is None:
-        pytest.skip("codegen does not export SPARSE_SCHEMES yet")
-    assert set(MASK_SCHEMES) == set(sparse)
+    assert set(MASK_SCHEMES) == set(codegen.SPARSE_SCHEMES)
 
 
 def test_search_command_defaults_are_the_config_defaults():
