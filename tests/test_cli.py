@@ -99,3 +99,16 @@ def test_main_job_resnet18_json_has_100_samples(capsys, runner_binary, tmp_path)
     d = json.loads(out)
     assert len(d["samples_ns"]) == 100 and d["runs"] == 100
     assert d["gflop"] > 3.5  # ResNet-18 at 224x224: 1.8 GMAC
+
+
+def test_threads_zero_is_resolved_by_the_runner(capsys, runner_binary, tmp_path):
+    """--threads 0: the model gets DeviceInfo.default_threads, the number the host also uses
+    for the tuning-database lookup (one rule, in the runner)."""
+    from host.devices.local import LocalRunner, LocalRunnerConfig
+
+    with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s")) as r:
+        info = r.client().device_info()
+    assert info.default_threads >= 1
+    rc, out, _ = run_cli(capsys, "profile", *SMALL, "--threads", "0", "--runs", "2",
+                         "--warmup", "1", "--json", "--store", str(tmp_path / "s"))
+    assert rc == 0 and json.loads(out)["threads"] == info.default_threads
