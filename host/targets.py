@@ -6,14 +6,15 @@ onto codegen's toolchains, so callers never guess a target from a device's name.
 
 from __future__ import annotations
 
-from codegen import toolchain_for
+from codegen import CToolchain, OpenClToolchain, toolchain_for
 
 from .errors import UserError
 
 CPU_ABIS = ("x86_64", "arm64-v8a")
 
 
-def toolchain_for_device(info, backend: str = "cpu", precision: str = "fp32"):
+def toolchain_for_device(info, backend: str = "cpu",
+                         precision: str = "fp32") -> CToolchain | OpenClToolchain:
     """The toolchain for ``backend``/``precision`` on the device that reported ``info`` (a
     DeviceInfo); ``info`` None means this machine (CPU code for the host)."""
     if backend == "gpu":
@@ -27,7 +28,8 @@ def toolchain_for_device(info, backend: str = "cpu", precision: str = "fp32"):
     return toolchain_for("cpu", precision, abi=abi, features=tuple(info.cpu_features))
 
 
-def toolchain_for_abi(abi: str = "host", backend: str = "cpu", precision: str = "fp32"):
+def toolchain_for_abi(abi: str = "host", backend: str = "cpu",
+                      precision: str = "fp32") -> CToolchain | OpenClToolchain:
     """The toolchain for an ABI named on the command line (``compile --abi``): 'host' is this
     machine, 'arm64-v8a' a phone."""
     if backend == "gpu":

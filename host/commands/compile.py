@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import (
@@ -20,6 +21,9 @@ from rich.progress import (
 from ..console import err, out
 from ..errors import UserError
 from .args import add_compile_args, add_db_args, add_model_args
+
+if TYPE_CHECKING:
+    from codegen import Bundle, CToolchain, DbLookup, OpenClToolchain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +65,7 @@ def progress_bar() -> Progress:
                     DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
 
 
-def tuning_lookup(db: Path | None, threads: int):
+def tuning_lookup(db: Path | None, threads: int) -> DbLookup:
     """The tuning database's lookup for compile_model (tuning for ``threads`` threads)."""
     from codegen import TuningDB, TuningDbError
 
@@ -72,7 +76,8 @@ def tuning_lookup(db: Path | None, threads: int):
 
 
 def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
-                   progress: Progress, toolchain, threads: int):
+                   progress: Progress, toolchain: CToolchain | OpenClToolchain,
+                   threads: int) -> Bundle:
     """Load ``model_spec``, prune it with --plan, compile it with ``toolchain`` and the
     tuning database's tuning for ``threads`` (unless --no-tuning-db) into ``out_dir``."""
     from codegen import compile_model
