@@ -288,7 +288,7 @@ class PruningPlan:
         """Parameter path → bool mask (True: kept) of every weight and bias ``apply`` would
         remove or zero, as zeros in ``model``'s own shapes (structural rules zero the channels
         ``apply`` would cut, ranked the same way; mask rules mask what is left). ``model`` is
-        not changed. Gradual and ADMM pruning (host/search/algorithms.py) steer towards these."""
+        not changed. Gradual and ADMM pruning (host/pruning/algorithms.py) steer towards these."""
         resolved = self._resolve(model)
         removed, _, _ = self._structural(model, resolved)
         mods = dict(model.named_modules())
