@@ -22,8 +22,9 @@ from codegen.toolchain import (
     toolchain_for,
 )
 from host.devices.local import LocalRunnerConfig
+from host.devices.session import Session
+from host.measure import MeasureConfig
 from host.rpc.client import RunnerError
-from host.session import LoadOptions, Session
 
 pytestmark = pytest.mark.arm64
 
@@ -205,7 +206,7 @@ def test_x86_64_library_is_refused(compiled, qemu_runner):
 def test_benchmark_returns_every_sample(arm64_compiled, qemu_runner):
     bundle, _, _ = arm64_compiled("small_cnn")
     with Session(qemu_runner, call_timeout_s=CALL_TIMEOUT_S) as s:
-        h = s.load(bundle, LoadOptions(threads=1))
+        h = s.load(bundle, MeasureConfig(threads=1))
         r = s.benchmark(h, runs=3, warmup=1)
     assert len(r.samples_ns) == 3 and all(v > 0 for v in r.samples_ns)
     assert len(r.warmup_ns) == 1

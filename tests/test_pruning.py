@@ -356,7 +356,7 @@ def test_pruned_model_compiles_and_runs_on_the_runner(local_runner, cc, tmp_path
 def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     import argparse
 
-    from host.pruning.command import add_plan_parser, apply_plan_file, cmd_plan
+    from host.pruning.command import add_plan_parser, apply_plan_file, run
 
     ap = argparse.ArgumentParser()
     add_plan_parser(ap.add_subparsers(dest="command"))
@@ -364,7 +364,7 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     args = ap.parse_args(["plan", "zoo:small_cnn", "-o", str(out), "--vector-width", "4",
                           "--rule", "*=unstructured:2x", "--rule", "dw=pattern:0.75",
                           "--rule", "fc=block:4x:rows=8", "--rule", "k5=filter:0.5"])
-    assert cmd_plan(args) == 0
+    assert run(args) == 0
     plan = PruningPlan.load(out)
     assert plan.layers["dw"] == LayerRule("pattern", 0.75)
     assert plan.layers["fc"] == LayerRule("block", 0.75, {"rows": 8})
@@ -375,7 +375,7 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
     bad = ap.parse_args(["plan", "zoo:small_cnn", "--rule", "pw=pattern:0.8"])
     with pytest.raises(PruningError, match=r"layer pw \(Conv2d 1x1, 18→12\): pattern pruning "
                                        r"needs a 3x3 kernel, got 1x1"):
-        cmd_plan(bad)
+        run(bad)
 
 
 @pytest.mark.parametrize("rules", [

@@ -91,9 +91,10 @@ def rel_err(got, want) -> float:
 def run_on_runner(device, bundle, x, threads: int = 1, backend: str = "cpu",
                   call_timeout_s: float = 60.0):
     """Load ``bundle`` on ``device``'s runner, run it once on ``x``, return the output."""
-    from host.session import LoadOptions, Session
+    from host.devices.session import Session
+    from host.measure import MeasureConfig
 
     with Session(device, call_timeout_s=call_timeout_s) as s:
-        key = s.load(bundle, LoadOptions(threads=threads, backend=backend))
+        key = s.load(bundle, MeasureConfig(threads=threads, backend=backend))
         (got,) = s.run(key, [x.numpy()])
     return got

@@ -23,15 +23,7 @@ from ..rpc.client import LoadedModel, ProgressFn, RunnerClient, RunnerError
 from . import Device
 from .remote import RemoteRunner
 
-__all__ = ["LoadOptions", "RemoteRunner", "Session"]
-
-
-def LoadOptions(threads: int = 1, cpu_affinity: tuple[int, ...] = (),  # noqa: N802
-                pin_big_cores: bool = False, backend: str = "cpu") -> MeasureConfig:
-    """Compatibility for code written before MeasureConfig (its old default: one thread);
-    new code passes a MeasureConfig."""
-    return MeasureConfig(threads=threads, cpu_affinity=tuple(cpu_affinity),
-                         pin_big_cores=pin_big_cores, backend=backend)
+__all__ = ["RemoteRunner", "Session"]
 
 
 class Session:

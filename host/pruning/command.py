@@ -106,4 +106,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-cmd_plan = run  # the old name (tests/test_pruning.py)

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ..measure import runner_threads
     from ..models import example_inputs, load_model, parse_shape
     from ..targets import toolchain_for_device
-    from .measurer import tune_on_session as tune_model
+    from .measurer import tune_on_session
 
     if (args.backend or "cpu") != "cpu":
         raise UserError("tune: only CPU kernels have a tuning space so far; drop --backend gpu")
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                          compare=not args.no_compare, retune=args.retune, model_name=name,
                          device=info.cpu_model)
         toolchain = toolchain_for_device(info, "cpu", args.precision)
-        report = tune_model(model, example_inputs(shape), session, toolchain, db, cfg, rp)
+        report = tune_on_session(model, example_inputs(shape), session, toolchain, db, cfg, rp)
     note = device.traits.timing_note
     if args.json:
         print(json.dumps({"model": args.model, "device": args.device, "threads": threads,
