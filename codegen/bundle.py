@@ -18,6 +18,23 @@ FORMAT_VERSION = 1
 KERNEL_ABI_VERSION = 1  # android_app/src/main/cpp/core/npas_kernel_abi.h
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_KINDS = ("kernel_library", "weights", "opencl_source")
+ROLE_KINDS = {"kernels": "kernel_library", "weights": "weights", "opencl": "opencl_source"}
+DTYPE_BYTES = {"float32": 4, "float16": 2}  # float16: GPU (OpenCL) bundles only
+OPENCL_ARCH = "opencl"  # target.arch of a GPU bundle
+
+# What the runner accepts (ManifestLimits and the alignments in core/manifest.h); the host
+# refuses the same, before anything is read or uploaded.
+U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
+MAX_ARENA_BYTES = 2 << 30
+MAX_SCRATCH_BYTES_PER_THREAD = 256 << 20
+MAX_STEPS, MAX_TENSORS, MAX_MODEL_IO = 100_000, 1_000_000, 1024
+MAX_STEP_INPUTS, MAX_STEP_PARAMS, MAX_RANK = 64, 1024, 8
+MAX_WORK_ITEMS = 1 << 40
+MAX_BUILD_FLAGS, MAX_BUILD_OPTIONS_BYTES = 256, 4096
+TENSOR_ALIGNMENT, PARAM_ALIGNMENT = 16, 64
+MAX_STRING, MAX_LIST = 4096, 4096  # strings and lists the runner does not bound otherwise
+MAX_MANIFEST_BYTES = 256 << 20
+FIX = "the bundle is damaged or was not written by npas; compile the model again"
 
 
 class BundleError(ValueError):
@@ -112,30 +129,14 @@ class Manifest:
         return replace(self, content_hash=digest)
 
     @staticmethod
-    def from_dict(d: dict) -> Manifest:
-        try:
-            return Manifest(
-                name=d["name"],
-                target=Target(**{**d["target"], "features": tuple(d["target"]["features"])}),
-                toolchain=Toolchain(
-                    **{**d["toolchain"], "flags": tuple(d["toolchain"]["flags"])}),
-                artifacts=tuple(ArtifactRef(**a) for a in d["artifacts"]),
-                tensors=tuple(TensorSpec(**{**t, "shape": tuple(t["shape"])})
-                              for t in d["tensors"]),
-                inputs=tuple(d["inputs"]),
-                outputs=tuple(d["outputs"]),
-                arena_bytes=d["arena_bytes"],
-                scratch_bytes_per_thread=d["scratch_bytes_per_thread"],
-                steps=tuple(
-                    Step(**{**s, "inputs": tuple(s["inputs"]),
-                            "params": tuple(ParamRef(**p) for p in s["params"])})
-                    for s in d["steps"]),
-                format_version=d["format_version"],
-                kernel_abi_version=d["kernel_abi_version"],
-                content_hash=d.get("content_hash", ""),
-            )
-        except (KeyError, TypeError) as e:
-            raise BundleError(f"malformed manifest: {e!r}") from e
+    def from_dict(d: object, source: str = "manifest") -> Manifest:
+        """The manifest a JSON object describes, checked as strictly as the runner checks it
+        (``validate_manifest`` in ``android_app/src/main/cpp/core/manifest.cpp``): every
+        field's type and range, indices, offsets, artifacts. Any problem is a BundleError
+        naming ``source``, the field, its value and the fix."""
+        m = _parse_manifest(d, source)
+        _check_manifest(m, source)
+        return m
 
 
 @dataclass(frozen=True)
@@ -173,27 +174,323 @@ def artifact_ref(bundle_dir: Path, role: str, kind: str, file: str) -> ArtifactR
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle folder; with ``verify``, check every artifact's size and sha256."""
+    """Read a bundle folder and check its manifest as the runner would (``Manifest.from_dict``);
+    every artifact must be a file inside the folder (a symlink out of it is refused). With
+    ``verify``, also check each artifact's size and sha256 and the manifest's content hash,
+    which must be there."""
     path = Path(path)
     mpath = path / MANIFEST_NAME
     if not mpath.is_file():
-        raise BundleError(f"{path} is not a bundle: no {MANIFEST_NAME} in it")
+        raise BundleError(f"{path} is not a bundle: no {MANIFEST_NAME} in it; give the folder "
+                          f"npas-host compile -o wrote")
+    _inside(path, MANIFEST_NAME, mpath)
     try:
-        d = json.loads(mpath.read_text())
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes, over the "
+                              f"{MAX_MANIFEST_BYTES} a manifest may have; {FIX}")
+        d = json.loads(mpath.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{mpath}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                          f"{FIX}") from None
     except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath}: not valid JSON ({e})") from e
-    m = Manifest.from_dict(d)
-    if m.format_version != FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {m.format_version}, this npas reads "
-                          f"{FORMAT_VERSION}; recompile the model")
+        raise BundleError(f"{mpath}: not valid JSON ({e}); {FIX}") from None
+    except RecursionError:
+        raise BundleError(f"{mpath}: JSON nested too deeply to be a manifest; {FIX}") from None
+    except OSError as e:
+        raise BundleError(f"{mpath}: cannot be read ({e.strerror}); check its permissions") \
+            from None
+    m = Manifest.from_dict(d, str(mpath))
+    for i, a in enumerate(m.artifacts):
+        f = path / a.file
+        if not f.is_file():
+            if verify or f.exists() or f.is_symlink():
+                raise BundleError(f"{path}: artifacts[{i}] ({a.role}) file {a.file} is missing "
+                                  f"or not a regular file; {FIX}")
+            continue
+        _inside(path, f"artifacts[{i}].file = {a.file!r}", f)
+        if verify and (f.stat().st_size != a.size or sha256_file(f) != a.sha256):
+            raise BundleError(f"{path}: artifact {a.role} ({a.file}) does not match the "
+                              f"manifest's size/sha256; the bundle was modified")
     if verify:
-        for a in m.artifacts:
-            f = path / a.file
-            if not f.is_file():
-                raise BundleError(f"{path}: artifact {a.role} file {a.file} is missing")
-            if f.stat().st_size != a.size or sha256_file(f) != a.sha256:
-                raise BundleError(f"{path}: artifact {a.role} ({a.file}) does not match the "
-                                  f"manifest's size/sha256; the bundle was modified")
-        if m.content_hash and m.with_hash().content_hash != m.content_hash:
-            raise BundleError(f"{mpath}: content_hash does not match the manifest")
+        if not m.content_hash:
+            raise BundleError(f"{mpath}: content_hash is missing or empty, so the manifest "
+                              f"cannot be checked; {FIX}")
+        if m.with_hash().content_hash != m.content_hash:
+            raise BundleError(f"{mpath}: content_hash does not match the manifest; the "
+                              f"bundle was modified")
     return Bundle(path=path, manifest=m)
+
+
+def _inside(folder: Path, what: str, f: Path) -> None:
+    """``f``, symlinks followed, lies in ``folder``."""
+    root, real = folder.resolve(), f.resolve()
+    if real.parent != root:
+        raise BundleError(f"{folder}: {what} is a symlink to {real}, outside the bundle "
+                          f"folder; copy the file into the bundle instead")
+
+
+# ---- reading a manifest someone handed us ----
+
+def _show(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Fields:
+    """One JSON object of a manifest, read field by field; each failure names the field's path
+    (``steps[3].params[0].offset``), its value and the fix."""
+
+    def __init__(self, d: object, path: str, source: str, required: tuple[str, ...],
+                 optional: tuple[str, ...] = ()) -> None:
+        self.path, self.source = path, source
+        if not isinstance(d, dict):
+            raise self.bad("", d, "must be a JSON object")
+        self.d = d
+        for k in d:
+            if k not in required and k not in optional:
+                raise self.bad(str(k), d[k], f"is not a manifest field (fields here: "
+                                            f"{', '.join(required + optional)})")
+        for k in required:
+            if k not in d:
+                raise BundleError(f"{source}: {self.name(k)} is missing; {FIX}")
+
+    def name(self, key: str) -> str:
+        return ".".join(p for p in (self.path, key) if p) or "the manifest"
+
+    def bad(self, key: str, value: object, need: str) -> BundleError:
+        return BundleError(f"{self.source}: {self.name(key)} = {_show(value)} {need}; {FIX}")
+
+    def integer(self, key: str, lo: int = 0, hi: int = U64_MAX, default: int | None = None) -> int:
+        v = self.d.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.bad(key, v, "must be an integer")
+        if not lo <= v <= hi:
+            raise self.bad(key, v, f"must be ≥ {lo}" if hi == U64_MAX else
+                           f"must be in {lo}..{hi}")
+        return v
+
+    def text(self, key: str, nonempty: bool = False) -> str:
+        return _string(self.d[key], self.name(key), self.source, nonempty)
+
+    def items(self, key: str, limit: int = MAX_LIST) -> list:
+        v = self.d[key]
+        if not isinstance(v, list | tuple):  # tuple: a dict from Manifest.to_dict
+            raise self.bad(key, v, "must be a JSON list")
+        if len(v) > limit:
+            raise self.bad(key, f"<{len(v)} entries>", f"has more than {limit} entries")
+        return v
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        return tuple(_string(x, f"{self.name(key)}[{i}]", self.source, False)
+                     for i, x in enumerate(self.items(key)))
+
+    def integers(self, key: str, limit: int, hi: int) -> tuple[int, ...]:
+        out = []
+        for i, v in enumerate(self.items(key, limit)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+                raise self.bad(f"{key}[{i}]", v, "must be an integer ≥ 0" if hi == U64_MAX
+                               else f"must be an integer in 0..{hi}")
+            out.append(v)
+        return tuple(out)
+
+
+def _string(v: object, name: str, source: str, nonempty: bool) -> str:
+    need = ""
+    if not isinstance(v, str):
+        need = "must be a string"
+    elif nonempty and not v:
+        need = "must not be empty"
+    elif len(v) > MAX_STRING:
+        need = f"is longer than {MAX_STRING} characters"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7f or 0xd800 <= ord(c) < 0xe000 for c in v):
+        need = "has a control character or an unpaired surrogate"
+    if need:
+        raise BundleError(f"{source}: {name} = {_show(v)} {need}; {FIX}")
+    return v
+
+
+def _file_name(f: _Fields, key: str) -> str:
+    v = f.text(key, nonempty=True)
+    if v in (".", "..") or "/" in v or "\\" in v or len(v) > 255:
+        raise f.bad(key, v, "must be a plain file name inside the bundle folder (no folders, "
+                            "no absolute path, no '..')")
+    return v
+
+
+def _parse_manifest(d: object, source: str) -> Manifest:
+    if not isinstance(d, dict):
+        raise BundleError(f"{source}: the manifest is {type(d).__name__}, not a JSON object; "
+                          f"{FIX}")
+    v = d.get("format_version")
+    if isinstance(v, int) and not isinstance(v, bool) and v != FORMAT_VERSION:
+        raise BundleError(f"{source}: format_version {v}, this npas reads {FORMAT_VERSION}; "
+                          f"recompile the model")
+    top = _Fields(d, "", source, (
+        "name", "target", "toolchain", "artifacts", "tensors", "inputs", "outputs",
+        "arena_bytes", "scratch_bytes_per_thread", "steps", "format_version",
+        "kernel_abi_version"), ("content_hash",))
+    version = top.integer("format_version", hi=U32_MAX)
+    abi = top.integer("kernel_abi_version", hi=U32_MAX)
+    if abi != KERNEL_ABI_VERSION:
+        raise BundleError(f"{source}: kernel_abi_version {abi}, this npas and its runner "
+                          f"implement {KERNEL_ABI_VERSION}; recompile the model")
+    t = _Fields(d["target"], "target", source, ("arch", "os", "abi", "features"))
+    tc = _Fields(d["toolchain"], "toolchain", source, ("compiler", "version", "flags"))
+    content_hash = d.get("content_hash", "")
+    if content_hash != "":
+        content_hash = _string(content_hash, "content_hash", source, False)
+        if not _is_sha256(content_hash):
+            raise top.bad("content_hash", content_hash,
+                          "must be 64 lowercase hex characters (a sha256)")
+    return Manifest(
+        name=top.text("name", nonempty=True),
+        target=Target(arch=t.text("arch", nonempty=True), os=t.text("os"), abi=t.text("abi"),
+                      features=t.texts("features")),
+        toolchain=Toolchain(compiler=tc.text("compiler"), version=tc.text("version"),
+                            flags=tc.texts("flags")),
+        artifacts=tuple(_artifact(a, f"artifacts[{i}]", source)
+                        for i, a in enumerate(top.items("artifacts", 16))),
+        tensors=tuple(_tensor(x, f"tensors[{i}]", source)
+                      for i, x in enumerate(top.items("tensors", MAX_TENSORS))),
+        inputs=top.integers("inputs", MAX_MODEL_IO, U32_MAX),
+        outputs=top.integers("outputs", MAX_MODEL_IO, U32_MAX),
+        arena_bytes=top.integer("arena_bytes", hi=MAX_ARENA_BYTES),
+        scratch_bytes_per_thread=top.integer("scratch_bytes_per_thread",
+                                         hi=MAX_SCRATCH_BYTES_PER_THREAD),
+        steps=tuple(_step(s, f"steps[{i}]", source)
+                    for i, s in enumerate(top.items("steps", MAX_STEPS))),
+        format_version=version, kernel_abi_version=abi, content_hash=content_hash)
+
+
+def _is_sha256(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+def _artifact(d: object, path: str, source: str) -> ArtifactRef:
+    f = _Fields(d, path, source, ("role", "kind", "file", "sha256", "size"))
+    role, kind = f.text("role"), f.text("kind")
+    if role not in ROLE_KINDS:
+        raise f.bad("role", role, f"is not one of {tuple(ROLE_KINDS)}")
+    if kind != ROLE_KINDS[role]:
+        raise f.bad("kind", kind, f"must be {ROLE_KINDS[role]!r} for role {role!r} "
+                                  f"(artifact kinds: {ARTIFACT_KINDS})")
+    sha = f.text("sha256")
+    if not _is_sha256(sha):
+        raise f.bad("sha256", sha, "must be 64 lowercase hex characters")
+    return ArtifactRef(role=role, kind=kind, file=_file_name(f, "file"), sha256=sha,
+                       size=f.integer("size"))
+
+
+def _tensor(d: object, path: str, source: str) -> TensorSpec:
+    f = _Fields(d, path, source, ("name", "shape", "dtype", "arena_offset", "nbytes"))
+    dtype = f.text("dtype")
+    if dtype not in DTYPE_BYTES:
+        raise f.bad("dtype", dtype, f"is not one of {tuple(DTYPE_BYTES)}")
+    shape = f.integers("shape", MAX_RANK, (1 << 63) - 1)
+    if not shape or 0 in shape:
+        raise f.bad("shape", list(shape), f"must have 1..{MAX_RANK} dimensions, each ≥ 1")
+    return TensorSpec(name=f.text("name"), shape=shape, dtype=dtype,
+                      arena_offset=f.integer("arena_offset"), nbytes=f.integer("nbytes"))
+
+
+def _step(d: object, path: str, source: str) -> Step:
+    f = _Fields(d, path, source, ("name", "op", "symbol", "inputs", "output", "params",
+                                  "work_items"), ("flops", "local_size"))
+    params = []
+    for j, p in enumerate(f.items("params", MAX_STEP_PARAMS)):
+        pf = _Fields(p, f"{path}.params[{j}]", source, ("offset", "nbytes"))
+        params.append(ParamRef(offset=pf.integer("offset"), nbytes=pf.integer("nbytes")))
+    symbol = f.text("symbol")
+    if not _is_c_identifier(symbol):
+        raise f.bad("symbol", symbol, "must be a C identifier ([A-Za-z_][A-Za-z0-9_]*, at "
+                                      "most 256 characters)")
+    return Step(name=f.text("name"), op=f.text("op"), symbol=symbol,
+                inputs=f.integers("inputs", MAX_STEP_INPUTS, U32_MAX),
+                output=f.integer("output", hi=U32_MAX), params=tuple(params),
+                work_items=f.integer("work_items", lo=1, hi=MAX_WORK_ITEMS),
+                flops=f.integer("flops", default=0), local_size=f.integer("local_size", default=0))
+
+
+def _is_c_identifier(s: str) -> bool:
+    return (0 < len(s) <= 256 and s.isascii() and (s[0].isalpha() or s[0] == "_")
+            and all(c.isalnum() or c == "_" for c in s))
+
+
+def _check_manifest(m: Manifest, source: str) -> None:
+    """The checks across fields, in the runner's order: artifacts for the backend, tensors
+    within the arena, indices in range, params within the weight blob, GPU work sizes."""
+    def fail(what: str) -> BundleError:
+        return BundleError(f"{source}: {what}; {FIX}")
+
+    gpu = m.target.arch == OPENCL_ARCH
+    seen: dict[str, ArtifactRef] = {}
+    for i, a in enumerate(m.artifacts):
+        if a.role in seen:
+            raise fail(f"artifacts[{i}].role = {a.role!r} appears twice (one artifact per role)")
+        seen[a.role] = a
+    need, other = ("opencl", "kernels") if gpu else ("kernels", "opencl")
+    if need not in seen:
+        raise fail(f"artifacts has no role {need!r} ({ROLE_KINDS[need]}), which a "
+                   f"{'GPU' if gpu else 'CPU'} bundle (target.arch = {m.target.arch!r}) needs")
+    if other in seen:
+        raise fail(f"artifacts has role {other!r}, which a {'GPU' if gpu else 'CPU'} bundle "
+                   f"(target.arch = {m.target.arch!r}) does not carry")
+    if gpu:
+        _check_build_flags(m.toolchain.flags, fail)
+    for i, t in enumerate(m.tensors):
+        who = f"tensors[{i}] ({t.name!r})"
+        if t.dtype == "float16" and not gpu:
+            raise fail(f"{who}.dtype = 'float16' is for GPU (OpenCL) bundles only")
+        need_bytes = DTYPE_BYTES[t.dtype]
+        for dim in t.shape:
+            need_bytes *= dim
+        if t.nbytes != need_bytes:
+            raise fail(f"{who}.nbytes = {t.nbytes}, but shape {list(t.shape)} of {t.dtype} "
+                       f"needs {need_bytes}")
+        if t.arena_offset % TENSOR_ALIGNMENT:
+            raise fail(f"{who}.arena_offset = {t.arena_offset} is not a multiple of "
+                       f"{TENSOR_ALIGNMENT}")
+        if t.arena_offset + t.nbytes > m.arena_bytes:
+            raise fail(f"{who}.arena_offset {t.arena_offset} + nbytes {t.nbytes} is past "
+                       f"arena_bytes {m.arena_bytes}")
+    n = len(m.tensors)
+    for what, idx in (("inputs", m.inputs), ("outputs", m.outputs)):
+        for j, v in enumerate(idx):
+            if v >= n:
+                raise fail(f"{what}[{j}] = {v} is out of range; the manifest has {n} tensors")
+    if not m.outputs:
+        raise fail("outputs = [] (a model has at least one output)")
+    blob = seen["weights"].size if "weights" in seen else 0
+    for i, s in enumerate(m.steps):
+        who = f"steps[{i}] ({s.name!r})"
+        for j, v in enumerate((*s.inputs, s.output)):
+            if v >= n:
+                field_ = f"inputs[{j}]" if j < len(s.inputs) else "output"
+                raise fail(f"{who}.{field_} = {v} is out of range; the manifest has {n} "
+                           f"tensors")
+        for j, p in enumerate(s.params):
+            if p.offset % PARAM_ALIGNMENT:
+                raise fail(f"{who}.params[{j}].offset = {p.offset} is not a multiple of "
+                           f"{PARAM_ALIGNMENT}")
+            if p.offset + p.nbytes > blob:
+                raise fail(f"{who}.params[{j}].offset {p.offset} + nbytes {p.nbytes} is past "
+                           f"the weight blob's {blob} bytes"
+                           + ("" if "weights" in seen else " (no weights artifact)"))
+        if gpu and s.local_size > 0 and s.work_items % s.local_size:
+            raise fail(f"{who}.work_items = {s.work_items} is not a multiple of local_size "
+                       f"{s.local_size}")
+
+
+def _check_build_flags(flags: tuple[str, ...], fail) -> None:
+    """A GPU bundle's flags become clBuildProgram's options, joined with spaces."""
+    if len(flags) > MAX_BUILD_FLAGS:
+        raise fail(f"toolchain.flags has {len(flags)} entries, the runner takes at most "
+                   f"{MAX_BUILD_FLAGS}")
+    for i, f in enumerate(flags):
+        if len(f) < 2 or f[0] != "-" or not all(0x21 <= ord(c) <= 0x7e for c in f):
+            raise fail(f"toolchain.flags[{i}] = {_show(f)} is not a build option (printable "
+                       f"ASCII without spaces, starting with '-')")
+    total = sum(map(len, flags)) + max(len(flags) - 1, 0)
+    if total > MAX_BUILD_OPTIONS_BYTES:
+        raise fail(f"toolchain.flags join to {total} bytes, the runner takes at most "
+                   f"{MAX_BUILD_OPTIONS_BYTES}")

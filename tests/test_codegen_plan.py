@@ -72,7 +72,8 @@ def _manifest() -> Manifest:
     return Manifest(
         name="m", target=Target("x86_64", "linux", "x86_64", ("avx2",)),
         toolchain=Toolchain("/usr/bin/cc", "cc 12", ("-O3",)),
-        artifacts=(ArtifactRef("kernels", "kernel_library", "libm.so", "ab" * 32, 10),),
+        artifacts=(ArtifactRef("kernels", "kernel_library", "libm.so", "ab" * 32, 10),
+                   ArtifactRef("weights", "weights", "weights.bin", "cd" * 32, 128)),
         tensors=(TensorSpec("x", (1, 3, 4, 4), "float32", 0, 192),
                  TensorSpec("y", (1, 48), "float32", 192, 192)),
         inputs=(0,), outputs=(1,), arena_bytes=384, scratch_bytes_per_thread=0,

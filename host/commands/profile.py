@@ -53,11 +53,15 @@ def _check_bundle_fits(bundle, info, src: str) -> None:
 
 
 def _load_bundle(args: argparse.Namespace):
-    """The bundle folder args.model names, or None when it names a model."""
+    """The bundle args.model names (a folder, or the manifest.json in one), or None when it
+    names a model. The bundle is checked as the runner would check it before anything is read
+    from it or uploaded; a bad one is a UserError naming the field."""
     from codegen import BundleError, load_bundle
 
     src = Path(args.model)
-    if not (src / "manifest.json").is_file():
+    if src.name == "manifest.json" and src.is_file():
+        src = src.parent
+    elif not src.is_dir():
         return None
     try:
         bundle = load_bundle(src)
