@@ -314,9 +314,12 @@ def test_reward_penalises_only_above_the_target():
 # --- journal, data, phase 3 masks -------------------------------------------------------------
 def test_journal_appends_and_survives_a_torn_line(tmp_path):
     j = Journal(tmp_path)
-    j.append({"type": "run", "config": {"seed": 1}})
-    j.append({"type": "candidate", "id": 0, "status": "started", "samples": np.arange(3)})
-    j.append({"type": "candidate", "id": 0, "status": "done", "accuracy": 0.5})
+    cand = {"type": "candidate", "id": 0, "key": "keep/unstructured/2",
+            "encoding": [["keep", "unstructured", 2.0]]}
+    j.append({"type": "run", "config": {"seed": 1}, "target_ms": 2.0})
+    j.append({**cand, "status": "started", "samples": np.arange(3)})
+    j.append({**cand, "status": "done", "accuracy": 0.5, "latency_ms": 1.0, "reward": 0.5,
+              "meets_target": True})
     with open(j.path, "a") as f:
         f.write('{"type": "candidate", "id": 1, "sta')  # killed mid-write
     assert j.header()["config"] == {"seed": 1}

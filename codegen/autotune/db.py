@@ -85,20 +85,22 @@ class TuningDB:
 
     def _read(self) -> dict[str, Entry]:
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as e:
             raise TuningDbError(f"tuning database {self.path}: {e.strerror}") from None
         try:
-            d = json.loads(text)
-            if d.get("format") != FORMAT:
-                raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
-            if d.get("version") != VERSION:
+            d = json.loads(data.decode("utf-8"))
+            if not isinstance(d, dict) or d.get("format") != FORMAT:
+                raise ValueError(f"format {_get(d, 'format')!r}, expected {FORMAT!r}")
+            if d.get("version") != VERSION or isinstance(d.get("version"), bool):
                 raise ValueError(f"version {d.get('version')!r}; this npas reads {VERSION}")
-            entries = [Entry(**e) for e in d["entries"]]
+            if not isinstance(d.get("entries"), list):
+                raise ValueError("'entries' is not a list")
+            entries = [_entry(i, e) for i, e in enumerate(d["entries"])]
             return {key_string(e.key): e for e in entries}
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise TuningDbError(f"tuning database {self.path} is not readable ({e}); move it "
                                 f"away or pass another --db") from None
 
@@ -149,6 +151,33 @@ class TuningDB:
     def lookup(self, threads: int) -> DbLookup:
         """The ``compile_model(tuning=...)`` hook for a runner with ``threads`` threads."""
         return DbLookup(self, threads)
+
+
+def _get(d: object, k: str) -> object:
+    return d.get(k) if isinstance(d, dict) else None
+
+
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (dict,), "tuning": (dict,), "median_ms": (int, float), "default_tuning": (dict,),
+    "default_ms": (int, float), "space": (dict,), "layers": (list,), "model": (str,),
+    "runs": (int,), "candidates": (int,), "device": (str,), "tuned_at": (str,)}
+
+
+def _entry(i: int, e: object) -> Entry:
+    """Entry ``i`` of the file, each field of its type (``put`` wrote it), or a ValueError."""
+    if not isinstance(e, dict):
+        raise ValueError(f"entry {i} is not a JSON object")
+    for k, v in e.items():
+        types = _ENTRY_TYPES.get(k)
+        if types is None:
+            raise ValueError(f"entry {i} has an unknown field {k!r}")
+        if not isinstance(v, types) or isinstance(v, bool):
+            raise ValueError(f"entry {i}: {k} = {str(v)[:80]} is not "
+                             f"{' or '.join(t.__name__ for t in types)}")
+    if not all(isinstance(x, str) for x in e.get("layers", [])) or \
+            not all(isinstance(x, list) for x in e.get("space", {}).values()):
+        raise ValueError(f"entry {i}: 'layers' must be names and 'space' lists of values")
+    return Entry(**e)
 
 
 class DbLookup:

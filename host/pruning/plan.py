@@ -131,13 +131,31 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
-        if d.get("version") != PLAN_VERSION:
+        """The plan ``to_dict`` wrote; anything else is a PruningError naming the field."""
+        if not isinstance(d, dict):
+            raise PruningError(f"a pruning plan is a JSON object, got {str(d)[:80]}")
+        if d.get("version") != PLAN_VERSION or isinstance(d.get("version"), bool):
             raise PruningError(f"pruning plan version {d.get('version')!r}: this npas-host "
                                f"reads version {PLAN_VERSION}")
+        raw_layers, raw_config = d.get("layers", {}), d.get("config", {})
+        if not isinstance(raw_layers, dict) or not isinstance(raw_config, dict):
+            raise PruningError("a pruning plan's 'layers' and 'config' are JSON objects")
         layers = {}
-        for name, r in d.get("layers", {}).items():
+        for name, r in raw_layers.items():
+            if not isinstance(r, dict) or not isinstance(r.get("scheme"), str) \
+                    or not isinstance(r.get("params", {}), dict) \
+                    or not isinstance(r.get("rate"), str | int | float) \
+                    or isinstance(r.get("rate"), bool):
+                raise PruningError(f"pruning plan layer {name!r}: {str(r)[:80]} is not "
+                                   f'{{"scheme": NAME, "rate": RATE, "params": {{...}}}}')
+            get_scheme(name, r["scheme"])
             layers[name] = LayerRule(r["scheme"], parse_rate(r["rate"]), dict(r.get("params", {})))
-        return cls(layers, PruningConfig(**d.get("config", {})))
+        known = {"vector_width", "pattern_count"}
+        for k, v in raw_config.items():
+            if k not in known or isinstance(v, bool) or not isinstance(v, int):
+                raise PruningError(f"pruning plan config {k!r} = {str(v)[:80]}: the config "
+                                   f"holds the integers {', '.join(sorted(known))}")
+        return cls(layers, PruningConfig(**raw_config))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -152,9 +170,11 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
         try:
-            return cls.from_json(Path(path).read_text())
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise PruningError(f"pruning plan {path}: {e}") from e
+            return cls.from_json(Path(path).read_bytes().decode("utf-8"))
+        except PruningError as e:
+            raise PruningError(f"pruning plan {path}: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON, UTF-8
+            raise PruningError(f"pruning plan {path}: not a pruning plan ({e})") from None
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{k}: {v.scheme} {v.rate:.3g}" for k, v in self.layers.items())

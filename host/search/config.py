@@ -4,6 +4,8 @@ with the same settings."""
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -63,12 +65,16 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchConfig:
-        """The config a journal recorded (keys this version does not know are dropped)."""
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        for k in ("ratios", "schemes", "filter_types"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
+        """The config a journal recorded (keys this version does not know are dropped); a
+        value of the wrong type is a SearchError naming it."""
+        if not isinstance(d, dict):
+            raise SearchError(f"the journal's config is {str(d)[:80]}, not a JSON object; "
+                              f"start a new run (--out)")
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for f in fields(cls):
+            if f.name in d:
+                kw[f.name] = _typed(f.name, d[f.name], hints[f.name])
         return cls(**kw)
 
     def validate(self) -> None:
@@ -93,6 +99,27 @@ class SearchConfig:
         if min(self.finetune_epochs, self.phase1_epochs, self.phase3_epochs,
                self.final_epochs) < 0:
             raise SearchError("epoch counts must be ≥ 0")
+
+
+def _typed(name: str, v: object, hint: object) -> object:
+    """``v`` as the field's type (a JSON list for a tuple), or a SearchError."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = typing.get_args(hint) if union else (hint,)
+    if type(None) in args and v is None:
+        return None
+    base = next(a for a in args if a is not type(None))
+    if typing.get_origin(base) is tuple and isinstance(v, list | tuple):
+        elem = typing.get_args(base)[0]
+        return tuple(_typed(f"{name}[{i}]", x, elem) for i, x in enumerate(v))
+    ok = (isinstance(v, bool) if base is bool else
+          isinstance(v, int | float) and not isinstance(v, bool) and v == v if base is float
+          else isinstance(v, int) and not isinstance(v, bool) if base is int
+          else isinstance(v, base) if isinstance(base, type) else False)
+    if not ok:
+        raise SearchError(f"the journal's config: {name} = {str(v)[:80]} is not "
+                          f"{getattr(base, '__name__', base)}; fix the journal's first line "
+                          f"or start a new run (--out)")
+    return float(v) if base is float else v
 
 
 def rates_arg(text: str) -> tuple[float, ...]:
