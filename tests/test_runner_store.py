@@ -1,6 +1,7 @@
 """Host tier: the runner's artifact store evicts least-recently-used artifacts when an upload
 would go over --max-store-bytes, keeps the artifacts of loaded models, and only refuses an
-upload when what loaded models pin leaves no room."""
+upload when what loaded models pin leaves no room; an artifact corrupted on disk is found before
+it is used, removed, and re-uploaded by the host's session."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 from zoo import small_cnn
 
 from host.devices.local import LocalRunner, LocalRunnerConfig
+from host.devices.session import Session
+from host.measure import MeasureConfig
 from host.rpc.client import RunnerError
 
 pytestmark = pytest.mark.host
@@ -71,3 +74,65 @@ def test_uploads_past_the_store_limit_evict_the_least_recently_used(runner_binar
         c.unload(loaded.handle)
         c.close()
         assert "evicted least recently used" in runner.log_path.read_text()
+
+
+def _corrupt(path, offset: int, data: bytes) -> None:
+    """Overwrite bytes in place (same size), as a failing disk or a stray writer would."""
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    path.chmod(0o444)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_corrupted_artifacts_are_detected_removed_and_reuploaded(runner_binary, bundles,
+                                                                 tmp_path):
+    bundle, model, x = bundles[0]
+    want = model(x).detach().numpy()
+    kernels = bundle.manifest.artifact("kernels")
+    weights = bundle.manifest.artifact("weights")
+    store = tmp_path / "store"
+    cfg = LocalRunnerConfig(binary=runner_binary, store=store)
+
+    def profile(runner) -> tuple[np.ndarray, Session]:
+        with Session(runner) as s:
+            key = s.load(bundle, MeasureConfig(threads=1))
+            (got,) = s.run(key, [x.numpy()])
+        return got, s
+
+    with LocalRunner(cfg) as runner:
+        got, _ = profile(runner)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+    # Between two runner processes: the library's code becomes ud2/illegal bytes throughout
+    # (loading it would die of SIGILL), the weights get garbage in the middle.
+    lib, blob = store / kernels.sha256, store / weights.sha256
+    _corrupt(lib, 64, b"\x0f\x0b" * ((kernels.size - 64) // 2))
+    _corrupt(blob, weights.size // 2, b"\xff" * 64)
+    with LocalRunner(cfg) as runner:
+        got, s = profile(runner)
+        assert s.restarts == 0 and runner.alive()
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        assert _sha(lib) == kernels.sha256 and _sha(blob) == weights.sha256
+        assert "was corrupted in the store" in runner.log_path.read_text()
+
+        # While the runner runs, after it verified the files once: a change is still seen.
+        _corrupt(blob, 0, b"\x00" * 256)
+        got, s = profile(runner)
+        assert s.restarts == 0 and runner.alive()
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        assert _sha(blob) == weights.sha256
+
+        # Without the session's retry the load says what happened and names the artifact.
+        _corrupt(lib, 64, b"\x0f\x0b" * 64)
+        c = runner.client(timeout_s=30)
+        with pytest.raises(RunnerError) as e:
+            c.load_model(bundle.manifest, MeasureConfig(threads=1))
+        assert e.value.code == "NOT_FOUND", str(e.value)
+        assert kernels.sha256 in e.value.message and "corrupted" in e.value.message
+        assert c.missing([kernels.sha256]) == [kernels.sha256]
+        c.close()

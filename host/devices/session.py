@@ -3,7 +3,9 @@
 The session outlives its runner: when the runner dies mid-session (a crashing kernel, a killed
 process), a device that can restart it (the local runner) is restarted, the model re-uploaded
 where needed and reloaded, and the call retried once. A device that cannot be restarted gives
-a RunnerError that says so. Nothing waits longer than its deadline.
+a RunnerError that says so. A load that finds an artifact gone from the store (evicted, or
+corrupted and removed by the runner) uploads it again and retries once. Nothing waits longer
+than its deadline.
 
 The measurement settings are one MeasureConfig (host/measure.py), given at load and passed
 unchanged to the client; benchmark uses the one the model was loaded with unless given another.
@@ -75,7 +77,17 @@ class Session:
 
     def _load(self, bundle: Bundle, measure: MeasureConfig, progress: ProgressFn | None):
         self._client.ensure_artifacts(bundle, progress)
-        return self._client.load_model(bundle.manifest, measure)
+        try:
+            return self._client.load_model(bundle.manifest, measure)
+        except RunnerError as e:
+            # An artifact left the store after MissingArtifacts saw it (evicted, or found
+            # corrupted and removed by the load): upload it again and retry once.
+            shas = [a.sha256 for a in bundle.manifest.artifacts]
+            if e.code != "NOT_FOUND" or not self._client.missing(shas):
+                raise
+            self.on_event(f"re-uploading artifacts the runner lost: {e.message}")
+            self._client.ensure_artifacts(bundle, progress)
+            return self._client.load_model(bundle.manifest, measure)
 
     def load(self, bundle: Bundle, measure: MeasureConfig | None = None,
              progress: ProgressFn | None = None) -> str:

@@ -123,6 +123,15 @@ bool ArtifactStore::has(const std::string& sha) const {
 }
 
 void ArtifactStore::touch(const std::string& sha) const {
+  // A touch changes ctime: keep the file's verified record only when it matched just before.
+  std::lock_guard<std::mutex> vlock(verified_mu_);
+  bool was_good = false;
+  auto it = verified_.find(sha);
+  if (it != verified_.end()) {
+    struct stat st {};
+    was_good = ::stat(path_of(sha).c_str(), &st) == 0 && file_id(st) == it->second;
+    if (!was_good) verified_.erase(it);
+  }
   struct timespec now {};
   ::clock_gettime(CLOCK_REALTIME, &now);
   int64_t stamp = int64_t(now.tv_sec) * 1000000000 + int64_t(now.tv_nsec);
@@ -137,6 +146,83 @@ void ArtifactStore::touch(const std::string& sha) const {
   times[0].tv_nsec = long(stamp % 1000000000);
   times[1] = times[0];
   ::utimensat(AT_FDCWD, path_of(sha).c_str(), times, 0);  // best effort
+  if (was_good) remember_verified_locked(sha);
+}
+
+ArtifactStore::FileId ArtifactStore::file_id(const struct stat& st) {
+  FileId id;
+  id.dev = uint64_t(st.st_dev);
+  id.ino = uint64_t(st.st_ino);
+  id.size = uint64_t(st.st_size);
+  id.mtime_ns = mtime_ns(st);
+  id.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + int64_t(st.st_ctim.tv_nsec);
+  return id;
+}
+
+void ArtifactStore::remember_verified_locked(const std::string& sha) const {
+  struct stat st {};
+  if (::stat(path_of(sha).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    verified_[sha] = file_id(st);
+  } else {
+    verified_.erase(sha);
+  }
+}
+
+Status ArtifactStore::verify(const std::string& sha) {
+  if (!is_valid_sha256_hex(sha)) {
+    return InvalidArgument("sha256 '" + clip(sha) + "' is not 64 lowercase hex characters");
+  }
+  const std::string path = path_of(sha);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return NotFound("artifact " + sha + " is not in the store; upload it");
+    return ErrnoError("cannot open artifact " + sha, errno);
+  }
+  struct stat before {};
+  if (::fstat(fd.get(), &before) != 0) return ErrnoError("cannot stat artifact " + sha, errno);
+  const FileId id = file_id(before);
+  {
+    std::lock_guard<std::mutex> vlock(verified_mu_);
+    auto it = verified_.find(sha);
+    if (it != verified_.end() && it->second == id) return Status::Ok();
+  }
+  // Hashed without a lock: other calls go on meanwhile.
+  Sha256 hash;
+  std::vector<uint8_t> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot read artifact " + sha, errno);
+    }
+    if (n == 0) break;
+    hash.update(buf.data(), size_t(n));
+  }
+  const std::string got = hash.finish_hex();
+  struct stat after {};
+  const bool unchanged = ::fstat(fd.get(), &after) == 0 && file_id(after) == id;
+  if (got == sha) {
+    std::lock_guard<std::mutex> vlock(verified_mu_);
+    if (unchanged) verified_[sha] = id;  // a file changed while hashed is hashed next time
+    return Status::Ok();
+  }
+  {
+    // Delete it unless the name meanwhile holds another file (a fresh upload).
+    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> vlock(verified_mu_);
+    verified_.erase(sha);
+    struct stat now {};
+    if (::stat(path.c_str(), &now) == 0 && uint64_t(now.st_dev) == id.dev &&
+        uint64_t(now.st_ino) == id.ino && ::unlink(path.c_str()) == 0) {
+      used_ = used_ > id.size ? used_ - id.size : 0;
+    }
+  }
+  std::fprintf(stderr,
+               "npas-runner: artifact %s was corrupted in the store (its content hashes to %s, "
+               "%llu bytes); removed it\n",
+               sha.c_str(), got.c_str(), (unsigned long long)id.size);
+  return NotFound("artifact " + sha + " was corrupted in the store (its content hashes to " +
+                  got + ") and has been removed; upload it again");
 }
 
 std::unique_ptr<ArtifactPins> ArtifactStore::pin(const std::vector<std::string>& shas) {
@@ -204,6 +290,10 @@ Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size) {
       return ErrnoError("cannot evict " + path_of(c.name), err);
     }
     used_ = used_ > c.size ? used_ - c.size : 0;
+    {
+      std::lock_guard<std::mutex> vlock(verified_mu_);
+      verified_.erase(c.name);
+    }
     std::fprintf(stderr,
                  "npas-runner: artifact store over %llu bytes: evicted least recently used %s "
                  "(%llu bytes) for %s\n",
@@ -281,6 +371,11 @@ Status ArtifactStore::commit(const std::string& temp_path, const std::string& sh
   }
   used_ += size;
   touch(sha);
+  {
+    // Its bytes were hashed on the way in: good until the file changes.
+    std::lock_guard<std::mutex> vlock(verified_mu_);
+    remember_verified_locked(sha);
+  }
   // Make the rename durable too.
   UniqueFd dfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd.valid()) ::fsync(dfd.get());

@@ -5,8 +5,17 @@
 // Eviction: each artifact's mtime is its last use (set on store, on has(), and when a model
 // pins it for loading; it survives restarts). When an upload would go over max_store_bytes,
 // the least recently used artifacts that no loaded model pins are deleted until it fits.
+//
+// Verification: before a load uses an artifact, verify() checks its content against its name.
+// A file is hashed on its first use in this process and again whenever its (device, inode,
+// size, mtime, ctime) differ from when it was last found good; in between, a stat suffices. A
+// write through the file system changes ctime (which no user can set back), so a file changed
+// since it was verified is hashed again. The store's own touches update the record only when
+// the file still matched it just before.
 #ifndef NPAS_CORE_ARTIFACT_STORE_H
 #define NPAS_CORE_ARTIFACT_STORE_H
+
+#include <sys/stat.h>
 
 #include <cstdint>
 #include <memory>
@@ -107,7 +116,25 @@ class ArtifactStore {
   std::unique_ptr<ArtifactPins> pin(const std::vector<std::string>& shas);
   bool pinned(const std::string& sha) const;
 
+  // The stored artifact's content still hashes to `sha` (see Verification above). A mismatch
+  // deletes the file, logs it, and is NotFound ("... was corrupted in the store and has been
+  // removed; upload it again"), so the host re-uploads it as it does an evicted one; never
+  // load a file this refused. NotFound when absent.
+  Status verify(const std::string& sha);
+
  private:
+  // What stat() said about a file when its content was last found to match its name.
+  struct FileId {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    bool operator==(const FileId& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns &&
+             ctime_ns == o.ctime_ns;
+    }
+  };
+  static FileId file_id(const struct stat& st);
+  // Under verified_mu_: the record of `sha` now that its file was found good (or dropped).
+  void remember_verified_locked(const std::string& sha) const;
   friend class ArtifactWriter;
   ArtifactStore(std::string dir, const StoreLimits& limits) : dir_(std::move(dir)), limits_(limits) {}
   friend class ArtifactPins;
@@ -128,6 +155,8 @@ class ArtifactStore {
   std::map<std::string, int> pins_;
   mutable std::mutex stamp_mu_;
   mutable int64_t last_stamp_ns_ = 0;
+  mutable std::mutex verified_mu_;  // taken before stamp_mu_, never after
+  mutable std::map<std::string, FileId> verified_;
 };
 
 }  // namespace npas

@@ -86,7 +86,7 @@ class CpuModel final : public Model {
 
  private:
   friend StatusOr<std::unique_ptr<Model>> npas::load_cpu_model(const Manifest&,
-                                                                const ArtifactStore&,
+                                                                ArtifactStore&,
                                                                 const ManifestLimits&,
                                                                 const ThreadPlan&);
   struct PreparedStep {
@@ -152,7 +152,7 @@ class CpuModel final : public Model {
 }  // namespace
 
 StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
-                                                const ArtifactStore& store,
+                                                ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const ThreadPlan& plan) {
   uint64_t t0 = monotonic_ns();

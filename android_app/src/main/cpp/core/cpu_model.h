@@ -36,7 +36,7 @@ StatusOr<ThreadPlan> plan_threads(const ThreadRequest& req, const DeviceInfo& de
 // Validates the manifest completely (backend CPU), then loads. Errors name the step, symbol
 // or artifact.
 StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
-                                                const ArtifactStore& store,
+                                                ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const ThreadPlan& plan);
 

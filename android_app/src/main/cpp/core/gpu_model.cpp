@@ -36,7 +36,7 @@ class GpuModel final : public Model {
   const uint8_t* output_data(size_t i) const override { return outputs_[i].data(); }
 
   static StatusOr<std::unique_ptr<Model>> load(const Manifest& manifest,
-                                               const ArtifactStore& store,
+                                               ArtifactStore& store,
                                                const ManifestLimits& limits,
                                                const std::string& cache_dir);
 
@@ -143,7 +143,7 @@ Status GpuModel::build_program(const std::string& source, const std::string& sou
 }
 
 StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
-                                                const ArtifactStore& store,
+                                                ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const std::string& cache_dir) {
   uint64_t t0 = monotonic_ns();
@@ -369,7 +369,7 @@ Status GpuModel::read_outputs() {
 }  // namespace
 
 StatusOr<std::unique_ptr<Model>> load_gpu_model(const Manifest& manifest,
-                                                const ArtifactStore& store,
+                                                ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const std::string& cache_dir) {
   return GpuModel::load(manifest, store, limits, cache_dir);

@@ -33,7 +33,7 @@ namespace npas {
 // `cache_dir` holds program binaries keyed by source, device, driver and build options;
 // empty: no cache.
 StatusOr<std::unique_ptr<Model>> load_gpu_model(const Manifest& manifest,
-                                                const ArtifactStore& store,
+                                                ArtifactStore& store,
                                                 const ManifestLimits& limits,
                                                 const std::string& cache_dir);
 

@@ -14,20 +14,26 @@
 
 namespace npas {
 
-Status check_artifacts_in_store(const Manifest& manifest, const ArtifactStore& store) {
+Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store) {
+  // Every artifact is verified before the first error is returned, so that all the corrupted
+  // ones are gone and one re-upload replaces them all.
+  Status first;
   for (const ArtifactRef& a : manifest.artifacts) {
     auto size = store.size_of(a.sha256);
+    Status s;
     if (!size.ok()) {
-      return NotFound("artifact '" + a.role + "' " + a.sha256 +
-                      " is not in the runner's store; upload it first");
+      s = NotFound("artifact '" + clip(a.role) + "' " + a.sha256 +
+                   " is not in the runner's store; upload it first");
+    } else if (Status good = store.verify(a.sha256); !good.ok()) {
+      s = Status(good.code(), "artifact '" + clip(a.role) + "': " + good.message());
+    } else if (size.value() != a.size) {
+      s = FailedPrecondition("artifact '" + clip(a.role) + "' " + a.sha256 + " has " +
+                             u(size.value()) + " bytes in the store, the manifest says " +
+                             u(a.size));
     }
-    if (size.value() != a.size) {
-      return FailedPrecondition("artifact '" + a.role + "' " + a.sha256 + " has " +
-                                u(size.value()) + " bytes in the store, the manifest says " +
-                                u(a.size));
-    }
+    if (!s.ok() && first.ok()) first = s;
   }
-  return Status::Ok();
+  return first;
 }
 
 Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,

@@ -58,9 +58,11 @@ constexpr uint64_t kDefaultInputSeed = 0x4E50415300000001ull;  // "NPAS", 1
 // IEEE 754 binary16 bits of `f`, rounded to nearest even (inf/NaN kept).
 uint16_t float_to_half(float f);
 
-// Every artifact of the manifest is in the store with its declared size (NotFound when one
-// is missing, FailedPrecondition when a size differs).
-Status check_artifacts_in_store(const Manifest& manifest, const ArtifactStore& store);
+// Every artifact of the manifest is in the store, its content verified against its sha256
+// (ArtifactStore::verify: NotFound when one is missing, or was corrupted and is now removed),
+// with its declared size (FailedPrecondition when a size differs). Loaders call it before they
+// open any artifact.
+Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store);
 // Reads exactly `size` bytes of the file at `path` into `dst`; `what` names it in errors.
 Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,
                       const std::string& what);

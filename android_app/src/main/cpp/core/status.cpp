@@ -29,6 +29,13 @@ const char* code_name(Code code) {
   return "UNKNOWN";
 }
 
+std::string clip(const std::string& value, size_t max_chars) {
+  if (value.size() <= max_chars) return value;
+  size_t n = max_chars;
+  while (n > 0 && (static_cast<unsigned char>(value[n]) & 0xC0) == 0x80) --n;  // continuation
+  return value.substr(0, n) + "\u2026 (" + std::to_string(value.size()) + " chars)";
+}
+
 std::string Status::to_string() const {
   if (ok()) return "OK";
   return std::string(code_name(code_)) + ": " + message_;

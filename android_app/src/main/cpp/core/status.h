@@ -53,6 +53,12 @@ class [[nodiscard]] Status {
 // A number in an error message.
 inline std::string u(uint64_t v) { return std::to_string(v); }
 
+// A client-supplied value (name, symbol, path, sha) as echoed in an error message: at most
+// kMaxEchoedChars bytes (cut at a UTF-8 boundary), then "... (N chars)", so a huge name cannot
+// push a status past gRPC's metadata limit. Every echo of a client's string goes through it.
+constexpr size_t kMaxEchoedChars = 120;
+std::string clip(const std::string& value, size_t max_chars = kMaxEchoedChars);
+
 inline Status InvalidArgument(std::string m) { return Status(Code::kInvalidArgument, std::move(m)); }
 inline Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
 inline Status FailedPrecondition(std::string m) {
