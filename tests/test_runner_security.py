@@ -262,6 +262,50 @@ def test_run_validates_handle_and_inputs(client, bundle):
     expect("NOT_FOUND", "handle", client.unload, h)
 
 
+# ---- echoed values ----
+
+LONG = 15_000
+
+
+def _long_name_error(err: RunnerError) -> None:
+    assert f"({LONG} chars)" in err.message, err.message[:300]
+    assert len(err.message) < 1500
+
+
+def test_huge_names_are_clipped_in_errors_and_keep_their_status(client, bundle):
+    """A 15,000-character name must come back as its status, not as a transport error
+    (gRPC caps the trailing metadata that carries the message)."""
+    client.ensure_artifacts(bundle)
+    name = "n" * LONG
+    _long_name_error(expect("FAILED_PRECONDITION", "format_version 99", _load, client,
+                            _mutated(bundle, name=name, format_version=99)))
+    steps = list(bundle.manifest.steps)
+    step = dataclasses.replace(steps[0], name="s" * LONG, symbol="npas_no_such_kernel")
+    _long_name_error(expect("NOT_FOUND", "npas_no_such_kernel", _load, client,
+                            _mutated(bundle, steps=(step, *steps[1:]))))
+    t0 = bundle.manifest.tensors[0]
+    tensor = dataclasses.replace(t0, name="t" * LONG, nbytes=t0.nbytes + 4)
+    _long_name_error(expect("INVALID_ARGUMENT", "nbytes", _load, client,
+                            _mutated(bundle, tensors=(tensor, *bundle.manifest.tensors[1:]))))
+    pb = client._pb
+    _long_name_error(expect("INVALID_ARGUMENT", "sha256", _upload_raw, client,
+                            [_header(client, b"abc", sha="a" * LONG), pb.UploadChunk(data=b"abc")]))
+
+    h = _load(client, bundle.manifest).handle
+    spec = bundle.manifest.tensors[bundle.manifest.inputs[0]]
+    data = np.zeros(spec.shape, dtype="<f4").tobytes()
+    wrong = pb.Tensor(name="x" * LONG, shape=list(spec.shape), dtype="float32", data=data)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            client._stub.Run(pb.RunRequest(handle=h, inputs=[wrong]), metadata=client._metadata,
+                             timeout=20)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()[:300]
+        assert f"({LONG} chars)" in e.value.details()
+        expect("NOT_FOUND", "handle", client.unload, "h" * LONG)
+    finally:
+        client.unload(h)
+
+
 def test_load_manifest_as_proto_round_trips(bundle):
     p = manifest_to_proto(bundle.manifest)
     assert p.content_hash == bundle.manifest.content_hash

@@ -322,7 +322,7 @@ uint64_t ArtifactStore::used_bytes() const {
 StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::begin_write(const std::string& sha,
                                                                       uint64_t size) {
   if (!is_valid_sha256_hex(sha)) {
-    return InvalidArgument("sha256 '" + sha.substr(0, 80) +
+    return InvalidArgument("sha256 '" + clip(sha) +
                            "' is not 64 lowercase hex characters");
   }
   if (size > limits_.max_artifact_bytes) {

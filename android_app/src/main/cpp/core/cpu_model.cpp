@@ -223,7 +223,7 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
     dlerror();
     void* fn = dlsym(m->lib_.get(), s.symbol.c_str());
     if (!fn) {
-      return NotFound("step " + u(i) + " '" + s.name + "': symbol '" + s.symbol +
+      return NotFound("step " + u(i) + " '" + clip(s.name) + "': symbol '" + clip(s.symbol) +
                       "' is not exported by kernel library " + kref.sha256);
     }
     p.fn = reinterpret_cast<npas_kernel_fn>(fn);

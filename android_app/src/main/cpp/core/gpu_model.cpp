@@ -122,11 +122,11 @@ Status GpuModel::build_program(const std::string& source, const std::string& sou
   err = api_->BuildProgram(p.get(), 1, &dev, options.c_str(), nullptr, nullptr);
   if (err != CL_SUCCESS) {
     std::string log = build_log(*api_, p.get(), dev);
-    log_line("manifest '" + m.name + "': OpenCL build log:\n" + log);
+    log_line("manifest '" + clip(m.name) + "': OpenCL build log:\n" + log);
     std::string where = kernels_with_errors(log, source);
     return FailedPrecondition(
-        "manifest '" + m.name + "': the OpenCL program does not build on " + device_.name +
-        " (clBuildProgram returned " + error_name(err) + ", options '" + options + "')" +
+        "manifest '" + clip(m.name) + "': the OpenCL program does not build on " + device_.name +
+        " (clBuildProgram returned " + error_name(err) + ", options '" + clip(options, 400) + "')" +
         (where.empty() ? "" : "; errors in kernel " + where) + "; build log:\n" +
         (log.empty() ? std::string("(empty)") : trim_build_log(log)));
   }
@@ -150,7 +150,7 @@ StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
   ManifestArtifacts which;
   NPAS_RETURN_IF_ERROR(validate_manifest(manifest, limits, &which, Backend::kGpu));
   NPAS_RETURN_IF_ERROR(check_artifacts_in_store(manifest, store));
-  const std::string who = "manifest '" + manifest.name + "'";
+  const std::string who = "manifest '" + clip(manifest.name) + "'";
 
   std::string why;
   const Api* a = api(&why);
@@ -164,15 +164,15 @@ StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
   // What the bundle needs from the device.
   for (const std::string& f : manifest.target.features) {
     if (!d.has_extension(f)) {
-      return FailedPrecondition("bundle '" + manifest.name + "' needs " + f + "; device " +
-                                d.name + " does not support it");
+      return FailedPrecondition("bundle '" + clip(manifest.name) + "' needs " + clip(f) +
+                                "; device " + d.name + " does not support it");
     }
   }
   for (size_t i = 0; i < manifest.steps.size(); ++i) {
     const Step& s = manifest.steps[i];
     size_t limit = std::min(d.max_work_group_size, d.max_work_item_size0);
     if (s.local_size > limit) {
-      return InvalidArgument(who + ": step " + u(i) + " '" + s.name + "': local_size " +
+      return InvalidArgument(who + ": step " + u(i) + " '" + clip(s.name) + "': local_size " +
                              u(s.local_size) + " is over the max work-group size " + u(limit) +
                              " of device " + d.name);
     }
@@ -242,30 +242,30 @@ StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
   cl_mem arena = m->arena_.get(), weights = m->weights_.get();
   for (size_t i = 0; i < manifest.steps.size(); ++i) {
     const Step& s = manifest.steps[i];
-    std::string sw = who + ": step " + u(i) + " '" + s.name + "'";
+    std::string sw = who + ": step " + u(i) + " '" + clip(s.name) + "'";
     auto it = by_symbol.find(s.symbol);
     if (it == by_symbol.end()) {
       Handle<cl_kernel> k(a, a->CreateKernel(m->program_.get(), s.symbol.c_str(), &err));
       if (err == CL_INVALID_KERNEL_NAME) {
-        return NotFound(sw + ": kernel '" + s.symbol + "' is not in the OpenCL program " +
+        return NotFound(sw + ": kernel '" + clip(s.symbol) + "' is not in the OpenCL program " +
                         src_ref.sha256);
       }
       if (err != CL_SUCCESS || !k) {
-        return FailedPrecondition(sw + ": clCreateKernel('" + s.symbol + "') returned " +
+        return FailedPrecondition(sw + ": clCreateKernel('" + clip(s.symbol) + "') returned " +
                                   error_name(err));
       }
       cl_uint n_args = 0;
       if (a->GetKernelInfo(k.get(), CL_KERNEL_NUM_ARGS, sizeof n_args, &n_args, nullptr) ==
               CL_SUCCESS &&
           n_args != 2) {
-        return InvalidArgument(sw + ": kernel '" + s.symbol + "' takes " + u(n_args) +
+        return InvalidArgument(sw + ": kernel '" + clip(s.symbol) + "' takes " + u(n_args) +
                                " arguments; GPU kernels take 2 (__global float *arena, "
                                "__global const float *weights)");
       }
       err = a->SetKernelArg(k.get(), 0, sizeof arena, &arena);
       if (err == CL_SUCCESS) err = a->SetKernelArg(k.get(), 1, sizeof weights, &weights);
       if (err != CL_SUCCESS) {
-        return InvalidArgument(sw + ": kernel '" + s.symbol + "': clSetKernelArg returned " +
+        return InvalidArgument(sw + ": kernel '" + clip(s.symbol) + "': clSetKernelArg returned " +
                                error_name(err) + "; GPU kernels take (__global float *arena, "
                                "__global const float *weights)");
       }
@@ -295,8 +295,9 @@ StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
 Status GpuModel::step_error(size_t i, const std::string& call, cl_int err) const {
   const Step& s = manifest().steps[i];
   Status e = cl_error(call, err);
-  return Status(e.code(), "manifest '" + manifest().name + "': step " + u(i) + " '" + s.name +
-                              "' (kernel '" + s.symbol + "'): " + e.message());
+  return Status(e.code(), "manifest '" + clip(manifest().name) + "': step " + u(i) + " '" +
+                              clip(s.name) + "' (kernel '" + clip(s.symbol) + "'): " +
+                              e.message());
 }
 
 Status GpuModel::write_inputs(const std::vector<TensorView>& inputs) {
@@ -308,7 +309,7 @@ Status GpuModel::write_inputs(const std::vector<TensorView>& inputs) {
                                           size_t(t.arena_offset), size_t(t.nbytes),
                                           inputs[i].data, 0, nullptr, nullptr);
     if (err != CL_SUCCESS) {
-      return cl_error("input '" + t.name + "': clEnqueueWriteBuffer", err);
+      return cl_error("input '" + clip(t.name) + "': clEnqueueWriteBuffer", err);
     }
   }
   return Status::Ok();
@@ -332,7 +333,7 @@ Status GpuModel::execute(std::vector<std::vector<uint64_t>>* layer_ns, size_t ru
   cl_int err = api_->Finish(queue_.get());
   *ns = monotonic_ns() - t0;
   if (err != CL_SUCCESS) {
-    return cl_error("manifest '" + manifest().name + "': clFinish after the steps", err);
+    return cl_error("manifest '" + clip(manifest().name) + "': clFinish after the steps", err);
   }
   if (layer_ns) {
     for (size_t i = 0; i < steps_.size(); ++i) {
@@ -359,7 +360,9 @@ Status GpuModel::read_outputs() {
     cl_int err = api_->EnqueueReadBuffer(queue_.get(), arena_.get(), CL_TRUE,
                                          size_t(t.arena_offset), size_t(t.nbytes),
                                          outputs_[i].data(), 0, nullptr, nullptr);
-    if (err != CL_SUCCESS) return cl_error("output '" + t.name + "': clEnqueueReadBuffer", err);
+    if (err != CL_SUCCESS) {
+      return cl_error("output '" + clip(t.name) + "': clEnqueueReadBuffer", err);
+    }
   }
   cl_int err = api_->Finish(queue_.get());
   if (err != CL_SUCCESS) return cl_error("clFinish after reading the outputs", err);

@@ -23,14 +23,14 @@ bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= li
 
 Status check_tensor(const Manifest& m, size_t i, const ManifestLimits& limits, Backend backend) {
   const TensorSpec& t = m.tensors[i];
-  std::string who = "manifest '" + m.name + "': tensor " + u(i) + " '" + t.name + "'";
+  std::string who = "manifest '" + clip(m.name) + "': tensor " + u(i) + " '" + clip(t.name) + "'";
   if (t.dtype == "float16" && backend != Backend::kGpu) {
     return InvalidArgument(who + ": dtype 'float16' is for GPU (OpenCL) bundles only; the CPU "
                            "backend takes float32");
   }
   const uint64_t esize = dtype_size(t.dtype);
   if (esize == 0) {
-    return InvalidArgument(who + ": dtype '" + t.dtype.substr(0, 40) + "' is not supported; " +
+    return InvalidArgument(who + ": dtype '" + clip(t.dtype) + "' is not supported; " +
                            (backend == Backend::kGpu ? "float32 or float16" : "only float32"));
   }
   if (t.shape.empty() || t.shape.size() > limits.max_rank) {
@@ -80,7 +80,7 @@ Status check_index_list(const std::vector<uint32_t>& idx, size_t n_tensors, size
 // Toolchain.flags of a GPU bundle become clBuildProgram's options: printable ASCII without
 // spaces (they are joined with spaces), each an option ("-..."), bounded in count and length.
 Status check_build_flags(const Manifest& m, const ManifestLimits& limits) {
-  std::string who = "manifest '" + m.name + "': toolchain.flags";
+  std::string who = "manifest '" + clip(m.name) + "': toolchain.flags";
   if (m.toolchain.flags.size() > limits.max_build_flags) {
     return ResourceExhausted(who + ": " + u(m.toolchain.flags.size()) + " flags, limit " +
                              u(limits.max_build_flags));
@@ -90,12 +90,12 @@ Status check_build_flags(const Manifest& m, const ManifestLimits& limits) {
     const std::string& f = m.toolchain.flags[i];
     std::string fw = who + "[" + u(i) + "]";
     if (f.size() < 2 || f[0] != '-') {
-      return InvalidArgument(fw + " '" + f.substr(0, 80) +
+      return InvalidArgument(fw + " '" + clip(f) +
                              "' is not a build option; options start with '-'");
     }
     for (char c : f) {
       if (c < 0x21 || c > 0x7e) {
-        return InvalidArgument(fw + " '" + f.substr(0, 80) +
+        return InvalidArgument(fw + " '" + clip(f) +
                                "' has a character that is not printable ASCII or is a space; "
                                "give each option as its own flag");
       }
@@ -143,11 +143,11 @@ bool is_c_identifier(const std::string& s) {
 
 Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
                          ManifestArtifacts* which, Backend backend) {
-  std::string who = "manifest '" + m.name + "'";
+  std::string who = "manifest '" + clip(m.name) + "'";
   const bool gpu = backend == Backend::kGpu;
   const bool opencl_bundle = m.target.arch == kOpenClArch;
   if (gpu && !opencl_bundle) {
-    return FailedPrecondition(who + ": target arch '" + m.target.arch.substr(0, 40) +
+    return FailedPrecondition(who + ": target arch '" + clip(m.target.arch) +
                               "' is a CPU bundle; backend GPU needs an OpenCL bundle (target "
                               "arch 'opencl'); load it with backend CPU or compile for the GPU");
   }
@@ -169,9 +169,9 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
   uint64_t weights_size = 0;
   for (size_t i = 0; i < m.artifacts.size(); ++i) {
     const ArtifactRef& a = m.artifacts[i];
-    std::string aw = who + ": artifact " + u(i) + " (role '" + a.role + "')";
+    std::string aw = who + ": artifact " + u(i) + " (role '" + clip(a.role) + "')";
     if (!is_valid_sha256_hex(a.sha256)) {
-      return InvalidArgument(aw + ": sha256 '" + a.sha256.substr(0, 80) +
+      return InvalidArgument(aw + ": sha256 '" + clip(a.sha256) +
                              "' is not 64 lowercase hex characters");
     }
     if (a.role == "kernels") {
@@ -243,9 +243,9 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
   }
   for (size_t i = 0; i < m.steps.size(); ++i) {
     const Step& s = m.steps[i];
-    std::string sw = who + ": step " + u(i) + " '" + s.name + "'";
+    std::string sw = who + ": step " + u(i) + " '" + clip(s.name) + "'";
     if (!is_c_identifier(s.symbol)) {
-      return InvalidArgument(sw + ": symbol '" + s.symbol.substr(0, 80) +
+      return InvalidArgument(sw + ": symbol '" + clip(s.symbol) +
                              "' is not a C identifier");
     }
     NPAS_RETURN_IF_ERROR(

@@ -93,21 +93,23 @@ Status Model::check_inputs(const std::vector<TensorView>& inputs) const {
   const auto& m = manifest_;
   if (inputs.size() != m.inputs.size()) {
     std::string names;
-    for (uint32_t idx : m.inputs) names += (names.empty() ? "" : ", ") + m.tensors[idx].name;
-    return InvalidArgument("model '" + m.name + "' takes " + u(m.inputs.size()) + " input(s) [" +
-                           names + "], got " + u(inputs.size()));
+    for (uint32_t idx : m.inputs) {
+      names += (names.empty() ? "" : ", ") + clip(m.tensors[idx].name, 40);
+    }
+    return InvalidArgument("model '" + clip(m.name) + "' takes " + u(m.inputs.size()) +
+                           " input(s) [" + clip(names, 400) + "], got " + u(inputs.size()));
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
     const TensorSpec& t = m.tensors[m.inputs[i]];
     const TensorView& v = inputs[i];
-    std::string who = "input " + u(i) + " '" + t.name + "'";
+    std::string who = "input " + u(i) + " '" + clip(t.name) + "'";
     if (!v.name.empty() && v.name != t.name) {
-      return InvalidArgument(who + ": got a tensor named '" + v.name +
+      return InvalidArgument(who + ": got a tensor named '" + clip(v.name) +
                              "'; inputs go in the manifest's order");
     }
     const std::string dtype = v.dtype.empty() ? "float32" : v.dtype;
     if (dtype != t.dtype) {
-      return InvalidArgument(who + ": dtype expected " + t.dtype + ", got " + dtype +
+      return InvalidArgument(who + ": dtype expected " + t.dtype + ", got " + clip(dtype) +
                              (v.dtype.empty() ? " (empty means float32)" : ""));
     }
     if (v.shape != t.shape) {

@@ -52,14 +52,14 @@ StatusOr<std::unique_ptr<ModelRegistry::Lease>> ModelRegistry::acquire(const std
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(handle);
     if (it == models_.end()) {
-      return NotFound("no loaded model with handle '" + handle.substr(0, 80) +
+      return NotFound("no loaded model with handle '" + clip(handle) +
                       "'; it was unloaded, or the runner restarted");
     }
     e = it->second;
   }
   auto lease = std::make_unique<Lease>(std::move(e));
   if (!lease->alive()) {
-    return NotFound("model '" + handle.substr(0, 80) + "' was unloaded while this call waited");
+    return NotFound("model '" + clip(handle) + "' was unloaded while this call waited");
   }
   return lease;
 }
@@ -70,7 +70,7 @@ Status ModelRegistry::remove(const std::string& handle) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(handle);
     if (it == models_.end()) {
-      return NotFound("no loaded model with handle '" + handle.substr(0, 80) + "'");
+      return NotFound("no loaded model with handle '" + clip(handle) + "'");
     }
     e = std::move(it->second);
     models_.erase(it);

@@ -3,9 +3,25 @@
 
 namespace npas {
 
+std::string bounded_status_message(const std::string& message) {
+  const size_t budget = kMaxStatusWireBytes - 64;  // room for the note below
+  size_t wire = 0, i = 0;
+  for (; i < message.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(message[i]);
+    size_t w = (c < 0x20 || c > 0x7e || c == '%') ? 3 : 1;  // grpc-message percent-encoding
+    if (wire + w > budget) break;
+    wire += w;
+  }
+  if (i == message.size()) return message;
+  while (i > 0 && (static_cast<unsigned char>(message[i]) & 0xC0) == 0x80) --i;
+  return message.substr(0, i) + " ... (message cut at " + std::to_string(i) + " of " +
+         std::to_string(message.size()) + " bytes)";
+}
+
 grpc::Status to_grpc(const Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(s.code())), s.message());
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(s.code())),
+                      bounded_status_message(s.message()));
 }
 
 Manifest from_proto(const pb::Manifest& p) {

@@ -17,9 +17,7 @@ namespace {
 
 namespace pb = ::npas::runner::v1;
 
-grpc::Status invalid(const std::string& m) {
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
-}
+grpc::Status invalid(const std::string& m) { return to_grpc(InvalidArgument(m)); }
 
 std::vector<TensorView> views_of(const google::protobuf::RepeatedPtrField<pb::Tensor>& ts) {
   std::vector<TensorView> v;
@@ -92,7 +90,7 @@ grpc::Status RunnerService::MissingArtifacts(Ctx* ctx, const pb::MissingArtifact
   for (int i = 0; i < req->sha256_size(); ++i) {
     const std::string& sha = req->sha256(i);
     if (!is_valid_sha256_hex(sha)) {
-      return invalid("sha256[" + std::to_string(i) + "] '" + sha.substr(0, 80) +
+      return invalid("sha256[" + std::to_string(i) + "] '" + clip(sha) +
                      "' is not 64 lowercase hex characters");
     }
   }
