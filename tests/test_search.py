@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from procs import descendants, wait_gone
 from torch import nn
 
 from host.models.data import DataSpecError, batches, load_dataset
@@ -551,8 +552,12 @@ def test_resume_after_kill_evaluates_no_finished_candidate_twice(tmp_path, runne
                 break
             time.sleep(0.05)  # polling a file for a condition, not waiting for time to pass
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        below = descendants(proc.pid)
+        assert any("spawn_main" in cmd for cmd in below.values()), below  # the compiler
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        left = wait_gone(below, 30)
+        assert not left, f"outlived the SIGKILLed search: {[below[i] for i in left]}"
     finally:
         log.close()
         _kill_runners_using(store)

@@ -2,11 +2,14 @@
 
 The runner picks a free port itself (``--listen 127.0.0.1:0``) and prints it on its first
 stdout line, so there is no race between choosing a port and binding it. Its artifact store
-persists across restarts, so a restarted runner needs no re-upload.
+persists across restarts, so a restarted runner needs no re-upload. A private store
+(``scratch_runner``) is held under a lock while its owner lives; one whose owner was killed
+before it could remove it is removed by the next ``scratch_runner``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -167,16 +170,81 @@ def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int,
                    stack: ExitStack) -> LocalRunner:
     """A local runner with a private artifact store in the cache folder, removed (with the
     runner) when ``stack`` closes: for work that uploads many distinct bundles (a search's
-    candidates, a tuner's variants), which would fill and pollute the shared store. A missing
-    runner binary raises FileNotFoundError."""
-    default_cache_dir().mkdir(parents=True, exist_ok=True)
-    store = Path(tempfile.mkdtemp(prefix=prefix, dir=default_cache_dir()))
-    stack.callback(shutil.rmtree, store, True)
+    candidates, a tuner's variants), which would fill and pollute the shared store. Stores of
+    owners that are gone (a SIGKILLed search) are removed first. A missing runner binary
+    raises FileNotFoundError."""
+    cache = default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    reap_scratch_stores(cache, prefix)
+    store = _owned_dir(cache, prefix, stack)
     runner = LocalRunner(LocalRunnerConfig(
         binary=binary, store=store, extra_args=("--max-store-bytes", str(max_store_bytes))))
     stack.callback(runner.close)
     return runner
 
+
+def _owned_dir(parent: Path, prefix: str, stack: ExitStack) -> Path:
+    """``parent/PREFIXPID-XXXX/``, with ``….lock`` beside it locked (flock) until ``stack``
+    closes or this process dies; the lock is taken before the folder exists, so a reaper never
+    sees the folder unlocked while its owner lives."""
+    fd, lock = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".lock", dir=parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    stack.callback(os.close, fd)
+    stack.callback(Path(lock).unlink, missing_ok=True)
+    folder = Path(lock[:-len(".lock")])
+    folder.mkdir(mode=0o700)
+    stack.callback(shutil.rmtree, folder, True)
+    return folder
+
+
+def reap_scratch_stores(parent: Path, prefix: str) -> list[Path]:
+    """Remove the private stores in ``parent`` whose owner is gone (its lock is free; a store
+    without a lock, from before locks, when the pid in its name is not running); return them."""
+    gone = []
+    for entry in sorted(parent.glob(prefix + "*")):
+        lock = entry if entry.suffix == ".lock" else entry.with_name(entry.name + ".lock")
+        folder = lock.with_name(lock.name[:-len(".lock")])
+        if entry == lock and folder.exists():
+            continue  # handled with its folder
+        if lock.exists():
+            if not _lock_is_free(lock):
+                continue
+        elif not _owner_gone(folder.name[len(prefix):]):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        if entry == folder:
+            gone.append(folder)
+    return gone
+
+
+def _lock_is_free(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock if we took it
+
+
+def _owner_gone(name: str) -> bool:
+    """``name`` starts with a pid and a dash (``1234-abcd``) and that pid is not running; other
+    names (``abcd``: older stores, whose owner is unknown) are kept."""
+    pid, dash, _ = name.partition("-")
+    if not dash or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def from_spec(spec: DeviceSpec, stack: ExitStack) -> LocalRunner:

@@ -8,7 +8,10 @@ One worker thread compiles and measures while the search's main thread fine-tune
 candidate for its accuracy (``submit`` returns a future). Compiling happens in a separate
 process: capture traces the model with torch.fx, which patches ``nn.Module.__call__`` for the
 whole process while it traces, so a model trained in another thread at that moment would run
-through the tracer. The process also keeps a crash in the compiler away from the search.
+through the tracer. The process also keeps a crash in the compiler away from the search. It
+ends with the search, even a SIGKILLed one, which runs no cleanup: it watches its parent
+(``compile_pool``), and multiprocessing's resource tracker, which waits for every process
+holding its pipe, then ends too.
 
 Results are cached by the bundle's content hash (kernels + weights + manifest: the same hash
 is the same program), in memory and in ``latency.jsonl`` in the run folder, so a resumed run or
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import threading
@@ -51,8 +55,27 @@ from ..targets import toolchain_for_device
 CACHE_NAME = "latency.jsonl"
 
 
-def _child_init() -> None:
+PARENT_POLL_S = 0.2
+
+
+def _child_init(parent: int) -> None:
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="npas-parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process once ``parent`` is gone (the process is re-parented then); a compile
+    in progress is abandoned: nobody is left to read its result."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def compile_pool() -> ProcessPoolExecutor:
+    """One spawned compile process that exits when this process does, however it ends."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_child_init, initargs=(os.getpid(),))
 
 
 def _compile(model: nn.Module, example: torch.Tensor, out: Path, name: str, toolchain,
@@ -216,8 +239,7 @@ class LatencyOracle:
                         schemes: dict[str, str]) -> Bundle:
         with self._compiler_lock:
             if self._compiler is None:
-                self._compiler = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init)
+                self._compiler = compile_pool()
             pool = self._compiler
         try:
             return pool.submit(_compile, model, self.example, out, name, self.toolchain,
