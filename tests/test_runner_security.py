@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import subprocess
 
 import grpc
 import numpy as np
@@ -132,10 +133,10 @@ def test_upload_short_is_data_loss(client):
     assert client.missing([hashlib.sha256(data).hexdigest()])
 
 
-def test_upload_longer_than_declared_is_refused(client):
+def test_upload_longer_than_declared_is_data_loss(client):
     pb = client._pb
     data = b"0123456789" * 10
-    expect("INVALID_ARGUMENT", "10 bytes the header declared", _upload_raw, client,
+    expect("DATA_LOSS", "10 bytes the header declared", _upload_raw, client,
            [_header(client, data, size=10), pb.UploadChunk(data=data)])
 
 
@@ -216,6 +217,101 @@ def test_library_for_another_architecture_is_failed_precondition(client, bundle,
     arm = dataclasses.replace(arm, manifest=dataclasses.replace(arm.manifest, artifacts=arts))
     client.ensure_artifacts(arm)
     expect("FAILED_PRECONDITION", "aarch64", _load, client, arm.manifest)
+
+
+def _with_library(client, bundle, tmp_path, lib_bytes: bytes):
+    """The bundle with its kernel library replaced, uploaded."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    lib = copy / bundle.manifest.artifact("kernels").file
+    lib.chmod(0o644)
+    lib.write_bytes(lib_bytes)
+    arts = tuple(artifact_ref(copy, a.role, a.kind, a.file) for a in bundle.manifest.artifacts)
+    b = load_bundle(copy, verify=False)
+    b = dataclasses.replace(b, manifest=dataclasses.replace(b.manifest, artifacts=arts))
+    client.ensure_artifacts(b)
+    return b
+
+
+def test_truncated_64_bit_elf_is_called_truncated(client, bundle, tmp_path):
+    head = (bundle.path / bundle.manifest.artifact("kernels").file).read_bytes()[:40]
+    err = expect("FAILED_PRECONDITION", "truncated", _load, client,
+                 _with_library(client, bundle, tmp_path, head).manifest)
+    assert "32-bit" not in err.message
+
+
+@pytest.mark.parametrize("abi", [2, 1])
+def test_kernel_abi_version_is_checked_before_the_library_is_loaded(client, bundle, tmp_path,
+                                                                   cc, abi):
+    """A library with another ABI version is refused without being loaded: its constructor
+    (which writes a marker file) never runs. The right version is loaded (and then lacks the
+    bundle's kernels), which shows the constructor does run when the library is loaded."""
+    marker = tmp_path / "constructor-ran"
+    src = tmp_path / "lib.c"
+    src.write_text(
+        "#include <stdint.h>\n#include <stdio.h>\n"
+        f"__attribute__((visibility(\"default\"))) const uint32_t npas_kernel_abi_version = "
+        f"{abi}u;\n"
+        "__attribute__((constructor)) static void mark(void) {\n"
+        f"  FILE *f = fopen(\"{marker}\", \"w\"); if (f) fclose(f);\n}}\n")
+    so = tmp_path / "lib.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(so), str(src)], check=True)
+    b = _with_library(client, bundle, tmp_path, so.read_bytes())
+    if abi == 2:
+        expect("FAILED_PRECONDITION", "kernel ABI version 2", _load, client, b.manifest)
+        assert not marker.exists()
+    else:
+        expect("NOT_FOUND", "is not exported", _load, client, b.manifest)
+        assert marker.exists()
+
+
+def test_huge_scratch_is_resource_exhausted_naming_the_need(client, bundle):
+    """256 MiB of scratch x 256 threads: with overcommit the allocation 'succeeds' and the
+    runner dies on first touch, so the need is checked against available memory first."""
+    client.ensure_artifacts(bundle)
+    avail = _meminfo_bytes("MemAvailable")
+    scratch = 256 << 20
+    if scratch * 256 <= avail:
+        pytest.skip(f"this machine has {avail} bytes available, more than 64 GiB")
+    m = _mutated(bundle, scratch_bytes_per_thread=scratch)
+    err = expect("RESOURCE_EXHAUSTED", "scratch", client.load_model, m,
+                 MeasureConfig(threads=256))
+    assert str(scratch) in err.message and "256 threads" in err.message
+    assert "available" in err.message
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_thread_creation_failure_is_an_error_not_an_abort(runner_binary, bundle, tmp_path):
+    """Under an address-space limit with room for a few threads' stacks but not 256, asking
+    for 256 threads is RESOURCE_EXHAUSTED and the runner keeps serving."""
+    with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s0")) as r:
+        base_kb = _status_kb(r.pid, "VmSize")
+    limit_kb = base_kb + (768 << 10)  # 256 threads need 2 GiB of 8 MiB stacks
+    prefix = ("sh", "-c", f'ulimit -s 8192 && ulimit -v {limit_kb} && exec "$0" "$@"')
+    cfg = LocalRunnerConfig(binary=runner_binary, store=tmp_path / "store",
+                            command_prefix=prefix)
+    with LocalRunner(cfg) as r:
+        c = r.client(timeout_s=30)
+        c.ensure_artifacts(bundle)
+        expect("RESOURCE_EXHAUSTED", "cannot start thread", c.load_model, bundle.manifest,
+               MeasureConfig(threads=256))
+        assert r.alive()
+        h = c.load_model(bundle.manifest, MeasureConfig(threads=2)).handle
+        c.unload(h)
+        c.close()
+
+
+def _meminfo_bytes(key: str) -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def test_unsupported_format_version_is_refused(client, bundle):

@@ -396,7 +396,7 @@ ArtifactWriter::~ArtifactWriter() {
 Status ArtifactWriter::append(const void* data, size_t size) {
   if (done_) return Internal("append after finish for artifact " + sha_);
   if (size > size_ - received_) {
-    return InvalidArgument("artifact " + sha_ + ": more data than the " +
+    return DataLoss("artifact " + sha_ + ": more data than the " +
                            std::to_string(size_) + " bytes the header declared (got at least " +
                            std::to_string(received_ + size) + ")");
   }

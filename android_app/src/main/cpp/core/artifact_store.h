@@ -66,7 +66,7 @@ class ArtifactWriter {
   ArtifactWriter(const ArtifactWriter&) = delete;
   ArtifactWriter& operator=(const ArtifactWriter&) = delete;
 
-  // InvalidArgument when more bytes arrive than the header declared.
+  // DataLoss when more bytes arrive than the header declared (a size mismatch, as in finish).
   Status append(const void* data, size_t size);
   // DataLoss when the size or the sha256 differ from the header; then nothing is stored.
   Status finish();

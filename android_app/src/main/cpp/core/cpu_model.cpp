@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "core/npas_kernel_abi.h"
 #include "core/os_util.h"
@@ -52,9 +53,13 @@ Status check_kernel_elf(const std::string& path, const std::string& sha) {
   if (n < EI_NIDENT || std::memcmp(h.e_ident, ELFMAG, SELFMAG) != 0) {
     return FailedPrecondition(who + " is not an ELF file");
   }
-  if (h.e_ident[EI_CLASS] != ELFCLASS64 || n < ssize_t(sizeof h)) {
+  if (h.e_ident[EI_CLASS] != ELFCLASS64) {
     return FailedPrecondition(who + " is a 32-bit ELF file, this runner is " +
                               elf_machine_name(runner_elf_machine()) + " (64-bit)");
+  }
+  if (n < ssize_t(sizeof h)) {
+    return FailedPrecondition(who + " is truncated: " + u(uint64_t(n)) +
+                              " bytes, shorter than a 64-bit ELF header");
   }
   if (h.e_ident[EI_DATA] != ELFDATA2LSB) {
     return FailedPrecondition(who + " is big-endian; the runner needs little-endian");
@@ -68,6 +73,91 @@ Status check_kernel_elf(const std::string& path, const std::string& sha) {
                               "); build it with -shared -fPIC");
   }
   return Status::Ok();
+}
+
+namespace {
+
+// Reads exactly `size` bytes at `offset`, or false (short file, bad offset).
+bool pread_exact(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t file_size) {
+  if (offset > file_size || size > file_size - offset) return false;
+  auto* p = static_cast<uint8_t*>(dst);
+  while (size > 0) {
+    ssize_t n = ::pread(fd, p, size_t(size), off_t(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= uint64_t(n);
+    offset += uint64_t(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::string& sha) {
+  const std::string who = "kernel library " + sha;
+  auto bad = [&](const std::string& why) {
+    return FailedPrecondition(who + ": cannot read its " + NPAS_ABI_VERSION_SYMBOL +
+                              " from the file before loading it (" + why + ")");
+  };
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError("cannot open kernel library " + sha, errno);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return ErrnoError("cannot stat kernel library " + sha, errno);
+  const uint64_t file_size = uint64_t(st.st_size);
+  Elf64_Ehdr h{};
+  if (!pread_exact(fd.get(), &h, sizeof h, 0, file_size)) return bad("no ELF header");
+  if (h.e_shentsize != sizeof(Elf64_Shdr) || h.e_shnum == 0 || h.e_shnum >= SHN_LORESERVE) {
+    return bad("no section headers");
+  }
+  std::vector<Elf64_Shdr> sections(h.e_shnum);
+  if (!pread_exact(fd.get(), sections.data(), uint64_t(h.e_shnum) * sizeof(Elf64_Shdr),
+                   h.e_shoff, file_size)) {
+    return bad("section headers past the end of the file");
+  }
+  // The dynamic symbol table: what dlsym would search.
+  const Elf64_Shdr* dynsym = nullptr;
+  for (const Elf64_Shdr& sh : sections) {
+    if (sh.sh_type == SHT_DYNSYM) dynsym = &sh;
+  }
+  if (!dynsym || dynsym->sh_entsize != sizeof(Elf64_Sym) || dynsym->sh_link >= sections.size()) {
+    return bad("no dynamic symbol table");
+  }
+  const Elf64_Shdr& strtab = sections[dynsym->sh_link];
+  constexpr uint64_t kMaxTableBytes = 64ull << 20;
+  if (strtab.sh_type != SHT_STRTAB || strtab.sh_size > kMaxTableBytes ||
+      dynsym->sh_size > kMaxTableBytes) {
+    return bad("no usable dynamic string table");
+  }
+  std::vector<char> names(size_t(strtab.sh_size) + 1, '\0');  // NUL-terminated either way
+  std::vector<Elf64_Sym> syms(size_t(dynsym->sh_size / sizeof(Elf64_Sym)));
+  if (!pread_exact(fd.get(), names.data(), strtab.sh_size, strtab.sh_offset, file_size) ||
+      !pread_exact(fd.get(), syms.data(), uint64_t(syms.size()) * sizeof(Elf64_Sym),
+                   dynsym->sh_offset, file_size)) {
+    return bad("symbol tables past the end of the file");
+  }
+  for (const Elf64_Sym& sym : syms) {
+    if (sym.st_name >= strtab.sh_size ||
+        std::strcmp(names.data() + sym.st_name, NPAS_ABI_VERSION_SYMBOL) != 0) {
+      continue;
+    }
+    if (sym.st_shndx == SHN_UNDEF || sym.st_shndx >= sections.size()) {
+      return FailedPrecondition(who + " does not define " + NPAS_ABI_VERSION_SYMBOL);
+    }
+    const Elf64_Shdr& sec = sections[sym.st_shndx];
+    if (sym.st_size != sizeof(uint32_t) || sec.sh_type != SHT_PROGBITS ||
+        sym.st_value < sec.sh_addr || sym.st_value - sec.sh_addr > sec.sh_size ||
+        sec.sh_size - (sym.st_value - sec.sh_addr) < sizeof(uint32_t)) {
+      return bad("the symbol is not a 4-byte constant in the file");
+    }
+    uint32_t v = 0;
+    if (!pread_exact(fd.get(), &v, sizeof v, sec.sh_offset + (sym.st_value - sec.sh_addr),
+                     file_size)) {
+      return bad("the symbol's bytes are past the end of the file");
+    }
+    return v;  // little-endian, as check_kernel_elf made sure
+  }
+  return FailedPrecondition(who + " does not export " + NPAS_ABI_VERSION_SYMBOL);
 }
 
 namespace {
@@ -166,6 +256,15 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   const ArtifactRef& kref = manifest.artifacts[size_t(which.kernels)];
   std::string kpath = store.path_of(kref.sha256);
   NPAS_RETURN_IF_ERROR(check_kernel_elf(kpath, kref.sha256));
+  // The ABI version is read from the file: a refused library is never loaded, so none of its
+  // code (constructors included) runs.
+  auto file_abi = read_kernel_abi_version(kpath, kref.sha256);
+  if (!file_abi.ok()) return file_abi.status();
+  if (file_abi.value() != NPAS_KERNEL_ABI_VERSION) {
+    return FailedPrecondition("kernel library " + kref.sha256 + " has kernel ABI version " +
+                              u(file_abi.value()) + ", this runner implements " +
+                              u(NPAS_KERNEL_ABI_VERSION) + " (refused before loading it)");
+  }
   dlerror();
   m->lib_.reset(dlopen(kpath.c_str(), RTLD_NOW | RTLD_LOCAL));
   if (!m->lib_) {
@@ -184,12 +283,30 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
                               u(abi) + ", this runner implements " + u(NPAS_KERNEL_ABI_VERSION));
   }
 
+  // Memory: the whole need first, against what the OS has (with overcommit an oversized
+  // allocation succeeds and the process dies later), then each buffer checked.
+  const uint64_t weight_bytes =
+      which.weights >= 0 ? manifest.artifacts[size_t(which.weights)].size : 0;
+  const size_t stride = size_t((manifest.scratch_bytes_per_thread + 63) / 64 * 64);
+  const uint64_t scratch_bytes = uint64_t(stride) * uint64_t(plan.threads);  // both bounded
+  const uint64_t need = weight_bytes + manifest.arena_bytes + scratch_bytes;
+  const uint64_t avail = available_memory_bytes();
+  const std::string who = "model '" + clip(manifest.name) + "'";
+  if (avail > 0 && need > avail) {
+    return ResourceExhausted(who + " needs " + u(need) + " bytes of memory (weights " +
+                             u(weight_bytes) + ", activation arena " + u(manifest.arena_bytes) +
+                             ", scratch " + u(stride) + " bytes x " + u(plan.threads) +
+                             " threads), this device has " + u(avail) +
+                             " available (MemAvailable)");
+  }
+
   // Weights.
   if (which.weights >= 0) {
     const ArtifactRef& wref = manifest.artifacts[size_t(which.weights)];
     m->weights_ = AlignedBuffer(size_t(wref.size));
     if (!m->weights_.allocated()) {
-      return ResourceExhausted("cannot allocate " + u(wref.size) + " bytes for the weights");
+      return ResourceExhausted(who + ": cannot allocate " + u(wref.size) +
+                               " bytes for the weights");
     }
     NPAS_RETURN_IF_ERROR(
         read_file_into(store.path_of(wref.sha256), m->weights_.data(), wref.size, "weights"));
@@ -198,14 +315,13 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   // Arena and scratch.
   m->arena_ = AlignedBuffer(size_t(manifest.arena_bytes));
   if (!m->arena_.allocated()) {
-    return ResourceExhausted("cannot allocate the activation arena of " +
+    return ResourceExhausted(who + ": cannot allocate the activation arena of " +
                              u(manifest.arena_bytes) + " bytes");
   }
-  size_t stride = size_t((manifest.scratch_bytes_per_thread + 63) / 64 * 64);
   if (stride > 0) {
-    m->scratch_ = AlignedBuffer(stride * size_t(plan.threads));
+    m->scratch_ = AlignedBuffer(size_t(scratch_bytes));
     if (!m->scratch_.allocated()) {
-      return ResourceExhausted("cannot allocate scratch of " + u(stride) + " bytes x " +
+      return ResourceExhausted(who + ": cannot allocate scratch of " + u(stride) + " bytes x " +
                                u(plan.threads) + " threads");
     }
   }
@@ -245,7 +361,12 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
     p.scratch_stride = stride;
   }
 
-  m->pool_ = std::make_unique<ThreadPool>(plan.threads, plan.affinity);
+  auto pool = ThreadPool::create(plan.threads, plan.affinity);
+  if (!pool.ok()) {
+    return Status(pool.status().code(),
+                  "model '" + clip(manifest.name) + "': " + pool.status().message());
+  }
+  m->pool_ = std::move(pool).value();
   m->init_ns_ = monotonic_ns() - t0;
   return std::unique_ptr<Model>(std::move(m));
 }

@@ -43,6 +43,11 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
 // Reads the ELF header of `path` and checks it is a shared object for this runner's machine.
 Status check_kernel_elf(const std::string& path, const std::string& sha);
 
+// The value of the library's npas_kernel_abi_version, read from the file (section headers,
+// .dynsym, the symbol's bytes) without loading it. FailedPrecondition when the symbol is
+// missing or not a 4-byte constant stored in the file. After check_kernel_elf.
+StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::string& sha);
+
 }  // namespace npas
 
 #endif  // NPAS_CORE_CPU_MODEL_H

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 
@@ -51,6 +52,19 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   size_t e = s.find_last_not_of(ws);
   return s.substr(b, e - b + 1);
+}
+
+uint64_t available_memory_bytes() {
+  if (auto info = read_small_file("/proc/meminfo", 1 << 16)) {
+    size_t at = info->find("MemAvailable:");
+    if (at != std::string::npos) {
+      unsigned long long kb = 0;
+      if (std::sscanf(info->c_str() + at, "MemAvailable: %llu kB", &kb) == 1) return kb * 1024;
+    }
+  }
+  long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return uint64_t(pages) * uint64_t(page);
+  return 0;
 }
 
 uint64_t monotonic_ns() {

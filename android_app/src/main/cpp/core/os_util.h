@@ -68,6 +68,12 @@ std::optional<std::string> read_small_file(const std::string& path, size_t max_b
 // Leading and trailing whitespace removed.
 std::string trim(const std::string& s);
 
+// Memory the OS can give this process without swapping: /proc/meminfo's MemAvailable (Linux,
+// Android), else the free physical pages; 0 when unknown. Allocations are checked against it
+// first, because with overcommit a too-large malloc succeeds and the process dies on first
+// touch instead of getting an error.
+uint64_t available_memory_bytes();
+
 // CLOCK_MONOTONIC in nanoseconds.
 uint64_t monotonic_ns();
 

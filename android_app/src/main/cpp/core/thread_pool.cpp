@@ -9,6 +9,8 @@
 
 #include <climits>
 #include <cstring>
+#include <exception>
+#include <string>
 
 namespace npas {
 namespace {
@@ -77,16 +79,32 @@ ThreadPool::ThreadPool(int threads, std::vector<int> affinity)
   unsigned cores = std::thread::hardware_concurrency();
   spin_iterations_ = (cores == 0 || unsigned(threads_) <= cores) ? kSpinIterations
                                                                  : kOversubscribedSpinIterations;
-  workers_.reserve(size_t(threads_ - 1));
-  for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  try {
+    workers_.reserve(size_t(threads_ - 1));
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  } catch (const std::exception& e) {  // std::system_error (EAGAIN), std::bad_alloc
+    started_ = ResourceExhausted("cannot start thread " + std::to_string(workers_.size() + 2) +
+                                 " of " + std::to_string(threads_) + " (" + e.what() +
+                                 "); ask for fewer threads");
+    stop_workers();
+  }
 }
 
-ThreadPool::~ThreadPool() {
+StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::create(int threads, std::vector<int> affinity) {
+  auto pool = std::make_unique<ThreadPool>(threads, std::move(affinity));
+  if (!pool->started().ok()) return pool->started();
+  return pool;
+}
+
+void ThreadPool::stop_workers() {
   stop_.store(true, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   futex_wake_all(&generation_);
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
+
+ThreadPool::~ThreadPool() { stop_workers(); }
 
 void ThreadPool::parallel_for(int64_t n, RangeFn fn, void* ctx) {
   if (n <= 0) return;

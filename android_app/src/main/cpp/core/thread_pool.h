@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -20,7 +21,12 @@ class ThreadPool {
 
   // `threads` >= 1. When `affinity` is not empty, worker i (i >= 1) is pinned to
   // affinity[i % affinity.size()]; worker 0 is the caller (see pin_caller()).
+  // ResourceExhausted, naming how many threads started, when the OS refuses a thread (the
+  // ones started are stopped again).
+  static StatusOr<std::unique_ptr<ThreadPool>> create(int threads, std::vector<int> affinity);
+  // As create(), but check started() before use.
   ThreadPool(int threads, std::vector<int> affinity);
+  const Status& started() const { return started_; }
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -32,6 +38,7 @@ class ThreadPool {
 
  private:
   void worker_loop(int worker);
+  void stop_workers();
 
   int threads_;
   int spin_iterations_;
@@ -45,6 +52,7 @@ class ThreadPool {
   alignas(64) std::atomic<int> pending_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
+  Status started_;
 };
 
 // Pins the calling thread to one CPU (no-op for cpu < 0); restores the old mask when dropped.

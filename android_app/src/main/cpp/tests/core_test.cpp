@@ -126,7 +126,7 @@ void test_store(const std::string& dir) {
   CHECK_CODE(shortw.value()->finish(), Code::kDataLoss);
   shortw.value().reset();
   auto longw = store.begin_write(Sha256::hex(other.data(), 10), 10);
-  CHECK_CODE(longw.value()->append(other.data(), 11), Code::kInvalidArgument);
+  CHECK_CODE(longw.value()->append(other.data(), 11), Code::kDataLoss);
   longw.value().reset();
 
   CHECK_CODE(store.begin_write(std::string(64, 'b'), 1001).status(), Code::kResourceExhausted);
