@@ -208,7 +208,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                                   f"or not a regular file; {FIX}")
             continue
         _inside(path, f"artifacts[{i}].file = {a.file!r}", f)
-        if verify and (f.stat().st_size != a.size or sha256_file(f) != a.sha256):
+        try:
+            modified = verify and (f.stat().st_size != a.size or sha256_file(f) != a.sha256)
+        except OSError as e:
+            raise BundleError(f"{path}: artifact {a.role} ({a.file}) cannot be read "
+                              f"({e.strerror}); check its permissions") from None
+        if modified:
             raise BundleError(f"{path}: artifact {a.role} ({a.file}) does not match the "
                               f"manifest's size/sha256; the bundle was modified")
     if verify:

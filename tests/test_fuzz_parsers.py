@@ -1,10 +1,11 @@
 """Compiler-free tier: property-based fuzzing (hypothesis) of the parsers that read what users
-and devices hand us: bundle manifests, pruning plans, the search journal read on --resume and
-the tuning database. Each gets mutations of a real file and arbitrary bytes; the only exception
-allowed is the parser's own error (BundleError, PruningError, SearchError, TuningDbError), and
-what a parser accepts must be usable (a manifest converts to the runner's proto). The examples
-on the properties are regressions: those marked "found" are what hypothesis found in the
-parsers before they checked types, the others the issue's reports and the same bugs' kin."""
+and devices hand us: bundle manifests, pruning plans, the search journal and latency cache read
+on --resume, and the tuning database. Each gets mutations of a real file and arbitrary bytes;
+the only exception allowed is the parser's own error (BundleError, PruningError, SearchError,
+TuningDbError; the cache skips what it cannot use), and what a parser accepts must be usable
+(a manifest converts to the runner's proto). The examples on the properties are regressions:
+those marked "found" are what hypothesis found in the parsers before they checked types, the
+others the issue's reports and the same bugs' kin."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from host.pruning.plan import LayerRule, PruningConfig, PruningError, PruningPla
 from host.rpc.convert import manifest_to_proto
 from host.search.config import SearchConfig, SearchError
 from host.search.journal import JOURNAL_NAME, Journal
+from host.search.oracle import LatencyResult, read_cache
 from host.search.space import Candidate
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
@@ -266,3 +268,37 @@ def test_tuning_db_reads_or_raises_a_tuning_db_error(data):
         assert isinstance(e.speedup, float | int)
         assert all(isinstance(k, str) for k in e.tuning) and isinstance(e.space, dict)
         assert all(isinstance(v, list) for v in e.space.values())
+
+
+# ---- the latency cache (latency.jsonl, read on --resume) ----
+
+CACHED = {"key": "ab:r100:w10:t1", "result": {
+    "ok": True, "median_ms": 1.5, "content_hash": "ab", "samples_ns": [1500000, 1600000],
+    "warmup_ns": [2000000], "init_ns": 5, "threads": 1, "telemetry_before": None,
+    "telemetry_after": {"thermal_millicelsius": {"cpu": 45000}}, "layers": [],
+    "compile_s": 0.5, "measure_s": 0.2, "cached": False, "restarts": 0, "attempts": 1,
+    "errors": []}}
+
+
+@FUZZ
+@given(st.one_of(mutated(CACHED).map(lambda d: [d]), st.lists(JSON, max_size=4)),
+       st.binary(max_size=30))
+@example([{**CACHED, "result": {**CACHED["result"], "median_ms": "fast"}}], b"")
+@example([{**CACHED, "result": {**CACHED["result"], "telemetry_after": {
+    "thermal_millicelsius": [1]}}}], b"")  # AttributeError in temperature_c
+@example([[CACHED]], b"\xff")  # TypeError: list indices; UnicodeDecodeError
+def test_the_latency_cache_keeps_only_usable_measurements(records, garbage):
+    path = WORK / "latency.jsonl"
+    path.write_bytes(b"\n".join([*_lines(records), garbage]) + b"\n")
+    for r in read_cache(path).values():
+        lat = LatencyResult.from_record(r)
+        # what the search reads from a cached result
+        assert lat.ok and isinstance(lat.median_ms + 0, float | int)
+        assert lat.temperature_c is None or lat.temperature_c + 0 == lat.temperature_c
+        assert lat.p10_ms is None or lat.p10_ms <= lat.p90_ms
+
+
+def test_a_good_cache_line_is_kept():
+    path = WORK / "latency.jsonl"
+    path.write_bytes(b"\n".join(_lines([CACHED])) + b'\n{"key": "torn", "res')
+    assert read_cache(path) == {CACHED["key"]: CACHED["result"]}

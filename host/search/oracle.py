@@ -134,6 +134,50 @@ class LatencyResult:
         return s[min(len(s) - 1, (9 * len(s)) // 10)] / 1e6
 
 
+_CACHED_TYPES: dict[str, tuple[type, ...]] = {
+    "content_hash": (str,), "samples_ns": (list,), "warmup_ns": (list,), "init_ns": (int,),
+    "threads": (int,), "telemetry_before": (dict, type(None)),
+    "telemetry_after": (dict, type(None)), "layers": (list,), "compile_s": (int, float),
+    "measure_s": (int, float), "cached": (bool,), "restarts": (int,), "attempts": (int,),
+    "errors": (list,)}
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """The measurements ``latency.jsonl`` holds: key → result record. It is a cache: a line
+    that is not a successful measurement of the right shape (torn, edited) is skipped, and
+    that candidate is measured again."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for line in data.splitlines():
+        try:
+            d = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str):
+            continue
+        r = d.get("result")
+        if (isinstance(r, dict) and r.get("ok") is True
+                and isinstance(r.get("median_ms"), int | float)
+                and not isinstance(r.get("median_ms"), bool)
+                and all(isinstance(r[k], t) and (bool in t or not isinstance(r[k], bool))
+                        for k, t in _CACHED_TYPES.items() if k in r)
+                and all(isinstance(x, int) and not isinstance(x, bool)
+                        for k in ("samples_ns", "warmup_ns") for x in r.get(k, []))
+                and all(isinstance(la, dict) for la in r.get("layers", []))
+                and _thermal_ok(r.get("telemetry_after"))):
+            out[d["key"]] = r
+    return out
+
+
+def _thermal_ok(telemetry: dict | None) -> bool:
+    t = (telemetry or {}).get("thermal_millicelsius") or {}
+    return isinstance(t, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                       for v in t.values())
+
+
 class LatencyOracle:
     """Compiles and times candidates on ``device`` with the settings ``cfg``; ``toolchain``
     None means the one for what the device's runner reports (``info``)."""
@@ -164,14 +208,7 @@ class LatencyOracle:
     # --- cache --------------------------------------------------------------------------------
     def load_cache(self, path: Path) -> None:
         self.cache_path = path
-        if not path.is_file():
-            return
-        for line in path.read_text().splitlines():
-            try:
-                d = json.loads(line)
-                self.cache[d["key"]] = d["result"]
-            except (json.JSONDecodeError, KeyError):
-                continue
+        self.cache.update(read_cache(path))
 
     def persist(self, path: Path) -> None:
         """From now on keep the cache in ``path`` (written now with everything known)."""
