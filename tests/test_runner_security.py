@@ -84,6 +84,35 @@ def test_calls_without_the_token_are_refused(runner, token):
     assert runner.client().device_info().protocol_major == 1
 
 
+def test_unauthenticated_huge_messages_do_not_grow_the_runner(runner_binary, tmp_path):
+    """64 MiB (and 200 MiB) messages without the token are refused, and the runner's peak
+    memory (VmHWM) grows far less than the messages: gRPC reads a whole message before the
+    handler checks the token, so the receive limit and the memory quota bound it."""
+    with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "store")) as r:
+        before_kb = _status_kb(r.pid, "VmHWM")
+        pb, grpc_mod = load()
+        channel = grpc.insecure_channel(r.address, options=[
+            ("grpc.max_send_message_length", 256 << 20)])
+        stub = grpc_mod.RunnerStub(channel)
+        blob = b"\x01" * (64 << 20)
+        calls = [(stub.Run, pb.RunRequest(handle="x", inputs=[pb.Tensor(name="x", data=blob)])),
+                 (stub.LoadModel, pb.LoadModelRequest(manifest=pb.Manifest(name="n" * len(blob)))),
+                 (stub.UploadArtifact, iter([pb.UploadChunk(data=blob)])),
+                 (stub.Run, pb.RunRequest(inputs=[pb.Tensor(data=b"\x02" * (200 << 20))]))]
+        del blob
+        for method, req in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                method(req, timeout=60)
+            assert e.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      grpc.StatusCode.UNAUTHENTICATED), e.value
+        del calls
+        channel.close()
+        grown_mb = (_status_kb(r.pid, "VmHWM") - before_kb) / 1024
+        assert r.client().device_info().protocol_major == 1
+    print(f"VmHWM grew by {grown_mb:.0f} MB")
+    assert grown_mb < 100
+
+
 def test_client_with_wrong_token_gets_clear_error(runner):
     with RunnerClient(runner.address, "not-the-token") as c:
         err = expect("UNAUTHENTICATED", "token", c.device_info)

@@ -31,6 +31,8 @@ const char kUsage[] =
     "  --max-artifact-bytes N     largest artifact accepted (default 1073741824)\n"
     "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
     "  --max-models N             models loaded at once (default 16)\n"
+    "  --max-message-bytes N      largest request message read (default 16777216); checked\n"
+    "                             before the token, so it bounds an unauthenticated call\n"
   "  --exit-on-stdin-eof        shut down when stdin reaches end of file: the parent holds\n"
   "                             the pipe's write end, so the runner goes when it does, even\n"
   "                             when the parent is SIGKILLed\n"
@@ -87,6 +89,11 @@ int main(int argc, char** argv) {
         return usage_error("--max-store-bytes needs a positive byte count");
       }
       config.store_limits.max_store_bytes = n;
+    } else if (a == "--max-message-bytes") {
+      if (!value(&v) || !parse_u64(v, &n) || n < (2u << 20) || n > (1u << 30)) {
+        return usage_error("--max-message-bytes needs a byte count 2097152..1073741824");
+      }
+      config.max_receive_message_bytes = int(n);
     } else if (a == "--max-models") {
       if (!value(&v) || !parse_u64(v, &n) || n == 0 || n > 1024) {
         return usage_error("--max-models needs a count 1..1024");

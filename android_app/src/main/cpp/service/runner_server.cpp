@@ -63,8 +63,14 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
   grpc::ServerBuilder builder;
   int selected = 0;
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &selected);
-  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
-  builder.SetMaxSendMessageSize(config.max_message_bytes);
+  builder.SetMaxReceiveMessageSize(config.max_receive_message_bytes);
+  // gRPC 1.51 buffers a whole message before it checks the size limit or the handler checks
+  // the token: the quota bounds what the transport holds, so an oversized message is reset
+  // (RESOURCE_EXHAUSTED) once it passes the quota instead of being read to its end.
+  grpc::ResourceQuota quota("npas-runner");
+  quota.Resize(size_t(config.max_receive_message_bytes) * kMemoryQuotaMessages);
+  builder.SetResourceQuota(quota);
+  builder.SetMaxSendMessageSize(config.max_send_message_bytes);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || selected == 0) {

@@ -21,6 +21,12 @@ namespace npas {
 
 class RunnerService;
 
+constexpr int kDefaultMaxReceiveMessageBytes = 16 << 20;
+// gRPC's memory quota, in receive-size messages: room for a few legitimate calls at the limit
+// at once (four concurrent 16 MiB requests pass), while one oversized unauthenticated message
+// costs about this much and no more.
+constexpr size_t kMemoryQuotaMessages = 3;
+
 struct RunnerConfig {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
   std::string token;                   // required, non-empty
@@ -29,7 +35,12 @@ struct RunnerConfig {
   StoreLimits store_limits;
   ManifestLimits manifest_limits;
   size_t max_models = 16;
-  int max_message_bytes = 256 << 20;  // Run inputs and outputs of big models must fit
+  // The largest message the runner reads, checked by gRPC before the handler (so before the
+  // token is) and parsed only when it fits: one unauthenticated call costs at most about this.
+  // Legitimate ones: upload chunks of 1 MiB, manifests (tens of KB for VGG16), Run and
+  // Benchmark inputs (a 1x3x224x224 float32 image is 0.6 MB). --max-message-bytes raises it.
+  int max_receive_message_bytes = kDefaultMaxReceiveMessageBytes;
+  int max_send_message_bytes = 256 << 20;  // Run outputs of big models must fit
 };
 
 // Splits HOST:PORT (HOST may be [v6]) and refuses a non-loopback host unless allow_remote.
