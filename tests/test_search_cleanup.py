@@ -1,6 +1,6 @@
 """Host tier: a search killed with SIGKILL (which runs no cleanup) leaves nothing behind: its
-compile process and multiprocessing's resource tracker exit, and its private artifact store is
-removed by the next start of a private store."""
+compile process and multiprocessing's resource tracker exit, and its private artifact store and
+its runner's folder are removed by the next start of a private store and a runner."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from procs import descendants, wait_gone
 
-from host.devices.local import reap_scratch_stores, scratch_runner
+from host.devices.local import reap_orphans, scratch_runner
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from host.devices.local import scratch_runner
 r = scratch_runner(Path(sys.argv[1]), "scratch-store-", 1 << 20, ExitStack())
-print(r.config.store, flush=True)
+print(r.config.store, r.log_path.parent, flush=True)
 time.sleep(600)
 """
 
@@ -63,23 +63,26 @@ def test_a_private_store_of_a_killed_owner_is_removed_by_the_next_start(
         runner_binary, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    host, killed = _host(STORE_HOST, str(runner_binary),
-                         env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    host, printed = _host(STORE_HOST, str(runner_binary),
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    killed, runner_dir = printed.split(" ")
     try:
         assert Path(killed).is_dir() and Path(killed).parent == cache / "npas"
+        assert Path(runner_dir).is_dir()
         host.send_signal(signal.SIGKILL)
         host.wait()
     finally:
         host.kill()
         host.stdout.close()
-    assert Path(killed).is_dir()  # a SIGKILLed owner could not remove it
+    assert Path(killed).is_dir() and Path(runner_dir).is_dir()  # its owner could not remove them
     old = cache / "npas" / "scratch-store-abcd1234"  # an older npas's store: owner unknown
     old.mkdir()
     with ExitStack() as mine:
         live = scratch_runner(runner_binary, "scratch-store-", 1 << 20, mine).config.store
         assert not Path(killed).exists() and not Path(killed + ".lock").exists()
+        assert not Path(runner_dir).exists() and not Path(runner_dir + ".lock").exists()
         assert live.is_dir() and old.is_dir()
-        assert reap_scratch_stores(cache / "npas", "scratch-store-") == []  # its owner lives
+        assert reap_orphans(cache / "npas", "scratch-store-") == []  # its owner lives
         assert live.is_dir()
     assert not live.exists() and not live.with_name(live.name + ".lock").exists()
     assert old.is_dir()

@@ -2,9 +2,10 @@
 
 The runner picks a free port itself (``--listen 127.0.0.1:0``) and prints it on its first
 stdout line, so there is no race between choosing a port and binding it. Its artifact store
-persists across restarts, so a restarted runner needs no re-upload. A private store
-(``scratch_runner``) is held under a lock while its owner lives; one whose owner was killed
-before it could remove it is removed by the next ``scratch_runner``.
+persists across restarts, so a restarted runner needs no re-upload. The runner's folder (token,
+log) and a private store (``scratch_runner``) are held under a lock while their owner lives;
+those of an owner killed before it could remove them are removed by the next runner's start
+(``reap_orphans``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import DeviceSpec, DeviceTraits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_PREFIX = "NPAS-RUNNER LISTENING "
+RUNNER_DIR_PREFIX = "npas-runner-"  # in the temporary folder: the token file and the log
 
 
 def default_cache_dir() -> Path:
@@ -66,7 +68,10 @@ class LocalRunner:
     def __init__(self, config: LocalRunnerConfig | None = None):
         self.config = config or LocalRunnerConfig()
         self.binary = find_runner_binary(self.config.binary)
-        self._dir = Path(tempfile.mkdtemp(prefix="npas-runner-"))
+        self._owned = ExitStack()  # the folder and its lock, until close()
+        tmp = Path(tempfile.gettempdir())
+        reap_orphans(tmp, RUNNER_DIR_PREFIX)
+        self._dir = _owned_dir(tmp, RUNNER_DIR_PREFIX, self._owned)
         self._proc: subprocess.Popen | None = None
         self.address = ""
         self.token = ""
@@ -156,7 +161,7 @@ class LocalRunner:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._owned.close()
 
     def __enter__(self) -> LocalRunner:
         self.start()
@@ -175,7 +180,7 @@ def scratch_runner(binary: Path | None, prefix: str, max_store_bytes: int,
     raises FileNotFoundError."""
     cache = default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    reap_scratch_stores(cache, prefix)
+    reap_orphans(cache, prefix)
     store = _owned_dir(cache, prefix, stack)
     runner = LocalRunner(LocalRunnerConfig(
         binary=binary, store=store, extra_args=("--max-store-bytes", str(max_store_bytes))))
@@ -197,9 +202,9 @@ def _owned_dir(parent: Path, prefix: str, stack: ExitStack) -> Path:
     return folder
 
 
-def reap_scratch_stores(parent: Path, prefix: str) -> list[Path]:
-    """Remove the private stores in ``parent`` whose owner is gone (its lock is free; a store
-    without a lock, from before locks, when the pid in its name is not running); return them."""
+def reap_orphans(parent: Path, prefix: str) -> list[Path]:
+    """Remove the folders ``_owned_dir`` made in ``parent`` whose owner is gone (its lock is
+    free; without a lock, when the pid in the name is not running); return them."""
     gone = []
     for entry in sorted(parent.glob(prefix + "*")):
         lock = entry if entry.suffix == ".lock" else entry.with_name(entry.name + ".lock")
