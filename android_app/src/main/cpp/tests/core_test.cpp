@@ -22,6 +22,7 @@
 #include "core/gpu_model.h"
 #include "core/model.h"
 #include "core/model_registry.h"
+#include "core/os_util.h"
 #include "core/sha256.h"
 #include "core/thread_pool.h"
 
@@ -142,6 +143,37 @@ void test_store(const std::string& dir) {
   // Reopening counts what is there.
   auto reopened = ArtifactStore::open(dir, limits);
   CHECK(reopened.ok() && reopened.value()->used_bytes() == 600);
+}
+
+// verify(): a stored artifact is checked against its name; a file changed since it was last
+// found good is hashed again (even when its size and mtime are put back); a mismatch deletes
+// it. Touches by the store itself keep the record.
+void test_store_verify(const std::string& dir) {
+  auto st = ArtifactStore::open(dir, StoreLimits{});
+  CHECK(st.ok());
+  ArtifactStore& store = *st.value();
+  std::string sha = put(store, std::string(5000, 'v'));
+  CHECK(store.verify(sha).ok());
+  CHECK(store.has(sha));  // a touch: must not make the next verify hash or fail
+  CHECK(store.verify(sha).ok());
+  const std::string path = store.path_of(sha);
+  struct stat before {};
+  CHECK(::stat(path.c_str(), &before) == 0);
+  ::chmod(path.c_str(), 0644);
+  {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    CHECK(fd.valid() && ::pwrite(fd.get(), "w", 1, 2500) == 1);
+  }
+  struct timespec times[2] = {before.st_mtim, before.st_mtim};
+  ::utimensat(AT_FDCWD, path.c_str(), times, 0);  // mtime back: only ctime tells
+  Status bad = store.verify(sha);
+  CHECK_CODE(bad, Code::kNotFound);
+  CHECK(bad.message().find("corrupted") != std::string::npos);
+  CHECK(!store.has(sha));
+  CHECK(store.used_bytes() == 0);
+  CHECK_CODE(store.verify(sha), Code::kNotFound);
+  put(store, std::string(5000, 'v'));  // re-uploaded: good again
+  CHECK(store.verify(sha).ok());
 }
 
 // LRU eviction: room is made by deleting the least recently used unpinned artifacts.
@@ -639,6 +671,7 @@ int main(int argc, char** argv) {
   test_sha256();
   test_store(dir + "/store");
   test_store_eviction(dir + "/evict");
+  test_store_verify(dir + "/verify");
   test_thread_pool();
   test_manifest_checks();
   test_model(argv[1], dir);
