@@ -336,6 +336,32 @@ def test_thread_creation_failure_is_an_error_not_an_abort(runner_binary, bundle,
         c.close()
 
 
+def test_out_of_memory_inside_a_call_is_an_error_not_an_abort(runner_binary, bundle, tmp_path):
+    """Under an address-space limit, a Benchmark whose default inputs (512 MiB, built per
+    call) cannot be allocated is RESOURCE_EXHAUSTED, and the runner keeps serving. The input
+    is only declared bigger: the call fails before any kernel runs."""
+    with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s0")) as r:
+        base_kb = _status_kb(r.pid, "VmSize")
+    prefix = ("sh", "-c", f'ulimit -v {base_kb + (768 << 10)} && exec "$0" "$@"')
+    cfg = LocalRunnerConfig(binary=runner_binary, store=tmp_path / "store",
+                            command_prefix=prefix)
+    m = bundle.manifest
+    i = m.inputs[0]
+    big = dataclasses.replace(m.tensors[i], shape=(1, 8, 4096, 4096), arena_offset=0,
+                              nbytes=4 * 8 * 4096 * 4096)
+    tensors = (*m.tensors[:i], big, *m.tensors[i + 1:])
+    huge = dataclasses.replace(m, tensors=tensors, arena_bytes=max(m.arena_bytes, big.nbytes))
+    with LocalRunner(cfg) as r:
+        c = r.client(timeout_s=60)
+        c.ensure_artifacts(bundle)
+        h = c.load_model(huge, MeasureConfig(threads=1)).handle
+        expect("RESOURCE_EXHAUSTED", "out of memory", c.benchmark, h, MeasureConfig(runs=1))
+        assert r.alive()
+        c.unload(h)
+        assert c.device_info().protocol_major == 1
+        c.close()
+
+
 def _meminfo_bytes(key: str) -> int:
     for line in open("/proc/meminfo"):
         if line.startswith(key + ":"):

@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <exception>
+#include <new>
 
 #include "core/device_info.h"
 #include "core/cpu_model.h"
@@ -36,6 +38,22 @@ std::vector<TensorView> views_of(const google::protobuf::RepeatedPtrField<pb::Te
 
 void log_error(const char* rpc, const Status& s) {
   if (!s.ok()) std::fprintf(stderr, "npas-runner: %s: %s\n", rpc, s.to_string().c_str());
+}
+
+// Runs one call's body; an exception that escapes it (a failed allocation, a refused thread)
+// becomes an error status instead of terminating the runner, which gRPC would let happen.
+template <typename F>
+grpc::Status guarded(const char* rpc, F&& body) {
+  Status s;
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    s = ResourceExhausted(std::string(rpc) + ": out of memory");
+  } catch (const std::exception& e) {
+    s = Internal(std::string(rpc) + ": " + e.what());
+  }
+  log_error(rpc, s);
+  return to_grpc(s);
 }
 
 }  // namespace
@@ -84,181 +102,191 @@ grpc::Status RunnerService::GetDeviceInfo(Ctx* ctx, const pb::DeviceInfoRequest*
 
 grpc::Status RunnerService::MissingArtifacts(Ctx* ctx, const pb::MissingArtifactsRequest* req,
                                              pb::MissingArtifactsResponse* resp) {
-  grpc::Status auth = authenticate(ctx);
-  if (!auth.ok()) return auth;
-  if (req->sha256_size() > 100000) return invalid("at most 100000 sha256 values per call");
-  for (int i = 0; i < req->sha256_size(); ++i) {
-    const std::string& sha = req->sha256(i);
-    if (!is_valid_sha256_hex(sha)) {
-      return invalid("sha256[" + std::to_string(i) + "] '" + clip(sha) +
-                     "' is not 64 lowercase hex characters");
+  return guarded("MissingArtifacts", [&]() -> grpc::Status {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    if (req->sha256_size() > 100000) return invalid("at most 100000 sha256 values per call");
+    for (int i = 0; i < req->sha256_size(); ++i) {
+      const std::string& sha = req->sha256(i);
+      if (!is_valid_sha256_hex(sha)) {
+        return invalid("sha256[" + std::to_string(i) + "] '" + clip(sha) +
+                       "' is not 64 lowercase hex characters");
+      }
     }
-  }
-  for (const auto& sha : req->sha256()) {
-    if (!store_->has(sha)) resp->add_missing(sha);
-  }
-  return grpc::Status::OK;
+    for (const auto& sha : req->sha256()) {
+      if (!store_->has(sha)) resp->add_missing(sha);
+    }
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::UploadChunk>* reader,
                                            pb::UploadResponse* resp) {
-  grpc::Status auth = authenticate(ctx);
-  if (!auth.ok()) return auth;
-  pb::UploadChunk chunk;
-  if (!reader->Read(&chunk)) return invalid("empty upload: the first message must be a header");
-  if (chunk.part_case() != pb::UploadChunk::kHeader) {
-    return invalid("the first upload message must be a header, got data");
-  }
-  const pb::ArtifactHeader header = chunk.header();
-  if (header.kind() == pb::ARTIFACT_KIND_UNSPECIFIED) {
-    return invalid("upload header: kind is ARTIFACT_KIND_UNSPECIFIED");
-  }
-  if (!pb::ArtifactKind_IsValid(header.kind())) {
-    return invalid("upload header: unknown kind " + std::to_string(header.kind()));
-  }
-  auto writer = store_->begin_write(header.sha256(), header.size());
-  if (!writer.ok()) {
-    log_error("UploadArtifact", writer.status());
-    return to_grpc(writer.status());
-  }
-  while (reader->Read(&chunk)) {
-    if (chunk.part_case() != pb::UploadChunk::kData) {
-      return invalid("artifact " + header.sha256() + ": a second header in the upload");
+  return guarded("UploadArtifact", [&]() -> grpc::Status {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    pb::UploadChunk chunk;
+    if (!reader->Read(&chunk)) return invalid("empty upload: the first message must be a header");
+    if (chunk.part_case() != pb::UploadChunk::kHeader) {
+      return invalid("the first upload message must be a header, got data");
     }
-    Status s = writer.value()->append(chunk.data().data(), chunk.data().size());
+    const pb::ArtifactHeader header = chunk.header();
+    if (header.kind() == pb::ARTIFACT_KIND_UNSPECIFIED) {
+      return invalid("upload header: kind is ARTIFACT_KIND_UNSPECIFIED");
+    }
+    if (!pb::ArtifactKind_IsValid(header.kind())) {
+      return invalid("upload header: unknown kind " + std::to_string(header.kind()));
+    }
+    auto writer = store_->begin_write(header.sha256(), header.size());
+    if (!writer.ok()) {
+      log_error("UploadArtifact", writer.status());
+      return to_grpc(writer.status());
+    }
+    while (reader->Read(&chunk)) {
+      if (chunk.part_case() != pb::UploadChunk::kData) {
+        return invalid("artifact " + header.sha256() + ": a second header in the upload");
+      }
+      Status s = writer.value()->append(chunk.data().data(), chunk.data().size());
+      if (!s.ok()) {
+        log_error("UploadArtifact", s);
+        return to_grpc(s);  // stop reading: the client sent more than it declared
+      }
+    }
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
+    Status s = writer.value()->finish();
     if (!s.ok()) {
       log_error("UploadArtifact", s);
-      return to_grpc(s);  // stop reading: the client sent more than it declared
+      return to_grpc(s);
     }
-  }
-  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
-  Status s = writer.value()->finish();
-  if (!s.ok()) {
-    log_error("UploadArtifact", s);
-    return to_grpc(s);
-  }
-  resp->set_sha256(header.sha256());
-  resp->set_size(header.size());
-  resp->set_already_present(writer.value()->already_present());
-  return grpc::Status::OK;
+    resp->set_sha256(header.sha256());
+    resp->set_size(header.size());
+    resp->set_already_present(writer.value()->already_present());
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
                                       pb::LoadModelResponse* resp) {
-  grpc::Status auth = authenticate(ctx);
-  if (!auth.ok()) return auth;
-  const bool gpu = req->backend() == pb::GPU;
-  if (!gpu && req->backend() != pb::CPU && req->backend() != pb::BACKEND_UNSPECIFIED) {
-    return invalid("unknown backend " + std::to_string(req->backend()));
-  }
-  if (!req->has_manifest()) return invalid("LoadModel needs a manifest");
-  Status room = models_.check_room();
-  if (!room.ok()) return to_grpc(room);
+  return guarded("LoadModel", [&]() -> grpc::Status {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    const bool gpu = req->backend() == pb::GPU;
+    if (!gpu && req->backend() != pb::CPU && req->backend() != pb::BACKEND_UNSPECIFIED) {
+      return invalid("unknown backend " + std::to_string(req->backend()));
+    }
+    if (!req->has_manifest()) return invalid("LoadModel needs a manifest");
+    Status room = models_.check_room();
+    if (!room.ok()) return to_grpc(room);
 
-  const Manifest manifest = from_proto(req->manifest());
-  // Pinned before the load reads them, so a concurrent upload cannot evict them meanwhile.
-  std::vector<std::string> shas;
-  for (const ArtifactRef& a : manifest.artifacts) shas.push_back(a.sha256);
-  std::unique_ptr<ArtifactPins> pins = store_->pin(shas);
+    const Manifest manifest = from_proto(req->manifest());
+    // Pinned before the load reads them, so a concurrent upload cannot evict them meanwhile.
+    std::vector<std::string> shas;
+    for (const ArtifactRef& a : manifest.artifacts) shas.push_back(a.sha256);
+    std::unique_ptr<ArtifactPins> pins = store_->pin(shas);
 
-  StatusOr<std::unique_ptr<Model>> model = Status(Code::kInternal, "not loaded");
-  if (gpu) {
-    model = load_gpu_model(manifest, *store_, manifest_limits_,
-                           store_->dir() + "/" + kProgramCacheDir);
-  } else {
-    ThreadRequest treq;
-    treq.threads = req->threads();
-    treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
-    treq.pin_big_cores = req->pin_big_cores();
-    auto plan = plan_threads(treq, device_info());
-    if (!plan.ok()) return to_grpc(plan.status());
-    model = load_cpu_model(manifest, *store_, manifest_limits_, plan.value());
-  }
-  if (!model.ok()) {
-    log_error("LoadModel", model.status());
-    return to_grpc(model.status());
-  }
-  uint64_t init_ns = model.value()->init_ns();
-  int threads = model.value()->threads();
-  std::vector<int> affinity = model.value()->cpu_affinity();
-  auto handle = models_.add(std::move(model).value(), std::move(pins));
-  if (!handle.ok()) return to_grpc(handle.status());
-  resp->set_handle(handle.value());
-  resp->set_init_ns(init_ns);
-  resp->set_threads(uint32_t(threads));
-  for (int c : affinity) resp->add_cpu_affinity(uint32_t(c));
-  return grpc::Status::OK;
+    StatusOr<std::unique_ptr<Model>> model = Status(Code::kInternal, "not loaded");
+    if (gpu) {
+      model = load_gpu_model(manifest, *store_, manifest_limits_,
+                             store_->dir() + "/" + kProgramCacheDir);
+    } else {
+      ThreadRequest treq;
+      treq.threads = req->threads();
+      treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
+      treq.pin_big_cores = req->pin_big_cores();
+      auto plan = plan_threads(treq, device_info());
+      if (!plan.ok()) return to_grpc(plan.status());
+      model = load_cpu_model(manifest, *store_, manifest_limits_, plan.value());
+    }
+    if (!model.ok()) {
+      log_error("LoadModel", model.status());
+      return to_grpc(model.status());
+    }
+    uint64_t init_ns = model.value()->init_ns();
+    int threads = model.value()->threads();
+    std::vector<int> affinity = model.value()->cpu_affinity();
+    auto handle = models_.add(std::move(model).value(), std::move(pins));
+    if (!handle.ok()) return to_grpc(handle.status());
+    resp->set_handle(handle.value());
+    resp->set_init_ns(init_ns);
+    resp->set_threads(uint32_t(threads));
+    for (int c : affinity) resp->add_cpu_affinity(uint32_t(c));
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status RunnerService::Run(Ctx* ctx, const pb::RunRequest* req, pb::RunResponse* resp) {
-  grpc::Status auth = authenticate(ctx);
-  if (!auth.ok()) return auth;
-  auto lease = models_.acquire(req->handle());
-  if (!lease.ok()) return to_grpc(lease.status());
-  Model& model = lease.value()->model();
-  uint64_t latency = 0;
-  Status s = model.run(views_of(req->inputs()), &latency);
-  if (!s.ok()) return to_grpc(s);
-  const Manifest& m = model.manifest();
-  for (size_t i = 0; i < m.outputs.size(); ++i) {
-    const TensorSpec& t = m.tensors[m.outputs[i]];
-    auto* out = resp->add_outputs();
-    out->set_name(t.name);
-    for (int64_t d : t.shape) out->add_shape(d);
-    out->set_dtype(t.dtype);
-    out->set_data(model.output_data(i), model.output_size(i));
-  }
-  resp->set_latency_ns(latency);
-  return grpc::Status::OK;
+  return guarded("Run", [&]() -> grpc::Status {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    auto lease = models_.acquire(req->handle());
+    if (!lease.ok()) return to_grpc(lease.status());
+    Model& model = lease.value()->model();
+    uint64_t latency = 0;
+    Status s = model.run(views_of(req->inputs()), &latency);
+    if (!s.ok()) return to_grpc(s);
+    const Manifest& m = model.manifest();
+    for (size_t i = 0; i < m.outputs.size(); ++i) {
+      const TensorSpec& t = m.tensors[m.outputs[i]];
+      auto* out = resp->add_outputs();
+      out->set_name(t.name);
+      for (int64_t d : t.shape) out->add_shape(d);
+      out->set_dtype(t.dtype);
+      out->set_data(model.output_data(i), model.output_size(i));
+    }
+    resp->set_latency_ns(latency);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
                                       pb::BenchmarkResponse* resp) {
-  grpc::Status auth = authenticate(ctx);
-  if (!auth.ok()) return auth;
-  auto lease = models_.acquire(req->handle());
-  if (!lease.ok()) return to_grpc(lease.status());
-  Model& model = lease.value()->model();
+  return guarded("Benchmark", [&]() -> grpc::Status {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    auto lease = models_.acquire(req->handle());
+    if (!lease.ok()) return to_grpc(lease.status());
+    Model& model = lease.value()->model();
 
-  BenchmarkOptions opts;
-  // proto: 0 means the default; the limits are checked by Model::benchmark
-  opts.warmup = req->warmup() == 0 ? kDefaultBenchmarkWarmup : req->warmup();
-  opts.runs = req->runs() == 0 ? kDefaultBenchmarkRuns : req->runs();
-  opts.per_layer = req->per_layer();
-  opts.inputs = views_of(req->inputs());
-  opts.cancelled = [ctx] { return ctx->IsCancelled(); };
+    BenchmarkOptions opts;
+    // proto: 0 means the default; the limits are checked by Model::benchmark
+    opts.warmup = req->warmup() == 0 ? kDefaultBenchmarkWarmup : req->warmup();
+    opts.runs = req->runs() == 0 ? kDefaultBenchmarkRuns : req->runs();
+    opts.per_layer = req->per_layer();
+    opts.inputs = views_of(req->inputs());
+    opts.cancelled = [ctx] { return ctx->IsCancelled(); };
 
-  to_proto(read_telemetry(), resp->mutable_telemetry_before());
-  BenchmarkResult result;
-  Status s = model.benchmark(opts, &result);
-  if (!s.ok()) return to_grpc(s);
-  to_proto(read_telemetry(), resp->mutable_telemetry_after());
+    to_proto(read_telemetry(), resp->mutable_telemetry_before());
+    BenchmarkResult result;
+    Status s = model.benchmark(opts, &result);
+    if (!s.ok()) return to_grpc(s);
+    to_proto(read_telemetry(), resp->mutable_telemetry_after());
 
-  resp->mutable_samples_ns()->Add(result.samples_ns.begin(), result.samples_ns.end());
-  resp->mutable_warmup_ns()->Add(result.warmup_ns.begin(), result.warmup_ns.end());
-  resp->set_init_ns(model.init_ns());
-  resp->set_threads(uint32_t(model.threads()));
-  const Manifest& m = model.manifest();
-  for (size_t i = 0; i < result.layer_ns.size(); ++i) {
-    auto* l = resp->add_layers();
-    l->set_name(m.steps[i].name);
-    l->set_op(m.steps[i].op);
-    l->mutable_samples_ns()->Add(result.layer_ns[i].begin(), result.layer_ns[i].end());
-  }
+    resp->mutable_samples_ns()->Add(result.samples_ns.begin(), result.samples_ns.end());
+    resp->mutable_warmup_ns()->Add(result.warmup_ns.begin(), result.warmup_ns.end());
+    resp->set_init_ns(model.init_ns());
+    resp->set_threads(uint32_t(model.threads()));
+    const Manifest& m = model.manifest();
+    for (size_t i = 0; i < result.layer_ns.size(); ++i) {
+      auto* l = resp->add_layers();
+      l->set_name(m.steps[i].name);
+      l->set_op(m.steps[i].op);
+      l->mutable_samples_ns()->Add(result.layer_ns[i].begin(), result.layer_ns[i].end());
+    }
 
-  LastMeasurement last;
-  last.model = m.name;
-  last.backend = model.backend() == Backend::kGpu ? "gpu" : "cpu";
-  last.threads = model.threads();
-  last.runs = uint32_t(result.samples_ns.size());
-  last.warmup = uint32_t(result.warmup_ns.size());
-  set_sample_stats(result.samples_ns, &last);
-  last.finished_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
-  std::lock_guard<std::mutex> lock(last_mu_);
-  last_ = std::move(last);
-  return grpc::Status::OK;
+    LastMeasurement last;
+    last.model = m.name;
+    last.backend = model.backend() == Backend::kGpu ? "gpu" : "cpu";
+    last.threads = model.threads();
+    last.runs = uint32_t(result.samples_ns.size());
+    last.warmup = uint32_t(result.warmup_ns.size());
+    set_sample_stats(result.samples_ns, &last);
+    last.finished_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    std::lock_guard<std::mutex> lock(last_mu_);
+    last_ = std::move(last);
+    return grpc::Status::OK;
+  });
 }
 
 std::optional<LastMeasurement> RunnerService::last_measurement() const {
