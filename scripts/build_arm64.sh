@@ -7,8 +7,12 @@
 #      fetched with `apt-get download` and unpacked with `dpkg -x` (never installed: installing
 #      an arm64 -dev package would make apt remove the host compilers);
 #   3. build/arm64/npas-runner, cross-built from the same CMake project
-#      (android_app/src/main/cpp/cmake/aarch64-linux-gnu.cmake), rebuilt incrementally.
+#      (android_app/src/main/cpp/cmake/aarch64-linux-gnu.cmake), rebuilt incrementally;
+#   4. build/arm64-static/npas-runner: the same with -DNPAS_STATIC=ON, one static, stripped
+#      executable (no loader, no libraries, no GPU backend) that `npas-host install --device
+#      SERIAL` pushes to a phone.
 # Run it: qemu-aarch64 -L build/arm64-sysroot build/arm64/npas-runner --listen 127.0.0.1:0 ...
+#     or: qemu-aarch64 build/arm64-static/npas-runner --listen 127.0.0.1:0 ...
 # Usage: scripts/build_arm64.sh   (NPAS_SKIP_APT=1 skips step 1 on machines you do not own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,20 +82,26 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# ---- 3. the cross-built runner ----
+# ---- 3. and 4. the cross-built runners: dynamic (build/arm64), static (build/arm64-static) ----
 gen=Unix\ Makefiles; command -v ninja >/dev/null && gen=Ninja
-if [ ! -f build/arm64/CMakeCache.txt ]; then
-  say "configuring the arm64 runner (build/arm64)"
-  cmake -S android_app/src/main/cpp -B build/arm64 -G "$gen" -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_TOOLCHAIN_FILE="$root/android_app/src/main/cpp/cmake/aarch64-linux-gnu.cmake" \
-    -DNPAS_ARM64_SYSROOT="$sysroot" \
-    -DNPAS_PROTOC="$(command -v protoc)" \
-    -DNPAS_GRPC_CPP_PLUGIN="$(command -v grpc_cpp_plugin)" > build/arm64-configure.log 2>&1 \
-    || { cat build/arm64-configure.log >&2; rm -f build/arm64/CMakeCache.txt; exit 1; }
-fi
-say "building the arm64 runner"
-if ! cmake --build build/arm64 -j "$(nproc)" > build/arm64/build.log 2>&1; then
-  cat build/arm64/build.log >&2; echo "build_arm64: failed (log: build/arm64/build.log)" >&2
-  exit 1
-fi
+build_runner() {  # build_runner DIR WHAT [cmake -D options...]
+  local dir=$1 what=$2; shift 2
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    say "configuring the $what arm64 runner ($dir)"
+    cmake -S android_app/src/main/cpp -B "$dir" -G "$gen" -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_TOOLCHAIN_FILE="$root/android_app/src/main/cpp/cmake/aarch64-linux-gnu.cmake" \
+      -DNPAS_ARM64_SYSROOT="$sysroot" \
+      -DNPAS_PROTOC="$(command -v protoc)" \
+      -DNPAS_GRPC_CPP_PLUGIN="$(command -v grpc_cpp_plugin)" "$@" > "$dir-configure.log" 2>&1 \
+      || { cat "$dir-configure.log" >&2; rm -f "$dir/CMakeCache.txt"; exit 1; }
+  fi
+  say "building the $what arm64 runner"
+  if ! cmake --build "$dir" -j "$(nproc)" > "$dir/build.log" 2>&1; then
+    cat "$dir/build.log" >&2; echo "build_arm64: failed (log: $dir/build.log)" >&2
+    exit 1
+  fi
+}
+build_runner build/arm64 dynamic
+build_runner build/arm64-static static -DNPAS_STATIC=ON
 say "ready: qemu-aarch64 -L $sysroot $root/build/arm64/npas-runner"
+say "ready: qemu-aarch64 $root/build/arm64-static/npas-runner (static; npas-host install pushes it)"

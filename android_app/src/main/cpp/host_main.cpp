@@ -1,6 +1,7 @@
 // npas-runner: the runner as a host executable. Parses flags, starts the gRPC server, prints
 // one line "NPAS-RUNNER LISTENING <host>:<port>" on stdout (the Python host reads the port from
 // it), logs to stderr, and shuts down cleanly on SIGTERM/SIGINT.
+#include <link.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,11 +37,66 @@ const char kUsage[] =
   "  --exit-on-stdin-eof        shut down when stdin reaches end of file: the parent holds\n"
   "                             the pipe's write end, so the runner goes when it does, even\n"
   "                             when the parent is SIGKILLed\n"
+    "  --version                  version, build id and linkage, then exit\n"
     "  --help                     this text\n";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "npas-runner: %s\n\n%s", msg.c_str(), kUsage);
   return 2;
+}
+
+// The NT_GNU_BUILD_ID note of this executable (from its program headers: works in static
+// and dynamic builds alike), as hex; "unknown" when the linker wrote none.
+std::string build_id() {
+  std::string hex;
+  dl_iterate_phdr(
+      [](struct dl_phdr_info* info, size_t, void* out) -> int {
+        auto* id = static_cast<std::string*>(out);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_NOTE) continue;
+          const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+          const char* end = p + ph.p_memsz;
+          while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const auto* n = reinterpret_cast<const ElfW(Nhdr)*>(p);
+            const char* name = p + sizeof(ElfW(Nhdr));
+            const char* desc = name + ((n->n_namesz + 3) & ~3u);
+            if (desc + n->n_descsz > end) break;
+            if (n->n_type == NT_GNU_BUILD_ID && n->n_namesz == 4 &&
+                std::memcmp(name, "GNU", 4) == 0) {
+              static const char kHex[] = "0123456789abcdef";
+              for (unsigned k = 0; k < n->n_descsz; ++k) {
+                unsigned char b = static_cast<unsigned char>(desc[k]);
+                id->push_back(kHex[b >> 4]);
+                id->push_back(kHex[b & 15]);
+              }
+              return 1;
+            }
+            p = desc + ((n->n_descsz + 3) & ~3u);
+          }
+        }
+        return 1;  // the first object reported is the executable itself
+      },
+      &hex);
+  return hex.empty() ? "unknown" : hex;
+}
+
+int print_version() {
+#if defined(NPAS_STATIC_RUNNER)
+  const char* linkage = "static, no GPU backend";
+#else
+  const char* linkage = "dynamic";
+#endif
+#if defined(__aarch64__)
+  const char* arch = "arm64";
+#elif defined(__x86_64__)
+  const char* arch = "x86-64";
+#else
+  const char* arch = "unknown-arch";
+#endif
+  std::printf("npas-runner %s (%s, %s) build-id %s\n", NPAS_VERSION, arch, linkage,
+              build_id().c_str());
+  return 0;
 }
 
 bool parse_u64(const std::string& s, uint64_t* out) {
@@ -66,7 +122,9 @@ int main(int argc, char** argv) {
     };
     std::string v;
     uint64_t n = 0;
-    if (a == "--help" || a == "-h") {
+    if (a == "--version") {
+      return print_version();
+    } else if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (a == "--allow-remote") {

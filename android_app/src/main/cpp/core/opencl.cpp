@@ -26,6 +26,13 @@ bool bind(void* lib, const char* name, Fn* slot, std::string* missing) {
 
 Loaded load() {
   Loaded out;
+#if defined(NPAS_STATIC_RUNNER)
+  // A static executable has no dynamic loader of its own to hand a vendor's libOpenCL.so (on
+  // a phone: a bionic library); trying would crash or mislead, so say it plainly.
+  out.why = "this static build has no GPU backend (a static executable cannot load the "
+            "system's OpenCL driver); use the app for --backend gpu";
+  return out;
+#endif
   std::vector<const char*> candidates = {"libOpenCL.so.1", "libOpenCL.so"};
 #if defined(__ANDROID__)
   // Not part of the NDK: vendors put it here (the app declares <uses-native-library>).
