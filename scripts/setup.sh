@@ -3,7 +3,8 @@
 #   1. Debian packages (compilers, CMake, gRPC/protobuf for the runner, PoCL), only the missing;
 #   2. a virtual environment in .venv with the Python packages (torch pinned to 2.13.0);
 #   3. the host runner (build/host/npas-runner), rebuilt incrementally;
-#   4. the arm64 runner for qemu (scripts/build_arm64.sh; NPAS_SKIP_ARM64=1 skips it).
+#   4. the arm64 runners (scripts/build_arm64.sh): dynamic for qemu, and the static one that
+#      `npas-host install --device SERIAL` pushes to a phone (NPAS_SKIP_ARM64=1 skips both).
 # Usage: scripts/setup.sh   (NPAS_SKIP_APT=1 skips the apt steps on machines you do not own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +72,7 @@ if ! cmake --build build/host -j "$(nproc)" > build/host/build.log 2>&1; then
   cat build/host/build.log >&2; echo "setup: runner build failed (log: build/host/build.log)" >&2
   exit 1
 fi
-# ---- 4. the arm64 runner under qemu (the closest check to a phone here) ----
+# ---- 4. the arm64 runners: under qemu (the closest check to a phone here) and for phones ----
 if [ "${NPAS_SKIP_ARM64:-0}" != 1 ]; then
   scripts/build_arm64.sh
 fi
