@@ -255,3 +255,60 @@ def test_plain_pool_and_vector_stores_on_arm64_equal_torch(qemu_runner, clang, t
     assert "to_nchwxc" not in [s.op for s in bundle.manifest.steps]
     for threads in (1, 2):
         assert rel_err(_run(qemu_runner, bundle, x, threads), want.numpy()) <= 1e-4
+
+
+# ---- the static runner (what phones get) under qemu-aarch64 with no sysroot ----
+
+@pytest.fixture(scope="module")
+def static_runner(tmp_path_factory):
+    from host.devices.qemu_static import QemuArm64StaticRunner
+
+    try:
+        runner = QemuArm64StaticRunner(LocalRunnerConfig(
+            store=tmp_path_factory.mktemp("arm64-static-store"), startup_timeout_s=120.0))
+    except FileNotFoundError as e:
+        pytest.skip(f"arm64 static tier: {e}")
+    with runner:
+        yield runner
+
+
+def _readelf(*args: str) -> str:
+    tool = shutil.which("readelf") or shutil.which("aarch64-linux-gnu-readelf")
+    if tool is None:
+        pytest.skip("readelf (binutils) is needed")
+    return subprocess.run([tool, *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_static_runner_has_no_interpreter_and_no_libraries(static_runner):
+    binary = str(static_runner.binary)
+    assert "INTERP" not in _readelf("-l", binary)
+    assert "NEEDED" not in _readelf("-d", binary)
+    assert ".symtab" not in _readelf("-S", binary)  # stripped
+    build_id = re.search(r"Build ID: ([0-9a-f]+)", _readelf("-n", binary)).group(1)
+    version = subprocess.run([static_runner.qemu, binary, "--version"], capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+    assert version.startswith("npas-runner ") and "arm64, static" in version
+    assert f"build-id {build_id}" in version
+
+
+def test_static_runner_says_it_has_no_gpu_backend(static_runner):
+    info = static_runner.client(timeout_s=CALL_TIMEOUT_S).device_info()
+    assert info.abi == "arm64-v8a"
+    assert "this static build has no GPU backend" in info.opencl_status
+
+
+def test_static_runner_profiles_resnet18_at_224_equal_to_pytorch(static_runner, clang,
+                                                                  tmp_path):
+    """The full-size model: one checked run, then a per-layer benchmark (1 warm-up, 1 run)."""
+    model = torchvision_model("resnet18")
+    x = torch.randn((1, 3, 224, 224), generator=torch.Generator().manual_seed(1))
+    bundle = compile_model(model, (x,), tmp_path / "b", name="resnet18",
+                           toolchain=Arm64AndroidToolchain())
+    with torch.no_grad():
+        want = model(x).numpy()
+    with Session(static_runner, call_timeout_s=CALL_TIMEOUT_S) as s:
+        key = s.load(bundle)
+        (got,) = s.run(key, [x.numpy()])
+        result = s.benchmark(key, MeasureConfig(runs=1, warmup=1, per_layer=True))
+    assert rel_err(got, want) <= 1e-4
+    assert len(result.samples_ns) == 1 and result.layers

@@ -78,12 +78,14 @@ def test_device_spec_errors_are_user_errors(argv, message):
 @pytest.mark.parametrize("spec,kind", [
     (DeviceSpec(), "local"),
     (DeviceSpec(name="qemu-arm64"), "qemu-arm64"),
+    (DeviceSpec(name="qemu-arm64-static"), "qemu-arm64-static"),
     (DeviceSpec(name="R58M1234XYZ"), "phone"),
     (DeviceSpec(name="qemu-arm64", address="h:1", token="t"), "remote"),
 ])
 def test_the_registry_picks_the_kind(spec, kind):
     assert device_kind(spec).name == kind
-    assert {k.name for k in KINDS} == {"local", "qemu-arm64", "phone", "remote"}
+    assert {k.name for k in KINDS} == {"local", "qemu-arm64", "qemu-arm64-static", "phone",
+                                       "remote"}
 
 
 def test_every_kind_module_opens_a_device():
@@ -116,3 +118,18 @@ def test_threads_zero_is_what_the_runner_says():
     assert runner_threads(0, _Info(4)) == 4
     with pytest.raises(UserError, match="--threads N"):
         runner_threads(0, _Info(0))
+
+
+def _install_args(*argv: str) -> argparse.Namespace:
+    from host.commands import install
+
+    p = argparse.ArgumentParser()
+    install.register(p.add_subparsers(dest="cmd"))
+    return p.parse_args(["install", *argv])
+
+
+def test_install_without_apk_or_binary_means_the_static_runner():
+    args = _install_args("--device", "R58M1234XYZ")
+    assert (args.device, args.apk, args.binary) == ("R58M1234XYZ", None, None)
+    with pytest.raises(SystemExit):
+        _install_args("--device", "R58M1234XYZ", "--apk", "a.apk", "--binary", "b")

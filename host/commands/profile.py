@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a bundle folder, or a model as for compile")
     p.add_argument("--device", default="local",
                    help="'local' (the host runner; default), 'qemu-arm64' (the arm64 runner "
-                        "under qemu: real arm64 kernels, meaningless timings) or a phone serial")
+                        "under qemu: real arm64 kernels, meaningless timings), "
+                        "'qemu-arm64-static' (the static one phones get, no sysroot) or a "
+                        "phone serial")
     add_measure_args(p)
     p.add_argument("--json", action="store_true", help="print every sample as JSON")
     add_device_args(p)

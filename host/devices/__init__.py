@@ -2,7 +2,8 @@
 implements, its DeviceTraits, and open_device(DeviceSpec) over a registry of device kinds.
 
 A kind is one module here with ``from_spec(spec, stack) -> Device`` plus one row in KINDS:
-local (the host runner, local.py), qemu-arm64 (qemu.py), a runner at an address (remote.py)
+local (the host runner, local.py), qemu-arm64 (qemu.py), qemu-arm64-static (qemu_static.py: the
+static runner phones get, with no sysroot), a runner at an address (remote.py)
 and a phone by adb serial (phone.py). Callers ask a device's ``traits`` what it needs; nothing
 compares device names to decide behaviour.
 """
@@ -94,6 +95,8 @@ KINDS: tuple[DeviceKind, ...] = (
     DeviceKind("local", lambda s: s.name == "local", "local", "the host runner"),
     DeviceKind("qemu-arm64", lambda s: s.name == "qemu-arm64", "qemu",
                "the arm64 runner under qemu: real arm64 kernels, meaningless timings"),
+    DeviceKind("qemu-arm64-static", lambda s: s.name == "qemu-arm64-static", "qemu_static",
+               "the static arm64 runner (the one pushed to phones) under qemu, no sysroot"),
     DeviceKind("phone", lambda s: True, "phone", "a phone by its adb serial"),
 )
 
