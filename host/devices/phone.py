@@ -3,10 +3,13 @@
 Two ways the runner can live on a phone:
 - the runner app (`dev.npas.runner`, android_app/): a foreground service in its own process,
   started with `am start-foreground-service ... --es token T --ei port P`;
-- the standalone executable pushed to /data/local/tmp/npas (`npas-host install --binary`).
-Either way it listens on the phone's loopback only; the host reaches it through
-`adb forward tcp:LOCAL tcp:PORT`, and every call carries a fresh token. Before timing, the
-session waits until the phone has cooled below a threshold.
+- the standalone executable in /data/local/tmp/npas: by default the static arm64 runner this
+  checkout builds (build/arm64-static/npas-runner: no loader, no libraries, no GPU backend),
+  pushed by `npas-host install --device SERIAL` or by the first start on a phone that has
+  neither runner; or one the user built (`npas-host install --binary PATH`).
+The app is preferred when installed. Either way it listens on the phone's loopback only; the
+host reaches it through `adb forward tcp:LOCAL tcp:PORT`, and every call carries a fresh token.
+Before timing, the session waits until the phone has cooled below a threshold.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import adbutils
 from ..rpc.client import RunnerClient, RunnerError
 from . import DeviceSpec, DeviceTraits
 from .adb import battery_temp_c
+from .qemu_static import find_static_arm64_runner
 
 APP_PACKAGE = "dev.npas.runner"
 APP_SERVICE = f"{APP_PACKAGE}/.RunnerService"
 REMOTE_DIR = "/data/local/tmp/npas"
 REMOTE_BINARY = f"{REMOTE_DIR}/npas-runner"
 EM_AARCH64 = 183
+ARM64_ABI = "arm64-v8a"
 
 
 class PhoneError(RuntimeError):
@@ -60,6 +65,7 @@ class PhoneRunner:
         self.address = ""
         self.token = ""
         self.mode = ""
+        self.version = ""  # the pushed binary's --version line, when this runner pushed it
         self._local_port = 0
 
     # -- adb --
@@ -94,6 +100,36 @@ class PhoneRunner:
     def _has_binary(self, dev) -> bool:
         return self._shell(dev, f"test -x {REMOTE_BINARY}")[0] == 0
 
+    def abi(self, dev: adbutils.AdbDevice) -> str:
+        """The phone's primary ABI (ro.product.cpu.abi), e.g. arm64-v8a."""
+        rc, out = self._shell(dev, "getprop ro.product.cpu.abi")
+        return out.strip() if rc == 0 else ""
+
+    def push_binary(self, dev: adbutils.AdbDevice, binary: Path) -> str:
+        """Push ``binary`` (an arm64 executable) to REMOTE_BINARY once the phone's ABI is
+        checked to be arm64-v8a, make it executable and run its ``--version`` there; returns
+        that line. A phone whose kernel refuses it gets a PhoneError with what it said."""
+        abi = self.abi(dev)
+        if abi != ARM64_ABI:
+            raise PhoneError(f"{self.config.serial}'s ABI (ro.product.cpu.abi) is "
+                             f"{abi or 'unreadable'}, not {ARM64_ABI}; the standalone runner "
+                             f"is built for {ARM64_ABI} only: use the app built for this ABI "
+                             f"(android_app/README.md)")
+        check_arm64_executable(binary)
+        self._shell(dev, f"mkdir -p {REMOTE_DIR}")
+        try:
+            dev.push(str(binary), REMOTE_BINARY)
+        except (adbutils.AdbError, OSError) as e:
+            raise PhoneError(f"pushing {binary} to {self.config.serial} failed: {e}") from e
+        self._shell(dev, f"chmod 755 {REMOTE_BINARY}")
+        rc, out = self._shell(dev, f"cd {REMOTE_DIR} && ./npas-runner --version")
+        if rc != 0 or not out.startswith("npas-runner "):
+            raise PhoneError(f"{binary} was pushed to {self.config.serial} but does not run "
+                             f"there (exit {rc}: {out.strip() or 'no output'}); a static glibc "
+                             f"build may not suit this kernel: use the app "
+                             f"(android_app/README.md)")
+        return out.strip()
+
     # -- lifecycle --
     def start(self) -> None:
         dev = self.device()
@@ -101,9 +137,15 @@ class PhoneRunner:
         if mode == "auto":
             mode = "app" if self._has_app(dev) else "binary" if self._has_binary(dev) else ""
         if not mode:
-            raise PhoneError(f"no NPAS runner on {self.config.serial}: install it with "
-                             f"`npas-host install --device {self.config.serial} --apk PATH` or "
-                             f"`--binary PATH`")
+            try:
+                static = find_static_arm64_runner()
+            except FileNotFoundError as e:
+                raise PhoneError(f"no NPAS runner on {self.config.serial}: install it with "
+                                 f"`npas-host install --device {self.config.serial}` (the "
+                                 f"static arm64 runner; {e}), `--apk PATH` or "
+                                 f"`--binary PATH`") from None
+            self.version = self.push_binary(dev, static)
+            mode = "binary"
         self.mode = mode
         self.token = secrets.token_hex(32)
         port = self.config.device_port or 20000 + secrets.randbelow(30000)
@@ -116,7 +158,7 @@ class PhoneRunner:
                 raise PhoneError(f"could not start {APP_SERVICE}: {out.strip()}")
         else:
             cmd = (f"cd {REMOTE_DIR} && umask 077 && echo {self.token} > token && "
-                   f"(nohup ./npas-runner --listen 127.0.0.1:{port} --token-file token "
+                   f"(nohup {REMOTE_BINARY} --listen 127.0.0.1:{port} --token-file token "
                    f"--store store > runner.log 2>&1 &)")
             rc, out = self._shell(dev, cmd)
             if rc != 0:
@@ -208,10 +250,16 @@ def check_arm64_executable(path: Path) -> None:
 
 def install(config: PhoneConfig, apk: Path | None = None, binary: Path | None = None,
             adb: adbutils.AdbClient | None = None) -> PhoneRunner:
-    """Install the app or push the standalone runner, then start it once to check it answers.
-    Returns the started runner (the caller stops it)."""
-    if (apk is None) == (binary is None):
-        raise PhoneError("give exactly one of --apk PATH or --binary PATH")
+    """Install the app or push a standalone runner (``binary``, by default this checkout's
+    static arm64 runner), then start it once to check it answers. Returns the started runner
+    (the caller stops it)."""
+    if apk is not None and binary is not None:
+        raise PhoneError("give at most one of --apk PATH or --binary PATH")
+    if apk is None and binary is None:
+        try:
+            binary = find_static_arm64_runner()
+        except FileNotFoundError as e:
+            raise PhoneError(f"{e} (or give --apk PATH or --binary PATH)") from None
     runner = PhoneRunner(config, adb)
     dev = runner.device()
     if apk is not None:
@@ -226,13 +274,7 @@ def install(config: PhoneConfig, apk: Path | None = None, binary: Path | None = 
         assert binary is not None
         if not binary.is_file():
             raise PhoneError(f"--binary {binary}: no such file")
-        check_arm64_executable(binary)
-        runner._shell(dev, f"mkdir -p {REMOTE_DIR}")
-        try:
-            dev.push(str(binary), REMOTE_BINARY)
-        except (adbutils.AdbError, OSError) as e:
-            raise PhoneError(f"pushing {binary} to {config.serial} failed: {e}") from e
-        runner._shell(dev, f"chmod 755 {REMOTE_BINARY}")
+        runner.version = runner.push_binary(dev, binary)
         config.mode = "binary"
     runner.start()
     return runner
