@@ -252,6 +252,34 @@ def load_checked(label: str, eng, w: Workload, ref: ArrayLike, threads: int,
     return EngineRun(w.name, threads, label, "ok", "", rel), lo
 
 
+def load_and_sample(model: str, threads: int,
+                    entries: Sequence[tuple[str, object, Workload, ArrayLike, bool]],
+                    runs: dict[str, EngineRun], args: argparse.Namespace,
+                    progress: Progress) -> None:
+    """Load and check every ``(label, engine, workload, ref, keep_wrong)`` (``load_checked``)
+    on ``threads`` threads, sample the loaded ones round-robin (``measure``), close them, and
+    record each one's EngineRun with its samples in ``runs``."""
+    loaded: dict = {}
+    samples: dict = {}
+    task = progress.add_task(f"{model}, {threads} thread(s): loading", total=None)
+    try:
+        for label, eng, w, ref, keep_wrong in entries:
+            progress.update(task, description=f"{model}, {threads} thread(s): loading and "
+                                              f"checking {label}")
+            runs[label], lo = load_checked(label, eng, w, ref, threads, args, keep_wrong)
+            if lo is not None:
+                loaded[label] = lo
+        progress.remove_task(task)
+        task = progress.add_task(f"{model}, {threads} thread(s): sampling {len(loaded)} "
+                                 f"engines round-robin", total=args.runs * len(loaded))
+        samples = measure(loaded, args.runs, lambda: progress.advance(task))
+    finally:
+        for lo in loaded.values():
+            close_loaded(lo)
+        progress.remove_task(task)
+    attach_samples(runs, samples)
+
+
 # ---------------------------------------------------------------- the machine and the runner
 
 def announce_machine(width: int) -> tuple[float, float, float]:

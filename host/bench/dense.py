@@ -44,16 +44,13 @@ from .common import (
     BenchArgError,
     EngineRun,
     announce_machine,
-    attach_samples,
     bench_cache_dir,
     check_sampling,
-    close_loaded,
     engine_names,
     gflops,
-    load_checked,
+    load_and_sample,
     load_workload,
     local_session,
-    measure,
     parse_models,
     parse_threads,
 )
@@ -268,24 +265,8 @@ def bench_threads(w: Workload, ref: np.ndarray, threads: int, engines: dict,
                   progress: Progress) -> list[EngineRun]:
     runs = {label: EngineRun(w.name, threads, label, "unavailable", why)
             for label, why in unavailable.items()}
-    loaded: dict = {}
-    task = progress.add_task(f"{w.name}, {threads} thread(s): loading", total=None)
-    try:
-        for label, eng in engines.items():
-            progress.update(task, description=f"{w.name}, {threads} thread(s): loading and "
-                                              f"checking {label}")
-            runs[label], lo = load_checked(label, eng, w, ref, threads, args)
-            if lo is not None:
-                loaded[label] = lo
-        progress.remove_task(task)
-        task = progress.add_task(f"{w.name}, {threads} thread(s): sampling {len(loaded)} "
-                                 f"engines round-robin", total=args.runs * len(loaded))
-        samples = measure(loaded, args.runs, lambda: progress.advance(task))
-    finally:
-        for lo in loaded.values():
-            close_loaded(lo)
-        progress.remove_task(task)
-    attach_samples(runs, samples)
+    load_and_sample(w.name, threads, [(label, eng, w, ref, False)
+                                      for label, eng in engines.items()], runs, args, progress)
     order = [e for e in ("ours", "ours (tuned)", "PyTorch", "ONNX Runtime", "MNN", "ncnn")
              if e in runs]
     return [runs[e] for e in order]

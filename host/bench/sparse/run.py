@@ -19,13 +19,10 @@ from host.console import err
 
 from ..common import (
     EngineRun,
-    attach_samples,
     bench_cache_dir,
-    close_loaded,
-    load_checked,
+    load_and_sample,
     load_workload,
     max_rel_error,
-    measure,
     rotated,
 )
 from .mappings import MAPPINGS
@@ -166,25 +163,9 @@ def bench_threads(model: str, threads: int, contestants: Sequence[Contestant],
     """Load and check every contestant, then sample them round-robin (common.measure)."""
     runs = {label: EngineRun(model, threads, label, "unavailable", why)
             for label, why in unavailable.items()}
-    loaded: dict = {}
-    task = progress.add_task(f"{model}, {threads} thread(s): loading", total=None)
-    try:
-        for c in contestants:
-            progress.update(task, description=f"{model}, {threads} thread(s): loading and "
-                                              f"checking {c.label}")
-            runs[c.label], lo = load_checked(c.label, c.engine, c.workload, c.ref, threads,
-                                             args, args.time_wrong and c.label.startswith("ours "))
-            if lo is not None:
-                loaded[c.label] = lo
-        progress.remove_task(task)
-        task = progress.add_task(f"{model}, {threads} thread(s): sampling {len(loaded)} "
-                                 f"engines round-robin", total=args.runs * len(loaded))
-        samples = measure(loaded, args.runs, lambda: progress.advance(task))
-    finally:
-        for lo in loaded.values():
-            close_loaded(lo)
-        progress.remove_task(task)
-    attach_samples(runs, samples)
+    load_and_sample(model, threads, [
+        (c.label, c.engine, c.workload, c.ref, args.time_wrong and c.label.startswith("ours "))
+        for c in contestants], runs, args, progress)
     return list(runs.values())
 
 
