@@ -207,7 +207,7 @@ def test_benchmark_returns_every_sample(arm64_compiled, qemu_runner):
     bundle, _, _ = arm64_compiled("small_cnn")
     with Session(qemu_runner, call_timeout_s=CALL_TIMEOUT_S) as s:
         h = s.load(bundle, MeasureConfig(threads=1))
-        r = s.benchmark(h, runs=3, warmup=1)
+        r = s.benchmark(h, MeasureConfig(threads=1, runs=3, warmup=1))
     assert len(r.samples_ns) == 3 and all(v > 0 for v in r.samples_ns)
     assert len(r.warmup_ns) == 1
 

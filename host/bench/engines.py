@@ -298,13 +298,14 @@ class OursEngine:
 
         bundle = self.per_threads.get(threads, self.bundle)
         key = self.session.load(bundle, MeasureConfig(threads=threads))
+        one_run = MeasureConfig(threads=threads, runs=1, warmup=1)
         x = w.example.numpy()
 
         def infer() -> np.ndarray:
             return self.session.run(key, [x])[0]
 
         def sample() -> int:
-            return int(self.session.benchmark(key, runs=1, warmup=1).samples_ns[0])
+            return int(self.session.benchmark(key, one_run).samples_ns[0])
 
         return Loaded(self.name, infer, sample, lambda: self.session.unload(key))
 

@@ -14,7 +14,6 @@ unchanged to the client; benchmark uses the one the model was loaded with unless
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 
@@ -107,14 +106,11 @@ class Session:
             return self._client.run(model.handle, bundle.manifest, inputs)
         return self._with_retry(call)
 
-    def benchmark(self, key: str, measure: MeasureConfig | None = None, *,
-                  runs: int | None = None, warmup: int | None = None,
-                  per_layer: bool | None = None, timeout_s: float = 1800.0) -> BenchmarkResult:
-        """Time the model: ``measure`` (default: the one it was loaded with) with ``runs``,
-        ``warmup`` and ``per_layer`` overriding its fields where given."""
+    def benchmark(self, key: str, measure: MeasureConfig | None = None,
+                  timeout_s: float = 1800.0) -> BenchmarkResult:
+        """Time the model with ``measure`` (default: the one it was loaded with), passed to the
+        runner call as it is."""
         measure = measure or self._loaded[key][1]
-        given = {"runs": runs, "warmup": warmup, "per_layer": per_layer}
-        measure = replace(measure, **{k: v for k, v in given.items() if v is not None})
         self.device.before_measure(self.on_event)
 
         def call():

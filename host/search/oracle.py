@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -300,7 +300,8 @@ class LatencyOracle:
                     key = self.session.load(bundle, self.cfg)
                     try:
                         with self.quiet if self.quiet is not None else contextlib.nullcontext():
-                            res = self.session.benchmark(key, per_layer=per_layer)
+                            res = self.session.benchmark(key, replace(self.cfg,
+                                                                         per_layer=per_layer))
                     finally:
                         with contextlib.suppress(RunnerError):
                             self.session.unload(key)

@@ -9,6 +9,7 @@ same bundles again), and unloaded on ``release``. Runner failures become
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -42,7 +43,8 @@ class SessionMeasurer:
             key = self._keys.get(str(bundle.path))
             if key is None:
                 key = self._keys[str(bundle.path)] = self.session.load(bundle, self.load_config)
-            res = self.session.benchmark(key, runs=runs, warmup=warmup, per_layer=per_layer)
+            res = self.session.benchmark(key, replace(self.load_config, runs=runs, warmup=warmup,
+                                                           per_layer=per_layer))
         except RunnerError as e:
             raise MeasureError(str(e)) from e
         return Measurement(res.samples_ns, {la.name: la.samples_ns for la in res.layers})

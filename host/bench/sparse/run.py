@@ -226,6 +226,7 @@ def measure_unstructured(session: Session, dense_bundle: Bundle, u: dict, thread
     task = progress.add_task(f"resnet18, {threads} thread(s): 3x3 convs, per layer",
                              total=args.runs * (1 + len(u["bundles"])))
     try:
+        one_run = MeasureConfig(threads=threads, runs=1, warmup=1, per_layer=True)
         keys["dense"] = session.load(dense_bundle, MeasureConfig(threads=threads))
         errs = []
         for policy, bundle in u["bundles"].items():
@@ -234,7 +235,7 @@ def measure_unstructured(session: Session, dense_bundle: Bundle, u: dict, thread
         res["rel_err"] = max(errs)
         for rep in range(args.runs):
             for k in rotated(list(keys), rep):
-                r = session.benchmark(keys[k], runs=1, warmup=1, per_layer=True)
+                r = session.benchmark(keys[k], one_run)
                 res["runs"][k].append({
                     "total_ns": int(r.samples_ns[0]),
                     "conv3x3_ns": step_times(r.layers, convs),
