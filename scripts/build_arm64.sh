@@ -10,7 +10,10 @@
 #      (android_app/src/main/cpp/cmake/aarch64-linux-gnu.cmake), rebuilt incrementally;
 #   4. build/arm64-static/npas-runner: the same with -DNPAS_STATIC=ON, one static, stripped
 #      executable (no loader, no libraries, no GPU backend) that `npas-host install --device
-#      SERIAL` pushes to a phone.
+#      SERIAL` pushes to a phone;
+#   5. build/qemu-plugin/libnpas_count.so: the instruction-counting TCG plugin
+#      (host/bench/arm64/npas_count.c) for `npas-host bench arm64`, built against qemu-plugin.h
+#      from Debian's qemu 7.2 source package (fetched once, checked by its sha256).
 # Run it: qemu-aarch64 -L build/arm64-sysroot build/arm64/npas-runner --listen 127.0.0.1:0 ...
 #     or: qemu-aarch64 build/arm64-static/npas-runner --listen 127.0.0.1:0 ...
 # Usage: scripts/build_arm64.sh   (NPAS_SKIP_APT=1 skips step 1 on machines you do not own)
@@ -103,5 +106,40 @@ build_runner() {  # build_runner DIR WHAT [cmake -D options...]
 }
 build_runner build/arm64 dynamic
 build_runner build/arm64-static static -DNPAS_STATIC=ON
+
+# ---- 5. the instruction-counting qemu plugin ----
+# Debian ships no plugin binaries nor the header; the header comes from the source package's
+# upstream tarball, which must match the installed qemu's plugin API (7.2: version 1).
+qemu_src=qemu_7.2+dfsg.orig.tar.xz
+qemu_src_sha=91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f
+plugin_dir=$root/build/qemu-plugin
+plugin=$plugin_dir/libnpas_count.so
+plugin_src=$root/host/bench/arm64/npas_count.c
+qemu_version=$(qemu-aarch64 --version | sed -n 's/^qemu-aarch64 version \([0-9]*\.[0-9]*\).*/\1/p')
+if [ "$qemu_version" != 7.2 ]; then
+  say "skipping the counting plugin: it is written for qemu 7.2's plugin API, this is" \
+      "qemu ${qemu_version:-unknown}"
+elif [ ! -f "$plugin" ] || [ "$plugin_src" -nt "$plugin" ]; then
+  mkdir -p "$plugin_dir/include"
+  if [ ! -f "$plugin_dir/include/qemu-plugin.h" ]; then
+    say "fetching qemu-plugin.h from Debian's qemu source ($qemu_src)"
+    mkdir -p "$root/build/qemu-src"
+    tarball=$root/build/qemu-src/$qemu_src
+    if ! echo "$qemu_src_sha  $tarball" | sha256sum -c --status 2>/dev/null; then
+      curl -sSfL --retry 3 -o "$tarball.part" \
+        "http://deb.debian.org/debian/pool/main/q/qemu/$qemu_src"
+      echo "$qemu_src_sha  $tarball.part" | sha256sum -c --status \
+        || { echo "build_arm64: $qemu_src does not match its sha256" >&2; exit 1; }
+      mv "$tarball.part" "$tarball"
+    fi
+    tar -xJf "$tarball" -O qemu-7.2.0/include/qemu/qemu-plugin.h \
+      > "$plugin_dir/include/qemu-plugin.h.part"
+    mv "$plugin_dir/include/qemu-plugin.h.part" "$plugin_dir/include/qemu-plugin.h"
+  fi
+  say "building the counting plugin ($plugin)"
+  cc -shared -fPIC -O2 -Wall -Wextra -Werror -I"$plugin_dir/include" "$plugin_src" \
+    -o "$plugin.part" -lpthread
+  mv "$plugin.part" "$plugin"
+fi
 say "ready: qemu-aarch64 -L $sysroot $root/build/arm64/npas-runner"
 say "ready: qemu-aarch64 $root/build/arm64-static/npas-runner (static; npas-host install pushes it)"

@@ -1,4 +1,4 @@
-"""``npas-host bench dense|sparse``: the benchmarks (not tests) as a subcommand.
+"""``npas-host bench dense|sparse|arm64``: the benchmarks (not tests) as a subcommand.
 
 ``register(sub)`` adds the ``bench`` parser, which takes the benchmark's name and hands the
 rest of the command line to that benchmark's own parser (``bench dense --help``); ``run(args)``
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARKS = ("dense", "sparse")
+BENCHMARKS = ("dense", "sparse", "arm64")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the subcommands in ``sub``."""
     p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`, "
-                       "`bench sparse --help`")
+                       "`bench sparse --help`, `bench arm64 --help`")
     p.add_argument("which", choices=BENCHMARKS, help="dense: our code vs PyTorch, "
                    "ONNX Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16; sparse: "
-                   "pruned models on our sparse kernels vs our dense code and those engines")
+                   "pruned models on our sparse kernels vs our dense code and those "
+                   "engines; arm64: instructions per inference of ours, ncnn and MNN under "
+                   "qemu-aarch64")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
 
 
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark ``args.which`` with the options ``args.rest``: its exit code."""
     if args.which == "dense":
         from .dense import main
+    elif args.which == "arm64":
+        from .arm64.cli import main
     else:
         from .sparse.cli import main
     return main(args.rest)

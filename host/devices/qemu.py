@@ -55,7 +55,8 @@ class QemuArm64Runner(LocalRunner):
 
     ``config.binary`` defaults to build/arm64/npas-runner, ``config.store`` to its own store
     (the arm64 runner's kernels are not the host's), and the startup timeout is 120 s unless
-    the config says otherwise. Raises FileNotFoundError naming scripts/build_arm64.sh when the
+    the config says otherwise; ``qemu_args`` go to qemu-aarch64 before the program (a CPU
+    model, a plugin: bench/arm64/counting.py). Raises FileNotFoundError naming scripts/build_arm64.sh when the
     runner, the sysroot or qemu is missing."""
 
     name = "qemu-arm64"
@@ -67,14 +68,14 @@ class QemuArm64Runner(LocalRunner):
                      "arm64 code, but these timings say nothing about a phone"))
 
     def __init__(self, config: LocalRunnerConfig | None = None, sysroot: Path | None = None,
-                 qemu: str = QEMU):
+                 qemu: str = QEMU, qemu_args: tuple[str, ...] = ()):
         if config is None:
             config = LocalRunnerConfig(store=default_cache_dir() / "store-qemu-arm64",
                                        startup_timeout_s=self.STARTUP_TIMEOUT_S)
         self.sysroot = find_arm64_sysroot(sysroot)
         self.qemu = find_qemu(qemu)
         config = replace(config, binary=find_arm64_runner(config.binary),
-                         command_prefix=(self.qemu, "-L", str(self.sysroot)))
+                         command_prefix=(self.qemu, *qemu_args, "-L", str(self.sysroot)))
         super().__init__(config)
 
 

@@ -37,6 +37,9 @@ const char kUsage[] =
   "  --exit-on-stdin-eof        shut down when stdin reaches end of file: the parent holds\n"
   "                             the pipe's write end, so the runner goes when it does, even\n"
   "                             when the parent is SIGKILLed\n"
+    "  --count-markers            mark each timed run and, per layer, each step with a\n"
+    "                             syscall the instruction-counting qemu plugin watches for\n"
+    "                             (npas-host bench arm64); costs a syscall per mark\n"
     "  --version                  version, build id and linkage, then exit\n"
     "  --help                     this text\n";
 
@@ -129,6 +132,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--allow-remote") {
       config.allow_remote = true;
+    } else if (a == "--count-markers") {
+      npas::set_count_marks(true);
     } else if (a == "--exit-on-stdin-eof") {
       exit_on_stdin_eof = true;
     } else if (a == "--listen") {

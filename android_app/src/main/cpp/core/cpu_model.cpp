@@ -211,6 +211,7 @@ class CpuModel final : public Model {
     } else {
       uint64_t prev = t0;
       for (size_t i = 0; i < steps_.size(); ++i) {
+        count_mark(kMarkStepBase + uint32_t(i));
         pool_->parallel_for(steps_[i].work_items, &run_range, &steps_[i]);
         uint64_t t = monotonic_ns();
         (*layer_ns)[i][run] = t - prev;

@@ -209,8 +209,10 @@ Status Model::benchmark(const BenchmarkOptions& opts, BenchmarkResult* result) {
   auto* layers = opts.per_layer ? &result->layer_ns : nullptr;
   for (uint32_t r = 0; r < runs; ++r) {
     if (opts.cancelled && opts.cancelled()) return Status(Code::kCancelled, "benchmark cancelled");
+    count_mark(kMarkRunBegin);
     NPAS_RETURN_IF_ERROR(write_inputs(inputs));
     NPAS_RETURN_IF_ERROR(execute(layers, r, &result->samples_ns[r]));
+    count_mark(kMarkRunEnd);
   }
   return Status::Ok();
 }

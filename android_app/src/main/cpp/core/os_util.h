@@ -77,6 +77,19 @@ uint64_t available_memory_bytes();
 // CLOCK_MONOTONIC in nanoseconds.
 uint64_t monotonic_ns();
 
+// Count marks: with them on (npas-runner --count-markers), benchmark() marks each timed run
+// (kMarkRunBegin before its input copy, kMarkRunEnd after its last step) and, per layer, each
+// step (kMarkStepBase + index) by the syscall lseek(-1, kMarkBase + code, SEEK_SET), which fails
+// with EBADF and does nothing else. The qemu plugin host/bench/arm64/npas_count.c watches for
+// it and records its instruction counts there. Off by default: then count_mark() is a load
+// and a branch.
+constexpr uint64_t kMarkBase = 0x4E50415300000000ull;  // "NPAS" in the upper 32 bits
+constexpr uint32_t kMarkRunBegin = 1;
+constexpr uint32_t kMarkRunEnd = 2;
+constexpr uint32_t kMarkStepBase = 0x100;
+void set_count_marks(bool on);
+void count_mark(uint32_t code);
+
 }  // namespace npas
 
 #endif  // NPAS_CORE_OS_UTIL_H

@@ -1,0 +1,289 @@
+"""``npas-host bench arm64``: our arm64 code against ncnn and MNN on one emulated Cortex-A76,
+in instructions per inference (counted by a qemu plugin), not seconds.
+
+Per model: our dense fp32 bundle, our sparse bundles at the NPAS rates (the sparse benchmark's
+mappings), ncnn fp32 and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
+all on one thread, on the same input, each output checked against PyTorch first. Ours is
+counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from host.console import err, out
+
+from ..common import BenchArgError, bench_cache_dir, load_workload, parse_models, progress
+from .run import GUEST_ENGINES, CountingRunner, Record, arm64_toolchain, count_guest, save_input
+
+DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
+ENGINES = ("ours", "ncnn", "mnn")
+GUEST_PRECISIONS = ("fp32", "fp16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="npas-host bench arm64", description=(
+        "Instructions per inference of our arm64 code, ncnn and MNN under qemu-aarch64 "
+        "(-cpu cortex-a76, one thread), counted by a TCG plugin; outputs checked against "
+        "PyTorch. Work, not time."))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help=f"comma-separated torchvision names (default: "
+                         f"{','.join(DEFAULT_MODELS)})")
+    ap.add_argument("--input-size", type=int, default=224,
+                    help="input height and width (default 224)")
+    ap.add_argument("--engines", default=",".join(ENGINES),
+                    help="subset of ours,ncnn,mnn (default: all)")
+    ap.add_argument("--no-sparse", action="store_true",
+                    help="skip our sparse bundles at the NPAS rates")
+    ap.add_argument("--runs", type=int, default=2,
+                    help="counted inferences per engine, after one untimed (default 2)")
+    ap.add_argument("--tolerance", type=float, default=1e-3,
+                    help="largest accepted max|out - ref| / max|ref| in fp32 (default 1e-3)")
+    ap.add_argument("--fp16-tolerance", type=float, default=5e-2,
+                    help="the same for fp16 arithmetic (default 5e-2)")
+    ap.add_argument("--layers", type=int, default=12,
+                    help="our most expensive layers shown per model (default 12; all in "
+                         "--json)")
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds one engine's run may take under qemu (default 3600)")
+    ap.add_argument("--json", type=Path, metavar="PATH",
+                    help="write one record per (model, engine, precision) here")
+    ap.add_argument("--cache", type=Path,
+                    help="converted-model cache (default: ~/.cache/npas/bench)")
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.models = parse_models(args.models)
+    engines = tuple(dict.fromkeys(e.strip().lower() for e in args.engines.split(",")
+                                  if e.strip()))
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise BenchArgError(f"--engines: unknown {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(ENGINES)}")
+    args.engines = engines
+    if args.runs < 1 or args.input_size < 32 or args.layers < 0 or args.timeout <= 0:
+        raise BenchArgError("--runs must be ≥ 1, --input-size ≥ 32, --layers ≥ 0 and "
+                            "--timeout > 0")
+    if not (0 < args.tolerance and 0 < args.fp16_tolerance):
+        raise BenchArgError("--tolerance and --fp16-tolerance must be > 0")
+    return args
+
+
+# ---------------------------------------------------------------- one model
+
+def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | None,
+                prog, work: Path) -> list[Record]:
+    import torch
+
+    from codegen import compile_model
+
+    from ..engines import OTHER_ENGINES, EngineUnavailable
+    from ..sparse.mappings import MAPPINGS
+    from ..sparse.work import compression, forward_work, prune, slug
+
+    task = prog.add_task(f"{name}: loading the model", total=None)
+    recs: list[Record] = []
+
+    def step(what: str) -> None:
+        prog.update(task, description=f"{name}: {what}")
+
+    def attempt(rec: Record, fn) -> None:
+        recs.append(rec)
+        try:
+            fn()
+        except EngineUnavailable as e:
+            rec.status, rec.note = "unavailable", str(e)
+        except Exception as e:  # one engine failing is a result, not the end of the run
+            rec.status, rec.note = "failed", f"{type(e).__name__}: {e}"
+            rec.runs, rec.layers = [], []
+
+    try:
+        w = load_workload(name, args.input_size, bench_cache_dir(args.cache))
+        with torch.inference_mode():
+            ref = w.model(w.example).numpy()
+        x = w.example.numpy()
+        size = args.input_size
+        if runner is not None:
+            def ours_dense() -> None:
+                step("compiling ours (arm64, fp32)")
+                bundle = compile_model(w.model, (w.example,), work / "ours", name=w.cache.name,
+                                       toolchain=arm64_toolchain())
+                rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
+                step(f"counting ours ({args.runs} inferences after one, per layer)")
+                runner.count(rec, bundle, x, ref, args.runs, args.tolerance)
+            rec = Record(name, "ours", "fp32", size, "ours")
+            attempt(rec, ours_dense)
+            if not args.no_sparse:
+                _, dense_works = forward_work(w.model, w.example)
+                for mapping in MAPPINGS.get(name, ()):
+                    label = f"ours {mapping.name} {mapping.npas:g}x"
+                    rec = Record(name, "ours", "fp32", size, label)
+
+                    def ours_sparse(rec=rec, mapping=mapping) -> None:
+                        step(f"pruning for {rec.label}")
+                        solved, pruned, _ = prune(w.model, mapping, mapping.npas, dense_works)
+                        if not solved.reachable:
+                            raise RuntimeError(solved.note(mapping.npas))
+                        pref, works = forward_work(pruned.model, w.example)
+                        rec.compression = compression(dense_works, works)
+                        step(f"compiling {rec.label} (arm64)")
+                        bundle = compile_model(pruned.model, (w.example,),
+                                               work / slug(rec.label),
+                                               name=slug(f"{name}-{rec.label}"),
+                                               schemes=pruned.schemes,
+                                               toolchain=arm64_toolchain())
+                        rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
+                        step(f"counting {rec.label}")
+                        runner.count(rec, bundle, x, pref, args.runs, args.tolerance)
+                    attempt(rec, ours_sparse)
+        x_file = save_input(x, work)
+        for engine in (e for e in args.engines if e != "ours"):
+            conv = OTHER_ENGINES[GUEST_ENGINES[engine]]()
+            files: list[Path] = []
+
+            def convert(conv=conv, files=files, engine=engine) -> None:
+                step(f"converting for {engine} (cached after the first run)")
+                conv.prepare(w)
+                keys = ("ncnn.param", "ncnn.bin") if engine == "ncnn" else ("mnn",)
+                files.extend(w.files[k] for k in keys)
+            for precision in GUEST_PRECISIONS:
+                rec = Record(name, engine, precision, size, engine)
+
+                def guest(rec=rec, convert=convert, files=files) -> None:
+                    if not files:
+                        convert()
+                    step(f"counting {rec.engine} {rec.precision} in the arm64 Python")
+                    tol = args.tolerance if rec.precision == "fp32" else args.fp16_tolerance
+                    count_guest(rec, files, x_file, ref, work, args.runs, tol, args.timeout)
+                attempt(rec, guest)
+    finally:
+        prog.remove_task(task)
+    return recs
+
+
+# ---------------------------------------------------------------- tables
+
+def _m(v: int | None) -> str:
+    return "—" if v is None else f"{v / 1e6:,.1f}"
+
+
+def _ratio(v: int | None, ours: int | None) -> str:
+    return "—" if not v or not ours else f"{v / ours:.2f}"
+
+
+def print_model(recs: Sequence[Record], shown_layers: int) -> None:
+    r0 = recs[0]
+    ours = next((r for r in recs if r.label == "ours" and r.counts), None)
+    oc = ours.counts if ours else None
+    t = Table(title=f"{r0.model} at {r0.input_size}×{r0.input_size}, 1 thread, qemu "
+              f"-cpu cortex-a76: millions of instructions per inference", title_justify="left")
+    for col in ("engine", "precision", "instructions", "vector MACs", "MAC share",
+                "instr / ours", "MACs / ours", "max rel err", "note"):
+        t.add_column(col, justify="left" if col in ("engine", "precision", "note")
+                     else "right", overflow="fold")
+    for r in recs:
+        c = r.counts
+        t.add_row(r.label, r.precision, _m(c.total if c else None),
+                  _m(c.mac if c else None),
+                  f"{c.mac / c.total:.0%}" if c and c.total else "—",
+                  _ratio(c.total if c else None, oc.total if oc else None),
+                  _ratio(c.mac if c else None, oc.mac if oc else None),
+                  "—" if r.max_rel_err is None else f"{r.max_rel_err:.1e}",
+                  escape(r.note if r.status != "ok" else r.version))
+    out.print(t)
+    if ours and ours.layers and shown_layers:
+        total = sum(layer.counts.total for layer in ours.layers)
+        lt = Table(title=f"{r0.model}: our {shown_layers} most expensive layers (of "
+                   f"{len(ours.layers)})", title_justify="left")
+        for col in ("step", "op", "kernel", "instructions (M)", "share", "vector MACs (M)",
+                    "MACs / fp32 FMLA floor"):
+            lt.add_column(col, justify="left" if col in ("step", "op", "kernel")
+                          else "right", overflow="fold")
+        for layer in sorted(ours.layers, key=lambda x: -x.counts.total)[:shown_layers]:
+            floor = layer.fmla_floor
+            lt.add_row(escape(layer.name), layer.op, escape(layer.kernels or layer.symbol),
+                       _m(layer.counts.total), f"{layer.counts.total / total:.1%}",
+                       _m(layer.counts.mac),
+                       f"{layer.counts.mac / floor:.2f}" if floor else "—")
+        out.print(lt)
+
+
+def print_summary(recs: Sequence[Record]) -> None:
+    for model in dict.fromkeys(r.model for r in recs):
+        mine = [r for r in recs if r.model == model]
+        ours = next((r for r in mine if r.label == "ours" and r.counts), None)
+        if ours is None:
+            continue
+        for r in mine:
+            if r.engine == "ours" or not r.counts:
+                continue
+            ratio = r.counts.total / ours.counts.total
+            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
+                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
+            out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: {verdict} "
+                      f"({r.counts.total / 1e6:,.0f} M against {ours.counts.total / 1e6:,.0f} M)")
+
+
+def write_json(path: Path, recs: Sequence[Record]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([r.to_json() for r in recs], indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except BenchArgError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        return 2
+    from .counting import CountError, find_plugin
+    from .pyroot import find_pyroot
+
+    try:
+        find_plugin()
+        if any(e != "ours" for e in args.engines):
+            find_pyroot()
+    except (CountError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        return 2
+    if not out.is_terminal:
+        out.width = max(out.width, 150)  # a piped console is 80 wide: the tables would wrap
+    recs: list[Record] = []
+    with ExitStack() as stack, progress() as prog:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-arm64-")))
+        runner = None
+        if "ours" in args.engines:
+            task = prog.add_task("starting the arm64 runner under qemu with the plugin",
+                                 total=None)
+            try:
+                runner = CountingRunner(stack, work)
+            except (OSError, RuntimeError, CountError) as e:
+                err.print(f"[red]error:[/red] the arm64 runner: {escape(str(e))}")
+                return 1
+            finally:
+                prog.remove_task(task)
+        for name in args.models:
+            mdir = work / name
+            mdir.mkdir()
+            got = bench_model(name, args, runner, prog, mdir)
+            recs.extend(got)
+            prog.stop()  # tables print between the progress lines
+            print_model(got, args.layers)
+            prog.start()
+            if args.json:
+                write_json(args.json, recs)  # after every model: a crash keeps what was done
+    print_summary(recs)
+    if args.json:
+        err.print(f"wrote {len(recs)} records to {args.json}")
+    return 0 if all(r.status in ("ok", "wrong") for r in recs) else 1
