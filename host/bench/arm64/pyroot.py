@@ -15,9 +15,10 @@ from pathlib import Path
 from host.devices.local import REPO_ROOT
 from host.devices.qemu import find_qemu
 
+from .counting import QEMU_CPU
+
 PYROOT = REPO_ROOT / "build" / "arm64-python"
 GUEST_SCRIPT = Path(__file__).with_name("guest.py")
-QEMU_CPU = "cortex-a76"  # ARMv8.2 with fp16 arithmetic and dotprod, as recent phones' cores
 BUILD_HINT = "build it with scripts/build_arm64_python.sh"
 
 
