@@ -5,7 +5,7 @@ and the step that tiles an output row with it; Winograd layers go to ``winograd.
 from __future__ import annotations
 
 from codegen.cost import WINOGRAD, conv_algo, conv_kind, default_tuning
-from codegen.emit.cpu.prelude import AI, epi, lane_fma, skip_param
+from codegen.emit.cpu.prelude import AI, by_lane_fma, epi, lane_fma, skip_param
 from codegen.emit.cpu.winograd import conv2d_winograd
 from codegen.emit.cstyle import Ctx
 from codegen.isa import VectorIsa
@@ -56,16 +56,43 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
               f"      for ({i} kx = kx0; kx < kx1; ++kx) {{",
               f"        const float *xp = x + (xo + c * cs + ky * {dh} * rs + kx * "
               f"{dw * cs_col});",
-              f"        const float *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lanes * X};",
-              f"        for (int l = 0; l < {lanes}; ++l) {{"]
-        L += lane_fma(" " * 10, X, acc, lambda j: f"xp[{j * sw * cs_col} + l]")
-        L += ["        }", "      }"]
+              f"        const float *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lanes * X};"]
+        if isa.by_lane and lanes == X:
+            L += by_lane_fma(" " * 8, X, acc, lambda j: f"xp + {j * sw * cs_col}")
+        elif isa.by_lane and lanes == 1:
+            L += _plain_by_lane_fma(" " * 8, X, acc, sw * cs_col)
+        else:
+            L.append(f"        for (int l = 0; l < {lanes}; ++l) {{")
+            L += lane_fma(" " * 10, X, acc, lambda j: f"xp[{j * sw * cs_col} + l]")
+            L.append("        }")
+        L.append("      }")
     for o in range(oc_tile):
         for j in range(w_tile):
             L += ["  " + ln for ln in epi(epilogue, acc[o][j], f"s + {o} * ys + {j * X}")]
             L.append(f"  *(vf *)(y + {o} * ys + {j * X}) = {acc[o][j]};")
     L.append("}")
     return name, "\n".join(L) + "\n"
+
+
+def _plain_by_lane_fma(indent: str, X: int, acc: list[list[str]], stride: int) -> list[str]:
+    """One input channel of a plain (NCHW) input on an ISA that multiplies by lanes: the
+    columns' inputs lie ``stride`` floats apart in one row, so each vector load that lies wholly
+    inside the tile's span feeds the columns it holds (X / stride of them) by lane; the columns
+    past the last whole vector load their scalar. Never reads past the last column's input."""
+    w_tile = len(acc[0])
+    L = [f"{indent}const vf w{o} = *(const vf *)(wp + {o} * wb);" for o in range(len(acc))]
+    whole = ((w_tile - 1) * stride + 1) // X  # vectors inside [0, last column's input]
+    for q in range(whole):
+        cols = [j for j in range(w_tile) if q * X <= j * stride < (q + 1) * X]
+        if cols:
+            L.append(f"{indent}const vf x{q} = *(const vfu *)(xp + {q * X});")
+            L += [f"{indent}{acc[o][j]} += w{o} * x{q}[{j * stride - q * X}];"
+                  for j in cols for o in range(len(acc))]
+    for j in range(w_tile):
+        if j * stride >= whole * X:
+            L.append(f"{indent}const float s{j} = xp[{j * stride}];")
+            L += [f"{indent}{acc[o][j]} += s{j} * w{o};" for o in range(len(acc))]
+    return L
 
 
 def conv2d_blocked(c: Ctx) -> tuple[list[str], int, int]:

@@ -58,3 +58,19 @@ def lane_fma(indent: str, X: int, acc: list[list[str]], x_at: Callable[[int], st
         L.append(f"{indent}const float x{j} = {x_at(j)};")
         L += [f"{indent}{acc[o][j]} += x{j} * w{o};" for o in range(len(acc))]
     return L
+
+
+def by_lane_fma(indent: str, X: int, acc: list[list[str]], x_vec_at: Callable[[int], str]
+                ) -> list[str]:
+    """All X input lanes of a register-blocked micro-kernel on an ISA that multiplies by a
+    register's lane (``VectorIsa.by_lane``): a weight vector per oc block and lane (``wp + o *
+    wb + l * X``), then per column one load of its X input channels (``x_vec_at(j)``, a
+    pointer) and X FMAs by lane per oc block: one load per X * oc_tile FMAs, where
+    ``lane_fma`` loads every scalar."""
+    L = [f"{indent}const vf w{o}_{lane} = *(const vf *)(wp + {o} * wb + {lane * X});"
+         for o in range(len(acc)) for lane in range(X)]
+    for j in range(len(acc[0])):
+        L.append(f"{indent}const vf x{j} = *(const vfu *)({x_vec_at(j)});")
+        L += [f"{indent}{acc[o][j]} += w{o}_{lane} * x{j}[{lane}];"
+              for lane in range(X) for o in range(len(acc))]
+    return L

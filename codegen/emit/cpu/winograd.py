@@ -8,7 +8,7 @@ import functools
 from collections.abc import Sequence
 from fractions import Fraction
 
-from codegen.emit.cpu.prelude import AI, epi, lane_fma, skip_param
+from codegen.emit.cpu.prelude import AI, by_lane_fma, epi, lane_fma, skip_param
 from codegen.emit.cstyle import Ctx
 from codegen.isa import VectorIsa
 
@@ -144,10 +144,14 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
         L.append(f"  vf {', '.join(f'{a_} = (vf){{}}' for a_ in acc[o])};")
     L += [f"  for ({i} c = 0; c < cb; ++c) {{",
           "    const float *vp = v + c * cs;",
-          f"    const float *wp = w + c * {X * X};",
-          f"    for (int l = 0; l < {X}; ++l) {{"]
-    L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]")
-    L += ["    }", "  }"]
+          f"    const float *wp = w + c * {X * X};"]
+    if isa.by_lane:
+        L += by_lane_fma(" " * 4, X, acc, lambda j: f"vp + {j * X}")
+    else:
+        L.append(f"    for (int l = 0; l < {X}; ++l) {{")
+        L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]")
+        L.append("    }")
+    L.append("  }")
     for o in range(oc_tile):
         for j in range(t_tile):
             L.append(f"  *(vf *)(mo + {o} * ms + {j * X}) = {acc[o][j]};")
