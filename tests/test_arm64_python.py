@@ -131,3 +131,50 @@ def test_guest_command_places_plugin_args_before_the_program(built):
     assert cmd[7:] == [python, str(pyroot.GUEST_SCRIPT), "--runs", "1"]
     assert env["PYTHONPATH"] == str(pyroot.PYROOT / "site")
     assert env["PYTHONNOUSERSITE"] == "1" and "PYTHONHOME" not in env
+
+
+def test_ncnn_per_layer_counts_pair_with_our_steps(converted, tmp_path):
+    """count_guest under the plugin: the counted runs, then one inference layer by layer whose
+    weighted layers pair with our steps by FLOPs (the tiny CNN's two convs and its Linear)."""
+    from host.bench.arm64 import counting
+    from host.bench.arm64.run import LayerCount, Record, count_guest, pair_layers
+
+    try:
+        counting.find_plugin()
+    except counting.CountError as e:
+        pytest.skip(f"arm64 tier: {e}")
+    w, want = converted
+    rec = Record("tiny", "ncnn", "fp32", 16, "ncnn")
+    count_guest(rec, [w.files["ncnn.param"], w.files["ncnn.bin"]], w.cache / "x.npy", want,
+                tmp_path, runs=2, tolerance=FP32_TOL, timeout_s=GUEST_TIMEOUT_S,
+                per_layer=True)
+    assert rec.status == "ok" and len(rec.runs) == 2 and rec.counts.total > 0
+    # the same work twice; only the allocator's paths differ (tens of instructions)
+    assert rec.runs[0].total == pytest.approx(rec.runs[1].total, rel=0.01)
+    assert rec.runs[0].by_class["fmla"] == rec.runs[1].by_class["fmla"]
+    weighted = [la for la in rec.layers if la.flops]
+    assert [la.op for la in weighted] == ["Convolution", "Convolution", "InnerProduct"]
+    assert [la.flops for la in weighted] == [2 * 8 * 3 * 9 * 16 * 16, 2 * 8 * 8 * 9 * 7 * 7,
+                                             2 * 392 * 10]
+    assert all(la.counts.total > 0 for la in rec.layers)
+    # our steps of the same work (a fused bias adds one operation per output) pair with them
+    ours = [LayerCount(n, op, "", "", f, counting.Counts({"total": 1}))
+            for n, op, f in (("0", "conv2d", weighted[0].flops + 8 * 256),
+                             ("pool", "maxpool2d", 10),
+                             ("2", "conv2d", weighted[1].flops + 8 * 49),
+                             ("4", "linear", weighted[2].flops + 10))]
+    assert [p.theirs.name if p.theirs else None for p in pair_layers(ours, rec.layers)] == \
+        [la.name for la in weighted]
+
+
+def test_ncnn_param_flops_read_each_weighted_layer():
+    from host.bench.arm64.run import ncnn_layer_flops
+
+    param = ("7767517\n3 3\nInput in0 0 1 in0\n"
+             "Convolution conv_0 1 1 in0 1 0=8 1=3 11=3 5=1 6=216\n"
+             "ConvolutionDepthWise dw_0 1 1 1 2 0=8 1=3 6=72 7=8\n"
+             "InnerProduct fc 1 1 2 out0 0=10 1=1 2=80\n"
+             "Pooling pool 1 1 2 3 0=0 1=2\n")
+    assert ncnn_layer_flops(param) == {"conv_0": (432, "Convolution"),
+                                       "dw_0": (144, "ConvolutionDepthWise"),
+                                       "fc": (160, "InnerProduct")}

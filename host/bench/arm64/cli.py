@@ -23,7 +23,15 @@ from rich.table import Table
 from host.console import err, out
 
 from ..common import BenchArgError, bench_cache_dir, load_workload, parse_models, progress
-from .run import GUEST_ENGINES, CountingRunner, Record, arm64_toolchain, count_guest, save_input
+from .run import (
+    GUEST_ENGINES,
+    CountingRunner,
+    Record,
+    arm64_toolchain,
+    count_guest,
+    pair_layers,
+    save_input,
+)
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 ENGINES = ("ours", "ncnn", "mnn")
@@ -195,7 +203,8 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                         convert()
                     step(f"counting {rec.engine} {rec.precision} in the arm64 Python")
                     tol = args.tolerance if rec.precision == "fp32" else args.fp16_tolerance
-                    count_guest(rec, files, x_file, ref, work, args.runs, tol, args.timeout)
+                    count_guest(rec, files, x_file, ref, work, args.runs, tol, args.timeout,
+                                per_layer=rec.engine == "ncnn" and rec.precision == "fp32")
                 attempt(rec, guest)
     finally:
         prog.remove_task(task)
@@ -247,6 +256,36 @@ def print_model(recs: Sequence[Record], shown_layers: int) -> None:
                        _m(layer.counts.mac),
                        f"{layer.counts.mac / floor:.2f}" if floor else "—")
         out.print(lt)
+
+
+def print_vs_ncnn(recs: Sequence[Record]) -> None:
+    """Our conv/linear steps against ncnn fp32's layers of the same work, and the rest."""
+    ours = next((r for r in recs if r.label == "ours" and r.layers), None)
+    theirs = next((r for r in recs if r.engine == "ncnn" and r.precision == "fp32"
+                   and r.layers), None)
+    if ours is None or theirs is None:
+        return
+    pairs = pair_layers(ours.layers, theirs.layers)
+    extra = sum(la.counts.total for la in theirs.layers) - theirs.counts.total
+    t = Table(title=f"{ours.model}: our conv/linear steps against ncnn fp32's layers of the "
+              f"same FLOPs, millions of instructions (ncnn's layer-by-layer inference, one "
+              f"extraction a layer, costs {extra / 1e6:,.1f} M more than its whole one)",
+              title_justify="left")
+    for col in ("step", "kernel", "ours", "ncnn layer", "ncnn", "ours / ncnn"):
+        t.add_column(col, justify="right" if col in ("ours", "ncnn", "ours / ncnn")
+                     else "left", overflow="fold")
+    for p in pairs:
+        theirs_n = p.theirs.counts.total if p.theirs else None
+        t.add_row(escape(p.ours.name), escape(p.ours.kernels or p.ours.op),
+                  _m(p.ours.counts.total), escape(p.theirs.name) if p.theirs else "—",
+                  _m(theirs_n), _ratio(p.ours.counts.total, theirs_n))
+    paired = {id(p.ours) for p in pairs}
+    matched = {id(p.theirs) for p in pairs if p.theirs}
+    rest_ours = sum(la.counts.total for la in ours.layers if id(la) not in paired)
+    rest_theirs = sum(la.counts.total for la in theirs.layers if id(la) not in matched)
+    t.add_row("everything else", "pooling, layout, glue", _m(rest_ours),
+              "pooling, add, relu, split, …", _m(rest_theirs), _ratio(rest_ours, rest_theirs))
+    out.print(t)
 
 
 def print_summary(recs: Sequence[Record]) -> None:
@@ -310,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             recs.extend(got)
             prog.stop()  # tables print between the progress lines
             print_model(got, args.layers)
+            print_vs_ncnn(got)
             prog.start()
             if args.json:
                 write_json(args.json, recs)  # after every model: a crash keeps what was done

@@ -7,7 +7,11 @@ has neither). Each counted inference is the same work as ``infer()`` of the engi
 host/bench/engines.py: the input copied in, one run, the output fetched to host memory.
 
     guest.py --engine {ncnn,mnn} --precision {fp32,fp16} --model PATH [--weights PATH]
-             --input X.npy --output Y.npy --warmup N --runs N [--threads 1]
+             --input X.npy --output Y.npy --warmup N --runs N [--threads 1] [--per-layer]
+
+With --per-layer (ncnn only), one more marked inference follows the counted ones: it extracts
+every layer's outputs in the param file's order from one extractor, so each extraction
+computes just that layer, with a step mark before each; the JSON line lists the layers.
 
 stdout carries one JSON line at the end and nothing else (fd 1 points at stderr while the
 engines run, as MNN announces CPU features there); errors go to stderr, exit status 1.
@@ -30,6 +34,7 @@ import numpy as np
 MARK_BASE = 0x4E50415300000000
 MARK_BEGIN = 1
 MARK_END = 2
+MARK_STEP_BASE = 0x100  # + i before layer i of a per-layer inference (--per-layer, ncnn)
 
 
 class GuestError(Exception):
@@ -68,7 +73,10 @@ def _need_file(path: str, what: str) -> str:
     return path
 
 
-def load_ncnn(args: argparse.Namespace, x: np.ndarray) -> tuple[str, Callable[[], np.ndarray]]:
+Loaded = tuple[str, Callable[[], np.ndarray], Callable[[], list[dict]] | None]
+
+
+def load_ncnn(args: argparse.Namespace, x: np.ndarray) -> Loaded:
     import ncnn
 
     param = _need_file(args.model, "ncnn .param")
@@ -105,10 +113,31 @@ def load_ncnn(args: argparse.Namespace, x: np.ndarray) -> tuple[str, Callable[[]
                 raise GuestError(f"ncnn: extracting out0 failed ({ret})")
             return np.array(out)[None]
 
-    return ncnn.__version__, infer
+    blobs = [b.name for b in net.blobs()]
+
+    def per_layer() -> list[dict]:
+        rows: list[dict] = []
+        with net.create_extractor() as ex:
+            mark(MARK_BEGIN)
+            ex.input("in0", ncnn.Mat(chw))
+            for layer in net.layers():
+                if layer.type == "Input":
+                    continue
+                mark(MARK_STEP_BASE + len(rows))
+                shapes = []
+                for top in layer.tops:
+                    ret, m = ex.extract(blobs[top], 1)  # 1: as computed, no unpacking
+                    if ret != 0:
+                        raise GuestError(f"ncnn: extracting {blobs[top]} failed ({ret})")
+                    shapes.append([m.c * getattr(m, "elempack", 1), m.h, m.w])
+                rows.append({"name": layer.name, "type": layer.type, "shapes": shapes})
+            mark(MARK_END)
+        return rows
+
+    return ncnn.__version__, infer, per_layer
 
 
-def load_mnn(args: argparse.Namespace, x: np.ndarray) -> tuple[str, Callable[[], np.ndarray]]:
+def load_mnn(args: argparse.Namespace, x: np.ndarray) -> Loaded:
     import MNN
 
     path = _need_file(args.model, "MNN model")
@@ -136,7 +165,7 @@ def load_mnn(args: argparse.Namespace, x: np.ndarray) -> tuple[str, Callable[[],
         out.copyToHostTensor(host_out)
         return np.array(host_out.getNumpyData(), copy=True)
 
-    return MNN.version(), infer
+    return MNN.version(), infer, None
 
 
 LOADERS = {"ncnn": load_ncnn, "mnn": load_mnn}
@@ -153,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, required=True, help="uncounted runs first")
     p.add_argument("--runs", type=int, required=True, help="counted runs, each marked")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--per-layer", action="store_true",
+                   help="one more inference, marked layer by layer (ncnn only)")
     args = p.parse_args(argv)
     if args.warmup < 0 or args.runs < 1 or args.threads < 1:
         p.error("--warmup must be >= 0, --runs and --threads >= 1")
@@ -166,9 +197,12 @@ def run(args: argparse.Namespace) -> dict:
         raise GuestError(f"cannot read {args.input}: {e}") from None
     x = np.ascontiguousarray(x, dtype=np.float32)
     try:
-        version, infer = LOADERS[args.engine](args, x)
+        version, infer, per_layer = LOADERS[args.engine](args, x)
     except ImportError as e:
         raise GuestError(f"cannot import {args.engine}: {e}") from None
+    if args.per_layer and per_layer is None:
+        raise GuestError(f"--per-layer is not available for {args.engine}")
+    layers = None
     try:
         for _ in range(args.warmup):
             infer()
@@ -177,6 +211,8 @@ def run(args: argparse.Namespace) -> dict:
             mark(MARK_BEGIN)
             out = infer()
             mark(MARK_END)
+        if args.per_layer:
+            layers = per_layer()
     except GuestError:
         raise
     except Exception as e:
@@ -187,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     except OSError as e:
         raise GuestError(f"cannot write {args.output}: {e}") from None
     return {"engine": args.engine, "precision": args.precision, "version": version,
-            "output_shape": list(out.shape)}
+            "output_shape": list(out.shape), **({"layers": layers} if layers else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,9 +180,11 @@ GUEST_ENGINES = {"ncnn": "ncnn", "mnn": "MNN"}  # guest.py's name: engines.py's 
 
 
 def count_guest(rec: Record, files: Sequence[Path], x_file: Path, ref: np.ndarray,
-                work: Path, runs: int, tolerance: float, timeout_s: float) -> None:
+                work: Path, runs: int, tolerance: float, timeout_s: float,
+                per_layer: bool = False) -> None:
     """Run guest.py for ``rec.engine``/``rec.precision`` on the converted ``files`` (model,
-    then weights for ncnn) under the plugin: one untimed inference, then ``runs`` counted."""
+    then weights for ncnn) under the plugin: one untimed inference, then ``runs`` counted,
+    then (``per_layer``, ncnn) one more counted layer by layer into ``rec.layers``."""
     from . import pyroot
 
     stem = f"{rec.engine}-{rec.precision}"
@@ -190,7 +192,7 @@ def count_guest(rec: Record, files: Sequence[Path], x_file: Path, ref: np.ndarra
     args = ["--engine", rec.engine, "--precision", rec.precision, "--model", str(files[0]),
             *(["--weights", str(files[1])] if len(files) > 1 else []),
             "--input", str(x_file), "--output", str(y_file), "--warmup", "1",
-            "--runs", str(runs), "--threads", "1"]
+            "--runs", str(runs), "--threads", "1", *(["--per-layer"] if per_layer else [])]
     cmd, env = pyroot.guest_command(args, plugin=list(counting.plugin_args(log)))
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -206,9 +208,68 @@ def count_guest(rec: Record, files: Sequence[Path], x_file: Path, ref: np.ndarra
             from None
     rec.version = str(info.get("version", ""))
     check(rec, np.load(y_file), ref, tolerance)
-    rec.runs = counting.runs_of(counting.read_marks(log))
+    marks = counting.read_marks(log)
+    rec.runs = counting.runs_of(marks)[:runs]  # a per-layer inference comes after these
     if len(rec.runs) != runs:
         raise CountError(f"{len(rec.runs)} counted inferences in {log}, expected {runs}")
+    if per_layer:
+        steps = counting.steps_of(marks)[-1]
+        layers = info.get("layers") or []
+        if len(steps) != len(layers):
+            raise CountError(f"{len(steps)} layer marks for {len(layers)} ncnn layers")
+        work_of = ncnn_layer_flops(files[0].read_text())
+        rec.layers = [LayerCount(la["name"], la["type"], "", la["type"],
+                                 work_of.get(la["name"], (0, 0))[0] * _plane(la), c)
+                      for la, c in zip(layers, steps, strict=True)]
+
+
+def _plane(layer: dict) -> int:
+    """Output positions of a conv layer (1 for InnerProduct), from its first top's shape."""
+    _, h, w = layer["shapes"][0]
+    return 1 if layer["type"] == "InnerProduct" else h * w
+
+
+# the weight_data_size key of each weighted layer type in an ncnn .param
+_NCNN_WEIGHTS = {"Convolution": "6", "ConvolutionDepthWise": "6", "InnerProduct": "2"}
+
+
+def ncnn_layer_flops(param: str) -> dict[str, tuple[int, str]]:
+    """Per weighted layer of an ncnn .param: (2 x weights, type): its FLOPs per output
+    position, which times the positions is the same count as a Step's ``flops``."""
+    out: dict[str, tuple[int, str]] = {}
+    for line in param.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) < 4 or parts[0] not in _NCNN_WEIGHTS:
+            continue
+        kv = dict(p.split("=", 1) for p in parts if "=" in p)
+        size = kv.get(_NCNN_WEIGHTS[parts[0]])
+        if size and size.isdigit():
+            out[parts[1]] = (2 * int(size), parts[0])
+    return out
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """One of our conv/linear steps and the ncnn layer with the same work."""
+
+    ours: LayerCount
+    theirs: LayerCount | None
+
+
+def pair_layers(ours: Sequence[LayerCount], theirs: Sequence[LayerCount]) -> list[LayerPair]:
+    """Our weighted steps in order, each with the first unpaired ncnn layer of the same
+    FLOPs to within 2 % (names differ: pnnx numbers layers; work does not; a Step's FLOPs also
+    count its fused epilogue, one or two operations per output)."""
+    free = [t for t in theirs if t.flops]
+    pairs = []
+    for o in ours:
+        if o.op not in ("conv2d", "linear") or not o.flops:
+            continue
+        t = next((t for t in free if abs(t.flops - o.flops) <= 0.02 * o.flops), None)
+        if t is not None:
+            free.remove(t)
+        pairs.append(LayerPair(o, t))
+    return pairs
 
 
 def save_input(x: np.ndarray, work: Path) -> Path:
