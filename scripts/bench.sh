@@ -14,19 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = arm64 ]; then
-  NPAS_SKIP_ARM64=0 scripts/setup.sh
+  NPAS_WITH_BENCH=1 NPAS_SKIP_ARM64=0 scripts/setup.sh
 else
-  NPAS_SKIP_ARM64=${NPAS_SKIP_ARM64:-1} scripts/setup.sh
-fi
-stamp=.venv/.npas-bench
-want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[bench] installing the engines to compare with (pyproject's bench extra)"
-  # The project's torch==2.13.0 pin holds pnnx's unpinned torch requirement to the CPU build.
-  .venv/bin/pip install -q -e ".[test,bench]"
-  echo "$want" > "$stamp"
-fi
-if [ "${1:-}" = arm64 ]; then
-  scripts/build_arm64_python.sh
+  NPAS_WITH_BENCH=1 NPAS_SKIP_ARM64=${NPAS_SKIP_ARM64:-1} scripts/setup.sh
 fi
 exec .venv/bin/npas-host bench "$@"

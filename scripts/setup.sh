@@ -4,7 +4,10 @@
 #   2. a virtual environment in .venv with the Python packages (torch pinned to 2.13.0);
 #   3. the host runner (build/host/npas-runner), rebuilt incrementally;
 #   4. the arm64 runners (scripts/build_arm64.sh): dynamic for qemu, and the static one that
-#      `npas-host install --device SERIAL` pushes to a phone (NPAS_SKIP_ARM64=1 skips both).
+#      `npas-host install --device SERIAL` pushes to a phone (NPAS_SKIP_ARM64=1 skips both);
+#   5. with NPAS_WITH_BENCH=1 (scripts/test.sh and scripts/bench.sh set it): the engines the
+#      benchmarks compare with (pyproject's bench extra) and, with the arm64 tier, the arm64
+#      Python with ncnn and MNN that `npas-host bench arm64` runs (scripts/build_arm64_python.sh).
 # Usage: scripts/setup.sh   (NPAS_SKIP_APT=1 skips the apt steps on machines you do not own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,5 +78,19 @@ fi
 # ---- 4. the arm64 runners: under qemu (the closest check to a phone here) and for phones ----
 if [ "${NPAS_SKIP_ARM64:-0}" != 1 ]; then
   scripts/build_arm64.sh
+fi
+# ---- 5. the other engines, for the benchmarks and their tests ----
+if [ "${NPAS_WITH_BENCH:-0}" = 1 ]; then
+  stamp=.venv/.npas-bench
+  want=$(sha256sum pyproject.toml | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing the engines to compare with (pyproject's bench extra)"
+    # The project's torch==2.13.0 pin holds pnnx's unpinned torch requirement to the CPU build.
+    .venv/bin/pip install -q -e ".[test,bench]"
+    echo "$want" > "$stamp"
+  fi
+  if [ "${NPAS_SKIP_ARM64:-0}" != 1 ]; then
+    scripts/build_arm64_python.sh
+  fi
 fi
 say "ready: $root/.venv/bin/npas-host, $root/build/host/npas-runner"

@@ -4,7 +4,8 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k profile -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# with the other engines: the benchmark's converters and the arm64 Python have tests too
+NPAS_WITH_BENCH=1 scripts/setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check host codegen tests
 echo "[test] line budget"
