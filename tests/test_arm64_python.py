@@ -158,13 +158,27 @@ def test_ncnn_per_layer_counts_pair_with_our_steps(converted, tmp_path):
                                              2 * 392 * 10]
     assert all(la.counts.total > 0 for la in rec.layers)
     # our steps of the same work (a fused bias adds one operation per output) pair with them
-    ours = [LayerCount(n, op, "", "", f, counting.Counts({"total": 1}))
-            for n, op, f in (("0", "conv2d", weighted[0].flops + 8 * 256),
-                             ("pool", "maxpool2d", 10),
-                             ("2", "conv2d", weighted[1].flops + 8 * 49),
-                             ("4", "linear", weighted[2].flops + 10))]
+    ours = [LayerCount(n, op, "", k, f, counting.Counts({"total": 1}))
+            for n, op, k, f in (("0", "conv2d", "conv2d_3x3s1_nchw__neon_2xNw",
+                                 weighted[0].flops + 8 * 256),
+                                ("pool", "maxpool2d", "", 10),
+                                ("2", "conv2d", "conv2d_3x3s2_nchw4c__neon_2xNw",
+                                 weighted[1].flops + 8 * 49),
+                                ("4", "linear", "", weighted[2].flops + 10))]
     assert [p.theirs.name if p.theirs else None for p in pair_layers(ours, rec.layers)] == \
         [la.name for la in weighted]
+
+
+def test_pairing_keeps_depthwise_apart_from_convs_of_the_same_work():
+    from host.bench.arm64 import counting
+    from host.bench.arm64.run import LayerCount, pair_layers
+
+    c = counting.Counts({"total": 1})
+    theirs = [LayerCount("dw", "ConvolutionDepthWise", "", "", 1000, c),
+              LayerCount("pw", "Convolution", "", "", 1000, c)]
+    ours = [LayerCount("a.pw", "conv2d", "", "conv2d_1x1s1_nchw4c__neon_2xNw", 1010, c),
+            LayerCount("a.dw", "conv2d", "", "dwconv2d_3x3s1_nchw4c__neon_1xNw", 1010, c)]
+    assert [p.theirs.name for p in pair_layers(ours, theirs)] == ["pw", "dw"]
 
 
 def test_ncnn_param_flops_read_each_weighted_layer():

@@ -256,16 +256,30 @@ class LayerPair:
     theirs: LayerCount | None
 
 
+_NCNN_KIND = {"Convolution": "conv", "ConvolutionDepthWise": "depthwise",
+              "InnerProduct": "linear"}
+
+
+def _our_kind(step: LayerCount) -> str:
+    if step.op == "linear":
+        return "linear"
+    return "depthwise" if step.kernels.startswith("dwconv2d") else "conv"
+
+
 def pair_layers(ours: Sequence[LayerCount], theirs: Sequence[LayerCount]) -> list[LayerPair]:
-    """Our weighted steps in order, each with the first unpaired ncnn layer of the same
-    FLOPs to within 2 % (names differ: pnnx numbers layers; work does not; a Step's FLOPs also
-    count its fused epilogue, one or two operations per output)."""
+    """Our weighted steps in order, each with the unpaired ncnn layer of the same kind (conv,
+    depthwise, linear) whose FLOPs are closest below its own, within 12 % (the first of
+    equals). Names differ (pnnx numbers layers), work does not; a Step's FLOPs also count its
+    fused epilogue, one to three operations per output, so ncnn's may only be smaller."""
     free = [t for t in theirs if t.flops]
     pairs = []
     for o in ours:
         if o.op not in ("conv2d", "linear") or not o.flops:
             continue
-        t = next((t for t in free if abs(t.flops - o.flops) <= 0.02 * o.flops), None)
+        kind = _our_kind(o)
+        fits = [t for t in free if _NCNN_KIND.get(t.op) == kind
+                and 0.88 * o.flops <= t.flops <= o.flops]
+        t = min(fits, key=lambda t: o.flops - t.flops) if fits else None
         if t is not None:
             free.remove(t)
         pairs.append(LayerPair(o, t))
