@@ -56,8 +56,8 @@ class QemuArm64Runner(LocalRunner):
     ``config.binary`` defaults to build/arm64/npas-runner, ``config.store`` to its own store
     (the arm64 runner's kernels are not the host's), and the startup timeout is 120 s unless
     the config says otherwise; ``qemu_args`` go to qemu-aarch64 before the program (a CPU
-    model, a plugin: bench/arm64/counting.py). Raises FileNotFoundError naming scripts/build_arm64.sh when the
-    runner, the sysroot or qemu is missing."""
+    model, a plugin: bench/arm64/counting.py). Raises FileNotFoundError naming
+    scripts/build_arm64.sh when the runner, the sysroot or qemu is missing."""
 
     name = "qemu-arm64"
     STARTUP_TIMEOUT_S = 120.0

@@ -4,9 +4,9 @@ build/qemu-plugin/libnpas_count.so (host/bench/arm64/npas_count.c, built by
 scripts/build_arm64.sh) counts every instruction the guest executes, by class, and writes the
 running counts whenever the guest marks a point with ``lseek(-1, MARK_BASE + code, SEEK_SET)``.
 The runner marks with ``--count-markers``, guest.py (ncnn, MNN) always. A mark records the
-counts of the thread that made it, so only one-thread inferences are counted whole. One inference is what
-lies between a ``MARK_BEGIN`` and the next ``MARK_END``; with per-layer marks, step ``i`` is
-what lies between its ``MARK_STEP_BASE + i`` and the next mark.
+counts of the thread that made it, so only one-thread inferences are counted whole. One
+inference is what lies between a ``MARK_BEGIN`` and the next ``MARK_END``; with per-layer
+marks, step ``i`` is what lies between its ``MARK_STEP_BASE + i`` and the next mark.
 
 Counts are work, not time: the same binary, input and qemu CPU model give the same counts on a
 busy machine as on an idle one.
