@@ -1,4 +1,4 @@
-"""Vectorised linear layers: y[n, o-block] as 4 chains of broadcast x times packed
+"""Vectorised linear layers: y[n, o-block] as 4 chains of broadcast x (or x's lanes) times packed
 ``[o/x][k][x]`` weights; ``linear_store`` is shared with the block-sparse linear."""
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ def linear_store(c: Ctx) -> list[str]:
 
 
 def linear_vec(c: Ctx) -> tuple[list[str], int, int]:
-    """One (output block, batch row) per item: 4 accumulator chains over k."""
+    """One (output block, batch row) per item: 4 accumulator chains over k. Where the ISA
+    multiplies by lanes (NEON), one vector load of 4 inputs feeds the 4 chains by lane
+    instead of 4 scalar loads."""
     X = c.lang.isa.floats
+    by_lane = c.lang.isa.by_lane
     n, k = c.ins[0]
     o = c.out[1]
     ob = -(-o // X)
@@ -35,10 +38,10 @@ def linear_vec(c: Ctx) -> tuple[list[str], int, int]:
             f"const float *xr = x + n * {k};",
             "vf a0 = (vf){}, a1 = (vf){}, a2 = (vf){}, a3 = (vf){};",
             f"for ({i} j = 0; j < {k4}; j += 4) {{",
-            f"  a0 += xr[j] * *(const vf *)(wr + j * {X});",
-            f"  a1 += xr[j + 1] * *(const vf *)(wr + (j + 1) * {X});",
-            f"  a2 += xr[j + 2] * *(const vf *)(wr + (j + 2) * {X});",
-            f"  a3 += xr[j + 3] * *(const vf *)(wr + (j + 3) * {X});",
+            *(["  const vf xv = *(const vfu *)(xr + j);"] if by_lane else []),
+            *[f"  a{q} += {f'xv[{q}]' if by_lane else xs} * *(const vf *)(wr + {ws} * {X});"
+              for q, xs, ws in ((0, "xr[j]", "j"), *((q, f"xr[j + {q}]", f"(j + {q})")
+                                                     for q in (1, 2, 3)))],
             "}",
             f"for ({i} j = {k4}; j < {k}; ++j) a0 += xr[j] * *(const vf *)(wr + j * {X});",
             *linear_store(c)]
