@@ -19,6 +19,7 @@ import numpy as np
 
 from codegen import Bundle
 
+from ..errors import UserError
 from ..measure import BenchmarkResult, MeasureConfig
 from ..rpc.client import LoadedModel, ProgressFn, RunnerClient, RunnerError
 from . import Device
@@ -111,12 +112,23 @@ class Session:
         """Time the model with ``measure`` (default: the one it was loaded with), passed to the
         runner call as it is."""
         measure = measure or self._loaded[key][1]
+        if measure.warmup_min_s or measure.pause_s:
+            self._require_protocol(3, "a minimum warm-up time or a pause between runs")
         self.device.before_measure(self.on_event)
 
         def call():
             _, _, model = self._loaded[key]
             return self._client.benchmark(model.handle, measure, timeout_s)
         return self._with_retry(call)
+
+    def _require_protocol(self, minor: int, what: str) -> None:
+        """A runner before protocol 1.``minor`` would ignore the fields ``what`` needs."""
+        info = self._with_retry(lambda: self._client.device_info())
+        if info.protocol_major == 1 and info.protocol_minor < minor:
+            raise UserError(f"the runner ({info.runner_version}, protocol 1."
+                            f"{info.protocol_minor}) cannot do {what}: that needs protocol "
+                            f"1.{minor}; rebuild or reinstall it (scripts/setup.sh, "
+                            f"npas-host install)")
 
     def unload(self, key: str) -> None:
         bundle, measure, model = self._loaded.pop(key)

@@ -4,6 +4,7 @@ answers become LoadedModel and BenchmarkResult records."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class LoadedModel:
     init_ns: int
     threads: int
     cpu_affinity: tuple[int, ...]
+
 
 KIND_TO_PROTO = {"kernel_library": "KERNEL_LIBRARY", "weights": "WEIGHTS",
                  "opencl_source": "OPENCL_SOURCE"}
@@ -95,10 +97,21 @@ def loaded_model(r) -> LoadedModel:
 
 
 def benchmark_request(handle: str, measure: MeasureConfig):
-    """BenchmarkRequest: the benchmark-time half of ``measure``."""
+    """BenchmarkRequest: the benchmark-time half of ``measure`` (seconds become the proto's
+    whole milliseconds and microseconds, rounded up so an asked-for time is never cut)."""
     pb, _ = load()
     return pb.BenchmarkRequest(handle=handle, runs=measure.runs, warmup=measure.warmup,
-                               per_layer=measure.per_layer)
+                               per_layer=measure.per_layer,
+                               warmup_min_ms=_whole(measure.warmup_min_s, 1e3, "warmup_min_s"),
+                               pause_us=_whole(measure.pause_s, 1e6, "pause_s"))
+
+
+def _whole(seconds: float, per_second: float, what: str) -> int:
+    """``seconds`` in whole units of 1/``per_second`` s for a uint32 field, rounded up."""
+    if not 0 <= seconds < 2**32 / per_second:  # also refuses NaN
+        raise ValueError(f"MeasureConfig.{what} {seconds} is not a time in seconds from 0 "
+                         f"to {2**32 / per_second:.0f}")
+    return int(math.ceil(round(seconds * per_second, 6)))
 
 
 def benchmark_result(r) -> BenchmarkResult:
@@ -108,9 +121,16 @@ def benchmark_result(r) -> BenchmarkResult:
         warmup_ns=tuple(r.warmup_ns),
         init_ns=r.init_ns,
         threads=r.threads,
-        layers=tuple(LayerTiming(x.name, x.op, tuple(x.samples_ns)) for x in r.layers),
+        layers=tuple(LayerTiming(x.name, x.op, tuple(x.samples_ns), x.symbol)
+                     for x in r.layers),
         telemetry_before=telemetry(r.telemetry_before),
         telemetry_after=telemetry(r.telemetry_after),
+        first_run_ns=r.first_run_ns,
+        first_run_cold=r.first_run_cold,
+        warmup_elapsed_ns=r.warmup_elapsed_ns,
+        rss_before_bytes=r.rss_before_bytes,
+        peak_rss_bytes=r.peak_rss_bytes,
+        memory_note=r.memory_note,
     )
 
 

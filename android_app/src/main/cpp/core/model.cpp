@@ -163,6 +163,7 @@ Status Model::run(const std::vector<TensorView>& inputs, uint64_t* latency_ns) {
   NPAS_RETURN_IF_ERROR(write_inputs(inputs));
   uint64_t t = 0;
   NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &t));
+  ++inferences_;
   NPAS_RETURN_IF_ERROR(read_outputs());
   if (latency_ns) *latency_ns = t;
   return Status::Ok();
@@ -183,7 +184,20 @@ Status Model::benchmark(const BenchmarkOptions& opts, BenchmarkResult* result) {
                            u(kMaxBenchmarkWarmup));
   }
   if (opts.runs == 0) return InvalidArgument("runs must be at least 1");
+  if (opts.warmup_min_ns > kMaxWarmupMinNs) {
+    return InvalidArgument("warmup_min_ms " + u(opts.warmup_min_ns / 1000000) +
+                           " is over the limit of " + u(kMaxWarmupMinNs / 1000000) + " ms");
+  }
+  if (opts.pause_ns > kMaxPauseNs) {
+    return InvalidArgument("pause_us " + u(opts.pause_ns / 1000) + " is over the limit of " +
+                           u(kMaxPauseNs / 1000) + " us");
+  }
   uint32_t runs = opts.runs;
+  if (opts.pause_ns * runs > kMaxTotalPauseNs) {  // both bounded: no overflow
+    return InvalidArgument("pause_us " + u(opts.pause_ns / 1000) + " x " + u(runs) +
+                           " runs is over the limit of " + u(kMaxTotalPauseNs / 1000000000) +
+                           " s of pauses; ask for a shorter pause or fewer runs");
+  }
   if (opts.per_layer && uint64_t(runs) * n_steps > kMaxLayerSamples) {
     return InvalidArgument("per_layer with " + u(runs) + " runs x " + u(n_steps) +
                            " steps is " + u(uint64_t(runs) * n_steps) +
@@ -195,24 +209,57 @@ Status Model::benchmark(const BenchmarkOptions& opts, BenchmarkResult* result) {
   const std::vector<TensorView>& inputs = given ? opts.inputs : default_inputs();
 
   result->samples_ns.assign(runs, 0);
-  result->warmup_ns.assign(opts.warmup, 0);
+  result->warmup_ns.clear();
+  result->warmup_ns.reserve(opts.warmup);
   result->layer_ns.clear();
   if (opts.per_layer) result->layer_ns.assign(n_steps, std::vector<uint64_t>(runs, 0));
 
+  // Memory first, so the high-water mark covers this benchmark only where the OS lets us
+  // reset it; where it does not, the process's lifetime peak is reported and said to be.
+  MemoryUsage mem;
+  std::string why;
+  const bool have_mem = read_memory_usage(&mem, &why);
+  result->rss_before_bytes = have_mem ? mem.rss_bytes : 0;
+  const bool reset = have_mem && reset_peak_rss(&why);
+  auto cancelled = [&] { return opts.cancelled && opts.cancelled(); };
+  const Status stop(Code::kCancelled, "benchmark cancelled");
+
   ScopedCallerAffinity pin(caller_cpu());
   // Inputs go in before every run (outside the timing): the memory plan may reuse their space.
-  for (uint32_t r = 0; r < opts.warmup; ++r) {
-    if (opts.cancelled && opts.cancelled()) return Status(Code::kCancelled, "benchmark cancelled");
+  if (cancelled()) return stop;
+  result->first_run_cold = inferences_ == 0;
+  NPAS_RETURN_IF_ERROR(write_inputs(inputs));
+  NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &result->first_run_ns));
+  ++inferences_;
+  const uint64_t warmup_start = monotonic_ns();
+  for (uint32_t r = 0; r < kMaxBenchmarkWarmup; ++r) {
+    if (r >= opts.warmup && monotonic_ns() - warmup_start >= opts.warmup_min_ns) break;
+    if (cancelled()) return stop;
+    uint64_t t = 0;
     NPAS_RETURN_IF_ERROR(write_inputs(inputs));
-    NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &result->warmup_ns[r]));
+    NPAS_RETURN_IF_ERROR(execute(nullptr, 0, &t));
+    ++inferences_;
+    result->warmup_ns.push_back(t);
   }
+  result->warmup_elapsed_ns = monotonic_ns() - warmup_start;
   auto* layers = opts.per_layer ? &result->layer_ns : nullptr;
   for (uint32_t r = 0; r < runs; ++r) {
-    if (opts.cancelled && opts.cancelled()) return Status(Code::kCancelled, "benchmark cancelled");
+    if (cancelled()) return stop;
     count_mark(kMarkRunBegin);
     NPAS_RETURN_IF_ERROR(write_inputs(inputs));
     NPAS_RETURN_IF_ERROR(execute(layers, r, &result->samples_ns[r]));
+    ++inferences_;
     count_mark(kMarkRunEnd);
+    if (opts.pause_ns && r + 1 < runs) sleep_ns(opts.pause_ns);
+  }
+
+  MemoryUsage after;
+  if (have_mem && read_memory_usage(&after, &why)) {
+    result->peak_rss_bytes = after.peak_rss_bytes;
+    result->memory_note = reset ? "" : "peak since the runner started (cannot reset it: " +
+                                           why + ")";
+  } else {
+    result->memory_note = "peak resident memory unknown: " + why;
   }
   return Status::Ok();
 }

@@ -30,9 +30,15 @@ struct TensorView {
 constexpr uint32_t kDefaultBenchmarkWarmup = 10;  // proto BenchmarkRequest: 0 means these
 constexpr uint32_t kDefaultBenchmarkRuns = 100;
 
+// The protocol, in order: one first inference (timed, reported alone, not a warm-up run), then
+// warm-up runs until there have been `warmup` of them AND `warmup_min_ns` have passed (at most
+// kMaxBenchmarkWarmup runs), then `runs` timed runs, each followed by a pause of `pause_ns`
+// outside its timing. The runner's peak resident memory is measured over all of it.
 struct BenchmarkOptions {
   uint32_t warmup = kDefaultBenchmarkWarmup;
   uint32_t runs = kDefaultBenchmarkRuns;
+  uint64_t warmup_min_ns = 0;
+  uint64_t pause_ns = 0;
   bool per_layer = false;
   std::vector<TensorView> inputs;  // empty: deterministic pseudo-random inputs
   // Polled between runs; true stops the benchmark with CANCELLED.
@@ -42,11 +48,23 @@ struct BenchmarkOptions {
 constexpr uint32_t kMaxBenchmarkRuns = 100000;
 constexpr uint32_t kMaxBenchmarkWarmup = 10000;
 constexpr uint64_t kMaxLayerSamples = 20000000;  // runs x steps with per_layer
+constexpr uint64_t kMaxWarmupMinNs = 600ull * 1000000000ull;  // 10 minutes
+constexpr uint64_t kMaxPauseNs = 10ull * 1000000000ull;       // 10 s between two runs
+constexpr uint64_t kMaxTotalPauseNs = 3600ull * 1000000000ull;  // runs x pause: an hour
 
 struct BenchmarkResult {
   std::vector<uint64_t> samples_ns;
   std::vector<uint64_t> warmup_ns;
   std::vector<std::vector<uint64_t>> layer_ns;  // [step][run] when per_layer
+  uint64_t first_run_ns = 0;
+  bool first_run_cold = false;     // it was the model's first inference since its load
+  uint64_t warmup_elapsed_ns = 0;  // wall time of the warm-up phase
+  // The runner process's resident memory: before the benchmark, and its peak during it (the
+  // kernel's high-water mark, reset first); 0 when unknown. memory_note is empty when the
+  // peak covers the benchmark alone, else what it covers or why it is missing.
+  uint64_t rss_before_bytes = 0;
+  uint64_t peak_rss_bytes = 0;
+  std::string memory_note;
 };
 
 // Fills `values` (count floats) with the default benchmark input: splitmix64 from a fixed
@@ -112,6 +130,7 @@ class Model {
   const std::vector<TensorView>& default_inputs();
 
   Manifest manifest_;
+  uint64_t inferences_ = 0;  // executions since the load (run, benchmark)
   std::vector<uint8_t> default_bytes_;  // concatenated, built on first use
   std::vector<TensorView> default_views_;
 };

@@ -29,15 +29,20 @@ AlignedBuffer::AlignedBuffer(size_t size) {
   size_ = size;
 }
 
-std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes) {
+std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes,
+                                           int* error) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return std::nullopt;
+  if (!fd.valid()) {
+    if (error) *error = errno;
+    return std::nullopt;
+  }
   std::string out;
   char buf[4096];
   while (out.size() < max_bytes) {
     ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (error) *error = errno;
       return std::nullopt;
     }
     if (n == 0) break;
@@ -79,6 +84,50 @@ void count_mark(uint32_t code) {
   int saved = errno;
   (void)::lseek(-1, off_t(kMarkBase + code), SEEK_SET);  // EBADF: a mark, nothing more
   errno = saved;
+}
+
+void sleep_ns(uint64_t ns) {
+  timespec left{time_t(ns / 1000000000ull), long(ns % 1000000000ull)};
+  while (::nanosleep(&left, &left) != 0 && errno == EINTR) {
+  }
+}
+
+namespace {
+// The "NAME: N kB" value of /proc/self/status, or false.
+bool status_kb(const std::string& status, const char* name, uint64_t* bytes) {
+  size_t at = status.find(std::string("\n") + name + ":");
+  if (at == std::string::npos) return false;
+  unsigned long long kb = 0;
+  if (std::sscanf(status.c_str() + at + 1 + std::strlen(name) + 1, " %llu kB", &kb) != 1) {
+    return false;
+  }
+  *bytes = uint64_t(kb) * 1024;
+  return true;
+}
+}  // namespace
+
+bool read_memory_usage(MemoryUsage* out, std::string* why) {
+  int err = 0;
+  auto status = read_small_file("/proc/self/status", 1 << 16, &err);
+  if (!status) {
+    *why = std::string("/proc/self/status: ") + std::strerror(err);
+    return false;
+  }
+  std::string s = "\n" + *status;
+  if (!status_kb(s, "VmRSS", &out->rss_bytes) || !status_kb(s, "VmHWM", &out->peak_rss_bytes)) {
+    *why = "/proc/self/status has no VmRSS/VmHWM lines";
+    return false;
+  }
+  return true;
+}
+
+bool reset_peak_rss(std::string* why) {
+  UniqueFd fd(::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC));
+  if (!fd.valid() || ::write(fd.get(), "5", 1) != 1) {
+    *why = std::string("/proc/self/clear_refs: ") + std::strerror(errno);
+    return false;
+  }
+  return true;
 }
 
 uint64_t monotonic_ns() {

@@ -62,8 +62,10 @@ class AlignedBuffer {
   size_t size_ = 0;
 };
 
-// The whole content of a small file (at most max_bytes), or nullopt when it cannot be read.
-std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes = 1 << 20);
+// The whole content of a small file (at most max_bytes), or nullopt when it cannot be read;
+// then *error (when given) holds the errno of the failed open or read.
+std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes = 1 << 20,
+                                           int* error = nullptr);
 
 // Leading and trailing whitespace removed.
 std::string trim(const std::string& s);
@@ -76,6 +78,20 @@ uint64_t available_memory_bytes();
 
 // CLOCK_MONOTONIC in nanoseconds.
 uint64_t monotonic_ns();
+
+// Sleeps for `ns` (restarted after signals).
+void sleep_ns(uint64_t ns);
+
+// This process's resident memory from /proc/self/status: VmRSS (now) and VmHWM (its peak
+// since the start or the last reset_peak_rss). false, the reason in *why, when unreadable.
+struct MemoryUsage {
+  uint64_t rss_bytes = 0;
+  uint64_t peak_rss_bytes = 0;
+};
+bool read_memory_usage(MemoryUsage* out, std::string* why);
+// Sets the peak to the current RSS (writes "5" to /proc/self/clear_refs, Linux 4.0+); false,
+// the reason in *why, when the kernel or a policy (SELinux on Android) refuses.
+bool reset_peak_rss(std::string* why);
 
 // Count marks: with them on (npas-runner --count-markers), benchmark() marks each timed run
 // (kMarkRunBegin before its input copy, kMarkRunEnd after its last step) and, per layer, each

@@ -204,6 +204,7 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
     uint64_t init_ns = model.value()->init_ns();
     int threads = model.value()->threads();
     std::vector<int> affinity = model.value()->cpu_affinity();
+
     auto handle = models_.add(std::move(model).value(), std::move(pins));
     if (!handle.ok()) return to_grpc(handle.status());
     resp->set_handle(handle.value());
@@ -251,6 +252,8 @@ grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
     // proto: 0 means the default; the limits are checked by Model::benchmark
     opts.warmup = req->warmup() == 0 ? kDefaultBenchmarkWarmup : req->warmup();
     opts.runs = req->runs() == 0 ? kDefaultBenchmarkRuns : req->runs();
+    opts.warmup_min_ns = uint64_t(req->warmup_min_ms()) * 1000000ull;
+    opts.pause_ns = uint64_t(req->pause_us()) * 1000ull;
     opts.per_layer = req->per_layer();
     opts.inputs = views_of(req->inputs());
     opts.cancelled = [ctx] { return ctx->IsCancelled(); };
@@ -265,11 +268,18 @@ grpc::Status RunnerService::Benchmark(Ctx* ctx, const pb::BenchmarkRequest* req,
     resp->mutable_warmup_ns()->Add(result.warmup_ns.begin(), result.warmup_ns.end());
     resp->set_init_ns(model.init_ns());
     resp->set_threads(uint32_t(model.threads()));
+    resp->set_first_run_ns(result.first_run_ns);
+    resp->set_first_run_cold(result.first_run_cold);
+    resp->set_warmup_elapsed_ns(result.warmup_elapsed_ns);
+    resp->set_rss_before_bytes(result.rss_before_bytes);
+    resp->set_peak_rss_bytes(result.peak_rss_bytes);
+    resp->set_memory_note(result.memory_note);
     const Manifest& m = model.manifest();
     for (size_t i = 0; i < result.layer_ns.size(); ++i) {
       auto* l = resp->add_layers();
       l->set_name(m.steps[i].name);
       l->set_op(m.steps[i].op);
+      l->set_symbol(m.steps[i].symbol);
       l->mutable_samples_ns()->Add(result.layer_ns[i].begin(), result.layer_ns[i].end());
     }
 

@@ -18,8 +18,9 @@ namespace npas {
 
 constexpr const char* kRunnerVersion = "0.1.0";
 constexpr uint32_t kProtocolMajor = 1;
-constexpr uint32_t kProtocolMinor = 2;  // 1: GPU backend, Step.local_size, float16;
-                                        // 2: DeviceInfo.default_threads
+constexpr uint32_t kProtocolMinor = 3;  // 1: GPU backend, Step.local_size, float16;
+                                        // 2: DeviceInfo.default_threads; 3: first run,
+                                        // warm-up by time, pause, peak RSS, layer symbols
 constexpr const char* kTokenMetadataKey = "x-npas-token";
 // Under the store directory: OpenCL program binaries (not artifacts; the store skips them).
 constexpr const char* kProgramCacheDir = "cl-cache";
