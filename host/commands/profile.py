@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
               "pause_s": measure.pause_s,
               "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9,
               "throttled_cores": throttled_cores(result, info),
+              "device_missing": list(info.missing),
               "note": device.traits.timing_note}
     if args.json:
         print(json.dumps({**record, **result.to_dict()}))
@@ -195,8 +196,10 @@ def _protocol_lines(info: dict, result) -> list[str]:
                      + (f"; {result.memory_note}" if result.memory_note else ""))
     elif result.memory_note:
         lines.append(result.memory_note)
-    missing = [m for t in (result.telemetry_before, result.telemetry_after) if t
-               for m in t.missing]
+    missing = [*info["device_missing"], *(m for t in (result.telemetry_before,
+                                                      result.telemetry_after) if t
+                                           for m in t.missing)]
     if missing:
-        lines.append(f"telemetry missing: {'; '.join(dict.fromkeys(missing))}")
+        lines.append(f"not readable on the device (measured without it): "
+                     f"{'; '.join(dict.fromkeys(missing))}")
     return lines

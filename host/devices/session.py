@@ -94,6 +94,9 @@ class Session:
         """Upload (only what is missing) and load; returns a key for run/benchmark."""
         measure = measure or MeasureConfig()
         model = self._with_retry(lambda: self._load(bundle, measure, progress))
+        if model.affinity_note:
+            self.on_event(f"the device refused some of the cores asked for; those threads run "
+                          f"unpinned: {model.affinity_note}")
         key = model.handle
         self._loaded[key] = (bundle, measure, model)
         return key

@@ -22,6 +22,7 @@ class LoadedModel:
     init_ns: int
     threads: int
     cpu_affinity: tuple[int, ...]
+    affinity_note: str = ""  # the cores the OS refused to pin to, and why (protocol 1.3)
 
 
 KIND_TO_PROTO = {"kernel_library": "KERNEL_LIBRARY", "weights": "WEIGHTS",
@@ -93,7 +94,7 @@ def load_request(manifest: Manifest, measure: MeasureConfig):
 
 def loaded_model(r) -> LoadedModel:
     """LoadModelResponse -> LoadedModel."""
-    return LoadedModel(r.handle, r.init_ns, r.threads, tuple(r.cpu_affinity))
+    return LoadedModel(r.handle, r.init_ns, r.threads, tuple(r.cpu_affinity), r.affinity_note)
 
 
 def benchmark_request(handle: str, measure: MeasureConfig):
@@ -138,4 +139,5 @@ def telemetry(t) -> Telemetry:
     """proto Telemetry -> Telemetry."""
     return Telemetry(timestamp_ns=t.timestamp_ns,
                      core_freq_khz={c.id: c.cur_freq_khz for c in t.cores},
-                     thermal_millicelsius={z.name: z.temp_millicelsius for z in t.thermal})
+                     thermal_millicelsius={z.name: z.temp_millicelsius for z in t.thermal},
+                     missing=tuple(t.missing))

@@ -13,7 +13,9 @@
 #include <string>
 #include <thread>
 
+#include "core/device_info.h"
 #include "core/os_util.h"
+#include "core/sysfs.h"
 #include "service/runner_server.h"
 
 namespace {
@@ -27,7 +29,8 @@ const char kUsage[] =
     "                             free port, printed as 'NPAS-RUNNER LISTENING HOST:PORT')\n"
     "  --token-file PATH          file holding the session token (required); every call must\n"
     "                             carry it in metadata key x-npas-token\n"
-    "  --store DIR                artifact store directory (required; created if missing)\n"
+    "  --store DIR                artifact store directory, created if missing (required,\n"
+    "                             except on Android: /data/local/tmp/npas/store)\n"
     "  --allow-remote             allow a listen address that is not loopback\n"
     "  --max-artifact-bytes N     largest artifact accepted (default 1073741824)\n"
     "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
@@ -40,8 +43,14 @@ const char kUsage[] =
     "  --count-markers            mark each timed run and, per layer, each step with a\n"
     "                             syscall the instruction-counting qemu plugin watches for\n"
     "                             (npas-host bench arm64); costs a syscall per mark\n"
+    "  --sysfs-root DIR           read CPU topology, frequencies and thermal zones from DIR\n"
+    "                             instead of /sys (tests feed it a tree of their own)\n"
     "  --version                  version, build id and linkage, then exit\n"
     "  --help                     this text\n";
+
+// Where a phone's standalone runner keeps its artifacts (npas-host install pushes the runner
+// to /data/local/tmp/npas).
+const char kAndroidStore[] = "/data/local/tmp/npas/store";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "npas-runner: %s\n\n%s", msg.c_str(), kUsage);
@@ -142,6 +151,15 @@ int main(int argc, char** argv) {
       if (!value(&token_file)) return usage_error("--token-file needs a path");
     } else if (a == "--store") {
       if (!value(&config.store_dir)) return usage_error("--store needs a directory");
+    } else if (a == "--sysfs-root") {
+      if (!value(&v) || v.empty() || v[0] != '/') {
+        return usage_error("--sysfs-root needs an absolute directory");
+      }
+      struct stat st {};
+      if (::stat(v.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return usage_error("--sysfs-root " + v + " is not a directory");
+      }
+      npas::set_sysfs_root(v);
     } else if (a == "--max-artifact-bytes") {
       if (!value(&v) || !parse_u64(v, &n) || n == 0) {
         return usage_error("--max-artifact-bytes needs a positive byte count");
@@ -167,6 +185,9 @@ int main(int argc, char** argv) {
     }
   }
   if (token_file.empty()) return usage_error("--token-file is required");
+  if (config.store_dir.empty() && npas::running_on_android()) {
+    config.store_dir = kAndroidStore;  // the shell user's one writable place
+  }
   if (config.store_dir.empty()) return usage_error("--store is required");
 
   auto token = npas::read_small_file(token_file, 4096);

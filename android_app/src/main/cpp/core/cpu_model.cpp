@@ -170,6 +170,7 @@ class CpuModel final : public Model {
   Backend backend() const override { return Backend::kCpu; }
   int threads() const override { return pool_->threads(); }
   std::vector<int> cpu_affinity() const override { return plan_.affinity; }
+  std::string affinity_note() const override { return affinity_note_; }
   const uint8_t* output_data(size_t i) const override {
     return arena_.data() + manifest().tensors[manifest().outputs[i]].arena_offset;
   }
@@ -238,6 +239,7 @@ class CpuModel final : public Model {
   std::vector<const float*> arg_pointers_;  // every step's inputs and params, back to back
   std::vector<PreparedStep> steps_;
   std::unique_ptr<ThreadPool> pool_;
+  std::string affinity_note_;
 };
 
 }  // namespace
@@ -368,6 +370,18 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
                   "model '" + clip(manifest.name) + "': " + pool.status().message());
   }
   m->pool_ = std::move(pool).value();
+  m->affinity_note_ = m->pool_->affinity_note();
+  if (!plan.affinity.empty()) {
+    // The caller is worker 0, pinned per run; try it once now so a refusal is reported at
+    // the load, next to the workers' (the allowed CPUs are the process's, not the thread's).
+    ScopedCallerAffinity probe(plan.affinity[0]);
+    if (probe.error() != 0) {
+      m->affinity_note_ = "worker 0 (the calling thread) on cpu " +
+                          std::to_string(plan.affinity[0]) + ": " +
+                          std::strerror(probe.error()) +
+                          (m->affinity_note_.empty() ? "" : "; " + m->affinity_note_);
+    }
+  }
   m->init_ns_ = monotonic_ns() - t0;
   return std::unique_ptr<Model>(std::move(m));
 }

@@ -1,4 +1,5 @@
-// Device probing: /proc/cpuinfo, cpufreq, uname, CPU feature bits.
+// Device probing: sysfs (core/sysfs.h), uname, CPU feature bits; /proc/cpuinfo only for a
+// model name where sysfs has no MIDR (x86).
 #include "core/device_info.h"
 
 #include <dirent.h>
@@ -7,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 #include <thread>
 
@@ -15,6 +18,7 @@
 #endif
 
 #include "core/os_util.h"
+#include "core/sysfs.h"
 
 namespace npas {
 namespace {
@@ -29,16 +33,6 @@ std::string cpuinfo_field(const std::string& cpuinfo, const std::string& key) {
     if (trim(line.substr(0, colon)) == key) return trim(line.substr(colon + 1));
   }
   return "";
-}
-
-uint64_t read_u64_file(const std::string& path) {
-  auto s = read_small_file(path, 64);
-  if (!s) return 0;
-  try {
-    return std::stoull(trim(*s));
-  } catch (...) {
-    return 0;
-  }
 }
 
 std::vector<std::string> cpu_features() {
@@ -64,7 +58,9 @@ std::vector<std::string> cpu_features() {
   return out;
 }
 
-std::string cpu_model() {
+std::string cpu_model(const std::vector<SysfsCpu>& cpus) {
+  std::string from_sysfs = describe_cpus(cpus);
+  if (!from_sysfs.empty()) return from_sysfs;
   std::string info = read_small_file("/proc/cpuinfo", 4 << 20).value_or("");
   for (const char* key : {"model name", "Hardware", "Processor"}) {
     std::string v = cpuinfo_field(info, key);
@@ -101,20 +97,56 @@ std::string elf_machine_name(uint16_t machine) {
   }
 }
 
-std::vector<CpuCoreInfo> probe_cores() {
+namespace {
+SysfsCpus sysfs_cpus() {
   unsigned n = std::max(1u, std::thread::hardware_concurrency());
   long conf = sysconf(_SC_NPROCESSORS_CONF);
   if (conf > long(n)) n = unsigned(conf);
-  std::vector<CpuCoreInfo> cores(n);
-  uint64_t top = 0;
-  for (unsigned i = 0; i < n; ++i) {
-    cores[i].id = i;
-    cores[i].max_freq_khz = read_u64_file("/sys/devices/system/cpu/cpu" + std::to_string(i) +
-                                          "/cpufreq/cpuinfo_max_freq");
-    top = std::max(top, cores[i].max_freq_khz);
+  return read_sysfs_cpus(n);
+}
+
+std::vector<CpuCoreInfo> cores_of(const SysfsCpus& found) {
+  std::vector<CpuCoreInfo> cores;
+  for (const SysfsCpu& c : found.cpus) {
+    CpuCoreInfo info;
+    info.id = c.id;
+    info.max_freq_khz = c.max_freq_khz;
+    info.capacity = c.capacity;
+    info.cluster = c.cluster;
+    info.online = c.online;
+    cores.push_back(info);
   }
-  for (auto& c : cores) c.is_big = top == 0 || c.max_freq_khz == top;
+  mark_big_cores(&cores);
   return cores;
+}
+}  // namespace
+
+std::vector<CpuCoreInfo> probe_cores(std::vector<std::string>* missing) {
+  SysfsCpus found = sysfs_cpus();
+  missing->insert(missing->end(), found.missing.begin(), found.missing.end());
+  return cores_of(found);
+}
+
+void mark_big_cores(std::vector<CpuCoreInfo>* cores) {
+  uint64_t top_freq = 0, top_capacity = 0;
+  for (const auto& c : *cores) {
+    if (!c.online) continue;
+    top_freq = std::max(top_freq, c.max_freq_khz);
+    top_capacity = std::max<uint64_t>(top_capacity, c.capacity);
+  }
+  for (auto& c : *cores) {
+    c.is_big = c.online && (top_freq     ? c.max_freq_khz == top_freq
+                            : top_capacity ? c.capacity == top_capacity
+                                           : true);
+  }
+}
+
+bool running_on_android() {
+#if defined(__ANDROID__)
+  return true;
+#else
+  return ::access("/system/build.prop", F_OK) == 0 && ::access("/data/local/tmp", F_OK) == 0;
+#endif
 }
 
 std::vector<int> big_core_ids(const DeviceInfo& info) {
@@ -137,15 +169,13 @@ DeviceInfo probe_device_info() {
 #else
   d.abi = "x86_64";
 #endif
-#if defined(__ANDROID__)
-  d.os = "android";
-#else
-  d.os = "linux";
-#endif
+  d.os = running_on_android() ? "android" : "linux";
   utsname u{};
   d.machine = uname(&u) == 0 ? u.machine : "unknown";
-  d.cpu_model = cpu_model();
-  d.cores = probe_cores();
+  SysfsCpus cpus = sysfs_cpus();
+  d.missing = cpus.missing;
+  d.cores = cores_of(cpus);
+  d.cpu_model = cpu_model(cpus.cpus);
   d.cpu_features = cpu_features();
   d.max_threads = std::max(1u, std::thread::hardware_concurrency());
   probe_opencl(&d);
@@ -160,36 +190,46 @@ const DeviceInfo& device_info() {
 Telemetry read_telemetry() {
   Telemetry t;
   t.timestamp_ns = monotonic_ns();
-  unsigned n = unsigned(std::max(1L, sysconf(_SC_NPROCESSORS_CONF)));
-  for (unsigned i = 0; i < n; ++i) {
-    auto s = read_small_file("/sys/devices/system/cpu/cpu" + std::to_string(i) +
-                             "/cpufreq/scaling_cur_freq", 64);
-    if (!s) continue;
+  const std::string& root = sysfs_root();
+  std::string text;
+  for (const CpuCoreInfo& c : device_info().cores) {
+    const std::string id = std::to_string(c.id);
+    if (!read_sysfs_value(root + "/devices/system/cpu/cpu" + id + "/cpufreq/scaling_cur_freq",
+                          "cpu" + id + " scaling_cur_freq", &text, &t.missing)) {
+      continue;
+    }
     try {
-      t.cores.push_back({i, std::stoull(trim(*s))});
+      t.cores.push_back({c.id, std::stoull(trim(text))});
     } catch (...) {
+      t.missing.push_back("cpu" + id + " scaling_cur_freq: not a number");
     }
   }
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir("/sys/class/thermal"), ::closedir);
-  if (dir) {
-    std::vector<std::string> zones;
-    while (dirent* e = ::readdir(dir.get())) {
-      std::string name = e->d_name;
-      if (name.rfind("thermal_zone", 0) == 0) zones.push_back(name);
-    }
-    // thermal_zone2 before thermal_zone10.
-    std::sort(zones.begin(), zones.end(), [](const std::string& a, const std::string& b) {
-      return a.size() != b.size() ? a.size() < b.size() : a < b;
-    });
-    for (const auto& z : zones) {
-      std::string base = "/sys/class/thermal/" + z;
-      auto type = read_small_file(base + "/type", 256);
-      auto temp = read_small_file(base + "/temp", 64);
-      if (!temp) continue;
-      try {
-        t.thermal.push_back({type ? trim(*type) : z, std::stoll(trim(*temp))});
-      } catch (...) {
-      }
+  const std::string thermal = root + "/class/thermal";
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(thermal.c_str()), ::closedir);
+  if (!dir) {
+    if (errno != ENOENT) t.missing.push_back(std::string("thermal zones: ") + std::strerror(errno));
+    return t;
+  }
+  std::vector<std::string> zones;
+  while (dirent* e = ::readdir(dir.get())) {
+    std::string name = e->d_name;
+    if (name.rfind("thermal_zone", 0) == 0) zones.push_back(name);
+  }
+  // thermal_zone2 before thermal_zone10.
+  std::sort(zones.begin(), zones.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() < b.size() : a < b;
+  });
+  for (const auto& z : zones) {
+    std::string base = thermal + "/" + z;
+    std::string type;
+    std::string name = read_sysfs_value(base + "/type", z + " type", &type, &t.missing)
+                           ? trim(type) : z;
+    std::string who = name == z ? z : z + " (" + name + ")";
+    if (!read_sysfs_value(base + "/temp", who + " temp", &text, &t.missing)) continue;
+    try {
+      t.thermal.push_back({name, std::stoll(trim(text))});
+    } catch (...) {
+      t.missing.push_back(who + " temp: not a number");
     }
   }
   return t;

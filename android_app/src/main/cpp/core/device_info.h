@@ -1,5 +1,6 @@
-// What this device is: ABI, CPU model, cores and their max frequency, CPU features, OpenCL
+// What this device is: ABI, CPU model, cores (from sysfs: core/sysfs.h), CPU features, OpenCL
 // platforms (probed through dlopen, never linked), plus live telemetry (frequencies, thermal).
+// What a probe could not read is listed in `missing`, and the rest still works.
 #ifndef NPAS_CORE_DEVICE_INFO_H
 #define NPAS_CORE_DEVICE_INFO_H
 
@@ -12,7 +13,10 @@ namespace npas {
 struct CpuCoreInfo {
   uint32_t id = 0;
   uint64_t max_freq_khz = 0;  // 0 when the OS does not expose it
-  bool is_big = true;
+  bool is_big = true;         // online, in the cluster with the highest max frequency
+  uint32_t capacity = 0;      // the scheduler's cpu_capacity (arm64); 0 unknown
+  uint32_t cluster = 0;       // frequency domain: its first CPU
+  bool online = true;
 };
 
 struct OpenClDeviceInfo {
@@ -37,6 +41,7 @@ struct DeviceInfo {
   std::vector<OpenClPlatformInfo> opencl_platforms;
   std::string opencl_status;
   uint32_t max_threads = 1;
+  std::vector<std::string> missing;  // what the probes could not read, and why
 };
 
 // Probed once per process (OpenCL probing can be slow) and cached.
@@ -44,7 +49,13 @@ const DeviceInfo& device_info();
 
 // Uncached probes, for tests and for the cache above.
 DeviceInfo probe_device_info();
-std::vector<CpuCoreInfo> probe_cores();
+std::vector<CpuCoreInfo> probe_cores(std::vector<std::string>* missing);
+// Marks the big cores: online, with the highest max frequency (else the highest capacity);
+// all online cores when neither is known.
+void mark_big_cores(std::vector<CpuCoreInfo>* cores);
+// True when this process runs on Android, whatever libc it was built with (a static glibc
+// runner on a phone): bionic, or Android's system partition and /data/local/tmp.
+bool running_on_android();
 void probe_opencl(DeviceInfo* info);
 
 // The ids of the big cores (all cores when frequencies are unknown or all equal).
@@ -68,9 +79,11 @@ struct Telemetry {
   uint64_t timestamp_ns = 0;  // CLOCK_MONOTONIC
   std::vector<CoreFrequency> cores;
   std::vector<ThermalZone> thermal;
+  std::vector<std::string> missing;  // "cpu4 scaling_cur_freq: Permission denied", ...
 };
 
-// Reads /sys now; files that are absent or unreadable are skipped.
+// Reads sysfs now (the cores device_info() knows, every thermal zone); absent files are
+// skipped, unreadable ones named in `missing`.
 Telemetry read_telemetry();
 
 // e_machine of this build: EM_X86_64 or EM_AARCH64 (and its name, "x86_64" / "aarch64").

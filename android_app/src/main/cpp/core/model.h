@@ -97,6 +97,9 @@ class Model {
   virtual int threads() const = 0;
   // CPUs the worker threads are pinned to; empty: no pinning.
   virtual std::vector<int> cpu_affinity() const { return {}; }
+  // Empty when every thread got its core; else the cores the OS refused, and why (those
+  // threads run unpinned; the measurement goes on).
+  virtual std::string affinity_note() const { return ""; }
 
   // InvalidArgument naming the tensor and the expected vs the received value. The dtype must
   // be the manifest's (empty counts as float32), so float16 tensors travel as 2-byte halves.

@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstring>
 #include <exception>
@@ -48,20 +49,25 @@ inline int64_t chunk_begin(int64_t n, int i, int parts) {
 
 }  // namespace
 
-bool pin_current_thread(int cpu) {
-  if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
+int pin_current_thread(int cpu) {
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
-  return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+  // pid 0: the calling thread (Linux affinity is per thread).
+  return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : errno;
 }
 
 ScopedCallerAffinity::ScopedCallerAffinity(int cpu) {
   if (cpu < 0) return;
   cpu_set_t old;
   CPU_ZERO(&old);
-  if (pthread_getaffinity_np(pthread_self(), sizeof old, &old) != 0) return;
-  if (!pin_current_thread(cpu)) return;
+  if (sched_getaffinity(0, sizeof old, &old) != 0) {
+    error_ = errno;
+    return;
+  }
+  error_ = pin_current_thread(cpu);
+  if (error_ != 0) return;
   old_mask_.resize(sizeof old);
   std::memcpy(old_mask_.data(), &old, sizeof old);
   restore_ = true;
@@ -71,7 +77,7 @@ ScopedCallerAffinity::~ScopedCallerAffinity() {
   if (!restore_) return;
   cpu_set_t old;
   std::memcpy(&old, old_mask_.data(), sizeof old);
-  pthread_setaffinity_np(pthread_self(), sizeof old, &old);
+  sched_setaffinity(0, sizeof old, &old);
 }
 
 ThreadPool::ThreadPool(int threads, std::vector<int> affinity)
@@ -79,9 +85,12 @@ ThreadPool::ThreadPool(int threads, std::vector<int> affinity)
   unsigned cores = std::thread::hardware_concurrency();
   spin_iterations_ = (cores == 0 || unsigned(threads_) <= cores) ? kSpinIterations
                                                                  : kOversubscribedSpinIterations;
+  pin_errors_.assign(size_t(threads_), 0);
   try {
     workers_.reserve(size_t(threads_ - 1));
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    // Each worker pins itself first: wait for their outcomes, so affinity_note() is complete.
+    while (pin_reports_.load(std::memory_order_acquire) < int(workers_.size())) sched_yield();
   } catch (const std::exception& e) {  // std::system_error (EAGAIN), std::bad_alloc
     started_ = ResourceExhausted("cannot start thread " + std::to_string(workers_.size() + 2) +
                                  " of " + std::to_string(threads_) + " (" + e.what() +
@@ -132,8 +141,22 @@ void ThreadPool::parallel_for(int64_t n, RangeFn fn, void* ctx) {
   }
 }
 
+std::string ThreadPool::affinity_note() const {
+  std::string note;
+  for (size_t w = 1; w < pin_errors_.size(); ++w) {
+    if (pin_errors_[w] == 0) continue;
+    note += (note.empty() ? "" : "; ") + std::string("worker ") + std::to_string(w) +
+            " on cpu " + std::to_string(affinity_[w % affinity_.size()]) + ": " +
+            std::strerror(pin_errors_[w]);
+  }
+  return note;
+}
+
 void ThreadPool::worker_loop(int worker) {
-  if (!affinity_.empty()) pin_current_thread(affinity_[size_t(worker) % affinity_.size()]);
+  if (!affinity_.empty()) {
+    pin_errors_[size_t(worker)] = pin_current_thread(affinity_[size_t(worker) % affinity_.size()]);
+  }
+  pin_reports_.fetch_add(1, std::memory_order_release);
   // Generation 0 is the pool's initial state; a job may be posted before this thread runs.
   uint32_t seen = 0;
   for (;;) {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -32,6 +33,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int threads() const { return threads_; }
+  // Empty when every worker got the core it was given; else which cores the OS refused and
+  // why (those workers run unpinned).
+  std::string affinity_note() const;
   // Splits [0, n) over all workers and returns when every chunk is done. Not reentrant:
   // one caller at a time (the model's mutex guarantees it).
   void parallel_for(int64_t n, RangeFn fn, void* ctx);
@@ -53,6 +57,9 @@ class ThreadPool {
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   Status started_;
+  // Each worker's pinning outcome, written before it counts itself in pin_reports_.
+  std::vector<int> pin_errors_;  // [worker]: 0 or the errno of sched_setaffinity
+  std::atomic<int> pin_reports_{0};
 };
 
 // Pins the calling thread to one CPU (no-op for cpu < 0); restores the old mask when dropped.
@@ -62,14 +69,19 @@ class ScopedCallerAffinity {
   ~ScopedCallerAffinity();
   ScopedCallerAffinity(const ScopedCallerAffinity&) = delete;
   ScopedCallerAffinity& operator=(const ScopedCallerAffinity&) = delete;
+  // 0, or the errno with which the OS refused the pin (the thread then runs unpinned).
+  int error() const { return error_; }
 
  private:
   bool restore_ = false;
+  int error_ = 0;
   std::vector<uint8_t> old_mask_;  // a cpu_set_t, kept opaque here
 };
 
-// Pins the calling thread to `cpu`; returns false when the OS refuses.
-bool pin_current_thread(int cpu);
+// Pins the calling thread to `cpu` with sched_setaffinity (bionic has no
+// pthread_setaffinity_np); returns 0 or the errno (EINVAL: not a CPU this process may use,
+// e.g. outside its Android cpuset).
+int pin_current_thread(int cpu);
 
 }  // namespace npas
 

@@ -81,6 +81,9 @@ void to_proto(const DeviceInfo& d, pb::DeviceInfo* out) {
     pc->set_id(c.id);
     pc->set_max_freq_khz(c.max_freq_khz);
     pc->set_is_big(c.is_big);
+    pc->set_capacity(c.capacity);
+    pc->set_cluster(c.cluster);
+    pc->set_offline(!c.online);
   }
   for (const auto& f : d.cpu_features) out->add_cpu_features(f);
   for (const auto& p : d.opencl_platforms) {
@@ -102,6 +105,7 @@ void to_proto(const DeviceInfo& d, pb::DeviceInfo* out) {
   out->set_opencl_status(d.opencl_status);
   out->set_max_threads(d.max_threads);
   out->set_default_threads(uint32_t(default_threads(d)));
+  for (const auto& m : d.missing) out->add_missing(m);
 }
 
 void to_proto(const Telemetry& t, pb::Telemetry* out) {
@@ -116,6 +120,7 @@ void to_proto(const Telemetry& t, pb::Telemetry* out) {
     pz->set_name(z.name);
     pz->set_temp_millicelsius(z.temp_millicelsius);
   }
+  for (const auto& m : t.missing) out->add_missing(m);
 }
 
 }  // namespace npas

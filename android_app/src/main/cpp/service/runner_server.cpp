@@ -38,6 +38,20 @@ Status parse_listen_address(const std::string& listen, bool allow_remote, std::s
   if (h.find(':') != std::string::npos && !(h.front() == '[' && h.back() == ']')) {
     return InvalidArgument("--listen '" + listen + "': write IPv6 addresses as [ADDR]:PORT");
   }
+  // Numeric addresses only: a name would go through the C library's resolver, and a static
+  // glibc runner on Android has no name service to load (glibc NSS). "localhost" is mapped
+  // here, without asking anyone.
+  if (h == "localhost") h = "127.0.0.1";
+  in_addr v4{};
+  in6_addr v6{};
+  const bool bracketed = h.size() >= 2 && h.front() == '[' && h.back() == ']';
+  if (inet_pton(AF_INET, h.c_str(), &v4) != 1 &&
+      !(bracketed && inet_pton(AF_INET6, h.substr(1, h.size() - 2).c_str(), &v6) == 1)) {
+    return InvalidArgument("--listen '" + listen + "': host '" + h +
+                           "' is not a numeric address; the runner resolves no names (a "
+                           "static runner on a phone has no name service): give an IPv4 "
+                           "address, [IPv6] or localhost");
+  }
   if (!allow_remote && !is_loopback_host(h)) {
     return FailedPrecondition("--listen '" + listen + "': host '" + h +
                               "' is not a loopback address; the runner executes code it "
@@ -62,7 +76,8 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
                                                 config.manifest_limits, config.max_models);
   grpc::ServerBuilder builder;
   int selected = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &selected);
+  builder.AddListeningPort(host + ":" + std::to_string(port), grpc::InsecureServerCredentials(),
+                           &selected);
   builder.SetMaxReceiveMessageSize(config.max_receive_message_bytes);
   // gRPC 1.51 buffers a whole message before it checks the size limit or the handler checks
   // the token: the quota bounds what the transport holds, so an oversized message is reset
@@ -74,7 +89,7 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || selected == 0) {
-    return Status(Code::kUnavailable, "cannot listen on " + config.listen +
+    return Status(Code::kUnavailable, "cannot listen on " + host + ":" + std::to_string(port) +
                                           " (address in use, or not an address of this host)");
   }
   s->port_ = selected;

@@ -43,7 +43,8 @@ struct RunnerConfig {
   int max_send_message_bytes = 256 << 20;  // Run outputs of big models must fit
 };
 
-// Splits HOST:PORT (HOST may be [v6]) and refuses a non-loopback host unless allow_remote.
+// Splits HOST:PORT (HOST a numeric IPv4 address, [v6], or localhost, which becomes
+// 127.0.0.1: no name is resolved) and refuses a non-loopback host unless allow_remote.
 Status parse_listen_address(const std::string& listen, bool allow_remote, std::string* host,
                             int* port);
 bool is_loopback_host(const std::string& host);

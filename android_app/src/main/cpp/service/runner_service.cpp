@@ -204,13 +204,18 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
     uint64_t init_ns = model.value()->init_ns();
     int threads = model.value()->threads();
     std::vector<int> affinity = model.value()->cpu_affinity();
-
+    std::string affinity_note = model.value()->affinity_note();
+    if (!affinity_note.empty()) {
+      std::fprintf(stderr, "npas-runner: LoadModel: pinning refused, running unpinned: %s\n",
+                   affinity_note.c_str());
+    }
     auto handle = models_.add(std::move(model).value(), std::move(pins));
     if (!handle.ok()) return to_grpc(handle.status());
     resp->set_handle(handle.value());
     resp->set_init_ns(init_ns);
     resp->set_threads(uint32_t(threads));
     for (int c : affinity) resp->add_cpu_affinity(uint32_t(c));
+    resp->set_affinity_note(affinity_note);
     return grpc::Status::OK;
   });
 }

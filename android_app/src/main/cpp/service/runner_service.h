@@ -20,7 +20,8 @@ constexpr const char* kRunnerVersion = "0.1.0";
 constexpr uint32_t kProtocolMajor = 1;
 constexpr uint32_t kProtocolMinor = 3;  // 1: GPU backend, Step.local_size, float16;
                                         // 2: DeviceInfo.default_threads; 3: first run,
-                                        // warm-up by time, pause, peak RSS, layer symbols
+                                        // warm-up by time, pause, peak RSS, layer symbols,
+                                        // Telemetry.missing
 constexpr const char* kTokenMetadataKey = "x-npas-token";
 // Under the store directory: OpenCL program binaries (not artifacts; the store skips them).
 constexpr const char* kProgramCacheDir = "cl-cache";
