@@ -206,6 +206,25 @@ def check_fake_phone(binary: Path, launcher: tuple[str, ...], fake_sysfs: Path, 
         assert any("pinning refused" in line for line in log), log
 
 
+def test_a_bare_sysfs_tree_still_gives_cores(runner_binary, tmp_path):
+    """A malformed possible list, no cpufreq, no thermal zones (a VM, a locked-down phone):
+    the present list is used, every core counts as big, the malformed file is named."""
+    root = Path(tempfile.mkdtemp(prefix="npas-sysfs-bare-"))
+    try:
+        _write(root / "devices/system/cpu/possible", "0-3,x")
+        _write(root / "devices/system/cpu/present", "0-1")
+        for d, _, _ in os.walk(root):
+            Path(d).chmod(0o755)
+        with started_runner(runner_binary, "--sysfs-root", str(root)) as (client, _, _):
+            info = client.device_info()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert [(c.id, c.is_big, c.max_freq_khz, c.offline) for c in info.cores] == [
+        (0, True, 0, False), (1, True, 0, False)]
+    assert info.default_threads == 2
+    assert any("cpu possible: not a CPU list ('0-3,x')" in m for m in info.missing), info.missing
+
+
 def test_a_missing_sysfs_root_is_a_usage_error(runner_binary, tmp_path):
     r = subprocess.run([str(runner_binary), "--sysfs-root", str(tmp_path / "nope"),
                         "--token-file", "t", "--store", "s"], capture_output=True, text=True)
