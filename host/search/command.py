@@ -26,6 +26,7 @@ from .config import (
     SearchConfig,
     SearchError,
     rates_arg,
+    targets_arg,
 )
 from .space import ratio_str
 from .strategies import STRATEGIES
@@ -54,13 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help=f"'{_D.device}' (the host runner; default), 'qemu-arm64' "
                                      f"or a phone serial")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--latency-ms", type=float,
-                        help="the latency target, measured on the device (median)")
+    target.add_argument("--latency-ms",
+                        help="the latency target, measured on the device (median); with "
+                             "--strategy jcw several, comma-separated: one search, a model "
+                             "exported per target")
     target.add_argument("--speedup", type=float,
                         help="or: target = the dense model's measured latency / SPEEDUP")
     p.add_argument("--strategy", choices=tuple(STRATEGIES), default=_D.strategy,
                    help="npas (RL controller + Bayesian optimisation; default), random, "
-                        "uniform")
+                        "uniform, jcw (joint channel + weight pruning, NSGA-II)")
     p.add_argument("--budget", type=int, default=_D.budget,
                    help=f"candidates evaluated in phase 2 (default {_D.budget})")
     p.add_argument("--batch", type=int, default=_D.batch,
@@ -68,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=_D.samples,
                    help=f"npas: candidates the controller samples per round for the Bayesian "
                         f"filter (default {_D.samples})")
+    p.add_argument("--population", type=int, default=_D.population,
+                   help=f"jcw: NSGA-II's population (default {_D.population})")
+    p.add_argument("--jcw-bounds", default=",".join(f"{v:g}" for v in _D.jcw_bounds),
+                   help="jcw: lowest fractions kept: channels, first layer's channels, "
+                        "residual layers' channels, weight density (default JCW's: "
+                        "0.5,0.8,0.9,0.3)")
     p.add_argument("--rates", default=",".join(ratio_str(r) for r in _D.ratios),
                    help="compression ratios (or fractions removed) to choose from")
     p.add_argument("--schemes", default=",".join(_D.schemes),
@@ -125,11 +134,19 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         except ValueError:
             raise SearchError(f"--pretrain-epochs {args.pretrain_epochs!r}: a number or "
                               f"auto") from None
+    targets = targets_arg(args.latency_ms) if args.latency_ms is not None else ()
+    try:
+        bounds = tuple(float(v) for v in args.jcw_bounds.split(",") if v.strip())
+    except ValueError:
+        raise SearchError(f"--jcw-bounds {args.jcw_bounds!r}: four fractions, e.g. "
+                          f"0.5,0.8,0.9,0.3") from None
     return SearchConfig(
         model=args.model, weights=args.weights, dataset=args.dataset,
         image_size=args.image_size, device=args.device or _D.device,
-        latency_ms=args.latency_ms, speedup=args.speedup, strategy=args.strategy,
-        budget=args.budget, batch=args.batch, samples=args.samples,
+        latency_ms=targets[0] if targets else None, targets=targets if len(targets) > 1 else (),
+        speedup=args.speedup, strategy=args.strategy,
+        budget=args.budget, batch=args.batch, samples=args.samples, population=args.population,
+        jcw_bounds=bounds,
         ratios=rates_arg(args.rates),
         schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
         filter_types=tuple(s.strip() for s in args.filter_types.split(",") if s.strip()),
@@ -197,7 +214,8 @@ def _print_result(s: dict, as_json: bool) -> None:
                           "phase1": {k: s["phase1"].get(k) for k in ("acc_before",
                                                                      "acc_replaced",
                                                                      "acc_after")},
-                          "phase3": {k: v for k, v in p3.items() if k != "layers"}}))
+                          "phase3": {k: v for k, v in p3.items() if k != "layers"},
+                          "targets": [_target_row(t) for t in s.get("targets", [])]}))
         return
     out.print(f"searched {s['evaluated']} candidates ({s['failed']} failed) in "
               f"{s['wall_s']:.0f} s; target {s['target_ms']:.3f} ms (dense "
@@ -208,4 +226,20 @@ def _print_result(s: dict, as_json: bool) -> None:
         verdict = "meets" if p3["meets_target"] else "[red]misses[/red]"
         out.print(f"  final ({p3['picked']}): accuracy {p3['final_acc']:.2%} at "
                   f"{p3['final_ms']:.3f} ms on {s['device']}: {verdict} the target")
+    for t in s.get("targets", []):
+        r = _target_row(t)
+        final = (f"; final {r['final_acc']:.2%} at {r['final_ms']:.3f} ms: "
+                 f"{'meets' if r['meets_target'] else '[red]misses[/red]'}"
+                 if r.get("final_ms") is not None else "")
+        out.print(f"  target {r['target_ms']:g} ms: candidate {r['id']} ({r['accuracy']:.2%} at "
+                  f"{r['latency_ms']:.3f} ms){final} → {r['exported'] or '-'}")
     out.print(f"report: {s['report']}")
+
+
+def _target_row(t: dict) -> dict:
+    ch, p3 = t["chosen"], t.get("phase3") or {}
+    model = (p3.get("exported") or {}).get("PyTorch model")
+    return {"target_ms": t["target_ms"], "id": ch.get("id"), "accuracy": ch.get("accuracy"),
+            "latency_ms": ch.get("latency_ms"), "final_acc": p3.get("final_acc"),
+            "final_ms": p3.get("final_ms"), "meets_target": p3.get("meets_target"),
+            "exported": model.rsplit("/", 1)[0] if model else None}

@@ -15,6 +15,7 @@ from ..pruning import PruningError, parse_rate
 from .filters import FILTER_TYPES
 from .space import DEFAULT_RATIOS, MASK_SCHEMES, STRUCTURAL
 from .strategies import STRATEGIES
+from .strategies.jcw import JcwBounds
 
 DEFAULT_MODEL = "host.models.zoo:digits_cnn"
 AUTO_PRETRAIN_EPOCHS = 12.0
@@ -32,12 +33,16 @@ class SearchConfig:
     dataset: str = "digits"
     image_size: int | None = None
     device: str = "local"
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # with several targets (jcw): the tightest
+    targets: tuple[float, ...] = ()  # jcw: every target of --latency-ms A,B,C (sorted)
     speedup: float | None = None  # target = dense latency / speedup (when no latency_ms)
     strategy: str = "npas"
     budget: int = 64
     batch: int = 4
     samples: int = 256
+    population: int = 16  # jcw: NSGA-II's population (a generation's offspring too)
+    # jcw: lower bounds kept (channels, first layer, residual layers, weight density)
+    jcw_bounds: tuple[float, ...] = (0.5, 0.8, 0.9, 0.3)
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     schemes: tuple[str, ...] = MASK_SCHEMES + STRUCTURAL
     filter_types: tuple[str, ...] = FILTER_TYPES
@@ -83,6 +88,20 @@ class SearchConfig:
                               f"{', '.join(STRATEGIES)}")
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise SearchError(f"--latency-ms {self.latency_ms}: must be > 0")
+        if len(self.targets) > 1 and self.strategy != "jcw":
+            raise SearchError(f"--latency-ms {','.join(f'{t:g}' for t in self.targets)}: "
+                              f"several targets need --strategy jcw (one search, a front "
+                              f"for every target); {self.strategy} takes one")
+        if self.population < 4:
+            raise SearchError(f"--population {self.population}: must be ≥ 4")
+        try:
+            self.bounds()
+        except ValueError as e:
+            raise SearchError(str(e)) from None
+
+    def bounds(self) -> JcwBounds:
+        """jcw's gene bounds."""
+        return JcwBounds.parse(self.jcw_bounds)
         if self.speedup is not None and self.speedup <= 0:
             raise SearchError(f"--speedup {self.speedup}: must be > 0")
         if self.latency_ms is None and self.speedup is None:
@@ -120,6 +139,18 @@ def _typed(name: str, v: object, hint: object) -> object:
                           f"{getattr(base, '__name__', base)}; fix the journal's first line "
                           f"or start a new run (--out)")
     return float(v) if base is float else v
+
+
+def targets_arg(text: str) -> tuple[float, ...]:
+    """'0.02' or '0.02,0.03,0.05' → latency targets in ms, sorted."""
+    try:
+        out = sorted({float(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise SearchError(f"--latency-ms {text!r}: milliseconds, or several separated by "
+                          f"commas (0.02,0.03,0.05)") from None
+    if not out or out[0] <= 0:
+        raise SearchError(f"--latency-ms {text!r}: give targets > 0 ms")
+    return tuple(out)
 
 
 def rates_arg(text: str) -> tuple[float, ...]:

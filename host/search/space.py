@@ -11,6 +11,11 @@ keep the same widths only the lowest is offered). ``repair`` resolves
 two structural rules asking different things of one channel group (the later layer falls back
 to unstructured pruning at its rate), so every candidate turns into a plan that applies.
 
+jcw's candidates (strategies/jcw/) are finer: filter pruning at any ratio, unstructured at any
+density, and both on one layer (a ``LayerChoice`` with a ``mask`` and ``density``); a plan holds
+one rule per layer, so such a candidate is cut to its widths first (``structure``) and masked
+after (``plan``).
+
 Layers with a negligible share of the model's multiply-adds (squeeze-excite 1×1s on 1×1 maps,
 a small classifier) are not searched: they cannot buy latency and only add dimensions.
 """
@@ -29,6 +34,7 @@ from ..pruning import (
     SCHEMES,
     DependencyGraph,
     LayerRule,
+    PlanReport,
     PrunedModel,
     PruningConfig,
     PruningError,
@@ -57,16 +63,33 @@ class LayerChoice:
     ftype: str = "keep"
     scheme: str = "none"
     ratio: float = 1.0  # compression ratio; the fraction removed is 1 - 1/ratio
+    # joint channel + weight pruning (jcw): a structural ``scheme`` narrows the layer, then
+    # ``mask`` keeps ``density`` of the weights left; "none" for every other strategy
+    mask: str = "none"
+    density: float = 1.0
 
     @property
     def rate(self) -> float:
         return 1.0 - 1.0 / self.ratio
 
+    @property
+    def joint(self) -> bool:
+        return self.mask != "none"
+
     def __str__(self) -> str:
         ft = "" if self.ftype == "keep" else f"{self.ftype} "
         if self.scheme == "none":
             return f"{ft}dense".strip()
-        return f"{ft}{self.scheme} {ratio_str(self.ratio)}"
+        also = f" + {self.mask} {self.density:.0%}" if self.joint else ""
+        return f"{ft}{self.scheme} {ratio_str(self.ratio)}{also}"
+
+    def _key(self) -> str:
+        k = f"{self.ftype}/{self.scheme}/{self.ratio:g}"
+        return f"{k}/{self.mask}/{self.density:g}" if self.joint else k
+
+    def _json(self) -> list:
+        row = [self.ftype, self.scheme, self.ratio]
+        return [*row, self.mask, self.density] if self.joint else row
 
 
 @dataclass(frozen=True)
@@ -74,14 +97,25 @@ class Candidate:
     choices: tuple[LayerChoice, ...]
 
     def key(self) -> str:
-        return "|".join(f"{c.ftype}/{c.scheme}/{c.ratio:g}" for c in self.choices)
+        return "|".join(c._key() for c in self.choices)
+
+    @property
+    def joint(self) -> bool:
+        """Some layer is both narrowed and masked: realized in two steps (``structure``,
+        then ``plan``)."""
+        return any(c.joint for c in self.choices)
 
     def to_json(self) -> list[list]:
-        return [[c.ftype, c.scheme, c.ratio] for c in self.choices]
+        return [c._json() for c in self.choices]
 
     @staticmethod
     def from_json(rows: list) -> Candidate:
-        return Candidate(tuple(LayerChoice(str(f), str(s), float(r)) for f, s, r in rows))
+        out = []
+        for row in rows:
+            f, s, r, *joint = row
+            m, d = joint if joint else ("none", 1.0)
+            out.append(LayerChoice(str(f), str(s), float(r), str(m), float(d)))
+        return Candidate(tuple(out))
 
 
 @dataclass
@@ -100,8 +134,26 @@ class LayerSpace:
         """The module a scheme acts on once the filter type is applied."""
         return f"{self.name}.1" if ftype == "dwpw" else self.name
 
+    def offered(self, c: LayerChoice) -> bool:
+        """One of the discrete choices the space offers (what npas, random, uniform pick)."""
+        return not c.joint and c.scheme in self.options.get(c.ftype, {}).get(c.ratio, ())
+
     def valid(self, c: LayerChoice) -> bool:
-        return c.scheme in self.options.get(c.ftype, {}).get(c.ratio, ())
+        """Offered, or one of jcw's finer choices: filter/channel at any ratio ≥ 1 and
+        unstructured at any density where the layer is offered them, also together."""
+        if self.offered(c):
+            return True
+        per = self.options.get(c.ftype, {})
+
+        def somewhere(scheme: str) -> bool:
+            return any(scheme in ss for ss in per.values())
+
+        fine = (c.scheme in STRUCTURAL or c.scheme == FALLBACK) and somewhere(c.scheme) \
+            and c.ratio >= 1.0
+        if c.joint:
+            return fine and c.scheme in STRUCTURAL and c.mask == FALLBACK \
+                and somewhere(c.mask) and 0.0 < c.density <= 1.0
+        return fine
 
 
 @dataclass
@@ -329,7 +381,7 @@ class SearchSpace:
         for ls in self.layers:
             ft = ftype if ftype in ls.options else "keep"
             c = self._canonical(ls, LayerChoice(ft, scheme, ratio))
-            if not ls.valid(c):
+            if not ls.offered(c):
                 c = self._fallback(ls, c) if ratio in ls.options[ft] else LayerChoice()
             out.append(c)
         return self.repair(Candidate(tuple(out)))
@@ -337,7 +389,7 @@ class SearchSpace:
     def _canonical(self, ls: LayerSpace, c: LayerChoice) -> LayerChoice:
         """A structural choice at a rate not offered because a lower one keeps the same
         widths: that lower rate."""
-        if c.scheme not in STRUCTURAL or ls.valid(c):
+        if c.scheme not in STRUCTURAL or ls.offered(c):
             return c
         gids = self._claims[ls.name][c.scheme]
         vw = self.config.vector_width
@@ -355,7 +407,7 @@ class SearchSpace:
         grid = []
         for s in SCHEME_ORDER[1:]:
             for r in self.ratios[1:]:
-                if any(ls.valid(LayerChoice("keep", s, r)) for ls in self.layers):
+                if any(ls.offered(LayerChoice("keep", s, r)) for ls in self.layers):
                     grid.append((s, r))
         return grid
 
@@ -412,15 +464,41 @@ class SearchSpace:
                 if c.ftype != "keep"}
 
     def plan(self, cand: Candidate) -> PruningPlan:
-        """The pruning plan of ``cand`` for the model with its filter types applied."""
+        """The pruning plan of ``cand`` for the model with its filter types applied, or for a
+        joint candidate the mask rules for the model ``structure`` has narrowed."""
+        rules = {}
+        for ls, c in zip(self.layers, cand.choices, strict=True):
+            if c.scheme != "none" and not (cand.joint and c.scheme in STRUCTURAL):
+                rules[ls.target(c.ftype)] = LayerRule(c.scheme, c.rate, {})
+            if c.joint:
+                rules[ls.target(c.ftype)] = LayerRule(c.mask, 1.0 - c.density, {})
+        return PruningPlan(rules, copy.deepcopy(self.config))
+
+    def structure(self, cand: Candidate) -> PruningPlan | None:
+        """A joint candidate's first step: its structural rules alone (a plan holds one rule
+        per layer, and a joint layer has two); None for any other candidate."""
+        if not cand.joint:
+            return None
         rules = {ls.target(c.ftype): LayerRule(c.scheme, c.rate, {})
                  for ls, c in zip(self.layers, cand.choices, strict=True)
-                 if c.scheme != "none"}
+                 if c.scheme in STRUCTURAL}
         return PruningPlan(rules, copy.deepcopy(self.config))
+
+    def start(self, model: nn.Module, cand: Candidate) -> tuple[nn.Module, PrunedModel | None]:
+        """What ``plan(cand)`` applies to: ``model`` re-typed, and for a joint candidate also
+        narrowed by ``structure(cand)`` (returned too: its removed channels and report)."""
+        typed = apply_filter_types(model, self.ftypes(cand))
+        first = self.structure(cand)
+        if first is None:
+            return typed, None
+        narrowed = first.apply(typed)
+        return narrowed.model, narrowed
 
     def realize(self, model: nn.Module, cand: Candidate) -> PrunedModel:
         """``model`` re-typed and pruned (one-shot magnitude) as ``cand`` says."""
-        return self.plan(cand).apply(apply_filter_types(model, self.ftypes(cand)))
+        start, narrowed = self.start(model, cand)
+        pruned = self.plan(cand).apply(start)
+        return pruned if narrowed is None else merge_stages(narrowed, pruned)
 
     # --- cost estimate and encoding (what the Bayesian-optimisation filter sees) -------------
     def mac_fractions(self, cand: Candidate) -> tuple[float, float]:
@@ -447,7 +525,7 @@ class SearchSpace:
                 k_in = (sum(keep.get(g, 1.0) * z for g, z in zip(gr.ins, sz, strict=True))
                         / sum(sz)) if sz else 1.0
             c = chosen.get(name, LayerChoice())
-            dens = 1.0 / c.ratio if c.scheme in MASK_SCHEMES else 1.0
+            dens = 1.0 / c.ratio if c.scheme in MASK_SCHEMES else c.density
             kk = kernel[0] * kernel[1]
             base = mac * k_through
             if c.ftype == "1x1":
@@ -499,3 +577,21 @@ class SearchSpace:
                             "options": {ft: {ratio_str(r): list(ss) for r, ss in per.items()}
                                         for ft, per in ls.options.items()}}
                            for ls in self.layers]}
+
+
+def merge_stages(narrowed: PrunedModel, masked: PrunedModel) -> PrunedModel:
+    """A joint candidate's two steps as one PrunedModel: the second step's model and masks,
+    the first's removed channels, one report row per layer (a masked layer's row counts its
+    weights from before the narrowing)."""
+    first = {r.layer: r for r in narrowed.report.rows}
+    rows = []
+    for r in masked.report.rows:
+        before = first.pop(r.layer, None)
+        if before is not None:
+            r = replace(r, weights_before=before.weights_before,
+                        note=f"after {before.scheme} {before.achieved:.2f}")
+        rows.append(r)
+    rows += first.values()
+    order = [r.layer for r in narrowed.report.rows] + [r.layer for r in masked.report.rows]
+    rows.sort(key=lambda r: order.index(r.layer))
+    return PrunedModel(masked.model, masked.masks, narrowed.removed, PlanReport(rows))
