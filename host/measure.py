@@ -170,8 +170,8 @@ class BenchmarkResult:
         if not self.layers:
             return None
         per_run = [sum(v) for v in zip(*(la.samples_ns for la in self.layers), strict=True)]
-        return statistics.median(p / t for p, t in zip(per_run, self.samples_ns, strict=True)
-                                 if t > 0)
+        shares = [p / t for p, t in zip(per_run, self.samples_ns, strict=True) if t > 0]
+        return statistics.median(shares) if shares else None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -161,8 +161,8 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
     for line in _protocol_lines(info, result):
         out.print(line)
     if per_layer and result.layers:
-        out.print(f"per-layer times add up to {result.layer_share():.1%} of each run (median "
-                  f"over runs)")
+        if (share := result.layer_share()) is not None:
+            out.print(f"per-layer times add up to {share:.1%} of each run (median over runs)")
         lt = Table(title="per layer (module → kernel variant)")
         lt.add_column("layer → kernel")
         lt.add_column("op")
