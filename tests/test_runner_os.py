@@ -262,15 +262,33 @@ def test_starting_on_localhost_opens_no_nss_file(runner_binary, tmp_path):
 @pytest.mark.arm64
 def test_the_static_arm64_runner_opens_no_nss_file(tmp_path):
     """The same for the static glibc binary phones get, under qemu-aarch64 -strace (which
-    logs the guest's system calls to stderr)."""
+    logs the guest's system calls to stderr), through a whole session: upload, load (dlopen
+    of the kernels), a pinned benchmark with per-layer times. Nothing under /etc is read."""
+    from codegen import compile_model
+    from codegen.toolchain import Arm64AndroidToolchain
+
+    if not shutil.which("clang") or not shutil.which("ld.lld"):
+        pytest.skip("arm64 tier: clang and lld are needed (scripts/build_arm64.sh)")
     binary, qemu = static_arm64()
-    opened = _opened_files([qemu, "-strace", str(binary)], tmp_path, lambda err: err)
+    import torch
+
+    bundle = compile_model(small_cnn(), (torch.randn(1, 3, 32, 32),), tmp_path / "b",
+                           name="nss_arm64", toolchain=Arm64AndroidToolchain())
+
+    def session(client: RunnerClient) -> None:
+        client.ensure_artifacts(bundle)
+        m = client.load_model(bundle.manifest, MeasureConfig(threads=2, pin_big_cores=True))
+        r = client.benchmark(m.handle, MeasureConfig(runs=2, warmup=1, per_layer=True))
+        assert len(r.samples_ns) == 2 and r.peak_rss_bytes > 0
+
+    opened = _opened_files([qemu, "-strace", str(binary)], tmp_path, lambda err: err, session)
     _no_nss(opened)
+    assert '"/etc/' not in opened
 
 
-def _opened_files(command: list[str], tmp_path: Path, trace_of) -> str:
-    """Start ``command`` (a traced runner) on localhost:0, stop it by closing its stdin, and
-    return its trace (``trace_of(stderr)``)."""
+def _opened_files(command: list[str], tmp_path: Path, trace_of, during=None) -> str:
+    """Start ``command`` (a traced runner) on localhost:0, call ``during(client)`` if given,
+    stop it by closing its stdin, and return its trace (``trace_of(stderr)``)."""
     token = tmp_path / "t"
     token.write_text("abc")
     token.chmod(0o600)
@@ -284,6 +302,9 @@ def _opened_files(command: list[str], tmp_path: Path, trace_of) -> str:
         try:
             line = p.stdout.readline()
             assert line.startswith(READY_PREFIX + "127.0.0.1:"), log.read_text()[-2000:]
+            if during is not None:
+                with RunnerClient(line[len(READY_PREFIX):].strip(), "abc", 300) as client:
+                    during(client)
         finally:
             p.stdin.close()  # the runner exits on its stdin's end, then the tracer does
             p.wait(timeout=60)
