@@ -4,7 +4,8 @@ capture -> passes -> lay out weights -> emit (the toolchain's language) -> toolc
 weights -> manifest. The toolchain picks the target: ``HostToolchain`` (default) gives a CPU
 bundle with a kernel library and ``kernels.c`` (for people to read; not an artifact);
 ``OpenClToolchain(precision="fp32"|"fp16")`` gives a GPU bundle whose ``kernels.cl`` is the
-artifact. Weights are laid out before emitting because OpenCL kernels bake their offsets in.
+artifact; ``Arm64AndroidToolchain(precision="fp16")`` a CPU bundle in NEON FP16 (dense
+only). Weights are laid out before emitting because OpenCL kernels bake their offsets in.
 Also writes ``report.json`` (a CompileReport: stage times and the memory plan's numbers; not
 an artifact).
 """
@@ -113,6 +114,12 @@ def compile_model(module: torch.nn.Module,
     stage("capture")
     say("passes")
     lang = toolchain.language()
+    if schemes and lang.scalar == "_Float16":
+        raise CodegenError(f"{len(schemes)} layer(s) have pruning schemes ("
+                           f"{', '.join(sorted(schemes)[:3])}{', ...' if len(schemes) > 3 else ''}"
+                           "), but fp16 CPU kernels are dense only (the sparse formats are "
+                           "float32): compile sparse models at --precision fp32, or fp16 "
+                           "without schemes")
     graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa(), tuning,
                                        toolchain.target() if tuning is not None else None,
                                        sparse=sparse))
@@ -167,16 +174,35 @@ def compile_model(module: torch.nn.Module,
 
 
 def _tensor_list(graph: Graph, lang: CStyleLanguage) -> list[TensorSpec]:
-    """Every tensor a step or the graph's ends refer to; aliases share their root's offset."""
+    """Every tensor a step or the graph's ends refer to; aliases share their root's offset.
+
+    fp16 CPU bundles keep their ends in float32 (``codegen/passes/precision.py``); their
+    half-precision intermediates are declared as float32 words of the same bytes, shape
+    ``(ceil(bytes / 4),)``, because the runner's CPU backend (and ``load_bundle``'s check,
+    which mirrors it) accept only float32 tensors today. Only the arena offset and size of an
+    intermediate matter to the runner; once its manifest check takes "float16" on the CPU,
+    these become honest ``float16`` specs of the real shape (``FP16_AS_FLOAT32_WORDS``)."""
     names: list[str] = []
     for t in (*graph.inputs, *(t for la in graph.steps for t in (*la.inputs, la.output)),
               *graph.outputs):
         if t not in names:
             names.append(t)
-    return [TensorSpec(name=t, shape=graph.shapes[t], dtype=lang.dtype,
-                       arena_offset=graph.plan.offsets[t],
-                       nbytes=numel(graph.shapes[t]) * lang.elem_bytes)
-            for t in names]
+    specs = []
+    for t in names:
+        shape, elem = graph.shapes[t], lang.tensor_scalar(graph, t)
+        dtype, eb = (lang.dtype, lang.elem_bytes) if elem == lang.scalar else ("float32", 4)
+        nbytes = numel(shape) * eb
+        if elem == "_Float16" and FP16_AS_FLOAT32_WORDS:
+            nbytes = -(-nbytes // 4) * 4
+            shape, dtype = (nbytes // 4,), "float32"
+        specs.append(TensorSpec(name=t, shape=shape, dtype=dtype,
+                                arena_offset=graph.plan.offsets[t], nbytes=nbytes))
+    return specs
+
+
+# fp16 CPU intermediates travel as float32 words (see _tensor_list): the runner's CPU manifest
+# check refuses dtype "float16" (android_app/src/main/cpp/core/manifest.cpp, check_tensor).
+FP16_AS_FLOAT32_WORDS = True
 
 
 def layout_weights(params: Sequence[Sequence[np.ndarray]], elem_bytes: int = 4

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from codegen.isa import VectorIsa
-from codegen.lr import Layer
+from codegen.lr import CodegenError, Layer
 
 # ---- which conv kernel, and its tuning space -----------------------------------------------------
 
@@ -48,11 +48,18 @@ def vector_conv(la: Layer, out_shape: tuple[int, ...], x: int) -> bool:
             and conv_kind(la, x) is not None)
 
 
-def _max_w(isa: VectorIsa, oc_tile: int) -> int:
+def _max_w(isa: VectorIsa, oc_tile: int, plain_input: bool = False) -> int:
     # accumulators + one weight vector per oc block + a broadcast register; multiplying by
     # lanes keeps a weight vector per oc block and input lane + one input vector, and two
     # registers spare: with 2 x 11 accumulators clang's allocator shuffled 40 vector moves
     # per tap through the loop (3x3s2 conv on arm64); 2 x 10 has none
+    # A plain (NCHW) input (the first conv: fewer channels than a block) keeps one weight
+    # vector per oc block, not one per lane: at fp16, where a lane-set is 8 vectors, the
+    # by-lane budget left resnet18's 7x7 stem 6 columns a tile and half its instructions
+    # outside the FMAs (29.3 M for 14.5 M FMLA). Only fp16 uses this so far (fp32 NEON keeps
+    # its measured tiles).
+    if isa.by_lane and plain_input and isa.elem_bytes == 2:
+        return max(1, min(16, (isa.registers - oc_tile - 4) // oc_tile))
     if isa.by_lane:
         return max(1, min(16, (isa.registers - oc_tile * isa.floats - 3) // oc_tile))
     return max(1, min(16, (isa.registers - oc_tile - 1) // oc_tile))
@@ -69,11 +76,24 @@ def tuning_space(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dict[
     dw = conv_kind(la, isa.floats) == "depthwise"
     ocs = (1,) if dw or la.attrs["groups"] > 1 else tuple(t for t in (1, 2, 4) if ocb % t == 0
                                 and _max_w(isa, t) * t <= isa.registers - t - 1)
-    algos = ("direct", *WINOGRAD) if winograd_ok(la) else ("direct",)
+    algos = ("direct", *winograd_algos(isa)) if winograd_ok(la) else ("direct",)
     return {"algo": algos, "oc_tile": ocs, "w_tile": tuple(range(1, _max_w(isa, 1) + 1))}
 
 
-def default_algo(la: Layer, out_shape: tuple[int, ...]) -> str:
+# fp16 (NEON FP16) Winograd: F(2,3) only. Its per-point GEMM accumulates in fp16, and the
+# output transform amplifies those rounding errors by its coefficients: measured under qemu
+# (one 3x3 conv, random weights, max error / max |output|): F(2,3) 1.9e-3 (ic 27) to 4.8e-3
+# (ic 256), less than direct's 3.6e-3 to 1.35e-2 (fp16 sums over ic * 9 terms, F(2,3)'s over
+# ic); F(4,3) 4.2e-2 to 8.9e-2 even with float32 transforms, which no model tolerates.
+FP16_WINOGRAD = ("winograd2",)
+
+
+def winograd_algos(isa: VectorIsa | None) -> tuple[str, ...]:
+    """The Winograd variants offered at ``isa``'s precision."""
+    return FP16_WINOGRAD if isa is not None and isa.elem_bytes == 2 else tuple(WINOGRAD)
+
+
+def default_algo(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa | None = None) -> str:
     """Winograd for 3x3 stride-1 convs with at least 8 input channels: the largest of F(4,3),
     F(2,3) that gives an image at least 4 tiles (fewer leave the per-point GEMM one tile wide:
     weight-bandwidth bound), else direct. Measured per layer shape on the AVX-512 host (1
@@ -84,6 +104,8 @@ def default_algo(la: Layer, out_shape: tuple[int, ...]) -> str:
         return "direct"
     oh, ow = out_shape[2:4]
     for algo in ("winograd4", "winograd2"):
+        if algo not in winograd_algos(isa):
+            continue
         m = WINOGRAD[algo]
         if -(-oh // m) * -(-ow // m) >= 4:
             return algo
@@ -109,7 +131,7 @@ def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dic
     if not space:
         return {}
     n, ocb, oh, ow, _ = out_shape
-    algo = default_algo(la, out_shape)
+    algo = default_algo(la, out_shape, isa)
     if algo in WINOGRAD:
         m = WINOGRAD[algo]
         oc_tile = max(t for t in space["oc_tile"] if t <= 2)
@@ -118,7 +140,10 @@ def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dic
         w = -(-tiles // -(-tiles // most))  # fewest register tiles, evened out
         return {"algo": algo, "oc_tile": oc_tile, "w_tile": w}
     oc_tile = max(t for t in space["oc_tile"] if t <= 2 and (t == 1 or n * ocb // t * oh >= 32))
-    return {"algo": algo, "oc_tile": oc_tile, "w_tile": best_tile(ow, _max_w(isa, oc_tile))}
+    # the layout pass gives a dense conv with fewer input channels than a block its plain input
+    plain = la.attrs["groups"] == 1 and la.params["weight"].shape[1] < isa.floats
+    return {"algo": algo, "oc_tile": oc_tile,
+            "w_tile": best_tile(ow, _max_w(isa, oc_tile, plain))}
 
 
 def winograd_ok(la: Layer) -> bool:
@@ -135,6 +160,11 @@ def conv_algo(la: Layer, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
     algo = {**default_tuning(la, out_shape, isa), **la.tuning}.get("algo", "direct")
     if algo not in WINOGRAD or len(in_shape) != 5 or not winograd_ok(la):
         return "direct"
+    if algo not in winograd_algos(isa):
+        raise CodegenError(f'layer "{la.name}": tuning algo {algo!r} is not offered at '
+                           f"{isa.precision} ({', '.join(winograd_algos(isa))} only, see "
+                           "codegen.cost.FP16_WINOGRAD); use one of "
+                           f"{('direct', *winograd_algos(isa))}")
     return algo
 
 

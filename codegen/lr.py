@@ -142,6 +142,7 @@ OPS: dict[str, OpDef] = {
     "sparse_pad": OpDef("internal"),
     "to_nchwxc": OpDef("internal"),
     "to_nchw": OpDef("internal"),
+    "cast": OpDef("internal"),  # float32 <-> float16 at an fp16 graph's ends
 }
 
 ALIAS_OPS = tuple(n for n, o in OPS.items() if o.kind == "alias")

@@ -8,7 +8,8 @@ links with ``-Wl,-z,defs`` so any undefined symbol fails the build here, not on 
 phones with clang (the NDK's when one is given or ``ANDROID_NDK_HOME``/``ANDROID_NDK_ROOT``
 names one, else Debian's ``clang`` + ``lld``); the generated C is the same. ``isa()`` names
 the vector ISA the kernels are written for (AVX-512/AVX2/SSE from the host's features, NEON on
-arm64): it sets the blocked layout's width, and the vector-extension kernels compile to it.
+arm64, NEON FP16 on arm64 at precision "fp16"): it sets the blocked layout's width and the
+element type, and the vector-extension kernels compile to it.
 
 ``OpenClToolchain`` builds nothing here: the OpenCL C source is the artifact and the runner
 builds it on the device with ``clBuildProgram(build_options)``. ``check`` compiles it offline
@@ -31,7 +32,7 @@ from codegen.bundle import ArtifactRef, Target, Toolchain, artifact_ref
 from codegen.emit.c import CLanguage
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.emit.opencl import LANGUAGES as OPENCL_LANGUAGES
-from codegen.isa import VectorIsa, isa_for
+from codegen.isa import FP16_FEATURES, VectorIsa, isa_for
 from codegen.lr import CodegenError
 
 COMMON_FLAGS = ("-O3", "-ffreestanding", "-nostdlib", "-fPIC", "-shared", "-fno-builtin",
@@ -177,12 +178,25 @@ def find_ndk(env: Mapping[str, str] | None = None) -> Path | None:
     return None
 
 
-def arm64_march(features: tuple[str, ...] | list[str]) -> str:
+ARM64_FP16_MARCH = "-march=armv8.2-a+fp16"
+
+
+def arm64_march(features: tuple[str, ...] | list[str], precision: str = "fp32") -> str:
     """-march for a device's CPU features: armv8.2-a+fp16+dotprod needs asimddp and
-    fphp/asimdhp; anything less gets the armv8-a baseline every arm64-v8a phone runs."""
+    fphp/asimdhp; anything less gets the armv8-a baseline every arm64-v8a phone runs. At
+    ``precision`` "fp16" the kernels compute in FP16, so +fp16 is required: armv8.2-a+fp16
+    (with +dotprod when the device has it too); no features at all (``compile --abi
+    arm64-v8a``, no device) means the caller asked for fp16 and gets it; a device whose
+    features lack fphp/asimdhp is refused."""
     f = set(features)
-    if "asimddp" in f and f & {"fphp", "asimdhp"}:
+    fp16 = bool(f & FP16_FEATURES)
+    if "asimddp" in f and fp16:
         return ARM64_DOTPROD_FP16_MARCH
+    if precision == "fp16":
+        if f and not fp16:
+            raise CodegenError(f"precision 'fp16': this arm64 device has no FP16 arithmetic "
+                               f"(its features {sorted(f)} lack fphp/asimdhp); use fp32")
+        return ARM64_FP16_MARCH
     return ARM64_BASE_MARCH
 
 
@@ -193,24 +207,29 @@ class Arm64AndroidToolchain(CToolchain):
     ``compiler`` empty (the default) picks the NDK's clang when ``ndk`` (or, if that is None,
     ``ANDROID_NDK_HOME``/``ANDROID_NDK_ROOT`` at construction) names an NDK, else ``clang`` on
     PATH (Debian: apt-get install clang lld). ``features`` are the device's CPU features
-    (DeviceInfo.cpu_features); they only choose ``-march`` (see ``arm64_march``). The kernels
-    link against nothing, so one library runs on Android and on arm64 Linux (the runner under
+    (DeviceInfo.cpu_features); they choose ``-march`` (see ``arm64_march``). ``precision``
+    "fp16" writes the kernels in ``_Float16`` (``NEON_FP16``: 8 lanes, FP16 arithmetic; see
+    ``codegen/emit/cpu/__init__.py``), "fp32" (the default) in float. The kernels link against
+    nothing, so one library runs on Android and on arm64 Linux (the runner under
     qemu-aarch64)."""
 
     compiler: str = ""
     features: tuple[str, ...] = ()
     api_level: int = 24
     ndk: Path | None = None
+    precision: str = "fp32"
     common_flags: ClassVar[tuple[str, ...]] = CLANG_ANDROID_FLAGS
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
+        if self.precision not in ("fp32", "fp16"):
+            raise CodegenError(f"arm64 precision {self.precision!r}: use 'fp32' or 'fp16'")
         if not self.compiler:
             ndk = Path(self.ndk) if self.ndk else find_ndk()
             self.compiler = str(ndk / NDK_CLANG) if ndk else "clang"
         if not self.target_flags:
             self.target_flags = (f"--target=aarch64-linux-android{self.api_level}",
-                                 arm64_march(self.features))
+                                 arm64_march(self.features, self.precision))
 
     def compiler_path(self) -> str:
         path = shutil.which(self.compiler)
@@ -223,7 +242,17 @@ class Arm64AndroidToolchain(CToolchain):
         features = ["asimd"]
         if ARM64_DOTPROD_FP16_MARCH in self.flags:
             features += ["asimddp", "asimdhp", "fphp"]
+        elif ARM64_FP16_MARCH in self.flags:
+            features += ["asimdhp", "fphp"]
         return Target(arch="aarch64", os="android", abi=ARM64_ABI, features=tuple(features))
+
+    def isa(self) -> VectorIsa | None:
+        if not self.vectorize:
+            if self.precision == "fp16":
+                raise CodegenError("precision 'fp16' needs the vector kernels (vectorize=True)")
+            return None
+        t = self.target()
+        return isa_for(t.arch, t.features, self.precision)
 
 
 OPENCL_BUILD_OPTIONS = ("-cl-std=CL1.2",)
@@ -306,11 +335,16 @@ def toolchain_for(target: str = "cpu", precision: str = "fp32", abi: str | None 
     if target == "gpu":
         return OpenClToolchain(precision=precision)
     if target == "cpu":
-        if precision != "fp32":
-            raise CodegenError(f"precision {precision!r}: CPU bundles are fp32 only")
+        if precision not in ("fp32", "fp16"):
+            raise CodegenError(f"precision {precision!r}: CPU bundles are fp32, or fp16 on "
+                               "arm64")
         if abi == ARM64_ABI:
-            return Arm64AndroidToolchain(features=tuple(features))
+            return Arm64AndroidToolchain(features=tuple(features), precision=precision)
         if abi is None or abi == host_abi():
+            if precision != "fp32":
+                raise CodegenError(f"precision {precision!r} on this {host_abi()} host: FP16 "
+                                   "CPU kernels are for arm64 (NEON FP16, --abi arm64-v8a or "
+                                   "an arm64 device); use fp32 here")
             return HostToolchain()
         raise CodegenError(f"abi {abi!r}: CPU kernels can be built for {ARM64_ABI!r} or this "
                            f"machine's {host_abi()!r}")

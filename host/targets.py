@@ -16,7 +16,8 @@ CPU_ABIS = ("x86_64", "arm64-v8a")
 def toolchain_for_device(info, backend: str = "cpu",
                          precision: str = "fp32") -> CToolchain | OpenClToolchain:
     """The toolchain for ``backend``/``precision`` on the device that reported ``info`` (a
-    DeviceInfo); ``info`` None means this machine (CPU code for the host)."""
+    DeviceInfo); ``info`` None means this machine (CPU code for the host). CPU fp16 is for
+    arm64 devices whose features include fphp/asimdhp (codegen refuses others, naming them)."""
     if backend == "gpu":
         return toolchain_for("gpu", precision)
     if info is None:

@@ -30,6 +30,7 @@ from codegen.emit.cstyle import (
     StepCode,
     decompose,
 )
+from codegen.emit.cstyle import eltwise as eltwise_kernel
 from codegen.emit.sparse import FORMATS, sparse_pad
 from codegen.isa import VectorIsa
 from codegen.lr import Graph, Layer
@@ -113,6 +114,7 @@ VECTOR_KERNELS = {
     "linear": _by_storage(linear.linear_vec),
     "to_nchwxc": convert.to_blocked,
     "to_nchw": convert.to_plain,
+    "cast": eltwise_kernel("x0[i]", 1),
 }
 
 
@@ -128,6 +130,21 @@ class CLanguage(CStyleLanguage):
         self.isa = isa
         if isa is not None:
             self.kernels = {**KERNELS, **VECTOR_KERNELS}
+        if isa is not None and isa.elem != "float":
+            # fp16: tensors and weights in _Float16, the graph's ends in float
+            # (codegen/passes/precision.py); the ABI's pointers are cast to the element type
+            self.scalar, self.dtype, self.elem_bytes = isa.elem, "float16", isa.elem_bytes
+
+    def half(self) -> bool:
+        return self.scalar != "float"
+
+    def tensor_scalar(self, graph: Graph, tensor: str) -> str:
+        # the graph's ends (codegen/passes/precision.py's fp32_ends)
+        wide = self.half() and (tensor in graph.inputs or tensor in graph.outputs)
+        return "float" if wide else self.scalar
+
+    def _cast(self, ref: str, scalar: str, const: bool) -> str:
+        return ref if scalar == "float" else f"(({'const ' if const else ''}{scalar} *){ref})"
 
     def prelude(self) -> str:
         vp = prelude.vector_prelude(self.isa) if self.isa is not None else ""
@@ -156,13 +173,13 @@ class CLanguage(CStyleLanguage):
         return ["(void)scratch;"]
 
     def input_ref(self, c: Ctx, j: int) -> str:
-        return f"args->inputs[{j}]"
+        return self._cast(f"args->inputs[{j}]", self.tensor_scalar(c.graph, c.la.inputs[j]), True)
 
     def output_ref(self, c: Ctx) -> str:
-        return "args->output"
+        return self._cast("args->output", self.tensor_scalar(c.graph, c.la.output), False)
 
     def param_ref(self, c: Ctx, k: int) -> str:
-        return f"args->params[{k}]"
+        return self._cast(f"args->params[{k}]", self.scalar, True)
 
     def over_items(self, c: Ctx, items: int, body: list[str]) -> list[str]:
         return ["for (int64_t it = begin; it < end; ++it) {", *["  " + ln for ln in body], "}"]

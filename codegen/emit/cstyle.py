@@ -127,10 +127,17 @@ class CStyleLanguage:
                        f"{act.c_body.replace('{exp}', self.exp)}\n}}\n"
                        for a, act in ACTIVATIONS.items())
 
-    def decl(self, name: str, ref: str, const: bool = True, restrict: bool = True) -> str:
-        """A pointer declaration to a tensor or param."""
+    def tensor_scalar(self, graph: Graph, tensor: str) -> str:
+        """The element type ``tensor`` is stored in (``scalar`` unless a language keeps some
+        tensors in another: fp16 CPU graphs keep their ends in float)."""
+        return self.scalar
+
+    def decl(self, name: str, ref: str, const: bool = True, restrict: bool = True,
+             scalar: str | None = None) -> str:
+        """A pointer declaration to a tensor or param (of ``scalar``, default the language's)."""
         ptr = self.ptr_q if restrict else "*"
-        return f"{self.global_q}{'const ' if const else ''}{self.scalar} {ptr}{name} = {ref};"
+        return (f"{self.global_q}{'const ' if const else ''}{scalar or self.scalar} "
+                f"{ptr}{name} = {ref};")
 
     def render(self, graph: Graph, param_refs: Sequence[Sequence[ParamRef]] | None = None
                ) -> Program:
@@ -178,10 +185,12 @@ class Ctx:
         self.scratch_bytes = 0  # a template that uses the per-thread scratch sets its size
 
     def x(self, j: int = 0, name: str = "x") -> str:
-        return self.lang.decl(name, self.lang.input_ref(self, j))
+        return self.lang.decl(name, self.lang.input_ref(self, j),
+                              scalar=self.lang.tensor_scalar(self.graph, self.la.inputs[j]))
 
     def y(self, name: str = "y") -> str:
-        return self.lang.decl(name, self.lang.output_ref(self), const=False)
+        return self.lang.decl(name, self.lang.output_ref(self), const=False,
+                              scalar=self.lang.tensor_scalar(self.graph, self.la.output))
 
     def w(self, k: int, name: str) -> str:
         return self.lang.decl(name, self.lang.param_ref(self, k), restrict=False)

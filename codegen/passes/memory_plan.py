@@ -21,8 +21,10 @@ def align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
 
-def plan_memory(graph: Graph, elem_bytes: int = 4) -> Graph:
-    """Plan the arena for tensors of ``elem_bytes`` per element (4: float32, 2: float16)."""
+def plan_memory(graph: Graph, elem_bytes: int = 4, fp32_ends: bool = False) -> Graph:
+    """Plan the arena for tensors of ``elem_bytes`` per element (4: float32, 2: float16);
+    with ``fp32_ends``, the graph's inputs and outputs take 4 bytes per element whatever
+    ``elem_bytes`` is (fp16 CPU graphs, ``codegen/passes/precision.py``)."""
     steps = graph.steps
     end = len(steps)  # graph outputs live through the last step, and past it
     index = {la.output: i for i, la in enumerate(steps)}
@@ -35,7 +37,8 @@ def plan_memory(graph: Graph, elem_bytes: int = 4) -> Graph:
             life[root[t]][1] = max(life[root[t]][1], i)
     for t in graph.outputs:
         life[root[t]][1] = end
-    size = {r: align(numel(graph.shapes[r]) * elem_bytes) for r in roots}
+    wide = set(graph.inputs) | set(graph.outputs) if fp32_ends else set()
+    size = {r: align(numel(graph.shapes[r]) * (4 if r in wide else elem_bytes)) for r in roots}
 
     offsets: dict[str, int] = {}
     for r in sorted(roots, key=lambda r: (-size[r], life[r][0])):

@@ -24,7 +24,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="cpu: C kernels for the CPU (default); gpu: OpenCL kernels. For a "
                         "bundle, taken from the bundle")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="GPU only: fp16 needs a device with cl_khr_fp16 (Adreno has it)")
+                   help="fp16 on the GPU: half storage, needs cl_khr_fp16 (Adreno has it); "
+                        "on an arm64 CPU: FP16 arithmetic (NEON FP16, 8 lanes; needs "
+                        "fphp/asimdhp, ARMv8.2 cores such as Cortex-A76), dense layers only. "
+                        "Model inputs and outputs stay float32")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:

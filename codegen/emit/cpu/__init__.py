@@ -29,6 +29,24 @@ An epilogue is the element-wise ops fused after the layer, applied in registers 
 store: activations, and "add" (a fused residual: the layer's second input, the skip, read at the
 output's NCHW[x]c position; the micro-kernels take it as ``s``, strided like ``y``).
 
+Precision: with ``NEON_FP16`` (``Arm64AndroidToolchain(precision="fp16")``) the same templates
+store tensors and weights in ``_Float16``, ``vf`` is 8 halves (NCHW8c), and names carry
+``_f16`` before ``__`` (``conv2d_3x3s1_nchw8c_f16__neonfp16_2x6w_relu``). Where each kernel
+accumulates, and why:
+
+- direct and depthwise convs, Winograd F(2,3) (transforms and per-point GEMM), max pools,
+  ``mul_channel``, the epilogues: fp16 (FMLA .8h, twice fp32's lanes). A conv's sums have
+  ic * kh * kw terms; measured against PyTorch under qemu, one layer's error (max |error| /
+  max |output|) is 1e-3 to 1.4e-2 for 27 to 2304 terms, resnet18 and mobilenet_v2 at 64x64
+  4.8e-3 and 2.6e-3 (tests/test_arm64_fp16.py). ncnn's fp16 arithmetic does the same.
+- Winograd F(4,3)/F(6,3): not offered (``codegen.cost.FP16_WINOGRAD``): an fp16 GEMM's
+  errors, amplified by F(4,3)'s output transform, reached 4-9% per layer.
+- Linear: float32 chains (``vw``; k runs to 25088 in vgg16), rounded once after the bias.
+- average and adaptive-average pools: float32 sums (a global pool sums a whole plane).
+- the graph's inputs and outputs are float32 (``codegen/passes/precision.py``): the layout
+  conversions at the ends convert while they copy, a ``cast`` step does it elsewhere.
+- sparse formats: float32 only; ``compile_model`` refuses fp16 with pruning schemes.
+
 Every conv step loops over work items (n, oc-tile, output row); inside, the output row is cut
 into interior tiles of ``w`` columns (no padding there, constant tap ranges) plus 1-column edge
 calls with the tap range worked out per column. Tuning parameters (``Layer.tuning``): ``algo``,

@@ -5,7 +5,7 @@ and the step that tiles an output row with it; Winograd layers go to ``winograd.
 from __future__ import annotations
 
 from codegen.cost import WINOGRAD, conv_algo, conv_kind, default_tuning
-from codegen.emit.cpu.prelude import AI, by_lane_fma, epi, lane_fma, skip_param
+from codegen.emit.cpu.prelude import AI, by_lane_fma, epi, lane_fma, ptag, skip_param
 from codegen.emit.cpu.winograd import conv2d_winograd
 from codegen.emit.cstyle import Ctx
 from codegen.isa import VectorIsa
@@ -21,21 +21,21 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
     y: the output at (n, first oc block, oh, ow); cb: input channel blocks (plain: channels);
     cs/rs: floats between input channel blocks / rows; wb: floats between oc blocks' weights;
     ys: floats between oc blocks of y; [ky0, ky1) x [kx0, kx1): the taps that see no padding."""
-    X = isa.floats
+    X, E = isa.floats, isa.elem
     cs_col = X if lanes != 1 or depthwise else 1  # floats between input columns
     fam = "dwconv2d" if depthwise else "conv2d"
     s = f"s{sh}" if sh == sw else f"s{sh}x{sw}"
     d = "" if dh == dw == 1 else (f"d{dh}" if dh == dw else f"d{dh}x{dw}")
     lay = "nchw" if lanes == 1 and not depthwise else f"nchw{X}c"
-    name = (f"{fam}_{kh}x{kw}{s}{d}_{lay}__{isa.name}_{oc_tile}x{w_tile}w"
+    name = (f"{fam}_{kh}x{kw}{s}{d}_{lay}{ptag(isa)}__{isa.name}_{oc_tile}x{w_tile}w"
             + "".join(f"_{e}" for e in epilogue))
     i = "int64_t"
     acc = [[f"a{o}_{j}" for j in range(w_tile)] for o in range(oc_tile)]
     L = [f"/* {name}: {oc_tile} oc block(s) x {w_tile} output column(s) of a {kh}x{kw} "
          f"{'depthwise ' if depthwise else ''}conv, stride {sh}x{sw}, dilation {dh}x{dw}, "
          f"{lay} input. */",
-         f"{AI} void {name}(const float *restrict x, {i} xo, const float *restrict w, "
-         f"{i} wb, const float *restrict b, float *restrict y, {skip_param(epilogue)}"
+         f"{AI} void {name}(const {E} *restrict x, {i} xo, const {E} *restrict w, "
+         f"{i} wb, const {E} *restrict b, {E} *restrict y, {skip_param(epilogue, E)}"
          f"{i} ys, {i} cb, {i} cs, "
          f"{i} rs, {i} ky0, {i} ky1, {i} kx0, {i} kx1) {{"]
     for o in range(oc_tile):
@@ -45,7 +45,7 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
         L += ["  (void)cb; (void)cs; (void)wb;",
               f"  for ({i} ky = ky0; ky < ky1; ++ky)",
               f"    for ({i} kx = kx0; kx < kx1; ++kx) {{",
-              f"      const float *xp = x + (xo + ky * {dh} * rs + kx * {dw * X});",
+              f"      const {E} *xp = x + (xo + ky * {dh} * rs + kx * {dw * X});",
               f"      const vf w0 = *(const vf *)(w + (ky * {kw} + kx) * {X});"]
         for j in range(w_tile):
             L.append(f"      {acc[0][j]} += *(const vf *)(xp + {j * sw * X}) * w0;")
@@ -54,16 +54,16 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
         L += [f"  for ({i} c = 0; c < cb; ++c)",
               f"    for ({i} ky = ky0; ky < ky1; ++ky)",
               f"      for ({i} kx = kx0; kx < kx1; ++kx) {{",
-              f"        const float *xp = x + (xo + c * cs + ky * {dh} * rs + kx * "
+              f"        const {E} *xp = x + (xo + c * cs + ky * {dh} * rs + kx * "
               f"{dw * cs_col});",
-              f"        const float *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lanes * X};"]
+              f"        const {E} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lanes * X};"]
         if isa.by_lane and lanes == X:
             L += by_lane_fma(" " * 8, X, acc, lambda j: f"xp + {j * sw * cs_col}")
         elif isa.by_lane and lanes == 1:
-            L += _plain_by_lane_fma(" " * 8, X, acc, sw * cs_col)
+            L += _plain_by_lane_fma(" " * 8, X, acc, sw * cs_col, E)
         else:
             L.append(f"        for (int l = 0; l < {lanes}; ++l) {{")
-            L += lane_fma(" " * 10, X, acc, lambda j: f"xp[{j * sw * cs_col} + l]")
+            L += lane_fma(" " * 10, X, acc, lambda j: f"xp[{j * sw * cs_col} + l]", E)
             L.append("        }")
         L.append("      }")
     for o in range(oc_tile):
@@ -74,7 +74,8 @@ def conv_microkernel(isa: VectorIsa, kh: int, kw: int, sh: int, sw: int, dh: int
     return name, "\n".join(L) + "\n"
 
 
-def _plain_by_lane_fma(indent: str, X: int, acc: list[list[str]], stride: int) -> list[str]:
+def _plain_by_lane_fma(indent: str, X: int, acc: list[list[str]], stride: int,
+                       elem: str = "float") -> list[str]:
     """One input channel of a plain (NCHW) input on an ISA that multiplies by lanes: the
     columns' inputs lie ``stride`` floats apart in one row, so each vector load that lies wholly
     inside the tile's span feeds the columns it holds (X / stride of them) by lane; the columns
@@ -90,7 +91,7 @@ def _plain_by_lane_fma(indent: str, X: int, acc: list[list[str]], stride: int) -
                   for j in cols for o in range(len(acc))]
     for j in range(w_tile):
         if j * stride >= whole * X:
-            L.append(f"{indent}const float s{j} = xp[{j * stride}];")
+            L.append(f"{indent}const {elem} s{j} = xp[{j * stride}];")
             L += [f"{indent}{acc[o][j]} += s{j} * w{o};" for o in range(len(acc))]
     return L
 
@@ -99,7 +100,7 @@ def conv2d_blocked(c: Ctx) -> tuple[list[str], int, int]:
     """Step body of a vectorised conv: items (n, oc tile, output row); Winograd layers go to
     ``conv2d_winograd``."""
     isa: VectorIsa = c.lang.isa
-    X = isa.floats
+    X, E = isa.floats, isa.elem
     la = c.la
     xin = c.ins[0]
     n, ic, ih, iw = (xin[0], xin[1] * X, xin[2], xin[3]) if len(xin) == 5 else xin
@@ -165,11 +166,11 @@ def conv2d_blocked(c: Ctx) -> tuple[list[str], int, int]:
             f"const {i} kyr = ({ih} - ih0 + {dh - 1}) / {dh};",
             f"const {i} ky1 = kyr < {kh} ? kyr : {kh};",
             f"const {i} xb = {xbase};",
-            f"const float *wp = w + ocb * {wblk};",
-            f"const float *bp = b + ocb * {X};",
-            f"float *yr = y + ((n * {ocb} + ocb) * {oh} + oh) * {ow * X};"]
+            f"const {E} *wp = w + ocb * {wblk};",
+            f"const {E} *bp = b + ocb * {X};",
+            f"{E} *yr = y + ((n * {ocb} + ocb) * {oh} + oh) * {ow * X};"]
     if skip:
-        body.append("const float *sr = s + (yr - y);")
+        body.append(f"const {E} *sr = s + (yr - y);")
     edge = [f"  const {i} iw0 = ow * {sw} - {pl};",
             f"  const {i} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
             f"  const {i} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",

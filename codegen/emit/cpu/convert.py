@@ -12,20 +12,22 @@ CONVERT_TILE = 64
 
 
 def to_blocked(c: Ctx) -> tuple[list[str], int, int]:
-    """NCHW -> NCHW[x]c, pad lanes zero: items (n, channel block)."""
+    """NCHW -> NCHW[x]c, pad lanes zero: items (n, channel block). In fp16 graphs it may read
+    a float32 graph input (the assignment converts)."""
     X = c.lang.isa.floats
+    xs, E = c.lang.tensor_scalar(c.graph, c.la.inputs[0]), c.lang.isa.elem
     n, ch, h, w = c.ins[0]
     cbk = c.out[1]
     hw, t = h * w, CONVERT_TILE
     i = "int64_t"
     body = [f"const {i} n = it / {cbk}, cb = it % {cbk};",
-            f"float *yp = y + it * {hw * X};",
+            f"{E} *yp = y + it * {hw * X};",
             f"for ({i} p0 = 0; p0 < {hw}; p0 += {t}) {{",
             f"  const {i} p1 = p0 + {t} < {hw} ? p0 + {t} : {hw};",
             f"  for ({i} l = 0; l < {X}; ++l) {{",
             f"    const {i} ch = cb * {X} + l;",
             "    if (ch < " + str(ch) + ") {",
-            f"      const float *xp = x + (n * {ch} + ch) * {hw};",
+            f"      const {xs} *xp = x + (n * {ch} + ch) * {hw};",
             f"      for ({i} p = p0; p < p1; ++p) yp[p * {X} + l] = xp[p];",
             f"    }} else {{ for ({i} p = p0; p < p1; ++p) yp[p * {X} + l] = 0.0f; }}",
             "  }", "}"]
@@ -34,19 +36,21 @@ def to_blocked(c: Ctx) -> tuple[list[str], int, int]:
 
 
 def to_plain(c: Ctx) -> tuple[list[str], int, int]:
-    """NCHW[x]c -> NCHW, pad lanes dropped: items (n, channel block)."""
+    """NCHW[x]c -> NCHW, pad lanes dropped: items (n, channel block). In fp16 graphs it may
+    write a float32 graph output (the assignment converts)."""
     X = c.lang.isa.floats
+    ys, E = c.lang.tensor_scalar(c.graph, c.la.output), c.lang.isa.elem
     n, ch, h, w = c.out
     cbk = c.ins[0][1]
     hw, t = h * w, CONVERT_TILE
     i = "int64_t"
     body = [f"const {i} n = it / {cbk}, cb = it % {cbk};",
-            f"const float *xp = x + it * {hw * X};",
+            f"const {E} *xp = x + it * {hw * X};",
             f"const {i} lanes = {ch} - cb * {X} < {X} ? {ch} - cb * {X} : {X};",
             f"for ({i} p0 = 0; p0 < {hw}; p0 += {t}) {{",
             f"  const {i} p1 = p0 + {t} < {hw} ? p0 + {t} : {hw};",
             f"  for ({i} l = 0; l < lanes; ++l) {{",
-            f"    float *yp = y + (n * {ch} + cb * {X} + l) * {hw};",
+            f"    {ys} *yp = y + (n * {ch} + cb * {X} + l) * {hw};",
             f"    for ({i} p = p0; p < p1; ++p) yp[p] = xp[p * {X} + l];",
             "  }", "}"]
     items = n * cbk

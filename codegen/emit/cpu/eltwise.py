@@ -9,12 +9,12 @@ from codegen.lr import numel
 
 
 def mul_channel_blocked(c: Ctx) -> tuple[list[str], int, int]:
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     n, cbk, h, w, _ = c.out
     i = "int64_t"
     body = [f"const vf sv = *(const vf *)(s + it * {X});",
-            f"const float *xp = x + it * {h * w * X};",
-            f"float *yp = y + it * {h * w * X};",
+            f"const {E} *xp = x + it * {h * w * X};",
+            f"{E} *yp = y + it * {h * w * X};",
             f"for ({i} p = 0; p < {h * w * X}; p += {X}) {{",
             "  vf v = *(const vf *)(xp + p) * sv;", *["  " + e for e in epi(c.la.epilogue, "v")],
             "  *(vf *)(yp + p) = v;", "}"]

@@ -5,22 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from codegen.emit.cpu.prelude import half, narrow, widen
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.lr import numel
 
 
 def pool_blocked(kind: str) -> Callable[[Ctx], Rendered]:
     """max/avg/adaptive-avg pooling on a blocked tensor: items (n, channel block, output row),
-    one vector per output column."""
+    one vector per output column. fp16: max pools compare in fp16 (exact); the averages sum
+    in float32 (``vw``: a global pool sums up to a whole plane, where fp16's 11 bits would
+    drop the small terms) and round once, on the store."""
     def kernel(c: Ctx) -> tuple[list[str], int, int]:
-        X = c.lang.isa.floats
+        X, E = c.lang.isa.floats, c.lang.isa.elem
+        wide = half(c.lang.isa)
+        vs = "vw" if wide else "vf"
         n, cbk, ih, iw, _ = c.ins[0]
         _, _, oh, ow, _ = c.out
         a = c.a
         i = "int64_t"
         body = [f"const {i} nc = it / {oh}, oh = it % {oh};",
-                f"const float *xp = x + nc * {ih * iw * X};",
-                f"float *yr = y + (nc * {oh} + oh) * {ow * X};",
+                f"const {E} *xp = x + nc * {ih * iw * X};",
+                f"{E} *yr = y + (nc * {oh} + oh) * {ow * X};",
                 f"for ({i} ow = 0; ow < {ow}; ++ow) {{"]
         if kind == "max":
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (a["kernel"], a["stride"], a["padding"],
@@ -55,13 +60,14 @@ def pool_blocked(kind: str) -> Callable[[Ctx], Rendered]:
                          f"  const {i} w0 = ow * {iw} / {ow}, "
                          f"w1 = ((ow + 1) * {iw} + {ow - 1}) / {ow};"]
                 flops = numel(c.ins[0])
-            body += ["  vf s = (vf){};",
+            ld = f"*(const vf *)(xp + (i * {iw} + j) * {X})"
+            mean = narrow(f"s / {div}") if wide else f"s / {div}"
+            body += [f"  {vs} s = ({vs}){{}};",
                      f"  for ({i} i = h0; i < h1; ++i)",
-                     f"    for ({i} j = w0; j < w1; ++j) s += *(const vf *)(xp + "
-                     f"(i * {iw} + j) * {X});",
+                     f"    for ({i} j = w0; j < w1; ++j) s += {widen(ld) if wide else ld};",
                      f"  *(vf *)(yr + ow * {X}) = (h0 >= h1 || w0 >= w1) ? (vf){{}} : (vf)("
-                     f"s / {div});" if kind == "avg" else
-                     f"  *(vf *)(yr + ow * {X}) = s / {div};", "}"]
+                     f"{mean});" if kind == "avg" else
+                     f"  *(vf *)(yr + ow * {X}) = {mean};", "}"]
         items = n * cbk * oh
         return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, flops
     return kernel
@@ -72,7 +78,7 @@ def maxpool2d_plain_s2(c: Ctx) -> tuple[list[str], int, int]:
     items (n * channel, output row); X output columns per step, each window column an
     odd-lane shuffle of two loads; the first columns (whose windows touch the padding) and
     any the vectors cannot reach go one by one. NaNs propagate as in PyTorch."""
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     n, ch, ih, iw = c.ins[0]
     _, _, oh, ow = c.out
     (kh, kw), (ph, pw) = c.a["kernel"], c.a["padding"]
@@ -90,14 +96,14 @@ def maxpool2d_plain_s2(c: Ctx) -> tuple[list[str], int, int]:
     odd = ", ".join(str(2 * j + 1) for j in range(X))
     rows = [f"  const {i} ih = oh * 2 - {ph} + ky;", f"  if (ih < 0 || ih >= {ih}) continue;"]
     body = [f"const {i} nc = it / {oh}, oh = it % {oh};",
-            f"const float *xp = x + nc * {ih * iw};",
-            f"float *yr = y + it * {ow};",
+            f"const {E} *xp = x + nc * {ih * iw};",
+            f"{E} *yr = y + it * {ow};",
             f"for ({i} q0 = {q_lo}; q0 < {q_end}; q0 += {X}) {{",
             f"  const {i} q = q0 + {X} <= {q_end} ? q0 : {q_end - X};",
             "  vf m = (vf){} - __builtin_inff();",
             f"  for ({i} ky = 0; ky < {kh}; ++ky) {{",
             *["  " + ln for ln in rows],
-            f"    const float *r = xp + ih * {iw} + 2 * q - {pw + 1};",
+            f"    const {E} *r = xp + ih * {iw} + 2 * q - {pw + 1};",
             *[f"    {{ const vf a = *(const vfu *)(r + {kx}), b = *(const vfu *)(r + {kx + X});"
               f" const vf v = __builtin_shufflevector(a, b, {odd});"
               " m = npas_vsel((v > m) | (v != v), v, m); }" for kx in range(kw)],

@@ -1,8 +1,13 @@
 """What every vectorised CPU template shares: the vector types and activations (the prelude
-of a vector source), and the lines that apply an epilogue or accumulate one input lane."""
+of a vector source), and the lines that apply an epilogue or accumulate one input lane.
+
+In fp16 sources (``VectorIsa.elem`` "_Float16", NEON FP16) ``vf`` is 8 halves and two more
+types exist for the kernels that accumulate in float32: ``vw``, 8 floats (two NEON registers;
+``widen``/``narrow`` convert with FCVTL/FCVTN), and ``vwu``, its unaligned form."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from codegen.isa import VectorIsa
@@ -20,10 +25,49 @@ static inline vf npas_vsel(vi k, vf a, vf b) { return (vf)(((vi)a & k) | ((vi)b 
 """
 
 
+VECTOR_PRELUDE_F16 = """\
+typedef __INT16_TYPE__ int16_t;
+typedef _Float16 vf __attribute__((vector_size(16), aligned(16), may_alias));
+typedef _Float16 vfu __attribute__((vector_size(16), aligned(2), may_alias));
+typedef int16_t vi __attribute__((vector_size(16)));
+typedef float vw __attribute__((vector_size(32), aligned(16), may_alias));
+typedef float vwu __attribute__((vector_size(32), aligned(4), may_alias));
+static inline vf npas_vsel(vi k, vf a, vf b) { return (vf)(((vi)a & k) | ((vi)b & ~k)); }
+"""
+
+# A float constant that is not exact in half precision (1/6) does not convert to a _Float16
+# vector implicitly: the fp16 forms of the activations cast it.
+_INEXACT = re.compile(r"\((\d+\.\d+f / \d+\.\d+f)\)")
+
+
+def half(isa: VectorIsa | None) -> bool:
+    """Whether ``isa``'s kernels store and compute in _Float16."""
+    return isa is not None and isa.elem == "_Float16"
+
+
+def ptag(isa: VectorIsa) -> str:
+    """The precision in a kernel's name, before ``__``: "_f16" for fp16, nothing for fp32 (the
+    fp32 names predate it)."""
+    return "_f16" if half(isa) else ""
+
+
+def widen(v: str) -> str:
+    """An fp16 vector expression as 8 floats (``vw``)."""
+    return f"__builtin_convertvector({v}, vw)"
+
+
+def narrow(v: str) -> str:
+    """8 floats (``vw``) as an fp16 vector."""
+    return f"__builtin_convertvector({v}, vf)"
+
+
 def vector_activation(name: str, isa: VectorIsa) -> str:
     """``npas_v_<name>``, the vector form of an activation (``ACTIVATIONS[name].vec_body``):
     a one-line body stays on the signature's line."""
-    lines = ACTIVATIONS[name].vec_body.replace("{lanes}", str(isa.floats)).split("\n")
+    body = ACTIVATIONS[name].vec_body.replace("{lanes}", str(isa.floats))
+    if half(isa):
+        body = _INEXACT.sub(r"((_Float16)(\1))", body)
+    lines = body.split("\n")
     head = f"static inline vf npas_v_{name}(vf v) {{"
     if len(lines) == 1:
         return f"{head} {lines[0]} }}\n"
@@ -31,7 +75,7 @@ def vector_activation(name: str, isa: VectorIsa) -> str:
 
 
 def vector_prelude(isa: VectorIsa) -> str:
-    return (VECTOR_PRELUDE % {"b": 4 * isa.floats}
+    return ((VECTOR_PRELUDE_F16 if half(isa) else VECTOR_PRELUDE % {"b": 4 * isa.floats})
             + "".join(vector_activation(a, isa) for a in ACTIVATIONS))
 
 
@@ -42,20 +86,20 @@ def epi(epilogue: tuple[str, ...], var: str, skip: str | None = None) -> list[st
             for e in epilogue]
 
 
-def skip_param(epilogue: tuple[str, ...]) -> str:
+def skip_param(epilogue: tuple[str, ...], elem: str = "float") -> str:
     """The micro-kernel parameter for a fused residual, right after y (strided like y)."""
-    return "const float *restrict s, " if "add" in epilogue else ""
+    return f"const {elem} *restrict s, " if "add" in epilogue else ""
 
 
-def lane_fma(indent: str, X: int, acc: list[list[str]], x_at: Callable[[int], str]
-             ) -> list[str]:
+def lane_fma(indent: str, X: int, acc: list[list[str]], x_at: Callable[[int], str],
+             elem: str = "float") -> list[str]:
     """One input lane of a register-blocked micro-kernel: load a weight vector per oc block
     (``wp + o * wb + l * X``), broadcast each column's input scalar ``x_at(j)`` and accumulate
     into ``acc[o][j]``. Shared by the direct convolution and the Winograd per-point GEMM."""
     L = [f"{indent}const vf w{o} = *(const vf *)(wp + {o} * wb + l * {X});"
          for o in range(len(acc))]
     for j in range(len(acc[0])):
-        L.append(f"{indent}const float x{j} = {x_at(j)};")
+        L.append(f"{indent}const {elem} x{j} = {x_at(j)};")
         L += [f"{indent}{acc[o][j]} += x{j} * w{o};" for o in range(len(acc))]
     return L
 

@@ -8,7 +8,17 @@ import functools
 from collections.abc import Sequence
 from fractions import Fraction
 
-from codegen.emit.cpu.prelude import AI, by_lane_fma, epi, lane_fma, skip_param
+from codegen.emit.cpu.prelude import (
+    AI,
+    by_lane_fma,
+    epi,
+    half,
+    lane_fma,
+    narrow,
+    ptag,
+    skip_param,
+    widen,
+)
 from codegen.emit.cstyle import Ctx
 from codegen.isa import VectorIsa
 
@@ -57,7 +67,7 @@ def _frac_c(v: Fraction) -> str:
     return f"{float(v)!r}f" if v.denominator != 1 else f"{v.numerator}.0f"
 
 
-def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str]) -> str:
+def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str], vt: str = "vf") -> str:
     """C for sum(coeffs[k] * terms[k]) with zeros dropped and +-1 as add/sub."""
     out = ""
     for cf, t in zip(coeffs, terms, strict=True):
@@ -69,31 +79,51 @@ def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str]) -> str:
             out = term if cf > 0 else (f"-{t}" if mag == 1 else f"{t} * {_frac_c(cf)}")
         else:
             out += f" {'+' if cf > 0 else '-'} {term}"
-    return out or "(vf){}"
+    return out or f"({vt}){{}}"
+
+
+# fp16 Winograd (NEON FP16) is F(2,3) only (``codegen.cost.FP16_WINOGRAD``), and all of it
+# computes in fp16: the per-point GEMM accumulates over input channels (ic terms, where a
+# direct conv sums ic * 9), and F(2,3)'s transforms are sums and differences (coefficients
+# 0, +-1), which add no more error than the fp16 stores of V and M. Measured (resnet18 at
+# 224, qemu cortex-a76, 1 thread): transforms in float32 (``vw``, True below) 197.7 M
+# instructions, max error / max |output| 1.3e-3; in fp16 188.7 M, 1.6e-3. The float32 form
+# stays for better-conditioned use (F(4,3)'s B^T has a 5 and A^T an 8: its GEMM, not its
+# transforms, is what fp16 cannot hold).
+FP16_WIDE_TRANSFORMS = False
+
+
+def _transform_type(isa: VectorIsa) -> tuple[str, bool]:
+    """(the vector type the transforms compute in, whether it is wider than ``vf``)."""
+    wide = half(isa) and FP16_WIDE_TRANSFORMS
+    return ("vw" if wide else "vf"), wide
 
 
 def winograd_input_kernel(isa: VectorIsa, m: int) -> tuple[str, str]:
     """B^T d B of one tile and one input channel block: d is the a x a patch at x + xo (row
     stride rs), zero outside rows [r0, r1) x columns [c0, c1); point p goes to v + p * vs."""
-    X, a = isa.floats, m + 2
+    X, a, E = isa.floats, m + 2, isa.elem
+    vt, wide = _transform_type(isa)
     _, _, bt = winograd_matrices(m)
-    name = f"winograd{m}_input_nchw{X}c__{isa.name}"
+    name = f"winograd{m}_input_nchw{X}c{ptag(isa)}__{isa.name}"
     i = "int64_t"
-    L = [f"/* {name}: F({m},3) input transform of one {a}x{a} tile, {X} channels. */",
-         f"{AI} void {name}(const float *restrict x, {i} xo, {i} rs, {i} r0, {i} r1, {i} c0, "
-         f"{i} c1, float *restrict v, {i} vs) {{",
-         f"  vf d[{a}][{a}], t[{a}][{a}];",
+    load = f"*(const vf *)(x + (xo + r * rs + c * {X}))"
+    L = [f"/* {name}: F({m},3) input transform of one {a}x{a} tile, {X} channels"
+         f"{', in float32' if wide else ''}. */",
+         f"{AI} void {name}(const {E} *restrict x, {i} xo, {i} rs, {i} r0, {i} r1, {i} c0, "
+         f"{i} c1, {E} *restrict v, {i} vs) {{",
+         f"  {vt} d[{a}][{a}], t[{a}][{a}];",
          f"  for (int r = 0; r < {a}; ++r)",
          f"    for (int c = 0; c < {a}; ++c)",
          "      d[r][c] = (r >= r0 && r < r1 && c >= c0 && c < c1) ? "
-         f"*(const vf *)(x + (xo + r * rs + c * {X})) : (vf){{}};",
+         f"{widen(load) if wide else load} : ({vt}){{}};",
          f"  for (int c = 0; c < {a}; ++c) {{"]
     for r in range(a):
-        L.append(f"    t[{r}][c] = {_lincomb(bt[r], [f'd[{k}][c]' for k in range(a)])};")
+        L.append(f"    t[{r}][c] = {_lincomb(bt[r], [f'd[{k}][c]' for k in range(a)], vt)};")
     L += ["  }", f"  for (int r = 0; r < {a}; ++r) {{"]
     for c in range(a):
-        L.append(f"    *(vf *)(v + (r * {a} + {c}) * vs) = "
-                 f"{_lincomb(bt[c], [f't[r][{k}]' for k in range(a)])};")
+        e = _lincomb(bt[c], [f't[r][{k}]' for k in range(a)], vt)
+        L.append(f"    *(vf *)(v + (r * {a} + {c}) * vs) = {narrow(e) if wide else e};")
     L += ["  }", "}"]
     return name, "\n".join(L) + "\n"
 
@@ -102,25 +132,32 @@ def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) ->
     """A^T M A + bias, then the epilogue, of one tile and one output channel block: point p of
     M at mm + p * ms; stores rows [0, rows) x columns [0, cols) of the m x m tile at y (row
     stride rs)."""
-    X, a = isa.floats, m + 2
+    X, a, E = isa.floats, m + 2, isa.elem
+    vt, wide = _transform_type(isa)
     at, _, _ = winograd_matrices(m)
-    name = (f"winograd{m}_output_nchw{X}c__{isa.name}" + "".join(f"_{e}" for e in epilogue))
+    name = (f"winograd{m}_output_nchw{X}c{ptag(isa)}__{isa.name}"
+            + "".join(f"_{e}" for e in epilogue))
     i = "int64_t"
+
+    def mm_at(k: int) -> str:
+        v = f"*(const vf *)(mm + ({k} * {a} + c) * ms)"
+        return widen(v) if wide else v
+
     L = [f"/* {name}: F({m},3) output transform of one tile, {X} channels, + bias"
-         f"{''.join(' + ' + e for e in epilogue)}. */",
-         f"{AI} void {name}(const float *restrict mm, {i} ms, const float *restrict b, "
-         f"float *restrict y, {skip_param(epilogue)}{i} rs, {i} rows, {i} cols) {{",
-         "  const vf bv = *(const vf *)b;",
-         f"  vf t[{m}][{a}];",
+         f"{''.join(' + ' + e for e in epilogue)}{', in float32' if wide else ''}. */",
+         f"{AI} void {name}(const {E} *restrict mm, {i} ms, const {E} *restrict b, "
+         f"{E} *restrict y, {skip_param(epilogue, E)}{i} rs, {i} rows, {i} cols) {{",
+         f"  const {vt} bv = {widen('*(const vf *)b') if wide else '*(const vf *)b'};",
+         f"  {vt} t[{m}][{a}];",
          f"  for (int c = 0; c < {a}; ++c) {{"]
     for r in range(m):
-        L.append(f"    t[{r}][c] = " + _lincomb(
-            at[r], [f"*(const vf *)(mm + ({k} * {a} + c) * ms)" for k in range(a)]) + ";")
+        L.append(f"    t[{r}][c] = " + _lincomb(at[r], [mm_at(k) for k in range(a)], vt) + ";")
     L += ["  }", f"  for (int r = 0; r < {m}; ++r) {{"]
     for c in range(m):
         # the residual is only read inside the image (a tile may overhang it)
+        o = f"bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)], vt)})"
         L += [f"    if (r < rows && {c} < cols) {{",
-              f"      vf o = bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)])});",
+              f"      vf o = {narrow(o) if wide else o};",
               *[f"      {ln}" for ln in epi(epilogue, "o", f"s + r * rs + {c * X}")],
               f"      *(vf *)(y + r * rs + {c * X}) = o; }}"]
     L += ["  }", "}"]
@@ -133,23 +170,23 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
     (vector over x output channels). v: V at (first channel block, first tile), cs floats
     between channel blocks, X floats between tiles; w: U at (first oc block, ic 0), wb floats
     between oc blocks; mo: M at (first oc block, first tile), ms floats between oc blocks."""
-    X = isa.floats
-    name = f"winograd_gemm_nchw{X}c__{isa.name}_{oc_tile}x{t_tile}t"
+    X, E = isa.floats, isa.elem
+    name = f"winograd_gemm_nchw{X}c{ptag(isa)}__{isa.name}_{oc_tile}x{t_tile}t"
     i = "int64_t"
     acc = [[f"a{o}_{j}" for j in range(t_tile)] for o in range(oc_tile)]
     L = [f"/* {name}: {oc_tile} oc block(s) x {t_tile} tile(s) of one Winograd point. */",
-         f"{AI} void {name}(const float *restrict v, const float *restrict w, {i} wb, "
-         f"float *restrict mo, {i} ms, {i} cb, {i} cs) {{"]
+         f"{AI} void {name}(const {E} *restrict v, const {E} *restrict w, {i} wb, "
+         f"{E} *restrict mo, {i} ms, {i} cb, {i} cs) {{"]
     for o in range(oc_tile):
         L.append(f"  vf {', '.join(f'{a_} = (vf){{}}' for a_ in acc[o])};")
     L += [f"  for ({i} c = 0; c < cb; ++c) {{",
-          "    const float *vp = v + c * cs;",
-          f"    const float *wp = w + c * {X * X};"]
+          f"    const {E} *vp = v + c * cs;",
+          f"    const {E} *wp = w + c * {X * X};"]
     if isa.by_lane:
         L += by_lane_fma(" " * 4, X, acc, lambda j: f"vp + {j * X}")
     else:
         L.append(f"    for (int l = 0; l < {X}; ++l) {{")
-        L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]")
+        L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]", E)
         L.append("    }")
     L.append("  }")
     for o in range(oc_tile):
@@ -160,7 +197,7 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
 
 
 def winograd_blocking(m: int, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
-                      oc_tile: int, t_tile: int) -> tuple[int, int, int]:
+                      oc_tile: int, t_tile: int, elem_bytes: int = 4) -> tuple[int, int, int]:
     """(tiles per work item, oc groups, scratch floats): tile blocks of a multiple of
     ``t_tile`` tiles whose V and M fit the scratch budget, then the output channels split into
     groups until there are a few work items for the threads."""
@@ -169,7 +206,7 @@ def winograd_blocking(m: int, out_shape: tuple[int, ...], in_shape: tuple[int, .
     a2 = (m + 2) ** 2
     tiles = -(-oh // m) * -(-ow // m)
     groups = -(-tiles // t_tile)
-    per_group = a2 * (icb + ocb) * X * 4 * t_tile
+    per_group = a2 * (icb + ocb) * X * elem_bytes * t_tile
     tb = t_tile * max(1, min(groups, WINOGRAD_SCRATCH_BUDGET // per_group))
     octs, og = ocb // oc_tile, 1
     while n * -(-tiles // tb) * og < 4 and octs % (og * 2) == 0:
@@ -183,7 +220,7 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
     transform point into M (scratch, [a*a][oc/x][tiles][x]), then the output transform with
     bias and epilogue straight into y."""
     isa: VectorIsa = c.lang.isa
-    X = isa.floats
+    X, E = isa.floats, isa.elem
     la = c.la
     n, icb, ih, iw, _ = c.ins[0]
     _, ocb, oh, ow, _ = c.out
@@ -193,10 +230,10 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
     a2 = a * a
     th, tw = -(-oh // m), -(-ow // m)
     tiles = th * tw
-    tb, og, scratch = winograd_blocking(m, c.out, c.ins[0], oc_tile, t_tile)
+    tb, og, scratch = winograd_blocking(m, c.out, c.ins[0], oc_tile, t_tile, isa.elem_bytes)
     ocg = ocb // og
     blocks = -(-tiles // tb)
-    c.scratch_bytes = scratch * 4
+    c.scratch_bytes = scratch * isa.elem_bytes
     names = []
     for nm, src in (winograd_input_kernel(isa, m), winograd_gemm_kernel(isa, oc_tile, t_tile),
                     winograd_output_kernel(isa, m, la.epilogue)):
@@ -210,10 +247,10 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
     body = [f"const {i} n = it / {blocks * og}, t0 = (it / {og}) % {blocks} * {tb}, "
             f"g = it % {og};",
             f"const {i} nt = {tiles} - t0 < {tb} ? {tiles} - t0 : {tb};",
-            f"float *v = (float *)scratch, *mm = v + {a2 * vs};",
+            f"{E} *v = ({E} *)scratch, *mm = v + {a2 * vs};",
             f"for ({i} cb = 0; cb < {icb}; ++cb) {{",
             f"  const {i} xo = (n * {icb} + cb) * {ih * iw * X};",
-            f"  float *vc = v + cb * {tb * X};",
+            f"  {E} *vc = v + cb * {tb * X};",
             f"  for ({i} t = 0; t < nt; ++t) {{",
             f"    const {i} r = (t0 + t) / {tw} * {m} - {pt}, "
             f"col = (t0 + t) % {tw} * {m} - {pl};",
@@ -236,7 +273,7 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
             f"{icb}, {tb * X});",
             f"for ({i} ob = 0; ob < {ocg}; ++ob) {{",
             f"  const {i} oc = g * {ocg} + ob;",
-            f"  float *yc = y + (n * {ocb} + oc) * {oh * ow * X};",
+            f"  {E} *yc = y + (n * {ocb} + oc) * {oh * ow * X};",
             f"  for ({i} t = 0; t < nt; ++t) {{",
             f"    const {i} r = (t0 + t) / {tw} * {m}, col = (t0 + t) % {tw} * {m};",
             f"    {fout}(mm + (ob * {tb} + t) * {X}, {ms}, b + oc * {X}, "
