@@ -2,12 +2,17 @@
 ``-march=armv8.2-a+fp16``) built with clang and run on the arm64 runner under ``qemu-aarch64
 -cpu cortex-a76`` (an ARMv8.2 core with FP16 arithmetic), against PyTorch in float32.
 
-Tolerance: the error is measured as max |got - want| / max |want| (``rel_err``). fp16 has an
-11-bit significand (a rounding is at most 2^-11 ~ 4.9e-4 relative); the convolutions accumulate
-in fp16 over ic * kh * kw terms, so one layer's error is a few roundings of its largest partial
-sums: ``LAYER_TOL`` (1e-2) for one layer, ``MODEL_TOL`` (3e-2) for a whole network, where
-the errors of 20-50 layers add up. fp32 bundles of the same models stay at 1e-4
-(tests/test_arm64.py)."""
+Tolerance: the error is max |got - want| / max |want| (``rel_err``). fp16 has an 11-bit
+significand (a rounding is at most 2^-11 ~ 4.9e-4 relative); the convolutions accumulate in
+fp16 over ic * kh * kw terms (Winograd over ic), so one layer's error is a few roundings of
+its largest partial sums: measured 2.6e-4 (linear, pools) to 2.7e-3 (a direct 3x3 over 12
+channels), bound ``LAYER_TOL`` 1e-2. Winograd F(4,3)'s fp16 GEMM errors are amplified by its
+output transform (codegen.cost.FP16_WINOGRAD): measured 2.2e-2 (one conv over 27 channels)
+and 1.1e-2 (a residual block), bound ``WINOGRAD4_TOL`` 1e-1. Whole networks, whose pools
+and classifiers average that noise: measured 5.4e-4 (small_cnn), 2.6e-3 (mobilenet_v2),
+5.9e-3 (resnet18) at 64x64, bound ``MODEL_TOL`` 1.5e-2. fp32 bundles of the same models
+stay within 1e-4 (tests/test_arm64.py).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from host.devices.local import LocalRunnerConfig
 pytestmark = pytest.mark.arm64
 
 LAYER_TOL = 1e-2
-MODEL_TOL = 3e-2
+WINOGRAD4_TOL = 1e-1
+MODEL_TOL = 1.5e-2
 CALL_TIMEOUT_S = 300.0
 A76 = ("-cpu", "cortex-a76")
 
@@ -146,17 +152,16 @@ def test_fp16_bundle_layout(tmp_path, clang):
     assert len(re.findall(r"fmla\s+v\d+\.8h", text)) > 100
 
 
-def test_fp16_winograd_is_f23_only(tmp_path, clang):
-    """F(4,3) and F(6,3) are not offered at fp16 (cost.FP16_WINOGRAD: their fp16 GEMM's
-    errors, amplified by the output transform, reached 4-9%); asking for one is refused."""
+def test_fp16_winograd_variants(tmp_path, clang):
+    """F(4,3) and F(2,3) at fp16, no F(6,3) (cost.FP16_WINOGRAD); asking for it is refused."""
     from codegen import cost
 
     conv = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1)).eval()
     space = cost.tuning_space(_layer(conv), (1, 4, 56, 56, 8), NEON_FP16)
-    assert space["algo"] == ("direct", "winograd2")
-    assert cost.default_tuning(_layer(conv), (1, 4, 56, 56, 8), NEON_FP16)["algo"] == "winograd2"
-    with pytest.raises(CodegenError, match="winograd4.*not offered at f16"):
-        _compile(conv, torch.randn(1, 32, 16, 16), tmp_path, "w4", _wino("winograd4"))
+    assert set(space["algo"]) == {"direct", "winograd2", "winograd4"}
+    assert cost.default_tuning(_layer(conv), (1, 4, 56, 56, 8), NEON_FP16)["algo"] == "winograd4"
+    with pytest.raises(CodegenError, match="winograd6.*not offered at f16"):
+        _compile(conv, torch.randn(1, 32, 16, 16), tmp_path, "w6", _wino("winograd6"))
 
 
 def _layer(module: nn.Module):
@@ -196,8 +201,8 @@ KINDS = {
                      (1, 12, 15, 17), _direct),
     "winograd2": (lambda: nn.Sequential(nn.Conv2d(19, 13, 3, 1, 1)), (1, 19, 14, 13),
                   _wino("winograd2")),
-    "winograd2_big": (lambda: nn.Sequential(nn.Conv2d(27, 11, 3, 1, 1), nn.Hardswish()),
-                      (1, 27, 18, 15), None),
+    "winograd4": (lambda: nn.Sequential(nn.Conv2d(27, 11, 3, 1, 1), nn.Hardswish()),
+                  (1, 27, 18, 15), None),
     "conv_3x3s2": (lambda: nn.Sequential(nn.Conv2d(10, 17, 3, 2, 1), nn.Sigmoid()),
                    (1, 10, 17, 19), None),
     "conv_1x1": (lambda: nn.Sequential(nn.Conv2d(13, 30, 1), nn.ReLU()), (1, 13, 9, 11), None),
@@ -226,11 +231,13 @@ def test_kernel_kind_equals_pytorch(kind, a76, clang, tmp_path):
     bundle = _compile(model, x, tmp_path, f"fp16_{kind}", tuning)
     src = (bundle.path / "kernels.c").read_text()
     if kind.startswith("winograd"):
-        m = 2
+        m = kind[-1]
         assert f"winograd{m}_input_nchw8c_f16__neonfp16" in src
         assert f"winograd{m}_output_nchw8c_f16__neonfp16" in src
         assert "winograd_gemm_nchw8c_f16__neonfp16_" in src
-    _check(a76, bundle, model, x, LAYER_TOL, threads=(1, 2))
+    f43 = kind in ("winograd4", "residual_winograd")  # the cost model picks F(4,3) for both
+    assert ("winograd4_input" in src) == f43
+    _check(a76, bundle, model, x, WINOGRAD4_TOL if f43 else LAYER_TOL, threads=(1, 2))
 
 
 # ---- whole models ----

@@ -34,13 +34,13 @@ store tensors and weights in ``_Float16``, ``vf`` is 8 halves (NCHW8c), and name
 ``_f16`` before ``__`` (``conv2d_3x3s1_nchw8c_f16__neonfp16_2x6w_relu``). Where each kernel
 accumulates, and why:
 
-- direct and depthwise convs, Winograd F(2,3) (transforms and per-point GEMM), max pools,
-  ``mul_channel``, the epilogues: fp16 (FMLA .8h, twice fp32's lanes). A conv's sums have
-  ic * kh * kw terms; measured against PyTorch under qemu, one layer's error (max |error| /
-  max |output|) is 1e-3 to 1.4e-2 for 27 to 2304 terms, resnet18 and mobilenet_v2 at 64x64
-  4.8e-3 and 2.6e-3 (tests/test_arm64_fp16.py). ncnn's fp16 arithmetic does the same.
-- Winograd F(4,3)/F(6,3): not offered (``codegen.cost.FP16_WINOGRAD``): an fp16 GEMM's
-  errors, amplified by F(4,3)'s output transform, reached 4-9% per layer.
+- direct and depthwise convs, Winograd F(4,3)/F(2,3) (transforms and per-point GEMM), max
+  pools, ``mul_channel``, the epilogues: fp16 (FMLA .8h, twice fp32's lanes), as ncnn's fp16
+  arithmetic. A direct conv's sums have ic * kh * kw terms: one layer's error (max |error| /
+  max |output|, under qemu) is 1e-3 to 1.4e-2 for 27 to 2304 terms; F(4,3)'s fp16 GEMM,
+  amplified by its output transform, 4-9% on one random layer, yet resnet18 at 224 ends at
+  3.8e-3 (ncnn fp16: 3.9e-2). No F(6,3). ``codegen.cost.FP16_WINOGRAD`` has the numbers and
+  the switch to F(2,3) only (1.6e-3, 31% more instructions).
 - Linear: float32 chains (``vw``; k runs to 25088 in vgg16), rounded once after the bias.
 - average and adaptive-average pools: float32 sums (a global pool sums a whole plane).
 - the graph's inputs and outputs are float32 (``codegen/passes/precision.py``): the layout

@@ -82,14 +82,13 @@ def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str], vt: str = "vf") -
     return out or f"({vt}){{}}"
 
 
-# fp16 Winograd (NEON FP16) is F(2,3) only (``codegen.cost.FP16_WINOGRAD``), and all of it
-# computes in fp16: the per-point GEMM accumulates over input channels (ic terms, where a
-# direct conv sums ic * 9), and F(2,3)'s transforms are sums and differences (coefficients
-# 0, +-1), which add no more error than the fp16 stores of V and M. Measured (resnet18 at
-# 224, qemu cortex-a76, 1 thread): transforms in float32 (``vw``, True below) 197.7 M
-# instructions, max error / max |output| 1.3e-3; in fp16 188.7 M, 1.6e-3. The float32 form
-# stays for better-conditioned use (F(4,3)'s B^T has a 5 and A^T an 8: its GEMM, not its
-# transforms, is what fp16 cannot hold).
+# fp16 Winograd (NEON FP16) is F(4,3) and F(2,3) (``codegen.cost.FP16_WINOGRAD`` says why
+# and how accurate), all of it in fp16: the per-point GEMM accumulates over input channels
+# (ic terms, where a direct conv sums ic * 9). Transforms in float32 (``vw``, True below)
+# were measured with F(2,3) only (resnet18 at 224, qemu cortex-a76, 1 thread): 197.7 M
+# instructions, max error / max |output| 1.3e-3; in fp16 188.7 M, 1.6e-3: F(2,3)'s transforms
+# are sums and differences, and F(4,3)'s error is its fp16 GEMM's, amplified by A^T, which
+# wider transforms do not change.
 FP16_WIDE_TRANSFORMS = False
 
 
