@@ -109,6 +109,10 @@ class Search:
             self.dense_lat = dense
             self.extremes: list[tuple[Candidate, LatencyResult]] = []
             ext = self.space.extremes()
+            if cfg.strategy == "jcw":  # its genes' floor, not the space's
+                from .strategies.jcw import JcwEncoding
+
+                ext = JcwEncoding(self.space, cfg.bounds()).floors()
             for i, c in enumerate(ext):
                 self.ui.phase("checking", f"measuring the most pruned candidates ({i + 1}/"
                                           f"{len(ext)}): {summary(c)}")
@@ -142,7 +146,10 @@ class Search:
                 f"{what} is below what {cfg.device} can reach even at the highest rates: the "
                 f"most pruned candidate ({summary(self.floor_cand)}) measures "
                 f"{self.floor.median_ms:.3f} ms (dense {dense.median_ms:.3f} ms). Ask for at "
-                f"least {self.floor.median_ms * 1.1:.3f} ms, or allow higher rates (--rates)")
+                f"least {self.floor.median_ms * 1.1:.3f} ms, or "
+                + ("lower jcw's bounds (--jcw-bounds, now "
+                   f"{','.join(f'{v:g}' for v in cfg.jcw_bounds)})" if cfg.strategy == "jcw"
+                   else "allow higher rates (--rates)"))
 
     # --- the run ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -177,8 +184,22 @@ class Search:
             self.summary["phase1"] = p1
             records = phase2(self)
             searched = list(records)  # the budget's candidates, before any fallback
-            chosen = best(records) if cfg.skip_final else choose(self, records)
-            p3 = None if cfg.skip_final else phase3(self, chosen)
+            per_target, finished = [], {}
+            for t in cfg.targets:  # jcw with several targets: one model per target
+                c = best(records, t) if cfg.skip_final else choose(self, records, t)
+                if not cfg.skip_final and c["id"] not in finished:
+                    finished[c["id"]] = phase3(self, c, t, f"{t:g}ms")
+                # a candidate chosen for a looser target too is finished once
+                p3t = finished.get(c["id"])
+                if p3t is not None and p3t["target_ms"] != t:
+                    p3t = {**p3t, "target_ms": t, "meets_target": p3t["final_ms"] <= t}
+                per_target.append({"target_ms": t, "chosen": c, "phase3": p3t})
+            if per_target:
+                self.summary["targets"] = per_target
+                chosen, p3 = per_target[0]["chosen"], per_target[0]["phase3"]
+            else:
+                chosen = best(records) if cfg.skip_final else choose(self, records)
+                p3 = None if cfg.skip_final else phase3(self, chosen)
         finally:
             self.oracle.close()
         return self._finish(records, chosen, p3, searched)
@@ -215,10 +236,14 @@ class Search:
 
 
     # --- the final model -----------------------------------------------------------------------
-    def export(self, cand, plan, pruned, picked, results, final_acc) -> dict:
-        """Phase 3's result compiled, measured (per layer too) and written to ``final/``."""
+    def export(self, cand, plan, pruned, picked, results, final_acc,
+               target_ms: float | None = None, tag: str = "") -> dict:
+        """Phase 3's result compiled, measured (per layer too) and written to ``final/``
+        (``final/TAG/`` for one of several targets)."""
         cfg = self.cfg
-        out = self.run_dir / "final"
+        target = self.target_ms if target_ms is None else target_ms
+        rel = f"final/{tag}" if tag else "final"
+        out = self.run_dir / rel
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -228,9 +253,9 @@ class Search:
         if not lat.ok:
             raise SearchError(f"the final model could not be measured: {'; '.join(lat.errors)}")
         first_ms, remeasured = lat.median_ms, None
-        if lat.median_ms > self.target_ms:
+        if lat.median_ms > target:
             self.ui.log(f"final model {lat.median_ms:.3f} ms is over the target "
-                        f"{self.target_ms:.3f} ms; measuring once more (noise?)")
+                        f"{target:.3f} ms; measuring once more (noise?)")
             again = self.oracle.measure("final", model, pruned.schemes, out / "bundle",
                                         use_cache=False)
             if again.ok:
@@ -245,31 +270,38 @@ class Search:
         torch.save(model.state_dict(), out / "state_dict.pt")
         torch.save(pruned.masks, out / "masks.pt")
         plan.save(out / "plan.json")
+        structure = self.space.structure(cand)
+        if structure is not None:  # a joint candidate: its channels are cut first
+            structure.save(out / "structure.json")
         (out / "candidate.json").write_text(json.dumps({
             "filter_types": self.space.ftypes(cand), "encoding": cand.to_json(),
             "layers": [{"layer": ls.name, "choice": str(c)} for ls, c in
                        zip(self.space.layers, cand.choices, strict=True)],
             "note": "apply the filter types (host.search.filters.apply_filter_types) to the "
-                    "phase-1 model, then plan.json; model.pt is the result"}, indent=1) + "\n")
+                    "phase-1 model, then " + ("structure.json (the channels), then "
+                                              if structure is not None else "")
+                    + "plan.json; model.pt is the result"}, indent=1) + "\n")
         profile = {**self.lat_rec(lat), "per_layer": layers.layers if layers.ok else [],
                    "device": cfg.device, "device_desc": self.device_desc,
-                   "target_ms": self.target_ms}
+                   "target_ms": target}
         (out / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
         (out / "report.txt").write_text(str(pruned.report) + "\n")
         rec = {"algorithms": {k: v[0] for k, v in results.items()}, "picked": picked,
                "final_acc": final_acc, "final_ms": lat.median_ms, "p10_ms": lat.p10_ms,
                "p90_ms": lat.p90_ms, "first_ms": first_ms, "remeasured_ms": remeasured,
-               "meets_target": lat.median_ms <= self.target_ms,
+               "meets_target": lat.median_ms <= target, "target_ms": target,
                "final_epochs": cfg.final_epochs,
                "layers": layers.layers if layers.ok else [],
-               "exported": {"PyTorch model": "final/model.pt",
-                            "state dict": "final/state_dict.pt",
-                            "pruning plan": "final/plan.json",
-                            "filter types": "final/candidate.json",
-                            "compiled bundle": "final/bundle/",
-                            "profile": "final/profile.json"}}
+               "exported": {"PyTorch model": f"{rel}/model.pt",
+                            "state dict": f"{rel}/state_dict.pt",
+                            "pruning plan": f"{rel}/plan.json",
+                            **({"channels cut first": f"{rel}/structure.json"}
+                               if structure is not None else {}),
+                            "filter types": f"{rel}/candidate.json",
+                            "compiled bundle": f"{rel}/bundle/",
+                            "profile": f"{rel}/profile.json"}}
         self.summary["dense_layers"] = dense_layers.layers if dense_layers.ok else []
-        self.journal.append({"type": "phase", "phase": "phase3",
+        self.journal.append({"type": "phase", "phase": f"phase3@{tag}" if tag else "phase3",
                              **{k: v for k, v in rec.items() if k != "layers"},
                              "latency": self.lat_rec(lat)})
         return rec

@@ -33,7 +33,6 @@ from ..models.train import TrainConfig, recalibrate_bn, train
 from ..pruning import PruningError
 from ..pruning.algorithms import admm, gradual
 from .config import AUTO_PRETRAIN_EPOCHS, SearchConfig, SearchError
-from .filters import apply_filter_types
 from .journal import Journal
 from .live import SearchUI
 from .ops import replace_ops
@@ -73,7 +72,8 @@ class RunState(Protocol):
     def save(self, obj, name: str) -> str: ...
     def load(self, rel: str): ...
     def lat_rec(self, r: LatencyResult, samples: bool = True) -> dict: ...
-    def export(self, cand, plan, pruned, picked, results, final_acc) -> dict: ...
+    def export(self, cand, plan, pruned, picked, results, final_acc,
+               target_ms: float | None = None, tag: str = "") -> dict: ...
 
 
 def summary(cand: Candidate) -> str:
@@ -148,12 +148,23 @@ def phase2(search: RunState) -> list[dict]:
     cfg = search.cfg
     t0 = time.perf_counter()
     search.reward = RewardConfig(search.target_ms, cfg.latency_weight)
-    strategy = make_strategy(cfg.strategy, search.space, cfg.seed, search.reward, cfg.samples)
+    strategy = make_strategy(cfg.strategy, search.space, cfg.seed, search.reward, cfg.samples,
+                             targets=cfg.targets or (search.target_ms,),
+                             population=cfg.population, bounds=cfg.bounds())
     acc_dense = search.summary["phase1"]["acc_after"]
     dense_c = search.space.dense()
-    strategy.prior([Outcome(dense_c, acc_dense, search.dense_lat.median_ms,
-                            search.reward(acc_dense, search.dense_lat.median_ms))]
-                   + [Outcome(c, None, r.median_ms, None) for c, r in search.extremes])
+    # the probes as the journal has them: a resumed run re-measures them, and a strategy
+    # told other numbers than the first time would not replay the same proposals
+    probe = next((r for r in search.journal.records() if r.get("type") == "probe"), None)
+    if probe is not None:
+        dense_ms = float(probe["dense"]["median_ms"])
+        floors = [(Candidate.from_json(f["encoding"]), float(f["median_ms"]))
+                  for f in probe["floor"]]
+    else:
+        dense_ms = search.dense_lat.median_ms
+        floors = [(c, r.median_ms) for c, r in search.extremes]
+    strategy.prior([Outcome(dense_c, acc_dense, dense_ms, search.reward(acc_dense, dense_ms))]
+                   + [Outcome(c, None, ms, None) for c, ms in floors])
     finished = search.journal.finished_candidates()
     records: list[dict] = []
     next_id = evaluated = 0
@@ -286,23 +297,26 @@ def _to_device(search: RunState, pruned) -> None:
         pruned.masks = {k: v.to(dev) for k, v in pruned.masks.items()}
 
 
-def best(records: list[dict]) -> dict:
-    """Phase 2 only: the most accurate candidate meeting the target, else the best
-    reward (nothing more is evaluated)."""
+def best(records: list[dict], target_ms: float | None = None) -> dict:
+    """Phase 2 only: the most accurate candidate meeting the target (``target_ms``, else the
+    run's), else the best reward (nothing more is evaluated)."""
     done = [r for r in records if r["status"] == "done"]
     if not done:
         raise SearchError("every candidate failed; see the journal's errors")
-    ok = [r for r in done if r["meets_target"]]
+    ok = [r for r in done if (r["meets_target"] if target_ms is None
+                              else r["latency_ms"] <= target_ms)]
     if ok:
         return max(ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
     return max(done, key=lambda r: r["reward"])
 
 
-def choose(search: RunState, records: list[dict]) -> dict:
-    """The most accurate candidate meeting the target; one at least TARGET_MARGIN under it
-    when there is one, so that measurement noise does not push the final model over."""
-    ok = [r for r in records if r["status"] == "done" and r["meets_target"]]
-    safe = [r for r in ok if r["latency_ms"] <= search.target_ms * (1 - TARGET_MARGIN)]
+def choose(search: RunState, records: list[dict], target_ms: float | None = None) -> dict:
+    """The most accurate candidate meeting the target (``target_ms``, else the run's); one at
+    least TARGET_MARGIN under it when there is one, so that measurement noise does not push
+    the final model over."""
+    target = search.target_ms if target_ms is None else target_ms
+    ok = [r for r in records if r["status"] == "done" and r["latency_ms"] <= target]
+    safe = [r for r in ok if r["latency_ms"] <= target * (1 - TARGET_MARGIN)]
     if safe or ok:
         return max(safe or ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
     # nothing met the target: the most pruned candidate does (it was measured)
@@ -320,14 +334,21 @@ def choose(search: RunState, records: list[dict]) -> dict:
 
 
 # --- phase 3 ---------------------------------------------------------------------------------
-def phase3(search: RunState, chosen: dict) -> dict:
+def phase3(search: RunState, chosen: dict, target_ms: float | None = None,
+           tag: str = "") -> dict:
+    """Prune ``chosen`` again (gradual, ADMM), train the better one, export it. With several
+    targets (jcw) once per target: ``tag`` names its journal records, checkpoints and
+    ``final/TAG/``."""
     cfg = search.cfg
+    at = f"@{tag}" if tag else ""
     cand = Candidate.from_json(chosen["encoding"])
     plan = search.space.plan(cand)
-    start = apply_filter_types(search.base, search.space.ftypes(cand))
+    # the model with its filter types, and a joint candidate's channels already cut: the
+    # algorithms below prune to ``plan`` from there
+    start, _ = search.space.start(search.base, cand)
     results: dict[str, tuple[float, str]] = {}
     for algo, fn in (("gradual", gradual), ("admm", admm)):
-        done = search.journal.phase(f"phase3-{algo}")
+        done = search.journal.phase(f"phase3-{algo}{at}")
         if done is not None:
             results[algo] = (done["accuracy"], done["checkpoint"])
             continue
@@ -336,13 +357,13 @@ def phase3(search: RunState, chosen: dict) -> dict:
         pruned = fn(m, plan, search.prep.data, cfg.phase3_epochs, search.train_cfg,
                     cfg.seed + 3, gate=search.gate(), lr=cfg.finetune_lr)
         acc = search.accuracy(pruned.model)
-        ck = search.save(pruned, f"phase3-{algo}.pt")
-        search.journal.append({"type": "phase", "phase": f"phase3-{algo}", "accuracy": acc,
+        ck = search.save(pruned, f"phase3-{algo}{at}.pt")
+        search.journal.append({"type": "phase", "phase": f"phase3-{algo}{at}", "accuracy": acc,
                                "checkpoint": ck})
         search.ui.log(f"phase 3: {algo}: accuracy {acc:.2%}")
         results[algo] = (acc, ck)
     picked = max(results, key=lambda k: results[k][0])
-    done = search.journal.phase("phase3-final")
+    done = search.journal.phase(f"phase3-final{at}")
     if done is not None:
         pruned = search.load(done["checkpoint"])
         final_acc = done["accuracy"]
@@ -357,7 +378,7 @@ def phase3(search: RunState, chosen: dict) -> dict:
         final_acc = search.accuracy(pruned.model)
         pruned.model.cpu()
         pruned.masks = {k: v.cpu() for k, v in pruned.masks.items()}
-        search.journal.append({"type": "phase", "phase": "phase3-final", "accuracy": final_acc,
-                               "algorithm": picked,
-                               "checkpoint": search.save(pruned, "phase3-final.pt")})
-    return search.export(cand, plan, pruned, picked, results, final_acc)
+        search.journal.append({"type": "phase", "phase": f"phase3-final{at}",
+                               "accuracy": final_acc, "algorithm": picked,
+                               "checkpoint": search.save(pruned, f"phase3-final{at}.pt")})
+    return search.export(cand, plan, pruned, picked, results, final_acc, target_ms, tag)
