@@ -1,7 +1,11 @@
-"""Benchmark of the search strategies (not a test): npas, random and uniform, each with the same
-evaluation budget, over several seeds, on one device, with the same phase-1 model and the same
-latency target; prints per strategy and seed the best accuracy among the evaluated candidates
-that meet the target (phase 2's accuracy: one-shot pruning + the short fine-tune), and the mean.
+"""Benchmark of the search strategies (not a test): npas, random, uniform and jcw, each with the
+same evaluation budget, over several seeds, on one device, with the same phase-1 model and the
+same latency target; prints per strategy and seed the best accuracy among the evaluated
+candidates that meet the target (phase 2's accuracy: one-shot pruning + the short fine-tune),
+and the hypervolume of the evaluated candidates' front: the area of (accuracy, measured
+latency) they dominate, up to the fixed reference point (accuracy 0, the dense latency), with
+latency over the dense latency, so 1.0 would be a 100 % accurate model taking no time (pymoo's
+``HV``). Every strategy's front is built the same way, from its evaluated candidates.
 
     scripts/bench_search.sh [--seeds 0,1,2] [--budget 24] [--speedup 8] ...
 
@@ -28,7 +32,11 @@ from ..measure import MeasureConfig
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench_search.sh", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--strategies", default="npas,random,uniform")
+    ap.add_argument("--strategies", default="npas,random,uniform,jcw")
+    ap.add_argument("--jcw-bounds", default="0.1,0.3,0.3,0.3",
+                    help="jcw's lower bounds (default 0.1,0.3,0.3,0.3: JCW's own, "
+                         "0.5,0.8,0.9,0.3, cannot reach dense/8 on the digits CNN)")
+    ap.add_argument("--population", type=int, default=8, help="jcw's population (default 8)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--budget", type=int, default=24, help="candidates per run (default 24)")
     ap.add_argument("--batch", type=int, default=4)
@@ -64,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     pre = None if a.pretrain_epochs == "auto" else float(a.pretrain_epochs)
     common = dict(model=a.model or DEFAULT_MODEL, dataset=a.dataset, device=a.device,
                   budget=a.budget, batch=a.batch, finetune_epochs=a.finetune_epochs,
-                  pretrain_epochs=pre, runs=a.runs, skip_final=True)
+                  pretrain_epochs=pre, runs=a.runs, skip_final=True,
+                  population=a.population,
+                  jcw_bounds=tuple(float(v) for v in a.jcw_bounds.split(",")))
     spec = DeviceSpec(name=a.device, runner=a.runner, private_store_bytes=SEARCH_STORE_BYTES)
     ui = SearchUI(err)
     table: dict[str, dict[int, float | None]] = {s: {} for s in strategies}
     meeting: dict[str, dict[int, int]] = {s: {} for s in strategies}
+    hv: dict[str, dict[int, float]] = {s: {} for s in strategies}
+    walls: dict[str, dict[int, float]] = {s: {} for s in strategies}
     t0 = time.perf_counter()
     try:
         with ExitStack() as stack:
@@ -98,18 +110,52 @@ def main(argv: list[str] | None = None) -> int:
                     recs = [r for r in _records(root / f"{strat}-seed{seed}")
                             if r.get("status") == "done" and r["id"] < a.budget]
                     meeting[strat][seed] = sum(1 for r in recs if r["meets_target"])
+                    hv[strat][seed] = hypervolume(recs, base["dense_ms"])
+                    walls[strat][seed] = s["wall_s"]
                     ui.log(f"{strat} seed {seed}: best accuracy meeting the target "
                            f"{_fmt(table[strat][seed])} ({meeting[strat][seed]}/{len(recs)} "
-                           f"meet it), {s['wall_s']:.0f} s")
+                           f"meet it), hypervolume {hv[strat][seed]:.4f}, {s['wall_s']:.0f} s")
     except SearchError as e:
         raise UserError(str(e)) from None
     _print(table, meeting, seeds, target, base["dense_ms"], a, time.perf_counter() - t0)
+    _print_hv(hv, walls, seeds, base["dense_ms"], a)
     (root / "bench.json").write_text(json.dumps(
         {"target_ms": target, "dense_ms": base["dense_ms"], "budget": a.budget,
          "seeds": seeds, "best_meeting_accuracy": table, "meeting": meeting,
+         "hypervolume": hv, "run_wall_s": walls, "jcw_bounds": a.jcw_bounds,
          "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
     out.print(f"runs and bench.json: {root}")
     return 0
+
+
+def hypervolume(records: list[dict], dense_ms: float) -> float:
+    """The hypervolume of the evaluated candidates (loss = 1 − accuracy, latency / dense
+    latency; both minimised) up to the reference point (1, 1): what accuracy-latency
+    trade-offs the run found, in [0, 1]. pymoo's HV; candidates slower than the dense model
+    add nothing."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    pts = [(1.0 - r["accuracy"], r["latency_ms"] / dense_ms) for r in records
+           if r.get("status") == "done"]
+    if not pts:
+        return 0.0
+    return float(HV(ref_point=np.array([1.0, 1.0]))(np.array(pts)))
+
+
+def _print_hv(hv, walls, seeds, dense, a) -> None:
+    t = Table(title=f"hypervolume of (accuracy, latency / {dense:.4f} ms dense), reference "
+                    f"(0 %, dense), {a.budget} candidates each")
+    t.add_column("strategy")
+    for s in seeds:
+        t.add_column(f"seed {s}", justify="right")
+    t.add_column("mean", justify="right")
+    t.add_column("wall per run (mean)", justify="right")
+    for strat, row in hv.items():
+        vals = [row.get(s, 0.0) for s in seeds]
+        t.add_row(strat, *(f"{v:.4f}" for v in vals), f"{statistics.fmean(vals):.4f}",
+                  f"{statistics.fmean(walls[strat].values()):.0f} s")
+    out.print(t)
 
 
 def _base_of(run: Path) -> dict:
