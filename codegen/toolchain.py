@@ -342,9 +342,9 @@ def toolchain_for(target: str = "cpu", precision: str = "fp32", abi: str | None 
             return Arm64AndroidToolchain(features=tuple(features), precision=precision)
         if abi is None or abi == host_abi():
             if precision != "fp32":
-                raise CodegenError(f"precision {precision!r} on this {host_abi()} host: FP16 "
-                                   "CPU kernels are for arm64 (NEON FP16, --abi arm64-v8a or "
-                                   "an arm64 device); use fp32 here")
+                raise CodegenError(f"precision {precision!r}: CPU bundles are fp32 only on "
+                                   f"this {host_abi()} host; FP16 CPU kernels are for arm64 "
+                                   "(NEON FP16: --abi arm64-v8a or an arm64 device)")
             return HostToolchain()
         raise CodegenError(f"abi {abi!r}: CPU kernels can be built for {ARM64_ABI!r} or this "
                            f"machine's {host_abi()!r}")
