@@ -252,3 +252,35 @@ def test_model_equals_pytorch(key, shape, a76, clang, tmp_path):
     src = (bundle.path / "kernels.c").read_text()
     assert "__neonfp16_" in src and "__neon_" not in src
     _check(a76, bundle, model, x, MODEL_TOL, threads=(1, 2))
+
+
+class _TwoOutputs(nn.Module):
+    """A graph output that a later layer also reads (the Linear): it is written in fp16 for
+    the Linear and cast to float32 for the caller."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 10, 3, padding=1)
+        self.fc = nn.Linear(10 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.c(x))
+        return y, self.fc(y.flatten(1))
+
+
+def test_outputs_read_inside_the_graph(a76, clang, tmp_path):
+    from host.devices.session import Session
+
+    torch.manual_seed(5)
+    model = _TwoOutputs().eval()
+    x = torch.randn(1, 3, 8, 8)
+    bundle = _compile(model, x, tmp_path, "two_outputs")
+    m = bundle.manifest
+    assert [m.tensors[i].dtype for i in m.outputs] == ["float32", "float32"]
+    assert [s.op for s in m.steps].count("cast") == 3  # the input, then both outputs
+    with Session(a76, call_timeout_s=CALL_TIMEOUT_S) as s:
+        got = s.run(s.load(bundle), [x.numpy()])
+    with torch.no_grad():
+        want = model(x)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32 and rel_err(g, w.numpy()) <= LAYER_TOL

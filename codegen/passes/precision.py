@@ -38,7 +38,9 @@ def fp32_ends(graph: Graph) -> Graph:
     casts = []
     for t in graph.outputs:
         i = next((i for i, la in enumerate(layers) if la.output == t), None)
-        if i is None or layers[i].op in ("to_nchw", "input"):
+        read_inside = any(t in la.inputs for la in layers if la.op != "output")
+        if i is None or layers[i].op == "input" or (layers[i].op == "to_nchw"
+                                                    and not read_inside):
             continue  # written in float32 by its layout conversion (or a graph input)
         h = t + F16
         shapes[h] = shapes[t]
