@@ -38,9 +38,10 @@ accumulates, and why:
   pools, ``mul_channel``, the epilogues: fp16 (FMLA .8h, twice fp32's lanes), as ncnn's fp16
   arithmetic. A direct conv's sums have ic * kh * kw terms: one layer's error (max |error| /
   max |output|, under qemu) is 1e-3 to 1.4e-2 for 27 to 2304 terms; F(4,3)'s fp16 GEMM,
-  amplified by its output transform, 4-9% on one random layer, yet resnet18 at 224 ends at
-  3.8e-3 (ncnn fp16: 3.9e-2). No F(6,3). ``codegen.cost.FP16_WINOGRAD`` has the numbers and
-  the switch to F(2,3) only (1.6e-3, 31% more instructions).
+  amplified by its output transform, 4-9% on one random layer; resnet18 at 224 (the arm64
+  benchmark's weights) ends at 2.3e-2, 8.3e-3 with F(2,3) only (ncnn fp16: 3.9e-2). No F(6,3).
+  ``codegen.cost.FP16_WINOGRAD`` has the numbers and the switch to F(2,3) only (31% more
+  instructions).
 - Linear: float32 chains (``vw``; k runs to 25088 in vgg16), rounded once after the bias.
 - average and adaptive-average pools: float32 sums (a global pool sums a whole plane).
 - the graph's inputs and outputs are float32 (``codegen/passes/precision.py``): the layout
