@@ -1,8 +1,9 @@
 """``npas-host bench arm64``: our arm64 code against ncnn and MNN on one emulated Cortex-A76,
 in instructions per inference (counted by a qemu plugin), not seconds.
 
-Per model: our dense fp32 bundle, our sparse bundles at the NPAS rates (the sparse benchmark's
-mappings), ncnn fp32 and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
+Per model: our dense fp32 bundle, our dense fp16 bundle (NEON FP16 arithmetic; ``--no-fp16``
+skips it), our sparse bundles at the NPAS rates (the sparse benchmark's mappings), ncnn fp32
+and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
 all on one thread, on the same input, each output checked against PyTorch first. Ours is
 counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
 """
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="subset of ours,ncnn,mnn (default: all)")
     ap.add_argument("--no-sparse", action="store_true",
                     help="skip our sparse bundles at the NPAS rates")
+    ap.add_argument("--no-fp16", action="store_true",
+                    help="skip our fp16 bundle (NEON FP16 arithmetic, the 'ours fp16' row)")
     ap.add_argument("--runs", type=int, default=2,
                     help="counted inferences per engine, after one untimed (default 2)")
     ap.add_argument("--tolerance", type=float, default=1e-3,
@@ -162,6 +165,17 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                 runner.count(rec, bundle, x, ref, args.runs, args.tolerance)
             rec = Record(name, "ours", "fp32", size, "ours")
             attempt(rec, ours_dense)
+            if not args.no_fp16:
+                def ours_fp16(rec: Record) -> None:
+                    step("compiling ours (arm64, fp16)")
+                    bundle = compile_model(w.model, (w.example,), work / "ours-fp16",
+                                           name=f"{w.cache.name}-fp16",
+                                           toolchain=arm64_toolchain("fp16"))
+                    rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
+                    step(f"counting ours fp16 ({args.runs} inferences after one, per layer)")
+                    runner.count(rec, bundle, x, ref, args.runs, args.fp16_tolerance)
+                rec16 = Record(name, "ours", "fp16", size, "ours fp16")
+                attempt(rec16, lambda: ours_fp16(rec16))
             if not args.no_sparse:
                 _, dense_works = forward_work(w.model, w.example)
                 for mapping in MAPPINGS.get(name, ()):
@@ -302,6 +316,17 @@ def print_summary(recs: Sequence[Record]) -> None:
                        else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
             out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: {verdict} "
                       f"({r.counts.total / 1e6:,.0f} M against {ours.counts.total / 1e6:,.0f} M)")
+        ours16 = next((r for r in mine if r.label == "ours fp16" and r.counts), None)
+        for r in mine if ours16 else ():
+            if r.engine == "ours" or r.precision != "fp16" or not r.counts:
+                continue
+            ratio = r.counts.total / ours16.counts.total
+            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
+                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
+            out.print(f"{model}: ours fp16 vs {r.engine} fp16: {verdict} "
+                      f"({r.counts.total / 1e6:,.0f} M against "
+                      f"{ours16.counts.total / 1e6:,.0f} M; max rel err "
+                      f"{r.max_rel_err:.1e} against ours {ours16.max_rel_err:.1e})")
 
 
 def write_json(path: Path, recs: Sequence[Record]) -> None:

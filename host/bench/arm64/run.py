@@ -168,10 +168,11 @@ def kernel_variants(source: str) -> dict[str, str]:
     return out
 
 
-def arm64_toolchain():
+def arm64_toolchain(precision: str = "fp32"):
+    """Our arm64 toolchain for the counted Cortex-A76: fp32, or fp16 (NEON FP16 arithmetic)."""
     from codegen import toolchain_for
 
-    return toolchain_for("cpu", abi="arm64-v8a", features=A76_FEATURES)
+    return toolchain_for("cpu", precision, abi="arm64-v8a", features=A76_FEATURES)
 
 
 # ---------------------------------------------------------------- ncnn and MNN in the guest
