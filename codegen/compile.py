@@ -114,6 +114,14 @@ def compile_model(module: torch.nn.Module,
     stage("capture")
     say("passes")
     lang = toolchain.language()
+    if tuning is not None and lang.scalar == "_Float16":
+        from codegen.autotune.db import DbLookup
+
+        if isinstance(tuning, DbLookup):
+            # the tuning database keys entries by target and ISA, not precision (an fp16
+            # target reports the fp32 NEON key): its entries are fp32 timings, so fp16 keeps
+            # the cost model's choices until the keys carry the precision
+            tuning = None
     if schemes and lang.scalar == "_Float16":
         raise CodegenError(f"{len(schemes)} layer(s) have pruning schemes ("
                            f"{', '.join(sorted(schemes)[:3])}{', ...' if len(schemes) > 3 else ''}"

@@ -284,3 +284,29 @@ def test_outputs_read_inside_the_graph(a76, clang, tmp_path):
         want = model(x)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == np.float32 and rel_err(g, w.numpy()) <= LAYER_TOL
+
+
+def test_fp32_tuning_database_entries_do_not_steer_fp16(tmp_path, clang):
+    """The database keys entries by target and ISA, not precision: an fp32 entry (here F(6,3),
+    which fp16 refuses) for the very layer is not applied to the fp16 bundle, and applies to
+    the fp32 one."""
+    from codegen import TuningDB, capture, layer_key
+    from codegen.autotune.db import Entry
+
+    conv = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 16, 16)
+    graph = capture(conv, x)
+    a76 = ("asimd", "asimddp", "asimdhp", "fphp")  # fp32 and fp16 builds share this Target
+    tc16 = Arm64AndroidToolchain(features=a76, precision="fp16")
+    tc32 = Arm64AndroidToolchain(features=a76)
+    target = tc16.target()
+    assert target == tc32.target()
+    db = TuningDB(tmp_path / "tuning.json")
+    point = {"algo": "winograd6", "oc_tile": 1, "w_tile": 4}
+    db.put(Entry(layer_key(graph.steps[0], graph, target, 1), point, 1.0, point, 1.0))
+    b16 = compile_model(conv, (x,), tmp_path / "f16", name="db16", toolchain=tc16,
+                        tuning=db.lookup(1))
+    assert "winograd4_input_nchw8c_f16" in (b16.path / "kernels.c").read_text()
+    b32 = compile_model(conv, (x,), tmp_path / "f32", name="db32", tuning=db.lookup(1),
+                        toolchain=tc32)
+    assert "winograd6_input_nchw4c__neon" in (b32.path / "kernels.c").read_text()
