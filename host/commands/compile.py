@@ -100,7 +100,11 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
                            schemes=schemes, sparse=args.sparse)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
-    if lookup is not None and (lookup.hits or lookup.misses):
+    isa = toolchain.isa()
+    if lookup is not None and isa is not None and isa.elem_bytes == 2:
+        err.print(f"tuning database {lookup.db.path}: not used for fp16 CPU kernels (its "
+                  "entries are fp32 timings); the cost model's defaults apply")
+    elif lookup is not None and (lookup.hits or lookup.misses):
         err.print(f"tuning database {lookup.db.path}: {len(lookup.hits)} of "
                   f"{len(lookup.hits) + len(lookup.misses)} tunable layers tuned for "
                   f"{threads} thread(s); the rest keep the cost model's defaults"
