@@ -87,7 +87,8 @@ def tuning_space(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dict[
 # 3.6e-3 to 1.35e-2 (fp16 sums of ic * 9 terms), F(4,3) 4.2e-2 to 8.9e-2. Whole models, whose
 # pools and classifiers average that noise: resnet18 at 224 as the arm64 benchmark has it
 # (BatchNorm recalibrated), F(4,3) 2.3e-2 for 138.7 M instructions, F(2,3) only 8.3e-3 for
-# 181.6 M, direct only 1.4e-2, ncnn's fp16 3.9e-2 for 131.7 M; top-1 kept by all. F(4,3)
+# 181.6 M (both before ``_load_share``'s oc tiles, which took F(4,3) to 133.2 M), direct only
+# 1.4e-2, ncnn's fp16 3.9e-2 for 131.8 M; top-1 kept by all. F(4,3)
 # is the default because it is within the precision people take from fp16 engines; for the
 # accurate choice set FP16_WINOGRAD = ("winograd2",).
 FP16_WINOGRAD = ("winograd4", "winograd2")
