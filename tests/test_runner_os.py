@@ -84,16 +84,19 @@ def started_runner(binary: Path, *args: str, launcher: tuple[str, ...] = ()
             for p in (work / "token", work / "store"):
                 os.chown(p, NOBODY, NOBODY)
             prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            # the checkout may sit under a folder only root can enter (a CI clone in a
+            # mktemp -d): the unprivileged user runs a copy in the work folder
+            binary = Path(shutil.copy2(binary, work / binary.name))
         proc = subprocess.Popen(
             [*prefix, *launcher, str(binary), "--listen", "127.0.0.1:0", "--token-file",
              str(work / "token"), "--store", str(work / "store"), "--exit-on-stdin-eof",
              *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=open(work / "log", "w"), text=True)
+        log: list[str] = []
         try:
             line = proc.stdout.readline()
             assert line.startswith(READY_PREFIX), (line, (work / "log").read_text())
             client = RunnerClient(line[len(READY_PREFIX):].strip(), token, 60)
-            log: list[str] = []
             try:
                 yield client, log, work / "token"
             finally:
