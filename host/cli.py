@@ -27,6 +27,7 @@ COMMANDS = {
     "compile": "host.commands.compile",
     "profile": "host.commands.profile",
     "plan": "host.pruning.command",
+    "map": "host.pruning.map_command",
     "tune": "host.tune.command",
     "search": "host.search.command",
     "install": "host.commands.install",
