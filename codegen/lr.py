@@ -67,7 +67,38 @@ ACTIVATIONS: dict[str, Activation] = {
         "for (int l = 0; l < {lanes}; ++l) v[l] = npas_sigmoid(v[l]);\nreturn v;",
         torch.sigmoid, (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid", "sigmoid_"),
         ("sigmoid", "sigmoid_")),
+    # ---- defined only in sources whose steps use them (see BASE_ACTIVATIONS) ----
+    "silu": Activation(
+        "return v * npas_sigmoid(v);",
+        "for (int l = 0; l < {lanes}; ++l) v[l] = npas_silu(v[l]);\nreturn v;",
+        F.silu, (nn.SiLU,), (F.silu,), (), ("silu", "silu_")),
+    # erf by Abramowitz and Stegun 7.1.26 (|error| <= 1.5e-7), on |v| / sqrt(2)
+    "gelu": Activation(
+        "const float z = (v < 0.0f ? -v : v) * 0.70710678118654752f;\n"
+        "  const float t = 1.0f / (1.0f + 0.3275911f * z);\n"
+        "  const float p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f"
+        "\n    + t * (-1.453152027f + t * 1.061405429f))));\n"
+        "  const float e = 1.0f - p * {exp}(-z * z);\n"
+        "  return 0.5f * v * (1.0f + (v < 0.0f ? -e : e));",
+        "for (int l = 0; l < {lanes}; ++l) v[l] = npas_gelu(v[l]);\nreturn v;",
+        F.gelu, (nn.GELU,), (F.gelu,), (), ("gelu", "gelu_")),
+    # x tanh(softplus(x)) = x n / (n + 2) with n = e^x (e^x + 2); x itself past 20 (float)
+    "mish": Activation(
+        "if (v > 20.0f) return v;\n  const float e = {exp}(v);\n  const float n = e * (e + 2.0f);"
+        "\n  return v * n / (n + 2.0f);",
+        "for (int l = 0; l < {lanes}; ++l) v[l] = npas_mish(v[l]);\nreturn v;",
+        F.mish, (nn.Mish,), (F.mish,), (), ("mish", "mish_")),
 }
+# Defined in every generated source (the rows before silu): later rows are defined only in a
+# source whose steps use them, so adding a row leaves every existing bundle byte-identical.
+BASE_ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
+
+
+def used_activations(graph: Graph) -> tuple[str, ...]:
+    """The activations a graph's sources define: the base ones and those its steps use, in
+    table order (a body may call the ones above it)."""
+    used = {e for la in graph.layers for e in (la.op, *la.epilogue)}
+    return tuple(a for a in ACTIVATIONS if a in BASE_ACTIVATIONS or a in used)
 
 Reference = Callable[["Layer", list[torch.Tensor], tuple[int, ...]], torch.Tensor]
 
@@ -135,6 +166,12 @@ OPS: dict[str, OpDef] = {
     "adaptive_avgpool2d": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape:
                                 F.adaptive_avg_pool2d(xs[0], la.attrs["output_size"])),
     "concat": OpDef("compute", reference=lambda la, xs, shape: torch.cat(xs, dim=1)),
+    # a copy in another dim order (channel shuffle's transpose); plain layout
+    "permute": OpDef("compute", reference=lambda la, xs, shape:
+                     xs[0].permute(la.attrs["perm"]).contiguous()),
+    # channels [start, start + size) (chunk/split along channels); plain layout
+    "slice": OpDef("compute", reference=lambda la, xs, shape:
+                   xs[0].narrow(1, la.attrs["start"], la.attrs["size"]).contiguous()),
     "flatten": OpDef("alias", reference=_reshape),
     "reshape": OpDef("alias", reference=_reshape),
     "input": OpDef("graph"),

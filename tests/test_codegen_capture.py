@@ -3,12 +3,13 @@ the layer. No compiler needed."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from codegen_models import every_op_cnn
 from torch import nn
-from zoo import rel_err, small_cnn, torchvision_model
+from zoo import randomize_bn, rel_err, small_cnn, torchvision_model
 
 from codegen import capture
 from codegen.lr import CodegenError, UnsupportedOp
@@ -92,11 +93,11 @@ def test_activation_with_two_consumers_is_not_fused() -> None:
     assert g.steps[0].epilogue == ()
 
 
-class _Gelu(nn.Module):
+class _Elu(nn.Module):  # GELU was the example until it became supported (issue 20)
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-                                      nn.GELU())
+                                      nn.ELU())
 
     def forward(self, x):
         return self.features(x)
@@ -104,9 +105,10 @@ class _Gelu(nn.Module):
 
 def test_unsupported_module_names_layer() -> None:
     with pytest.raises(UnsupportedOp) as e:
-        capture(_Gelu(), torch.randn(1, 3, 8, 8))
+        capture(_Elu(), torch.randn(1, 3, 8, 8))
     msg = str(e.value)
-    assert msg.startswith('layer "features.3" (GELU): not supported by the code generator')
+    assert msg.startswith('layer "features.3" (ELU): not supported by the code generator; '
+                          "replace it with ReLU (search phase 1 does this)")
     assert "supported: conv2d, linear" in msg
     assert isinstance(e.value, CodegenError) and isinstance(e.value, ValueError)
 
@@ -133,10 +135,17 @@ def test_unsupported_functional_forms(fn, needle: str) -> None:
     assert needle in str(e.value)
 
 
-def test_batchnorm_not_after_conv_is_refused() -> None:
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
-    with pytest.raises(UnsupportedOp, match='layer "2" \\(BatchNorm2d\\): follows'):
-        run_passes(capture(m, torch.randn(1, 3, 8, 8)))
+def test_batchnorm_not_after_conv_is_a_per_channel_affine_step() -> None:
+    """Refused until issue 20: now a depthwise 1x1 conv (scale, shift) with the ReLU after it
+    fused, equal to torch."""
+    m = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.ReLU()))
+    x = torch.randn(1, 3, 8, 8)
+    g = run_passes(capture(m, x))
+    bn = next(la for la in g.layers if la.name == "2")
+    assert bn.op == "conv2d" and bn.attrs["groups"] == 4 and bn.epilogue == ("relu",)
+    (got,) = run_reference(g, [x])
+    with torch.no_grad():
+        assert np.allclose(got, m(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_padding_mode_refused_and_training_flag_restored() -> None:

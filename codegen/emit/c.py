@@ -147,8 +147,9 @@ class CLanguage(CStyleLanguage):
         return ref if scalar == "float" else f"(({'const ' if const else ''}{scalar} *){ref})"
 
     def prelude(self) -> str:
-        vp = prelude.vector_prelude(self.isa) if self.isa is not None else ""
-        return PRELUDE % {"abi": KERNEL_ABI_VERSION} + MATH + vp
+        used = getattr(self, "used", None)
+        vp = prelude.vector_prelude(self.isa, used) if self.isa is not None else ""
+        return PRELUDE % {"abi": KERNEL_ABI_VERSION} + EXPF + self.activations(used) + vp
 
     def layer_params(self, graph: Graph, la: Layer) -> tuple[np.ndarray, ...]:
         if self.isa is not None:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from codegen.bundle import ParamRef
-from codegen.lr import ACTIVATIONS, OPS, CodegenError, Graph, Layer, numel
+from codegen.lr import ACTIVATIONS, OPS, CodegenError, Graph, Layer, numel, used_activations
 
 # The params each op's kernel reads, in order (from the op table).
 PARAM_ORDER = {name: op.params for name, op in OPS.items() if op.params}
@@ -121,11 +121,12 @@ class CStyleLanguage:
         return step_params(la)
 
     # -- shared rendering ----------------------------------------------------------------------
-    def activations(self) -> str:
-        """The scalar activations (``ACTIVATIONS[a].c_body``) as C functions."""
+    def activations(self, names: Sequence[str] | None = None) -> str:
+        """The scalar activations (``ACTIVATIONS[a].c_body``) as C functions: ``names`` (in
+        table order; ``used_activations(graph)``), or all of them."""
         return "".join(f"{self.func_q} float npas_{a}(float v) {{\n  "
                        f"{act.c_body.replace('{exp}', self.exp)}\n}}\n"
-                       for a, act in ACTIVATIONS.items())
+                       for a, act in ACTIVATIONS.items() if names is None or a in names)
 
     def tensor_scalar(self, graph: Graph, tensor: str) -> str:
         """The element type ``tensor`` is stored in (``scalar`` unless a language keeps some
@@ -144,6 +145,7 @@ class CStyleLanguage:
         """Render every step of ``graph`` (after the passes); ``param_refs`` are where each
         step's params sit in the weight blob (needed by languages that bake them in)."""
         self.helpers: dict[str, str] = {}  # micro-kernels the steps call, by name
+        self.used = used_activations(graph)  # the activations the prelude defines
         parts = []
         steps = []
         for i, la in enumerate(graph.steps):
@@ -437,7 +439,31 @@ def concat_gather(c: Ctx) -> Rendered:
     return [*L, c.y(), *lines], items, 0
 
 
+def permute(c: Ctx) -> Rendered:
+    """One output element (CPU: a run of the last dim per item), read at its source index."""
+    src, perm = c.ins[0], c.a["perm"]
+    strides = [numel(src[k + 1:]) for k in range(len(src))]
+    dims = [(f"d{k}", e) for k, e in enumerate(c.out)]
+    read = " + ".join(f"d{k} * {strides[p]}" for k, p in enumerate(perm))
+    write = " + ".join(f"d{k} * {numel(c.out[k + 1:])}" for k in range(len(c.out)))
+    lines, items = c.lang.nest(c, dims, 1, [f"y[{write}] = x[{read}];"])
+    return [c.x(), c.y(), *lines], items, 0
+
+
+def slice_channels(c: Ctx) -> Rendered:
+    """Channels [start, start + size) of each batch image: one (n, channel) plane per item
+    (CPU), one element (GPU)."""
+    n, ch = c.out[0], c.out[1]
+    plane = numel(c.out[2:])
+    cin, start = c.ins[0][1], c.a["start"]
+    body = [f"y[(n * {ch} + k) * {plane} + i] = x[(n * {cin} + {start} + k) * {plane} + i];"]
+    lines, items = c.lang.nest(c, [("n", n), ("k", ch), ("i", plane)], 1, body)
+    return [c.x(), c.y(), *lines], items, 0
+
+
 KERNELS: dict[str, Callable[[Ctx], Rendered]] = {
+    "permute": permute,
+    "slice": slice_channels,
     "conv2d": conv2d_plane,
     "linear": linear,
     "add": eltwise("x0[i] + x1[i]", 2),

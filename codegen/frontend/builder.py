@@ -48,6 +48,51 @@ def bind(stub: Callable, node: Node) -> dict[str, Any]:
 def _sig_cat(tensors, dim=0): ...
 
 
+# What a user can do about an op the code generator refuses, by the refused call's name.
+_NORM = ("; the code generator has no LayerNorm/GroupNorm: a CNN with BatchNorm2d in its place "
+         "compiles (retrain it), else this model is not supported")
+_ATTENTION = ("; attention (transformer blocks: ViT, Swin, MaxViT) is not supported by the code "
+              "generator; use a convolutional model")
+HINTS = {"LayerNorm": _NORM, "LayerNorm2d": _NORM, "layer_norm": _NORM, "GroupNorm": _NORM,
+         "group_norm": _NORM, "MultiheadAttention": _ATTENTION,
+         "scaled_dot_product_attention": _ATTENTION, "softmax": _ATTENTION,
+         "Softmax": _ATTENTION, "matmul": _ATTENTION, "bmm": _ATTENTION,
+         "Tanh": "; replace it with Sigmoid or ReLU6 in the model (not done by search phase 1)",
+         "tanh": "; replace it with Sigmoid or ReLU6 in the model (not done by search phase 1)",
+         "ELU": "; replace it with ReLU (search phase 1 does this)",
+         "LeakyReLU": "; replace it with ReLU (search phase 1 does this)",
+         "PReLU": "; replace it with ReLU (search phase 1 does this)",
+         "Upsample": "; not supported yet (nearest/bilinear upsampling is planned)",
+         "interpolate": "; not supported yet (nearest/bilinear upsampling is planned)",
+         "ConvTranspose2d": "; not supported yet (transposed convolution is planned)",
+         "PixelShuffle": "; not supported yet (depth-to-space is planned)"}
+
+
+def _summary(refused: list[UnsupportedOp]) -> UnsupportedOp:
+    """One error for every refusal of a model: one line per op and reason, with its layers."""
+    if len(refused) == 1:
+        return refused[0]
+    groups: dict[tuple[str, str], list[str]] = {}
+    supported = "; supported: " + ", ".join(SUPPORTED_OPS)
+    for e in refused:
+        key = (getattr(e, "what", ""), getattr(e, "why", str(e)).replace(supported, ""))
+        groups.setdefault(key, []).append(getattr(e, "layer", "?"))
+    lines = []
+    for (what, why), layers in groups.items():
+        names = ", ".join(f'"{la}"' for la in layers[:4])
+        more = f" and {len(layers) - 4} more" if len(layers) > 4 else ""
+        lines.append(f"layer{'s' if len(layers) > 1 else ''} {names}{more} ({what}): {why}")
+    return UnsupportedOp(f"{len(refused)} unsupported ops in {len(groups)} kind(s); each must "
+                         "be fixed or replaced:\n  " + "\n  ".join(lines)
+                         + f"\nThe code generator supports {', '.join(SUPPORTED_OPS)}")
+
+
+def _hint(what: str) -> str:
+    """What to do about a refused call (``GraphBuilder.what``), or nothing."""
+    key = what.split(":", 1)[0].rsplit(".", 1)[-1]
+    return HINTS.get(key, HINTS.get(key.rstrip("_"), ""))
+
+
 class GraphBuilder:
     """The LR of one fx graph, built node by node (see the module docstring)."""
 
@@ -61,6 +106,7 @@ class GraphBuilder:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.calls: dict[str, int] = {}
+        self.parts: dict[Node, tuple[str, list[tuple[int, int]]]] = {}  # chunk/split results
 
     # ---- helpers -------------------------------------------------------------------------
     def layer_name(self, node: Node, op: str | None = None) -> str:
@@ -101,9 +147,12 @@ class GraphBuilder:
         return getattr(node.target, "__name__", str(node.target))
 
     def refuse(self, node: Node, why: str | None = None) -> UnsupportedOp:
-        why = why or ("not supported by the code generator; supported: "
+        what = self.what(node)
+        why = why or (f"not supported by the code generator{_hint(what)}; supported: "
                       + ", ".join(SUPPORTED_OPS))
-        return UnsupportedOp(f'layer "{self.layer_name(node)}" ({self.what(node)}): {why}')
+        e = UnsupportedOp(f'layer "{self.layer_name(node)}" ({what}): {why}')
+        e.layer, e.what, e.why = self.layer_name(node), what, why  # for the summary in run
+        return e
 
     def tensor(self, node: Node, arg: Any) -> str:
         if not isinstance(arg, Node) or self.names.get(arg) is None:
@@ -153,22 +202,41 @@ class GraphBuilder:
     def run(self, call: Callable[[GraphBuilder, Node], None]) -> Graph:
         """Walk the graph: inputs and outputs here, every call through ``call`` (the front
         end that knows the call's kind), constants as non-tensors."""
+        refused: list[UnsupportedOp] = []  # every refusal, in graph order
+        failed: set[Node] = set()  # refused non-tensor results and what depends on them
         for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                self.emit(node, "input", ())
-                self.inputs.append(node.name)
-            elif node.op == "output":
-                outs = node.args[0]
-                outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-                self.outputs = [self.tensor(node, o) for o in outs]
-                self.layers.append(Layer(name="output", op="output",
-                                         inputs=tuple(self.outputs), output=""))
-            elif node.op in ("call_module", "call_function", "call_method"):
-                call(self, node)
-            elif node.op == "get_attr":
-                self.names[node] = None  # a constant; refused if used as a tensor operand
+            if any(a in failed for a in node.all_input_nodes):
+                failed.add(node)
+                continue
+            try:
+                self._node(node, call)
+            except UnsupportedOp as e:
+                refused.append(e)
+                tm = node.meta.get("tensor_meta")
+                if hasattr(tm, "shape"):  # go on as if it had computed its tensor: later
+                    self.names[node] = node.name  # refusals are reported too
+                    self.shapes[node.name] = tuple(int(d) for d in tm.shape)
+                else:
+                    failed.add(node)
+        if refused:
+            raise _summary(refused)
         return Graph(layers=tuple(self.layers), shapes=self.shapes, inputs=tuple(self.inputs),
                      outputs=tuple(self.outputs))
+
+    def _node(self, node: Node, call: Callable[[GraphBuilder, Node], None]) -> None:
+        if node.op == "placeholder":
+            self.emit(node, "input", ())
+            self.inputs.append(node.name)
+        elif node.op == "output":
+            outs = node.args[0]
+            outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+            self.outputs = [self.tensor(node, o) for o in outs]
+            self.layers.append(Layer(name="output", op="output",
+                                     inputs=tuple(self.outputs), output=""))
+        elif node.op in ("call_module", "call_function", "call_method"):
+            call(self, node)
+        elif node.op == "get_attr":
+            self.names[node] = None  # a constant; refused if used as a tensor operand
 
     def conv(self, node: Node, x: Any, weight: torch.Tensor, bias: torch.Tensor | None,
              stride: Any, padding: Any, dilation: Any, groups: int) -> None:
@@ -264,6 +332,55 @@ class GraphBuilder:
             raise self.refuse(node, "adaptive average pooling needs a 4-D input")
         self.emit(node, "adaptive_avgpool2d", [self.tensor(node, x)],
                   {"output_size": (shape[2], shape[3])})
+
+    def mean(self, node: Node, x: Any, dims: Any, keepdim: bool) -> None:
+        """A mean over the spatial dims of [N,C,H,W]: a global average pool (then a reshape
+        to [N,C] without ``keepdim``)."""
+        t = self.tensor(node, x)
+        shape = self.shapes[t]
+        dims = [dims] if isinstance(dims, int) else list(dims or ())
+        if len(shape) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+            raise self.refuse(node, f"mean over dims {dims} of shape {list(shape)}: only the "
+                              "spatial dims (2, 3) of a 4-D [N,C,H,W] tensor are supported")
+        pooled = f"{node.name}_pool"
+        self.shapes[pooled] = (shape[0], shape[1], 1, 1)
+        self.layers.append(Layer(self.layer_name(node, "mean"), "adaptive_avgpool2d", (t,),
+                                 pooled, {"output_size": (1, 1)}))
+        if keepdim:
+            self.names[node] = pooled
+        else:
+            self.emit(node, "reshape", [pooled])
+
+    def permute(self, node: Node, x: Any, perm: Sequence[int]) -> None:
+        t = self.tensor(node, x)
+        nd = len(self.shapes[t])
+        perm = tuple(int(p) % nd for p in perm)
+        if sorted(perm) != list(range(nd)):
+            raise self.refuse(node, f"permutation {list(perm)} of a {nd}-D tensor")
+        if perm[0] != 0:
+            raise self.refuse(node, f"permutation {list(perm)} moves the batch dim: only "
+                              "permutations that keep dim 0 are supported")
+        if perm == tuple(range(nd)):
+            self.passthrough(node, x)
+        else:
+            self.emit(node, "permute", [t], {"perm": perm})
+
+    def split(self, node: Node, x: Any, sizes: Sequence[int], dim: int) -> None:
+        """``chunk``/``split`` along channels: the parts are ``slice`` steps, made when a
+        ``getitem`` reads one (``part``)."""
+        t = self.tensor(node, x)
+        shape = self.shapes[t]
+        if dim % len(shape) != 1:
+            raise self.refuse(node, f"split along dim {dim}: only the channel dim (1) is "
+                              "supported")
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.parts[node] = (t, list(zip(starts, sizes, strict=True)))
+        self.names[node] = None
+
+    def part(self, node: Node, whole: Node, k: int) -> None:
+        t, parts = self.parts[whole]
+        start, size = parts[k]
+        self.emit(node, "slice", [t], {"dim": 1, "start": int(start), "size": int(size)})
 
     def cat(self, node: Node) -> None:
         b = bind(_sig_cat, node)

@@ -20,13 +20,24 @@ from codegen.lr import ACTIVATIONS
 
 
 # Signature stubs so functional calls can be read with their defaults filled in.
-# Signature stubs so functional calls can be read with their defaults filled in.
 def _sig_maxpool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                  return_indices=False): ...
 def _sig_avgpool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None): ...
 def _sig_hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False): ...
 def _sig_add(input, other, alpha=1): ...
+def _sig_mean(input, dim=None, keepdim=False, dtype=None): ...
+def _sig_transpose(input, dim0, dim1): ...
+def _sig_chunk(input, chunks, dim=0): ...
+def _sig_split(input, split_size_or_sections, dim=0): ...
+def _sig_gelu(input, approximate="none"): ...
+def _sig_stochastic_depth(input, p, mode, training=True): ...
+
+
+def _is_stochastic_depth(f) -> bool:
+    """torchvision.ops.stochastic_depth (EfficientNet, ConvNeXt: a leaf of torch.fx's trace)."""
+    return (getattr(f, "__name__", "") == "stochastic_depth"
+            and getattr(f, "__module__", "").startswith("torchvision."))
 
 
 _ACT_MODULES = tuple((t, name) for name, act in ACTIVATIONS.items() for t in act.modules)
@@ -90,6 +101,9 @@ def module(b: GraphBuilder, node: Node, m: nn.Module) -> None:
         b.passthrough(node, x)
     elif isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6):
         b.hardtanh(node, x, m.min_val, m.max_val)
+    elif isinstance(m, nn.GELU) and m.approximate != "none":
+        raise b.refuse(node, f"GELU(approximate={m.approximate!r}) is not supported; "
+                       "use approximate='none' (the erf form)")
     elif any(isinstance(m, t) for t, _ in _ACT_MODULES):
         op = next(o for t, o in _ACT_MODULES if isinstance(m, t))
         b.emit(node, op, [b.tensor(node, x)])
@@ -110,11 +124,25 @@ def module(b: GraphBuilder, node: Node, m: nn.Module) -> None:
 def function(b: GraphBuilder, node: Node) -> None:
     f = node.target
     a = node.args
-    if f in _ACT_FUNCTIONS:
+    if f is operator.getitem and a and isinstance(a[0], Node) and a[0] in b.parts:
+        b.part(node, a[0], a[1])
+    elif f is torch._assert or (getattr(f, "__module__", None) in ("_operator", "operator")
+                                and b.shape_of(node) is None
+                                and not any(n in b.parts for n in node.all_input_nodes)):
+        b.names[node] = None  # shape arithmetic and checks: nothing to compute
+    elif f is F.gelu and bind(_sig_gelu, node)["approximate"] != "none":
+        raise b.refuse(node, "gelu(approximate='tanh') is not supported; use "
+                       "approximate='none' (the erf form)")
+    elif f in _ACT_FUNCTIONS:
         b.emit(node, _ACT_FUNCTIONS[f], [b.tensor(node, a[0])])
     elif f is F.hardtanh:
         args = bind(_sig_hardtanh, node)
         b.hardtanh(node, args["input"], args["min_val"], args["max_val"])
+    elif _is_stochastic_depth(f):
+        args = bind(_sig_stochastic_depth, node)
+        if args["training"]:
+            raise b.refuse(node, "stochastic depth in training mode; call model.eval()")
+        b.passthrough(node, args["input"])  # eval mode: the identity
     elif f is F.dropout or f is F.dropout2d:
         b.passthrough(node, a[0] if a else node.kwargs["input"])
     elif f in _ADD:
@@ -140,6 +168,17 @@ def function(b: GraphBuilder, node: Node) -> None:
         b.emit(node, "reshape", [b.tensor(node, a[0])])
     elif f in _CAT:
         b.cat(node)
+    elif f is torch.mean:
+        args = bind(_sig_mean, node)
+        b.mean(node, args["input"], args["dim"], args["keepdim"])
+    elif f is torch.transpose:
+        _transpose(b, node, bind(_sig_transpose, node))
+    elif f is torch.permute:
+        b.permute(node, a[0], a[1] if len(a) == 2 else a[1:])
+    elif f is torch.chunk:
+        _chunk(b, node, bind(_sig_chunk, node))
+    elif f is torch.split:
+        _split(b, node, bind(_sig_split, node))
     elif f in (getattr, operator.getitem) and b.shape_of(node) is None:
         b.names[node] = None  # e.g. x.shape[0], only usable as a reshape's argument
     else:
@@ -165,5 +204,42 @@ def method(b: GraphBuilder, node: Node) -> None:
         b.add(node, x, node.args[1])
     elif m in ("mul", "mul_"):
         b.mul(node, x, node.args[1])
+    elif m == "mean":
+        args = bind(_sig_mean, node)
+        b.mean(node, x, args["dim"], args["keepdim"])
+    elif m == "transpose":
+        _transpose(b, node, bind(_sig_transpose, node))
+    elif m == "permute":
+        rest = node.args[1:]
+        b.permute(node, x, rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list))
+                  else rest or node.kwargs.get("dims", ()))
+    elif m == "chunk":
+        _chunk(b, node, bind(_sig_chunk, node))
+    elif m == "split":
+        _split(b, node, bind(_sig_split, node))
     else:
         raise b.refuse(node)
+
+
+def _transpose(b: GraphBuilder, node: Node, args: dict) -> None:
+    x = args["input"]
+    nd = len(b.shapes[b.tensor(node, x)])
+    perm = list(range(nd))
+    d0, d1 = args["dim0"] % nd, args["dim1"] % nd
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    b.permute(node, x, perm)
+
+
+def _chunk(b: GraphBuilder, node: Node, args: dict) -> None:
+    x, k, dim = args["input"], int(args["chunks"]), int(args["dim"])
+    size = b.shapes[b.tensor(node, x)][dim]
+    step = -(-size // k)  # torch.chunk: equal parts of ceil(size / k), the last one smaller
+    b.split(node, x, [min(step, size - s) for s in range(0, size, step)], dim)
+
+
+def _split(b: GraphBuilder, node: Node, args: dict) -> None:
+    x, s, dim = args["input"], args["split_size_or_sections"], int(args["dim"])
+    size = b.shapes[b.tensor(node, x)][dim]
+    sizes = [int(v) for v in s] if isinstance(s, (list, tuple)) else \
+        [min(int(s), size - o) for o in range(0, size, int(s))]
+    b.split(node, x, sizes, dim)

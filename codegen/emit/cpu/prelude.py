@@ -8,7 +8,7 @@ types exist for the kernels that accumulate in float32: ``vw``, 8 floats (two NE
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from codegen.isa import VectorIsa
 from codegen.lr import ACTIVATIONS
@@ -74,9 +74,11 @@ def vector_activation(name: str, isa: VectorIsa) -> str:
     return head + "\n" + "".join(f"  {ln}\n" for ln in lines) + "}\n"
 
 
-def vector_prelude(isa: VectorIsa) -> str:
+def vector_prelude(isa: VectorIsa, names: Sequence[str] | None = None) -> str:
+    """The vector types and activations: ``names`` (``used_activations(graph)``), or all."""
     return ((VECTOR_PRELUDE_F16 if half(isa) else VECTOR_PRELUDE % {"b": 4 * isa.floats})
-            + "".join(vector_activation(a, isa) for a in ACTIVATIONS))
+            + "".join(vector_activation(a, isa) for a in ACTIVATIONS
+                      if names is None or a in names))
 
 
 def epi(epilogue: tuple[str, ...], var: str, skip: str | None = None) -> list[str]:
