@@ -22,6 +22,7 @@ from ..errors import UserError
 from .config import (
     AUTO_PRETRAIN_EPOCHS,
     DEFAULT_MODEL,
+    EXECUTORS,
     SEARCH_STORE_BYTES,
     SearchConfig,
     SearchError,
@@ -32,6 +33,7 @@ from .space import ratio_str
 from .strategies import STRATEGIES
 
 _D = SearchConfig  # the defaults, as class attributes of the dataclass
+LOCAL_RAY_WORKERS = 2  # --executor ray without --workers or --ray-address
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int,
                    help="input size (default: 16 for digits, 32 for the others)")
     p.add_argument("--device", help=f"'{_D.device}' (the host runner; default), 'qemu-arm64' "
-                                     f"or a phone serial")
+                                     f"or a phone serial; several, comma-separated, of one "
+                                     f"model: a pool measuring at once ('local,local', "
+                                     f"'SERIAL1,SERIAL2')")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--latency-ms",
                         help="the latency target, measured on the device (median); with "
@@ -113,6 +117,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=_D.threads,
                    help=f"runner threads (default {_D.threads})")
     p.add_argument("--seed", type=int, default=_D.seed)
+    p.add_argument("--executor", choices=EXECUTORS, default=_D.executor,
+                   help="where phase 2 fine-tunes candidates: local (this process, one at a "
+                        "time; default) or ray (Ray tasks, as many at once as workers; "
+                        "needs the ray extra)")
+    p.add_argument("--workers", type=int,
+                   help="ray: fine-tunes at once; without --ray-address the size of the local "
+                        "Ray cluster this search starts (default: 2 locally; on a cluster one "
+                        "per --train-threads CPUs, or per GPU with --train-device cuda)")
+    p.add_argument("--ray-address",
+                   help="ray: an existing cluster (HOST:6379 of its head, or 'auto' on one of "
+                        "its nodes); default: start a local one")
     p.add_argument("--out", type=Path,
                    help="the run folder to write (default runs/search-DATE-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -156,7 +171,45 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         train_device=args.train_device, train_threads=args.train_threads, runs=args.runs,
         warmup=args.warmup, threads=args.threads, seed=args.seed,
-        skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint)
+        skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint,
+        executor=args.executor, workers=_workers(args), ray_address=args.ray_address)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return args.workers
+    if args.executor == "ray" and not args.ray_address:
+        return LOCAL_RAY_WORKERS
+    return 0 if args.executor == "ray" else _D.workers
+
+
+def _resume_overrides(cfg: SearchConfig, args: argparse.Namespace) -> None:
+    """What --resume may change: where it runs, not what it searches."""
+    if args.device:
+        cfg.device = args.device
+    if args.executor != cfg.executor and args.executor != _D.executor:
+        raise SearchError(f"--resume: this run was searched with --executor {cfg.executor}; "
+                          f"its phase 2 replays only with that executor (leave --executor out)")
+    if args.ray_address:
+        cfg.ray_address = args.ray_address
+    if args.workers is not None:
+        cfg.workers = args.workers
+
+
+def open_devices(args: argparse.Namespace, cfg: SearchConfig, stack: ExitStack) -> dict:
+    """The devices ``cfg.device`` names, by a name unique in the pool ('local#1', 'local#2'
+    for two host runners); each local runner gets a private store."""
+    names = cfg.device_names()
+    if len(names) > 1 and args.address:
+        raise SearchError(f"--address reaches one runner; --device {cfg.device} names "
+                          f"{len(names)} devices")
+    out = {}
+    for i, name in enumerate(names, 1):
+        key = f"{name}#{i}" if names.count(name) > 1 else name
+        # candidates differ in their weights: a local runner gets a private store
+        out[key] = open_device(device_spec(args, name, private_store_bytes=SEARCH_STORE_BYTES),
+                               stack)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,17 +228,14 @@ def run(args: argparse.Namespace) -> int:
             if header is None:
                 raise SearchError(f"--resume {args.resume}: no search journal there")
             cfg = SearchConfig.from_dict(header["config"])
-            if args.device:
-                cfg.device = args.device
+            _resume_overrides(cfg, args)
             run_dir = args.resume
         else:
             cfg = config_from_args(args)
             run_dir = args.out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         prep = prepare(cfg)
         with ExitStack() as stack:
-            # candidates differ in their weights: a local runner gets a private store
-            device = open_device(device_spec(args, cfg.device,
-                                             private_store_bytes=SEARCH_STORE_BYTES), stack)
+            device = open_devices(args, cfg, stack)
             ui = LiveView(err) if err.is_terminal and not args.no_live else SearchUI(err)
             with ui:
                 s = Search(cfg, run_dir, device, resume=bool(args.resume), ui=ui,

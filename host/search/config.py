@@ -19,6 +19,7 @@ from .strategies.jcw import JcwBounds
 
 DEFAULT_MODEL = "host.models.zoo:digits_cnn"
 AUTO_PRETRAIN_EPOCHS = 12.0
+EXECUTORS = ("local", "ray")
 SEARCH_STORE_BYTES = 2 << 30  # a local runner's private store: candidates differ in weights
 
 
@@ -62,6 +63,11 @@ class SearchConfig:
     warmup: int = MeasureConfig.warmup
     threads: int = 1  # not MeasureConfig's 0 (all big cores): training uses the other core
     seed: int = 0
+    # where phase 2's fine-tunes run: "local" (this process, the default) or "ray" (tasks on
+    # a Ray cluster: ``ray_address``'s, else a local one of ``workers`` worker processes)
+    executor: str = "local"
+    workers: int = 0  # ray: candidates evaluated at once (0: one per CPU of the cluster)
+    ray_address: str | None = None
     skip_final: bool = False
     phase1_checkpoint: str | None = None
 
@@ -98,10 +104,14 @@ class SearchConfig:
             self.bounds()
         except ValueError as e:
             raise SearchError(str(e)) from None
-
-    def bounds(self) -> JcwBounds:
-        """jcw's gene bounds."""
-        return JcwBounds.parse(self.jcw_bounds)
+        if self.executor not in EXECUTORS:
+            raise SearchError(f"--executor {self.executor!r}: known are {', '.join(EXECUTORS)}")
+        if self.workers < 0:
+            raise SearchError(f"--workers {self.workers}: must be ≥ 1 (or 0: one per CPU of "
+                              f"the Ray cluster)")
+        if self.executor == "local" and (self.workers > 1 or self.ray_address):
+            raise SearchError("--workers and --ray-address are for --executor ray; the local "
+                              "executor evaluates one candidate at a time in this process")
         if self.speedup is not None and self.speedup <= 0:
             raise SearchError(f"--speedup {self.speedup}: must be > 0")
         if self.latency_ms is None and self.speedup is None:
@@ -118,6 +128,14 @@ class SearchConfig:
         if min(self.finetune_epochs, self.phase1_epochs, self.phase3_epochs,
                self.final_epochs) < 0:
             raise SearchError("epoch counts must be ≥ 0")
+
+    def bounds(self) -> JcwBounds:
+        """jcw's gene bounds."""
+        return JcwBounds.parse(self.jcw_bounds)
+
+    def device_names(self) -> list[str]:
+        """``device`` as a list: 'local,local' is a pool of two host runners."""
+        return [d.strip() for d in self.device.split(",") if d.strip()] or ["local"]
 
 
 def _typed(name: str, v: object, hint: object) -> object:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -35,9 +36,12 @@ from ..models import load_checkpoint
 from ..models.train import TrainConfig, evaluate
 from ..pruning import PruningError
 from .config import SearchConfig, SearchError
+from .executors import make_executor
+from .executors.gate import FileGate
 from .journal import VERSION, Journal
 from .live import SearchUI
 from .oracle import LatencyOracle, LatencyResult
+from .oracle_pool import OraclePool
 from .phases import best, choose, phase1, phase2, phase3, summary
 from .prepare import Prepared, prepare
 from .report import write_report
@@ -47,15 +51,22 @@ from .space import Candidate, SearchSpace
 class Search:
     """One search run in ``run_dir`` on ``device``; ``run()`` returns the summary."""
 
-    def __init__(self, cfg: SearchConfig, run_dir: Path, device: Device, *,
+    def __init__(self, cfg: SearchConfig, run_dir: Path, device: Device | dict[str, Device], *,
                  resume: bool = False, ui: SearchUI | None = None,
                  prepared: Prepared | None = None,
-                 oracle_hook: Callable[[str, int], None] | None = None):
-        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+                 oracle_hook: Callable[[str, int], None] | None = None,
+                 worker_hook: Callable[[int, int], None] | None = None):
+        # several devices (of one model) are a pool: oracle_pool.py
+        self.devices = dict(device) if isinstance(device, dict) else {device.name: device}
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = device = next(iter(self.devices.values()))
         self.resume = resume
         self.ui = ui or SearchUI(_null_console(), quiet=True)
         # a runner on this machine's CPU: training pauses while it times (oracle.py)
         self.quiet = threading.Lock() if device.traits.shares_host_cpu else None
+        self.executor = None  # executors/: None is this process, in rounds
+        self.file_gate: FileGate | None = None
+        self.worker_hook = worker_hook  # tests: called as hook(cid, attempt) in a Ray worker
         self.train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size,
                                      device=cfg.train_device)
         self.oracle: LatencyOracle | None = None
@@ -75,11 +86,22 @@ class Search:
         self.ui.log(self.prep.data.describe())
         for n in self.prep.notes:
             self.ui.log(n)
+        self.executor = make_executor(cfg, on_event=self.ui.log, hook=self.worker_hook)
+        if self.executor is not None and self.quiet is not None:
+            # the fine-tunes run in worker processes: the pause goes through a file lock
+            self.file_gate = FileGate(Path(tempfile.gettempdir())
+                                      / f"npas-gate-{os.getpid()}-{id(self):x}.lock")
+            self.quiet = self.file_gate.timer()
         self.ui.phase("checking", f"starting the runner on {cfg.device}")
         measure = MeasureConfig(runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads,
                                 pin_big_cores=self.device.traits.pin_big_cores)
-        self.oracle = LatencyOracle(self.device, self.prep.example, measure, quiet=self.quiet,
-                                    on_event=self.ui.log)
+        if len(self.devices) == 1:
+            self.oracle = LatencyOracle(self.device, self.prep.example, measure,
+                                        quiet=self.quiet, on_event=self.ui.log)
+        else:
+            self.oracle = OraclePool(self.devices, self.prep.example, measure,
+                                     quiet=self.quiet, on_event=self.ui.log)
+            self.ui.log(f"device pool: {', '.join(self.devices)} ({self.oracle.model})")
         self.oracle.before_benchmark = self.oracle_hook
         info = self.oracle.info
         self.device_desc = f"{info.abi}, {info.cpu_model}, runner {info.runner_version}"
@@ -162,8 +184,12 @@ class Search:
         if not self.resume and self.journal.header() is not None:
             raise SearchError(f"{self.run_dir} already holds a search; continue it with "
                               f"--resume {self.run_dir}, or give another --out")
-        self._start()
-        self._probe()
+        try:
+            self._start()
+            self._probe()
+        except BaseException:
+            self.close()
+            raise
         # the checks passed: from here on the run folder holds everything
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -201,8 +227,22 @@ class Search:
                 chosen = best(records) if cfg.skip_final else choose(self, records)
                 p3 = None if cfg.skip_final else phase3(self, chosen)
         finally:
-            self.oracle.close()
+            self.close()
         return self._finish(records, chosen, p3, searched)
+
+    def close(self) -> None:
+        """Stop the oracle (runner sessions, compile processes) and the executor."""
+        try:
+            if self.oracle is not None:
+                self.oracle.close()
+        finally:
+            if self.executor is not None:
+                self.executor.close()
+            if self.file_gate is not None:
+                self.file_gate.remove()
+            if isinstance(self.oracle, OraclePool) and self.oracle.lost:
+                self.summary["devices_lost"] = [{"device": n, "why": w}
+                                                for n, w in self.oracle.lost]
 
     # --- what the phases use ---------------------------------------------------------------------
     def lat_rec(self, r: LatencyResult, samples: bool = True) -> dict:
@@ -216,6 +256,8 @@ class Search:
 
     def gate(self):
         """The lock training steps take (the runner is timing on this CPU), or none."""
+        if self.file_gate is not None:
+            return self.file_gate.trainer()
         return self.quiet if self.quiet is not None else contextlib.nullcontext()
 
     def accuracy(self, model: nn.Module) -> float:
@@ -338,7 +380,9 @@ class Search:
                              "best_meeting_accuracy": s["best_meeting_accuracy"],
                              "chosen": chosen["id"], "wall_s": s["wall_s"],
                              "final_ms": (p3 or {}).get("final_ms"),
-                             "final_acc": (p3 or {}).get("final_acc")})
+                             "final_acc": (p3 or {}).get("final_acc"),
+                             **({"devices_lost": s["devices_lost"]}
+                                if s.get("devices_lost") else {})})
         shutil.rmtree(self.run_dir / "bundles", ignore_errors=True)
         return s
 

@@ -206,6 +206,10 @@ class LatencyOracle:
             self.load_cache(cache_path)
 
     # --- cache --------------------------------------------------------------------------------
+    def share_cache(self, other: LatencyOracle) -> None:
+        """Use ``other``'s cache (devices of one model in a pool: oracle_pool.py)."""
+        self.cache, self._cache_lock = other.cache, other._cache_lock
+
     def load_cache(self, path: Path) -> None:
         self.cache_path = path
         self.cache.update(read_cache(path))

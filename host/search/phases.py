@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models import load_checkpoint
-from ..models.train import TrainConfig, recalibrate_bn, train
+from ..models.train import TrainConfig, evaluate, recalibrate_bn, train
 from ..pruning import PruningError
 from ..pruning.algorithms import admm, gradual
 from .config import AUTO_PRETRAIN_EPOCHS, SearchConfig, SearchError
@@ -66,6 +66,8 @@ class RunState(Protocol):
     summary: dict
     base: nn.Module
     reward: RewardConfig
+    executor: object | None  # None: in this process, in rounds (executors/__init__.py)
+    file_gate: object | None  # executors/gate.py, when Ray workers share a runner's CPU
 
     def gate(self): ...
     def accuracy(self, model: nn.Module) -> float: ...
@@ -165,6 +167,15 @@ def phase2(search: RunState) -> list[dict]:
         floors = [(c, r.median_ms) for c, r in search.extremes]
     strategy.prior([Outcome(dense_c, acc_dense, dense_ms, search.reward(acc_dense, dense_ms))]
                    + [Outcome(c, None, ms, None) for c, ms in floors])
+    if search.executor is not None:  # Ray: asynchronous, as many at once as workers
+        from .executors.loop import run_async
+
+        records = run_async(search, strategy)
+        search.summary["phase2"] = {"evaluated": len(records),
+                                    "seconds": time.perf_counter() - t0,
+                                    "strategy_status": strategy.status(),
+                                    "executor": search.executor.desc}
+        return records
     finished = search.journal.finished_candidates()
     records: list[dict] = []
     next_id = evaluated = 0
@@ -243,48 +254,60 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]]) -> dict[int, 
             continue
         pruned = pruned_models[cid]
         t0 = time.perf_counter()
-        err = None
-        try:
-            _to_device(search, pruned)
-            train(pruned.model, search.prep.data, cfg.finetune_epochs, search.train_cfg,
-                  _seed_for(c.key()), after_step=pruned.reapply,
-                  gate=search.gate(), lr=cfg.finetune_lr)
-            recalibrate_bn(pruned.model, search.prep.data, cfg.train_device,
-                           gate=search.gate())
-            acc = search.accuracy(pruned.model)
-        except RuntimeError as e:
-            err, acc = f"fine-tune: {e}", None
+        acc, err = finetune(pruned, c, search.prep.data, cfg, search.train_cfg, search.gate())
         ft_s = time.perf_counter() - t0
         lat: LatencyResult = futures[cid].result()
-        search.ui.temperature(lat.temperature_c)
-        if err is not None or not lat.ok:
-            lost = not lat.ok and bool(lat.errors) and lat.attempts > 0
-            out[cid] = _failed(search, cid, c, err or "; ".join(lat.errors), lat,
-                               device_lost=lost)
-            continue
-        s, e = search.space.mac_fractions(c)
-        r = pruned.report
-        rec = {"type": "candidate", "id": cid, "status": "done", "key": c.key(),
-               "encoding": c.to_json(), "summary": summary(c),
-               "accuracy": acc, "latency_ms": lat.median_ms,
-               "reward": search.reward(acc, lat.median_ms),
-               "meets_target": lat.median_ms <= search.target_ms,
-               "mac_fraction": [s, e],
-               "weights_kept": r.weights_after / max(r.weights_before, 1),
-               "finetune_s": ft_s, "latency": search.lat_rec(lat)}
-        search.journal.append(rec)
-        search.ui.candidate(rec)
-        out[cid] = rec
+        out[cid] = finish(search, cid, c, pruned.report, acc, err, ft_s, lat)
         del pruned_models[cid]
     return out
 
 
+def finetune(pruned, c: Candidate, data, cfg: SearchConfig, train_cfg: TrainConfig,
+             gate) -> tuple[float | None, str | None]:
+    """A candidate's accuracy: fine-tuned with its masks held (seeded by the candidate),
+    BatchNorm recalibrated, validated; (accuracy, None) or (None, the error). Here on the
+    main thread, or in a Ray worker (executors/ray.py): the same steps either way."""
+    try:
+        dev = torch.device(cfg.train_device)
+        pruned.model.to(dev)
+        if dev.type != "cpu":
+            pruned.masks = {k: v.to(dev) for k, v in pruned.masks.items()}
+        train(pruned.model, data, cfg.finetune_epochs, train_cfg, _seed_for(c.key()),
+              after_step=pruned.reapply, gate=gate, lr=cfg.finetune_lr)
+        recalibrate_bn(pruned.model, data, cfg.train_device, gate=gate)
+        return evaluate(pruned.model, data, cfg.train_device, gate=gate), None
+    except RuntimeError as e:
+        return None, f"fine-tune: {e}"
+
+
+def finish(search: RunState, cid: int, c: Candidate, report, acc: float | None,
+           err: str | None, ft_s: float, lat: LatencyResult, **extra) -> dict:
+    """The candidate's done (or failed) record, journaled and shown; ``extra`` joins it."""
+    search.ui.temperature(lat.temperature_c)
+    if err is not None or not lat.ok:
+        lost = not lat.ok and bool(lat.errors) and lat.attempts > 0
+        return _failed(search, cid, c, err or "; ".join(lat.errors), lat, device_lost=lost,
+                       **extra)
+    s, e = search.space.mac_fractions(c)
+    rec = {"type": "candidate", "id": cid, "status": "done", "key": c.key(),
+           "encoding": c.to_json(), "summary": summary(c),
+           "accuracy": acc, "latency_ms": lat.median_ms,
+           "reward": search.reward(acc, lat.median_ms),
+           "meets_target": lat.median_ms <= search.target_ms,
+           "mac_fraction": [s, e],
+           "weights_kept": report.weights_after / max(report.weights_before, 1),
+           "finetune_s": ft_s, "latency": search.lat_rec(lat), **extra}
+    search.journal.append(rec)
+    search.ui.candidate(rec)
+    return rec
+
+
 def _failed(search: RunState, cid: int, c: Candidate, error: str, lat: LatencyResult | None = None,
-            device_lost: bool = False) -> dict:
+            device_lost: bool = False, **extra) -> dict:
     rec = {"type": "candidate", "id": cid, "status": "failed", "key": c.key(),
            "encoding": c.to_json(), "summary": summary(c), "error": error,
            "device_lost": device_lost,
-           "latency": search.lat_rec(lat) if lat is not None else None}
+           "latency": search.lat_rec(lat) if lat is not None else None, **extra}
     search.journal.append(rec)
     search.ui.candidate(rec)
     return rec
