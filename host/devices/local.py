@@ -36,7 +36,10 @@ def default_cache_dir() -> Path:
 
 
 def find_runner_binary(explicit: Path | None = None) -> Path:
-    """The host runner: an explicit path, the project's build, or npas-runner on PATH."""
+    """The host runner: an explicit path, $NPAS_RUNNER (scripts/test.sh points it at the
+    sanitizer build for the runner tests), the project's build, or npas-runner on PATH."""
+    if not explicit and os.environ.get("NPAS_RUNNER"):
+        explicit = Path(os.environ["NPAS_RUNNER"])
     candidates = [explicit] if explicit else [REPO_ROOT / "build" / "host" / "npas-runner"]
     if not explicit and (p := shutil.which("npas-runner")):
         candidates.append(Path(p))

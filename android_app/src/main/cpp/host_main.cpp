@@ -35,6 +35,10 @@ const char kUsage[] =
     "  --max-artifact-bytes N     largest artifact accepted (default 1073741824)\n"
     "  --max-store-bytes N        total bytes the store may hold (default 4294967296)\n"
     "  --max-models N             models loaded at once (default 16)\n"
+    "  --max-model-bytes N        memory all loaded models may hold together: weights,\n"
+    "                             arenas, scratch (default: 3/4 of the device's memory)\n"
+    "  --upload-idle-timeout-s N  cancel an upload that receives nothing for N seconds and\n"
+    "                             free its reserved space (default 60)\n"
     "  --max-message-bytes N      largest request message read (default 16777216); checked\n"
     "                             before the token, so it bounds an unauthenticated call\n"
   "  --exit-on-stdin-eof        shut down when stdin reaches end of file: the parent holds\n"
@@ -175,6 +179,16 @@ int main(int argc, char** argv) {
         return usage_error("--max-message-bytes needs a byte count 2097152..1073741824");
       }
       config.max_receive_message_bytes = int(n);
+    } else if (a == "--max-model-bytes") {
+      if (!value(&v) || !parse_u64(v, &n) || n == 0) {
+        return usage_error("--max-model-bytes needs a positive byte count");
+      }
+      config.max_model_bytes = n;
+    } else if (a == "--upload-idle-timeout-s") {
+      if (!value(&v) || !parse_u64(v, &n) || n == 0 || n > 86400) {
+        return usage_error("--upload-idle-timeout-s needs seconds 1..86400");
+      }
+      config.upload_idle_timeout_s = uint32_t(n);
     } else if (a == "--max-models") {
       if (!value(&v) || !parse_u64(v, &n) || n == 0 || n > 1024) {
         return usage_error("--max-models needs a count 1..1024");

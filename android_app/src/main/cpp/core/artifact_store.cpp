@@ -225,6 +225,16 @@ Status ArtifactStore::verify(const std::string& sha) {
                   got + ") and has been removed; upload it again");
 }
 
+void ArtifactStore::note_wanted(const std::vector<std::string>& shas) {
+  if (shas.size() < 2 || shas.size() > kMaxWantedSetSize) return;  // nothing to keep together
+  WantedSet w{monotonic_ns(), shas};
+  std::sort(w.shas.begin(), w.shas.end());
+  w.shas.erase(std::unique(w.shas.begin(), w.shas.end()), w.shas.end());
+  std::lock_guard<std::mutex> lock(mu_);
+  wanted_.push_back(std::move(w));
+  if (wanted_.size() > kMaxWantedSets) wanted_.erase(wanted_.begin());
+}
+
 std::unique_ptr<ArtifactPins> ArtifactStore::pin(const std::vector<std::string>& shas) {
   std::vector<std::string> valid;
   for (const auto& sha : shas) {
@@ -251,11 +261,20 @@ bool ArtifactStore::pinned(const std::string& sha) const {
   return pins_.count(sha) != 0;
 }
 
-Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size) {
+Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size, bool evict) {
   const uint64_t limit = limits_.max_store_bytes;
   if (used_ + reserved_ + size <= limit) return Status::Ok();
+  // The other artifacts of the bundles `sha` was asked for with, recently.
+  const uint64_t now = monotonic_ns();
+  std::vector<std::string> siblings;
+  for (const WantedSet& w : wanted_) {
+    if (now - w.at_ns > kWantedTtlNs) continue;
+    if (!std::binary_search(w.shas.begin(), w.shas.end(), sha)) continue;
+    siblings.insert(siblings.end(), w.shas.begin(), w.shas.end());
+  }
+  std::sort(siblings.begin(), siblings.end());
   std::vector<OldFile> candidates;
-  uint64_t evictable = 0, pinned_bytes = 0;
+  uint64_t evictable = 0, pinned_bytes = 0, sibling_bytes = 0;
   {
     std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir_.c_str()), ::closedir);
     if (!d) return ErrnoError("cannot list store directory " + dir_, errno);
@@ -268,20 +287,31 @@ Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size) {
         pinned_bytes += uint64_t(st.st_size);
         continue;
       }
+      if (std::binary_search(siblings.begin(), siblings.end(), name)) {
+        sibling_bytes += uint64_t(st.st_size);
+        continue;
+      }
       candidates.push_back({mtime_ns(st), name, uint64_t(st.st_size)});
       evictable += uint64_t(st.st_size);
     }
   }
-  used_ = pinned_bytes + evictable;  // resync with the directory (commits hold mu_ too)
-  if (pinned_bytes + reserved_ + size > limit) {
+  used_ = pinned_bytes + sibling_bytes + evictable;  // resync (commits hold mu_ too)
+  if (pinned_bytes + sibling_bytes + reserved_ + size > limit) {
+    std::string bundle =
+        sibling_bytes == 0
+            ? ""
+            : ", " + std::to_string(sibling_bytes) +
+                  " are other artifacts of the bundle being uploaded with it (asked for "
+                  "together; evicting them would leave a bundle that never loads)";
     return ResourceExhausted(
-        "artifact store is full: " + std::to_string(used_) + " bytes stored (" +
-        std::to_string(pinned_bytes) + " pinned by loaded models, the rest evictable), " +
-        std::to_string(reserved_) + " in uploads, limit " + std::to_string(limit) +
-        "; cannot take " + std::to_string(size) + " more for " + sha +
-        " even after evicting every unpinned artifact (unload models, raise --max-store-bytes, "
+        "artifact store " + dir_ + " is full: " + std::to_string(used_) + " bytes stored (" +
+        std::to_string(pinned_bytes) + " pinned by loaded models" + bundle +
+        ", the rest evictable), " + std::to_string(reserved_) + " in uploads, limit " +
+        std::to_string(limit) + "; cannot take " + std::to_string(size) + " more for " + sha +
+        " even after evicting every other artifact (unload models, raise --max-store-bytes, "
         "or clear " + dir_ + ")");
   }
+  if (!evict) return Status::Ok();
   std::sort(candidates.begin(), candidates.end());
   for (const OldFile& c : candidates) {
     if (used_ + reserved_ + size <= limit) break;
@@ -300,6 +330,13 @@ Status ArtifactStore::make_room_locked(const std::string& sha, uint64_t size) {
                  (unsigned long long)limit, c.name.c_str(), (unsigned long long)c.size,
                  sha.c_str());
   }
+  return Status::Ok();
+}
+
+Status ArtifactStore::grow_reservation(const std::string& sha, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  NPAS_RETURN_IF_ERROR(make_room_locked(sha, size, true));
+  reserved_ += size;
   return Status::Ok();
 }
 
@@ -335,9 +372,9 @@ StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::begin_write(const std::
     return std::unique_ptr<ArtifactWriter>(new ArtifactWriter(this, sha, size, true));
   }
   {
+    // Whether it could fit; the room itself is made as the data arrives (append).
     std::lock_guard<std::mutex> lock(mu_);
-    NPAS_RETURN_IF_ERROR(make_room_locked(sha, size));
-    reserved_ += size;
+    NPAS_RETURN_IF_ERROR(make_room_locked(sha, size, false));
   }
   std::unique_ptr<ArtifactWriter> w(new ArtifactWriter(this, sha, size, false));
   std::string tmpl = dir_ + "/" + kTempPrefix + sha.substr(0, 16) + "-XXXXXX";
@@ -390,7 +427,7 @@ ArtifactWriter::~ArtifactWriter() {
   if (done_ || discard_) return;
   fd_.reset();
   if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
-  store_->release_reservation(size_);
+  store_->release_reservation(room_);
 }
 
 Status ArtifactWriter::append(const void* data, size_t size) {
@@ -399,6 +436,12 @@ Status ArtifactWriter::append(const void* data, size_t size) {
     return DataLoss("artifact " + sha_ + ": more data than the " +
                            std::to_string(size_) + " bytes the header declared (got at least " +
                            std::to_string(received_ + size) + ")");
+  }
+  if (!discard_ && received_ + size > room_) {
+    const uint64_t want = std::min<uint64_t>(
+        size_ - room_, std::max<uint64_t>(received_ + size - room_, ArtifactStore::kRoomStep));
+    NPAS_RETURN_IF_ERROR(store_->grow_reservation(sha_, want));
+    room_ += want;
   }
   hash_.update(data, size);
   received_ += size;

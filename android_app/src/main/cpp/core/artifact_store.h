@@ -3,8 +3,12 @@
 // is read-only (0444), which Android requires before dlopen.
 //
 // Eviction: each artifact's mtime is its last use (set on store, on has(), and when a model
-// pins it for loading; it survives restarts). When an upload would go over max_store_bytes,
-// the least recently used artifacts that no loaded model pins are deleted until it fits.
+// pins it for loading; it survives restarts). When an upload's data would go over
+// max_store_bytes, the least recently used artifacts that no loaded model pins are deleted
+// until it fits, as its bytes arrive (a header alone evicts nothing). The artifacts asked for
+// together with the one being uploaded (one MissingArtifacts call: a bundle being assembled,
+// note_wanted) are kept too, for kWantedTtlNs: evicting them would leave a bundle that never
+// loads; when the store cannot hold the whole bundle, the upload is ResourceExhausted.
 //
 // Verification: before a load uses an artifact, verify() checks its content against its name.
 // A file is hashed on its first use in this process and again whenever its (device, inode,
@@ -71,6 +75,8 @@ class ArtifactWriter {
   // DataLoss when the size or the sha256 differ from the header; then nothing is stored.
   Status finish();
   uint64_t received() const { return received_; }
+  // Store space made for this upload so far (grows with the data, up to the declared size).
+  uint64_t room() const { return room_; }
   // The artifact was already in the store: the bytes are checked but not written.
   bool already_present() const { return discard_; }
 
@@ -84,6 +90,7 @@ class ArtifactWriter {
   bool discard_;
   bool done_ = false;
   uint64_t received_ = 0;
+  uint64_t room_ = 0;
   Sha256 hash_;
   UniqueFd fd_;
   std::string temp_path_;
@@ -110,6 +117,14 @@ class ArtifactStore {
   // would go over max_store_bytes, unpinned artifacts are evicted, least recently used first
   // (logged to stderr); ResourceExhausted only when even that cannot make room.
   StatusOr<std::unique_ptr<ArtifactWriter>> begin_write(const std::string& sha, uint64_t size);
+
+  // The artifacts of one bundle, asked for together (MissingArtifacts): while one of them is
+  // uploaded, the others are not evicted for it (for kWantedTtlNs, or until pinned).
+  void note_wanted(const std::vector<std::string>& shas);
+  static constexpr uint64_t kWantedTtlNs = 600ull * 1000000000ull;
+  static constexpr size_t kMaxWantedSets = 64, kMaxWantedSetSize = 1024;
+  // Space an upload claims as its data arrives, in steps of at most this much.
+  static constexpr uint64_t kRoomStep = 4ull << 20;
 
   // Marks the artifacts used now and keeps them from eviction until the result is dropped.
   // Malformed shas are skipped. Pins count: two models may pin one artifact.
@@ -143,7 +158,10 @@ class ArtifactStore {
   // Sets the artifact's mtime to a fresh stamp (strictly increasing within the process).
   void touch(const std::string& sha) const;
   // Under mu_: evicts until `size` more bytes fit, or ResourceExhausted (evicting nothing).
-  Status make_room_locked(const std::string& sha, uint64_t size);
+  // With evict false only says whether that could be done.
+  Status make_room_locked(const std::string& sha, uint64_t size, bool evict);
+  // Makes room for `size` more bytes of an upload in progress and reserves them.
+  Status grow_reservation(const std::string& sha, uint64_t size);
   // Moves a finished temp file into place (or drops it when another upload won the race).
   Status commit(const std::string& temp_path, const std::string& sha, uint64_t size);
 
@@ -153,6 +171,11 @@ class ArtifactStore {
   uint64_t used_ = 0;      // bytes in complete artifacts
   uint64_t reserved_ = 0;  // bytes promised to uploads in progress
   std::map<std::string, int> pins_;
+  struct WantedSet {
+    uint64_t at_ns;
+    std::vector<std::string> shas;  // sorted
+  };
+  std::vector<WantedSet> wanted_;  // oldest first
   mutable std::mutex stamp_mu_;
   mutable int64_t last_stamp_ns_ = 0;
   mutable std::mutex verified_mu_;  // taken before stamp_mu_, never after

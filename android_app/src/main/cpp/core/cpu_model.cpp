@@ -94,7 +94,7 @@ bool pread_exact(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t fil
 
 }  // namespace
 
-StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::string& sha) {
+StatusOr<KernelExports> read_kernel_exports(const std::string& path, const std::string& sha) {
   const std::string who = "kernel library " + sha;
   auto bad = [&](const std::string& why) {
     return FailedPrecondition(who + ": cannot read its " + NPAS_ABI_VERSION_SYMBOL +
@@ -136,11 +136,20 @@ StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::s
                    dynsym->sh_offset, file_size)) {
     return bad("symbol tables past the end of the file");
   }
+  KernelExports out;
+  bool have_abi = false;
   for (const Elf64_Sym& sym : syms) {
-    if (sym.st_name >= strtab.sh_size ||
-        std::strcmp(names.data() + sym.st_name, NPAS_ABI_VERSION_SYMBOL) != 0) {
+    if (sym.st_name == 0 || sym.st_name >= strtab.sh_size) continue;
+    const char* name = names.data() + sym.st_name;
+    if (std::strcmp(name, NPAS_ABI_VERSION_SYMBOL) != 0) {
+      const bool defined = sym.st_shndx != SHN_UNDEF && sym.st_shndx < sections.size();
+      if (defined && ELF64_ST_TYPE(sym.st_info) == STT_FUNC &&
+          (sections[sym.st_shndx].sh_flags & SHF_EXECINSTR) != 0) {
+        out.functions.insert(name);
+      }
       continue;
     }
+    if (have_abi) continue;
     if (sym.st_shndx == SHN_UNDEF || sym.st_shndx >= sections.size()) {
       return FailedPrecondition(who + " does not define " + NPAS_ABI_VERSION_SYMBOL);
     }
@@ -155,9 +164,11 @@ StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::s
                      file_size)) {
       return bad("the symbol's bytes are past the end of the file");
     }
-    return v;  // little-endian, as check_kernel_elf made sure
+    out.abi_version = v;  // little-endian, as check_kernel_elf made sure
+    have_abi = true;
   }
-  return FailedPrecondition(who + " does not export " + NPAS_ABI_VERSION_SYMBOL);
+  if (!have_abi) return FailedPrecondition(who + " does not export " + NPAS_ABI_VERSION_SYMBOL);
+  return out;
 }
 
 namespace {
@@ -261,11 +272,11 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   NPAS_RETURN_IF_ERROR(check_kernel_elf(kpath, kref.sha256));
   // The ABI version is read from the file: a refused library is never loaded, so none of its
   // code (constructors included) runs.
-  auto file_abi = read_kernel_abi_version(kpath, kref.sha256);
-  if (!file_abi.ok()) return file_abi.status();
-  if (file_abi.value() != NPAS_KERNEL_ABI_VERSION) {
+  auto exports = read_kernel_exports(kpath, kref.sha256);
+  if (!exports.ok()) return exports.status();
+  if (exports.value().abi_version != NPAS_KERNEL_ABI_VERSION) {
     return FailedPrecondition("kernel library " + kref.sha256 + " has kernel ABI version " +
-                              u(file_abi.value()) + ", this runner implements " +
+                              u(exports.value().abi_version) + ", this runner implements " +
                               u(NPAS_KERNEL_ABI_VERSION) + " (refused before loading it)");
   }
   dlerror();
@@ -339,6 +350,16 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   for (size_t i = 0; i < manifest.steps.size(); ++i) {
     const Step& s = manifest.steps[i];
     CpuModel::PreparedStep& p = m->steps_[i];
+    if (exports.value().functions.count(s.symbol) == 0) {
+      // A data object (or anything else dlsym finds) called as a kernel would crash the runner.
+      void* other = dlsym(m->lib_.get(), s.symbol.c_str());
+      if (other) {
+        return InvalidArgument("step " + u(i) + " '" + clip(s.name) + "': symbol '" +
+                               clip(s.symbol) + "' in kernel library " + kref.sha256 +
+                               " is not a function the library defines (a data object, or a "
+                               "symbol of another library); a step calls one of its kernels");
+      }
+    }
     dlerror();
     void* fn = dlsym(m->lib_.get(), s.symbol.c_str());
     if (!fn) {

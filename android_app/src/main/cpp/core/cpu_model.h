@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,10 +44,18 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
 // Reads the ELF header of `path` and checks it is a shared object for this runner's machine.
 Status check_kernel_elf(const std::string& path, const std::string& sha);
 
-// The value of the library's npas_kernel_abi_version, read from the file (section headers,
-// .dynsym, the symbol's bytes) without loading it. FailedPrecondition when the symbol is
-// missing or not a 4-byte constant stored in the file. After check_kernel_elf.
-StatusOr<uint32_t> read_kernel_abi_version(const std::string& path, const std::string& sha);
+// What a kernel library exports, read from the file (section headers, .dynsym, the ABI
+// symbol's bytes) without loading it: its npas_kernel_abi_version, and which defined dynamic
+// symbols are functions in executable sections (a step's symbol must be one: dlsym also finds
+// data objects, and calling one crashes the runner).
+struct KernelExports {
+  uint32_t abi_version = 0;
+  std::set<std::string> functions;
+};
+
+// FailedPrecondition when the ABI symbol is missing or not a 4-byte constant stored in the
+// file, or the tables are malformed. After check_kernel_elf.
+StatusOr<KernelExports> read_kernel_exports(const std::string& path, const std::string& sha);
 
 }  // namespace npas
 

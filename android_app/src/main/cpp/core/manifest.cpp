@@ -270,9 +270,10 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
                                " bytes" + (found.weights < 0 ? " (no weights artifact)" : ""));
       }
     }
-    if (s.work_items == 0 || s.work_items > limits.max_work_items) {
+    const uint64_t max_items = gpu ? limits.max_gpu_work_items : limits.max_work_items;
+    if (s.work_items == 0 || s.work_items > max_items) {
       return InvalidArgument(sw + ": work_items " + u(s.work_items) + " must be 1.." +
-                             u(limits.max_work_items));
+                             u(max_items) + (gpu ? " (the GPU's 1-D global size)" : ""));
     }
     if (gpu && s.local_size > 0 && s.work_items % s.local_size != 0) {
       return InvalidArgument(sw + ": work_items " + u(s.work_items) +

@@ -82,6 +82,9 @@ struct ManifestLimits {
   size_t max_model_io = 1024;  // model inputs, and outputs
   size_t max_rank = 8;
   uint64_t max_work_items = 1ull << 40;
+  // GPU: the 1-D global size. Drivers take no more than their address space (an assertion
+  // in PoCL at 2^40), and kernels index with 32-bit ints.
+  uint64_t max_gpu_work_items = (1ull << 31) - 1;
   size_t max_build_flags = 256;           // GPU: Toolchain.flags entries
   size_t max_build_options_bytes = 4096;  // GPU: the flags joined with spaces
 };

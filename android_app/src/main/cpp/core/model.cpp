@@ -36,6 +36,29 @@ Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store) 
   return first;
 }
 
+MemoryNeed memory_need(const Manifest& m, Backend backend, int threads) {
+  MemoryNeed n;
+  for (const ArtifactRef& a : m.artifacts) {
+    if (a.role == "weights") n.weights = a.size;
+  }
+  n.arena = m.arena_bytes;
+  if (backend == Backend::kCpu) {
+    n.scratch_stride = (m.scratch_bytes_per_thread + 63) / 64 * 64;
+    n.threads = uint64_t(threads > 0 ? threads : 1);
+  } else {
+    for (uint32_t idx : m.outputs) n.outputs += m.tensors[idx].nbytes;
+  }
+  return n;  // every term bounded by validate_manifest's limits: no overflow
+}
+
+std::string MemoryNeed::describe(const std::string& model_name) const {
+  std::string s = "model '" + clip(model_name) + "' needs " + u(total()) +
+                  " bytes of memory (weights " + u(weights) + ", activation arena " + u(arena);
+  if (scratch_stride) s += ", scratch " + u(scratch_stride) + " bytes x " + u(threads) + " threads";
+  if (outputs) s += ", output copies " + u(outputs);
+  return s + ")";
+}
+
 Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,
                       const std::string& what) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));

@@ -81,6 +81,18 @@ uint16_t float_to_half(float f);
 // with its declared size (FailedPrecondition when a size differs). Loaders call it before they
 // open any artifact.
 Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store);
+
+// The memory a model of a validated manifest holds once loaded: its weight blob, activation
+// arena, scratch (per thread, 64-byte aligned) and, on the GPU, host copies of its outputs.
+struct MemoryNeed {
+  uint64_t weights = 0, arena = 0, scratch_stride = 0, outputs = 0;
+  uint64_t threads = 1;
+  uint64_t total() const { return weights + arena + scratch_stride * threads + outputs; }
+  // "model 'NAME' needs N bytes of memory (weights .., activation arena .., scratch .. x T
+  // threads)"
+  std::string describe(const std::string& model_name) const;
+};
+MemoryNeed memory_need(const Manifest& m, Backend backend, int threads);
 // Reads exactly `size` bytes of the file at `path` into `dst`; `what` names it in errors.
 Status read_file_into(const std::string& path, uint8_t* dst, uint64_t size,
                       const std::string& what);

@@ -73,6 +73,19 @@ uint64_t available_memory_bytes() {
   return 0;
 }
 
+uint64_t total_memory_bytes() {
+  if (auto info = read_small_file("/proc/meminfo", 1 << 16)) {
+    size_t at = info->find("MemTotal:");
+    if (at != std::string::npos) {
+      unsigned long long kb = 0;
+      if (std::sscanf(info->c_str() + at, "MemTotal: %llu kB", &kb) == 1) return kb * 1024;
+    }
+  }
+  long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return uint64_t(pages) * uint64_t(page);
+  return 0;
+}
+
 namespace {
 std::atomic<bool> g_count_marks{false};
 }  // namespace

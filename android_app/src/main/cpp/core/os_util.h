@@ -75,6 +75,8 @@ std::string trim(const std::string& s);
 // first, because with overcommit a too-large malloc succeeds and the process dies on first
 // touch instead of getting an error.
 uint64_t available_memory_bytes();
+// /proc/meminfo's MemTotal, else the physical pages; 0 when unknown.
+uint64_t total_memory_bytes();
 
 // CLOCK_MONOTONIC in nanoseconds.
 uint64_t monotonic_ns();

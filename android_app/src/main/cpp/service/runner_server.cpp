@@ -73,7 +73,9 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
 
   std::unique_ptr<RunnerServer> s(new RunnerServer());  // private constructor
   s->service_ = std::make_unique<RunnerService>(config.token, std::move(store).value(),
-                                                config.manifest_limits, config.max_models);
+                                                config.manifest_limits, config.max_models,
+                                                config.max_model_bytes,
+                                                config.upload_idle_timeout_s);
   grpc::ServerBuilder builder;
   int selected = 0;
   builder.AddListeningPort(host + ":" + std::to_string(port), grpc::InsecureServerCredentials(),

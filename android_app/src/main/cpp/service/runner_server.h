@@ -35,6 +35,11 @@ struct RunnerConfig {
   StoreLimits store_limits;
   ManifestLimits manifest_limits;
   size_t max_models = 16;
+  // All loaded models' memory together (weights, arenas, scratch); 0: three quarters of the
+  // device's memory.
+  uint64_t max_model_bytes = 0;
+  // An upload that receives nothing for this long is cancelled and its reserved space freed.
+  uint32_t upload_idle_timeout_s = 60;
   // The largest message the runner reads, checked by gRPC before the handler (so before the
   // token is) and parsed only when it fits: one unauthenticated call costs at most about this.
   // Legitimate ones: upload chunks of 1 MiB, manifests (tens of KB for VGG16), Run and

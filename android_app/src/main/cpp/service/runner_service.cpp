@@ -1,6 +1,7 @@
 // gRPC Runner service over the core.
 #include "service/runner_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -11,6 +12,7 @@
 #include "core/gpu_model.h"
 #include "core/npas_kernel_abi.h"
 #include "core/model.h"
+#include "core/os_util.h"
 #include "core/sha256.h"
 #include "service/convert.h"
 
@@ -59,11 +61,45 @@ grpc::Status guarded(const char* rpc, F&& body) {
 }  // namespace
 
 RunnerService::RunnerService(std::string token, std::unique_ptr<ArtifactStore> store,
-                             const ManifestLimits& manifest_limits, size_t max_models)
+                             const ManifestLimits& manifest_limits, size_t max_models,
+                             uint64_t max_model_bytes, uint32_t upload_idle_timeout_s)
     : token_(std::move(token)),
       store_(std::move(store)),
       manifest_limits_(manifest_limits),
-      models_(max_models) {}
+      models_(max_models, max_model_bytes),
+      upload_idle_timeout_ns_(uint64_t(upload_idle_timeout_s) * 1000000000ull) {
+  if (upload_idle_timeout_ns_ > 0) watchdog_ = std::thread([this] { watch_uploads(); });
+}
+
+RunnerService::~RunnerService() {
+  {
+    std::lock_guard<std::mutex> lock(uploads_mu_);
+    stopping_ = true;
+  }
+  uploads_cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+void RunnerService::watch_uploads() {
+  const auto period = std::chrono::nanoseconds(
+      std::min<uint64_t>(upload_idle_timeout_ns_ / 4 + 1, 1000000000ull));
+  std::unique_lock<std::mutex> lock(uploads_mu_);
+  while (!stopping_) {
+    uploads_cv_.wait_for(lock, period);
+    const uint64_t now = monotonic_ns();
+    for (UploadWatch* w : uploads_) {
+      uint64_t last = w->last_ns.load(std::memory_order_relaxed);
+      if (now > last && now - last > upload_idle_timeout_ns_) {
+        std::fprintf(stderr,
+                     "npas-runner: UploadArtifact: nothing received for %llu s, cancelled (its "
+                     "reserved space is freed)\n",
+                     (unsigned long long)(upload_idle_timeout_ns_ / 1000000000ull));
+        w->last_ns.store(now, std::memory_order_relaxed);  // one message per stall
+        w->ctx->TryCancel();
+      }
+    }
+  }
+}
 
 grpc::Status RunnerService::authenticate(const Ctx* ctx) const {
   const auto& md = ctx->client_metadata();
@@ -113,6 +149,8 @@ grpc::Status RunnerService::MissingArtifacts(Ctx* ctx, const pb::MissingArtifact
                        "' is not 64 lowercase hex characters");
       }
     }
+    // Asked for together: one bundle, whose artifacts an upload of one of them must not evict.
+    store_->note_wanted({req->sha256().begin(), req->sha256().end()});
     for (const auto& sha : req->sha256()) {
       if (!store_->has(sha)) resp->add_missing(sha);
     }
@@ -125,6 +163,20 @@ grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::Uplo
   return guarded("UploadArtifact", [&]() -> grpc::Status {
     grpc::Status auth = authenticate(ctx);
     if (!auth.ok()) return auth;
+    UploadWatch watch{ctx, {monotonic_ns()}};
+    struct Unwatch {
+      RunnerService* s;
+      UploadWatch* w;
+      ~Unwatch() {
+        std::lock_guard<std::mutex> lock(s->uploads_mu_);
+        s->uploads_.erase(w);
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lock(uploads_mu_);
+      uploads_.insert(&watch);
+    }
+    Unwatch unwatch{this, &watch};
     pb::UploadChunk chunk;
     if (!reader->Read(&chunk)) return invalid("empty upload: the first message must be a header");
     if (chunk.part_case() != pb::UploadChunk::kHeader) {
@@ -143,6 +195,7 @@ grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::Uplo
       return to_grpc(writer.status());
     }
     while (reader->Read(&chunk)) {
+      watch.last_ns.store(monotonic_ns(), std::memory_order_relaxed);
       if (chunk.part_case() != pb::UploadChunk::kData) {
         return invalid("artifact " + header.sha256() + ": a second header in the upload");
       }
@@ -152,7 +205,11 @@ grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::Uplo
         return to_grpc(s);  // stop reading: the client sent more than it declared
       }
     }
-    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
+    if (ctx->IsCancelled()) {
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "upload cancelled (by the client, or idle past the runner's "
+                          "--upload-idle-timeout-s)");
+    }
     Status s = writer.value()->finish();
     if (!s.ok()) {
       log_error("UploadArtifact", s);
@@ -184,18 +241,34 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
     for (const ArtifactRef& a : manifest.artifacts) shas.push_back(a.sha256);
     std::unique_ptr<ArtifactPins> pins = store_->pin(shas);
 
+    // Checked before anything is allocated: the manifest, then its memory against what all
+    // loaded models may hold together.
+    const Backend backend = gpu ? Backend::kGpu : Backend::kCpu;
+    Status valid = validate_manifest(manifest, manifest_limits_, nullptr, backend);
+    if (!valid.ok()) return to_grpc(valid);
+    ThreadPlan plan;
+    if (!gpu) {
+      ThreadRequest treq;
+      treq.threads = req->threads();
+      treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
+      treq.pin_big_cores = req->pin_big_cores();
+      auto p = plan_threads(treq, device_info());
+      if (!p.ok()) return to_grpc(p.status());
+      plan = std::move(p).value();
+    }
+    const MemoryNeed need = memory_need(manifest, backend, plan.threads);
+    auto memory = models_.reserve_memory(need.total(), need.describe(manifest.name));
+    if (!memory.ok()) {
+      log_error("LoadModel", memory.status());
+      return to_grpc(memory.status());
+    }
+
     StatusOr<std::unique_ptr<Model>> model = Status(Code::kInternal, "not loaded");
     if (gpu) {
       model = load_gpu_model(manifest, *store_, manifest_limits_,
                              store_->dir() + "/" + kProgramCacheDir);
     } else {
-      ThreadRequest treq;
-      treq.threads = req->threads();
-      treq.cpu_affinity.assign(req->cpu_affinity().begin(), req->cpu_affinity().end());
-      treq.pin_big_cores = req->pin_big_cores();
-      auto plan = plan_threads(treq, device_info());
-      if (!plan.ok()) return to_grpc(plan.status());
-      model = load_cpu_model(manifest, *store_, manifest_limits_, plan.value());
+      model = load_cpu_model(manifest, *store_, manifest_limits_, plan);
     }
     if (!model.ok()) {
       log_error("LoadModel", model.status());
@@ -209,7 +282,8 @@ grpc::Status RunnerService::LoadModel(Ctx* ctx, const pb::LoadModelRequest* req,
       std::fprintf(stderr, "npas-runner: LoadModel: pinning refused, running unpinned: %s\n",
                    affinity_note.c_str());
     }
-    auto handle = models_.add(std::move(model).value(), std::move(pins));
+    auto handle = models_.add(std::move(model).value(), std::move(pins),
+                              std::move(memory).value());
     if (!handle.ok()) return to_grpc(handle.status());
     resp->set_handle(handle.value());
     resp->set_init_ns(init_ns);

@@ -3,10 +3,14 @@
 #ifndef NPAS_SERVICE_RUNNER_SERVICE_H
 #define NPAS_SERVICE_RUNNER_SERVICE_H
 
+#include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "core/artifact_store.h"
 #include "core/manifest.h"
@@ -30,7 +34,9 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
  public:
   using Ctx = grpc::ServerContext;
   RunnerService(std::string token, std::unique_ptr<ArtifactStore> store,
-                const ManifestLimits& manifest_limits, size_t max_models);
+                const ManifestLimits& manifest_limits, size_t max_models,
+                uint64_t max_model_bytes = 0, uint32_t upload_idle_timeout_s = 60);
+  ~RunnerService() override;
 
   grpc::Status GetDeviceInfo(Ctx* ctx, const runner::v1::DeviceInfoRequest* req,
                              runner::v1::DeviceInfo* resp) override;
@@ -54,12 +60,26 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
   // UNAUTHENTICATED unless the call carries the session token (constant-time compare).
   grpc::Status authenticate(const Ctx* ctx) const;
 
+  // An upload in progress, watched for progress: one that receives nothing for
+  // upload_idle_timeout_ns is cancelled, so a stalled client cannot keep its reserved space.
+  struct UploadWatch {
+    grpc::ServerContext* ctx;
+    std::atomic<uint64_t> last_ns;
+  };
+  void watch_uploads();
+
   std::string token_;
   std::unique_ptr<ArtifactStore> store_;
   ManifestLimits manifest_limits_;
   ModelRegistry models_;
   mutable std::mutex last_mu_;
   std::optional<LastMeasurement> last_;
+  uint64_t upload_idle_timeout_ns_;
+  std::mutex uploads_mu_;
+  std::condition_variable uploads_cv_;
+  std::set<UploadWatch*> uploads_;
+  bool stopping_ = false;
+  std::thread watchdog_;  // last: started when everything above exists
 };
 
 }  // namespace npas

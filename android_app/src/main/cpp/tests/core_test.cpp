@@ -491,6 +491,13 @@ void test_gpu_manifest_checks() {
   Manifest m = good;
   m.target.arch = "x86_64";
   CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kFailedPrecondition);
+  // A 2^40 global size passed validation and tripped an assertion in the OpenCL driver.
+  m = good;
+  m.steps[0].local_size = 0;
+  m.steps[0].work_items = 1ull << 40;
+  CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
+  m.steps[0].work_items = lim.max_gpu_work_items;
+  CHECK(validate_manifest(m, lim, nullptr, Backend::kGpu).ok());
   m = good;
   m.steps[0].local_size = 7;  // 64 % 7 != 0
   CHECK_CODE(validate_manifest(m, lim, nullptr, Backend::kGpu), Code::kInvalidArgument);
