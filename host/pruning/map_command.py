@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"timed runs per bundle (default {MAP_RUNS})")
     p.add_argument("--warmup", type=int, default=MAP_WARMUP,
                    help=f"discarded warm-up runs per bundle (default {MAP_WARMUP})")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the end-to-end comparison times every bundle in this many rotated "
+                        "rounds of RUNS/ROUNDS runs each (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="runner threads; 0: one per big core (default 1)")
     p.add_argument("-o", "--output", type=Path,
@@ -79,9 +82,9 @@ def _check(args: argparse.Namespace) -> float:
     if not 0 < rate < 1:
         raise UserError(f"--rate must remove a fraction in (0, 1) (or be a compression > 1x); "
                         f"got {args.rate}")
-    if args.runs < 1 or args.warmup < 1 or args.threads < 0:
-        raise UserError(f"--runs and --warmup must be ≥ 1 and --threads ≥ 0; got {args.runs}, "
-                        f"{args.warmup}, {args.threads}")
+    if args.runs < 1 or args.warmup < 1 or args.threads < 0 or not 1 <= args.rounds <= 100:
+        raise UserError(f"--runs and --warmup must be ≥ 1, --rounds 1..100 and --threads ≥ 0; "
+                        f"got {args.runs}, {args.warmup}, {args.rounds}, {args.threads}")
     if not 0 <= args.tolerance <= 1:
         raise UserError(f"--tolerance must be in [0, 1]; got {args.tolerance}")
     return rate
@@ -142,24 +145,25 @@ def run(args: argparse.Namespace) -> int:
                         device={"name": args.device, "abi": info.abi,
                                 "cpu": getattr(info, "cpu_model", ""),
                                 "features": list(getattr(info, "cpu_features", ()))})
-        measure = _measurer(args, session, device, toolchain, example, tmp, res, progress, task)
-        bundles = ["dense", *(" / ".join(dict.fromkeys(L[i].label for L in LADDERS.values()))
-                              for i in range(len(next(iter(LADDERS.values())))))]
-        n_total = len(bundles) + 1
-        dense = for_layer(measure("dense", model, {}, 1, n_total), names)
+        res.compression["dense"] = 1.0
+        m = _Measurer(args, session, device, toolchain, example, tmp, res, progress, task)
+        n = 2 + len(next(iter(LADDERS.values())))
+        m.compile("dense", model, {}, f"[1/{n}]")
+        dense = for_layer(m.per_layer("dense", f"[1/{n}]"), names)
         rung_ms = []
-        for i, label in enumerate(bundles[1:]):
+        for i in range(n - 2):
+            label = " / ".join(dict.fromkeys(L[i].label for L in LADDERS.values()))
             pruned = rung_plan(model, i, rate, cfg).apply(model)
             res.compression[label] = round(weights_compression(model, pruned.model), 3)
-            rung_ms.append(for_layer(measure(label, pruned.model, pruned.schemes, i + 2,
-                                             n_total), names))
+            m.compile(label, pruned.model, pruned.schemes, f"[{i + 2}/{n}]")
+            rung_ms.append(for_layer(m.per_layer(label, f"[{i + 2}/{n}]"), names))
         res.choices = decide(model, rate, rung_ms, dense, args.tolerance)
         res.plan = mapped_plan(res.choices, rate, cfg)
         pruned = res.plan.apply(model)
         res.compression["mapped"] = round(weights_compression(model, pruned.model), 3)
-        measure("mapped", pruned.model, pruned.schemes, n_total, n_total)
+        m.compile("mapped", pruned.model, pruned.schemes, f"[{n}/{n}]")
+        m.side_by_side(args.rounds)
         progress.remove_task(task)
-    res.compression["dense"] = 1.0
     res.plan.save(output)
     profile = output.with_name(output.stem + ".profile.json")
     profile.write_text(json.dumps(res.to_dict(), indent=1))
@@ -171,32 +175,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measurer(args, session, device, toolchain, example, tmp: Path, res: MapResult, progress,
-              task) -> Callable:
-    from codegen import compile_model
+class _Measurer:
+    """Compiles bundles (kept until the command ends) and times them on the session."""
 
-    from ..measure import MeasureConfig
+    def __init__(self, args, session, device, toolchain, example, tmp: Path, res: MapResult,
+                 progress, task):
+        from ..measure import MeasureConfig
 
-    cfg = MeasureConfig(runs=args.runs, warmup=args.warmup, threads=args.threads,
-                        pin_big_cores=device.traits.pin_big_cores, per_layer=True)
+        self.session, self.toolchain, self.example, self.tmp = session, toolchain, example, tmp
+        self.res, self.progress, self.task = res, progress, task
+        self.cfg = MeasureConfig(runs=args.runs, warmup=args.warmup, threads=args.threads,
+                                 pin_big_cores=device.traits.pin_big_cores, per_layer=True)
+        self.bundles: dict = {}
+        self.samples: dict[str, list[int]] = {}
 
-    def measure(label: str, model, schemes, k: int, n: int) -> dict[str, float]:
-        progress.update(task, description=f"[{k}/{n}] compiling {label}")
+    def _say(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def compile(self, label: str, model, schemes, step: str) -> None:
+        from codegen import compile_model
+
+        self._say(f"{step} compiling {label}")
         t0 = time.perf_counter()
         slug = "".join(c if c.isalnum() else "_" for c in label)
-        bundle = compile_model(model, example, tmp / slug, name=f"map_{slug}",
-                               toolchain=toolchain, schemes=schemes)
-        res.compile_s += time.perf_counter() - t0
-        progress.update(task, description=f"[{k}/{n}] timing {label}: {cfg.warmup} warm-up + "
-                                          f"{cfg.runs} runs, per layer")
+        self.bundles[label] = compile_model(model, self.example, self.tmp / slug,
+                                            name=f"map_{slug}", toolchain=self.toolchain,
+                                            schemes=schemes)
+        self.res.compile_s += time.perf_counter() - t0
+
+    def _bench(self, label: str, cfg):
         t0 = time.perf_counter()
-        key = session.load(bundle, cfg)
-        result = session.benchmark(key)
-        session.unload(key)
-        res.device_s += time.perf_counter() - t0
-        res.end_to_end_ms[label] = round(result.stats.median_ms, 4)
-        return layer_times(result.layers)
-    return measure
+        key = self.session.load(self.bundles[label], cfg)
+        result = self.session.benchmark(key)
+        self.session.unload(key)
+        self.res.device_s += time.perf_counter() - t0
+        return result
+
+    def per_layer(self, label: str, step: str) -> dict[str, float]:
+        """The bundle's per-layer medians (module path → ms)."""
+        self._say(f"{step} timing {label} per layer: {self.cfg.warmup} warm-up + "
+                  f"{self.cfg.runs} runs")
+        return layer_times(self._bench(label, self.cfg).layers)
+
+    def side_by_side(self, rounds: int) -> None:
+        """Every bundle again, whole runs only, in ``rounds`` rotated rounds of runs/rounds
+        each, so that a machine's changing load falls on all of them alike; the medians go
+        to ``res.end_to_end_ms``."""
+        from dataclasses import replace
+
+        labels = list(self.bundles)
+        cfg = replace(self.cfg, per_layer=False, runs=max(1, self.cfg.runs // rounds))
+        for r in range(rounds):
+            for j, label in enumerate(labels[r % len(labels):] + labels[:r % len(labels)]):
+                self._say(f"side by side, round {r + 1}/{rounds}: {label} "
+                          f"({j + 1}/{len(labels)})")
+                self.samples.setdefault(label, []).extend(self._bench(label, cfg).samples_ns)
+        for label in labels:
+            self.res.end_to_end_ms[label] = round(statistics.median(self.samples[label]) / 1e6,
+                                                  4)
 
 
 def _print(res: MapResult, plan_path: Path, profile_path: Path) -> None:
@@ -208,8 +244,8 @@ def _print(res: MapResult, plan_path: Path, profile_path: Path) -> None:
         t.add_row(c.layer, c.kind, c.rung, "" if c.dense_ms is None else f"{c.dense_ms:.3f}",
                   c.why)
     out.print(t)
-    e = Table(title="end to end (median of the timed runs): every uniform rung and the mapped "
-                    "plan, same layers, same rate")
+    e = Table(title="end to end, side by side (medians over rotated rounds): every uniform "
+                    "rung and the mapped plan, same layers, same rate")
     for col in ("bundle", "weights ×", "median ms", "vs dense"):
         e.add_column(col, justify="left" if col == "bundle" else "right")
     dense = res.end_to_end_ms.get("dense")
