@@ -92,8 +92,7 @@ def compile_model(module: torch.nn.Module,
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made after capture and the passes: a refused model leaves no folder
     report = CompileReport(name=name)
     t_start = last = time.perf_counter()
 
@@ -136,6 +135,7 @@ def compile_model(module: torch.nn.Module,
     params = [lang.layer_params(graph, la) for la in graph.steps]
     param_refs = layout_weights(params, lang.elem_bytes)
     prog = lang.render(graph, param_refs)
+    out.mkdir(parents=True, exist_ok=True)
     (out / toolchain.source_name).write_text(prog.source, encoding="utf-8")
     stage("emit")
     say("compile")

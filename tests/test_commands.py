@@ -133,3 +133,30 @@ def test_install_without_apk_or_binary_means_the_static_runner():
     assert (args.device, args.apk, args.binary) == ("R58M1234XYZ", None, None)
     with pytest.raises(SystemExit):
         _install_args("--device", "R58M1234XYZ", "--apk", "a.apk", "--binary", "b")
+
+
+def _compile_cli(capsys, *argv: str) -> tuple[int, str]:
+    from host.cli import main
+
+    rc = main(["compile", *argv])
+    return rc, capsys.readouterr().err
+
+
+def test_compile_with_a_wrong_input_shape_says_so_in_one_error(capsys, tmp_path):
+    """One channel for an RGB model: an error naming the shape and the fix, no traceback, and
+    no bundle folder left behind."""
+    out = tmp_path / "b"
+    rc, err = _compile_cli(capsys, "zoo:small_cnn", "--input-shape", "1,1,32,32", "-o", str(out))
+    assert rc != 0 and "Traceback" not in err
+    text = " ".join(err.split())
+    assert "SmallCNN cannot run on an input of shape [1, 1, 32, 32]" in text
+    assert "--input-shape N,C,H,W" in text
+    assert not out.exists()
+
+
+def test_a_refused_model_leaves_no_bundle_folder(capsys, tmp_path):
+    out = tmp_path / "refused"
+    rc, err = _compile_cli(capsys, "torch.nn:ELU", "--input-shape", "1,3,8,8", "-o", str(out))
+    assert rc != 0 and '"elu" (elu): not supported by the code generator; replace it with ' \
+        "ReLU" in " ".join(err.split())
+    assert not out.exists()

@@ -59,3 +59,22 @@ def test_a_moved_model_module_still_loads_by_its_old_name(tmp_path):
     m = load_checkpoint(tmp_path / "old.pt")
     assert isinstance(m, DigitsNet) and m.stem[0].out_channels == 4
 
+
+
+def test_a_factory_module_that_imports_torchvision_loads(tmp_path):
+    """A module:factory whose module does `import torchvision` (a broken CUDA wheel next to a
+    CPU torch dies there with "torchvision::nms does not exist"), in a fresh interpreter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "tv_factory.py").write_text(
+        "import torchvision\n\n\ndef make():\n    return torchvision.models.resnet18()\n")
+    root = Path(__file__).resolve().parents[1]
+    code = ("from host.models import load_model; "
+            "print(type(load_model('tv_factory:make')).__name__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ResNet"

@@ -54,10 +54,25 @@ def capture(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
                                "generator needs a model without data-dependent control flow"
                                ) from e
         with torch.no_grad():
+            try:  # first without ShapeProp, which prints a traceback of any error
+                gm(*(x.clone() for x in example_inputs))
+            except Exception as e:  # the model's own error on these inputs
+                raise _wrong_inputs(module, example_inputs, e) from e
             ShapeProp(gm).propagate(*(x.clone() for x in example_inputs))
         return GraphBuilder(gm).run(_call)
     finally:
         module.train(was_training)
+
+
+def _wrong_inputs(module: nn.Module, inputs: Sequence[torch.Tensor], e: Exception
+                  ) -> CodegenError:
+    """A one-line error for a model that fails on the example inputs (a wrong input shape)."""
+    root = e.__cause__ or e
+    why = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    shapes = ", ".join(str(list(x.shape)) for x in inputs)
+    return CodegenError(f"{type(module).__name__} cannot run on an input of shape {shapes}: "
+                        f"{why}. Give the shape the model takes (--input-shape N,C,H,W, e.g. "
+                        "1,3,224,224 for an RGB model)")
 
 
 def is_exported(module: nn.Module) -> bool:

@@ -62,6 +62,8 @@ HINTS = {"LayerNorm": _NORM, "LayerNorm2d": _NORM, "layer_norm": _NORM, "GroupNo
          "ELU": "; replace it with ReLU (search phase 1 does this)",
          "LeakyReLU": "; replace it with ReLU (search phase 1 does this)",
          "PReLU": "; replace it with ReLU (search phase 1 does this)",
+         "elu": "; replace it with ReLU (search phase 1 does this)",
+         "leaky_relu": "; replace it with ReLU (search phase 1 does this)",
          "Upsample": "; not supported yet (nearest/bilinear upsampling is planned)",
          "interpolate": "; not supported yet (nearest/bilinear upsampling is planned)",
          "ConvTranspose2d": "; not supported yet (transposed convolution is planned)",

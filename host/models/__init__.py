@@ -17,6 +17,7 @@ import os
 import pickle
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -72,6 +73,20 @@ def torchvision_names() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models))
 
 
+def _import_user_module(mod_name: str) -> ModuleType:
+    """Import a user's module; one that imports a broken torchvision install (see
+    ``compat.py``) is imported again after the workaround."""
+    try:
+        return importlib.import_module(mod_name)
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for name in [m for m in sys.modules if m == mod_name or m.startswith(mod_name + ".")]:
+        del sys.modules[name]
+    import_torchvision()
+    return importlib.import_module(mod_name)
+
+
 def load_model(spec: str) -> nn.Module:
     """Load a model in eval mode. Raises ModelSpecError with what was tried."""
     path = Path(spec)
@@ -88,7 +103,7 @@ def load_model(spec: str) -> nn.Module:
         if os.getcwd() not in sys.path:  # like `python -m`: modules in the current folder
             sys.path.insert(0, os.getcwd())
         try:
-            factory = getattr(importlib.import_module(mod_name), attr)
+            factory = getattr(_import_user_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
             raise ModelSpecError(f"{spec}: cannot import {attr!r} from {mod_name!r} ({e})") \
                 from e
