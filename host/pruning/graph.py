@@ -29,7 +29,9 @@ from .config import PruningError, describe
 
 # Layers that pass channels through unchanged: every activation the code generator knows (its
 # modules, functions and methods, one row each in codegen's ACTIVATIONS table), plus those it
-# does not compile but a model may still be pruned around, dropout, identity and pools.
+# does not compile but a model may still be pruned around, dropout, identity and pools. A mean
+# over H and W keeps the channels; channel shuffle (view/transpose) and chunk/split freeze the
+# groups they touch (the walk does not follow a permutation of channels).
 _PASS_MODULES = (*dict.fromkeys(t for a in ACTIVATIONS.values() for t in a.modules), nn.Tanh,
                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d,
                  nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -249,6 +251,13 @@ class DependencyGraph:
                 return _Desc(d.spaces, 2, True)
             if d is not None and d.rank == 2 and start == 1:
                 return d
+        elif t in (torch.mean, "mean") and d is not None and d.rank == 4 and not d.flat:
+            # over the spatial dims (MNASNet, ShuffleNet heads): the channels stay
+            dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or ())
+            keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+            if sorted(x % 4 for x in dims) == [2, 3]:
+                return _Desc(d.spaces, 4 if keep else 2)
         elif t is torch.cat:
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             seq = n.args[0] if isinstance(n.args[0], (list, tuple)) else ()
