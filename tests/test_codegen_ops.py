@@ -252,3 +252,12 @@ def test_opencl_equals_torch(name, tmp_path, gpu_runner):  # noqa: F811
     b = compile_model(m, x, tmp_path / name, name=f"ops_cl_{name}", toolchain=OpenClToolchain())
     got = run_on_runner(gpu_runner, b, x, backend="gpu")
     assert rel_err(got, want) <= TOL
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_exported_program_gives_the_same_result(name):
+    """The torch.export front end (ATen ops) captures the same ops."""
+    m, x, want = _case(name)
+    ep = torch.export.export(m, (x,)).module()
+    (got,) = run_reference(run_passes(capture(ep, x)), [x])
+    assert rel_err(got, want) <= 1e-5

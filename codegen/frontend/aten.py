@@ -118,6 +118,40 @@ def _dropout(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.passthrough(node, a["input"])
 
 
+def _gelu(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    if a.get("approximate", "none") != "none":
+        raise cap.refuse(node, f"gelu(approximate={a['approximate']!r}) is not supported; use "
+                         "approximate='none' (the erf form)")
+    cap.emit(node, "gelu", [cap.tensor(node, a["self"])])
+
+
+def _mean(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    cap.mean(node, a["self"], a.get("dim"), bool(a.get("keepdim", False)))
+
+
+def _permute(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    cap.permute(node, a["self"], a["dims"])
+
+
+def _transpose(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    nd = len(cap.shapes[cap.tensor(node, a["self"])])
+    perm = list(range(nd))
+    d0, d1 = int(a["dim0"]) % nd, int(a["dim1"]) % nd
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    cap.permute(node, a["self"], perm)
+
+
+def _split(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    """split (equal parts, the last smaller), split_with_sizes, chunk; parts via getitem."""
+    size = cap.shapes[cap.tensor(node, a["self"])][int(a["dim"])]
+    if "split_sizes" in a:
+        sizes = [int(v) for v in a["split_sizes"]]
+    else:
+        step = int(a["split_size"]) if "split_size" in a else -(-size // int(a["chunks"]))
+        sizes = [min(step, size - o) for o in range(0, size, step)]
+    cap.split(node, a["self"], sizes, int(a["dim"]))
+
+
 def _no_value(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.names[node] = None  # runtime checks and shape queries: no tensor to compute
 
@@ -138,6 +172,11 @@ HANDLERS: dict[Any, Handler] = {
     aten._unsafe_view: _unary("reshape"),
     aten.cat: _cat, aten.concat: _cat,
     aten.dropout: _dropout, aten.feature_dropout: _dropout,
+    aten.gelu: _gelu, aten.gelu_: _gelu,
+    aten.mean: _mean, aten.contiguous: lambda cap, node, a: cap.passthrough(node, a["self"]),
+    aten.clone: lambda cap, node, a: cap.passthrough(node, a["self"]),
+    aten.permute: _permute, aten.transpose: _transpose,
+    aten.split: _split, aten.split_with_sizes: _split, aten.chunk: _split,
     aten.sym_size: _no_value,
     aten._assert_tensor_metadata: _no_value, aten._assert_scalar: _no_value,
     aten._assert_async: _no_value, aten.sym_constrain_range_for_size: _no_value,
