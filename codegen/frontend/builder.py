@@ -91,7 +91,8 @@ def _summary(refused: list[UnsupportedOp]) -> UnsupportedOp:
 
 def _hint(what: str) -> str:
     """What to do about a refused call (``GraphBuilder.what``), or nothing."""
-    key = what.split(":", 1)[0].rsplit(".", 1)[-1]
+    key = what.split(":", 1)[0]
+    key = key.split(".")[1] if key.startswith("aten.") else key.rsplit(".", 1)[-1]
     return HINTS.get(key, HINTS.get(key.rstrip("_"), ""))
 
 
