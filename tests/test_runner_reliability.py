@@ -64,6 +64,37 @@ def _temp_files(store: Path) -> list[str]:
     return [p.name for p in store.iterdir() if p.name.startswith(".upload-")]
 
 
+# ---- (1) the token is checked before a request's body is read ----
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_unauthenticated_bodies_are_not_read(runner_binary, tmp_path):
+    """Four 15 MiB requests (under the 16 MiB limit) without the token: the runner refuses each
+    on its metadata, before the body is buffered and parsed (which cost ~30 MB of peak memory
+    each before)."""
+    from host.rpc.stubs import load
+    pb, grpc_mod = load()
+    with _runner(runner_binary, tmp_path / "store") as r:
+        before_kb = _status_kb(r.pid, "VmHWM")
+        channel = grpc.insecure_channel(r.address)
+        stub = grpc_mod.RunnerStub(channel)
+        for i in range(4):
+            req = pb.RunRequest(handle="x", inputs=[pb.Tensor(data=bytes([i]) * (15 << 20))])
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Run(req, metadata=(("x-npas-token", "wrong"),), timeout=60)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value
+            assert "token" in e.value.details()
+        channel.close()
+        grown_mb = (_status_kb(r.pid, "VmHWM") - before_kb) / 1024
+        assert r.client().device_info().protocol_major == 1
+    assert grown_mb < 15, f"VmHWM grew by {grown_mb:.0f} MB"
+
+
 # ---- (3) a manifest alone must not crash the runner ----
 
 def test_step_symbol_naming_a_data_object_is_refused(runner_binary, bundle, tmp_path):

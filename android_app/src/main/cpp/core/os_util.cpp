@@ -73,6 +73,15 @@ uint64_t available_memory_bytes() {
   return 0;
 }
 
+bool constant_time_equal(const std::string& want, const char* got, size_t got_size) {
+  volatile unsigned char diff = got_size == want.size() ? 0 : 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    unsigned char g = i < got_size ? static_cast<unsigned char>(got[i]) : 0;
+    diff = diff | (g ^ static_cast<unsigned char>(want[i]));
+  }
+  return diff == 0;
+}
+
 uint64_t total_memory_bytes() {
   if (auto info = read_small_file("/proc/meminfo", 1 << 16)) {
     size_t at = info->find("MemTotal:");

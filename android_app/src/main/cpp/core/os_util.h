@@ -78,6 +78,10 @@ uint64_t available_memory_bytes();
 // /proc/meminfo's MemTotal, else the physical pages; 0 when unknown.
 uint64_t total_memory_bytes();
 
+// Whether got[0..got_size) equals want, in time that depends on want's length only (not on
+// where they first differ): how the session token is compared.
+bool constant_time_equal(const std::string& want, const char* got, size_t got_size);
+
 // CLOCK_MONOTONIC in nanoseconds.
 uint64_t monotonic_ns();
 

@@ -6,6 +6,8 @@
 
 #include <chrono>
 
+#include "core/os_util.h"
+
 #include "service/runner_service.h"
 
 namespace npas {
@@ -63,6 +65,33 @@ Status parse_listen_address(const std::string& listen, bool allow_remote, std::s
   return Status::Ok();
 }
 
+namespace {
+
+// The token check where gRPC runs it before a request's message is read: on the initial
+// metadata, in the transport (not blocking: a compare), so a call without the token is failed
+// UNAUTHENTICATED before its body is buffered or parsed. The service checks again (and says
+// which of missing or wrong it was).
+class TokenCheck final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit TokenCheck(std::string token) : token_(std::move(token)) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& md, grpc::AuthContext*, OutputMetadata*,
+                       OutputMetadata*) override {
+    auto it = md.find(kTokenMetadataKey);
+    if (it == md.end() || !constant_time_equal(token_, it->second.data(), it->second.size())) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          std::string(it == md.end() ? "missing" : "wrong") +
+                              " session token (metadata key x-npas-token)");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::string token_;
+};
+
+}  // namespace
+
 StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& config) {
   if (config.token.empty()) return InvalidArgument("the session token is empty");
   std::string host;
@@ -78,8 +107,17 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
                                                 config.upload_idle_timeout_s);
   grpc::ServerBuilder builder;
   int selected = 0;
-  builder.AddListeningPort(host + ":" + std::to_string(port), grpc::InsecureServerCredentials(),
-                           &selected);
+  // gRPC runs an auth metadata processor only under credentials with a security connector
+  // (insecure ones assert): on loopback, local credentials (no handshake on the wire, so
+  // plain clients connect; a peer must be local), which is the default listen address.
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (is_loopback_host(host)) {
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
+    creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(config.token));
+  } else {
+    creds = grpc::InsecureServerCredentials();  // --allow-remote: the service checks the token
+  }
+  builder.AddListeningPort(host + ":" + std::to_string(port), creds, &selected);
   builder.SetMaxReceiveMessageSize(config.max_receive_message_bytes);
   // gRPC 1.51 buffers a whole message before it checks the size limit or the handler checks
   // the token: the quota bounds what the transport holds, so an oversized message is reset
