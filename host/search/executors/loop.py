@@ -37,15 +37,17 @@ def schedule(journal: Journal) -> tuple[list[tuple], dict[int, dict], dict[int, 
     ops: list[tuple] = []
     started: dict[int, dict] = {}
     finished: dict[int, dict] = {}
-    for r in journal.records():
-        if r.get("type") != "candidate":
-            continue
+    recs = [r for r in journal.records() if r.get("type") == "candidate"]
+    asked = {int(r["id"]) for r in recs if r["status"] == "started" and "ask" in r}
+    if recs and not asked:
+        raise SearchError(f"{journal.path}: phase 2 was searched in rounds (--executor "
+                          f"local); continue it with --executor local")
+    for r in recs:
         cid = int(r["id"])
+        if cid not in asked:  # not phase 2's (the fallback choose() evaluates after it)
+            continue
         if r["status"] == "started" and cid not in started:
             started[cid] = r
-            if "ask" not in r:
-                raise SearchError(f"{journal.path}: candidate {cid} was searched in rounds "
-                                  f"(--executor local); continue it with --executor local")
             if ops and ops[-1][0] == "ask" and ops[-1][2] == r["ask"]:
                 ops[-1][1].append(cid)
             else:
