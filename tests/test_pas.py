@@ -1,0 +1,154 @@
+"""PaS (host/pruning/pas.py): straight-through masks, masked models equal their shrunk ones on
+residual, concat and depthwise graphs, MAC counting, width rounding, and a short real search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from zoo import small_cnn, torchvision_model
+
+from host.pruning.config import PruningError
+from host.pruning.pas import ChannelMasks, PasConfig, binarize, count_macs, search_widths
+
+
+def test_binarize_is_a_step_forward_and_the_identity_backward():
+    w = torch.tensor([0.2, 0.5, 0.51, 0.9], requires_grad=True)
+    b = binarize(w)
+    assert b.tolist() == [0.0, 0.0, 1.0, 1.0]
+    (b * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+class CatNet(nn.Module):
+    """Two branches concatenated along channels, a BN after the concat, a Linear after flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.bn = nn.BatchNorm2d(14)
+        self.c = nn.Conv2d(14, 10, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(10)
+        self.fc = nn.Linear(10 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        x = torch.relu(self.bn2(self.c(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 4), 1))
+
+
+def _random_bn(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+    return model.eval()
+
+
+MODELS = {
+    "resnet18 (residual groups)": lambda: torchvision_model("resnet18"),
+    "mobilenet_v2 (depthwise + residual)": lambda: torchvision_model("mobilenet_v2"),
+    "concat + BN after it + flatten→Linear": lambda: _random_bn(CatNet(), 1),
+    "small_cnn (SE, concat, grouped)": lambda: small_cnn(),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_masked_model_equals_the_shrunk_one(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    masks = ChannelMasks(model, x[:1])
+    assert masks.dense_macs == count_macs(model, x[:1])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in masks.logits.values():
+            keep = torch.rand(p.shape, generator=g) > 0.4
+            keep[0] = True  # never an empty group
+            p.copy_(keep.float() * 0.9 + 0.05)
+    masks.attach(model)
+    with torch.no_grad():
+        want = model(x)
+    masks.detach()
+    shrunk = masks.shrink(model, vector_width=1)
+    with torch.no_grad():
+        got = shrunk(x)
+        plain = model(x)  # the hooks are gone: the original model is back to dense
+    assert sum(p.numel() for p in shrunk.parameters()) < sum(p.numel()
+                                                            for p in model.parameters())
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert not torch.allclose(plain, want)
+    assert float(masks.macs().detach()) == pytest.approx(count_macs(shrunk, x[:1]), rel=1e-9)
+
+
+def test_frozen_groups_get_no_mask_and_a_model_with_none_is_refused():
+    m = torchvision_model("resnet18")
+    masks = ChannelMasks(m, torch.randn(1, 3, 32, 32))
+    assert all(not g.frozen for g in masks.groups.values())
+    assert all(g.size != 1000 for g in masks.groups.values())  # the output is frozen
+
+    class OnlyLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+    with pytest.raises(PruningError, match="no channel group"):
+        ChannelMasks(OnlyLinear(), torch.randn(1, 4))
+
+
+def test_widths_round_to_the_vector_width_towards_the_target():
+    m = torchvision_model("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    masks = ChannelMasks(m, x)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in masks.logits.values():
+            p.copy_(torch.rand(p.shape, generator=g))
+    exact = masks.macs_for({gid: int((masks.logits[str(gid)] > 0.5).sum())
+                            for gid in masks.groups})
+    near = masks.widths(16)
+    toward = masks.widths(16, target_macs=exact)
+    for w in (near, toward):
+        for gid, kept in w.items():
+            size = masks.groups[gid].size
+            assert len(kept) % 16 == 0 or len(kept) == size
+    def gap(w):
+        return abs(masks.macs_for({k: len(v) for k, v in w.items()}) - exact)
+    assert gap(toward) <= gap(near)
+    # the kept channels are those with the largest mask values
+    gid = next(iter(toward))
+    v = masks.logits[str(gid)].detach()
+    kept = toward[gid]
+    dropped = sorted(set(range(len(v))) - set(kept))
+    if dropped:
+        assert v[kept].min() >= v[dropped].max()
+
+
+def test_config_refuses_bad_targets():
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(PruningError, match="fraction"):
+            PasConfig(target=bad)
+
+
+def test_a_short_search_narrows_the_model_and_counts_what_it_made():
+    from host.models.data import load_dataset
+    from host.models.zoo import digits_tiny
+
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = digits_tiny()
+    r = search_widths(model, data, PasConfig(target=0.4, epochs=1.0, vector_width=4,
+                                             mask_lr=1.0))
+    assert r.steps == len(r.history) > 0
+    assert r.history[-1][2] < 1.0  # the penalty made the masks close channels
+    x = torch.zeros(1, *data.input_shape)
+    assert r.macs_pruned == count_macs(r.model, x) < r.macs_dense
+    assert r.model(torch.randn(2, *data.input_shape)).shape == (2, 10)
+    assert all(v % 4 == 0 for v in r.widths.values())
