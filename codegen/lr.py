@@ -142,6 +142,21 @@ def _avgpool2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> tor
                         a["count_include_pad"])
 
 
+def _interpolate(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    a = la.attrs  # as the model called it: the size, or the scale factor torch maps with
+    sf = a["scale_factor"]
+    return F.interpolate(xs[0], size=None if sf else shape[2:], scale_factor=sf, mode=a["mode"],
+                         align_corners=a["align_corners"])
+
+
+def _conv_transpose2d(la: Layer, xs: list[torch.Tensor], shape: tuple[int, ...]
+                      ) -> torch.Tensor:
+    a, p = la.attrs, la.params
+    y = F.conv_transpose2d(xs[0], torch.from_numpy(p["weight"]), torch.from_numpy(p["bias"]),
+                           a["stride"], a["padding"], a["output_padding"], 1, a["dilation"])
+    return y
+
+
 def _activation(fn: Callable[[torch.Tensor], torch.Tensor]) -> Reference:
     return lambda la, xs, shape: fn(xs[0])
 
@@ -165,6 +180,9 @@ OPS: dict[str, OpDef] = {
     "avgpool2d": OpDef("compute", follows_layout=True, reference=_avgpool2d),
     "adaptive_avgpool2d": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape:
                                 F.adaptive_avg_pool2d(xs[0], la.attrs["output_size"])),
+    # nearest (src = floor(dst * scale)) or bilinear (align_corners both ways) resizing of H, W
+    "interpolate": OpDef("compute", reference=_interpolate),
+    "conv_transpose2d": OpDef("compute", ("weight", "bias"), reference=_conv_transpose2d),
     "concat": OpDef("compute", reference=lambda la, xs, shape: torch.cat(xs, dim=1)),
     # a copy in another dim order (channel shuffle's transpose); plain layout
     "permute": OpDef("compute", reference=lambda la, xs, shape:

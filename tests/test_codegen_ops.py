@@ -135,6 +135,30 @@ class Pools(nn.Module):
         return torch.cat([torch.flatten(y, 1) for y in (*ys, m)], 1)  # sizes differ
 
 
+class Resize(nn.Module):
+    """Super-resolution's ops: nearest and bilinear upsampling (align_corners both ways, by
+    size and by a non-integer scale factor), PixelShuffle and PixelUnshuffle, ConvTranspose2d
+    (stride 2, padding, output_padding, dilation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.ps = nn.PixelShuffle(2)
+        self.pu = nn.PixelUnshuffle(2)
+        self.t1 = nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1, output_padding=1)
+        self.t2 = nn.ConvTranspose2d(5, 4, (2, 3), stride=(1, 2), dilation=(2, 1))
+
+    def forward(self, x):
+        y = self.up(F.relu(self.c1(x)))
+        a = F.interpolate(y, size=(17, 30), mode="bilinear", align_corners=False)
+        b = F.interpolate(a, scale_factor=1.5, mode="bilinear", align_corners=True)
+        c = F.interpolate(b, scale_factor=0.7, mode="nearest")
+        d = self.ps(c)  # 12 -> 3 channels
+        e = self.t2(F.silu(self.t1(d)))
+        return torch.cat([torch.flatten(e, 1), torch.flatten(self.pu(y), 1)], 1)
+
+
 CASES = {
     "activations": (Activations, (1, 3, 19, 23)),
     "activations_functional": (ActivationsFunctional, (2, 3, 17, 15)),
@@ -142,6 +166,7 @@ CASES = {
     "batchnorm_anywhere": (BatchNormAnywhere, (2, 3, 13, 11)),
     "shuffle": (Shuffle, (1, 3, 22, 26)),
     "pools": (Pools, (2, 3, 22, 19)),
+    "resize": (Resize, (1, 3, 7, 9)),
 }
 
 

@@ -63,3 +63,33 @@ def test_channel_shuffle_freezes_its_groups_with_the_reason():
     g = DependencyGraph(Shuffle())
     with pytest.raises(PruningError, match="stem.*(chunk|view|transpose)"):
         g.out_group("stem")
+
+
+class UpNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+        self.c = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.b(F.interpolate(F.relu(self.up(self.a(x))), scale_factor=1.5))
+        return self.c(self.ps(y))
+
+
+def test_upsampling_keeps_the_groups_and_pixel_shuffle_freezes_them():
+    g = DependencyGraph(UpNet())
+    assert {repr(m) for m in g.out_group("a").members} == {"a.out", "b.in"}
+    with pytest.raises(PruningError, match=r"filter pruning would change channels that ps "):
+        g.out_group("b")
+    torch.manual_seed(5)
+    pruned = PruningPlan({"a": LayerRule("filter", 0.5)}, PruningConfig(vector_width=8)
+                         ).apply(UpNet().eval()).model
+    assert pruned.a.out_channels == 8 and pruned.b.in_channels == 8
+    x = torch.randn(1, 3, 5, 7)
+    with torch.no_grad():
+        want = pruned(x)
+    (got,) = run_reference(run_passes(capture(pruned, x)), [x])
+    assert rel_err(got, want) <= 1e-5

@@ -125,6 +125,20 @@ def _gelu(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.emit(node, "gelu", [cap.tensor(node, a["self"])])
 
 
+def _upsample(mode: str) -> Handler:
+    def h(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+        sf = a.get("scale_factors")
+        cap.interpolate(node, a["input"], a.get("output_size"), sf if sf else None, mode,
+                        a.get("align_corners"), False)
+    return h
+
+
+def _conv_transpose2d(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    cap.conv_transpose(node, a["input"], cap.constant(node, a["weight"]),
+                       cap.constant(node, a["bias"]), a["stride"], a["padding"],
+                       a["output_padding"], a["groups"], a["dilation"])
+
+
 def _mean(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.mean(node, a["self"], a.get("dim"), bool(a.get("keepdim", False)))
 
@@ -173,6 +187,13 @@ HANDLERS: dict[Any, Handler] = {
     aten.cat: _cat, aten.concat: _cat,
     aten.dropout: _dropout, aten.feature_dropout: _dropout,
     aten.gelu: _gelu, aten.gelu_: _gelu,
+    aten.upsample_nearest2d: _upsample("nearest"),
+    aten.upsample_bilinear2d: _upsample("bilinear"),
+    aten.conv_transpose2d: _conv_transpose2d,
+    aten.pixel_shuffle: lambda cap, node, a: cap.pixel_shuffle(node, a["self"],
+                                                              a["upscale_factor"]),
+    aten.pixel_unshuffle: lambda cap, node, a: cap.pixel_shuffle(node, a["self"],
+                                                                a["downscale_factor"], True),
     aten.mean: _mean, aten.contiguous: lambda cap, node, a: cap.passthrough(node, a["self"]),
     aten.clone: lambda cap, node, a: cap.passthrough(node, a["self"]),
     aten.permute: _permute, aten.transpose: _transpose,

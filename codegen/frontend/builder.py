@@ -64,10 +64,7 @@ HINTS = {"LayerNorm": _NORM, "LayerNorm2d": _NORM, "layer_norm": _NORM, "GroupNo
          "PReLU": "; replace it with ReLU (search phase 1 does this)",
          "elu": "; replace it with ReLU (search phase 1 does this)",
          "leaky_relu": "; replace it with ReLU (search phase 1 does this)",
-         "Upsample": "; not supported yet (nearest/bilinear upsampling is planned)",
-         "interpolate": "; not supported yet (nearest/bilinear upsampling is planned)",
-         "ConvTranspose2d": "; not supported yet (transposed convolution is planned)",
-         "PixelShuffle": "; not supported yet (depth-to-space is planned)"}
+         "hardtanh": "; only hardtanh(0, 6) (ReLU6) is supported"}
 
 
 def _summary(refused: list[UnsupportedOp]) -> UnsupportedOp:
@@ -335,6 +332,51 @@ class GraphBuilder:
             raise self.refuse(node, "adaptive average pooling needs a 4-D input")
         self.emit(node, "adaptive_avgpool2d", [self.tensor(node, x)],
                   {"output_size": (shape[2], shape[3])})
+
+    def interpolate(self, node: Node, x: Any, size: Any, scale_factor: Any, mode: str,
+                    align_corners: bool | None, recompute: bool | None) -> None:
+        t = self.tensor(node, x)
+        if len(self.shapes[t]) != 4 or mode not in ("nearest", "bilinear"):
+            raise self.refuse(node, f"interpolate mode {mode!r} of a {len(self.shapes[t])}-D "
+                              "tensor: only 'nearest' and 'bilinear' of [N,C,H,W] are "
+                              "supported")
+        sf = None
+        if scale_factor is not None and not recompute:  # torch maps with 1/scale_factor
+            sf = (float(scale_factor),) * 2 if isinstance(scale_factor, (int, float)) \
+                else tuple(float(v) for v in scale_factor)
+        attrs = {"mode": mode, "align_corners": bool(align_corners) if mode == "bilinear"
+                 else None, "scale_factor": sf}
+        self.emit(node, "interpolate", [t], attrs)
+
+    def conv_transpose(self, node: Node, x: Any, weight: torch.Tensor,
+                       bias: torch.Tensor | None, stride: Any, padding: Any,
+                       output_padding: Any, groups: int, dilation: Any) -> None:
+        if weight.dim() != 4 or int(groups) != 1:
+            raise self.refuse(node, f"transposed convolution with groups={groups} and a "
+                              f"{weight.dim()}-D weight: only 2-D with groups=1 is supported")
+        b = _np(bias) if bias is not None else np.zeros(weight.shape[1], np.float32)
+        attrs = {"kernel": tuple(int(k) for k in weight.shape[2:]), "stride": _pair(stride),
+                 "padding": _pair(padding), "output_padding": _pair(output_padding),
+                 "dilation": _pair(dilation)}
+        self.emit(node, "conv_transpose2d", [self.tensor(node, x)], attrs,
+                  {"weight": _np(weight), "bias": b})
+
+    def pixel_shuffle(self, node: Node, x: Any, r: int, inverse: bool = False) -> None:
+        """Depth-to-space (or back): a reshape, a permute and a reshape, as torch defines it."""
+        t = self.tensor(node, x)
+        n, c, h, w = self.shapes[t]
+        r = int(r)
+        if inverse:
+            mid, perm = (n, c, h // r, r, w // r, r), (0, 1, 3, 5, 2, 4)
+        else:
+            mid, perm = (n, c // (r * r), r, r, h, w), (0, 1, 4, 2, 5, 3)
+        name = self.layer_name(node, "pixel_unshuffle" if inverse else "pixel_shuffle")
+        split, moved = f"{node.name}_split", f"{node.name}_moved"
+        self.shapes[split] = mid
+        self.shapes[moved] = tuple(mid[p] for p in perm)
+        self.layers += [Layer(f"{name}.reshape", "reshape", (t,), split),
+                        Layer(name, "permute", (split,), moved, {"perm": perm})]
+        self.emit(node, "reshape", [moved])
 
     def mean(self, node: Node, x: Any, dims: Any, keepdim: bool) -> None:
         """A mean over the spatial dims of [N,C,H,W]: a global average pool (then a reshape

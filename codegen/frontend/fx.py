@@ -31,6 +31,8 @@ def _sig_transpose(input, dim0, dim1): ...
 def _sig_chunk(input, chunks, dim=0): ...
 def _sig_split(input, split_size_or_sections, dim=0): ...
 def _sig_gelu(input, approximate="none"): ...
+def _sig_interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                     recompute_scale_factor=None, antialias=False): ...
 def _sig_stochastic_depth(input, p, mode, training=True): ...
 
 
@@ -117,6 +119,17 @@ def module(b: GraphBuilder, node: Node, m: nn.Module) -> None:
         b.adaptive(node, x)
     elif isinstance(m, nn.Flatten):
         b.emit(node, "flatten", [b.tensor(node, x)])
+    elif isinstance(m, nn.Upsample):
+        b.interpolate(node, x, m.size, m.scale_factor, m.mode, m.align_corners,
+                      m.recompute_scale_factor)
+    elif isinstance(m, nn.ConvTranspose2d):
+        if m.padding_mode != "zeros":
+            raise b.refuse(node, f"padding_mode={m.padding_mode!r} is not supported")
+        b.conv_transpose(node, x, m.weight, m.bias, m.stride, m.padding, m.output_padding,
+                         m.groups, m.dilation)
+    elif isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)):
+        inverse = isinstance(m, nn.PixelUnshuffle)
+        b.pixel_shuffle(node, x, m.downscale_factor if inverse else m.upscale_factor, inverse)
     else:
         raise b.refuse(node)
 
@@ -168,6 +181,14 @@ def function(b: GraphBuilder, node: Node) -> None:
         b.emit(node, "reshape", [b.tensor(node, a[0])])
     elif f in _CAT:
         b.cat(node)
+    elif f is F.interpolate:
+        args = bind(_sig_interpolate, node)
+        if args["antialias"]:
+            raise b.refuse(node, "interpolate with antialias=True is not supported")
+        b.interpolate(node, args["input"], args["size"], args["scale_factor"], args["mode"],
+                      args["align_corners"], args["recompute_scale_factor"])
+    elif f in (F.pixel_shuffle, F.pixel_unshuffle):
+        b.pixel_shuffle(node, a[0], a[1], f is F.pixel_unshuffle)
     elif f is torch.mean:
         args = bind(_sig_mean, node)
         b.mean(node, args["input"], args["dim"], args["keepdim"])

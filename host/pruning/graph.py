@@ -30,14 +30,15 @@ from .config import PruningError, describe
 # Layers that pass channels through unchanged: every activation the code generator knows (its
 # modules, functions and methods, one row each in codegen's ACTIVATIONS table), plus those it
 # does not compile but a model may still be pruned around, dropout, identity and pools. A mean
-# over H and W keeps the channels; channel shuffle (view/transpose) and chunk/split freeze the
-# groups they touch (the walk does not follow a permutation of channels).
+# over H and W and upsampling keep the channels; channel shuffle (view/transpose), chunk/split,
+# PixelShuffle and ConvTranspose2d freeze the groups they touch (the walk does not follow a
+# permutation or regrouping of channels).
 _PASS_MODULES = (*dict.fromkeys(t for a in ACTIVATIONS.values() for t in a.modules), nn.Tanh,
                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d,
-                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
 _PASS_FUNCTIONS = {*(f for a in ACTIVATIONS.values() for f in a.functions), torch.tanh, F.silu,
                    F.gelu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d,
-                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate}
 _PASS_METHODS = {*(m for a in ACTIVATIONS.values() for m in a.methods), "tanh", "contiguous",
                  "clone"}
 _BINARY = {operator.add, operator.mul, torch.add, torch.mul, operator.sub, torch.sub,
