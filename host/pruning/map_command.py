@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from rich.table import Table
 
 from ..console import err, out
 from ..errors import UserError
+from ..measure import MeasureConfig
 from .config import PruningConfig, PruningError, parse_rate
 from .mapping import (
     DEFAULT_TOLERANCE,
@@ -33,6 +32,7 @@ from .mapping import (
     prunable_layers,
     rung_plan,
 )
+from .timing import BundleTimer
 
 MAP_RUNS = 30
 MAP_WARMUP = 5
@@ -90,15 +90,6 @@ def _check(args: argparse.Namespace) -> float:
     return rate
 
 
-def layer_times(layers) -> dict[str, float]:
-    """Module path → median ms of its step(s): a layer's own step plus the steps the code
-    generator added for it (``NAME.to_nchw``-style layout conversions)."""
-    acc: dict[str, float] = {}
-    for la in layers:
-        acc[la.name] = acc.get(la.name, 0.0) + la.median_ms
-    return acc
-
-
 def for_layer(times: dict[str, float], names) -> dict[str, float]:
     return {n: sum(t for k, t in times.items() if k == n or k.startswith(n + "."))
             for n in names if any(k == n or k.startswith(n + ".") for k in times)}
@@ -146,7 +137,10 @@ def run(args: argparse.Namespace) -> int:
                                 "cpu": getattr(info, "cpu_model", ""),
                                 "features": list(getattr(info, "cpu_features", ()))})
         res.compression["dense"] = 1.0
-        m = _Measurer(args, session, device, toolchain, example, tmp, res, progress, task)
+        m = BundleTimer(session, toolchain, example, tmp, progress, task,
+                        MeasureConfig(runs=args.runs, warmup=args.warmup, threads=args.threads,
+                                      pin_big_cores=device.traits.pin_big_cores,
+                                      per_layer=True))
         n = 2 + len(next(iter(LADDERS.values())))
         m.compile("dense", model, {}, f"[1/{n}]")
         dense = for_layer(m.per_layer("dense", f"[1/{n}]"), names)
@@ -162,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         pruned = res.plan.apply(model)
         res.compression["mapped"] = round(weights_compression(model, pruned.model), 3)
         m.compile("mapped", pruned.model, pruned.schemes, f"[{n}/{n}]")
-        m.side_by_side(args.rounds)
+        res.end_to_end_ms = m.side_by_side(args.rounds)
+        res.device_s, res.compile_s = m.device_s, m.compile_s
         progress.remove_task(task)
     res.plan.save(output)
     profile = output.with_name(output.stem + ".profile.json")
@@ -173,66 +168,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(res, output, profile)
     return 0
-
-
-class _Measurer:
-    """Compiles bundles (kept until the command ends) and times them on the session."""
-
-    def __init__(self, args, session, device, toolchain, example, tmp: Path, res: MapResult,
-                 progress, task):
-        from ..measure import MeasureConfig
-
-        self.session, self.toolchain, self.example, self.tmp = session, toolchain, example, tmp
-        self.res, self.progress, self.task = res, progress, task
-        self.cfg = MeasureConfig(runs=args.runs, warmup=args.warmup, threads=args.threads,
-                                 pin_big_cores=device.traits.pin_big_cores, per_layer=True)
-        self.bundles: dict = {}
-        self.samples: dict[str, list[int]] = {}
-
-    def _say(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
-
-    def compile(self, label: str, model, schemes, step: str) -> None:
-        from codegen import compile_model
-
-        self._say(f"{step} compiling {label}")
-        t0 = time.perf_counter()
-        slug = "".join(c if c.isalnum() else "_" for c in label)
-        self.bundles[label] = compile_model(model, self.example, self.tmp / slug,
-                                            name=f"map_{slug}", toolchain=self.toolchain,
-                                            schemes=schemes)
-        self.res.compile_s += time.perf_counter() - t0
-
-    def _bench(self, label: str, cfg):
-        t0 = time.perf_counter()
-        key = self.session.load(self.bundles[label], cfg)
-        result = self.session.benchmark(key)
-        self.session.unload(key)
-        self.res.device_s += time.perf_counter() - t0
-        return result
-
-    def per_layer(self, label: str, step: str) -> dict[str, float]:
-        """The bundle's per-layer medians (module path → ms)."""
-        self._say(f"{step} timing {label} per layer: {self.cfg.warmup} warm-up + "
-                  f"{self.cfg.runs} runs")
-        return layer_times(self._bench(label, self.cfg).layers)
-
-    def side_by_side(self, rounds: int) -> None:
-        """Every bundle again, whole runs only, in ``rounds`` rotated rounds of runs/rounds
-        each, so that a machine's changing load falls on all of them alike; the medians go
-        to ``res.end_to_end_ms``."""
-        from dataclasses import replace
-
-        labels = list(self.bundles)
-        cfg = replace(self.cfg, per_layer=False, runs=max(1, self.cfg.runs // rounds))
-        for r in range(rounds):
-            for j, label in enumerate(labels[r % len(labels):] + labels[:r % len(labels)]):
-                self._say(f"side by side, round {r + 1}/{rounds}: {label} "
-                          f"({j + 1}/{len(labels)})")
-                self.samples.setdefault(label, []).extend(self._bench(label, cfg).samples_ns)
-        for label in labels:
-            self.res.end_to_end_ms[label] = round(statistics.median(self.samples[label]) / 1e6,
-                                                  4)
 
 
 def _print(res: MapResult, plan_path: Path, profile_path: Path) -> None:
