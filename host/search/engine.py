@@ -38,6 +38,7 @@ from ..pruning import PruningError
 from .config import SearchConfig, SearchError
 from .executors import make_executor
 from .executors.gate import FileGate
+from .executors.loop import run_async
 from .journal import VERSION, Journal
 from .live import SearchUI
 from .oracle import LatencyOracle, LatencyResult
@@ -229,6 +230,10 @@ class Search:
         finally:
             self.close()
         return self._finish(records, chosen, p3, searched)
+
+    def run_async(self, strategy) -> list[dict]:
+        """Phase 2 on the executor (executors/loop.py)."""
+        return run_async(self, strategy)
 
     def close(self) -> None:
         """Stop the oracle (runner sessions, compile processes) and the executor."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import time
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -29,10 +28,11 @@ import torch
 from torch import nn
 
 from ..models import load_checkpoint
-from ..models.train import TrainConfig, evaluate, recalibrate_bn, train
+from ..models.train import TrainConfig, recalibrate_bn, train
 from ..pruning import PruningError
 from ..pruning.algorithms import admm, gradual
 from .config import AUTO_PRETRAIN_EPOCHS, SearchConfig, SearchError
+from .finetune import finetune
 from .journal import Journal
 from .live import SearchUI
 from .ops import replace_ops
@@ -76,17 +76,12 @@ class RunState(Protocol):
     def lat_rec(self, r: LatencyResult, samples: bool = True) -> dict: ...
     def export(self, cand, plan, pruned, picked, results, final_acc,
                target_ms: float | None = None, tag: str = "") -> dict: ...
+    def run_async(self, strategy) -> list[dict]: ...
 
 
 def summary(cand: Candidate) -> str:
     """A candidate in words, layer by layer (the journal's, the live view's, the report's)."""
     return ", ".join(str(c) for c in cand.choices)
-
-
-def _seed_for(key: str) -> int:
-    """The fine-tuning seed of a candidate: from its encoding only, so a candidate scores the
-    same whichever strategy or run seed proposes it (comparisons see less noise)."""
-    return zlib.crc32(key.encode()) & 0x7FFFFFFF
 
 
 # --- phase 1 ---------------------------------------------------------------------------------
@@ -168,9 +163,7 @@ def phase2(search: RunState) -> list[dict]:
     strategy.prior([Outcome(dense_c, acc_dense, dense_ms, search.reward(acc_dense, dense_ms))]
                    + [Outcome(c, None, ms, None) for c, ms in floors])
     if search.executor is not None:  # Ray: asynchronous, as many at once as workers
-        from .executors.loop import run_async
-
-        records = run_async(search, strategy)
+        records = search.run_async(strategy)
         search.summary["phase2"] = {"evaluated": len(records),
                                     "seconds": time.perf_counter() - t0,
                                     "strategy_status": strategy.status(),
@@ -260,24 +253,6 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]]) -> dict[int, 
         out[cid] = finish(search, cid, c, pruned.report, acc, err, ft_s, lat)
         del pruned_models[cid]
     return out
-
-
-def finetune(pruned, c: Candidate, data, cfg: SearchConfig, train_cfg: TrainConfig,
-             gate) -> tuple[float | None, str | None]:
-    """A candidate's accuracy: fine-tuned with its masks held (seeded by the candidate),
-    BatchNorm recalibrated, validated; (accuracy, None) or (None, the error). Here on the
-    main thread, or in a Ray worker (executors/ray.py): the same steps either way."""
-    try:
-        dev = torch.device(cfg.train_device)
-        pruned.model.to(dev)
-        if dev.type != "cpu":
-            pruned.masks = {k: v.to(dev) for k, v in pruned.masks.items()}
-        train(pruned.model, data, cfg.finetune_epochs, train_cfg, _seed_for(c.key()),
-              after_step=pruned.reapply, gate=gate, lr=cfg.finetune_lr)
-        recalibrate_bn(pruned.model, data, cfg.train_device, gate=gate)
-        return evaluate(pruned.model, data, cfg.train_device, gate=gate), None
-    except RuntimeError as e:
-        return None, f"fine-tune: {e}"
 
 
 def finish(search: RunState, cid: int, c: Candidate, report, acc: float | None,

@@ -59,7 +59,7 @@ def _fine_tune(shared_ref: list, cid: int, encoding: list, ledger, hook) -> dict
     """One candidate's accuracy, in a worker process (a Ray task)."""
     import ray
 
-    from ..phases import finetune
+    from ..finetune import finetune
 
     ctx = ray.get_runtime_context()
     where = {"node": ctx.get_node_id()[:12], "pid": os.getpid()}
