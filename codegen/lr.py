@@ -173,6 +173,13 @@ OPS: dict[str, OpDef] = {
     "batchnorm2d": OpDef("compute", emitted=False, reference=_batchnorm2d),
     **{name: OpDef("compute", follows_layout=True, reference=_activation(act.torch_fn))
        for name, act in ACTIVATIONS.items()},
+    # element-wise with parameters (plain layout, a step of their own: never fused)
+    "clamp": OpDef("compute", reference=lambda la, xs, shape: torch.clamp(
+        xs[0], la.attrs["min"], la.attrs["max"])),
+    "leaky_relu": OpDef("compute", reference=lambda la, xs, shape: F.leaky_relu(
+        xs[0], la.attrs["slope"])),
+    "prelu": OpDef("compute", ("weight",), reference=lambda la, xs, shape: F.prelu(
+        xs[0], torch.from_numpy(la.params["weight"]))),
     "add": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape: xs[0] + xs[1]),
     "mul_channel": OpDef("compute", follows_layout=True,
                          reference=lambda la, xs, shape: xs[0] * xs[1]),

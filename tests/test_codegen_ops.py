@@ -159,6 +159,25 @@ class Resize(nn.Module):
         return torch.cat([torch.flatten(e, 1), torch.flatten(self.pu(y), 1)], 1)
 
 
+class Clamps(nn.Module):
+    """clamp (both bounds, one bound, relu6's), LeakyReLU, PReLU (one slope and per channel),
+    on blocked and plain producers, with NaN-free wide inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 11, 3, padding=1)
+        self.leaky = nn.LeakyReLU(0.2)
+        self.p1, self.p11 = nn.PReLU(), nn.PReLU(11)
+        with torch.no_grad():
+            self.p11.weight.copy_(torch.linspace(-0.5, 1.5, 11))
+
+    def forward(self, x):
+        y = self.c(x)
+        a = torch.clamp(y, -0.3, 0.4) + y.clamp(min=0.1) + y.clamp(max=-0.2)
+        b = self.leaky(y) + F.leaky_relu(a, 0.05) + y.clamp(0, 6)
+        return self.p11(b) + self.p1(F.max_pool2d(b, 3, 1, 1))
+
+
 CASES = {
     "activations": (Activations, (1, 3, 19, 23)),
     "activations_functional": (ActivationsFunctional, (2, 3, 17, 15)),
@@ -167,6 +186,7 @@ CASES = {
     "shuffle": (Shuffle, (1, 3, 22, 26)),
     "pools": (Pools, (2, 3, 22, 19)),
     "resize": (Resize, (1, 3, 7, 9)),
+    "clamps": (Clamps, (2, 3, 9, 13)),
 }
 
 

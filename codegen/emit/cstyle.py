@@ -341,6 +341,47 @@ def eltwise(expr: str, nin: int) -> Callable[[Ctx], Rendered]:
     return kernel
 
 
+def clamp(c: Ctx) -> Rendered:
+    lo, hi = c.a["min"], c.a["max"]
+    expr = "x0[i]"
+    if lo is not None:
+        expr = f"npas_max_f((float){expr}, {float(lo)!r}f)"
+    if hi is not None:
+        expr = f"npas_min_f({expr}, {float(hi)!r}f)"
+    return eltwise(expr, 1)(c)
+
+
+def leaky_relu(c: Ctx) -> Rendered:
+    return eltwise(f"npas_leaky((float)x0[i], {float(c.a['slope'])!r}f)", 1)(c)
+
+
+def prelu(c: Ctx) -> Rendered:
+    """One slope per channel (or one for all), one (n, c) plane per item (CPU)."""
+    n, ch = c.out[0], c.out[1]
+    plane = numel(c.out[2:])
+    k = "k" if c.la.params["weight"].size > 1 else "0"
+    body = [f"const float v = (float)x[(n * {ch} + k) * {plane} + i];",
+            f"y[(n * {ch} + k) * {plane} + i] = v < 0.0f ? (float)w[{k}] * v : v;"]
+    lines, items = c.lang.nest(c, [("n", n), ("k", ch), ("i", plane)], 1, body)
+    return [c.x(), c.y(), c.w(0, "w"), *lines], items, numel(c.out)
+
+
+# NaN-propagating min/max and the leaky slope, defined where a clamp or leaky_relu step is
+CLAMP_HELPERS = {
+    "npas_max_f": "{q} float npas_max_f(float v, float lo) {{ return v < lo ? lo : v; }}\n",
+    "npas_min_f": "{q} float npas_min_f(float v, float hi) {{ return v > hi ? hi : v; }}\n",
+    "npas_leaky": "{q} float npas_leaky(float v, float s) {{ return v < 0.0f ? v * s : v; }}\n",
+}
+
+
+def _with_helpers(kernel: Callable[[Ctx], Rendered]) -> Callable[[Ctx], Rendered]:
+    def k(c: Ctx) -> Rendered:
+        for name, text in CLAMP_HELPERS.items():
+            c.lang.helpers.setdefault(name, text.format(q=c.lang.func_q))
+        return kernel(c)
+    return k
+
+
 def mul_channel(c: Ctx) -> Rendered:
     n, ch, h, w = c.out
     body = [f"float v = (float)x[nc * {h * w} + i] * (float)s[nc];", *c.epilogue("v"),
@@ -532,6 +573,9 @@ def slice_channels(c: Ctx) -> Rendered:
 KERNELS: dict[str, Callable[[Ctx], Rendered]] = {
     "permute": permute,
     "slice": slice_channels,
+    "clamp": _with_helpers(clamp),
+    "leaky_relu": _with_helpers(leaky_relu),
+    "prelu": prelu,
     "interpolate": interpolate,
     "conv_transpose2d": conv_transpose2d,
     "conv2d": conv2d_plane,

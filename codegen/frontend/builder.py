@@ -60,10 +60,7 @@ HINTS = {"LayerNorm": _NORM, "LayerNorm2d": _NORM, "layer_norm": _NORM, "GroupNo
          "Tanh": "; replace it with Sigmoid or ReLU6 in the model (not done by search phase 1)",
          "tanh": "; replace it with Sigmoid or ReLU6 in the model (not done by search phase 1)",
          "ELU": "; replace it with ReLU (search phase 1 does this)",
-         "LeakyReLU": "; replace it with ReLU (search phase 1 does this)",
-         "PReLU": "; replace it with ReLU (search phase 1 does this)",
          "elu": "; replace it with ReLU (search phase 1 does this)",
-         "leaky_relu": "; replace it with ReLU (search phase 1 does this)",
          "hardtanh": "; only hardtanh(0, 6) (ReLU6) is supported"}
 
 
@@ -287,6 +284,27 @@ class GraphBuilder:
             raise self.refuse(node, f"hardtanh({lo}, {hi}) is not supported; only (0, 6) "
                               "(relu6)")
         self.emit(node, "relu6", [self.tensor(node, x)])
+
+    def clamp(self, node: Node, x: Any, lo: Any, hi: Any) -> None:
+        if any(isinstance(v, Node) for v in (lo, hi)):
+            raise self.refuse(node, "clamp with tensor bounds: only number bounds are "
+                              "supported")
+        if (lo, hi) == (0, 6) or (lo, hi) == (0.0, 6.0):
+            self.emit(node, "relu6", [self.tensor(node, x)])
+        else:
+            self.emit(node, "clamp", [self.tensor(node, x)],
+                      {"min": None if lo is None else float(lo),
+                       "max": None if hi is None else float(hi)})
+
+    def leaky_relu(self, node: Node, x: Any, slope: float) -> None:
+        self.emit(node, "leaky_relu", [self.tensor(node, x)], {"slope": float(slope)})
+
+    def prelu(self, node: Node, x: Any, weight: torch.Tensor) -> None:
+        t = self.tensor(node, x)
+        c = self.shapes[t][1] if len(self.shapes[t]) > 1 else 1
+        if weight.numel() not in (1, c):
+            raise self.refuse(node, f"PReLU with {weight.numel()} slopes for {c} channels")
+        self.emit(node, "prelu", [t], {}, {"weight": _np(weight).reshape(-1)})
 
     def add(self, node: Node, a: Any, b: Any) -> None:
         ta, tb = self.tensor(node, a), self.tensor(node, b)

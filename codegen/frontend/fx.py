@@ -31,6 +31,8 @@ def _sig_transpose(input, dim0, dim1): ...
 def _sig_chunk(input, chunks, dim=0): ...
 def _sig_split(input, split_size_or_sections, dim=0): ...
 def _sig_gelu(input, approximate="none"): ...
+def _sig_clamp(input, min=None, max=None): ...
+def _sig_leaky(input, negative_slope=0.01, inplace=False): ...
 def _sig_interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
                      recompute_scale_factor=None, antialias=False): ...
 def _sig_stochastic_depth(input, p, mode, training=True): ...
@@ -119,6 +121,10 @@ def module(b: GraphBuilder, node: Node, m: nn.Module) -> None:
         b.adaptive(node, x)
     elif isinstance(m, nn.Flatten):
         b.emit(node, "flatten", [b.tensor(node, x)])
+    elif isinstance(m, nn.LeakyReLU):
+        b.leaky_relu(node, x, m.negative_slope)
+    elif isinstance(m, nn.PReLU):
+        b.prelu(node, x, m.weight)
     elif isinstance(m, nn.Upsample):
         b.interpolate(node, x, m.size, m.scale_factor, m.mode, m.align_corners,
                       m.recompute_scale_factor)
@@ -181,6 +187,12 @@ def function(b: GraphBuilder, node: Node) -> None:
         b.emit(node, "reshape", [b.tensor(node, a[0])])
     elif f in _CAT:
         b.cat(node)
+    elif f in (torch.clamp, torch.clip, torch.clamp_):
+        args = bind(_sig_clamp, node)
+        b.clamp(node, args["input"], args["min"], args["max"])
+    elif f is F.leaky_relu:
+        args = bind(_sig_leaky, node)
+        b.leaky_relu(node, args["input"], args["negative_slope"])
     elif f is F.interpolate:
         args = bind(_sig_interpolate, node)
         if args["antialias"]:
@@ -225,6 +237,9 @@ def method(b: GraphBuilder, node: Node) -> None:
         b.add(node, x, node.args[1])
     elif m in ("mul", "mul_"):
         b.mul(node, x, node.args[1])
+    elif m in ("clamp", "clamp_", "clip", "clip_"):
+        args = bind(_sig_clamp, node)
+        b.clamp(node, x, args["min"], args["max"])
     elif m == "mean":
         args = bind(_sig_mean, node)
         b.mean(node, x, args["dim"], args["keepdim"])

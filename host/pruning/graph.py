@@ -38,9 +38,10 @@ _PASS_MODULES = (*dict.fromkeys(t for a in ACTIVATIONS.values() for t in a.modul
                  nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
 _PASS_FUNCTIONS = {*(f for a in ACTIVATIONS.values() for f in a.functions), torch.tanh, F.silu,
                    F.gelu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d,
-                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate}
+                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, torch.clamp,
+                   torch.clip}
 _PASS_METHODS = {*(m for a in ACTIVATIONS.values() for m in a.methods), "tanh", "contiguous",
-                 "clone"}
+                 "clone", "clamp", "clamp_", "clip"}
 _BINARY = {operator.add, operator.mul, torch.add, torch.mul, operator.sub, torch.sub,
            operator.iadd, operator.imul, "add", "mul", "sub", "add_", "mul_"}
 
