@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARKS = ("dense", "sparse", "arm64", "scaleout")
+BENCHMARKS = ("dense", "sparse", "arm64", "scaleout", "pas")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "pruned models on our sparse kernels vs our dense code and those "
                    "engines; arm64: instructions per inference of ours, ncnn and MNN under "
                    "qemu-aarch64; scaleout: phase 2's candidates per minute in-process "
-                   "and on Ray with 1 and 2 workers")
+                   "and on Ray with 1 and 2 workers; pas: PaS width search vs uniform filter "
+                   "pruning at the same measured latency")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
 
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         from .arm64.cli import main
     elif args.which == "scaleout":
         from .scaleout import main
+    elif args.which == "pas":
+        from .pas import main
     else:
         from .sparse.cli import main
     return main(args.rest)

@@ -240,7 +240,8 @@ class PasConfig:
     epochs: float = 3.0
     alpha: float = DEFAULT_ALPHA
     lr: float = 0.05
-    mask_lr: float = 0.2  # SGD with momentum on the mask scalars
+    mask_lr: float = 0.5  # SGD with momentum 0.5 on the mask scalars
+    warmup: float = 0.5  # the MAC target falls linearly from dense to `target` over this part
     batch_size: int = 64
     vector_width: int = 16
     seed: int = 0
@@ -306,7 +307,7 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
     # SGD, not Adam: Adam's per-coordinate scaling gives every channel the same step and the
     # masks of a group fall below 0.5 together; SGD keeps the task gradient's ranking
-    mopt = torch.optim.SGD(masks.logits.parameters(), lr=cfg.mask_lr, momentum=0.9)
+    mopt = torch.optim.SGD(masks.logits.parameters(), lr=cfg.mask_lr, momentum=0.5)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     res_hist: list[tuple[int, float, float]] = []
@@ -316,7 +317,10 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
             for group in opt.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
             x, y = x.to(dev), y.to(dev)
-            loss = F.cross_entropy(model(x), y) + masks.penalty(cfg.target, cfg.alpha)
+            # the target comes down gradually: at full strength from the first step, the
+            # penalty's uniform push makes a group's masks cross 0.5 together and overshoot
+            goal = 1.0 - (1.0 - cfg.target) * min(1.0, step / max(1.0, cfg.warmup * total))
+            loss = F.cross_entropy(model(x), y) + masks.penalty(goal, cfg.alpha)
             opt.zero_grad(set_to_none=True)
             mopt.zero_grad(set_to_none=True)
             loss.backward()
