@@ -87,7 +87,15 @@ Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store);
 struct MemoryNeed {
   uint64_t weights = 0, arena = 0, scratch_stride = 0, outputs = 0;
   uint64_t threads = 1;
-  uint64_t total() const { return weights + arena + scratch_stride * threads + outputs; }
+  // Saturating: a weight size the manifest states (checked against the store only later)
+  // must not wrap the sum into a small reservation.
+  uint64_t total() const {
+    uint64_t t = 0;
+    for (uint64_t part : {weights, arena, scratch_stride * threads, outputs}) {
+      t = part > UINT64_MAX - t ? UINT64_MAX : t + part;
+    }
+    return t;
+  }
   // "model 'NAME' needs N bytes of memory (weights .., activation arena .., scratch .. x T
   // threads)"
   std::string describe(const std::string& model_name) const;

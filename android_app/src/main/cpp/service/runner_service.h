@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -52,6 +53,21 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
                          runner::v1::BenchmarkResponse* resp) override;
   grpc::Status UnloadModel(Ctx* ctx, const runner::v1::UnloadModelRequest* req,
                            runner::v1::UnloadModelResponse* resp) override;
+
+  // What each RPC does once the caller is authenticated: the RPCs above call these, and so do
+  // the fuzz targets (fuzz/), which feed them requests decoded from their bytes. Exceptions
+  // escape (the RPCs turn them into statuses). `ctx` may be null.
+  grpc::Status missing_artifacts(const runner::v1::MissingArtifactsRequest* req,
+                                 runner::v1::MissingArtifactsResponse* resp);
+  grpc::Status upload_artifact(const std::function<bool(runner::v1::UploadChunk*)>& read,
+                               const std::function<bool()>& cancelled,
+                               runner::v1::UploadResponse* resp);
+  grpc::Status load_model(const runner::v1::LoadModelRequest* req,
+                          runner::v1::LoadModelResponse* resp);
+  grpc::Status run(const runner::v1::RunRequest* req, runner::v1::RunResponse* resp);
+  grpc::Status benchmark(Ctx* ctx, const runner::v1::BenchmarkRequest* req,
+                         runner::v1::BenchmarkResponse* resp);
+  grpc::Status unload_model(const runner::v1::UnloadModelRequest* req);
 
   // The last Benchmark that succeeded; empty before the first. Thread-safe.
   std::optional<LastMeasurement> last_measurement() const;
