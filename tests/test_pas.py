@@ -55,7 +55,22 @@ MODELS = {
     "mobilenet_v2 (depthwise + residual)": lambda: torchvision_model("mobilenet_v2"),
     "concat + BN after it + flatten→Linear": lambda: _random_bn(CatNet(), 1),
     "small_cnn (SE, concat, grouped)": lambda: small_cnn(),
+    "RepVGG blocks (3x3 + 1x1 + identity branches)": lambda: _repvgg_digits(),
 }
+
+
+def _repvgg_digits() -> nn.Module:
+    from host.models.zoo import DigitsNet
+    from host.pruning.repvgg import RepBlock, to_repvgg
+
+    torch.manual_seed(0)
+    m, _ = to_repvgg(_random_bn(DigitsNet(in_channels=3), 2))
+    for blk in m.modules():
+        if isinstance(blk, RepBlock):
+            nn.init.normal_(blk.conv1.weight, std=0.1)
+            if blk.bn_id is not None:
+                blk.bn_id.weight.data.fill_(0.5)
+    return m.eval()
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -84,6 +99,12 @@ def test_masked_model_equals_the_shrunk_one(name):
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     assert not torch.allclose(plain, want)
     assert float(masks.macs().detach()) == pytest.approx(count_macs(shrunk, x[:1]), rel=1e-9)
+    if "RepVGG" in name:  # shrunk blocks still merge into plain convs
+        from host.pruning.repvgg import merge_repvgg
+
+        with torch.no_grad():
+            merged = merge_repvgg(shrunk)(x)
+        assert (merged - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_frozen_groups_get_no_mask_and_a_model_with_none_is_refused():
@@ -152,3 +173,48 @@ def test_a_short_search_narrows_the_model_and_counts_what_it_made():
     assert r.macs_pruned == count_macs(r.model, x) < r.macs_dense
     assert r.model(torch.randn(2, *data.input_shape)).shape == (2, 10)
     assert all(v % 4 == 0 for v in r.widths.values())
+
+
+# ---- RepVGG-style blocks (host/pruning/repvgg.py) ----------------------------------------------
+
+@pytest.mark.parametrize("cin,cout,stride", [(8, 8, 1), (8, 16, 1), (8, 8, 2), (3, 12, 2)])
+def test_repvgg_block_equals_its_merged_conv(cin, cout, stride):
+    from host.pruning.repvgg import RepBlock
+
+    torch.manual_seed(cin + cout + stride)
+    b = RepBlock(cin, cout, stride)
+    for m in b.modules():  # trained-looking branches: non-zero, BNs with real statistics
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.3)
+    _random_bn(b, cin * 7 + stride)
+    assert (b.bn_id is not None) == (cin == cout and stride == 1)
+    x = torch.randn(2, cin, 9, 11)
+    merged = b.merged()
+    with torch.no_grad():
+        want, got = b(x), merged(x)
+    assert merged.kernel_size == (3, 3) and merged.stride == (stride, stride)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_to_repvgg_keeps_the_function_then_merges_to_plain_convs():
+    from host.models.zoo import digits_cnn
+    from host.pruning.repvgg import RepBlock, merge_repvgg, to_repvgg
+
+    torch.manual_seed(0)
+    m = _random_bn(digits_cnn(), 3)
+    rep, blocks = to_repvgg(m)
+    assert blocks == ["stem.0", "b1.0", "b2.0", "b3.0"]  # b4 is 1x1: not a RepVGG block
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        want = m(x)
+        assert (rep.eval()(x) - want).abs().max() <= 1e-5 * want.abs().max()
+        # train the branches a little so that the merge has something to merge
+        for blk in rep.modules():
+            if isinstance(blk, RepBlock):
+                nn.init.normal_(blk.conv1.weight, std=0.1)
+                if blk.bn_id is not None:
+                    blk.bn_id.weight.fill_(0.5)
+        before = rep(x)
+        merged = merge_repvgg(rep)
+        assert not any(isinstance(b, RepBlock) for b in merged.modules())
+        assert (merged(x) - before).abs().max() <= 1e-5 * before.abs().max()

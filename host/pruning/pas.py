@@ -90,9 +90,15 @@ class ChannelMasks:
         for g in self.groups.values():
             for mem in g.members:
                 sides.setdefault((mem.layer, mem.role), []).append((g.id, g.size, mem.inner))
+        # a RepVGG block's 1x1 branch is merged into its 3x3 conv before compiling: the phone
+        # never runs it, so its MACs are not counted
+        from .repvgg import RepBlock
+
+        merged_away = {f"{n}.conv1" if n else "conv1" for n, m in mods.items()
+                       if isinstance(m, RepBlock)}
         terms = {}
         for name, m in mods.items():
-            if name not in spatial:
+            if name not in spatial or name in merged_away:
                 continue
             if isinstance(m, nn.Linear):
                 per, o_all, i_all, dw = 1, m.out_features, m.in_features, False
@@ -269,7 +275,11 @@ class PasResult:
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> float:
-    """Multiply-adds of ``model`` on ``example`` (Conv2d and Linear)."""
+    """Multiply-adds of ``model`` on ``example`` (Conv2d and Linear; RepVGG blocks as the 3×3
+    conv they merge into)."""
+    from .repvgg import RepBlock
+
+    skip = {id(m.conv1) for m in model.modules() if isinstance(m, RepBlock)}
     total = 0
 
     def hook(m, i, o):
@@ -280,7 +290,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> float:
             total += (m.in_channels // m.groups) * m.out_channels * m.kernel_size[0] \
                 * m.kernel_size[1] * o.shape[2] * o.shape[3]
     hs = [m.register_forward_hook(hook) for m in model.modules()
-          if isinstance(m, (nn.Conv2d, nn.Linear))]
+          if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip]
     try:
         with torch.no_grad():
             model.eval()(example)
