@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                   finetune_epochs=a.finetune_epochs, skip_final=True)
     ui = SearchUI(err)
     rates: dict[str, list[float]] = {_name(e, w): [] for e, w in settings}
+    strat: dict[str, list[float]] = {_name(e, w): [] for e, w in settings}
     t0 = time.perf_counter()
     try:
         with ExitStack() as stack:
@@ -82,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
                     p2 = s["phase2"]
                     rate = 60.0 * p2["evaluated"] / p2["seconds"]
                     rates[name].append(rate)
+                    strat[name].append(p2["strategy_s"] / max(p2["evaluated"], 1))
                     ui.log(f"{name}: {p2['evaluated']} candidates in {p2['seconds']:.1f} s: "
-                           f"{rate:.1f} per minute")
+                           f"{rate:.1f} per minute; the strategy's ask/tell "
+                           f"{p2['strategy_s']:.1f} s")
     except SearchError as e:
         raise UserError(str(e)) from None
-    _print(rates, a, time.perf_counter() - t0)
+    _print(rates, strat, a, time.perf_counter() - t0)
     (root / "bench.json").write_text(json.dumps(
-        {"candidates_per_minute": rates, "budget": a.budget, "repeats": a.repeats,
+        {"candidates_per_minute": rates, "strategy_s_per_candidate": strat,
+         "budget": a.budget, "repeats": a.repeats,
          "latency_ms": a.latency_ms, "finetune_epochs": a.finetune_epochs,
          "strategy": a.strategy, "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
     out.print(f"runs and bench.json: {root}")
@@ -99,15 +103,18 @@ def _name(executor: str, workers: int) -> str:
     return "local (in-process)" if executor == "local" else f"ray, {workers} worker(s)"
 
 
-def _print(rates: dict[str, list[float]], a, wall: float) -> None:
+def _print(rates: dict[str, list[float]], strat: dict[str, list[float]], a,
+           wall: float) -> None:
     t = Table(title=f"phase 2, {a.strategy}, {a.budget} candidates per run, "
                     f"{a.finetune_epochs:g}-epoch fine-tunes: candidates per minute")
     t.add_column("executor")
     t.add_column("median", justify="right")
     t.add_column("runs", justify="right")
+    t.add_column("strategy s / candidate (median)", justify="right")
     first = statistics.median(next(iter(rates.values())))
     for name, vals in rates.items():
         med = statistics.median(vals)
-        t.add_row(name, f"{med:.1f} ({med / first:.2f}x)", ", ".join(f"{v:.1f}" for v in vals))
+        t.add_row(name, f"{med:.1f} ({med / first:.2f}x)", ", ".join(f"{v:.1f}" for v in vals),
+                  f"{statistics.median(strat[name]):.2f}")
     out.print(t)
     out.print(f"{wall:.0f} s in all")

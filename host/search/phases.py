@@ -167,6 +167,7 @@ def phase2(search: RunState) -> list[dict]:
         search.summary["phase2"] = {"evaluated": len(records),
                                     "seconds": time.perf_counter() - t0,
                                     "strategy_status": strategy.status(),
+                                    "strategy_s": search.summary.pop("phase2_strategy_s", None),
                                     "executor": search.executor.desc}
         return records
     finished = search.journal.finished_candidates()
@@ -174,11 +175,14 @@ def phase2(search: RunState) -> list[dict]:
     next_id = evaluated = 0
     diverged = False
     consecutive = 0
+    strategy_s = 0.0  # the time spent in ask and tell
     search.ui.phase("phase 2", f"{cfg.strategy}, {cfg.budget} candidates, space of "
                                f"{search.space.size():.3g}")
     search.ui.progress(0, cfg.budget)
     while evaluated < cfg.budget:
+        ts = time.perf_counter()
         cands = strategy.ask(min(cfg.batch, cfg.budget - evaluated))
+        strategy_s += time.perf_counter() - ts
         if not cands:
             search.ui.log(f"{cfg.strategy}: nothing left to propose after {evaluated} "
                           f"candidates")
@@ -213,12 +217,14 @@ def phase2(search: RunState) -> list[dict]:
                         f"--resume {search.run_dir}")
             if i in finished:
                 search.ui.candidate({**rec, "summary": rec.get("summary", "")})
+        ts = time.perf_counter()
         strategy.tell(outcomes)
+        strategy_s += time.perf_counter() - ts
         evaluated += len(batch)
         search.ui.progress(evaluated, cfg.budget)
         search.ui.detail = strategy.status()
     search.summary["phase2"] = {"evaluated": evaluated, "seconds": time.perf_counter() - t0,
-                                "strategy_status": strategy.status()}
+                                "strategy_status": strategy.status(), "strategy_s": strategy_s}
     return records
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import time
 from dataclasses import dataclass
 
 from ...pruning import PruningError
@@ -103,11 +104,13 @@ def run_async(search: RunState, strategy) -> list[dict]:
             strategy.tell([_outcome(cands[op[1]], rec)])
             ui.candidate({**rec, "summary": rec.get("summary", "")})
     flights: dict[int, _Flight] = {}
-    state = {"consecutive": 0}
+    state = {"consecutive": 0, "strategy_s": 0.0}  # the driver's time in ask and tell
 
     def tell(cid: int, c: Candidate, rec: dict) -> None:
         records[cid] = rec
+        t0 = time.perf_counter()
         strategy.tell([_outcome(c, rec)])
+        state["strategy_s"] += time.perf_counter() - t0
         if rec["status"] == "done":
             state["consecutive"] = 0
         elif rec.get("device_lost"):
@@ -151,7 +154,9 @@ def run_async(search: RunState, strategy) -> list[dict]:
         while True:
             free = ex.capacity - len(flights)
             if free > 0 and next_id < cfg.budget and not starved:
+                t0 = time.perf_counter()
                 got = strategy.ask(min(free, cfg.budget - next_id))
+                state["strategy_s"] += time.perf_counter() - t0
                 if got:
                     asks += 1
                     ids = list(range(next_id, next_id + len(got)))
@@ -183,6 +188,7 @@ def run_async(search: RunState, strategy) -> list[dict]:
     finally:
         for f in flights.values():
             f.latency.cancel()
+    search.summary["phase2_strategy_s"] = state["strategy_s"]
     return [records[i] for i in sorted(records)]
 
 
