@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARKS = ("dense", "sparse", "arm64", "scaleout", "pas")
+BENCHMARKS = ("dense", "sparse", "arm64", "scaleout", "pas", "load", "fuzz")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "engines; arm64: instructions per inference of ours, ncnn and MNN under "
                    "qemu-aarch64; scaleout: phase 2's candidates per minute in-process "
                    "and on Ray with 1 and 2 workers; pas: PaS width search vs uniform filter "
-                   "pruning at the same measured latency")
+                   "pruning at the same measured latency; load: N clients on one runner, or "
+                   "load/unload cycles, with its RSS; fuzz: the runner's libFuzzer targets")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
 
 
@@ -36,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         from .scaleout import main
     elif args.which == "pas":
         from .pas import main
+    elif args.which == "load":
+        from .reliability import load_main as main
+    elif args.which == "fuzz":
+        from .reliability import fuzz_main as main
     else:
         from .sparse.cli import main
     return main(args.rest)
