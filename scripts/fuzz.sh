@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the runner's libFuzzer targets (build/fuzz: clang with ASan + UBSan + coverage, its
-# own build directory) and runs each from its checked-in seed corpus
-# (android_app/src/main/cpp/fuzz/corpus/TARGET, copied to build/fuzz/corpus/TARGET, which
-# grows), then prints per target: executions, coverage (libFuzzer's edges "cov" and features
-# "ft"), corpus size, seconds and crashes. A crash input is kept in build/fuzz/crashes/TARGET/.
+# Builds the runner's libFuzzer targets (build/asan: clang with ASan + UBSan + coverage, the
+# directory scripts/sanitize.sh asan builds the ASan runner in; NPAS_FUZZ_BUILD=DIR for
+# another) and runs each from its checked-in seed corpus
+# (android_app/src/main/cpp/fuzz/corpus/TARGET, copied to DIR/corpus/TARGET, which grows),
+# then prints per target: executions, coverage (libFuzzer's edges "cov" and features "ft"),
+# corpus size, seconds and crashes. A crash input is kept in DIR/crashes/TARGET/.
 # Exit 1 when any target crashed.
 #
 #   scripts/fuzz.sh                   1,000,000 executions per target
@@ -30,25 +31,28 @@ if [ -z "$cxx" ] || [ ! -f "$(clang++-15 -print-resource-dir 2>/dev/null)/lib/li
   exit 2
 fi
 src=android_app/src/main/cpp
-if [ ! -f build/fuzz/CMakeCache.txt ]; then
-  CC=$cc CXX=$cxx cmake -S $src -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DNPAS_FUZZ=ON -DNPAS_BUILD_HOST_RUNNER=OFF -DNPAS_BUILD_TESTS=OFF >/dev/null
+b=${NPAS_FUZZ_BUILD:-build/asan}
+if [ ! -f $b/CMakeCache.txt ]; then
+  CC=$cc CXX=$cxx cmake -S $src -B $b -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DNPAS_FUZZ=ON >/dev/null
 fi
-if ! cmake --build build/fuzz -j "$(nproc)" > build/fuzz/build.log 2>&1; then
-  cat build/fuzz/build.log >&2; echo "fuzz: build failed (build/fuzz/build.log)" >&2; exit 1
+targets_built=()
+for t in "${targets[@]}"; do targets_built+=(fuzz_$t); done
+if ! cmake --build $b -j "$(nproc)" --target "${targets_built[@]}" > $b/fuzz-build.log 2>&1; then
+  cat $b/fuzz-build.log >&2; echo "fuzz: build failed ($b/fuzz-build.log)" >&2; exit 1
 fi
 limit=(-runs="$runs"); [ -n "$seconds" ] && limit=(-max_total_time="$seconds")
 printf '%-10s %12s %7s %7s %7s %8s %8s\n' target execs cov ft corpus seconds crashes
 failed=0
 for t in "${targets[@]}"; do
-  corpus=build/fuzz/corpus/$t crashes=build/fuzz/crashes/$t
+  corpus=$b/corpus/$t crashes=$b/crashes/$t
   mkdir -p "$corpus" "$crashes"
   cp -n $src/fuzz/corpus/$t/* "$corpus"/ 2>/dev/null || true
-  log=build/fuzz/$t.log
+  log=$b/$t.log
   start=$(date +%s.%N)
   set +e
   # -rss_limit_mb: an input that makes the code under test allocate past 2 GB is a finding.
-  ASAN_OPTIONS=detect_leaks=1 build/fuzz/fuzz_$t "${limit[@]}" -rss_limit_mb=2048 -timeout=20 \
+  ASAN_OPTIONS=detect_leaks=1:use_sigaltstack=0 $b/fuzz_$t "${limit[@]}" -rss_limit_mb=2048 -timeout=20 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" > "$log" 2>&1
   rc=$?
   set -e

@@ -75,8 +75,8 @@ def _status_kb(pid: int, key: str) -> int:
 
 def test_unauthenticated_bodies_are_not_read(runner_binary, tmp_path):
     """Four 15 MiB requests (under the 16 MiB limit) without the token: the runner refuses each
-    on its metadata, before the body is buffered and parsed (which cost ~30 MB of peak memory
-    each before)."""
+    on its metadata, before the body is buffered and parsed (VmHWM +53 MB for the four before;
+    +6 MB now, about +23 MB for the ASan runner, whose quarantine keeps freed buffers)."""
     from host.rpc.stubs import load
     pb, grpc_mod = load()
     with _runner(runner_binary, tmp_path / "store") as r:
@@ -92,7 +92,7 @@ def test_unauthenticated_bodies_are_not_read(runner_binary, tmp_path):
         channel.close()
         grown_mb = (_status_kb(r.pid, "VmHWM") - before_kb) / 1024
         assert r.client().device_info().protocol_major == 1
-    assert grown_mb < 15, f"VmHWM grew by {grown_mb:.0f} MB"
+    assert grown_mb < 35, f"VmHWM grew by {grown_mb:.0f} MB"
 
 
 # ---- (3) a manifest alone must not crash the runner ----
@@ -306,15 +306,15 @@ def test_store_disk_full_is_resource_exhausted_naming_the_store(runner_binary, t
 
 _JUMPING_CLOCK = r"""
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
-/* The wall clock jumps an hour back and forth on every reading; the monotonic one is left. */
+#include <unistd.h>
+/* The wall clock jumps an hour back and forth on every reading; the monotonic one is left.
+   The real clock by syscall: no dlsym, which allocates (and under ASan re-enters malloc). */
 static unsigned long calls;
 int clock_gettime(clockid_t c, struct timespec* ts) {
-  static int (*real)(clockid_t, struct timespec*);
-  if (!real) real = (int (*)(clockid_t, struct timespec*))dlsym(RTLD_NEXT, "clock_gettime");
-  int r = real(c, ts);
+  int r = (int)syscall(SYS_clock_gettime, c, ts);
   if (r == 0 && (c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE))
     ts->tv_sec += (++calls % 2) ? -3600 : 3600;
   return r;
@@ -332,8 +332,7 @@ int gettimeofday(struct timeval* tv, void* tz) {
 def test_wall_clock_jumps_do_not_change_measurements(runner_binary, bundle, tmp_path, cc):
     src, lib = tmp_path / "jump.c", tmp_path / "libjump.so"
     src.write_text(_JUMPING_CLOCK)
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib), "-ldl"],
-                   check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib)], check=True)
     env = dict(os.environ, LD_PRELOAD=str(lib))
     store = tmp_path / "store"
     with _runner(runner_binary, store, env=env) as r:

@@ -316,9 +316,16 @@ def _status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def _skip_under_asan(runner_binary) -> None:
+    if b"__asan_init" in runner_binary.read_bytes():
+        pytest.skip("an address-space limit (ulimit -v) cannot hold an ASan runner: its shadow "
+                    "memory reserves terabytes of address space")
+
+
 def test_thread_creation_failure_is_an_error_not_an_abort(runner_binary, bundle, tmp_path):
     """Under an address-space limit with room for a few threads' stacks but not 256, asking
     for 256 threads is RESOURCE_EXHAUSTED and the runner keeps serving."""
+    _skip_under_asan(runner_binary)
     with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s0")) as r:
         base_kb = _status_kb(r.pid, "VmSize")
     limit_kb = base_kb + (768 << 10)  # 256 threads need 2 GiB of 8 MiB stacks
@@ -340,6 +347,7 @@ def test_out_of_memory_inside_a_call_is_an_error_not_an_abort(runner_binary, bun
     """Under an address-space limit, a Benchmark whose default inputs (512 MiB, built per
     call) cannot be allocated is RESOURCE_EXHAUSTED, and the runner keeps serving. The input
     is only declared bigger: the call fails before any kernel runs."""
+    _skip_under_asan(runner_binary)
     with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s0")) as r:
         base_kb = _status_kb(r.pid, "VmSize")
     prefix = ("sh", "-c", f'ulimit -v {base_kb + (768 << 10)} && exec "$0" "$@"')

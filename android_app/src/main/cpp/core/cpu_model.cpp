@@ -141,6 +141,7 @@ StatusOr<KernelExports> read_kernel_exports(const std::string& path, const std::
   for (const Elf64_Sym& sym : syms) {
     if (sym.st_name == 0 || sym.st_name >= strtab.sh_size) continue;
     const char* name = names.data() + sym.st_name;
+    if (*name == '\0') continue;  // no step names the empty string (found by fuzz_elf)
     if (std::strcmp(name, NPAS_ABI_VERSION_SYMBOL) != 0) {
       const bool defined = sym.st_shndx != SHN_UNDEF && sym.st_shndx < sections.size();
       if (defined && ELF64_ST_TYPE(sym.st_info) == STT_FUNC &&
