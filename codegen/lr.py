@@ -100,6 +100,7 @@ def used_activations(graph: Graph) -> tuple[str, ...]:
     used = {e for la in graph.layers for e in (la.op, *la.epilogue)}
     return tuple(a for a in ACTIVATIONS if a in BASE_ACTIVATIONS or a in used)
 
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}  # the "binary" op's functions
 Reference = Callable[["Layer", list[torch.Tensor], tuple[int, ...]], torch.Tensor]
 
 
@@ -181,6 +182,8 @@ OPS: dict[str, OpDef] = {
     "prelu": OpDef("compute", ("weight",), reference=lambda la, xs, shape: F.prelu(
         xs[0], torch.from_numpy(la.params["weight"]))),
     "add": OpDef("compute", follows_layout=True, reference=lambda la, xs, shape: xs[0] + xs[1]),
+    # add/sub/mul of two tensors of one rank with broadcasting (a per-channel vector); plain
+    "binary": OpDef("compute", reference=lambda la, xs, shape: BINARY[la.attrs["fn"]](*xs)),
     "mul_channel": OpDef("compute", follows_layout=True,
                          reference=lambda la, xs, shape: xs[0] * xs[1]),
     "maxpool2d": OpDef("compute", follows_layout=True, reference=_maxpool2d),

@@ -178,6 +178,24 @@ class Clamps(nn.Module):
         return self.p11(b) + self.p1(F.max_pool2d(b, 3, 1, 1))
 
 
+class Broadcast(nn.Module):
+    """add, sub and mul of two tensors with broadcasting: per-channel vectors on either side,
+    a per-position map ([N,1,H,W]), same shapes (sub, mul), in-place forms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 10, 3, padding=1)
+        self.d = nn.Conv2d(10, 10, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        v = F.adaptive_avg_pool2d(y, 1)
+        m = torch.sigmoid(self.d(y)).chunk(10, dim=1)[3]  # [N, 1, H, W]
+        a = (y + v) - (v * y) + (y * m) - (m - y) + (y - y.sigmoid()) * self.d(y)
+        a -= v
+        return a
+
+
 CASES = {
     "activations": (Activations, (1, 3, 19, 23)),
     "activations_functional": (ActivationsFunctional, (2, 3, 17, 15)),
@@ -187,6 +205,7 @@ CASES = {
     "pools": (Pools, (2, 3, 22, 19)),
     "resize": (Resize, (1, 3, 7, 9)),
     "clamps": (Clamps, (2, 3, 9, 13)),
+    "broadcast": (Broadcast, (2, 3, 7, 5)),
 }
 
 

@@ -559,6 +559,22 @@ def conv_transpose2d(c: Ctx) -> Rendered:
         2 * n * ic * kh * kw * numel(c.ins[0][2:]) * oc
 
 
+def binary(c: Ctx) -> Rendered:
+    """One output element from both inputs, a broadcast dim read with stride 0."""
+    out = c.out
+    sym = {"add": "+", "sub": "-", "mul": "*"}[c.a["fn"]]
+
+    def index(shape: tuple[int, ...]) -> str:
+        terms = [f"d{k} * {numel(shape[k + 1:])}" for k in range(len(out))
+                 if not (shape[k] == 1 and out[k] != 1)]
+        return " + ".join(terms) or "0"
+
+    body = [f"y[{index(out)}] = (float)x0[{index(c.ins[0])}] {sym} "
+            f"(float)x1[{index(c.ins[1])}];"]
+    lines, items = c.lang.nest(c, [(f"d{k}", e) for k, e in enumerate(out)], 1, body)
+    return [c.x(0, "x0"), c.x(1, "x1"), c.y(), *lines], items, numel(out)
+
+
 def slice_channels(c: Ctx) -> Rendered:
     """Channels [start, start + size) of each batch image: one (n, channel) plane per item
     (CPU), one element (GPU)."""
@@ -573,6 +589,7 @@ def slice_channels(c: Ctx) -> Rendered:
 KERNELS: dict[str, Callable[[Ctx], Rendered]] = {
     "permute": permute,
     "slice": slice_channels,
+    "binary": binary,
     "clamp": _with_helpers(clamp),
     "leaky_relu": _with_helpers(leaky_relu),
     "prelu": prelu,

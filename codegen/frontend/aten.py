@@ -89,6 +89,12 @@ def _add(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.add(node, a["self"], a["other"])
 
 
+def _sub(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    if a.get("alpha", 1) != 1:
+        raise cap.refuse(node, f"sub with alpha={a['alpha']} is not supported")
+    cap.sub(node, a["self"], a["other"])
+
+
 def _mul(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.mul(node, a["self"], a["other"])
 
@@ -178,6 +184,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.hardtanh: _hardtanh, aten.hardtanh_: _hardtanh,
     aten.add: _add, aten.add_: _add,
     aten.mul: _mul, aten.mul_: _mul,
+    aten.sub: _sub, aten.sub_: _sub,
     aten.max_pool2d: _max_pool2d,
     aten.avg_pool2d: _avg_pool2d,
     aten.adaptive_avg_pool2d: _adaptive_avg_pool2d,

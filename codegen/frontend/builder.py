@@ -309,9 +309,21 @@ class GraphBuilder:
     def add(self, node: Node, a: Any, b: Any) -> None:
         ta, tb = self.tensor(node, a), self.tensor(node, b)
         if self.shapes[ta] != self.shapes[tb]:
-            raise self.refuse(node, f"add of shapes {list(self.shapes[ta])} and "
-                              f"{list(self.shapes[tb])}: only same-shape adds are supported")
-        self.emit(node, "add", [ta, tb])
+            self.broadcast(node, "add", ta, tb)
+        else:
+            self.emit(node, "add", [ta, tb])
+
+    def broadcast(self, node: Node, fn: str, ta: str, tb: str) -> None:
+        """add/sub/mul of two tensors of one rank whose dims match or are 1 (a "binary")."""
+        sa, sb = self.shapes[ta], self.shapes[tb]
+        if len(sa) != len(sb) or any(x != y and 1 not in (x, y)
+                                     for x, y in zip(sa, sb, strict=True)):
+            raise self.refuse(node, f"{fn} of shapes {list(sa)} and {list(sb)}: only same-rank "
+                              "operands whose dims match or are 1 (broadcasting) are supported")
+        self.emit(node, "binary", [ta, tb], {"fn": fn})
+
+    def sub(self, node: Node, a: Any, b: Any) -> None:
+        self.broadcast(node, "sub", self.tensor(node, a), self.tensor(node, b))
 
     def mul(self, node: Node, a: Any, b: Any) -> None:
         ta, tb = self.tensor(node, a), self.tensor(node, b)
@@ -325,8 +337,7 @@ class GraphBuilder:
         elif scale_of(sb, sa):
             self.emit(node, "mul_channel", [tb, ta])
         else:
-            raise self.refuse(node, f"mul of shapes {list(sa)} and {list(sb)}: only channel-wise "
-                              "[N,C,H,W] * [N,C,1,1] (squeeze-excite) is supported")
+            self.broadcast(node, "mul", ta, tb)
 
     def maxpool(self, node: Node, x: Any, k: Any, s: Any, p: Any, d: Any, ceil: bool,
                 return_indices: bool) -> None:

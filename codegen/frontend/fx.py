@@ -49,8 +49,9 @@ _ACT_FUNCTIONS = {f: name for name, act in ACTIVATIONS.items() for f in act.func
 _ACT_METHODS = {m: name for name, act in ACTIVATIONS.items() for m in act.methods}
 _ADD = (operator.add, operator.iadd, torch.add)
 _MUL = (operator.mul, operator.imul, torch.mul)
+_SUB = (operator.sub, operator.isub, torch.sub)
 _CAT = (torch.cat, torch.concat, torch.concatenate)
-_IN_PLACE = (operator.iadd, operator.imul)
+_IN_PLACE = (operator.iadd, operator.imul, operator.isub)
 
 
 def handle(b: GraphBuilder, node: Node) -> None:
@@ -171,6 +172,11 @@ def function(b: GraphBuilder, node: Node) -> None:
         b.add(node, args["input"], args["other"])
     elif f in _MUL:
         b.mul(node, a[0], a[1])
+    elif f in _SUB:
+        args = bind(_sig_add, node)
+        if args["alpha"] != 1:
+            raise b.refuse(node, f"sub with alpha={args['alpha']} is not supported")
+        b.sub(node, args["input"], args["other"])
     elif f is F.max_pool2d:
         args = bind(_sig_maxpool, node)
         b.maxpool(node, args["input"], args["kernel_size"], args["stride"], args["padding"],
@@ -237,6 +243,10 @@ def method(b: GraphBuilder, node: Node) -> None:
         b.add(node, x, node.args[1])
     elif m in ("mul", "mul_"):
         b.mul(node, x, node.args[1])
+    elif m in ("sub", "sub_"):
+        if node.kwargs.get("alpha", 1) != 1:
+            raise b.refuse(node, "sub with alpha is not supported")
+        b.sub(node, x, node.args[1])
     elif m in ("clamp", "clamp_", "clip", "clip_"):
         args = bind(_sig_clamp, node)
         b.clamp(node, x, args["min"], args["max"])
