@@ -56,7 +56,7 @@ for t in "${targets[@]}"; do
     -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" > "$log" 2>&1
   rc=$?
   set -e
-  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
   done_line=$(grep -E '^#[0-9]+\s+DONE' "$log" | tail -1 || true)
   [ -n "$done_line" ] || done_line=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)

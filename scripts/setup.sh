@@ -21,6 +21,9 @@ apt_packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   # the GPU path: PoCL runs OpenCL kernels on the CPU; clang checks fp16 kernels offline
   ocl-icd-libopencl1 pocl-opencl-icd clang
+  # the runner's sanitizer builds and libFuzzer targets (scripts/sanitize.sh, scripts/fuzz.sh):
+  # clang 15 ships the fuzzer, ASan, UBSan and TSan runtimes (Debian's clang 14 lacks them)
+  clang-15
 )
 if [ "${NPAS_SKIP_APT:-0}" != 1 ]; then
   missing=()
