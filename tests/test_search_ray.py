@@ -302,3 +302,19 @@ def test_executor_ray_without_ray_says_how_to_install_it(tmp_path):
     assert "--executor ray needs Ray, which is not installed" in text
     assert "pip install -e '.[ray]'" in text
     assert not (tmp_path / "run").exists()
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_at_once():
+    import socket
+
+    from host.search import SearchError
+    from host.search.executors.ray_cluster import _reachable
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(SearchError, match=f"--ray-address 127.0.0.1:{port}: nothing answers"):
+        _reachable(f"127.0.0.1:{port}")
+    with pytest.raises(SearchError, match="HOST:PORT of the cluster's head"):
+        _reachable("headnode")

@@ -17,6 +17,7 @@ the driver journals that as the candidate's restarts. Only the driver writes fil
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,23 @@ def _fine_tune(shared_ref: list, cid: int, encoding: list, ledger, hook) -> dict
             "worker": where}
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A SearchError unless something accepts connections at HOST:PORT ('auto' and
+    'ray://...' are left to Ray)."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SearchError(f"--ray-address {address!r}: HOST:PORT of the cluster's head (ray "
+                          f"start --head prints it), or auto on a node of the cluster")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SearchError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
+                          f"start the head (.venv/bin/ray start --head --port {port}) or give "
+                          f"its address") from None
+
+
 class _Ledger:
     """Attempts per candidate: where each one ran (a Ray actor on the driver's cluster)."""
 
@@ -117,6 +135,8 @@ class RayExecutor:
         gpu = cfg.train_device.startswith("cuda")
         self.owned = False
         if not ray.is_initialized():
+            if cfg.ray_address:
+                _reachable(cfg.ray_address)  # Ray itself retries a dead address for minutes
             try:
                 if cfg.ray_address:
                     ray.init(address=cfg.ray_address, include_dashboard=False,
