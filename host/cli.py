@@ -28,6 +28,7 @@ COMMANDS = {
     "profile": "host.commands.profile",
     "plan": "host.pruning.command",
     "map": "host.pruning.map_command",
+    "pas": "host.pruning.pas_command",
     "tune": "host.tune.command",
     "search": "host.search.command",
     "install": "host.commands.install",

@@ -218,3 +218,30 @@ def test_to_repvgg_keeps_the_function_then_merges_to_plain_convs():
         merged = merge_repvgg(rep)
         assert not any(isinstance(b, RepBlock) for b in merged.modules())
         assert (merged(x) - before).abs().max() <= 1e-5 * before.abs().max()
+
+
+@pytest.mark.host
+def test_pas_command_writes_a_model_bundle_and_report(runner_binary, tmp_path, capsys):
+    import json
+
+    from host.cli import main
+    from host.models import load_model
+
+    out = tmp_path / "run"
+    rc = main(["pas", "--model", "host.models.zoo:digits_tiny", "--macs", "0.5", "--epochs",
+               "0.5", "--pretrain-epochs", "0.2", "--finetune-epochs", "0.1", "--vector-width",
+               "4", "--runs", "3", "--repvgg", "--out", str(out), "--json",
+               "--store", str(tmp_path / "s")])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep == json.loads((out / "report.json").read_text())
+    assert 0 < rep["macs_fraction"] < 1 and rep["macs"] < rep["macs_dense"]
+    assert rep["repvgg_blocks"] and set(rep["latency_ms"]) == {"dense", "pas"}
+    assert all(v % 4 == 0 for v in rep["widths"].values())
+    assert (out / "bundle" / "manifest.json").is_file()
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert steps and steps[-1]["step"] == len(steps)
+    m = load_model(str(out / "model.pt2"))  # what compile/profile take as MODEL
+    assert m(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    # a second run into the same folder is refused rather than mixing two runs
+    assert main(["pas", "--macs", "0.5", "--out", str(out)]) == 2
