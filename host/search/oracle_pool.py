@@ -101,6 +101,9 @@ class OraclePool:
                 with self.pool.lease() as (name, oracle):
                     r = oracle.measure(tag, model, schemes, bundle_dir, per_layer,
                                        keep_bundle, use_cache)
+                    if device_gone(r):  # out before the lease ends: nobody else gets it
+                        why = "; ".join(r.errors)
+                        self.pool.remove(name, why)
             except PoolEmpty as e:
                 return LatencyResult(ok=False, errors=[*errors, str(e)], attempts=1)
             if not device_gone(r):
@@ -108,11 +111,9 @@ class OraclePool:
                     self.measured_on[name] += 1
                 r.errors = [*errors, *r.errors]
                 return r
-            why = "; ".join(r.errors)
             errors.extend(f"{name}: {e}" for e in r.errors)
-            if self.pool.remove(name, why) is not None:
-                self.on_event(f"device {name} is lost ({why}); {len(self.pool)} left in the "
-                              f"pool; {tag} goes to another")
+            self.on_event(f"device {name} is lost ({why}); {len(self.pool)} left in the "
+                          f"pool; {tag} goes to another")
 
     def close(self) -> None:
         self._threads.shutdown(wait=True, cancel_futures=True)
