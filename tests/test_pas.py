@@ -135,7 +135,7 @@ def test_widths_round_to_the_vector_width_towards_the_target():
     exact = masks.macs_for({gid: int((masks.logits[str(gid)] > 0.5).sum())
                             for gid in masks.groups})
     near = masks.widths(16)
-    toward = masks.widths(16, target_macs=exact)
+    toward = masks.widths(16, target=exact / masks.dense_macs)
     for w in (near, toward):
         for gid, kept in w.items():
             size = masks.groups[gid].size
@@ -245,3 +245,29 @@ def test_pas_command_writes_a_model_bundle_and_report(runner_binary, tmp_path, c
     assert m(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
     # a second run into the same folder is refused rather than mixing two runs
     assert main(["pas", "--macs", "0.5", "--out", str(out)]) == 2
+
+
+def test_latency_table_interpolates_and_steers_the_penalty():
+    from host.pruning.latency_table import LatencyTable
+
+    t = LatencyTable({"a": [(1.0, 2.0), (0.5, 1.2), (0.25, 0.8), (0.5, 1.0)],
+                      "b": [(1.0, 1.0)]}, other_ms=0.5)
+    assert t.points["a"] == [(0.25, 0.8), (0.5, 1.1), (1.0, 2.0)]  # repeats: their median
+    assert t.dense_ms == pytest.approx(3.5)
+    assert t.interp("a", 0.75) == pytest.approx(1.55)
+    assert t.interp("a", 0.0) == pytest.approx(0.5)  # the first segment extended
+    assert LatencyTable({"c": [(0.5, 0.1), (1.0, 1.0)]}, 0).interp("c", 0.0) == 0.0  # clamped
+    u = torch.tensor(0.75, requires_grad=True)
+    v = t.interp("a", u)
+    v.backward()
+    assert float(u.grad) == pytest.approx(1.8)  # the segment's slope
+    assert float(t.predict({"a": (50, 100), "b": (10, 10), "gone": (1, 1)})) == pytest.approx(
+        0.5 + 1.1 + 1.0)
+    # the masks' latency cost moves with the widths, and the penalty's gradient reaches them
+    m = torchvision_model("resnet18")
+    masks = ChannelMasks(m, torch.randn(1, 3, 32, 32))
+    table = LatencyTable({n: [(1.0, 1.0), (0.25, 0.4)] for n in masks._layers}, 0.0)
+    assert float(masks.cost(table)) == pytest.approx(1.0)
+    pen = masks.penalty(0.5, 5.0, table)
+    pen.backward()
+    assert all(float(p.grad.sum()) > 0 for p in masks.logits.values())

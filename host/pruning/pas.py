@@ -125,33 +125,48 @@ class ChannelMasks:
         w = self.logits[str(gid)]
         return (binarize(w) if hard else torch.ones_like(w)).sum()
 
-    def macs(self, hard: bool = True, dense: bool = False) -> torch.Tensor:
-        """MACs of one inference with the current binary masks (``dense``: with none)."""
-        def side(parts) -> torch.Tensor:
-            total = torch.zeros(())
+    def layer_work(self, kept) -> dict[str, tuple]:
+        """Per conv/Linear: (MACs with ``kept(gid)`` channels of each group, dense MACs);
+        ``kept`` returns a tensor (differentiable) or a number."""
+        def side(parts, dense: bool):
+            total = 0.0
             for gid, size in parts:
                 if gid is None or dense:
                     total = total + size
-                else:
-                    frac = size / self.groups[gid].size  # `inner` features per channel
-                    total = total + self.kept(gid, hard) * frac
+                else:  # `size / group size`: features per channel (Linear after flatten)
+                    total = total + kept(gid) * (size / self.groups[gid].size)
             return total
-        total = torch.zeros(())
-        for t in self._layers.values():
-            o = side(t.out)
-            total = total + (t.per * o if t.depthwise else t.per * o * side(t.ins))
-        return total
+        out = {}
+        for name, t in self._layers.items():
+            now = t.per * side(t.out, False) * (1 if t.depthwise else side(t.ins, False))
+            dense = t.per * side(t.out, True) * (1 if t.depthwise else side(t.ins, True))
+            out[name] = (now, dense)
+        return out
+
+    def macs(self, hard: bool = True, dense: bool = False) -> torch.Tensor:
+        """MACs of one inference with the current binary masks (``dense``: with none)."""
+        work = self.layer_work(lambda gid: self.kept(gid, hard))
+        return torch.as_tensor(sum(d if dense else n for n, d in work.values()),
+                               dtype=torch.float32)
 
     def macs_for(self, kept: dict[int, int]) -> float:
         """MACs with ``kept[gid]`` channels of each group (plain numbers, no masks)."""
-        def side(parts) -> float:
-            return sum(size if gid is None else kept[gid] * size / self.groups[gid].size
-                       for gid, size in parts)
-        return float(sum(t.per * side(t.out) * (1 if t.depthwise else side(t.ins))
-                         for t in self._layers.values()))
+        return float(sum(n for n, _ in self.layer_work(kept.__getitem__).values()))
 
-    def penalty(self, target_fraction: float, alpha: float) -> torch.Tensor:
-        return alpha * ((self.macs() - target_fraction * self.dense_macs) / self.dense_macs) ** 2
+    def cost(self, table=None) -> torch.Tensor:
+        """What the penalty steers, as a fraction of the dense model's: MACs, or with a
+        ``LatencyTable`` the latency it predicts from each layer's work."""
+        if table is None:
+            return self.macs() / self.dense_macs
+        return table.predict(self.layer_work(lambda gid: self.kept(gid))) / table.dense_ms
+
+    def cost_for(self, kept: dict[int, int], table=None) -> float:
+        if table is None:
+            return self.macs_for(kept) / self.dense_macs
+        return float(table.predict(self.layer_work(kept.__getitem__))) / table.dense_ms
+
+    def penalty(self, target_fraction: float, alpha: float, table=None) -> torch.Tensor:
+        return alpha * (self.cost(table) - target_fraction) ** 2
 
     # --- hooks ------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> ChannelMasks:
@@ -187,29 +202,30 @@ class ChannelMasks:
         self._handles = []
 
     # --- removing ---------------------------------------------------------------------------
-    def widths(self, vector_width: int = 1, target_macs: float | None = None
+    def widths(self, vector_width: int = 1, target: float | None = None, table=None
                ) -> dict[int, list[int]]:
         """Group id → the channels kept: those the mask keeps, by mask value, each count
         rounded to a multiple of ``vector_width`` (at least one vector, at most the group).
-        Rounding starts at the nearest multiple; with ``target_macs`` it then moves one group
-        at a time by one vector while that brings the MACs closer to the target (the masks'
-        count is what training reached; rounding must not undo it)."""
+        Rounding starts at the nearest multiple; with ``target`` (a fraction of the dense
+        cost: MACs, or the latency ``table`` predicts) it then moves one group at a time by one
+        vector while that brings the cost closer to the target (the masks' count is what
+        training reached; rounding must not undo it)."""
         n = {}
         for gid, g in self.groups.items():
             k = int((self.logits[str(gid)].detach() > 0.5).sum())
             if vector_width > 1 and g.size > vector_width:
                 k = min(self._choices(gid, vector_width), key=lambda c: (abs(c - k), -c))
             n[gid] = max(1, min(g.size, k))
-        if target_macs is not None and vector_width > 1:
+        if target is not None and vector_width > 1:
             while True:
-                best, gap = None, abs(self.macs_for(n) - target_macs)
+                best, gap = None, abs(self.cost_for(n, table) - target)
                 for gid in n:
                     ch = self._choices(gid, vector_width)
                     i = ch.index(n[gid]) if n[gid] in ch else None
                     for j in ((i - 1, i + 1) if i is not None else ()):
                         if 0 <= j < len(ch):
                             trial = {**n, gid: ch[j]}
-                            d = abs(self.macs_for(trial) - target_macs)
+                            d = abs(self.cost_for(trial, table) - target)
                             if d < gap - 1e-9:
                                 best, gap = trial, d
                 if best is None:
@@ -227,10 +243,10 @@ class ChannelMasks:
             return [size]
         return sorted({*range(vector_width, size + 1, vector_width), size})
 
-    def shrink(self, model: nn.Module, vector_width: int = 1,
-               target_macs: float | None = None) -> nn.Module:
+    def shrink(self, model: nn.Module, vector_width: int = 1, target: float | None = None,
+               table=None) -> nn.Module:
         """A copy of ``model`` (without hooks) with every group cut to ``widths``."""
-        keep = self.widths(vector_width, target_macs)
+        keep = self.widths(vector_width, target, table)
         removed = {gid: sorted(set(range(self.groups[gid].size)) - set(k))
                    for gid, k in keep.items()}
         pruned = copy.deepcopy(model)
@@ -242,7 +258,7 @@ class ChannelMasks:
 
 @dataclass
 class PasConfig:
-    target: float  # MACs kept, as a fraction of the dense model's (0.5: half)
+    target: float  # MACs (or latency, with a table) kept, a fraction of the dense model's
     epochs: float = 3.0
     alpha: float = DEFAULT_ALPHA
     lr: float = 0.05
@@ -271,7 +287,10 @@ class PasResult:
     widths: dict[str, int] = field(default_factory=dict)  # group's first producer → kept
     seconds: float = 0.0
     steps: int = 0
-    history: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, MACs
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, cost
+    masked_cost: float = 0.0  # the cost (fraction of dense) of the masks at the end
+    cost: float = 0.0  # after rounding
+    predicted_ms: float | None = None  # the latency table's prediction for the result
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> float:
@@ -301,9 +320,12 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> float:
 
 
 def search_widths(model: nn.Module, data, cfg: PasConfig,
-                  on_step: Callable[[int, int, float, float], None] | None = None) -> PasResult:
-    """Train ``model`` (in place) with channel masks and the MAC penalty for ``cfg.epochs``
-    epochs of ``data.train`` (a host.models.data.Dataset); return the narrower model."""
+                  on_step: Callable[[int, int, float, float], None] | None = None,
+                  table=None) -> PasResult:
+    """Train ``model`` (in place) with channel masks and the penalty for ``cfg.epochs``
+    epochs of ``data.train`` (a host.models.data.Dataset); return the narrower model. The
+    penalty steers the MACs, or with ``table`` (a ``LatencyTable`` measured on the device)
+    the predicted latency, to ``cfg.target`` of the dense model's."""
     from ..models.data import batches
     from ..models.train import steps_for
 
@@ -330,7 +352,7 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
             # the target comes down gradually: at full strength from the first step, the
             # penalty's uniform push makes a group's masks cross 0.5 together and overshoot
             goal = 1.0 - (1.0 - cfg.target) * min(1.0, step / max(1.0, cfg.warmup * total))
-            loss = F.cross_entropy(model(x), y) + masks.penalty(goal, cfg.alpha)
+            loss = F.cross_entropy(model(x), y) + masks.penalty(goal, cfg.alpha, table)
             opt.zero_grad(set_to_none=True)
             mopt.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,7 +363,7 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
                     p.clamp_(0.0, 1.0)
             step += 1
             with torch.no_grad():
-                frac = float(masks.macs()) / masks.dense_macs
+                frac = float(masks.cost(table))
             res_hist.append((step, float(loss.detach()), frac))
             if on_step is not None:
                 on_step(step, total, float(loss.detach()), frac)
@@ -350,10 +372,13 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
     model.eval()
     with torch.no_grad():
         masked = float(masks.macs())
+        masked_cost = float(masks.cost(table))
     masks.detach()
-    target = cfg.target * masks.dense_macs
-    pruned = masks.shrink(model, cfg.vector_width, target)
-    widths = {masks.groups[gid].producers[0].layer: len(k)
-              for gid, k in masks.widths(cfg.vector_width, target).items()}
+    keep = masks.widths(cfg.vector_width, cfg.target, table)
+    pruned = masks.shrink(model, cfg.vector_width, cfg.target, table)
+    widths = {masks.groups[gid].producers[0].layer: len(k) for gid, k in keep.items()}
+    final = masks.cost_for({gid: len(k) for gid, k in keep.items()}, table)
     return PasResult(pruned, masks, masks.dense_macs, masked, count_macs(pruned, example),
-                     widths, time.perf_counter() - t0, total, res_hist)
+                     widths, time.perf_counter() - t0, total, res_hist,
+                     masked_cost=masked_cost, cost=final,
+                     predicted_ms=final * table.dense_ms if table is not None else None)

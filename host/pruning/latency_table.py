@@ -1,0 +1,97 @@
+"""A per-layer latency table measured on the device, differentiable in the layers' widths: what
+lets PaS steer measured latency instead of MACs.
+
+The model is compiled at a few uniform widths (filter pruning of every prunable group to 100 %,
+75 %, 50 %, 25 % of its channels, rounded to the vector width) and each bundle is timed per
+layer. A conv or Linear layer's point is (work, ms): its multiply-adds at that width over its
+dense ones, and its measured time (its own step plus the layout conversions made for it). The
+prediction for a layer interpolates its points linearly in the work (the first or last
+segment extended outside them, never below zero); steps that are no conv or Linear (pools,
+conversions of their own) are a constant. Linear in the work fraction, the prediction is
+differentiable in the kept channel counts, which is what the PaS penalty needs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25)
+
+
+class LatencyTable:
+    def __init__(self, points: Mapping[str, Sequence[tuple[float, float]]], other_ms: float):
+        self.points: dict[str, list[tuple[float, float]]] = {}
+        for name, pts in points.items():
+            by_u: dict[float, list[float]] = {}
+            for u, ms in pts:
+                by_u.setdefault(round(float(u), 6), []).append(float(ms))
+            self.points[name] = sorted((u, statistics.median(v)) for u, v in by_u.items())
+        self.other_ms = float(other_ms)
+        self.dense_ms = self.other_ms + sum(self.interp(n, 1.0) for n in self.points)
+
+    def interp(self, name: str, u):
+        """``name``'s predicted ms at work fraction ``u`` (a float or a tensor)."""
+        pts = self.points[name]
+        if len(pts) == 1:
+            return pts[0][1] * u / pts[0][0] if pts[0][0] > 0 else pts[0][1] + 0 * u
+        uf = float(u)
+        i = next((k for k in range(1, len(pts)) if uf <= pts[k][0]), len(pts) - 1)
+        (u0, m0), (u1, m1) = pts[i - 1], pts[i]
+        v = m0 + (u - u0) * ((m1 - m0) / (u1 - u0))
+        return torch.clamp(v, min=0.0) if isinstance(v, torch.Tensor) else max(0.0, v)
+
+    def predict(self, work: Mapping[str, tuple]):
+        """The whole model's ms for per-layer (MACs now, dense MACs); layers not in the table
+        count nothing (their own steps were fused away)."""
+        total = self.other_ms
+        for name, (now, dense) in work.items():
+            if name in self.points and dense:
+                total = total + self.interp(name, now / dense)
+        return total if isinstance(total, torch.Tensor) else torch.tensor(total)
+
+    def to_dict(self) -> dict:
+        return {"points": self.points, "other_ms": self.other_ms, "dense_ms": self.dense_ms}
+
+
+def layer_macs(model: nn.Module) -> dict[str, int]:
+    """Per conv/Linear: multiply-adds per output position (so widths compare at equal sizes)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            out[name] = m.in_features * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            out[name] = (m.in_channels // m.groups) * m.out_channels * m.kernel_size[0] \
+                * m.kernel_size[1]
+    return out
+
+
+def measure_table(model: nn.Module, timer, vector_width: int,
+                  fractions: Sequence[float] = FRACTIONS) -> LatencyTable:
+    """Compile ``model`` at each width fraction with ``timer`` (a BundleTimer) and time it per
+    layer: the table. Widths the dependency graph cannot change keep their size (their work
+    stays 1)."""
+    from .config import PruningConfig
+    from .map_command import for_layer
+    from .plan import PruningPlan
+
+    dense_macs = layer_macs(model)
+    names = list(dense_macs)
+    points: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    other = 0.0
+    for f in fractions:
+        m = model if f >= 1.0 else PruningPlan.uniform(
+            model, "filter", 1.0 - f, PruningConfig(vector_width)).apply(model).model
+        label = f"table {f:g}"
+        timer.compile(label, m, {}, f"[latency table {fractions.index(f) + 1}/{len(fractions)}]")
+        times = timer.per_layer(label)
+        mine = for_layer(times, names)
+        now = layer_macs(m)
+        for n, ms in mine.items():
+            points[n].append((now[n] / dense_macs[n], ms))
+        if f >= 1.0:
+            other = sum(times.values()) - sum(mine.values())
+    return LatencyTable({n: p for n, p in points.items() if p}, other)
