@@ -44,8 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits (default), cifar10:PATH or imagefolder:PATH")
     p.add_argument("--image-size", type=int, help="resize the dataset's images to this")
-    p.add_argument("--macs", type=float, required=True,
+    p.add_argument("--macs", type=float,
                    help="MACs to keep, as a fraction of the dense model's (e.g. 0.5)")
+    p.add_argument("--latency-ms", type=float,
+                   help="instead of --macs: a latency target on --device, steered through a "
+                        "per-layer latency table measured there first")
     p.add_argument("--epochs", type=float, default=d.epochs,
                    help=f"epochs of mask training (default {d.epochs:g})")
     p.add_argument("--pretrain-epochs", type=float, default=3.0,
@@ -83,11 +86,16 @@ def run(args: argparse.Namespace) -> int:
     from ..models.data import load_dataset
     from ..models.train import TrainConfig, evaluate, train
     from ..targets import toolchain_for_device
-    from .pas import PasConfig, count_macs, search_widths
-    from .repvgg import merge_repvgg, to_repvgg
+    from .latency_table import measure_table
+    from .pas import PasConfig, count_macs
     from .timing import BundleTimer
 
-    cfg = PasConfig(args.macs, args.epochs, args.alpha, args.lr, args.mask_lr,
+    if (args.macs is None) == (args.latency_ms is None):
+        raise UserError("give one target: --macs FRACTION or --latency-ms MS")
+    if args.latency_ms is not None and args.latency_ms <= 0:
+        raise UserError(f"--latency-ms must be positive; got {args.latency_ms}")
+    # with --latency-ms the fraction is known once the table is measured
+    cfg = PasConfig(args.macs or 0.5, args.epochs, args.alpha, args.lr, args.mask_lr,
                     vector_width=args.vector_width, seed=args.seed)
     if args.finetune_epochs < 0 or args.pretrain_epochs < 0 or args.runs < 1:
         raise UserError("--finetune-epochs and --pretrain-epochs must be ≥ 0, --runs ≥ 1")
@@ -116,31 +124,6 @@ def run(args: argparse.Namespace) -> int:
         timed("pretrain", lambda: train(model, data, args.pretrain_epochs, tc, args.seed))
     dense = copy.deepcopy(model).eval()
     dense_acc = evaluate(dense, data)
-    blocks: list[str] = []
-    if args.repvgg:
-        model, blocks = to_repvgg(model)
-        err.print(f"RepVGG blocks: {len(blocks)} ({', '.join(blocks) or 'no eligible conv'})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    hist = (run_dir / "history.jsonl").open("w")
-
-    def on_step(step, total, loss, frac):
-        hist.write(json.dumps({"step": step, "loss": round(loss, 5), "macs": round(frac, 5)})
-                   + "\n")
-        if step % 10 == 0 or step == total:
-            hist.flush()
-            err.print(f"PaS step {step}/{total}: loss {loss:.3f}, MACs {frac:.3f} of dense "
-                      f"(target {cfg.target:g})")
-    try:
-        res = timed("pas", lambda: search_widths(model, data, cfg, on_step))
-    finally:
-        hist.close()
-    pruned = res.model
-    if args.finetune_epochs:
-        err.print(f"fine-tuning the narrower model for {args.finetune_epochs:g} epochs")
-        timed("finetune", lambda: train(pruned, data, args.finetune_epochs, tc, args.seed))
-    pruned = merge_repvgg(pruned) if blocks else pruned.eval()
-    acc = evaluate(pruned, data)
-    torch.export.save(torch.export.export(pruned, (example,)), str(run_dir / "model.pt2"))
     with ExitStack() as stack, progress_bar() as progress:
         task = progress.add_task(f"starting the runner on {args.device}", total=None)
         device = open_device(device_spec(args), stack)
@@ -152,31 +135,95 @@ def run(args: argparse.Namespace) -> int:
                                 runs=args.runs, warmup=device.traits.default_warmup,
                                 threads=args.threads,
                                 pin_big_cores=device.traits.pin_big_cores))
+        table = None
+        if args.latency_ms is not None:
+            table = timed("latency table", lambda: measure_table(dense, timer,
+                                                                 args.vector_width))
+            frac = args.latency_ms / table.dense_ms
+            if not 0 < frac < 1:
+                raise UserError(f"--latency-ms {args.latency_ms}: the dense model already "
+                                f"takes {table.dense_ms:.4f} ms on {args.device} (per-layer "
+                                f"sum); give a smaller target")
+            cfg.target = frac
+            err.print(f"latency table: dense {table.dense_ms:.4f} ms (per-layer sum) → target "
+                      f"{frac:.3f} of it")
+        progress.update(task, description="training with channel masks")
+        res, pruned, blocks = _train(model, data, cfg, args, run_dir, tc, timed, table)
+        acc = evaluate(pruned, data)
+        torch.export.save(torch.export.export(pruned, (example,)), str(run_dir / "model.pt2"))
         timer.compile("dense", dense, {})
         bundle = timer.compile("pas", pruned, {})
-        ms = timer.side_by_side(3 if args.runs >= 3 else 1)
+        ms = timer.side_by_side(3 if args.runs >= 3 else 1, ["dense", "pas"])
         shutil.copytree(bundle.path, run_dir / "bundle")
         progress.remove_task(task)
+    macs = count_macs(pruned, example)
     report = {"model": args.model, "dataset": args.dataset, "target": cfg.target,
-              "macs_dense": res.macs_dense, "macs_masked": res.macs_masked,
-              "macs": count_macs(pruned, example), "macs_fraction":
-              count_macs(pruned, example) / res.macs_dense, "widths": res.widths,
-              "repvgg_blocks": blocks, "accuracy_dense": dense_acc, "accuracy": acc,
-              "latency_ms": ms, "device": args.device, "threads": args.threads,
-              "cpu_minutes": stages, "config": {**vars(cfg)}}
+              "steered": "latency" if table else "MACs", "latency_target_ms": args.latency_ms,
+              "macs_dense": res.macs_dense, "macs_masked": res.macs_masked, "macs": macs,
+              "macs_fraction": macs / res.macs_dense, "cost_fraction": res.cost,
+              "widths": res.widths, "repvgg_blocks": blocks, "accuracy_dense": dense_acc,
+              "accuracy": acc, "latency_ms": ms, "device": args.device,
+              "threads": args.threads, "cpu_minutes": stages, "config": {**vars(cfg)}}
+    if table is not None:
+        report["latency_table"] = table.to_dict()
+        report["predicted_ms"] = res.predicted_ms
+        report["table_error"] = res.predicted_ms / ms["pas"] - 1.0
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
     if args.json:
         print(json.dumps(report, default=str))
         return 0
-    t = Table(title=f"PaS on {args.model} (MAC target {cfg.target:g} of dense)")
+    _print(report, res, run_dir, stages)
+    return 0
+
+
+def _train(model, data, cfg, args, run_dir: Path, tc, timed, table):
+    """Mask training, removal and fine-tuning: (PasResult, the final model, RepVGG blocks)."""
+    from ..models.train import train
+    from .pas import search_widths
+    from .repvgg import merge_repvgg, to_repvgg
+
+    blocks: list[str] = []
+    if args.repvgg:
+        model, blocks = to_repvgg(model)
+        err.print(f"RepVGG blocks: {len(blocks)} ({', '.join(blocks) or 'no eligible conv'})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    what = "latency" if table is not None else "MACs"
+    hist = (run_dir / "history.jsonl").open("w")
+
+    def on_step(step, total, loss, frac):
+        hist.write(json.dumps({"step": step, "loss": round(loss, 5), "cost": round(frac, 5)})
+                   + "\n")
+        if step % 10 == 0 or step == total:
+            hist.flush()
+            err.print(f"PaS step {step}/{total}: loss {loss:.3f}, {what} {frac:.3f} of dense "
+                      f"(target {cfg.target:.3f})")
+    try:
+        res = timed("pas", lambda: search_widths(model, data, cfg, on_step, table))
+    finally:
+        hist.close()
+    pruned = res.model
+    if args.finetune_epochs:
+        err.print(f"fine-tuning the narrower model for {args.finetune_epochs:g} epochs")
+        timed("finetune", lambda: train(pruned, data, args.finetune_epochs, tc, args.seed))
+    return res, (merge_repvgg(pruned) if blocks else pruned.eval()), blocks
+
+
+def _print(report: dict, res, run_dir: Path, stages: dict) -> None:
+    ms = report["latency_ms"]
+    t = Table(title=f"PaS on {report['model']} ({report['steered']} target "
+                    f"{report['target']:.3f} of dense)")
     for col in ("model", "MACs", "of dense", "accuracy", "median ms", "speed-up"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    t.add_row("dense", f"{res.macs_dense / 1e6:.2f} M", "1.000", f"{dense_acc:.4f}",
-              f"{ms['dense']:.4f}", "1.00x")
+    t.add_row("dense", f"{res.macs_dense / 1e6:.2f} M", "1.000",
+              f"{report['accuracy_dense']:.4f}", f"{ms['dense']:.4f}", "1.00x")
     t.add_row("pas", f"{report['macs'] / 1e6:.2f} M", f"{report['macs_fraction']:.3f}",
-              f"{acc:.4f}", f"{ms['pas']:.4f}", f"{ms['dense'] / ms['pas']:.2f}x")
+              f"{report['accuracy']:.4f}", f"{ms['pas']:.4f}",
+              f"{ms['dense'] / ms['pas']:.2f}x")
     out.print(t)
+    if "predicted_ms" in report:
+        out.print(f"latency table predicted {report['predicted_ms']:.4f} ms for the result, "
+                  f"measured {ms['pas']:.4f} ms ({report['table_error']:+.1%}); target "
+                  f"{report['latency_target_ms']:g} ms")
     out.print("widths: " + ", ".join(f"{k} {v}" for k, v in res.widths.items()))
     out.print(f"→ {run_dir} (model.pt2, bundle/, report.json, history.jsonl); CPU-minutes: "
               + ", ".join(f"{k} {v:g}" for k, v in stages.items()))
-    return 0
