@@ -111,6 +111,13 @@ StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::open(const std::string& 
     }
   }
   for (const auto& name : stale) ::unlink((dir + "/" + name).c_str());
+  if (store->used_ > limits.max_store_bytes) {
+    // Started with a lower --max-store-bytes than the files take: back under it now, least
+    // recently used first (nothing is pinned yet), not only when an upload needs room (found
+    // by fuzz_store: a zero-byte upload left a store over its limit).
+    std::lock_guard<std::mutex> lock(store->mu_);
+    NPAS_RETURN_IF_ERROR(store->make_room_locked("the store's limit at start", 0, true));
+  }
   return store;
 }
 
