@@ -281,7 +281,8 @@ def test_pas_command_steers_measured_latency_through_the_table(runner_binary, tm
 
     out = tmp_path / "run"
     rc = main(["pas", "--model", "host.models.zoo:digits_tiny", "--latency-ms", "0.05",
-               "--epochs", "1", "--mask-lr", "2", "--pretrain-epochs", "0.1", "--finetune-epochs", "0",
+               "--epochs", "1", "--mask-lr", "2", "--pretrain-epochs", "0.1",
+               "--finetune-epochs", "0",
                "--vector-width", "4", "--runs", "3", "--out", str(out), "--json",
                "--store", str(tmp_path / "s")])
     assert rc == 0
