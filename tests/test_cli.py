@@ -57,7 +57,7 @@ def test_tampered_bundle_is_refused(capsys, runner_binary, tmp_path):
     (["profile", *SMALL, "--runs", "0"], "--runs"),
     (["profile", *SMALL, "--device", "R58M1234XYZ"], "R58M1234XYZ"),
     (["profile", *SMALL, "--address", "127.0.0.1:1"], "--token-file"),
-    (["compile", "torch.nn:GELU", "--input-shape", "1,3,8,8", "-o", "out-bundle"], 'layer "gelu"'),
+    (["compile", "torch.nn:ELU", "--input-shape", "1,3,8,8", "-o", "out-bundle"], 'layer "elu"'),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message, tmp_path,
                                                   monkeypatch):
