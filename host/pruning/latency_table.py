@@ -29,7 +29,13 @@ class LatencyTable:
             by_u: dict[float, list[float]] = {}
             for u, ms in pts:
                 by_u.setdefault(round(float(u), 6), []).append(float(ms))
-            self.points[name] = sorted((u, statistics.median(v)) for u, v in by_u.items())
+            pts = sorted((u, statistics.median(v)) for u, v in by_u.items())
+            # less work never takes longer: a noisy point below a narrower one's time is
+            # raised to it, so no segment has a negative slope that would push widths up
+            for k in range(1, len(pts)):
+                if pts[k][1] < pts[k - 1][1]:
+                    pts[k] = (pts[k][0], pts[k - 1][1])
+            self.points[name] = pts
         self.other_ms = float(other_ms)
         self.dense_ms = self.other_ms + sum(self.interp(n, 1.0) for n in self.points)
 
