@@ -84,8 +84,8 @@ def measure_table(model: nn.Module, timer, vector_width: int,
     layer: the table. Widths the dependency graph cannot change keep their size (their work
     stays 1)."""
     from .config import PruningConfig
-    from .map_command import for_layer
     from .plan import PruningPlan
+    from .timing import for_layer
 
     dense_macs = layer_macs(model)
     names = list(dense_macs)

@@ -32,7 +32,7 @@ from .mapping import (
     prunable_layers,
     rung_plan,
 )
-from .timing import BundleTimer
+from .timing import BundleTimer, for_layer
 
 MAP_RUNS = 30
 # A local runner's private store (unless --store names one): the ladder's bundles differ in
@@ -91,11 +91,6 @@ def _check(args: argparse.Namespace) -> float:
     if not 0 <= args.tolerance <= 1:
         raise UserError(f"--tolerance must be in [0, 1]; got {args.tolerance}")
     return rate
-
-
-def for_layer(times: dict[str, float], names) -> dict[str, float]:
-    return {n: sum(t for k, t in times.items() if k == n or k.startswith(n + "."))
-            for n in names if any(k == n or k.startswith(n + ".") for k in times)}
 
 
 def weights_compression(model, pruned_model) -> float:

@@ -22,6 +22,11 @@ def layer_times(layers) -> dict[str, float]:
     return acc
 
 
+def for_layer(times: dict[str, float], names) -> dict[str, float]:
+    return {n: sum(t for k, t in times.items() if k == n or k.startswith(n + "."))
+            for n in names if any(k == n or k.startswith(n + ".") for k in times)}
+
+
 class BundleTimer:
     """Compiles models with ``toolchain`` into ``tmp`` and times them on ``session``;
     ``progress``/``task``: a rich progress bar and the task whose text says what it does."""
