@@ -173,6 +173,47 @@ def test_a_short_search_narrows_the_model_and_counts_what_it_made():
     assert r.macs_pruned == count_macs(r.model, x) < r.macs_dense
     assert r.model(torch.randn(2, *data.input_shape)).shape == (2, 10)
     assert all(v % 4 == 0 for v in r.widths.values())
+    # the widths were fixed (rounded) before the last quarter of training: the masks are
+    # exactly the kept channels, and the shrunk model computes what the masked one did (no
+    # channel switched on or off after the weights last trained)
+    for gid, g in r.masks.groups.items():
+        v = r.masks.logits[str(gid)].detach()
+        assert set(v.tolist()) <= {0.0, 1.0}
+        layer = g.producers[0].layer
+        if layer in r.widths:
+            assert int(v.sum()) == r.widths[layer]
+    xs = torch.randn(8, *data.input_shape)
+    with torch.no_grad():
+        r.masks.attach(model.eval())
+        want = model(xs)
+        r.masks.detach()
+        got = r.model(xs)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_rounding_up_silences_channels_the_masks_switched_off():
+    from host.models.zoo import digits_tiny
+
+    torch.manual_seed(1)
+    m = _random_bn(digits_tiny(), 1).eval()
+    x = torch.randn(4, 1, 16, 16)
+    masks = ChannelMasks(m, x[:1])
+    with torch.no_grad():  # a few channels off per group, fewer than one vector of 4
+        for p in masks.logits.values():
+            p[:: max(2, p.numel() // 2)] = 0.0
+        masks.attach(m)
+        want = m(x)
+        masks.detach()
+    keep = masks.widths(4)
+    assert any(float(masks.logits[str(gid)].detach()[k].min()) == 0.0 for gid, k in keep.items())
+    with torch.no_grad():
+        got = masks.shrink(m, 4)(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_config_refuses_warmup_after_freeze():
+    with pytest.raises(PruningError, match="freeze"):
+        PasConfig(target=0.5, warmup=0.8, freeze=0.6)
 
 
 # ---- RepVGG-style blocks (host/pruning/repvgg.py) ----------------------------------------------

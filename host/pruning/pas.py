@@ -252,8 +252,26 @@ class ChannelMasks:
         pruned = copy.deepcopy(model)
         for m in pruned.modules():
             m._forward_hooks.clear()
+        self._silence(pruned, keep)
         handlers.shrink(pruned, self.graph.removed_positions(removed))
         return pruned.eval()
+
+    def _silence(self, model: nn.Module, keep: dict[int, list[int]]) -> None:
+        """Zero the consumers' weights that read a kept channel whose mask is off (rounding
+        up to the vector width keeps some): the shrunk model then computes exactly what the
+        masked one did, and fine-tuning starts from the accuracy the search reached instead of
+        from channels the rest of the model learned to ignore."""
+        off = {gid: [c for c in k if float(self.logits[str(gid)].detach()[c]) <= 0.5]
+               for gid, k in keep.items()}
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for (layer, role), pos in self.graph.removed_positions(off).items():
+                m = mods[layer]
+                if role != "in" or not pos or not isinstance(m, (nn.Conv2d, nn.Linear)):
+                    continue
+                if isinstance(m, nn.Conv2d) and m.groups != 1:
+                    continue  # a grouped conv's inputs are not one dimension of its weight
+                m.weight[:, pos] = 0
 
 
 @dataclass
@@ -264,6 +282,7 @@ class PasConfig:
     lr: float = 0.05
     mask_lr: float = 0.5  # SGD with momentum 0.5 on the mask scalars
     warmup: float = 0.5  # the MAC target falls linearly from dense to `target` over this part
+    freeze: float = 0.75  # then the widths are fixed (rounded) and the weights train on alone
     batch_size: int = 64
     vector_width: int = 16
     seed: int = 0
@@ -275,6 +294,9 @@ class PasConfig:
                                f"in (0, 1) of the dense model's")
         if self.epochs <= 0 or self.alpha <= 0 or self.lr <= 0 or self.mask_lr <= 0:
             raise PruningError("PaS epochs, alpha, lr and mask_lr must be positive")
+        if not 0 <= self.warmup <= self.freeze <= 1:
+            raise PruningError(f"PaS warmup {self.warmup} and freeze {self.freeze}: need "
+                               f"0 <= warmup <= freeze <= 1 (fractions of the training steps)")
 
 
 @dataclass
@@ -344,8 +366,12 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
     torch.manual_seed(cfg.seed)
     res_hist: list[tuple[int, float, float]] = []
     step, t0 = 0, time.perf_counter()
+    keep: dict[int, list[int]] | None = None
+    masked = masked_cost = 0.0
     while step < total:
         for x, y in batches(data.train, cfg.batch_size, g):
+            if keep is None and step >= cfg.freeze * total:
+                masked, masked_cost, keep = _freeze(masks, cfg, table)
             for group in opt.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
             x, y = x.to(dev), y.to(dev)
@@ -357,7 +383,8 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
             mopt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            mopt.step()
+            if keep is None:
+                mopt.step()
             with torch.no_grad():
                 for p in masks.logits.values():
                     p.clamp_(0.0, 1.0)
@@ -370,11 +397,9 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
             if step >= total:
                 break
     model.eval()
-    with torch.no_grad():
-        masked = float(masks.macs())
-        masked_cost = float(masks.cost(table))
+    if keep is None:
+        masked, masked_cost, keep = _freeze(masks, cfg, table)
     masks.detach()
-    keep = masks.widths(cfg.vector_width, cfg.target, table)
     pruned = masks.shrink(model, cfg.vector_width, cfg.target, table)
     widths = {masks.groups[gid].producers[0].layer: len(k) for gid, k in keep.items()}
     final = masks.cost_for({gid: len(k) for gid, k in keep.items()}, table)
@@ -382,3 +407,21 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
                      widths, time.perf_counter() - t0, total, res_hist,
                      masked_cost=masked_cost, cost=final,
                      predicted_ms=final * table.dense_ms if table is not None else None)
+
+
+def _freeze(masks: ChannelMasks, cfg: PasConfig, table) -> tuple[float, float, dict]:
+    """End the search: the masks' MACs and cost as trained, then every group's width rounded
+    to the vector width (towards the target) and the masks set to exactly those channels (1
+    kept, 0 not), so that the steps left train the weights for the model that will be
+    compiled: rounding at the very end would switch channels on or off that the rest of the
+    model never trained with."""
+    with torch.no_grad():
+        masked, masked_cost = float(masks.macs()), float(masks.cost(table))
+        keep = masks.widths(cfg.vector_width, cfg.target, table)
+        for gid, k in keep.items():
+            w = masks.logits[str(gid)]
+            w.zero_()
+            w[k] = 1.0
+    for p in masks.logits.values():
+        p.requires_grad_(False)
+    return masked, masked_cost, keep
