@@ -5,16 +5,24 @@ blob, optionally the generated source for people to read). The manifest referenc
 artifact by sha256, so the runner can cache artifacts by content and the host can skip uploads.
 The records here are frozen; ``proto/npas/runner/v1/runner.proto`` mirrors them (message
 ``Manifest``) and ``host/rpc/convert.py`` is the only place that converts.
+
+Format 2 ships weights compactly: the weight blob holds only what cannot be recomputed (a
+Winograd layer's raw 3x3 weights, not its transformed ones), and the manifest's ``prepare``
+steps build the weight buffer the kernels read (``weights_bytes``, larger than the blob) at
+load time: a copy of a blob range, or a kernel of the bundle's own library run once over its
+work items (``args->params[0]``: the blob range, ``args->output``: the buffer range). Step
+params point into that buffer. A bundle with no prepare steps reads the blob as the buffer.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights_bytes and prepare steps (compact weight blobs)
 KERNEL_ABI_VERSION = 1  # android_app/src/main/cpp/core/npas_kernel_abi.h
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_KINDS = ("kernel_library", "weights", "opencl_source")
@@ -34,6 +42,8 @@ MAX_BUILD_FLAGS, MAX_BUILD_OPTIONS_BYTES = 256, 4096
 TENSOR_ALIGNMENT, PARAM_ALIGNMENT = 16, 64
 MAX_STRING, MAX_LIST = 4096, 4096  # strings and lists the runner does not bound otherwise
 MAX_MANIFEST_BYTES = 256 << 20
+MAX_WEIGHTS_BYTES = 16 << 30  # the loaded weight buffer (the memory budget bounds it further)
+MAX_PREPARE_STEPS = MAX_STEPS
 FIX = "the bundle is damaged or was not written by npas; compile the model again"
 
 
@@ -79,6 +89,19 @@ class Step:
 
 
 @dataclass(frozen=True)
+class PrepareStep:
+    """One load-time step building the weight buffer: ``dst`` (in the buffer) from ``src`` (in
+    the shipped blob). ``symbol`` "": a byte copy (same sizes); else a kernel of the library,
+    called with ``[0, work_items)``, params[0] at src and output at dst."""
+
+    name: str  # the layer whose weights it prepares (copies: the first layer of the range)
+    symbol: str
+    src: ParamRef
+    dst: ParamRef
+    work_items: int = 1
+
+
+@dataclass(frozen=True)
 class Target:
     arch: str  # "x86_64", "aarch64"
     os: str  # "linux", "android"
@@ -105,6 +128,10 @@ class Manifest:
     arena_bytes: int
     scratch_bytes_per_thread: int
     steps: tuple[Step, ...]
+    # the weight buffer step params point into, built by ``prepare`` from the blob; with no
+    # prepare steps it is the blob itself (weights_bytes = the blob's size)
+    weights_bytes: int = 0
+    prepare: tuple[PrepareStep, ...] = ()
     format_version: int = FORMAT_VERSION
     kernel_abi_version: int = KERNEL_ABI_VERSION
     content_hash: str = field(default="", compare=False)
@@ -117,6 +144,11 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def shipped_weights_bytes(self) -> int:
+        """The weight blob's size: what an upload sends (0 without a blob)."""
+        return next((a.size for a in self.artifacts if a.role == "weights"), 0)
 
     def canonical_json(self) -> str:
         """Key-sorted JSON without the content hash: the text the hash is taken over."""
@@ -332,8 +364,8 @@ def _parse_manifest(d: object, source: str) -> Manifest:
                           f"recompile the model")
     top = _Fields(d, "", source, (
         "name", "target", "toolchain", "artifacts", "tensors", "inputs", "outputs",
-        "arena_bytes", "scratch_bytes_per_thread", "steps", "format_version",
-        "kernel_abi_version"), ("content_hash",))
+        "arena_bytes", "scratch_bytes_per_thread", "steps", "weights_bytes", "prepare",
+        "format_version", "kernel_abi_version"), ("content_hash",))
     version = top.integer("format_version", hi=U32_MAX)
     abi = top.integer("kernel_abi_version", hi=U32_MAX)
     if abi != KERNEL_ABI_VERSION:
@@ -364,6 +396,9 @@ def _parse_manifest(d: object, source: str) -> Manifest:
                                          hi=MAX_SCRATCH_BYTES_PER_THREAD),
         steps=tuple(_step(s, f"steps[{i}]", source)
                     for i, s in enumerate(top.items("steps", MAX_STEPS))),
+        weights_bytes=top.integer("weights_bytes", hi=MAX_WEIGHTS_BYTES),
+        prepare=tuple(_prepare(s, f"prepare[{i}]", source)
+                      for i, s in enumerate(top.items("prepare", MAX_PREPARE_STEPS))),
         format_version=version, kernel_abi_version=abi, content_hash=content_hash)
 
 
@@ -416,6 +451,19 @@ def _step(d: object, path: str, source: str) -> Step:
                 flops=f.integer("flops", default=0), local_size=f.integer("local_size", default=0))
 
 
+def _prepare(d: object, path: str, source: str) -> PrepareStep:
+    f = _Fields(d, path, source, ("name", "symbol", "src", "dst", "work_items"))
+    refs = []
+    for key in ("src", "dst"):
+        pf = _Fields(f.d[key], f"{path}.{key}", source, ("offset", "nbytes"))
+        refs.append(ParamRef(offset=pf.integer("offset"), nbytes=pf.integer("nbytes")))
+    symbol = f.text("symbol")
+    if symbol and not _is_c_identifier(symbol):
+        raise f.bad("symbol", symbol, "must be empty (a copy) or a C identifier")
+    return PrepareStep(name=f.text("name"), symbol=symbol, src=refs[0], dst=refs[1],
+                       work_items=f.integer("work_items", lo=1, hi=MAX_WORK_ITEMS))
+
+
 def _is_c_identifier(s: str) -> bool:
     return (0 < len(s) <= 256 and s.isascii() and (s[0].isalpha() or s[0] == "_")
             and all(c.isalnum() or c == "_" for c in s))
@@ -466,6 +514,7 @@ def _check_manifest(m: Manifest, source: str) -> None:
     if not m.outputs:
         raise fail("outputs = [] (a model has at least one output)")
     blob = seen["weights"].size if "weights" in seen else 0
+    buffer = _check_prepare(m, blob, gpu, fail)
     for i, s in enumerate(m.steps):
         who = f"steps[{i}] ({s.name!r})"
         for j, v in enumerate((*s.inputs, s.output)):
@@ -477,13 +526,62 @@ def _check_manifest(m: Manifest, source: str) -> None:
             if p.offset % PARAM_ALIGNMENT:
                 raise fail(f"{who}.params[{j}].offset = {p.offset} is not a multiple of "
                            f"{PARAM_ALIGNMENT}")
-            if p.offset + p.nbytes > blob:
+            if p.offset + p.nbytes > m.weights_bytes:
                 raise fail(f"{who}.params[{j}].offset {p.offset} + nbytes {p.nbytes} is past "
-                           f"the weight blob's {blob} bytes"
+                           f"weights_bytes {m.weights_bytes}"
                            + ("" if "weights" in seen else " (no weights artifact)"))
+            if m.prepare and not _covered(buffer, p):
+                raise fail(f"{who}.params[{j}] (offset {p.offset}, nbytes {p.nbytes}) is not "
+                           f"inside one prepare step's dst: nothing would write those bytes")
         if gpu and s.local_size > 0 and s.work_items % s.local_size:
             raise fail(f"{who}.work_items = {s.work_items} is not a multiple of local_size "
                        f"{s.local_size}")
+
+
+def _check_prepare(m: Manifest, blob: int, gpu: bool, fail) -> list[tuple[int, int]]:
+    """The prepare steps against the blob and the buffer; returns the buffer ranges they write,
+    sorted (empty: no prepare steps, the blob is the buffer)."""
+    if not m.prepare:
+        if m.weights_bytes != blob:
+            raise fail(f"weights_bytes = {m.weights_bytes}, but with no prepare steps the "
+                       f"weight buffer is the blob, {blob} bytes")
+        return []
+    if blob == 0 and m.weights_bytes > 0:
+        raise fail(f"prepare has {len(m.prepare)} steps but there is no weight blob (no "
+                   f"weights artifact) to prepare the weights from")
+    if gpu:
+        raise fail(f"prepare has {len(m.prepare)} steps; a GPU bundle ships its weights as "
+                   f"they are used (prepare steps are for CPU bundles)")
+    ranges = []
+    for i, p in enumerate(m.prepare):
+        who = f"prepare[{i}] ({p.name!r})"
+        for key, ref, limit, what in (("src", p.src, blob, "the weight blob's"),
+                                      ("dst", p.dst, m.weights_bytes, "weights_bytes")):
+            if ref.offset % PARAM_ALIGNMENT:
+                raise fail(f"{who}.{key}.offset = {ref.offset} is not a multiple of "
+                           f"{PARAM_ALIGNMENT}")
+            if ref.offset + ref.nbytes > limit:
+                raise fail(f"{who}.{key}.offset {ref.offset} + nbytes {ref.nbytes} is past "
+                           f"{what} {limit} bytes")
+        if not p.symbol and (p.src.nbytes != p.dst.nbytes or p.work_items != 1):
+            raise fail(f"{who} is a copy (no symbol) of src.nbytes {p.src.nbytes} into "
+                       f"dst.nbytes {p.dst.nbytes} with work_items {p.work_items}; a copy "
+                       f"needs equal sizes and work_items 1")
+        ranges.append((p.dst.offset, p.dst.offset + p.dst.nbytes, i))
+    ranges.sort()
+    for (_, e0, i0), (b1, _, i1) in zip(ranges, ranges[1:]):
+        if b1 < e0:
+            raise fail(f"prepare[{i1}].dst overlaps prepare[{i0}].dst (each byte of the weight "
+                       f"buffer is written by one step)")
+    return [(b, e) for b, e, _ in ranges]
+
+
+def _covered(ranges: list[tuple[int, int]], p: ParamRef) -> bool:
+    """``p`` lies inside one of the sorted, disjoint ``ranges``."""
+    if p.nbytes == 0:
+        return True
+    k = bisect.bisect_right(ranges, (p.offset, U64_MAX)) - 1
+    return k >= 0 and ranges[k][0] <= p.offset and p.offset + p.nbytes <= ranges[k][1]
 
 
 def _check_build_flags(flags: tuple[str, ...], fail) -> None:

@@ -26,6 +26,7 @@ from codegen.bundle import (
     Bundle,
     Manifest,
     ParamRef,
+    PrepareStep,
     Step,
     TensorSpec,
     artifact_ref,
@@ -53,7 +54,8 @@ class CompileReport:
     peak_bytes: int = 0  # largest live set: a lower bound for any memory plan
     peak_step: int = 0
     peak_tensors: tuple[str, ...] = ()
-    weights_bytes: int = 0
+    weights_bytes: int = 0  # the shipped weight blob (what an upload sends)
+    loaded_weights_bytes: int = 0  # the weight buffer the prepare steps build at load time
     source_bytes: int = 0
     # layers given a pruning scheme: "storage (m filters per index list, density)", or why
     # they stayed dense
@@ -76,7 +78,8 @@ def compile_model(module: torch.nn.Module,
                   toolchain: CToolchain | OpenClToolchain | None = None,
                   progress: Callable[[str], None] | None = None,
                   tuning: TuningLookup | None = None,
-                  schemes: Mapping[str, str] | None = None, sparse: str = "auto") -> Bundle:
+                  schemes: Mapping[str, str] | None = None, sparse: str = "auto",
+                  compact_weights: bool = True) -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
@@ -88,7 +91,8 @@ def compile_model(module: torch.nn.Module,
     pass picks each such layer's storage format and kernel from it
     (``codegen/passes/sparse.py``); layers not named stay dense. ``sparse`` "auto" keeps a
     layer dense where its density makes the dense kernel faster, "always" uses every sparse
-    kernel there is."""
+    kernel there is. ``compact_weights`` False ships every param as the kernels read it (no
+    prepare steps: format 1's blobs, several times larger where Winograd layers are)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -134,15 +138,31 @@ def compile_model(module: torch.nn.Module,
     say("emit")
     params = [lang.layer_params(graph, la) for la in graph.steps]
     param_refs = layout_weights(params, lang.elem_bytes)
+    prepare_of = getattr(lang, "prepare_params", None)
+    prepared = [prepare_of(graph, la, i) if prepare_of and compact_weights else ()
+                for i, la in enumerate(graph.steps)]
     prog = lang.render(graph, param_refs)
+    source = prog.source
+    if any(prepared):
+        source += "\n" + lang.prepare_prelude() + "\n".join(
+            p.source for step in prepared for p in step if p is not None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / toolchain.source_name).write_text(prog.source, encoding="utf-8")
+    (out / toolchain.source_name).write_text(source, encoding="utf-8")
     stage("emit")
     say("compile")
-    kernels = toolchain.build(prog.source, out, name)
+    kernels = toolchain.build(source, out, name)
     stage("compile")
     say("pack")
-    write_weights(params, param_refs, out / WEIGHTS_NAME, lang)
+    if any(prepared):
+        prepare = write_compact_weights(graph, params, param_refs, prepared,
+                                        out / WEIGHTS_NAME, lang)
+    else:
+        write_weights(params, param_refs, out / WEIGHTS_NAME, lang)
+        prepare = ()
+    weights_bytes = align(max((r.offset + r.nbytes for refs in param_refs for r in refs),
+                              default=0))
+    if not prepare:
+        weights_bytes = (out / WEIGHTS_NAME).stat().st_size
     stage("pack")
 
     say("manifest")
@@ -161,7 +181,7 @@ def compile_model(module: torch.nn.Module,
         arena_bytes=graph.plan.arena_bytes,
         # the largest transform buffers any step asks for (Winograd convs)
         scratch_bytes_per_thread=max((s.scratch_bytes for s in prog.steps), default=0),
-        steps=steps,
+        steps=steps, weights_bytes=weights_bytes, prepare=prepare,
     ).with_hash()
     bundle = Bundle(path=out, manifest=manifest)
     bundle.save_manifest()
@@ -174,7 +194,8 @@ def compile_model(module: torch.nn.Module,
     report.arena_bytes, report.peak_bytes = plan.arena_bytes, plan.peak_bytes
     report.peak_step, report.peak_tensors = plan.peak_step, plan.peak_tensors
     report.weights_bytes = (out / WEIGHTS_NAME).stat().st_size
-    report.source_bytes = len(prog.source)
+    report.loaded_weights_bytes = weights_bytes
+    report.source_bytes = len(source)
     report.sparse = sparse_summary(graph)
     report.save(out)
     say("done")
@@ -243,3 +264,58 @@ def write_weights(params: Sequence[Sequence[np.ndarray]],
                 f.write(data)
                 pos = ref.offset + len(data)
         f.write(b"\0" * (align(pos) - pos))
+
+
+def write_compact_weights(graph: Graph, params: Sequence[Sequence[np.ndarray]],
+                          refs: Sequence[Sequence[ParamRef]], prepared: Sequence[Sequence],
+                          path: Path, lang: CStyleLanguage) -> tuple[PrepareStep, ...]:
+    """Write the shipped blob of a bundle whose kernels read some params in a larger layout
+    than they need to travel in (``prepared[step][k]``: a ``Prepared`` or None), and return
+    the prepare steps that rebuild the layout ``layout_weights`` planned (``refs``, offsets
+    in the weight buffer): each prepared param's raw float32 array with its kernel, and every
+    run of params that ship as they are as one copy. Both layouts align each param to 64
+    bytes from 64-aligned starts, so a run's params sit at the same distances in both."""
+    dtype = {"float32": "<f4", "float16": "<f2"}[lang.dtype]
+    steps: list[PrepareStep] = []
+    run: list = []  # [name, src start, dst start, dst end] of the open copy run
+
+    def close() -> None:
+        if run:
+            n = run[3] - run[2]
+            steps.append(PrepareStep(name=run[0], symbol="", src=ParamRef(run[1], n),
+                                     dst=ParamRef(run[2], n)))
+            run.clear()
+
+    pos = 0
+    with open(path, "wb") as f:
+        def put(data: bytes, at: int) -> None:
+            nonlocal pos
+            assert at >= pos
+            f.write(b"\0" * (at - pos))
+            f.write(data)
+            pos = at + len(data)
+
+        for la, step_params, step_refs, step_prep in zip(graph.steps, params, refs, prepared,
+                                                          strict=True):
+            for k, (p, ref) in enumerate(zip(step_params, step_refs, strict=True)):
+                prep = step_prep[k] if k < len(step_prep) else None
+                if prep is not None:
+                    close()
+                    raw = np.ascontiguousarray(prep.raw, dtype="<f4").tobytes()
+                    at = align(pos)
+                    put(raw, at)
+                    steps.append(PrepareStep(name=la.name, symbol=prep.symbol,
+                                             src=ParamRef(at, len(raw)), dst=ref,
+                                             work_items=prep.work_items))
+                    continue
+                data = np.ascontiguousarray(p, dtype=dtype).tobytes()
+                assert len(data) == ref.nbytes
+                if not run:
+                    run[:] = [la.name, align(pos), ref.offset, ref.offset]
+                at = run[1] + ref.offset - run[2]
+                assert at == align(pos)
+                put(data, at)
+                run[3] = ref.offset + ref.nbytes
+        close()
+        f.write(b"\0" * (align(pos) - pos))
+    return tuple(steps)

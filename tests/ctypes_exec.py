@@ -30,6 +30,27 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[off:off + nbytes]
 
 
+def weight_buffer(bundle: Bundle, lib: ctypes.CDLL) -> np.ndarray:
+    """The weight buffer the runner builds at load: the blob itself, or what the manifest's
+    prepare steps make of it (copies, and the library's prepare kernels)."""
+    m = bundle.manifest
+    blob = np.frombuffer(bundle.file("weights").read_bytes(), dtype=np.uint8)
+    weights = _aligned(max(m.weights_bytes, 64))
+    if not m.prepare:
+        weights[:len(blob)] = blob
+    src = _aligned(max(len(blob), 64))
+    src[:len(blob)] = blob
+    for p in m.prepare:
+        if not p.symbol:
+            weights[p.dst.offset:p.dst.offset + p.dst.nbytes] = \
+                src[p.src.offset:p.src.offset + p.src.nbytes]
+            continue
+        prm = (ctypes.c_void_p * 1)(src.ctypes.data + p.src.offset)
+        args = StepArgs(None, weights.ctypes.data + p.dst.offset, ctypes.cast(prm, FloatPtrArray))
+        KernelFn((p.symbol, lib))(ctypes.byref(args), 0, p.work_items, None)
+    return weights
+
+
 def run_bundle(bundle: Bundle | str | Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -37,9 +58,7 @@ def run_bundle(bundle: Bundle | str | Path, inputs: Sequence[np.ndarray]) -> lis
     lib = ctypes.CDLL(str(bundle.file("kernels")))
     assert ctypes.c_uint32.in_dll(lib, "npas_kernel_abi_version").value == m.kernel_abi_version
     arena = _aligned(max(m.arena_bytes, 64))
-    blob = bundle.file("weights").read_bytes()
-    weights = _aligned(max(len(blob), 64))
-    weights[:len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+    weights = weight_buffer(bundle, lib)
 
     def view(i: int) -> np.ndarray:
         t = m.tensors[i]

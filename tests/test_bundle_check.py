@@ -42,7 +42,8 @@ def write_bundle(folder: Path) -> Bundle:
                  TensorSpec("y", (1, 48), "float32", 192, 192)),
         inputs=(0,), outputs=(1,), arena_bytes=384, scratch_bytes_per_thread=0,
         steps=(Step("conv", "conv2d", "npas_step_0_conv2d", (0,), 1,
-                    (ParamRef(0, 64), ParamRef(64, 4)), 3, 100),)).with_hash()
+                    (ParamRef(0, 64), ParamRef(64, 4)), 3, 100),),
+        weights_bytes=256).with_hash()
     b = Bundle(path=folder, manifest=m)
     b.save_manifest()
     return b
@@ -114,7 +115,7 @@ BAD = [  # (id, change, what the message must name)
     ("misaligned", _set("tensors.1.arena_offset", 200), "multiple of 16"),
     ("arena limit", _set("arena_bytes", 1 << 50), "arena_bytes"),
     ("symbol", _set("steps.0.symbol", "../lib; rm"), "steps[0].symbol = '../lib; rm'"),
-    ("param past blob", _set("steps.0.params.1.offset", 256), "past the weight blob's 256"),
+    ("param past blob", _set("steps.0.params.1.offset", 256), "past weights_bytes 256"),
     ("param align", _set("steps.0.params.1.offset", 65), "multiple of 64"),
     ("work items", _set("steps.0.work_items", 0), "steps[0].work_items = 0"),
     ("bool", _set("arena_bytes", True), "arena_bytes = True must be an integer"),
@@ -129,7 +130,8 @@ BAD = [  # (id, change, what the message must name)
     ("missing nested", _drop("target.abi"), "target.abi is missing"),
     ("not an object", lambda d: d["steps"].__setitem__(0, [1, 2]), "steps[0] = [1, 2]"),
     ("list type", _set("inputs", {"0": 0}), "inputs = {'0': 0} must be a JSON list"),
-    ("format", _set("format_version", 2), "format_version 2"),
+    ("format", _set("format_version", 1), "format_version 1"),
+    ("weights_bytes", _set("weights_bytes", 512), "weights_bytes = 512"),
     ("abi", _set("kernel_abi_version", 9), "kernel_abi_version 9"),
     ("control char", _set("name", "m\n"), "control character"),
     ("surrogate", _set("steps.0.name", "\ud800"), "surrogate"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from codegen import cost
-from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude
+from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude, winograd
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -165,6 +165,27 @@ class CLanguage(CStyleLanguage):
             if la.op == "linear":
                 return pack.pack_linear(la, x)
         return super().layer_params(graph, la)
+
+    def prepare_params(self, graph: Graph, la: Layer, step: int) -> tuple[pack.Prepared | None,
+                                                                            ...]:
+        """Per param of ``layer_params``: how the load builds it from a smaller shipped array
+        (``pack.Prepared``: a Winograd layer's raw weights), or None (shipped as laid out).
+        Empty: every param ships as it is."""
+        if (self.isa is None or la.storage != "dense" or la.op != "conv2d"
+                or len(graph.shapes[la.output]) != 5):
+            return ()
+        algo = cost.conv_algo(la, graph.shapes[la.output], graph.shapes[la.inputs[0]], self.isa)
+        if algo not in cost.WINOGRAD:
+            return ()
+        m, w = cost.WINOGRAD[algo], la.params["weight"]
+        sym = f"npas_prepare_{step}_winograd{m}"
+        src = winograd.winograd_prepare_kernel(self.isa, m, w.shape[0], w.shape[1], sym, la.name)
+        return (pack.Prepared(raw=np.ascontiguousarray(w, np.float32), symbol=sym,
+                              work_items=-(-w.shape[0] // self.isa.floats), source=src), None)
+
+    def prepare_prelude(self) -> str:
+        """What the prepare kernels' source needs before them (after the prelude)."""
+        return winograd.PREPARE_PRELUDE
 
     def signature(self, symbol: str) -> str:
         return (f"NPAS_EXPORT void {symbol}(const npas_step_args *args, int64_t begin, "

@@ -58,6 +58,11 @@ def manifest_to_proto(m: Manifest):
                        params=[pb.ParamRef(offset=p.offset, nbytes=p.nbytes) for p in s.params],
                        work_items=s.work_items, flops=s.flops,
                        local_size=s.local_size) for s in m.steps],
+        weights_bytes=m.weights_bytes,
+        prepare=[pb.PrepareStep(name=p.name, symbol=p.symbol,
+                                src=pb.ParamRef(offset=p.src.offset, nbytes=p.src.nbytes),
+                                dst=pb.ParamRef(offset=p.dst.offset, nbytes=p.dst.nbytes),
+                                work_items=p.work_items) for p in m.prepare],
         content_hash=m.content_hash,
     )
 

@@ -1,7 +1,12 @@
 """Weight layouts of the vectorised CPU kernels, zero-padded to whole vectors so pad lanes
-never change a result: direct conv, Winograd (transformed at compile time) and linear."""
+never change a result: direct conv, Winograd and linear. A Winograd layer's transformed
+weights are what its kernel reads, but its bundle ships the raw 3x3 weights (``Prepared``):
+the runner transforms them at load time with a generated kernel that computes exactly what
+``winograd_transform`` does here."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,15 +48,44 @@ def pack_linear(la: Layer, x: int) -> tuple[np.ndarray, np.ndarray]:
     return wp.reshape(op // x, x, k).transpose(0, 2, 1).copy(), bp
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A param the bundle ships smaller than the kernels read it: ``raw`` (float32) goes into
+    the weight blob, and the kernel ``symbol`` (C ``source``, in the step's kernel library)
+    expands it into the param's layout at load time over ``work_items``."""
+
+    raw: np.ndarray
+    symbol: str
+    work_items: int
+    source: str
+
+
+def winograd_transform(w: np.ndarray, m: int) -> np.ndarray:
+    """U = G g G^T of every (oc, ic) 3x3 kernel, ``[a][a][oc][ic]`` float32 (a = m + 2):
+    float64 products and sums in the order of the load-time kernel
+    (``winograd_prepare_kernel``: t = G g, then U = t G^T, each a left-to-right sum of three
+    products, no fused multiply-add, every term kept), so both round to the same floats."""
+    _, g, _ = winograd_matrices(m)
+    gm = [[float(v) for v in row] for row in g]
+    w = w.astype(np.float64)
+    a = m + 2
+    t = [[(gm[i][0] * w[:, :, 0, col] + gm[i][1] * w[:, :, 1, col]) + gm[i][2] * w[:, :, 2, col]
+          for col in range(3)] for i in range(a)]
+    u = np.empty((a, a, *w.shape[:2]), np.float32)
+    for i in range(a):
+        for j in range(a):
+            u[i, j] = (t[i][0] * gm[j][0] + t[i][1] * gm[j][1]) + t[i][2] * gm[j][2]
+    return u
+
+
 def pack_winograd(la: Layer, m: int, x: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights transformed at compile time, U = G g G^T per (oc, ic), packed
-    ``[a*a][oc/x][ic/x*x][x]`` (a = m + 2: one oc-block-major matrix per transform point, so a
-    point's GEMM streams contiguous weights), zero-padded; bias padded to a multiple of x."""
+    """Weights as the kernel reads them, U = G g G^T per (oc, ic) (``winograd_transform``),
+    packed ``[a*a][oc/x][ic/x*x][x]`` (a = m + 2: one oc-block-major matrix per transform
+    point, so a point's GEMM streams contiguous weights), zero-padded; bias padded to a
+    multiple of x. The bundle ships the raw weights instead (``Prepared``)."""
     w, b = la.params["weight"], la.params["bias"]
     oc, ic = w.shape[:2]
-    _, g, _ = winograd_matrices(m)
-    gm = np.array([[float(v) for v in row] for row in g])
-    u = np.einsum("ak,oikl,bl->abio", gm, w.astype(np.float64), gm)  # [a][a][ic][oc]
+    u = winograd_transform(w, m).transpose(0, 1, 3, 2)  # [a][a][ic][oc]
     a = m + 2
     ocp, icp = -(-oc // x) * x, -(-ic // x) * x
     up = np.zeros((a * a, icp, ocp), np.float32)

@@ -195,6 +195,64 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
     return name, "\n".join(L) + "\n"
 
 
+# Load-time kernels compute in double without fused multiply-adds, as
+# ``codegen.emit.cpu.pack.winograd_transform`` does, so the weights they write are the ones a
+# compile-time transform wrote (gcc contracts across statements unless told otherwise).
+PREPARE_PRELUDE = """\
+#if defined(__clang__)
+#define NPAS_PREPARE_ATTR
+#define NPAS_PREPARE_BEGIN _Pragma("clang fp contract(off)")
+#else
+#define NPAS_PREPARE_ATTR __attribute__((optimize("fp-contract=off")))
+#define NPAS_PREPARE_BEGIN
+#endif
+"""
+
+
+def winograd_prepare_kernel(isa: VectorIsa, m: int, oc: int, ic: int, symbol: str,
+                            layer: str) -> str:
+    """The load-time kernel of one F(m, 3) layer: params[0] is its raw float32 weights
+    ``[oc][ic][3][3]``, output the packed transform ``[a*a][oc/x][icp][x]`` of
+    ``pack_winograd`` (pad lanes zero); work item = one oc block."""
+    X, E, a = isa.floats, isa.elem, m + 2
+    ocb, icp = -(-oc // X), -(-ic // X) * X
+    _, g, _ = winograd_matrices(m)
+    gs = ", ".join("{" + ", ".join(f"{float(v)!r}" for v in row) + "}" for row in g)
+    i = "int64_t"
+    ps = ocb * icp * X  # elements between transform points
+    return "\n".join([
+        f"/* {symbol}: load-time F({m},3) weight transform of {layer} ({oc}x{ic}x3x3 float32 "
+        f"-> [{a * a}][{ocb}][{icp}][{X}] {E}), U = G g G^T in double. */",
+        f"NPAS_PREPARE_ATTR NPAS_EXPORT void {symbol}(const npas_step_args *args, {i} begin, "
+        f"{i} end, void *scratch) {{",
+        "  NPAS_PREPARE_BEGIN",
+        "  (void)scratch;",
+        f"  static const double G[{a}][3] = {{{gs}}};",
+        "  const float *g = args->params[0];",
+        f"  {E} *u = ({E} *)args->output;",
+        f"  for ({i} ob = begin; ob < end; ++ob)",
+        f"    for ({i} i = 0; i < {icp}; ++i)",
+        f"      for ({i} l = 0; l < {X}; ++l) {{",
+        f"        const {i} o = ob * {X} + l;",
+        f"        {E} *d = u + (ob * {icp} + i) * {X} + l;",
+        f"        if (o >= {oc} || i >= {ic}) {{",
+        f"          for (int p = 0; p < {a * a}; ++p) d[p * {ps}] = ({E})0;",
+        "          continue;",
+        "        }",
+        f"        const float *w = g + (o * {ic} + i) * 9;",
+        f"        double t[{a}][3];",
+        f"        for (int r = 0; r < {a}; ++r)",
+        "          for (int c = 0; c < 3; ++c)",
+        "            t[r][c] = (G[r][0] * (double)w[c] + G[r][1] * (double)w[3 + c]) + "
+        "G[r][2] * (double)w[6 + c];",
+        f"        for (int r = 0; r < {a}; ++r)",
+        f"          for (int c = 0; c < {a}; ++c)",
+        f"            d[(r * {a} + c) * {ps}] = ({E})(float)((t[r][0] * G[c][0] + "
+        "t[r][1] * G[c][1]) + t[r][2] * G[c][2]);",
+        "      }",
+        "}", ""])
+
+
 def winograd_blocking(m: int, out_shape: tuple[int, ...], in_shape: tuple[int, ...],
                       oc_tile: int, t_tile: int, elem_bytes: int = 4) -> tuple[int, int, int]:
     """(tiles per work item, oc groups, scratch floats): tile blocks of a multiple of

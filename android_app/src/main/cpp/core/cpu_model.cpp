@@ -252,6 +252,7 @@ class CpuModel final : public Model {
   std::vector<PreparedStep> steps_;
   std::unique_ptr<ThreadPool> pool_;
   std::string affinity_note_;
+  uint64_t prepare_ns_ = 0;  // the prepare steps' share of init_ns_
 };
 
 }  // namespace
@@ -299,32 +300,78 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   }
 
   // Memory: the whole need first, against what the OS has (with overcommit an oversized
-  // allocation succeeds and the process dies later), then each buffer checked.
-  const uint64_t weight_bytes =
-      which.weights >= 0 ? manifest.artifacts[size_t(which.weights)].size : 0;
-  const size_t stride = size_t((manifest.scratch_bytes_per_thread + 63) / 64 * 64);
+  // allocation succeeds and the process dies later), then each buffer checked. While the
+  // prepare steps run, the shipped blob is held beside the weight buffer; it is freed before
+  // the arena and scratch are allocated.
+  const MemoryNeed mem = memory_need(manifest, Backend::kCpu, plan.threads);
+  const size_t stride = size_t(mem.scratch_stride);
   const uint64_t scratch_bytes = uint64_t(stride) * uint64_t(plan.threads);  // both bounded
-  const uint64_t need = weight_bytes + manifest.arena_bytes + scratch_bytes;
+  const uint64_t need = mem.total();
   const uint64_t avail = available_memory_bytes();
   const std::string who = "model '" + clip(manifest.name) + "'";
   if (avail > 0 && need > avail) {
-    return ResourceExhausted(who + " needs " + u(need) + " bytes of memory (weights " +
-                             u(weight_bytes) + ", activation arena " + u(manifest.arena_bytes) +
-                             ", scratch " + u(stride) + " bytes x " + u(plan.threads) +
-                             " threads), this device has " + u(avail) +
+    return ResourceExhausted(mem.describe(manifest.name) + ", this device has " + u(avail) +
                              " available (MemAvailable)");
   }
 
-  // Weights.
+  // Kernels of the prepare steps, resolved like the steps' (below).
+  std::vector<npas_kernel_fn> prepare_fns(manifest.prepare.size(), nullptr);
+  for (size_t i = 0; i < manifest.prepare.size(); ++i) {
+    const PrepareStep& p = manifest.prepare[i];
+    if (p.symbol.empty()) continue;
+    void* fn = exports.value().functions.count(p.symbol) ? dlsym(m->lib_.get(), p.symbol.c_str())
+                                                          : nullptr;
+    if (!fn) {
+      return NotFound("prepare step " + u(i) + " '" + clip(p.name) + "': symbol '" +
+                      clip(p.symbol) + "' is not a function kernel library " + kref.sha256 +
+                      " defines");
+    }
+    prepare_fns[i] = reinterpret_cast<npas_kernel_fn>(fn);
+  }
+  auto pool = ThreadPool::create(plan.threads, plan.affinity);
+  if (!pool.ok()) {
+    return Status(pool.status().code(),
+                  "model '" + clip(manifest.name) + "': " + pool.status().message());
+  }
+  m->pool_ = std::move(pool).value();
+
+  // Weights: the blob is the buffer, or the prepare steps build the buffer from it.
   if (which.weights >= 0) {
     const ArtifactRef& wref = manifest.artifacts[size_t(which.weights)];
-    m->weights_ = AlignedBuffer(size_t(wref.size));
-    if (!m->weights_.allocated()) {
-      return ResourceExhausted(who + ": cannot allocate " + u(wref.size) +
-                               " bytes for the weights");
+    const bool prepared = !manifest.prepare.empty();
+    AlignedBuffer blob(size_t(wref.size));
+    m->weights_ = AlignedBuffer(size_t(manifest.weights_bytes));
+    if (!m->weights_.allocated() || (prepared && !blob.allocated())) {
+      return ResourceExhausted(who + ": cannot allocate " + u(manifest.weights_bytes) +
+                               " bytes for the weights" +
+                               (prepared ? " (and " + u(wref.size) + " for the shipped blob)"
+                                         : std::string()));
     }
+    AlignedBuffer& into = prepared ? blob : m->weights_;
     NPAS_RETURN_IF_ERROR(
-        read_file_into(store.path_of(wref.sha256), m->weights_.data(), wref.size, "weights"));
+        read_file_into(store.path_of(wref.sha256), into.data(), wref.size, "weights"));
+    if (prepared) {
+      const uint64_t t_prep = monotonic_ns();
+      // Bytes no step writes (alignment gaps) are zero, as in a blob that shipped them.
+      std::memset(m->weights_.data(), 0, m->weights_.size());
+      for (size_t i = 0; i < manifest.prepare.size(); ++i) {
+        const PrepareStep& p = manifest.prepare[i];
+        if (!prepare_fns[i]) {
+          std::memcpy(m->weights_.data() + p.dst.offset, blob.data() + p.src.offset,
+                      size_t(p.src.nbytes));
+          continue;
+        }
+        const float* src = reinterpret_cast<const float*>(blob.data() + p.src.offset);
+        CpuModel::PreparedStep ps;
+        ps.fn = prepare_fns[i];
+        ps.args.inputs = nullptr;
+        ps.args.params = &src;
+        ps.args.output = reinterpret_cast<float*>(m->weights_.data() + p.dst.offset);
+        ps.work_items = int64_t(p.work_items);
+        m->pool_->parallel_for(ps.work_items, &CpuModel::run_range, &ps);
+      }
+      m->prepare_ns_ = monotonic_ns() - t_prep;
+    }
   }
 
   // Arena and scratch.
@@ -386,12 +433,6 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
     p.scratch_stride = stride;
   }
 
-  auto pool = ThreadPool::create(plan.threads, plan.affinity);
-  if (!pool.ok()) {
-    return Status(pool.status().code(),
-                  "model '" + clip(manifest.name) + "': " + pool.status().message());
-  }
-  m->pool_ = std::move(pool).value();
   m->affinity_note_ = m->pool_->affinity_note();
   if (!plan.affinity.empty()) {
     // The caller is worker 0, pinned per run; try it once now so a refusal is reported at

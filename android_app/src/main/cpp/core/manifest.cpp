@@ -2,7 +2,9 @@
 // loader and the executor can trust them.
 #include "core/manifest.h"
 
+#include <algorithm>
 #include <limits>
+#include <utility>
 
 #include "core/sha256.h"
 
@@ -110,6 +112,93 @@ Status check_build_flags(const Manifest& m, const ManifestLimits& limits) {
   return Status::Ok();
 }
 
+// The prepare steps against the blob and the weight buffer; *ranges gets the buffer ranges
+// they write, sorted by offset (empty: no prepare steps, the blob is the buffer).
+Status check_prepare(const Manifest& m, const ManifestLimits& limits, uint64_t blob, bool gpu,
+                     std::vector<std::pair<uint64_t, uint64_t>>* ranges) {
+  const std::string who = "manifest '" + clip(m.name) + "'";
+  if (m.weights_bytes > limits.max_weights_bytes) {
+    return ResourceExhausted(who + ": weights_bytes " + u(m.weights_bytes) +
+                             " is over the runner's limit of " + u(limits.max_weights_bytes));
+  }
+  if (m.prepare.empty()) {
+    if (m.weights_bytes != blob) {
+      return InvalidArgument(who + ": weights_bytes " + u(m.weights_bytes) +
+                             ", but with no prepare steps the weight buffer is the blob, " +
+                             u(blob) + " bytes");
+    }
+    return Status::Ok();
+  }
+  if (blob == 0 && m.weights_bytes > 0) {
+    return InvalidArgument(who + ": " + u(m.prepare.size()) + " prepare steps but no weight "
+                           "blob (no weights artifact) to prepare the weights from");
+  }
+  if (gpu) {
+    return InvalidArgument(who + ": " + u(m.prepare.size()) +
+                           " prepare steps; a GPU bundle ships its weights as they are used "
+                           "(prepare steps are for CPU bundles)");
+  }
+  if (m.prepare.size() > limits.max_prepare_steps) {
+    return ResourceExhausted(who + ": " + u(m.prepare.size()) + " prepare steps, limit " +
+                             u(limits.max_prepare_steps));
+  }
+  std::vector<std::pair<std::pair<uint64_t, uint64_t>, size_t>> sorted;
+  for (size_t i = 0; i < m.prepare.size(); ++i) {
+    const PrepareStep& p = m.prepare[i];
+    const std::string pw = who + ": prepare step " + u(i) + " '" + clip(p.name) + "'";
+    const struct { const char* key; const ParamRef& ref; uint64_t limit; const char* what; } refs[] = {
+        {"src", p.src, blob, "the weight blob's"}, {"dst", p.dst, m.weights_bytes, "weights_bytes"}};
+    for (const auto& r : refs) {
+      if (r.ref.offset % kParamAlignment != 0) {
+        return InvalidArgument(pw + ": " + r.key + " offset " + u(r.ref.offset) +
+                               " is not a multiple of " + u(kParamAlignment));
+      }
+      if (!fits(r.ref.offset, r.ref.nbytes, r.limit)) {
+        return InvalidArgument(pw + ": " + r.key + " offset " + u(r.ref.offset) + " + nbytes " +
+                               u(r.ref.nbytes) + " is past " + r.what + " " + u(r.limit) +
+                               " bytes");
+      }
+    }
+    if (p.symbol.empty()) {
+      if (p.src.nbytes != p.dst.nbytes || p.work_items != 1) {
+        return InvalidArgument(pw + ": a copy (no symbol) of src nbytes " + u(p.src.nbytes) +
+                               " into dst nbytes " + u(p.dst.nbytes) + " with work_items " +
+                               u(p.work_items) + "; a copy needs equal sizes and work_items 1");
+      }
+    } else {
+      if (!is_c_identifier(p.symbol)) {
+        return InvalidArgument(pw + ": symbol '" + clip(p.symbol) + "' is not a C identifier");
+      }
+      if (p.work_items == 0 || p.work_items > limits.max_work_items) {
+        return InvalidArgument(pw + ": work_items " + u(p.work_items) + " must be 1.." +
+                               u(limits.max_work_items));
+      }
+    }
+    sorted.push_back({{p.dst.offset, p.dst.offset + p.dst.nbytes}, i});
+  }
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t k = 1; k < sorted.size(); ++k) {
+    if (sorted[k].first.first < sorted[k - 1].first.second) {
+      return InvalidArgument(who + ": prepare step " + u(sorted[k].second) +
+                             "'s dst overlaps prepare step " + u(sorted[k - 1].second) +
+                             "'s (each byte of the weight buffer is written by one step)");
+    }
+  }
+  ranges->clear();
+  for (const auto& e : sorted) ranges->push_back(e.first);
+  return Status::Ok();
+}
+
+// `p` lies inside one of the sorted, disjoint ranges.
+bool covered(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, const ParamRef& p) {
+  if (p.nbytes == 0) return true;
+  auto it = std::upper_bound(ranges.begin(), ranges.end(),
+                             std::make_pair(p.offset, std::numeric_limits<uint64_t>::max()));
+  if (it == ranges.begin()) return false;
+  --it;
+  return it->first <= p.offset && p.nbytes <= it->second - p.offset && p.offset <= it->second;
+}
+
 }  // namespace
 
 std::string shape_str(const std::vector<int64_t>& shape) {
@@ -157,7 +246,8 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
   }
   if (m.format_version != kManifestFormatVersion) {
     return FailedPrecondition(who + ": format_version " + u(m.format_version) +
-                              ", this runner reads " + u(kManifestFormatVersion));
+                              ", this runner reads " + u(kManifestFormatVersion) +
+                              "; compile the bundle with the npas of this runner");
   }
   if (m.kernel_abi_version != 1) {
     return FailedPrecondition(who + ": kernel_abi_version " + u(m.kernel_abi_version) +
@@ -236,6 +326,10 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
       check_index_list(m.outputs, m.tensors.size(), limits.max_model_io, who + ": outputs"));
   if (m.outputs.empty()) return InvalidArgument(who + ": no outputs");
 
+  // The weight buffer and the prepare steps that build it.
+  std::vector<std::pair<uint64_t, uint64_t>> buffer;
+  NPAS_RETURN_IF_ERROR(check_prepare(m, limits, weights_size, gpu, &buffer));
+
   // Steps.
   if (m.steps.size() > limits.max_steps) {
     return ResourceExhausted(who + ": " + u(m.steps.size()) + " steps, limit " +
@@ -264,10 +358,15 @@ Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
         return InvalidArgument(sw + ": param " + u(j) + " offset " + u(p.offset) +
                                " is not a multiple of " + u(kParamAlignment));
       }
-      if (!fits(p.offset, p.nbytes, weights_size)) {
+      if (!fits(p.offset, p.nbytes, m.weights_bytes)) {
         return InvalidArgument(sw + ": param " + u(j) + " offset " + u(p.offset) + " + nbytes " +
-                               u(p.nbytes) + " is past the weight blob's " + u(weights_size) +
-                               " bytes" + (found.weights < 0 ? " (no weights artifact)" : ""));
+                               u(p.nbytes) + " is past weights_bytes " + u(m.weights_bytes) +
+                               (found.weights < 0 ? " (no weights artifact)" : ""));
+      }
+      if (!m.prepare.empty() && !covered(buffer, p)) {
+        return InvalidArgument(sw + ": param " + u(j) + " (offset " + u(p.offset) + ", nbytes " +
+                               u(p.nbytes) + ") is not inside one prepare step's dst: nothing "
+                               "would write those bytes");
       }
     }
     const uint64_t max_items = gpu ? limits.max_gpu_work_items : limits.max_work_items;

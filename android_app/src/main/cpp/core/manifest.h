@@ -45,6 +45,17 @@ struct Step {
   uint64_t local_size = 0;  // GPU only: work-group size, 0 lets the driver choose
 };
 
+// A load-time step that builds part of the weight buffer (what step params point into) from
+// the shipped weight blob: symbol empty, a byte copy of src to dst (equal sizes); else a kernel
+// of the library, called on [0, work_items) with params[0] = blob + src.offset and output =
+// buffer + dst.offset (a Winograd layer's raw weights transformed into its kernels' layout).
+struct PrepareStep {
+  std::string name;
+  std::string symbol;
+  ParamRef src, dst;
+  uint64_t work_items = 1;
+};
+
 struct Target {
   std::string arch, os, abi;
   std::vector<std::string> features;
@@ -68,6 +79,10 @@ struct Manifest {
   uint64_t arena_bytes = 0;
   uint64_t scratch_bytes_per_thread = 0;
   std::vector<Step> steps;
+  // Since format 2: the weight buffer's size and the steps that build it from the blob; no
+  // prepare steps: the buffer is the blob (weights_bytes equals its size).
+  uint64_t weights_bytes = 0;
+  std::vector<PrepareStep> prepare;
   std::string content_hash;
 };
 
@@ -87,13 +102,15 @@ struct ManifestLimits {
   uint64_t max_gpu_work_items = (1ull << 31) - 1;
   size_t max_build_flags = 256;           // GPU: Toolchain.flags entries
   size_t max_build_options_bytes = 4096;  // GPU: the flags joined with spaces
+  uint64_t max_weights_bytes = 16ull << 30;  // the loaded weight buffer (memory budget too)
+  size_t max_prepare_steps = 100000;
 };
 
 // Which executor a bundle is loaded for: CPU bundles carry a kernel library (target arch
 // x86_64/aarch64), GPU bundles OpenCL C source (target arch "opencl").
 enum class Backend : int { kCpu = 0, kGpu = 1 };
 
-constexpr uint32_t kManifestFormatVersion = 1;
+constexpr uint32_t kManifestFormatVersion = 2;  // 2: weights_bytes, prepare steps
 constexpr uint64_t kTensorAlignment = 16;  // arena offsets
 constexpr uint64_t kParamAlignment = 64;   // weight blob offsets (kernel ABI promise)
 
@@ -109,7 +126,9 @@ constexpr const char* kOpenClArch = "opencl";
 // Checks everything that does not need the store or the device: versions, artifacts for the
 // backend, counts, shapes, dtypes ("float16" only for GPU), sizes, offsets, indices, symbols,
 // GPU work sizes and build flags. Params are checked against the weight artifact's declared
-// size; the loader checks that size against the store.
+// size, step params against weights_bytes and the prepare steps' destinations (each param
+// inside one; destinations disjoint; sources inside the blob); the loader checks the blob's
+// size against the store.
 Status validate_manifest(const Manifest& m, const ManifestLimits& limits,
                          ManifestArtifacts* which, Backend backend = Backend::kCpu);
 

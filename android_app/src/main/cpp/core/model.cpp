@@ -39,8 +39,9 @@ Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store) 
 MemoryNeed memory_need(const Manifest& m, Backend backend, int threads) {
   MemoryNeed n;
   for (const ArtifactRef& a : m.artifacts) {
-    if (a.role == "weights") n.weights = a.size;
+    if (a.role == "weights" && !m.prepare.empty()) n.shipped = a.size;
   }
+  n.weights = m.weights_bytes;  // the blob's size when there are no prepare steps
   n.arena = m.arena_bytes;
   if (backend == Backend::kCpu) {
     n.scratch_stride = (m.scratch_bytes_per_thread + 63) / 64 * 64;
@@ -56,6 +57,7 @@ std::string MemoryNeed::describe(const std::string& model_name) const {
                   " bytes of memory (weights " + u(weights) + ", activation arena " + u(arena);
   if (scratch_stride) s += ", scratch " + u(scratch_stride) + " bytes x " + u(threads) + " threads";
   if (outputs) s += ", output copies " + u(outputs);
+  if (shipped) s += "; the " + u(shipped) + "-byte shipped blob beside the weights while they are prepared";
   return s + ")";
 }
 

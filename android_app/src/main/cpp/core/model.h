@@ -82,19 +82,22 @@ uint16_t float_to_half(float f);
 // open any artifact.
 Status check_artifacts_in_store(const Manifest& manifest, ArtifactStore& store);
 
-// The memory a model of a validated manifest holds once loaded: its weight blob, activation
-// arena, scratch (per thread, 64-byte aligned) and, on the GPU, host copies of its outputs.
+// The memory a model of a validated manifest needs: its weight buffer (weights_bytes),
+// activation arena, scratch (per thread, 64-byte aligned) and, on the GPU, host copies of its
+// outputs; while its prepare steps run, also the shipped blob (freed before the arena and
+// scratch are allocated, so the larger of the two counts).
 struct MemoryNeed {
   uint64_t weights = 0, arena = 0, scratch_stride = 0, outputs = 0;
+  uint64_t shipped = 0;  // the blob held during the prepare steps (0: none)
   uint64_t threads = 1;
   // Saturating: a weight size the manifest states (checked against the store only later)
   // must not wrap the sum into a small reservation.
   uint64_t total() const {
-    uint64_t t = 0;
-    for (uint64_t part : {weights, arena, scratch_stride * threads, outputs}) {
-      t = part > UINT64_MAX - t ? UINT64_MAX : t + part;
-    }
-    return t;
+    auto add = [](uint64_t a, uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; };
+    const uint64_t scratch =
+        threads && scratch_stride > UINT64_MAX / threads ? UINT64_MAX : scratch_stride * threads;
+    const uint64_t running = add(arena, scratch);
+    return add(add(weights, running > shipped ? running : shipped), outputs);
   }
   // "model 'NAME' needs N bytes of memory (weights .., activation arena .., scratch .. x T
   // threads)"

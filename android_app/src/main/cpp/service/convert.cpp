@@ -67,6 +67,12 @@ Manifest from_proto(const pb::Manifest& p) {
     st.local_size = s.local_size();
     m.steps.push_back(std::move(st));
   }
+  m.weights_bytes = p.weights_bytes();
+  m.prepare.reserve(size_t(p.prepare_size()));
+  for (const auto& s : p.prepare()) {
+    m.prepare.push_back({s.name(), s.symbol(), {s.src().offset(), s.src().nbytes()},
+                         {s.dst().offset(), s.dst().nbytes()}, s.work_items()});
+  }
   m.content_hash = p.content_hash();
   return m;
 }
