@@ -8,6 +8,7 @@ answers become records in host/rpc/convert.py only; this module makes the calls.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from .convert import (
 )
 from .stubs import load
 
-__all__ = ["LoadedModel", "ProgressFn", "RunnerClient", "RunnerError"]
+__all__ = ["LoadedModel", "ProgressFn", "RunnerClient", "RunnerError",
+           "transient_upload_failure"]
 
 TOKEN_METADATA_KEY = "x-npas-token"
 CHUNK_BYTES = 1 << 20
@@ -52,6 +54,18 @@ class RunnerError(RuntimeError):
 
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+
+# What a stream reset by the transport says (gRPC's RST_STREAM, e.g. a runner under memory
+# pressure resetting a call), as opposed to a refusal by the runner itself.
+_RESET_MARKS = ("Stream removed", "RST_STREAM")
+
+
+def transient_upload_failure(e: RunnerError) -> bool:
+    """An upload the transport reset midway: the runner keeps nothing of a failed upload (no
+    half-written artifact), so sending it again from the start is safe. A refusal by the
+    runner (store full, hash mismatch, a wrong token) or a runner that is gone is not one."""
+    return e.code in ("RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN") and any(
+        m in e.message for m in _RESET_MARKS)
 
 
 class RunnerClient:
@@ -112,7 +126,31 @@ class RunnerClient:
         return list(r.missing)
 
     def upload(self, path: Path, kind: str, sha256: str, size: int,
-               progress: ProgressFn | None = None, chunk_bytes: int = CHUNK_BYTES):
+               progress: ProgressFn | None = None, chunk_bytes: int = CHUNK_BYTES,
+               retries: int = 1):
+        """Send one artifact. An upload the transport reset midway is sent again from the
+        start, up to ``retries`` times (progress counts the bytes again); a second reset, or
+        any refusal by the runner, raises RunnerError."""
+        first: RunnerError | None = None
+        for attempt in range(retries + 1):
+            try:
+                return self._upload_once(path, kind, sha256, size, progress, chunk_bytes)
+            except RunnerError as e:
+                if not transient_upload_failure(e):
+                    raise
+                if attempt == retries:
+                    again = (f"; sent {attempt + 1} times, reset each time (first: "
+                             f"{first.message})") if first else ""
+                    raise RunnerError("UploadArtifact", e.code,
+                                      f"{e.message}{again}", self.address) from None
+                first = first or e
+                print(f"npas-host: upload of {sha256[:12]} ({size} bytes) to {self.address} "
+                      f"was reset by the transport ({e.code}: {e.message}); sending it again",
+                      file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def _upload_once(self, path: Path, kind: str, sha256: str, size: int,
+                     progress: ProgressFn | None, chunk_bytes: int):
         pb = self._pb
 
         def chunks() -> Iterator:

@@ -119,11 +119,19 @@ StatusOr<std::unique_ptr<RunnerServer>> RunnerServer::start(const RunnerConfig& 
   }
   builder.AddListeningPort(host + ":" + std::to_string(port), creds, &selected);
   builder.SetMaxReceiveMessageSize(config.max_receive_message_bytes);
-  // gRPC 1.51 buffers a whole message before it checks the size limit or the handler checks
-  // the token: the quota bounds what the transport holds, so an oversized message is reset
-  // (RESOURCE_EXHAUSTED) once it passes the quota instead of being read to its end.
+  // What the transport may buffer per call: a fixed HTTP/2 window. With gRPC's default BDP
+  // probing, the window of a fast stream (an upload over loopback) grows to many MB, so a few
+  // concurrent uploads of hundreds of MB filled the memory quota below, and gRPC's reclaimer
+  // then reset a random stream (RST_STREAM ENHANCE_YOUR_CALM: the client saw
+  // RESOURCE_EXHAUSTED "Stream removed"). A message larger than the window still arrives
+  // whole: gRPC opens the window to the size of a message being read.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kStreamWindowBytes);
+  // The quota bounds what the transport holds in all (a message is buffered whole before its
+  // size is checked, and with --allow-remote before the token is): room for the calls the
+  // runner serves at once, each at its window, plus a few messages at the limit.
   grpc::ResourceQuota quota("npas-runner");
-  quota.Resize(size_t(config.max_receive_message_bytes) * kMemoryQuotaMessages);
+  quota.Resize(memory_quota_bytes(config.max_receive_message_bytes));
   builder.SetResourceQuota(quota);
   builder.SetMaxSendMessageSize(config.max_send_message_bytes);
   builder.RegisterService(s->service_.get());

@@ -22,10 +22,18 @@ namespace npas {
 class RunnerService;
 
 constexpr int kDefaultMaxReceiveMessageBytes = 16 << 20;
-// gRPC's memory quota, in receive-size messages: room for a few legitimate calls at the limit
-// at once (four concurrent 16 MiB requests pass), while one oversized unauthenticated message
-// costs about this much and no more.
+// The HTTP/2 flow-control window of each call (fixed: no BDP probing), what the transport
+// buffers for a call beyond the message being read.
+constexpr int kStreamWindowBytes = 2 << 20;
+// gRPC's memory quota: a few messages at the receive limit (four concurrent 16 MiB requests
+// pass), plus a window for each of kQuotaCalls calls at once (uploads, which stream). A 256
+// MiB message costs about this much and no more.
 constexpr size_t kMemoryQuotaMessages = 3;
+constexpr size_t kQuotaCalls = 32;
+inline size_t memory_quota_bytes(int max_receive_message_bytes) {
+  return size_t(max_receive_message_bytes) * kMemoryQuotaMessages +
+         kQuotaCalls * size_t(kStreamWindowBytes);
+}
 
 struct RunnerConfig {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one

@@ -8,6 +8,9 @@
 #include <functional>
 #include <new>
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/method_handler.h>
+
 #include "core/device_info.h"
 #include "core/cpu_model.h"
 #include "core/gpu_model.h"
@@ -59,7 +62,49 @@ grpc::Status guarded(const char* rpc, F&& body) {
   return to_grpc(s);
 }
 
+grpc::Status too_big(const char* rpc, size_t got, size_t max) {
+  return to_grpc(ResourceExhausted(std::string(rpc) + ": a request message of " +
+                                   std::to_string(got) + " bytes is over this RPC's limit of " +
+                                   std::to_string(max) + " bytes; not read"));
+}
+
+// The methods' indices in the Runner service, in the proto's order (the generated code's).
+enum MethodIndex : int {
+  kGetDeviceInfo = 0,
+  kMissingArtifacts = 1,
+  kUploadArtifact = 2,
+  kLoadModel = 3,
+  kRun = 4,
+  kBenchmark = 5,
+  kUnloadModel = 6,
+};
+
 }  // namespace
+
+template <class Req, class Resp>
+void RunnerService::serve_capped(int index, const char* rpc, size_t max_bytes,
+                                 grpc::Status (RunnerService::*method)(Ctx*, const Req*, Resp*)) {
+  // gRPC's "streamed unary" handler: the request arrives as bytes (a ByteBuffer), not parsed.
+  using Streamer = grpc::ServerUnaryStreamer<grpc::ByteBuffer, Resp>;
+  MarkMethodStreamed(index, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, Resp>(
+                                [this, rpc, max_bytes, method](Ctx* ctx, Streamer* stream) {
+    grpc::Status auth = authenticate(ctx);
+    if (!auth.ok()) return auth;
+    grpc::ByteBuffer raw;
+    if (!stream->Read(&raw)) return invalid(std::string(rpc) + ": no request message");
+    if (raw.Length() > max_bytes) return too_big(rpc, raw.Length(), max_bytes);
+    Req req;
+    if (!grpc::SerializationTraits<Req>::Deserialize(&raw, &req).ok()) {
+      return invalid(std::string(rpc) + ": the request message does not parse");
+    }
+    Resp resp;
+    grpc::Status s = (this->*method)(ctx, &req, &resp);
+    if (s.ok() && !stream->Write(resp)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, std::string(rpc) + ": client gone");
+    }
+    return s;
+  }));
+}
 
 RunnerService::RunnerService(std::string token, std::unique_ptr<ArtifactStore> store,
                              const ManifestLimits& manifest_limits, size_t max_models,
@@ -69,6 +114,23 @@ RunnerService::RunnerService(std::string token, std::unique_ptr<ArtifactStore> s
       manifest_limits_(manifest_limits),
       models_(max_models, max_model_bytes),
       upload_idle_timeout_ns_(uint64_t(upload_idle_timeout_s) * 1000000000ull) {
+  serve_capped(kGetDeviceInfo, "GetDeviceInfo", kMaxTinyRequestBytes,
+               &RunnerService::GetDeviceInfo);
+  serve_capped(kMissingArtifacts, "MissingArtifacts", kMaxMissingArtifactsRequestBytes,
+               &RunnerService::MissingArtifacts);
+  serve_capped(kLoadModel, "LoadModel", kMaxLoadModelRequestBytes, &RunnerService::LoadModel);
+  serve_capped(kRun, "Run", SIZE_MAX, &RunnerService::Run);  // the server's limit bounds it
+  serve_capped(kBenchmark, "Benchmark", SIZE_MAX, &RunnerService::Benchmark);
+  serve_capped(kUnloadModel, "UnloadModel", kMaxTinyRequestBytes, &RunnerService::UnloadModel);
+  using UploadStream = grpc::ServerReaderWriter<pb::UploadResponse, grpc::ByteBuffer>;
+  MarkMethodStreamed(
+      kUploadArtifact,
+      new grpc::internal::BidiStreamingHandler<RunnerService, grpc::ByteBuffer,
+                                               pb::UploadResponse>(
+          [](RunnerService* s, Ctx* ctx, UploadStream* stream) {
+            return s->upload_stream(ctx, stream);
+          },
+          this));
   if (upload_idle_timeout_ns_ > 0) watchdog_ = std::thread([this] { watch_uploads(); });
 }
 
@@ -158,8 +220,8 @@ grpc::Status RunnerService::missing_artifacts(const pb::MissingArtifactsRequest*
   return grpc::Status::OK;
 }
 
-grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::UploadChunk>* reader,
-                                           pb::UploadResponse* resp) {
+grpc::Status RunnerService::upload_stream(
+    Ctx* ctx, grpc::ServerReaderWriter<pb::UploadResponse, grpc::ByteBuffer>* stream) {
   grpc::Status auth = authenticate(ctx);
   if (!auth.ok()) return auth;
   UploadWatch watch{ctx, {monotonic_ns()}};
@@ -176,14 +238,35 @@ grpc::Status RunnerService::UploadArtifact(Ctx* ctx, grpc::ServerReader<pb::Uplo
     uploads_.insert(&watch);
   }
   Unwatch unwatch{this, &watch};
+  // A message over the limit, or one that does not parse, ends the upload with this status
+  // (the partial file is removed like any failed upload's).
+  grpc::Status refused;
   auto read = [&](pb::UploadChunk* chunk) {
-    if (!reader->Read(chunk)) return false;
+    grpc::ByteBuffer raw;
+    if (!stream->Read(&raw)) return false;
     watch.last_ns.store(monotonic_ns(), std::memory_order_relaxed);
+    if (raw.Length() > kMaxUploadMessageBytes) {
+      refused = too_big("UploadArtifact", raw.Length(), kMaxUploadMessageBytes);
+      return false;
+    }
+    if (!grpc::SerializationTraits<pb::UploadChunk>::Deserialize(&raw, chunk).ok()) {
+      refused = invalid("UploadArtifact: an upload message does not parse");
+      return false;
+    }
     return true;
   };
-  return guarded("UploadArtifact", [&] {
-    return upload_artifact(read, [ctx] { return ctx->IsCancelled(); }, resp);
+  pb::UploadResponse resp;
+  grpc::Status s = guarded("UploadArtifact", [&] {
+    return upload_artifact(read, [&] { return !refused.ok() || ctx->IsCancelled(); }, &resp);
   });
+  if (!refused.ok()) {
+    std::fprintf(stderr, "npas-runner: %s\n", refused.error_message().c_str());
+    return refused;
+  }
+  if (s.ok() && !stream->Write(resp)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "UploadArtifact: client gone");
+  }
+  return s;
 }
 
 grpc::Status RunnerService::upload_artifact(const std::function<bool(pb::UploadChunk*)>& read,

@@ -31,6 +31,19 @@ constexpr const char* kTokenMetadataKey = "x-npas-token";
 // Under the store directory: OpenCL program binaries (not artifacts; the store skips them).
 constexpr const char* kProgramCacheDir = "cl-cache";
 
+// The largest request message each RPC reads: its wire size is checked after the token and
+// before it is parsed (RESOURCE_EXHAUSTED naming the RPC and the limit). Run and Benchmark
+// carry input tensors: for them the server's --max-message-bytes is the bound.
+constexpr size_t kMaxTinyRequestBytes = 64 << 10;  // GetDeviceInfo, UnloadModel
+// MissingArtifacts: up to 100000 sha256 values of 64 characters and 2 bytes of framing each.
+constexpr size_t kMaxMissingArtifactsRequestBytes = 7 << 20;
+// UploadArtifact, per message: a header, or a data chunk of at most 1 MiB (the host's
+// chunk size) and its framing.
+constexpr size_t kMaxUploadChunkBytes = 1 << 20;
+constexpr size_t kMaxUploadMessageBytes = kMaxUploadChunkBytes + 1024;
+// LoadModel: the manifest (VGG16's is about 30 KB; regnet_y_128gf's under 1 MB).
+constexpr size_t kMaxLoadModelRequestBytes = 8 << 20;
+
 class RunnerService final : public ::npas::runner::v1::Runner::Service {
  public:
   using Ctx = grpc::ServerContext;
@@ -43,8 +56,8 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
                              runner::v1::DeviceInfo* resp) override;
   grpc::Status MissingArtifacts(Ctx* ctx, const runner::v1::MissingArtifactsRequest* req,
                                 runner::v1::MissingArtifactsResponse* resp) override;
-  grpc::Status UploadArtifact(Ctx* ctx, grpc::ServerReader<runner::v1::UploadChunk>* reader,
-                              runner::v1::UploadResponse* resp) override;
+  // UploadArtifact: served by upload_stream (below), which sees each message's size before
+  // parsing it.
   grpc::Status LoadModel(Ctx* ctx, const runner::v1::LoadModelRequest* req,
                          runner::v1::LoadModelResponse* resp) override;
   grpc::Status Run(Ctx* ctx, const runner::v1::RunRequest* req,
@@ -75,6 +88,14 @@ class RunnerService final : public ::npas::runner::v1::Runner::Service {
  private:
   // UNAUTHENTICATED unless the call carries the session token (constant-time compare).
   grpc::Status authenticate(const Ctx* ctx) const;
+
+  // Each RPC is served from its raw message: the token is checked first, then the message's
+  // size against the RPC's limit, and only then is it parsed and the RPC method above called.
+  template <class Req, class Resp>
+  void serve_capped(int index, const char* rpc, size_t max_bytes,
+                    grpc::Status (RunnerService::*method)(Ctx*, const Req*, Resp*));
+  grpc::Status upload_stream(
+      Ctx* ctx, grpc::ServerReaderWriter<runner::v1::UploadResponse, grpc::ByteBuffer>* stream);
 
   // An upload in progress, watched for progress: one that receives nothing for
   // upload_idle_timeout_ns is cancelled, so a stalled client cannot keep its reserved space.
