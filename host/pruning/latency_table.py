@@ -104,3 +104,106 @@ def measure_table(model: nn.Module, timer, vector_width: int,
         if f >= 1.0:
             other = sum(times.values()) - sum(mine.values())
     return LatencyTable({n: p for n, p in points.items() if p}, other)
+
+
+# --- by width and weight density (jcw's estimates) -------------------------------------------
+DENSITIES = (1.0, 0.9, 0.6, 0.3)
+
+
+class DensityTable:
+    """A per-layer table by channel width and weight density, measured on the device: one
+    ``LatencyTable`` per density level. Level 1.0 holds the dense kernels; the levels below
+    hold the sparse kernels the code generator picks for an unstructured mask (at any density
+    under 1, so 0.95 reads the sparse levels, never the dense one). Within a level a layer's time
+    is interpolated in its work fraction (in × out channels kept: its shape), between levels
+    linearly in the density (extended past the ends, never below zero); each time is the
+    layer's own step with its fused epilogue (BatchNorm, activation) and the layout
+    conversions made for it. Steps that are no conv or Linear count the dense level's constant.
+    """
+
+    def __init__(self, levels: Mapping[float, LatencyTable]):
+        if not levels:
+            raise ValueError("a density table needs at least one level")
+        self.levels = {float(d): t for d, t in sorted(levels.items())}
+        top = self.levels[max(self.levels)]
+        self.other_ms = top.other_ms
+        self.dense_ms = top.dense_ms
+        self.sparse = [d for d in self.levels if d < 1.0]
+
+    def layer_ms(self, name: str, u: float, density: float = 1.0) -> float:
+        """``name``'s predicted ms at work fraction ``u`` and weight density ``density``."""
+        if density >= 1.0 or not self.sparse:
+            return float(self.levels[max(self.levels)].interp(name, u))
+        if len(self.sparse) == 1:
+            return float(self.levels[self.sparse[0]].interp(name, u))
+        ds = self.sparse
+        i = next((k for k in range(1, len(ds)) if density <= ds[k]), len(ds) - 1)
+        d0, d1 = ds[i - 1], ds[i]
+        m0 = float(self.levels[d0].interp(name, u))
+        m1 = float(self.levels[d1].interp(name, u))
+        return max(0.0, m0 + (density - d0) * (m1 - m0) / (d1 - d0))
+
+    def predict(self, work: Mapping[str, tuple], density: Mapping[str, float]) -> float:
+        """The whole model's ms for per-layer (MACs now, dense MACs) and per-layer weight
+        density (a layer not in ``density`` is dense)."""
+        total = self.other_ms
+        top = self.levels[max(self.levels)]
+        for name, (now, dense) in work.items():
+            if name in top.points and dense:
+                total += self.layer_ms(name, now / dense, density.get(name, 1.0))
+        return total
+
+    def predict_model(self, model: nn.Module, masks: Mapping[str, torch.Tensor],
+                      dense_macs: Mapping[str, int]) -> float:
+        """``predict`` for a pruned model (narrowed layers) and its masks (parameter path →
+        bool mask, as ``PrunedModel.masks``)."""
+        now = layer_macs(model)
+        work = {n: (now[n], dense_macs[n]) for n in now if n in dense_macs}
+        dens = {k.removesuffix(".weight"): float(m.float().mean()) for k, m in masks.items()}
+        return self.predict(work, dens)
+
+    def to_dict(self) -> dict:
+        return {"levels": {f"{d:g}": t.to_dict() for d, t in self.levels.items()},
+                "dense_ms": self.dense_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DensityTable:
+        return cls({float(k): LatencyTable(v["points"], v["other_ms"])
+                    for k, v in d["levels"].items()})
+
+
+def measure_density_table(model: nn.Module, time_layers, vector_width: int,
+                          masked: Sequence[str], fractions: Sequence[float] = FRACTIONS,
+                          densities: Sequence[float] = DENSITIES) -> DensityTable:
+    """Compile and time ``model`` at each uniform width fraction × weight density:
+    ``time_layers(label, model, schemes)`` compiles a model on the device and returns its
+    per-layer times (module path → ms; ``layer_times``); ``masked``: the layers an unstructured
+    mask may go on (the others stay dense at every level). Widths the dependency graph cannot
+    change keep their size."""
+    from .config import PruningConfig
+    from .plan import PruningPlan
+    from .timing import for_layer
+
+    dense_macs = layer_macs(model)
+    names = list(dense_macs)
+    levels = {}
+    for d in densities:
+        points: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        other = 0.0
+        for f in fractions:
+            m = model if f >= 1.0 else PruningPlan.uniform(
+                model, "filter", 1.0 - f, PruningConfig(vector_width)).apply(model).model
+            schemes: dict[str, str] = {}
+            if d < 1.0:
+                pm = PruningPlan.uniform(m, "unstructured", 1.0 - d, PruningConfig(vector_width),
+                                         only=list(masked)).apply(m)
+                m, schemes = pm.model, pm.schemes
+            times = time_layers(f"table w{f:g} d{d:g}", m, schemes)
+            mine = for_layer(times, names)
+            now = layer_macs(m)
+            for n, ms in mine.items():
+                points[n].append((now[n] / dense_macs[n], ms))
+            if f >= 1.0:
+                other = sum(times.values()) - sum(mine.values())
+        levels[d] = LatencyTable({n: p for n, p in points.items() if p}, other)
+    return DensityTable(levels)

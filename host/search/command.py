@@ -22,7 +22,9 @@ from ..errors import UserError
 from .config import (
     AUTO_PRETRAIN_EPOCHS,
     DEFAULT_MODEL,
+    EVALUATORS,
     EXECUTORS,
+    LATENCY_SOURCES,
     SEARCH_STORE_BYTES,
     SearchConfig,
     SearchError,
@@ -81,6 +83,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="jcw: lowest fractions kept: channels, first layer's channels, "
                         "residual layers' channels, weight density (default JCW's: "
                         "0.5,0.8,0.9,0.3)")
+    p.add_argument("--evaluator", choices=EVALUATORS, default=_D.evaluator,
+                   help="phase 2's accuracy: finetune (one-shot pruning + --finetune-epochs "
+                        "per candidate; default) or supernet (weight sharing: one model "
+                        "trained on sampled sub-networks, each candidate scored after "
+                        "recomputing BatchNorm statistics, no fine-tuning)")
+    p.add_argument("--supernet-epochs", type=float, default=_D.supernet_epochs,
+                   help=f"supernet: its first training, in epochs (default "
+                        f"{_D.supernet_epochs:g})")
+    p.add_argument("--supernet-steps", type=int, default=_D.supernet_steps,
+                   help=f"supernet: retraining steps per generation (jcw) or batch (default "
+                        f"{_D.supernet_steps})")
+    p.add_argument("--latency", choices=LATENCY_SOURCES, default=_D.latency,
+                   help="phase 2's latency: device (every candidate measured; default) or "
+                        "table (estimated from a per-layer table measured on the device "
+                        "first; the front is re-measured on the device before it is reported)")
+    p.add_argument("--time-budget", type=float, dest="time_budget_s",
+                   help="seconds: phase 2 stops proposing when the run has taken this long "
+                        "(with --budget, whichever comes first)")
     p.add_argument("--rates", default=",".join(ratio_str(r) for r in _D.ratios),
                    help="compression ratios (or fractions removed) to choose from")
     p.add_argument("--schemes", default=",".join(_D.schemes),
@@ -161,7 +181,9 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         latency_ms=targets[0] if targets else None, targets=targets if len(targets) > 1 else (),
         speedup=args.speedup, strategy=args.strategy,
         budget=args.budget, batch=args.batch, samples=args.samples, population=args.population,
-        jcw_bounds=bounds,
+        jcw_bounds=bounds, evaluator=args.evaluator, supernet_epochs=args.supernet_epochs,
+        supernet_steps=args.supernet_steps, latency=args.latency,
+        time_budget_s=args.time_budget_s,
         ratios=rates_arg(args.rates),
         schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
         filter_types=tuple(s.strip() for s in args.filter_types.split(",") if s.strip()),

@@ -20,6 +20,8 @@ from .strategies.jcw import JcwBounds
 DEFAULT_MODEL = "host.models.zoo:digits_cnn"
 AUTO_PRETRAIN_EPOCHS = 12.0
 EXECUTORS = ("local", "ray")
+EVALUATORS = ("finetune", "supernet")
+LATENCY_SOURCES = ("device", "table")
 SEARCH_STORE_BYTES = 2 << 30  # a local runner's private store: candidates differ in weights
 
 
@@ -44,6 +46,15 @@ class SearchConfig:
     population: int = 16  # jcw: NSGA-II's population (a generation's offspring too)
     # jcw: lower bounds kept (channels, first layer, residual layers, weight density)
     jcw_bounds: tuple[float, ...] = (0.5, 0.8, 0.9, 0.3)
+    # phase 2's accuracy: "finetune" (one-shot pruning + a short fine-tune per candidate) or
+    # "supernet" (weight sharing: supernet.py; scored without fine-tuning)
+    evaluator: str = "finetune"
+    supernet_epochs: float = 4.0  # supernet: the first training (sandwich-sampled)
+    supernet_steps: int = 20  # supernet: retraining steps per round (generation, or batch)
+    # phase 2's latency: "device" (every candidate compiled and measured) or "table" (a
+    # per-layer table measured on the device first estimates it; the front is re-measured)
+    latency: str = "device"
+    time_budget_s: float | None = None  # phase 2 stops asking when the run has taken this long
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     schemes: tuple[str, ...] = MASK_SCHEMES + STRUCTURAL
     filter_types: tuple[str, ...] = FILTER_TYPES
@@ -104,6 +115,20 @@ class SearchConfig:
             self.bounds()
         except ValueError as e:
             raise SearchError(str(e)) from None
+        if self.evaluator not in EVALUATORS:
+            raise SearchError(f"--evaluator {self.evaluator!r}: known are "
+                              f"{', '.join(EVALUATORS)}")
+        if self.latency not in LATENCY_SOURCES:
+            raise SearchError(f"--latency {self.latency!r}: known are "
+                              f"{', '.join(LATENCY_SOURCES)}")
+        if self.executor != "local" and (self.evaluator != "finetune"
+                                         or self.latency != "device"):
+            raise SearchError("--evaluator supernet and --latency table run in this process: "
+                              "use them with --executor local")
+        if self.supernet_epochs < 0 or self.supernet_steps < 0:
+            raise SearchError("--supernet-epochs and --supernet-steps must be ≥ 0")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise SearchError(f"--time-budget {self.time_budget_s}: seconds, > 0")
         if self.executor not in EXECUTORS:
             raise SearchError(f"--executor {self.executor!r}: known are {', '.join(EXECUTORS)}")
         if self.workers < 0:

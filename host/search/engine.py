@@ -36,6 +36,7 @@ from ..models import load_checkpoint
 from ..models.train import TrainConfig, evaluate
 from ..pruning import PruningError
 from .config import SearchConfig, SearchError
+from .estimates import estimated
 from .executors import make_executor
 from .executors.gate import FileGate
 from .executors.loop import run_async
@@ -76,6 +77,8 @@ class Search:
         self.summary: dict = {}
         self.prep = prepared
         self.oracle_hook = oracle_hook  # tests: called as hook(tag, attempt) before a benchmark
+        self.supernet = None  # phase 2's estimators (phases.py sets them when asked for)
+        self.table = None
 
     # --- set-up and checks ---------------------------------------------------------------------
     def _start(self) -> None:
@@ -372,8 +375,8 @@ class Search:
             "phase3": p3, "wall_s": time.perf_counter() - self.t0,
             # over the budget's candidates only (not the fallback taken when none met it)
             "best_meeting_accuracy": max((r["accuracy"] for r in searched
-                                          if r["status"] == "done" and r["meets_target"]),
-                                         default=None),
+                                          if r["status"] == "done" and r["meets_target"]
+                                          and not estimated(r)), default=None),
             "evaluated": len(records),
             "failed": sum(1 for r in records if r["status"] == "failed"),
         })

@@ -32,15 +32,18 @@ from ..models.train import TrainConfig, recalibrate_bn, train
 from ..pruning import PruningError
 from ..pruning.algorithms import admm, gradual
 from .config import AUTO_PRETRAIN_EPOCHS, SearchConfig, SearchError
+from .estimates import estimated, open_table, remeasure
 from .finetune import finetune
 from .journal import Journal
 from .live import SearchUI
 from .ops import replace_ops
 from .oracle import LatencyOracle, LatencyResult
 from .prepare import Prepared
+from .report import pareto
 from .space import Candidate, SearchSpace
 from .strategies import make_strategy
 from .strategies.reward import Outcome, RewardConfig
+from .supernet import SearchSupernet
 
 MAX_CONSECUTIVE_FAILURES = 3
 TARGET_MARGIN = 0.03  # the chosen candidate keeps this much under the target if it can
@@ -67,6 +70,11 @@ class RunState(Protocol):
     base: nn.Module
     reward: RewardConfig
     executor: object | None  # None: in this process, in rounds (executors/__init__.py)
+    t0: float  # when the run started (perf_counter): --time-budget counts from it
+    # phase 2's estimators: the weight-sharing supernet (--evaluator supernet) and the
+    # latency table (--latency table); None when not asked for (phase 2 sets them)
+    supernet: SearchSupernet | None
+    table: object | None  # estimates.TableEstimator
     file_gate: object | None  # executors/gate.py, when Ray workers share a runner's CPU
 
     def gate(self): ...
@@ -170,9 +178,14 @@ def phase2(search: RunState) -> list[dict]:
                                     "strategy_s": search.summary.pop("phase2_strategy_s", None),
                                     "executor": search.executor.desc}
         return records
+    search.supernet = SearchSupernet(search) if cfg.evaluator == "supernet" else None
+    search.table = open_table(search) if cfg.latency == "table" else None
     finished = search.journal.finished_candidates()
     records: list[dict] = []
     next_id = evaluated = 0
+    last_round, batches = None, 0
+    # one device measurement (compile + time), for what re-measuring the front will take
+    measure_s = search.dense_lat.compile_s + search.dense_lat.measure_s
     diverged = False
     consecutive = 0
     strategy_s = 0.0  # the time spent in ask and tell
@@ -180,6 +193,10 @@ def phase2(search: RunState) -> list[dict]:
                                f"{search.space.size():.3g}")
     search.ui.progress(0, cfg.budget)
     while evaluated < cfg.budget:
+        if _out_of_time(search, records, measure_s):
+            search.ui.log(f"--time-budget {cfg.time_budget_s:g} s: stopping after {evaluated} "
+                          f"candidates")
+            break
         ts = time.perf_counter()
         cands = strategy.ask(min(cfg.batch, cfg.budget - evaluated))
         strategy_s += time.perf_counter() - ts
@@ -187,6 +204,14 @@ def phase2(search: RunState) -> list[dict]:
             search.ui.log(f"{cfg.strategy}: nothing left to propose after {evaluated} "
                           f"candidates")
             break
+        batches += 1
+        if search.supernet is not None:  # each generation (jcw) or batch: a round
+            key = getattr(strategy, "generations", None)
+            key = batches if key is None else key
+            if key != last_round:
+                last_round = key
+                offspring = getattr(strategy, "offspring", None)
+                search.supernet.next_round(offspring() if offspring is not None else cands)
         batch: list[tuple[int, Candidate, dict | None]] = []
         for c in cands:
             rec = finished.get(next_id)
@@ -223,14 +248,54 @@ def phase2(search: RunState) -> list[dict]:
         evaluated += len(batch)
         search.ui.progress(evaluated, cfg.budget)
         search.ui.detail = strategy.status()
+    if search.table is not None:
+        search.ui.phase("phase 2", "re-measuring the front on the device")
+        tab = remeasure(search, records, pick, list(cfg.targets or (search.target_ms,)),
+                        summary)
+        search.summary["latency_table"] = {**tab, "table_s": search.table.seconds,
+                                           "scale": search.table.scale}
+    search.summary["evaluator"] = _evaluator_cost(search, records)
     search.summary["phase2"] = {"evaluated": evaluated, "seconds": time.perf_counter() - t0,
                                 "strategy_status": strategy.status(), "strategy_s": strategy_s}
     return records
 
 
-def _evaluate(search: RunState, todo: list[tuple[int, Candidate]]) -> dict[int, dict]:
-    """Fine-tune on this thread while the oracle compiles and measures on its own."""
+def _out_of_time(search: RunState, records: list[dict], measure_s: float) -> bool:
+    """--time-budget: the run has taken it, counting what re-measuring the current front on
+    the device will take (--latency table)."""
+    budget = search.cfg.time_budget_s
+    if budget is None:
+        return False
+    reserve = 0.0
+    if search.table is not None:
+        done = [r for r in records if r["status"] == "done"]
+        front = pareto([(r["latency_ms"], r["accuracy"]) for r in done])
+        reserve = measure_s * sum(1 for i in front if estimated(done[i]))
+    return time.perf_counter() - search.t0 + reserve >= budget
+
+
+def _evaluator_cost(search: RunState, records: list[dict]) -> dict:
+    """What phase 2's accuracy cost per candidate, in CPU-minutes (seconds of this process's
+    training threads; the device's compiling and timing are apart)."""
     cfg = search.cfg
+    done = [r for r in records if r["status"] == "done"]
+    secs = sum(float(r.get("finetune_s", 0.0)) for r in done)
+    out = {"evaluator": cfg.evaluator, "candidates": len(done), "accuracy_s": secs}
+    if search.supernet is not None:
+        out.update(search.supernet.cost(secs, len(done)))
+    else:
+        out["per_candidate_s"] = secs / max(1, len(done))
+    out["cpu_minutes_per_candidate"] = out["per_candidate_s"] * cfg.train_threads / 60
+    return out
+
+
+def _evaluate(search: RunState, todo: list[tuple[int, Candidate]],
+              measured: bool = False) -> dict[int, dict]:
+    """Fine-tune (or score on the supernet) on this thread while the oracle compiles and
+    measures on its own; with the latency table (unless ``measured``) estimate instead."""
+    cfg = search.cfg
+    net = getattr(search, "supernet", None)
+    table = None if measured else getattr(search, "table", None)
     out: dict[int, dict] = {}
     pruned_models = {}
     futures = {}
@@ -245,18 +310,28 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]]) -> dict[int, 
             out[cid] = _failed(search, cid, c, f"pruning: {e}")
             continue
         pruned_models[cid] = pruned
-        futures[cid] = search.oracle.submit(f"c{cid}", copy.deepcopy(pruned.model),
-                                            pruned.schemes,
-                                            search.run_dir / "bundles" / f"c{cid}")
+        if table is None:
+            futures[cid] = search.oracle.submit(f"c{cid}", copy.deepcopy(pruned.model),
+                                                pruned.schemes,
+                                                search.run_dir / "bundles" / f"c{cid}")
     for cid, c in todo:
         if cid in out:
             continue
         pruned = pruned_models[cid]
         t0 = time.perf_counter()
-        acc, err = finetune(pruned, c, search.prep.data, cfg, search.train_cfg, search.gate())
+        if net is not None:
+            acc, err = net.score(c)
+        else:
+            acc, err = finetune(pruned, c, search.prep.data, cfg, search.train_cfg,
+                                search.gate())
         ft_s = time.perf_counter() - t0
-        lat: LatencyResult = futures[cid].result()
-        out[cid] = finish(search, cid, c, pruned.report, acc, err, ft_s, lat)
+        extra = {"evaluator": cfg.evaluator} if net is not None else {}
+        if table is not None:
+            lat = LatencyResult(ok=True, median_ms=table.predict(pruned))
+            extra["latency_source"] = "table"
+        else:
+            lat = futures[cid].result()
+        out[cid] = finish(search, cid, c, pruned.report, acc, err, ft_s, lat, **extra)
         del pruned_models[cid]
     return out
 
@@ -304,7 +379,7 @@ def _to_device(search: RunState, pruned) -> None:
 def best(records: list[dict], target_ms: float | None = None) -> dict:
     """Phase 2 only: the most accurate candidate meeting the target (``target_ms``, else the
     run's), else the best reward (nothing more is evaluated)."""
-    done = [r for r in records if r["status"] == "done"]
+    done = [r for r in records if r["status"] == "done" and not estimated(r)]
     if not done:
         raise SearchError("every candidate failed; see the journal's errors")
     ok = [r for r in done if (r["meets_target"] if target_ms is None
@@ -314,22 +389,33 @@ def best(records: list[dict], target_ms: float | None = None) -> dict:
     return max(done, key=lambda r: r["reward"])
 
 
-def choose(search: RunState, records: list[dict], target_ms: float | None = None) -> dict:
-    """The most accurate candidate meeting the target (``target_ms``, else the run's); one at
-    least TARGET_MARGIN under it when there is one, so that measurement noise does not push
-    the final model over."""
-    target = search.target_ms if target_ms is None else target_ms
+def pick(records: list[dict], target: float) -> dict | None:
+    """``choose``'s rule: the most accurate candidate meeting ``target``, one at least
+    TARGET_MARGIN under it when there is one; latencies as the records have them (estimates
+    too: what re-measuring follows); None if none meets it."""
     ok = [r for r in records if r["status"] == "done" and r["latency_ms"] <= target]
     safe = [r for r in ok if r["latency_ms"] <= target * (1 - TARGET_MARGIN)]
     if safe or ok:
         return max(safe or ok, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    return None
+
+
+def choose(search: RunState, records: list[dict], target_ms: float | None = None) -> dict:
+    """The most accurate candidate meeting the target (``target_ms``, else the run's); one at
+    least TARGET_MARGIN under it when there is one, so that measurement noise does not push
+    the final model over. Only latencies measured on the device count (not the table's
+    estimates)."""
+    target = search.target_ms if target_ms is None else target_ms
+    got = pick([r for r in records if not estimated(r)], target)
+    if got is not None:
+        return got
     # nothing met the target: the most pruned candidate does (it was measured)
     search.ui.log("no candidate met the target; taking the most pruned candidate")
     cid = 1 + max((r["id"] for r in records), default=-1)
     done = search.journal.finished_candidates().get(cid)
     if done is not None and done["status"] == "done":
         return done
-    rec = _evaluate(search, [(cid, search.floor_cand)])[cid]
+    rec = _evaluate(search, [(cid, search.floor_cand)], measured=True)[cid]
     if rec["status"] != "done":
         raise SearchError(f"no candidate met the target and the most pruned one failed: "
                           f"{rec.get('error')}")

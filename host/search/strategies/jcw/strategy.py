@@ -86,6 +86,7 @@ class JcwStrategy:
         self.generation = None  # the pymoo Population being evaluated
         self.keys: list[str] = []
         self.queue: list[int] = []
+        self.fresh: list[int] = []  # the generation's offspring that need an evaluation
         self.waiting: set[str] = set()
         self.generations = 0
         self.free = 0  # offspring measured before: objectives known, no evaluation
@@ -133,6 +134,11 @@ class JcwStrategy:
             else:
                 self.known[k] = (1.0, FAILED_MS)
 
+    def offspring(self) -> list[Candidate]:
+        """The current generation's candidates that need an evaluation (what a supernet
+        retrains on before scoring them)."""
+        return [self.enc.decode(self.generation[i].X) for i in self.fresh]
+
     def status(self) -> str:
         return (f"generation {self.generations}, population {self.population}, "
                 f"{len(self.known)} known, {self.free} repeats free, anchors "
@@ -159,6 +165,7 @@ class JcwStrategy:
             elif k not in fresh:  # (duplicate elimination compares genes; keys are equal
                 fresh.add(k)      # whenever the models are)
                 self.queue.append(i)
+        self.fresh = list(self.queue)
         # a repeat within the generation takes the objectives of its first copy when told
         return True
 
