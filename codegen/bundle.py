@@ -569,7 +569,7 @@ def _check_prepare(m: Manifest, blob: int, gpu: bool, fail) -> list[tuple[int, i
                        f"needs equal sizes and work_items 1")
         ranges.append((p.dst.offset, p.dst.offset + p.dst.nbytes, i))
     ranges.sort()
-    for (_, e0, i0), (b1, _, i1) in zip(ranges, ranges[1:]):
+    for (_, e0, i0), (b1, _, i1) in zip(ranges, ranges[1:], strict=False):
         if b1 < e0:
             raise fail(f"prepare[{i1}].dst overlaps prepare[{i0}].dst (each byte of the weight "
                        f"buffer is written by one step)")

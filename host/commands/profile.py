@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             per_layer=args.per_layer, backend=_bundle_backend(bundle))
         up = progress.add_task("uploading", total=sum(a.size for a in bundle.manifest.artifacts))
         key = session.load(bundle, measure, progress=lambda n, _total: progress.advance(up, n))
+        upload = session.upload(key)
         progress.remove_task(up)
         progress.add_task(f"measuring: {measure.warmup} warm-up + {measure.runs} timed runs",
                           total=None)
@@ -132,7 +133,13 @@ def run(args: argparse.Namespace) -> int:
               "gflop": sum(s.flops for s in bundle.manifest.steps) / 1e9,
               "throttled_cores": throttled_cores(result, info),
               "device_missing": list(info.missing),
-              "note": device.traits.timing_note}
+              "note": device.traits.timing_note,
+              # what this candidate cost the link: bytes sent (0: the runner had them all),
+              # the uploads' wall time, and the weights as shipped vs as the kernels read them
+              "upload_bytes": upload.bytes, "upload_s": round(upload.seconds, 6),
+              "artifact_bytes": upload.artifact_bytes,
+              "weights_shipped_bytes": bundle.manifest.shipped_weights_bytes,
+              "weights_loaded_bytes": bundle.manifest.weights_bytes}
     if args.json:
         print(json.dumps({**record, **result.to_dict()}))
         return 0
@@ -158,6 +165,7 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
         out.print(f"[yellow]note:[/yellow] {info['note']}")
     out.print(f"init {result.init_ns / 1e6:.1f} ms; {info['gflop']:.2f} GFLOP per run → "
               f"{info['gflop'] / (s.median_ms / 1e3):.1f} GFLOP/s at the median")
+    out.print(_upload_line(info))
     for line in _protocol_lines(info, result):
         out.print(line)
     if per_layer and result.layers:
@@ -174,6 +182,15 @@ def _print_profile(info: dict, result, per_layer: bool) -> None:
             lt.add_row(layer.label, layer.op, f"{ls.median_ms:.3f}", f"{ls.mean_ms:.3f}",
                        f"{ls.p90_ms:.3f}", f"{ls.median_ms / s.median_ms:.1%}")
         out.print(lt)
+
+
+def _upload_line(info: dict) -> str:
+    mib = 2 ** 20
+    sent = (f"upload {info['upload_bytes'] / mib:.2f} MiB in {info['upload_s']:.2f} s"
+            if info["upload_bytes"] else "upload: none (the runner had every artifact)")
+    return (f"{sent}; bundle {info['artifact_bytes'] / mib:.2f} MiB, weights "
+            f"{info['weights_shipped_bytes'] / mib:.2f} MiB shipped, "
+            f"{info['weights_loaded_bytes'] / mib:.2f} MiB once prepared on the device")
 
 
 def _protocol_lines(info: dict, result) -> list[str]:

@@ -7,13 +7,19 @@ a RunnerError that says so. A load that finds an artifact gone from the store (e
 corrupted and removed by the runner) uploads it again and retries once. Nothing waits longer
 than its deadline.
 
+Each load records what it uploaded (``upload(key)``: bytes sent and seconds, 0 when the runner
+had every artifact): with compact weight blobs (bundle format 2) that is the raw weights, not
+the layout the kernels read, which the runner builds at load time.
+
 The measurement settings are one MeasureConfig (host/measure.py), given at load and passed
 unchanged to the client; benchmark uses the one the model was loaded with unless given another.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +31,21 @@ from ..rpc.client import LoadedModel, ProgressFn, RunnerClient, RunnerError
 from . import Device
 from .remote import RemoteRunner
 
-__all__ = ["RemoteRunner", "Session"]
+__all__ = ["RemoteRunner", "Session", "Upload"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one load sent to the runner: the artifacts it lacked (a re-upload after an
+    eviction included), and the wall time of those uploads."""
+
+    bytes: int = 0
+    seconds: float = 0.0
+    artifact_bytes: int = 0  # the bundle's artifacts in all, sent or not
+
+    def __add__(self, other: Upload) -> Upload:
+        return Upload(self.bytes + other.bytes, self.seconds + other.seconds,
+                      max(self.artifact_bytes, other.artifact_bytes))
 
 
 class Session:
@@ -41,6 +61,8 @@ class Session:
         device.start()
         self._client = device.client(self.call_timeout_s)
         self._loaded: dict[str, tuple[Bundle, MeasureConfig, LoadedModel]] = {}
+        self._uploads: dict[str, Upload] = {}
+        self._pending = Upload()  # uploads of the load in progress
 
     @property
     def client(self) -> RunnerClient:
@@ -75,8 +97,14 @@ class Session:
             self._recover(e)
             return fn()
 
+    def _ensure(self, bundle: Bundle, progress: ProgressFn | None) -> None:
+        t0 = time.perf_counter()
+        sent = self._client.ensure_artifacts(bundle, progress)
+        total = sum(a.size for a in bundle.manifest.artifacts)
+        self._pending += Upload(sent, time.perf_counter() - t0 if sent else 0.0, total)
+
     def _load(self, bundle: Bundle, measure: MeasureConfig, progress: ProgressFn | None):
-        self._client.ensure_artifacts(bundle, progress)
+        self._ensure(bundle, progress)
         try:
             return self._client.load_model(bundle.manifest, measure)
         except RunnerError as e:
@@ -86,23 +114,29 @@ class Session:
             if e.code != "NOT_FOUND" or not self._client.missing(shas):
                 raise
             self.on_event(f"re-uploading artifacts the runner lost: {e.message}")
-            self._client.ensure_artifacts(bundle, progress)
+            self._ensure(bundle, progress)
             return self._client.load_model(bundle.manifest, measure)
 
     def load(self, bundle: Bundle, measure: MeasureConfig | None = None,
              progress: ProgressFn | None = None) -> str:
         """Upload (only what is missing) and load; returns a key for run/benchmark."""
         measure = measure or MeasureConfig()
+        self._pending = Upload()
         model = self._with_retry(lambda: self._load(bundle, measure, progress))
         if model.affinity_note:
             self.on_event(f"the device refused some of the cores asked for; those threads run "
                           f"unpinned: {model.affinity_note}")
         key = model.handle
         self._loaded[key] = (bundle, measure, model)
+        self._uploads[key], self._pending = self._pending, Upload()
         return key
 
     def loaded(self, key: str) -> LoadedModel:
         return self._loaded[key][2]
+
+    def upload(self, key: str) -> Upload:
+        """What loading ``key`` uploaded (bytes, seconds)."""
+        return self._uploads.get(key, Upload())
 
     def run(self, key: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         def call():
@@ -135,6 +169,7 @@ class Session:
 
     def unload(self, key: str) -> None:
         bundle, measure, model = self._loaded.pop(key)
+        self._uploads.pop(key, None)
         try:
             self._client.unload(model.handle)
         except RunnerError as e:

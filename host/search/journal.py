@@ -6,7 +6,9 @@ kill loses at most the candidates in flight; ``--resume`` reads the journal back
 finished and re-evaluates what only started. A torn last line (killed mid-write) is ignored.
 
 Record types: ``run`` (the settings, first line), ``probe`` (latency floor and dense model),
-``phase`` (phase results, checkpoints), ``candidate``, ``resume``, ``final``. Reading checks
+``phase`` (phase results, checkpoints), ``candidate``, ``resume``, ``final``. A measured
+candidate's record carries its latency result's fields, among them ``upload_bytes`` and
+``upload_s`` (what its bundle sent over the link, and how long that took). Reading checks
 the fields ``--resume`` uses (``RECORD_FIELDS``); a journal that is JSON but not a journal is a
 ``JournalError`` naming the line and the field.
 """
@@ -32,7 +34,7 @@ RECORD_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "candidate": {"id": (int,), "status": (str,), "key": (str,), "encoding": (list,),
                   "accuracy": _NUMBER, "latency_ms": _NUMBER, "reward": _NUMBER,
                   "meets_target": (bool,), "summary": (str,), "error": (str,),
-                  "device_lost": (bool,)},
+                  "device_lost": (bool,), "upload_bytes": (int,), "upload_s": _NUMBER},
 }
 _REQUIRED = {"run": ("config", "target_ms"), "phase": ("phase",),
              "candidate": ("id", "status", "key", "encoding")}

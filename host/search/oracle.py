@@ -104,6 +104,12 @@ class LatencyResult:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     bundle_dir: str | None = None
+    # what the measurement sent over the link (0: the runner had every artifact) and how long
+    # that took; the bundle's weights as shipped (compact) and as loaded
+    upload_bytes: int = 0
+    upload_s: float = 0.0
+    weights_shipped_bytes: int = 0
+    weights_loaded_bytes: int = 0
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -139,7 +145,8 @@ _CACHED_TYPES: dict[str, tuple[type, ...]] = {
     "threads": (int,), "telemetry_before": (dict, type(None)),
     "telemetry_after": (dict, type(None)), "layers": (list,), "compile_s": (int, float),
     "measure_s": (int, float), "cached": (bool,), "restarts": (int,), "attempts": (int,),
-    "errors": (list,)}
+    "errors": (list,), "upload_bytes": (int,), "upload_s": (int, float),
+    "weights_shipped_bytes": (int,), "weights_loaded_bytes": (int,)}
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -302,6 +309,7 @@ class LatencyOracle:
                     if self.before_benchmark is not None:
                         self.before_benchmark(tag, attempt)
                     key = self.session.load(bundle, self.cfg)
+                    upload = self.session.upload(key)
                     try:
                         with self.quiet if self.quiet is not None else contextlib.nullcontext():
                             res = self.session.benchmark(key, replace(self.cfg,
@@ -320,7 +328,10 @@ class LatencyOracle:
                     init_ns=res.init_ns, threads=res.threads,
                     telemetry_before=d["telemetry_before"], telemetry_after=d["telemetry_after"],
                     layers=layers, measure_s=time.perf_counter() - t0, restarts=restarts,
-                    attempts=attempt + 1, errors=errors)
+                    attempts=attempt + 1, errors=errors, upload_bytes=upload.bytes,
+                    upload_s=round(upload.seconds, 6),
+                    weights_shipped_bytes=bundle.manifest.shipped_weights_bytes,
+                    weights_loaded_bytes=bundle.manifest.weights_bytes)
             except RunnerError as e:
                 restarts += self.session.restarts - before
                 errors.append(str(e))
