@@ -7,6 +7,13 @@ the plan (``-o``, replayable with ``compile/profile --plan``) and, beside it, th
 chose it (``PLAN.profile.json``); prints a table per layer (scheme, block size, why) and one
 per bundle (compression, end-to-end median), so the mapped plan is seen next to every uniform
 rung at the same rate.
+
+With ``--dataset``, the model is trained first (``--pretrain-epochs``) and every bundle's plan
+gets an accuracy (the same short masked fine-tune for each); ``--search N`` then runs the
+search-based mapper (``map_search.py``: the block size of every layer searched inside its
+family with N accuracy evaluations, latency from the measured profile, under the knee's) and
+adds its plan, measured end to end beside the others, to both tables. The plan written is the
+searched one when there is one.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from ..console import err, out
 from ..errors import UserError
 from ..measure import MeasureConfig
 from .config import PruningConfig, PruningError, parse_rate
+from .map_search import DEFAULT_SLACK, MapSearchConfig, MapSpace, plan_accuracy, search
 from .mapping import (
     DEFAULT_TOLERANCE,
     LADDERS,
@@ -52,9 +60,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", default="5x",
                    help="pruning rate of every mapped layer: a fraction removed (0.8) or a "
                         "compression (5x; default)")
-    p.add_argument("--input-shape", default="1,3,224,224",
+    p.add_argument("--input-shape",
                    help="the input the bundles are compiled and timed for (default "
-                        "1,3,224,224)")
+                        "1,3,224,224, or the dataset's images with --dataset)")
+    p.add_argument("--dataset",
+                   help="train and validate on this (digits, cifar10:PATH, imagefolder:PATH): "
+                        "every bundle's plan gets an accuracy; needed by --search")
+    p.add_argument("--pretrain-epochs", type=float, default=3.0,
+                   help="with --dataset: epochs the model trains before mapping (default 3; "
+                        "0 for a trained .pt2)")
+    p.add_argument("--finetune-epochs", type=float, default=0.5,
+                   help="with --dataset: the masked fine-tune each plan gets before it is "
+                        "validated (default 0.5)")
+    p.add_argument("--search", type=int, default=0, metavar="N",
+                   help="search-based mapping: N plans evaluated for accuracy (the knee's "
+                        "included), block sizes searched under the knee's latency (default 0: "
+                        "rule-based only)")
+    p.add_argument("--slack", type=float, default=DEFAULT_SLACK,
+                   help="the search's latency limit: the knee's predicted × (1 + slack)")
+    p.add_argument("--seed", type=int, default=0, help="the search's and fine-tunes' seed")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="a layer takes the finest block whose time is within this fraction of "
                         f"what regularity can buy (default {DEFAULT_TOLERANCE:g})")
@@ -90,7 +114,47 @@ def _check(args: argparse.Namespace) -> float:
                         f"got {args.runs}, {args.warmup}, {args.rounds}, {args.threads}")
     if not 0 <= args.tolerance <= 1:
         raise UserError(f"--tolerance must be in [0, 1]; got {args.tolerance}")
+    if args.search < 0 or (args.search and not args.dataset):
+        raise UserError("--search N needs N ≥ 0 and --dataset (accuracy is its feedback)")
+    if args.pretrain_epochs < 0 or args.finetune_epochs < 0 or not 0 <= args.slack <= 1:
+        raise UserError("--pretrain-epochs and --finetune-epochs must be ≥ 0 and --slack in "
+                        "[0, 1]")
     return rate
+
+
+def _data(args: argparse.Namespace):
+    if not args.dataset:
+        return None
+    from ..models import parse_shape
+    from ..models.data import load_dataset
+
+    if args.input_shape:
+        shape = parse_shape(args.input_shape)
+        if len(shape) != 4:
+            raise UserError(f"--input-shape {args.input_shape}: with --dataset, an image "
+                            f"batch N,C,H,W (H = W)")
+        return load_dataset(args.dataset, image_size=shape[-1], channels=shape[1])
+    return load_dataset(args.dataset)
+
+
+def _search(args, model, data, rate, cfg, res: MapResult, progress, task):
+    """The search-based mapper over the measured profile; its plan (the knee's record kept as
+    "mapped" beside it)."""
+    space = MapSpace(model, rate, res.choices)
+    scfg = MapSearchConfig(args.search, args.slack, args.finetune_epochs, args.seed)
+
+    def plan_acc(plan) -> float:
+        return plan_accuracy(model, plan, data, args.finetune_epochs, args.seed)
+
+    def on_eval(i: int, e) -> None:
+        progress.update(task, description=f"map search: plan {i}/{args.search}, "
+                                          f"{e.accuracy:.4f} at {e.predicted_ms:.3f} ms "
+                                          f"(predicted){'' if e.feasible else ', over'}")
+    r = search(space, plan_acc, scfg, cfg, on_eval)
+    res.accuracy["searched"] = r.best.accuracy
+    res.search = r.to_dict(space)
+    res.choices = r.choices
+    return mapped_plan(r.choices, rate, cfg)
 
 
 def weights_compression(model, pruned_model) -> float:
@@ -115,9 +179,28 @@ def run(args: argparse.Namespace) -> int:
     from ..models import example_inputs, load_model, parse_shape
 
     model = load_model(args.model)
-    example = example_inputs(parse_shape(args.input_shape))
+    data = _data(args)
+    shape = (parse_shape(args.input_shape) if args.input_shape
+             else (1, *data.input_shape) if data is not None else (1, 3, 224, 224))
+    example = example_inputs(shape)
     cfg = PruningConfig(args.vector_width, args.patterns)
+    if data is not None and args.pretrain_epochs > 0:
+        from ..models.train import TrainConfig, evaluate, train
+
+        err.print(f"training {args.model} on {data.describe()} for {args.pretrain_epochs:g} "
+                  f"epochs")
+        train(model, data, args.pretrain_epochs, TrainConfig(), seed=0)
+        err.print(f"trained: {evaluate(model, data):.4f} on validation")
+
+    def accuracy(label: str, plan) -> None:
+        if data is not None and label not in res.accuracy:
+            res.accuracy[label] = plan_accuracy(model, plan, data, args.finetune_epochs,
+                                                args.seed)
     output = args.output or Path(f"{Path(args.model).stem.replace(':', '_')}.map.json")
+    try:  # before minutes of measuring, not after
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"-o {output}: cannot create its folder ({e.strerror})") from None
     names = list(prunable_layers(model))
     if not any(k in LADDERS for k in prunable_layers(model).values()):
         raise UserError(f"{args.model}: no layer the mapper prunes (k×k or 1x1 convs without "
@@ -145,15 +228,23 @@ def run(args: argparse.Namespace) -> int:
         rung_ms = []
         for i in range(n - 2):
             label = " / ".join(dict.fromkeys(L[i].label for L in LADDERS.values()))
-            pruned = rung_plan(model, i, rate, cfg).apply(model)
+            plan = rung_plan(model, i, rate, cfg)
+            pruned = plan.apply(model)
+            accuracy(label, plan)
             res.compression[label] = round(weights_compression(model, pruned.model), 3)
             m.compile(label, pruned.model, pruned.schemes, f"[{i + 2}/{n}]")
             rung_ms.append(for_layer(m.per_layer(label, f"[{i + 2}/{n}]"), names))
         res.choices = decide(model, rate, rung_ms, dense, args.tolerance)
         res.plan = mapped_plan(res.choices, rate, cfg)
         pruned = res.plan.apply(model)
+        accuracy("mapped", res.plan)
         res.compression["mapped"] = round(weights_compression(model, pruned.model), 3)
         m.compile("mapped", pruned.model, pruned.schemes, f"[{n}/{n}]")
+        if args.search:
+            res.plan = _search(args, model, data, rate, cfg, res, progress, task)
+            pruned = res.plan.apply(model)
+            res.compression["searched"] = round(weights_compression(model, pruned.model), 3)
+            m.compile("searched", pruned.model, pruned.schemes, "[searched]")
         res.end_to_end_ms = m.side_by_side(args.rounds)
         res.device_s, res.compile_s = m.device_s, m.compile_s
         progress.remove_task(task)
@@ -179,13 +270,24 @@ def _print(res: MapResult, plan_path: Path, profile_path: Path) -> None:
     out.print(t)
     e = Table(title="end to end, side by side (medians over rotated rounds): every uniform "
                     "rung and the mapped plan, same layers, same rate")
-    for col in ("bundle", "weights ×", "median ms", "vs dense"):
+    cols = ("bundle", "weights ×", "median ms", "vs dense") + (
+        ("accuracy",) if res.accuracy else ())
+    for col in cols:
         e.add_column(col, justify="left" if col == "bundle" else "right")
     dense = res.end_to_end_ms.get("dense")
     for label, ms in res.end_to_end_ms.items():
+        acc = res.accuracy.get(label)
         e.add_row(label, f"{res.compression.get(label, 1.0):.2f}", f"{ms:.3f}",
-                  f"{dense / ms:.2f}x" if dense else "")
+                  f"{dense / ms:.2f}x" if dense else "",
+                  *(() if not res.accuracy else ("" if acc is None else f"{acc:.4f}",)))
     out.print(e)
+    if res.search:
+        s = res.search
+        out.print(f"search-based mapping: {len(s['history'])} plans evaluated in "
+                  f"{s['seconds']:.0f} s under {s['limit_ms']:.3f} ms (the knee's predicted "
+                  f"latency of the mapped layers); knee {s['knee']['accuracy']:.4f} at "
+                  f"{s['knee']['predicted_ms']:.3f} ms, searched {s['best']['accuracy']:.4f} at "
+                  f"{s['best']['predicted_ms']:.3f} ms")
     out.print(f"{res.device_s:.1f} s on the device (uploads, loads and runs), "
               f"{res.compile_s:.1f} s compiling; plan → {plan_path} (use it with "
               f"`compile/profile --plan`), profile → {profile_path}")

@@ -161,12 +161,15 @@ class MapResult:
     device: dict = field(default_factory=dict)
     device_s: float = 0.0
     compile_s: float = 0.0
+    accuracy: dict[str, float] = field(default_factory=dict)  # bundle label → validated
+    search: dict | None = None  # the search-based mapper's record (map_search.py)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "rate": self.rate, "tolerance": self.tolerance,
                 "ladders": {k: [r.label for r in v] for k, v in LADDERS.items()},
                 "layers": [asdict(c) for c in self.choices],
                 "end_to_end_ms": self.end_to_end_ms, "compression": self.compression,
+                "accuracy": self.accuracy, "search": self.search,
                 "device": self.device, "device_s": round(self.device_s, 2),
                 "compile_s": round(self.compile_s, 1)}
 
