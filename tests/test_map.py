@@ -166,3 +166,13 @@ def test_map_refuses_bad_rates(capsys):
     for bad in ("0", "1.5", "fast"):
         assert main(["map", "test_map:map_net", "--rate", bad]) == 2
         assert "--rate" in capsys.readouterr().err
+
+
+def test_slow_models_get_fewer_runs_within_bounds():
+    from host.pruning.map_command import MIN_RUNS, runs_for
+
+    assert runs_for(1.0, 2.0, 30) == 30  # fast: capped at --runs
+    assert runs_for(100.0, 2.0, 30) == 20  # VGG-like: about two seconds
+    assert runs_for(1000.0, 2.0, 30) == MIN_RUNS  # very slow: never below the floor
+    assert runs_for(1000.0, 2.0, 3) == 3  # ... unless --runs asks for fewer
+    assert runs_for(0.0, 2.0, 30) == 30

@@ -22,6 +22,7 @@ import argparse
 import json
 import tempfile
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from rich.table import Table
@@ -47,6 +48,15 @@ MAP_RUNS = 30
 # weights, and VGG-16's eight are ~2.5 GB; removed when the command ends
 MAP_STORE_BYTES = 8 << 30
 MAP_WARMUP = 5
+MAP_SECONDS = 2.0
+MIN_RUNS = 8
+
+
+def runs_for(ms: float, seconds: float, most: int) -> int:
+    """Timed runs of a bundle whose inference takes about ``ms``: ``seconds`` worth, between
+    MIN_RUNS (or ``most`` if lower) and ``most``."""
+    want = int(seconds * 1000.0 / ms) if ms > 0 else most
+    return max(min(MIN_RUNS, most), min(most, want))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"what regularity can buy (default {DEFAULT_TOLERANCE:g})")
     p.add_argument("--runs", type=int, default=MAP_RUNS,
                    help=f"timed runs per bundle (default {MAP_RUNS})")
+    p.add_argument("--seconds", type=float, default=MAP_SECONDS,
+                   help="timed seconds per rung's bundle: a slow model gets fewer runs (at "
+                        f"least {MIN_RUNS}, at most --runs; default {MAP_SECONDS:g})")
     p.add_argument("--warmup", type=int, default=MAP_WARMUP,
                    help=f"discarded warm-up runs per bundle (default {MAP_WARMUP})")
     p.add_argument("--rounds", type=int, default=3,
@@ -109,6 +122,8 @@ def _check(args: argparse.Namespace) -> float:
     if not 0 < rate < 1:
         raise UserError(f"--rate must remove a fraction in (0, 1) (or be a compression > 1x); "
                         f"got {args.rate}")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds must be positive; got {args.seconds}")
     if args.runs < 1 or args.warmup < 1 or args.threads < 0 or not 1 <= args.rounds <= 100:
         raise UserError(f"--runs and --warmup must be ≥ 1, --rounds 1..100 and --threads ≥ 0; "
                         f"got {args.runs}, {args.warmup}, {args.rounds}, {args.threads}")
@@ -224,7 +239,12 @@ def run(args: argparse.Namespace) -> int:
                                       per_layer=True))
         n = 2 + len(next(iter(LADDERS.values())))
         m.compile("dense", model, {}, f"[1/{n}]")
-        dense = for_layer(m.per_layer("dense", f"[1/{n}]"), names)
+        dense_layers = m.per_layer("dense", f"[1/{n}]")
+        dense = for_layer(dense_layers, names)
+        # a slow model needs fewer runs for stable medians: the rungs get about --seconds of
+        # timed runs each (at most --runs, at least MIN_RUNS)
+        m.cfg = replace(m.cfg, runs=runs_for(sum(dense_layers.values()), args.seconds,
+                                             args.runs))
         rung_ms = []
         for i in range(n - 2):
             label = " / ".join(dict.fromkeys(L[i].label for L in LADDERS.values()))
@@ -245,8 +265,9 @@ def run(args: argparse.Namespace) -> int:
             pruned = res.plan.apply(model)
             res.compression["searched"] = round(weights_compression(model, pruned.model), 3)
             m.compile("searched", pruned.model, pruned.schemes, "[searched]")
+        res.device_s = m.device_s  # what the plan cost; the comparison's is apart
         res.end_to_end_ms = m.side_by_side(args.rounds)
-        res.device_s, res.compile_s = m.device_s, m.compile_s
+        res.compare_device_s, res.compile_s = m.device_s - res.device_s, m.compile_s
         progress.remove_task(task)
     res.plan.save(output)
     profile = output.with_name(output.stem + ".profile.json")
@@ -288,6 +309,7 @@ def _print(res: MapResult, plan_path: Path, profile_path: Path) -> None:
                   f"latency of the mapped layers); knee {s['knee']['accuracy']:.4f} at "
                   f"{s['knee']['predicted_ms']:.3f} ms, searched {s['best']['accuracy']:.4f} at "
                   f"{s['best']['predicted_ms']:.3f} ms")
-    out.print(f"{res.device_s:.1f} s on the device (uploads, loads and runs), "
+    out.print(f"{res.device_s:.1f} s on the device for the plan (uploads, loads and runs; "
+              f"{res.compare_device_s:.1f} s more for the side-by-side comparison), "
               f"{res.compile_s:.1f} s compiling; plan → {plan_path} (use it with "
               f"`compile/profile --plan`), profile → {profile_path}")

@@ -159,7 +159,8 @@ class MapResult:
     end_to_end_ms: dict[str, float] = field(default_factory=dict)  # bundle label → median
     compression: dict[str, float] = field(default_factory=dict)  # bundle label → weights x
     device: dict = field(default_factory=dict)
-    device_s: float = 0.0
+    device_s: float = 0.0  # uploads, loads and runs that chose the plan
+    compare_device_s: float = 0.0  # the side-by-side comparison's
     compile_s: float = 0.0
     accuracy: dict[str, float] = field(default_factory=dict)  # bundle label → validated
     search: dict | None = None  # the search-based mapper's record (map_search.py)
@@ -171,6 +172,7 @@ class MapResult:
                 "end_to_end_ms": self.end_to_end_ms, "compression": self.compression,
                 "accuracy": self.accuracy, "search": self.search,
                 "device": self.device, "device_s": round(self.device_s, 2),
+                "compare_device_s": round(self.compare_device_s, 2),
                 "compile_s": round(self.compile_s, 1)}
 
 
