@@ -213,7 +213,8 @@ def winograd_prepare_kernel(isa: VectorIsa, m: int, oc: int, ic: int, symbol: st
                             layer: str) -> str:
     """The load-time kernel of one F(m, 3) layer: params[0] is its raw float32 weights
     ``[oc][ic][3][3]``, output the packed transform ``[a*a][oc/x][icp][x]`` of
-    ``pack_winograd`` (pad lanes zero); work item = one oc block."""
+    ``pack_winograd`` (pad lanes +0, as the compile-time packing wrote them); work item = one
+    oc block, computed x lanes at a time (contiguous stores, so the compiler vectorises)."""
     X, E, a = isa.floats, isa.elem, m + 2
     ocb, icp = -(-oc // X), -(-ic // X) * X
     _, g, _ = winograd_matrices(m)
@@ -230,26 +231,30 @@ def winograd_prepare_kernel(isa: VectorIsa, m: int, oc: int, ic: int, symbol: st
         f"  static const double G[{a}][3] = {{{gs}}};",
         "  const float *g = args->params[0];",
         f"  {E} *u = ({E} *)args->output;",
-        f"  for ({i} ob = begin; ob < end; ++ob)",
-        f"    for ({i} i = 0; i < {icp}; ++i)",
-        f"      for ({i} l = 0; l < {X}; ++l) {{",
-        f"        const {i} o = ob * {X} + l;",
-        f"        {E} *d = u + (ob * {icp} + i) * {X} + l;",
-        f"        if (o >= {oc} || i >= {ic}) {{",
-        f"          for (int p = 0; p < {a * a}; ++p) d[p * {ps}] = ({E})0;",
-        "          continue;",
+        f"  for ({i} ob = begin; ob < end; ++ob) {{",
+        f"    const int lanes = {oc} - ob * {X} < {X} ? (int)({oc} - ob * {X}) : {X};",
+        f"    for ({i} i = 0; i < {icp}; ++i) {{",
+        f"      {E} *d = u + (ob * {icp} + i) * {X};",
+        f"      const int n = i < {ic} ? lanes : 0;",
+        f"      double w[9][{X}], t[{a}][3][{X}];",
+        "      for (int l = 0; l < n; ++l)",
+        "        for (int k = 0; k < 9; ++k)",
+        f"          w[k][l] = (double)g[((ob * {X} + l) * {ic} + i) * 9 + k];",
+        f"      for (int r = 0; r < {a}; ++r)",
+        "        for (int c = 0; c < 3; ++c)",
+        "          for (int l = 0; l < n; ++l)",
+        "            t[r][c][l] = (G[r][0] * w[c][l] + G[r][1] * w[3 + c][l]) + "
+        "G[r][2] * w[6 + c][l];",
+        f"      for (int r = 0; r < {a}; ++r)",
+        f"        for (int c = 0; c < {a}; ++c) {{",
+        f"          {E} *dp = d + (r * {a} + c) * {ps};",
+        "          for (int l = 0; l < n; ++l)",
+        f"            dp[l] = ({E})(float)((t[r][0][l] * G[c][0] + t[r][1][l] * G[c][1]) + "
+        "t[r][2][l] * G[c][2]);",
+        f"          for (int l = n; l < {X}; ++l) dp[l] = ({E})0;",
         "        }",
-        f"        const float *w = g + (o * {ic} + i) * 9;",
-        f"        double t[{a}][3];",
-        f"        for (int r = 0; r < {a}; ++r)",
-        "          for (int c = 0; c < 3; ++c)",
-        "            t[r][c] = (G[r][0] * (double)w[c] + G[r][1] * (double)w[3 + c]) + "
-        "G[r][2] * (double)w[6 + c];",
-        f"        for (int r = 0; r < {a}; ++r)",
-        f"          for (int c = 0; c < {a}; ++c)",
-        f"            d[(r * {a} + c) * {ps}] = ({E})(float)((t[r][0] * G[c][0] + "
-        "t[r][1] * G[c][1]) + t[r][2] * G[c][2]);",
-        "      }",
+        "    }",
+        "  }",
         "}", ""])
 
 
