@@ -1,12 +1,14 @@
 """Benchmark (not a test): PaS width search against uniform filter pruning at the same measured
 latency, same training budget, several seeds.
 
-    npas-host bench pas [--target 0.5] [--seeds 0,1,2] [--pretrain-epochs 3]
-                        [--pas-epochs 2] [--finetune-epochs 2] [--rates 0.2,...,0.7]
+    npas-host bench pas [--target 0.5] [--steer macs|latency] [--seeds 0,1,2]
+                        [--pretrain-epochs 3] [--pas-epochs 2] [--finetune-epochs 2]
+                        [--rates 0.2,...,0.7]
 
 The model (default: the main job's digits CNN on scikit-learn's digits) is trained once
 (``--pretrain-epochs``, seed 0): both methods start from it. Per seed, PaS trains with masks
-and the MAC penalty for ``--pas-epochs`` and fine-tunes the narrower model for
+and the penalty for ``--pas-epochs`` (on MACs, or with ``--steer latency`` on the latency a
+per-layer table measured on the runner first predicts) and fine-tunes the narrower model for
 ``--finetune-epochs``. Uniform filter pruning removes the same fraction of every layer's filters
 (widths rounded to the vector width, as PaS's): one model per rate in ``--rates``; every
 bundle is timed on the device side by side (rotated rounds), and for each seed the uniform rate
@@ -39,8 +41,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="npas-host bench pas", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--image-size", type=int,
+                    help="resize the dataset's images (e.g. 32 for a torchvision model)")
+    ap.add_argument("--channels", type=int, help="image channels (e.g. 3 for RGB models)")
     ap.add_argument("--target", type=float, default=0.5,
-                    help="PaS's MAC target, a fraction of the dense model's (default 0.5)")
+                    help="PaS's target, a fraction of the dense model's MACs or latency "
+                         "(default 0.5)")
+    ap.add_argument("--steer", choices=("macs", "latency"), default="macs",
+                    help="what PaS's penalty steers: MACs, or the latency a per-layer table "
+                         "measured on the runner predicts (default macs)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--pretrain-epochs", type=float, default=3.0)
     ap.add_argument("--pas-epochs", type=float, default=2.0)
@@ -68,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..devices import DeviceSpec, open_device
     from ..devices.session import Session
     from ..measure import MeasureConfig
-    from ..models import load_model
+    from ..models import adapt_head, load_model
     from ..models.data import load_dataset
     from ..models.train import TrainConfig, evaluate, train
     from ..pruning.config import PruningConfig
+    from ..pruning.latency_table import measure_table
     from ..pruning.pas import PasConfig, count_macs, search_widths
     from ..pruning.plan import PruningPlan
     from ..pruning.timing import BundleTimer
@@ -80,40 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     t_start = time.perf_counter()
     base = load_model(a.model)
-    data = load_dataset(a.dataset)
+    data = load_dataset(a.dataset, a.image_size, a.channels)
+    adapt_head(base, data.num_classes)
     example = (__import__("torch").zeros(1, *data.input_shape),)
     tc = TrainConfig()
     err.print(f"pretraining {a.model} on {data.describe()} for {a.pretrain_epochs:g} epochs")
     train(base, data, a.pretrain_epochs, tc, seed=0)
-    res: dict = {"model": a.model, "dataset": a.dataset, "target": a.target,
+    res: dict = {"model": a.model, "dataset": a.dataset, "target": a.target, "steer": a.steer,
                  "budget_epochs": a.pas_epochs + a.finetune_epochs,
                  "pretrain_acc": evaluate(base, data), "dense_macs": count_macs(base, example[0]),
                  "pas": [], "uniform": {}, "chosen": []}
-    pas_models = {}
-    for seed in a.seeds:
-        model = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        r = search_widths(model, data, PasConfig(a.target, a.pas_epochs, seed=seed,
-                                                 vector_width=a.vector_width),
-                          on_step=lambda s, n, loss, f, seed=seed: err.print(
-                              f"PaS seed {seed}: step {s}/{n}, loss {loss:.3f}, MACs {f:.3f}")
-                          if s % 10 == 0 or s == n else None)
-        train(r.model, data, a.finetune_epochs, tc, seed=seed)
-        pas_models[seed] = r.model
-        res["pas"].append({"seed": seed, "widths": r.widths,
-                           "macs_fraction": r.macs_pruned / r.macs_dense,
-                           "masked_fraction": r.macs_masked / r.macs_dense,
-                           "acc": evaluate(r.model, data),
-                           "cpu_minutes": (time.perf_counter() - t0) / 60})
-        err.print(f"PaS seed {seed}: MACs {r.macs_pruned / r.macs_dense:.3f} of dense "
-                  f"(target {a.target:g}), accuracy {res['pas'][-1]['acc']:.4f}")
+
+    def keep() -> None:  # after every stage: an interrupted run keeps what it measured
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(res, indent=1))
     cfg = PruningConfig(vector_width=a.vector_width)
-    uniform = {}
-    for rate in a.rates:
-        p = PruningPlan.uniform(base, "filter", rate, cfg).apply(base)
-        uniform[rate] = p.model
-        res["uniform"][f"{rate:g}"] = {"macs_fraction": count_macs(p.model, example[0])
-                                       / res["dense_macs"]}
     with ExitStack() as stack, progress_bar() as progress:
         task = progress.add_task("starting the local runner", total=None)
         device = open_device(DeviceSpec(name="local", runner=a.runner), stack)
@@ -122,14 +114,46 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="npas-bench-pas-")))
         timer = BundleTimer(session, toolchain_for_device(info, "cpu"), example, tmp, progress,
                             task, MeasureConfig(runs=a.runs, warmup=5, threads=1))
+        table = None
+        if a.steer == "latency":
+            table = measure_table(base, timer, a.vector_width)
+            res["table_dense_ms"] = table.dense_ms
+            keep()
+        pas_models = {}
+        for seed in a.seeds:
+            model = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            progress.update(task, description=f"PaS seed {seed}: training with channel masks")
+            r = search_widths(model, data, PasConfig(a.target, a.pas_epochs, seed=seed,
+                                                     vector_width=a.vector_width),
+                              table=table)
+            train(r.model, data, a.finetune_epochs, tc, seed=seed)
+            pas_models[seed] = r.model
+            res["pas"].append({"seed": seed, "widths": r.widths,
+                               "macs_fraction": r.macs_pruned / r.macs_dense,
+                               "masked_fraction": r.masked_cost, "cost_fraction": r.cost,
+                               "predicted_ms": r.predicted_ms, "acc": evaluate(r.model, data),
+                               "cpu_minutes": (time.perf_counter() - t0) / 60})
+            err.print(f"PaS seed {seed}: {a.steer} {r.cost:.3f} of dense (target "
+                      f"{a.target:g}), MACs {r.macs_pruned / r.macs_dense:.3f}, accuracy "
+                      f"{res['pas'][-1]['acc']:.4f}")
+            keep()
+        uniform = {}
+        for rate in a.rates:
+            p = PruningPlan.uniform(base, "filter", rate, cfg).apply(base)
+            uniform[rate] = p.model
+            res["uniform"][f"{rate:g}"] = {"macs_fraction": count_macs(p.model, example[0])
+                                           / res["dense_macs"]}
         timer.compile("dense", base, {})
         for rate, m in uniform.items():
             timer.compile(f"uniform {rate:g}", m, {})
         for seed, m in pas_models.items():
             timer.compile(f"pas seed {seed}", m, {})
-        ms = timer.side_by_side(a.rounds)
+        ms = timer.side_by_side(a.rounds, ["dense", *(f"uniform {r:g}" for r in a.rates),
+                                           *(f"pas seed {s}" for s in a.seeds)])
         progress.remove_task(task)
     res["latency_ms"] = ms
+    keep()
     for row in res["pas"]:
         lat = ms[f"pas seed {row['seed']}"]
         rate = min(a.rates, key=lambda r: abs(ms[f"uniform {r:g}"] - lat))
@@ -139,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                               "latency_ms": ms[f"uniform {rate:g}"], "acc": evaluate(model, data),
                               "macs_fraction": res["uniform"][f"{rate:g}"]["macs_fraction"]})
         row["latency_ms"] = lat
+        row["latency_fraction"] = lat / ms["dense"]
+        keep()
     res["wall_minutes"] = (time.perf_counter() - t_start) / 60
+    keep()
     _print(res)
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(res, indent=1))
         err.print(f"results → {a.out}")
     return 0
 

@@ -125,3 +125,19 @@ def load_model(spec: str) -> nn.Module:
 def example_inputs(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g),)
+
+
+def adapt_head(model: nn.Module, classes: int) -> str | None:
+    """Give the last Linear ``classes`` outputs (a new layer) when it has another count."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None or last[1].out_features == classes:
+        return None
+    name, m = last
+    parent_path, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.Linear(m.in_features, classes, bias=m.bias is not None))
+    return f"{name}: a new Linear {m.in_features}→{classes} for the dataset's classes " \
+           f"(was →{m.out_features})"

@@ -199,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
              else (1, *data.input_shape) if data is not None else (1, 3, 224, 224))
     example = example_inputs(shape)
     cfg = PruningConfig(args.vector_width, args.patterns)
+    if data is not None:
+        from ..models import adapt_head
+
+        note = adapt_head(model, data.num_classes)
+        if note:
+            err.print(note)
     if data is not None and args.pretrain_epochs > 0:
         from ..models.train import TrainConfig, evaluate, train
 

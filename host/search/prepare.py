@@ -12,7 +12,7 @@ from torch import nn
 
 from codegen import CodegenError, capture
 
-from ..models import ModelSpecError, load_checkpoint, load_model
+from ..models import ModelSpecError, adapt_head, load_checkpoint, load_model
 from ..models.data import Dataset, DataSpecError, check_dataset_spec, load_dataset
 from .config import SearchConfig, SearchError
 from .ops import replace_ops
@@ -74,22 +74,6 @@ def _first_conv_in(model: nn.Module) -> int | None:
     return None
 
 
-def _adapt_head(model: nn.Module, classes: int) -> str | None:
-    """Give the last Linear ``classes`` outputs (a new layer) when it has another count."""
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            last = (name, m)
-    if last is None or last[1].out_features == classes:
-        return None
-    name, m = last
-    parent_path, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, nn.Linear(m.in_features, classes, bias=m.bias is not None))
-    return f"{name}: a new Linear {m.in_features}→{classes} for the dataset's classes " \
-           f"(was →{m.out_features})"
-
-
 def prepare(cfg: SearchConfig) -> Prepared:
     """Everything that can be checked without a device: model, data, operator support."""
     cfg.validate()
@@ -103,7 +87,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     except DataSpecError as e:
         raise SearchError(str(e)) from None
     notes = []
-    note = _adapt_head(model, data.num_classes)
+    note = adapt_head(model, data.num_classes)
     if note:
         notes.append(note)
     fast, reps = replace_ops(model)
