@@ -277,11 +277,12 @@ void test_thread_pool() {
 Manifest two_step_manifest(const std::string& ksha, uint64_t ksize, const std::string& wsha,
                            uint64_t wsize, int64_t n) {
   Manifest m;
-  m.format_version = 1;
+  m.format_version = 2;
   m.kernel_abi_version = 1;
   m.name = "two_step";
   m.artifacts = {{"kernels", ArtifactKind::kKernelLibrary, ksha, ksize},
                  {"weights", ArtifactKind::kWeights, wsha, wsize}};
+  m.weights_bytes = wsize;  // no prepare steps: the blob is the weight buffer
   uint64_t nb = uint64_t(n) * 4;
   uint64_t slot = (nb + 63) / 64 * 64;
   m.tensors = {{"x", {1, n}, "float32", 0, nb},
@@ -304,7 +305,7 @@ void test_manifest_checks() {
   CHECK(validate_manifest(good, lim, nullptr).ok());
 
   Manifest m = good;
-  m.format_version = 2;
+  m.format_version = 1;
   CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kFailedPrecondition);
   m = good;
   m.tensors[1].arena_offset = UINT64_MAX - 15;  // offset + nbytes overflows
@@ -324,6 +325,30 @@ void test_manifest_checks() {
   m = good;
   m.steps[0].params[0].nbytes = 41;  // past the 40-byte blob
   CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
+  // Prepare steps (format 2): the buffer built from the blob, each param inside one dst.
+  m = good;
+  m.weights_bytes = 128;
+  m.prepare = {{"add", "", {0, 40}, {64, 40}, 1}};
+  m.steps[0].params[0] = {64, 40};
+  CHECK(validate_manifest(m, lim, nullptr).ok());
+  Manifest p = m;
+  p.steps[0].params[0] = {0, 40};  // nothing writes [0, 40)
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kInvalidArgument);
+  p = m;
+  p.prepare[0].dst.nbytes = 44;  // a copy of unequal sizes
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kInvalidArgument);
+  p = m;
+  p.prepare.push_back({"add", "k_add1", {0, 40}, {64, 64}, 1});  // overlapping destinations
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kInvalidArgument);
+  p = m;
+  p.prepare[0].src = {64, 40};  // past the 40-byte blob
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kInvalidArgument);
+  p = m;
+  p.weights_bytes = lim.max_weights_bytes + 64;
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kResourceExhausted);
+  p = good;
+  p.weights_bytes = 64;  // no prepare steps: the buffer is the 40-byte blob
+  CHECK_CODE(validate_manifest(p, lim, nullptr), Code::kInvalidArgument);
   m = good;
   m.steps[0].params[0].offset = UINT64_MAX - 63;
   CHECK_CODE(validate_manifest(m, lim, nullptr), Code::kInvalidArgument);
@@ -461,7 +486,8 @@ const char kGpuSource[] =
 Manifest gpu_manifest(const std::string& ssha, uint64_t ssize, const std::string& wsha,
                       uint64_t wsize, int64_t n) {
   Manifest m;
-  m.format_version = 1;
+  m.format_version = 2;
+  m.weights_bytes = wsize;
   m.kernel_abi_version = 1;
   m.name = "gpu_two_step";
   m.target = {"opencl", "linux", "opencl", {}};

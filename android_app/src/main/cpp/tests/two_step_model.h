@@ -39,7 +39,8 @@ inline pb::Manifest two_step(const std::string& ksha, uint64_t ksize, const std:
   const int64_t n = 37;
   const uint64_t nb = n * 4, slot = (nb + 63) / 64 * 64;
   pb::Manifest m;
-  m.set_format_version(1);
+  m.set_format_version(2);
+  m.set_weights_bytes(wsize);  // no prepare steps: the blob is the weight buffer
   m.set_kernel_abi_version(1);
   m.set_name("two_step");
   m.mutable_target()->set_arch("x86_64");
