@@ -126,7 +126,7 @@ def test_supernet_training_is_deterministic_and_scores_without_finetuning(tiny, 
     assert err is None and 0.0 <= acc <= 1.0
     # the same as realize + BatchNorm recomputed + validation, by hand
     pruned = space.realize(a.model, c)
-    recalibrate_bn(pruned.model, _subset(data, 2048))
+    recalibrate_bn(pruned.model, _subset(data, 512))
     assert acc == evaluate(pruned.model, data)
     assert a.cost["scored"] == 1 and a.cost["train_steps"] > 0 and a.cost["rounds"] == 1
     assert a.per_candidate_s() > 0

@@ -12,6 +12,14 @@ latency over the dense latency, so 1.0 would be a 100 % accurate model taking no
 The phase-1 model is trained once (a first run with seed 0) and shared; the target is fixed
 from that run's dense latency, so every strategy chases the same number. Strategies run
 interleaved per seed so that a change in the machine's load hits all of them alike.
+
+Two settings. At equal evaluation budget (``--budget`` candidates each) npas, random, uniform
+and jcw fine-tune every candidate and measure it on the device. At equal wall time,
+``jcw-fast`` is jcw with the weight-sharing supernet (``--evaluator supernet``) and the
+per-layer latency table (``--latency table``): it evaluates as many candidates as fit in the
+wall time of the fastest of that seed's npas, random and uniform runs (``--time-budget``, the
+front's re-measurement on the device included), and its hypervolume counts only the
+candidates measured on the device (the re-measured front), not the table's estimates.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ from ..measure import MeasureConfig
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench_search.sh", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--strategies", default="npas,random,uniform,jcw")
+    ap.add_argument("--strategies", default="npas,random,uniform,jcw,jcw-fast",
+                    help="npas, random, uniform, jcw (equal evaluation budget) and jcw-fast "
+                         "(jcw + supernet + latency table, at equal wall time: run last)")
+    ap.add_argument("--fast-population", type=int, default=16,
+                    help="jcw-fast's population (default 16)")
     ap.add_argument("--jcw-bounds", default="0.1,0.3,0.3,0.3",
                     help="jcw's lower bounds (default 0.1,0.3,0.3,0.3: JCW's own, "
                          "0.5,0.8,0.9,0.3, cannot reach dense/8 on the digits CNN)")
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import UserError
     from ..search import DEFAULT_MODEL, Search, SearchConfig, SearchError, prepare
     from ..search.config import SEARCH_STORE_BYTES
+    from ..search.estimates import estimated, with_remeasured
+    from ..search.journal import Journal
     from ..search.live import SearchUI
 
     a = parse_args(argv)
@@ -81,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     meeting: dict[str, dict[int, int]] = {s: {} for s in strategies}
     hv: dict[str, dict[int, float]] = {s: {} for s in strategies}
     walls: dict[str, dict[int, float]] = {s: {} for s in strategies}
+    counts: dict[str, dict[int, int]] = {s: {} for s in strategies}
+    extra: dict[str, dict[int, dict]] = {s: {} for s in strategies}
     t0 = time.perf_counter()
     try:
         with ExitStack() as stack:
@@ -100,29 +116,51 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = str(base_dir / "checkpoints" / "phase1.pt")
             ui.log(f"target {target:.4f} ms (dense {base['dense_ms']:.4f} ms)")
             for seed in seeds:
-                for strat in strategies:
-                    cfg = SearchConfig(**{**common, "strategy": strat, "seed": seed,
+                for strat in sorted(strategies, key=lambda x: x == FAST):  # jcw-fast last
+                    over = {"strategy": strat}
+                    if strat == FAST:
+                        rivals = [walls[x][seed] for x in ("npas", "random", "uniform")
+                                  if seed in walls.get(x, {})]
+                        if not rivals:
+                            raise SearchError("jcw-fast runs at the wall time of npas, "
+                                              "random or uniform: list one of them too")
+                        over = {"strategy": "jcw", "evaluator": "supernet", "latency": "table",
+                                "budget": FAST_BUDGET, "population": a.fast_population,
+                                "time_budget_s": min(rivals)}
+                    cfg = SearchConfig(**{**common, **over, "seed": seed,
                                           "latency_ms": target, "phase1_checkpoint": ckpt})
                     ui.phase("bench", f"{strat}, seed {seed}")
                     s = Search(cfg, root / f"{strat}-seed{seed}", device,
                                ui=SearchUI(err, quiet=True), prepared=prepare(cfg)).run()
                     table[strat][seed] = s["best_meeting_accuracy"]
-                    recs = [r for r in _records(root / f"{strat}-seed{seed}")
-                            if r.get("status") == "done" and r["id"] < a.budget]
+                    recs = [r for r in with_remeasured(Journal(root / f"{strat}-seed{seed}")
+                                                       .records(), target)
+                            if r.get("status") == "done" and r["id"] < cfg.budget]
+                    counts[strat][seed] = len(recs)
+                    recs = [r for r in recs if not estimated(r)]  # measured on the device
                     meeting[strat][seed] = sum(1 for r in recs if r["meets_target"])
                     hv[strat][seed] = hypervolume(recs, base["dense_ms"])
                     walls[strat][seed] = s["wall_s"]
+                    extra[strat][seed] = {
+                        "evaluated": counts[strat][seed], "measured": len(recs),
+                        "time_budget_s": cfg.time_budget_s,
+                        "cpu_minutes_per_candidate":
+                            (s.get("evaluator") or {}).get("cpu_minutes_per_candidate"),
+                        "table_error": {k: v for k, v in (s.get("latency_table") or {}).items()
+                                        if k != "rows"} or None}
                     ui.log(f"{strat} seed {seed}: best accuracy meeting the target "
                            f"{_fmt(table[strat][seed])} ({meeting[strat][seed]}/{len(recs)} "
-                           f"meet it), hypervolume {hv[strat][seed]:.4f}, {s['wall_s']:.0f} s")
+                           f"measured meet it, {counts[strat][seed]} evaluated), hypervolume "
+                           f"{hv[strat][seed]:.4f}, {s['wall_s']:.0f} s")
     except SearchError as e:
         raise UserError(str(e)) from None
     _print(table, meeting, seeds, target, base["dense_ms"], a, time.perf_counter() - t0)
-    _print_hv(hv, walls, seeds, base["dense_ms"], a)
+    _print_hv(hv, walls, counts, extra, seeds, base["dense_ms"], a)
     (root / "bench.json").write_text(json.dumps(
         {"target_ms": target, "dense_ms": base["dense_ms"], "budget": a.budget,
          "seeds": seeds, "best_meeting_accuracy": table, "meeting": meeting,
          "hypervolume": hv, "run_wall_s": walls, "jcw_bounds": a.jcw_bounds,
+         "evaluated": counts, "runs": extra,
          "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
     out.print(f"runs and bench.json: {root}")
     return 0
@@ -143,19 +181,41 @@ def hypervolume(records: list[dict], dense_ms: float) -> float:
     return float(HV(ref_point=np.array([1.0, 1.0]))(np.array(pts)))
 
 
-def _print_hv(hv, walls, seeds, dense, a) -> None:
-    t = Table(title=f"hypervolume of (accuracy, latency / {dense:.4f} ms dense), reference "
-                    f"(0 %, dense), {a.budget} candidates each")
+def _print_hv(hv, walls, counts, extra, seeds, dense, a) -> None:
+    t = Table(title=f"hypervolume of (accuracy, measured latency / {dense:.4f} ms dense), "
+                    f"reference (0 %, dense)")
     t.add_column("strategy")
+    t.add_column("setting")
     for s in seeds:
         t.add_column(f"seed {s}", justify="right")
     t.add_column("mean", justify="right")
+    t.add_column("evaluated (mean)", justify="right")
+    t.add_column("CPU-min per candidate", justify="right")
     t.add_column("wall per run (mean)", justify="right")
     for strat, row in hv.items():
         vals = [row.get(s, 0.0) for s in seeds]
-        t.add_row(strat, *(f"{v:.4f}" for v in vals), f"{statistics.fmean(vals):.4f}",
+        cpm = [e["cpu_minutes_per_candidate"] for e in extra[strat].values()
+               if e.get("cpu_minutes_per_candidate") is not None]
+        setting = ("equal wall time (supernet + table)" if strat == FAST
+                   else f"equal budget ({a.budget})")
+        t.add_row(strat, setting, *(f"{v:.4f}" for v in vals), f"{statistics.fmean(vals):.4f}",
+                  f"{statistics.fmean(counts[strat].values()):.0f}",
+                  f"{statistics.fmean(cpm):.4f}" if cpm else "-",
                   f"{statistics.fmean(walls[strat].values()):.0f} s")
     out.print(t)
+    for seed in seeds:
+        e = extra.get(FAST, {}).get(seed)
+        if e and e.get("table_error"):
+            te = e["table_error"]
+            out.print(f"jcw-fast seed {seed}: {e['evaluated']} evaluated in "
+                      f"{walls[FAST][seed]:.0f} s (time budget {e['time_budget_s']:.0f} s), "
+                      f"{te['remeasured']} re-measured on the device; the table's error "
+                      + (f"{te['mean_abs_error']:.1%} mean, {te['max_abs_error']:.1%} largest"
+                         if te.get("mean_abs_error") is not None else "unknown"))
+
+
+FAST = "jcw-fast"
+FAST_BUDGET = 100000  # jcw-fast: the time budget stops it, not the count
 
 
 def _base_of(run: Path) -> dict:
@@ -168,12 +228,6 @@ def _base_of(run: Path) -> dict:
         raise SearchError(f"--base {run}: not a finished base run (journal, probe, "
                           f"checkpoints/phase1.pt)")
     return {"target_ms": recs[0]["target_ms"], "dense_ms": probe["dense"]["median_ms"]}
-
-
-def _records(run: Path) -> list[dict]:
-    from ..search.journal import Journal
-
-    return [r for r in Journal(run).records() if r.get("type") == "candidate"]
 
 
 def _fmt(v: float | None) -> str:

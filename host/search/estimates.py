@@ -159,3 +159,22 @@ def _apply(search, r: dict, rec: dict) -> None:
              meets_target=ms <= search.target_ms, reward=search.reward(r["accuracy"], ms))
     if rec.get("latency"):
         r["latency"] = rec["latency"]
+
+
+def with_remeasured(records: list[dict], target_ms: float) -> list[dict]:
+    """A journal's finished candidates with the device's re-measurements applied (what
+    ``remeasure`` did to them in the run): latency measured, the table's kept as ``table_ms``,
+    ``meets_target`` against ``target_ms``."""
+    again = {r["id"]: r for r in records
+             if r.get("type") == "remeasured" and r.get("latency_ms") is not None}
+    out = []
+    for r in records:
+        if r.get("type") != "candidate" or r.get("status") not in ("done", "failed"):
+            continue
+        a = again.get(r["id"])
+        if a is not None and r["status"] == "done":
+            ms = float(a["latency_ms"])
+            r = {**r, "table_ms": r["latency_ms"], "latency_ms": ms, "remeasured": True,
+                 "meets_target": ms <= target_ms}
+        out.append(r)
+    return out

@@ -262,9 +262,9 @@ def phase2(search: RunState) -> list[dict]:
 
 def _out_of_time(search: RunState, records: list[dict], measure_s: float) -> bool:
     """--time-budget: the run has taken it, counting what re-measuring the current front on
-    the device will take (--latency table)."""
+    the device will take (--latency table); never before the first batch."""
     budget = search.cfg.time_budget_s
-    if budget is None:
+    if budget is None or not records:  # one batch at least
         return False
     reserve = 0.0
     if search.table is not None:

@@ -37,7 +37,7 @@ from ..pruning import SCHEMES, PruningPlan
 from .space import Candidate, SearchSpace
 from .strategies.jcw import JcwBounds, JcwEncoding
 
-RECAL_SAMPLES = 2048  # training images BatchNorm statistics are recomputed on, per candidate
+RECAL_SAMPLES = 512  # training images BatchNorm statistics are recomputed on, per candidate
 ROUND_LR = 0.2  # a round's learning rate, of --finetune-lr (the first training's)
 
 
