@@ -144,8 +144,10 @@ def compile_model(module: torch.nn.Module,
     prog = lang.render(graph, param_refs)
     source = prog.source
     if any(prepared):
-        source += "\n" + lang.prepare_prelude() + "\n".join(
-            p.source for step in prepared for p in step if p is not None)
+        preps = [p for step in prepared for p in step if p is not None]
+        helpers = dict(h for p in preps for h in p.helpers)
+        source += "\n" + "\n".join([lang.prepare_prelude(), *helpers.values(),
+                                     *(p.source for p in preps)])
     out.mkdir(parents=True, exist_ok=True)
     (out / toolchain.source_name).write_text(source, encoding="utf-8")
     stage("emit")

@@ -181,9 +181,11 @@ class CLanguage(CStyleLanguage):
             return ()
         m, w = cost.WINOGRAD[algo], la.params["weight"]
         sym = f"npas_prepare_{step}_winograd{m}"
-        src = winograd.winograd_prepare_kernel(self.isa, m, w.shape[0], w.shape[1], sym, la.name)
+        helper, helper_src, src = winograd.winograd_prepare_kernel(
+            self.isa, m, w.shape[0], w.shape[1], sym, la.name)
         return (pack.Prepared(raw=np.ascontiguousarray(w, np.float32), symbol=sym,
-                              work_items=-(-w.shape[0] // self.isa.floats), source=src), None)
+                              work_items=-(-w.shape[0] // self.isa.floats), source=src,
+                              helpers=((helper, helper_src),)), None)
 
     def render(self, graph: Graph, param_refs=None) -> Program:
         prog = super().render(graph, param_refs)

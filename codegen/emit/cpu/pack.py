@@ -52,12 +52,14 @@ def pack_linear(la: Layer, x: int) -> tuple[np.ndarray, np.ndarray]:
 class Prepared:
     """A param the bundle ships smaller than the kernels read it: ``raw`` (float32) goes into
     the weight blob, and the kernel ``symbol`` (C ``source``, in the step's kernel library)
-    expands it into the param's layout at load time over ``work_items``."""
+    expands it into the param's layout at load time over ``work_items``; ``helpers``: (name,
+    C) of the functions it calls, emitted once per library."""
 
     raw: np.ndarray
     symbol: str
     work_items: int
     source: str
+    helpers: tuple[tuple[str, str], ...] = ()
 
 
 def winograd_transform(w: np.ndarray, m: int) -> np.ndarray:
