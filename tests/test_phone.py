@@ -382,6 +382,8 @@ def test_first_start_on_a_phone_with_no_runner_pushes_the_static_one(static_arm6
 
 @pytest.mark.phone
 def test_profile_on_an_attached_phone(capsys):
+    """What a phone user runs on a fresh clone (README, "arm64 and phones"): `scripts/setup.sh`,
+    then `npas-host profile --device SERIAL MODEL`, which pushes the static runner itself."""
     phones, note = list_phones()
     ready = [p for p in phones if p.state == "device" and p.abi == "arm64-v8a"]
     if not ready:
