@@ -74,6 +74,28 @@ def test_kernel_that_fails_to_build_names_it(gpu_runner, tmp_path):
         assert len(s.benchmark(key, MeasureConfig(runs=3, warmup=1)).samples_ns) == 3
 
 
+def test_work_items_and_local_size_past_the_device_are_refused(gpu_runner, tmp_path):
+    """Issue 19 (3): work_items of 2^40 passed validation and tripped an assertion in the
+    OpenCL driver (PoCL); a local_size over the device's work-group size reached the enqueue.
+    Both are INVALID_ARGUMENT at LoadModel now, and the runner keeps serving."""
+    b = _gpu_bundle(tmp_path)
+    steps = list(b.manifest.steps)
+    wg = 1 << 20  # over any device's work-group size (PoCL's CPU device: 4096)
+    cases = [(dataclasses.replace(steps[0], work_items=1 << 40, local_size=0), "work_items"),
+             (dataclasses.replace(steps[0], work_items=4 * wg, local_size=wg),
+              "work-group size")]
+    with Session(gpu_runner) as s:
+        for step, match in cases:
+            bad = dataclasses.replace(b, manifest=dataclasses.replace(
+                b.manifest, steps=(step, *steps[1:])))
+            with pytest.raises(RunnerError) as e:
+                s.load(bad, MeasureConfig(backend="gpu"))
+            assert e.value.code == "INVALID_ARGUMENT", e.value
+            assert match in e.value.message, e.value.message
+        key = s.load(b, MeasureConfig(backend="gpu"))
+        assert len(s.benchmark(key, MeasureConfig(runs=2, warmup=0)).samples_ns) == 2
+
+
 def test_fp16_bundle_on_a_device_without_fp16(gpu_runner, tmp_path):
     info = gpu_runner.client().device_info()
     exts = {e for p in info.opencl_platforms for d in p.devices for e in d.extensions}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -18,6 +20,7 @@ import grpc
 import pytest
 from zoo import small_cnn
 
+from codegen.bundle import artifact_ref, load_bundle
 from host.devices.local import LocalRunner, LocalRunnerConfig
 from host.devices.session import Session
 from host.measure import MeasureConfig
@@ -112,6 +115,82 @@ def test_step_symbol_naming_a_data_object_is_refused(runner_binary, bundle, tmp_
         h = c.load_model(bundle.manifest, MeasureConfig(threads=1)).handle
         assert len(c.benchmark(h, MeasureConfig(runs=2, warmup=0)).samples_ns) == 2
         c.close()
+
+
+def _step_table(bundle) -> dict[str, list[int]]:
+    """The kernel library's npas_step_table, from the bundle's kernels.c."""
+    src = (bundle.path / "kernels.c").read_text()
+    body = src[src.index("npas_step_table[] ="):].split(";")[0]
+    rows = "".join(re.findall(r'"([^"]*)"', body)).split("\\n")
+    return {r.split()[0]: [int(v) for v in r.split()[1:]] for r in rows[1:] if r}
+
+
+def test_a_manifest_that_disagrees_with_its_kernels_is_refused(runner_binary, bundle, tmp_path):
+    """The library's step table (what each kernel was generated for) against the manifest,
+    read from the file before loading: more work items than a kernel covers, a kernel called
+    on a smaller output than it writes, a smaller param than it reads, another input count.
+    Each would have the kernel write or read past its buffers; each is INVALID_ARGUMENT naming
+    the step and both values, and the runner keeps serving."""
+    m = bundle.manifest
+    steps = list(m.steps)
+    table = _step_table(bundle)
+    s0 = steps[0]
+    assert table[s0.symbol][0] == s0.work_items  # the table is the manifest's, unchanged
+    # another conv kernel that writes more than step 0's output holds
+    other = next(s for s in steps if s.op == s0.op and s.symbol != s0.symbol
+                 and table[s.symbol][2] > m.tensors[s0.output].nbytes
+                 and table[s.symbol][0] >= s0.work_items and len(s.params) == len(s0.params))
+    p0 = s0.params[0]
+    cases = [
+        (dataclasses.replace(s0, work_items=s0.work_items * 1000), "work_items"),
+        (dataclasses.replace(s0, symbol=other.symbol), "output's nbytes"),
+        (dataclasses.replace(s0, params=(dataclasses.replace(p0, nbytes=p0.nbytes - 64),
+                                         *s0.params[1:])), "param 0's nbytes"),
+        (dataclasses.replace(s0, inputs=(*s0.inputs, s0.inputs[0])), "input count"),
+    ]
+    with _runner(runner_binary, tmp_path / "store") as r:
+        c = r.client(timeout_s=30)
+        c.ensure_artifacts(bundle)
+        for step, field in cases:
+            bad = dataclasses.replace(m, steps=(step, *steps[1:]))
+            err = expect("INVALID_ARGUMENT", field, c.load_model, bad, MeasureConfig(threads=1))
+            assert "step 0" in err.message and "step table" in err.message, err.message
+            assert r.alive()
+        h = c.load_model(m, MeasureConfig(threads=1)).handle
+        assert len(c.benchmark(h, MeasureConfig(runs=2, warmup=0)).samples_ns) == 2
+        c.close()
+
+
+def test_a_malformed_step_table_is_refused_and_none_is_unchecked(runner_binary, bundle,
+                                                                   tmp_path, cc):
+    """A library whose npas_step_table does not parse is refused before loading; a library
+    without one (hand-written) loads as before (and here lacks the bundle's kernels)."""
+    for table, code, match in [('"npas-step-table 1\\nk 1 2\\n"', "FAILED_PRECONDITION",
+                                "npas_step_table, line 2"),
+                               (None, "NOT_FOUND", "is not exported")]:
+        src = tmp_path / "lib.c"
+        src.write_text(
+            "#include <stdint.h>\n"
+            "__attribute__((visibility(\"default\"))) const uint32_t npas_kernel_abi_version"
+            " = 1u;\n" + ("" if table is None else
+                          "__attribute__((visibility(\"default\"))) const char "
+                          f"npas_step_table[] = {table};\n"))
+        so = tmp_path / "lib.so"
+        subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(so), str(src)], check=True)
+        copy = tmp_path / f"bundle-{code}"
+        shutil.copytree(bundle.path, copy)
+        lib = copy / bundle.manifest.artifact("kernels").file
+        lib.chmod(0o644)
+        lib.write_bytes(so.read_bytes())
+        arts = tuple(artifact_ref(copy, a.role, a.kind, a.file) for a in bundle.manifest.artifacts)
+        b = load_bundle(copy, verify=False)
+        b = dataclasses.replace(b, manifest=dataclasses.replace(b.manifest, artifacts=arts))
+        with _runner(runner_binary, tmp_path / f"store-{code}") as r:
+            c = r.client(timeout_s=30)
+            c.ensure_artifacts(b)
+            expect(code, match, c.load_model, b.manifest, MeasureConfig(threads=1))
+            assert r.alive()
+            c.close()
 
 
 # ---- (6) one budget for all loaded models ----

@@ -168,8 +168,24 @@ StatusOr<std::unique_ptr<Model>> GpuModel::load(const Manifest& manifest,
                                 "; device " + d.name + " does not support it");
     }
   }
+  // The global size the device addresses (CL_DEVICE_ADDRESS_BITS): a size_t of the device.
+  // The manifest's own bound (max_gpu_work_items, what the kernels' int indices reach) is
+  // lower on every device seen; this one holds on a 32-bit device too.
+  constexpr cl_uint kDeviceAddressBits = 0x100D;  // CL_DEVICE_ADDRESS_BITS
+  cl_uint bits = 0;
+  uint64_t max_global = UINT64_MAX;
+  if (a->GetDeviceInfo(d.id, kDeviceAddressBits, sizeof bits, &bits, nullptr) == CL_SUCCESS &&
+      bits > 0 && bits < 64) {
+    max_global = (1ull << bits) - 1;
+  }
   for (size_t i = 0; i < manifest.steps.size(); ++i) {
     const Step& s = manifest.steps[i];
+    if (s.work_items > max_global) {
+      return InvalidArgument(who + ": step " + u(i) + " '" + clip(s.name) + "': work_items " +
+                             u(s.work_items) + " is over the " + u(max_global) +
+                             " work items device " + d.name + " addresses (" + u(bits) +
+                             "-bit)");
+    }
     size_t limit = std::min(d.max_work_group_size, d.max_work_item_size0);
     if (s.local_size > limit) {
       return InvalidArgument(who + ": step " + u(i) + " '" + clip(s.name) + "': local_size " +
