@@ -252,7 +252,6 @@ class CpuModel final : public Model {
   std::vector<PreparedStep> steps_;
   std::unique_ptr<ThreadPool> pool_;
   std::string affinity_note_;
-  uint64_t prepare_ns_ = 0;  // the prepare steps' share of init_ns_
 };
 
 }  // namespace
@@ -339,7 +338,7 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
   if (which.weights >= 0) {
     const ArtifactRef& wref = manifest.artifacts[size_t(which.weights)];
     const bool prepared = !manifest.prepare.empty();
-    AlignedBuffer blob(size_t(wref.size));
+    AlignedBuffer blob(prepared ? size_t(wref.size) : 0);
     m->weights_ = AlignedBuffer(size_t(manifest.weights_bytes));
     if (!m->weights_.allocated() || (prepared && !blob.allocated())) {
       return ResourceExhausted(who + ": cannot allocate " + u(manifest.weights_bytes) +
@@ -351,7 +350,6 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
     NPAS_RETURN_IF_ERROR(
         read_file_into(store.path_of(wref.sha256), into.data(), wref.size, "weights"));
     if (prepared) {
-      const uint64_t t_prep = monotonic_ns();
       // Bytes no step writes (alignment gaps) are zero, as in a blob that shipped them.
       std::memset(m->weights_.data(), 0, m->weights_.size());
       for (size_t i = 0; i < manifest.prepare.size(); ++i) {
@@ -370,7 +368,6 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
         ps.work_items = int64_t(p.work_items);
         m->pool_->parallel_for(ps.work_items, &CpuModel::run_range, &ps);
       }
-      m->prepare_ns_ = monotonic_ns() - t_prep;
     }
   }
 
