@@ -18,7 +18,7 @@ kind=${1:-asan}; shift || true
 case "$kind" in
   asan) flags="address,undefined" config=(-DNPAS_FUZZ=ON)
         tests=(tests/test_runner_security.py tests/test_runner_store.py
-               tests/test_runner_reliability.py) ;;
+               tests/test_runner_reliability.py tests/test_runner_limits.py) ;;
   tsan) flags="thread" config=(-DNPAS_SANITIZE=thread) tests=() ;;
   *) echo "usage: scripts/sanitize.sh asan|tsan [pytest args]" >&2; exit 2 ;;
 esac

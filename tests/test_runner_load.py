@@ -4,6 +4,8 @@ load/unload cycles without memory growth past warm-up beyond a stated bound: wha
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from zoo import small_cnn
 
@@ -42,6 +44,25 @@ def test_load_unload_cycles_do_not_leak(runner_binary, bundle, tmp_path):
     grown_mb = (samples[-1][1] - at_100) / 1024
     assert samples[-1][0] == 1000
     assert grown_mb < LEAK_BOUND_MB, f"RSS grew {grown_mb:.1f} MB from cycle 100 to 1000"
+
+
+def test_heap_figures_tell_retention_from_a_leak(runner_binary, bundle, tmp_path):
+    """``bench load --cycles N --heap``: malloc's bytes in use (through gdb and glibc's
+    malloc_stats) stay flat over load/unload cycles once warm, and malloc_trim gives back
+    memory the allocator kept (RSS after the trim is not above RSS before it)."""
+    if shutil.which("gdb") is None:
+        pytest.skip("--heap needs gdb")
+    if "asan" in str(runner_binary):
+        pytest.skip("the ASan runner's malloc is ASan's, not glibc's")
+    with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / "store")) as r:
+        samples = run_cycles(r, bundle, cycles=60, every=20, heap=True)
+    print("\n".join(cycles_lines(samples, warm=20)))
+    assert all(len(s) == 4 for s in samples)
+    by_cycle = {s[0]: s for s in samples}
+    in_use_grown_kb = by_cycle[60][3] - by_cycle[20][3]
+    assert in_use_grown_kb < 256, f"malloc in use grew {in_use_grown_kb} kB from cycle 20 to 60"
+    assert all(0 < s[3] <= s[2] for s in samples)  # in use within the resident set
+    assert all(s[2] <= s[1] + 1024 for s in samples)  # a trim gives back, or keeps the same
 
 
 def test_percentile_is_nearest_rank():

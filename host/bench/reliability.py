@@ -4,7 +4,8 @@
 with N concurrent clients for T seconds (device info, artifact checks, uploads, small
 benchmarks; each client its own channel) and prints errors, p50/p99 per call and the runner's
 RSS before, at its peak and after; or, with ``--cycles N``, loads and unloads one model N
-times and prints the runner's RSS sampled along the way, so a leak shows as growth.
+times and prints the runner's RSS sampled along the way, so a leak shows as growth (``--heap``:
+with malloc's bytes in use and the RSS after ``malloc_trim``, to tell a leak from retention).
 ``fuzz`` runs ``scripts/fuzz.sh`` (the libFuzzer targets) and passes its options on.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -131,27 +134,72 @@ def run_load(runner: LocalRunner, bundle, clients: int, seconds: float, work: Pa
     return report
 
 
-def run_cycles(runner: LocalRunner, bundle, cycles: int, every: int) -> list[tuple[int, int]]:
-    """Load and unload ``bundle`` ``cycles`` times; (cycle, VmRSS kB) every ``every`` cycles."""
+_MALLOC_TOTAL = re.compile(r"Total \(incl\. mmap\):\s*system bytes\s*=\s*(\d+)\s*"
+                           r"in use bytes\s*=\s*(\d+)")
+
+
+def heap_kb(runner: LocalRunner) -> tuple[int, int]:
+    """(VmRSS kB after ``malloc_trim(0)``, malloc's bytes in use in kB) of the runner, asked
+    through gdb (attached for a moment: ``malloc_trim``, then ``malloc_stats``, which glibc
+    prints to the runner's stderr, its log). In-use bytes that grow are a leak; RSS that grows
+    while they stay flat, and falls back after the trim, is the allocator keeping freed
+    memory."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        raise RuntimeError("--heap needs gdb (Debian: apt-get install gdb)")
+    start = runner.log_path.stat().st_size
+    subprocess.run([gdb, "-p", str(runner.pid), "-batch", "-nx",
+                    "-ex", "call (int)malloc_trim(0)", "-ex", "call (void)malloc_stats()"],
+                   capture_output=True, timeout=120, check=True)
+    with open(runner.log_path, "rb") as f:
+        f.seek(start)
+        found = _MALLOC_TOTAL.findall(f.read().decode(errors="replace"))
+    if not found:
+        raise RuntimeError(f"no malloc_stats output in {runner.log_path} (is the runner's "
+                           "malloc glibc's, and may gdb attach to it?)")
+    return status_kb(runner.pid, "VmRSS"), int(found[-1][1]) // 1024
+
+
+Sample = tuple[int, ...]  # (cycle, VmRSS kB) or, with heap, + (RSS after trim, in use) kB
+
+
+def run_cycles(runner: LocalRunner, bundle, cycles: int, every: int,
+               heap: bool = False) -> list[Sample]:
+    """Load and unload ``bundle`` ``cycles`` times; (cycle, VmRSS kB) every ``every`` cycles,
+    with ``heap`` also ``heap_kb``'s two figures (after the RSS reading)."""
     c = runner.client(timeout_s=60)
     c.ensure_artifacts(bundle)
-    samples = [(0, status_kb(runner.pid, "VmRSS"))]
+
+    def sample(i: int) -> Sample:
+        rss = status_kb(runner.pid, "VmRSS")
+        return (i, rss, *heap_kb(runner)) if heap else (i, rss)
+
+    samples = [sample(0)]
     for i in range(1, cycles + 1):
         c.unload(c.load_model(bundle.manifest, MeasureConfig(threads=1)).handle)
         if i % every == 0 or i == cycles:
-            samples.append((i, status_kb(runner.pid, "VmRSS")))
+            samples.append(sample(i))
     c.close()
     return samples
 
 
-def cycles_lines(samples: list[tuple[int, int]], warm: int) -> list[str]:
-    out = [f"{'cycle':>7} {'RSS MB':>8}"] + [f"{i:>7} {kb / 1024:>8.1f}" for i, kb in samples]
-    base = next((kb for i, kb in samples if i >= warm), samples[0][1])
-    last = samples[-1][1]
-    out.append(f"RSS {samples[0][1] / 1024:.1f} MB before the first load, "
-               f"{base / 1024:.1f} MB at cycle {warm}, {last / 1024:.1f} MB after "
-               f"{samples[-1][0]} cycles: {(last - base) / 1024:+.1f} MB after warm-up, "
-               f"max {max(kb for _, kb in samples) / 1024:.1f} MB")
+def cycles_lines(samples: list[Sample], warm: int) -> list[str]:
+    heap = len(samples[0]) > 2
+    out = [f"{'cycle':>7} {'RSS MB':>8}" + (f" {'trimmed':>8} {'in use':>8}" if heap else "")]
+    out += [f"{s[0]:>7} " + " ".join(f"{kb / 1024:>8.1f}" for kb in s[1:]) for s in samples]
+
+    def summary(col: int, what: str) -> str:
+        base = next((s[col] for s in samples if s[0] >= warm), samples[0][col])
+        last = samples[-1][col]
+        return (f"{what} {samples[0][col] / 1024:.1f} MB before the first load, "
+                f"{base / 1024:.1f} MB at cycle {warm}, {last / 1024:.1f} MB after "
+                f"{samples[-1][0]} cycles: {(last - base) / 1024:+.1f} MB after warm-up, "
+                f"max {max(s[col] for s in samples) / 1024:.1f} MB")
+
+    out.append(summary(1, "RSS"))
+    if heap:
+        out.append(summary(2, "RSS after malloc_trim"))
+        out.append(summary(3, "malloc in use"))
     return out
 
 
@@ -162,6 +210,10 @@ def load_main(argv: list[str]) -> int:
     p.add_argument("--cycles", type=int, default=0,
                    help="instead of the load: load and unload the model this many times")
     p.add_argument("--every", type=int, default=50, help="with --cycles: RSS every N cycles")
+    p.add_argument("--heap", action="store_true",
+                   help="with --cycles: also malloc's bytes in use and the RSS after "
+                        "malloc_trim at each sample (through gdb), to tell a leak from "
+                        "memory the allocator keeps")
     p.add_argument("--model", default="host.models.zoo:digits_tiny")
     p.add_argument("--shape", default="1,1,28,28")
     a = p.parse_args(argv)
@@ -173,7 +225,7 @@ def load_main(argv: list[str]) -> int:
         with LocalRunner(cfg) as runner:
             print(f"runner {cfg.binary}, model {a.model} {shape}")
             if a.cycles:
-                lines = cycles_lines(run_cycles(runner, bundle, a.cycles, a.every),
+                lines = cycles_lines(run_cycles(runner, bundle, a.cycles, a.every, a.heap),
                                      warm=min(100, a.cycles))
             else:
                 lines = run_load(runner, bundle, a.clients, a.seconds, work).lines()
