@@ -41,7 +41,7 @@ constexpr size_t kMaxMissingArtifactsRequestBytes = 7 << 20;
 // chunk size) and its framing.
 constexpr size_t kMaxUploadChunkBytes = 1 << 20;
 constexpr size_t kMaxUploadMessageBytes = kMaxUploadChunkBytes + 1024;
-// LoadModel: the manifest (VGG16's is about 30 KB; regnet_y_128gf's under 1 MB).
+// LoadModel: the manifest (tens of KB for VGG16; 8 MiB is room for thousands of steps).
 constexpr size_t kMaxLoadModelRequestBytes = 8 << 20;
 
 class RunnerService final : public ::npas::runner::v1::Runner::Service {

@@ -24,6 +24,7 @@
 #include "core/model_registry.h"
 #include "core/os_util.h"
 #include "core/sha256.h"
+#include "core/step_check.h"
 #include "core/thread_pool.h"
 
 namespace {
@@ -693,6 +694,57 @@ void test_device() {
 
 }  // namespace
 
+// The step table (core/step_check.h): its parse, and the manifest checked against it.
+void test_step_table() {
+  const std::string good =
+      "npas-step-table 1\n"
+      "k_add1 37 0 148 1 148 1 148\n"
+      "k_double_scratch 37 4 148 1 148 0\n"
+      "npas_prepare_0 4 0 64 0 1 36\n";
+  auto t = parse_step_table(good, "lib");
+  CHECK(t.ok());
+  CHECK(t.value().size() == 3);
+  CHECK(t.value().at("k_double_scratch").scratch_bytes == 4);
+  CHECK(t.value().at("k_add1").param_bytes == std::vector<uint64_t>{148});
+  for (const char* bad : {"", "npas-step-table 2\n", "npas-step-table 1\nk 1 2\n",
+                          "npas-step-table 1\nk 1 0 4 1 4 0 extra\n",
+                          "npas-step-table 1\nk 1 0 4 99999999 4 0\n",
+                          "npas-step-table 1\nk 1 0 4 0 0\nk 1 0 4 0 0\n",
+                          "npas-step-table 1\nk 1 0 -4 0 0\n",
+                          "npas-step-table 1\nk 99999999999999999999999 0 4 0 0\n"}) {
+    auto r = parse_step_table(bad, "lib");
+    CHECK(!r.ok() && r.status().code() == Code::kFailedPrecondition);
+  }
+  const Manifest m = two_step_manifest(std::string(64, 'a'), 100, std::string(64, 'b'), 192, 37);
+  CHECK(check_steps_against_table(m, t.value()).ok());
+  auto refused = [&](Manifest bad, const char* field) {
+    Status s = check_steps_against_table(bad, t.value());
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find(field) != std::string::npos);
+  };
+  Manifest more = m;
+  more.steps[0].work_items = 38;
+  refused(more, "work_items 38 is over the 37");
+  Manifest small_out = m;
+  small_out.tensors[1].nbytes = 144;
+  refused(small_out, "output's nbytes 144 is under the 148");
+  Manifest small_param = m;
+  small_param.steps[0].params[0].nbytes = 64;
+  refused(small_param, "param 0's nbytes 64 is under the 148");
+  Manifest two_inputs = m;
+  two_inputs.steps[1].inputs = {1, 0};
+  refused(two_inputs, "input count 2 is not the 1");
+  Manifest no_scratch = m;
+  no_scratch.scratch_bytes_per_thread = 0;
+  refused(no_scratch, "scratch_bytes_per_thread 0 is under the 4");
+  Manifest prep = m;
+  prep.prepare = {{"w", "npas_prepare_0", {0, 32}, {0, 64}, 4}};
+  refused(prep, "param 0's nbytes 32 is under the 36");
+  Manifest unknown = m;
+  unknown.steps[0].symbol = "not_in_the_table";  // left to the load's symbol checks
+  CHECK(check_steps_against_table(unknown, t.value()).ok());
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: %s KERNEL_LIB STORE_DIR\n", argv[0]);
@@ -707,6 +759,7 @@ int main(int argc, char** argv) {
   test_store_verify(dir + "/verify");
   test_thread_pool();
   test_manifest_checks();
+  test_step_table();
   test_model(argv[1], dir);
   test_gpu_manifest_checks();
   test_gpu_model(dir);
