@@ -78,7 +78,7 @@ def _manifest() -> Manifest:
                  TensorSpec("y", (1, 48), "float32", 192, 192)),
         inputs=(0,), outputs=(1,), arena_bytes=384, scratch_bytes_per_thread=0,
         steps=(Step("conv", "conv2d", "npas_step_0_conv2d", (0,), 1,
-                    (ParamRef(0, 64), ParamRef(64, 4)), 3, 100),))
+                    (ParamRef(0, 64), ParamRef(64, 4)), 3, 100),), weights_bytes=128)
 
 
 def test_manifest_json_round_trip_with_hash() -> None:
