@@ -267,3 +267,22 @@ def test_tiny_model_widths_stay_vector_multiples(tiny):
         for path, mask in pruned.masks.items():
             assert mask.any(), path
     assert isinstance(PruningPlan, type)
+
+
+def test_initial_population_has_a_joint_and_a_channels_only_ladder(tiny):
+    """Where masks buy little latency, the fastest models are narrow dense ones: the first
+    generation holds a channels-only ladder (no masks) beside the joint one."""
+    _, _, space = tiny
+    enc = JcwEncoding(space)
+    dens = np.array([g.kind == "density" for g in enc.genes])
+    chan = enc.ladder(3, channels_only=True)
+    assert len(chan) == 3 and (chan[:, dens] == 10).all()
+    assert (chan[0, ~dens] == enc.snap(enc.xl)[~dens]).all(), "from the channels' floor"
+    assert not (chan == enc.xu).all(axis=1).any(), "the unpruned end is the joint ladder's"
+    widths = chan[:, ~dens].sum(axis=1)  # (snapped: two levels may give one width)
+    assert (np.diff(widths) >= 0).all() and widths[0] < widths[-1]
+    joint = enc.ladder(3)
+    assert (joint[0] == enc.snap(enc.xl)).all() and (joint[-1] == enc.xu).all()
+    s = make_strategy("jcw", space, 0, RewardConfig(0.3), targets=(0.3,), population=8)
+    first = {tuple(ind.X) for ind in s.algo.ask()}
+    assert {tuple(r) for r in chan[:2]} <= first and tuple(enc.snap(enc.xl)) in first

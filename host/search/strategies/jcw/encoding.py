@@ -156,11 +156,22 @@ class JcwEncoding:
         out = [self.decode(self.xl), self.decode(dense_w)]
         return out if out[0] != out[1] else out[:1]
 
-    def ladder(self, levels: int) -> np.ndarray:
+    def ladder(self, levels: int, channels_only: bool = False) -> np.ndarray:
         """Homogeneous gene vectors from the lower bounds to unpruned (every gene at the same
-        fraction of its range): the initial population's spread over latency."""
-        rows = [self.xl + (self.xu - self.xl) * f for f in np.linspace(0.0, 1.0, levels)]
-        return np.array([self.snap(r) for r in rows], dtype=int)
+        fraction of its range): the initial population's spread over latency. With
+        ``channels_only`` the densities stay at 1 (no masks: where sparse kernels buy little,
+        the fastest models are narrow dense ones) and the unpruned end is left out (it is the
+        other ladder's)."""
+        fs = np.linspace(0.0, 1.0, levels + 1)[:-1] if channels_only else \
+            np.linspace(0.0, 1.0, levels)
+        dens = np.array([g.kind == "density" for g in self.genes])
+        rows = []
+        for f in fs:
+            r = self.xl + (self.xu - self.xl) * f
+            if channels_only:
+                r = np.where(dens, self.xu, r)
+            rows.append(self.snap(r))
+        return np.array(rows, dtype=int)
 
 
 def _ratio(tenths: int) -> float:

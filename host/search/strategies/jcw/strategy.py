@@ -67,7 +67,12 @@ class JcwStrategy:
         self.targets = tuple(sorted(float(x) for x in t))
         self.population = max(4, int(population))
         rng = np.random.default_rng([seed, 15])
-        ladder = self.enc.ladder(max(2, self.population // 4))
+        # the initial population: a joint ladder and a channels-only one (homogeneous, spread
+        # over latency from the genes' floor), the rest random
+        levels = max(2, self.population // 4)
+        ladder = np.vstack([self.enc.ladder(levels),
+                            self.enc.ladder(levels, channels_only=True)])
+        ladder = np.unique(ladder, axis=0)[:self.population]
         rand = rng.integers(self.enc.xl, self.enc.xu + 1,
                             size=(self.population - len(ladder), self.enc.n_var))
         self.problem = Problem(n_var=self.enc.n_var, n_obj=2, xl=self.enc.xl, xu=self.enc.xu,
