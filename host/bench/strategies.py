@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(jcw + supernet + latency table, at equal wall time: run last)")
     ap.add_argument("--fast-population", type=int, default=16,
                     help="jcw-fast's population (default 16)")
+    ap.add_argument("--walls-from", type=Path, metavar="BENCH_JSON",
+                    help="jcw-fast's wall time from the npas/random/uniform runs of an earlier "
+                         "bench (its bench.json; with --base OUT/base of that bench)")
     ap.add_argument("--jcw-bounds", default="0.1,0.3,0.3,0.3",
                     help="jcw's lower bounds (default 0.1,0.3,0.3,0.3: JCW's own, "
                          "0.5,0.8,0.9,0.3, cannot reach dense/8 on the digits CNN)")
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, dict[int, float]] = {s: {} for s in strategies}
     counts: dict[str, dict[int, int]] = {s: {} for s in strategies}
     extra: dict[str, dict[int, dict]] = {s: {} for s in strategies}
+    earlier = {}
+    if a.walls_from is not None:
+        earlier = {k: {int(s): v for s, v in row.items()}
+                   for k, row in json.loads(a.walls_from.read_text())["run_wall_s"].items()}
     t0 = time.perf_counter()
     try:
         with ExitStack() as stack:
@@ -119,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 for strat in sorted(strategies, key=lambda x: x == FAST):  # jcw-fast last
                     over = {"strategy": strat}
                     if strat == FAST:
-                        rivals = [walls[x][seed] for x in ("npas", "random", "uniform")
-                                  if seed in walls.get(x, {})]
+                        rivals = [w[seed] for x in ("npas", "random", "uniform")
+                                  for w in (walls.get(x, {}), earlier.get(x, {}))
+                                  if seed in w]
                         if not rivals:
                             raise SearchError("jcw-fast runs at the wall time of npas, "
                                               "random or uniform: list one of them too")
