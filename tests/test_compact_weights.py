@@ -198,6 +198,34 @@ def test_runner_loads_a_compact_bundle_equal_to_pytorch_and_refuses_bad_ones(
 
 
 @pytest.mark.host
+def test_memory_budget_counts_the_loaded_buffer_not_the_shipped_blob(tmp_path, runner_binary,
+                                                                     cc):
+    """--max-model-bytes and the memory check count the weight buffer (plus the larger of the
+    blob, held while the prepare steps run, and arena + scratch), not what was uploaded."""
+    from host.devices.local import LocalRunner, LocalRunnerConfig
+
+    new, _ = _pair(tmp_path, "winograd4")
+    m = new.manifest
+    running = m.arena_bytes + (m.scratch_bytes_per_thread + 63) // 64 * 64
+    need = m.weights_bytes + max(m.shipped_weights_bytes, running)
+    assert m.shipped_weights_bytes + running < need - 64
+    for limit, ok in ((need - 64, False), (need, True)):
+        with LocalRunner(LocalRunnerConfig(binary=runner_binary, store=tmp_path / f"s{limit}",
+                                           extra_args=("--max-model-bytes", str(limit)))) as r:
+            c = r.client(timeout_s=30)
+            c.ensure_artifacts(new)
+            if ok:
+                c.unload(c.load_model(m, MeasureConfig(threads=1)).handle)
+            else:
+                with pytest.raises(RunnerError) as e:
+                    c.load_model(m, MeasureConfig(threads=1))
+                assert e.value.code == "RESOURCE_EXHAUSTED", e.value
+                assert f"needs {need} bytes" in e.value.message, e.value.message
+                assert f"weights {m.weights_bytes}" in e.value.message
+            c.close()
+
+
+@pytest.mark.host
 def test_profile_json_reports_upload_bytes_and_time(tmp_path, capsys, runner_binary, cc):
     new, _ = _pair(tmp_path, "winograd4")
     store = str(tmp_path / "store")
