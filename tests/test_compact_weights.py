@@ -305,3 +305,26 @@ def test_static_arm64_runner_runs_compact_bundles_equal_to_pytorch(tmp_path_fact
             assert rel_err(got, want) <= tol
             s.unload(key)
     assert np.array_equal(outs[0], outs[1])  # the same weights, the same floats
+
+
+@pytest.mark.host
+def test_a_search_journal_records_each_candidates_upload(tmp_path, fresh_runner):
+    """A real (tiny) search: the probe and every measured candidate's journal row carry the
+    bytes its bundle sent and how long that took."""
+    from test_search import _tiny_config
+
+    from host.search import Search
+    from host.search.journal import Journal
+
+    run = tmp_path / "run"
+    Search(_tiny_config(budget=2), run, fresh_runner).run()
+    recs = Journal(run).records()
+    probe = next(r for r in recs if r["type"] == "probe")["dense"]
+    assert probe["upload_bytes"] > 0 and probe["upload_s"] > 0
+    done = [r for r in recs if r["type"] == "candidate" and r["status"] == "done"]
+    assert len(done) == 2
+    for r in done:
+        lat = r["latency"]
+        assert isinstance(lat["upload_bytes"], int) and lat["upload_bytes"] >= 0
+        assert (lat["upload_s"] > 0) == (lat["upload_bytes"] > 0)
+        assert 0 < lat["weights_shipped_bytes"] <= lat["weights_loaded_bytes"]
