@@ -19,6 +19,7 @@ the candidates that finished; only candidates without a result are evaluated.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -184,8 +185,10 @@ def phase2(search: RunState) -> list[dict]:
     records: list[dict] = []
     next_id = evaluated = 0
     last_round, batches = None, 0
-    # one device measurement (compile + time), for what re-measuring the front will take
-    measure_s = search.dense_lat.compile_s + search.dense_lat.measure_s
+    # one device measurement (compile + time) of a pruned model, the probes' median: what
+    # re-measuring a front member will take
+    measure_s = statistics.median([r.compile_s + r.measure_s for _, r in search.extremes]
+                                  or [search.dense_lat.compile_s + search.dense_lat.measure_s])
     diverged = False
     consecutive = 0
     strategy_s = 0.0  # the time spent in ask and tell
