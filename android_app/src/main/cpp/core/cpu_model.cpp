@@ -14,6 +14,7 @@
 
 #include "core/npas_kernel_abi.h"
 #include "core/os_util.h"
+#include "core/step_check.h"
 #include "core/thread_pool.h"
 
 namespace npas {
@@ -280,6 +281,8 @@ StatusOr<std::unique_ptr<Model>> load_cpu_model(const Manifest& manifest,
                               u(exports.value().abi_version) + ", this runner implements " +
                               u(NPAS_KERNEL_ABI_VERSION) + " (refused before loading it)");
   }
+  // The steps against the library's step table, read from the file (core/step_check.h).
+  NPAS_RETURN_IF_ERROR(check_step_table(kpath, kref.sha256, manifest));
   dlerror();
   m->lib_.reset(dlopen(kpath.c_str(), RTLD_NOW | RTLD_LOCAL));
   if (!m->lib_) {

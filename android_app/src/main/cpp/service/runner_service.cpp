@@ -18,7 +18,6 @@
 #include "core/model.h"
 #include "core/os_util.h"
 #include "core/sha256.h"
-#include "core/step_check.h"
 #include "service/convert.h"
 
 namespace npas {
@@ -342,21 +341,8 @@ grpc::Status RunnerService::load_model(const pb::LoadModelRequest* req,
   // Checked before anything is allocated: the manifest, then its memory against what all
   // loaded models may hold together.
   const Backend backend = gpu ? Backend::kGpu : Backend::kCpu;
-  ManifestArtifacts which;
-  Status valid = validate_manifest(manifest, manifest_limits_, &which, backend);
+  Status valid = validate_manifest(manifest, manifest_limits_, nullptr, backend);
   if (!valid.ok()) return to_grpc(valid);
-  if (!gpu && which.kernels >= 0) {
-    // The steps against the kernel library's step table, read from the file before anything
-    // of it is loaded (core/step_check.h); the artifacts verified first, as the load does.
-    Status present = check_artifacts_in_store(manifest, *store_);
-    if (!present.ok()) return to_grpc(present);
-    const std::string& ksha = manifest.artifacts[size_t(which.kernels)].sha256;
-    Status steps = check_step_table(store_->path_of(ksha), ksha, manifest);
-    if (!steps.ok()) {
-      log_error("LoadModel", steps);
-      return to_grpc(steps);
-    }
-  }
   ThreadPlan plan;
   if (!gpu) {
     ThreadRequest treq;
