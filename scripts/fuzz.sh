@@ -4,7 +4,8 @@
 # another) and runs each from its checked-in seed corpus
 # (android_app/src/main/cpp/fuzz/corpus/TARGET, copied to DIR/corpus/TARGET, which grows),
 # then prints per target: executions, coverage (libFuzzer's edges "cov" and features "ft"),
-# corpus size, seconds and crashes. A crash input is kept in DIR/crashes/TARGET/.
+# corpus size, seconds and crashes (found in this run). A crash input is kept in
+# DIR/crashes/TARGET/.
 # Exit 1 when any target crashed.
 #
 #   scripts/fuzz.sh                   1,000,000 executions per target
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -49,6 +50,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$crashes"
   cp -n $src/fuzz/corpus/$t/* "$corpus"/ 2>/dev/null || true
   log=$b/$t.log
+  marker=$b/.fuzz-start-$t; touch "$marker"  # crash inputs of this run are newer
   start=$(date +%s.%N)
   set +e
   # -rss_limit_mb: an input that makes the code under test allocate past 2 GB is a finding.
@@ -64,7 +66,7 @@ for t in "${targets[@]}"; do
   cov=$(echo "$done_line" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
   ft=$(echo "$done_line" | sed -nE 's/.*ft: ([0-9]+).*/\1/p')
   corp=$(echo "$done_line" | sed -nE 's/.*corp: ([0-9]+).*/\1/p')
-  n_crash=$(find "$crashes" -type f | wc -l)
+  n_crash=$(find "$crashes" -type f -newer "$marker" | wc -l)
   printf '%-10s %12s %7s %7s %7s %8.1f %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" \
     "${corp:-?}" "$secs" "$n_crash"
   if [ $rc != 0 ] || [ "$n_crash" != 0 ]; then
