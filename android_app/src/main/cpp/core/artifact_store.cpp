@@ -435,8 +435,10 @@ ArtifactWriter::ArtifactWriter(ArtifactStore* store, std::string sha, uint64_t s
 ArtifactWriter::~ArtifactWriter() {
   if (done_ || discard_) return;
   fd_.reset();
-  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  // The reservation first: once the temp file is gone, its space is free for the next upload
+  // (a client that sees the file gone and uploads again must not find it still reserved).
   store_->release_reservation(room_);
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
 }
 
 Status ArtifactWriter::append(const void* data, size_t size) {
