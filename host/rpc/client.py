@@ -2,7 +2,8 @@
 
 Every call carries the session token and a deadline, so a dead or hung runner turns into a
 RunnerError after at most the deadline instead of a hang. Uploads send only what the runner is
-missing, in chunks, with size and sha256 declared up front. Records become requests and
+missing, in chunks (1 MiB: the runner's per-message limit), with size and sha256 declared up
+front; one that the transport resets midway is sent once more. Records become requests and
 answers become records in host/rpc/convert.py only; this module makes the calls.
 """
 
