@@ -122,6 +122,41 @@ def test_oversized_unauthenticated_requests_are_refused_unread(runner_binary, tm
     assert grown_mb < 35, f"VmHWM grew by {grown_mb:.0f} MB"
 
 
+def test_with_allow_remote_the_token_is_still_checked_before_parsing(runner_binary, tmp_path):
+    """--allow-remote (no local credentials: gRPC's transport does not check the token): each
+    RPC checks the token before it looks at the message, so a stranger's request at twice
+    the RPC's limit, or one that does not parse, is UNAUTHENTICATED; with the token the same
+    requests are RESOURCE_EXHAUSTED by the RPC's limit and INVALID_ARGUMENT."""
+    cfg = LocalRunnerConfig(binary=runner_binary, store=tmp_path / "s",
+                            extra_args=("--listen", "0.0.0.0:0", "--allow-remote"))
+    with LocalRunner(cfg) as r:
+        port = r.address.rsplit(":", 1)[1]
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_send_message_length", 64 << 20)])
+        for rpc in ("GetDeviceInfo", "MissingArtifacts", "LoadModel", "UploadArtifact",
+                    "UnloadModel"):
+            for token in (None, "wrong"):
+                with pytest.raises(grpc.RpcError) as e:
+                    _call(ch, rpc, _message(2 * CAPS[rpc]), token)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc, e.value)
+            with pytest.raises(grpc.RpcError) as e:
+                _call(ch, rpc, _message(2 * CAPS[rpc]), r.token)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (rpc, e.value)
+            assert "over this RPC's limit" in e.value.details()
+            # bytes that are no protobuf message: a stranger learns nothing of them (before,
+            # gRPC parsed first and answered INTERNAL), the token holder is told
+            junk = b"\x0f\xff\xff"
+            with pytest.raises(grpc.RpcError) as e:
+                _call(ch, rpc, junk, None)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc, e.value)
+            with pytest.raises(grpc.RpcError) as e:
+                _call(ch, rpc, junk, r.token)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, e.value)
+            assert "does not parse" in e.value.details()
+        ch.close()
+        assert r.client().device_info().protocol_major == 1
+
+
 def _blob(path: Path, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "wb") as f:
