@@ -1,7 +1,7 @@
 // libFuzzer target: a Manifest message (proto bytes, as LoadModel carries it) decoded and
 // validated for both backends. Whatever validate_manifest accepts must be safe for the loader
 // and the executors to index with: every tensor inside the arena, every index in range, every
-// param inside the weight blob, a memory need that does not overflow.
+// param inside the weight buffer (prepare sources inside the shipped blob), a memory need that does not overflow.
 #include <cstddef>
 #include <cstdint>
 
@@ -26,7 +26,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const npas::TensorSpec& t : m.tensors) {
       FUZZ_CHECK(t.arena_offset <= m.arena_bytes && t.nbytes <= m.arena_bytes - t.arena_offset);
     }
-    const uint64_t wsize = which.weights >= 0 ? m.artifacts[size_t(which.weights)].size : 0;
+    // format 2: the kernels index the weight buffer (weights_bytes), which prepare steps
+    // build from the shipped blob; without prepare steps the buffer is the blob
+    const uint64_t blob = which.weights >= 0 ? m.artifacts[size_t(which.weights)].size : 0;
+    const uint64_t wsize = m.weights_bytes;
+    if (m.prepare.empty()) FUZZ_CHECK(wsize == blob);
+    for (const npas::PrepareStep& ps : m.prepare) {
+      FUZZ_CHECK(ps.src.offset <= blob && ps.src.nbytes <= blob - ps.src.offset);
+      FUZZ_CHECK(ps.dst.offset <= wsize && ps.dst.nbytes <= wsize - ps.dst.offset);
+      FUZZ_CHECK(ps.work_items >= 1);
+    }
     for (const npas::Step& st : m.steps) {
       FUZZ_CHECK(st.output < m.tensors.size());
       for (uint32_t i : st.inputs) FUZZ_CHECK(i < m.tensors.size());
