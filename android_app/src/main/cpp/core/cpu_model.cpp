@@ -76,25 +76,6 @@ Status check_kernel_elf(const std::string& path, const std::string& sha) {
   return Status::Ok();
 }
 
-namespace {
-
-// Reads exactly `size` bytes at `offset`, or false (short file, bad offset).
-bool pread_exact(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t file_size) {
-  if (offset > file_size || size > file_size - offset) return false;
-  auto* p = static_cast<uint8_t*>(dst);
-  while (size > 0) {
-    ssize_t n = ::pread(fd, p, size_t(size), off_t(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= uint64_t(n);
-    offset += uint64_t(n);
-  }
-  return true;
-}
-
-}  // namespace
-
 StatusOr<KernelExports> read_kernel_exports(const std::string& path, const std::string& sha) {
   const std::string who = "kernel library " + sha;
   auto bad = [&](const std::string& why) {

@@ -158,4 +158,18 @@ uint64_t monotonic_ns() {
   return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
 }
 
+bool pread_exact(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t file_size) {
+  if (offset > file_size || size > file_size - offset) return false;
+  auto* p = static_cast<uint8_t*>(dst);
+  while (size > 0) {
+    ssize_t n = ::pread(fd, p, size_t(size), off_t(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= uint64_t(n);
+    offset += uint64_t(n);
+  }
+  return true;
+}
+
 }  // namespace npas

@@ -112,6 +112,10 @@ constexpr uint32_t kMarkStepBase = 0x100;
 void set_count_marks(bool on);
 void count_mark(uint32_t code);
 
+// Reads exactly `size` bytes at `offset` of `fd` (a file of `file_size` bytes), retrying on
+// EINTR; false on a short file or an offset past its end.
+bool pread_exact(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t file_size);
+
 }  // namespace npas
 
 #endif  // NPAS_CORE_OS_UTIL_H

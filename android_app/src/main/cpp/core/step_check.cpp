@@ -17,20 +17,6 @@ namespace {
 
 constexpr size_t kMaxTableCount = 4096;  // inputs or params of one kernel
 
-bool pread_all(int fd, void* dst, uint64_t size, uint64_t offset, uint64_t file_size) {
-  if (offset > file_size || size > file_size - offset) return false;
-  auto* p = static_cast<uint8_t*>(dst);
-  while (size > 0) {
-    ssize_t n = ::pread(fd, p, size_t(size), off_t(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= uint64_t(n);
-    offset += uint64_t(n);
-  }
-  return true;
-}
-
 bool parse_u64(const std::string& s, uint64_t* v) {
   if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) {
     return false;
@@ -153,14 +139,14 @@ StatusOr<std::optional<StepTable>> read_step_table(const std::string& path,
   const uint64_t file_size = uint64_t(st.st_size);
   Elf64_Ehdr h{};
   // Not an ELF file of the runner's kind: the load's ELF checks name the problem.
-  if (!pread_all(fd.get(), &h, sizeof h, 0, file_size) ||
+  if (!pread_exact(fd.get(), &h, sizeof h, 0, file_size) ||
       std::memcmp(h.e_ident, ELFMAG, SELFMAG) != 0 || h.e_ident[EI_CLASS] != ELFCLASS64 ||
       h.e_ident[EI_DATA] != ELFDATA2LSB || h.e_shentsize != sizeof(Elf64_Shdr) ||
       h.e_shnum == 0 || h.e_shnum >= SHN_LORESERVE) {
     return none;
   }
   std::vector<Elf64_Shdr> sections(h.e_shnum);
-  if (!pread_all(fd.get(), sections.data(), uint64_t(h.e_shnum) * sizeof(Elf64_Shdr), h.e_shoff,
+  if (!pread_exact(fd.get(), sections.data(), uint64_t(h.e_shnum) * sizeof(Elf64_Shdr), h.e_shoff,
                  file_size)) {
     return none;
   }
@@ -178,8 +164,8 @@ StatusOr<std::optional<StepTable>> read_step_table(const std::string& path,
   }
   std::vector<char> names(size_t(strtab.sh_size) + 1, '\0');
   std::vector<Elf64_Sym> syms(size_t(dynsym->sh_size / sizeof(Elf64_Sym)));
-  if (!pread_all(fd.get(), names.data(), strtab.sh_size, strtab.sh_offset, file_size) ||
-      !pread_all(fd.get(), syms.data(), uint64_t(syms.size()) * sizeof(Elf64_Sym),
+  if (!pread_exact(fd.get(), names.data(), strtab.sh_size, strtab.sh_offset, file_size) ||
+      !pread_exact(fd.get(), syms.data(), uint64_t(syms.size()) * sizeof(Elf64_Sym),
                  dynsym->sh_offset, file_size)) {
     return none;
   }
@@ -199,7 +185,7 @@ StatusOr<std::optional<StepTable>> read_step_table(const std::string& path,
       return bad("the symbol is not read-only data stored in the file");
     }
     std::string text(size_t(sym.st_size), '\0');
-    if (!pread_all(fd.get(), text.data(), sym.st_size, sec.sh_offset + (sym.st_value - sec.sh_addr),
+    if (!pread_exact(fd.get(), text.data(), sym.st_size, sec.sh_offset + (sym.st_value - sec.sh_addr),
                    file_size)) {
       return bad("the symbol's bytes are past the end of the file");
     }
