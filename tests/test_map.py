@@ -95,6 +95,14 @@ def test_knee_is_the_finest_rung_near_the_most_regular():
     assert choose("1x1", t, dense_ms=1.0, rate=0.8, tolerance=1.0)[0] == 1
 
 
+def test_knee_is_measured_against_the_fastest_rung_when_the_ladder_is_not_monotone():
+    # VGG-16's features.2 at 224: unstructured 10.6 ms, 8x4 blocks faster than 16x4 (13.1 ms);
+    # against the most regular rung unstructured would pass as "within 10 %"
+    t = [10.6, 10.5, 10.4, 8.7, 8.0, 13.1]
+    i, why = choose("kxk", t, dense_ms=None, rate=0.8, tolerance=0.10)
+    assert i == 3 and "the fastest, " in why and f"{KXK[4].label}" in why
+
+
 def test_knee_stops_at_the_structured_estimate():
     # the dense layer 2.5 ms at rate 0.8: a narrower dense layer would take 0.5 ms, so
     # anything within 10 % of 0.5 is as good as regularity gets

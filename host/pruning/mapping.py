@@ -4,11 +4,11 @@ Rules pick the regularity a layer's kind allows (``LADDERS``: from the finest, u
 to the most regular, large blocks); the block size is then read off a latency profile measured
 on the device: every rung of the ladder is compiled for all layers of its kind at once (one
 bundle per rung) and timed per layer. A layer takes the *knee*: the finest rung whose time is
-within ``tolerance`` of what regularity can buy, that is of the larger of the most regular
-rung's time (the fastest the sparse kernels get) and the structured estimate (the dense layer's
-time × (1 − rate): a physically narrower layer). Finer blocks keep more accuracy, so the knee
-stops where more regularity stops paying. Layers the rules keep dense (depthwise/grouped convs,
-a stem with ≤ 4 input channels) say why.
+within ``tolerance`` of what regularity can buy, that is of the larger of the fastest rung's
+time (the fastest the sparse kernels get: usually the most regular rung) and the structured
+estimate (the dense layer's time × (1 − rate): a physically narrower layer). Finer blocks
+keep more accuracy, so the knee stops where more regularity stops paying. Layers the rules
+keep dense (depthwise/grouped convs, a stem with ≤ 4 input channels) say why.
 
 The measuring is ``host/pruning/map_command.py``; this module is the rules and the choice, with
 no device, so they are tested alone.
@@ -130,9 +130,12 @@ def choose(kind: str, times: Sequence[float | None], dense_ms: float | None, rat
           if t is not None and (fit is None or fit[i])]
     if not ok:
         raise ValueError(f"no rung of the {kind} ladder was timed")
-    coarse = ok[-1][1]
+    # what regularity can buy: the fastest rung timed, usually the most regular one; a ladder
+    # is not always monotone (VGG-16's first 3x3 layers ran 16x4 blocks slower than 8x4 ones)
+    j, coarse = min(ok, key=lambda it: (it[1], -it[0]))
     structured = dense_ms * (1.0 - rate) if dense_ms is not None else None
-    base, what = coarse, "the most regular"
+    base, what = coarse, ("the most regular" if j == ok[-1][0]
+                          else f"the fastest, {ladder[j].label}")
     if structured is not None and structured > base:
         base, what = structured, "structured est."
     bar = base * (1.0 + tolerance)
