@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from codegen.frontend import capture
 from codegen.lr import CodegenError, Graph, numel
 from codegen.passes import TuningLookup, pipeline, run_passes
 from codegen.passes.memory_plan import align
+from codegen.passes.quantize import fp32_layers, quantize_int8
 from codegen.passes.sparse import sparse_summary, with_schemes
 from codegen.toolchain import CToolchain, HostToolchain, OpenClToolchain
 
@@ -60,6 +62,8 @@ class CompileReport:
     # layers given a pruning scheme: "storage (m filters per index list, density)", or why
     # they stayed dense
     sparse: dict[str, str] = field(default_factory=dict)
+    # int8 bundles: the layers that stay float32, and why
+    fp32_layers: dict[str, str] = field(default_factory=dict)
 
     def save(self, bundle_dir: Path) -> None:
         (Path(bundle_dir) / REPORT_NAME).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -79,7 +83,9 @@ def compile_model(module: torch.nn.Module,
                   progress: Callable[[str], None] | None = None,
                   tuning: TuningLookup | None = None,
                   schemes: Mapping[str, str] | None = None, sparse: str = "auto",
-                  compact_weights: bool = True) -> Bundle:
+                  compact_weights: bool = True,
+                  calibration: Sequence[Sequence[torch.Tensor]] | None = None,
+                  keep_fp32: Sequence[str] = ()) -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
@@ -92,7 +98,12 @@ def compile_model(module: torch.nn.Module,
     (``codegen/passes/sparse.py``); layers not named stay dense. ``sparse`` "auto" keeps a
     layer dense where its density makes the dense kernel faster, "always" uses every sparse
     kernel there is. ``compact_weights`` False ships every param as the kernels read it (no
-    prepare steps: format 1's blobs, several times larger where Winograd layers are)."""
+    prepare steps: format 1's blobs, several times larger where Winograd layers are).
+    With an int8 toolchain (``HostToolchain(precision="int8")``) the layers that have int8
+    kernels run in int8, scales calibrated on ``calibration`` (batches, each a list of the
+    model's inputs; default: ``example_inputs`` alone), the rest (and ``keep_fp32``, layer
+    names) in float32 (``codegen/passes/quantize.py``; the report's ``fp32_layers`` says
+    why)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -131,9 +142,20 @@ def compile_model(module: torch.nn.Module,
                            "), but fp16 CPU kernels are dense only (the sparse formats are "
                            "float32): compile sparse models at --precision fp32, or fp16 "
                            "without schemes")
+    int8 = None
+    if getattr(toolchain, "precision", "fp32") == "int8":
+        isa = toolchain.isa()
+        batches = calibration if calibration is not None else [
+            [example_inputs] if isinstance(example_inputs, torch.Tensor) else example_inputs]
+        batches = [[np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t,
+                               np.float32) for t in b] for b in batches]
+        int8 = partial(quantize_int8, calibration=batches, lanes=isa.floats,
+                       keep_fp32=tuple(keep_fp32))
     graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa(), tuning,
                                        toolchain.target() if tuning is not None else None,
-                                       sparse=sparse))
+                                       sparse=sparse, int8=int8))
+    if int8 is not None:
+        report.fp32_layers = fp32_layers(graph, toolchain.isa().floats, keep_fp32)
     stage("passes")
     say("emit")
     params = [lang.layer_params(graph, la) for la in graph.steps]
@@ -223,6 +245,9 @@ def _tensor_list(graph: Graph, lang: CStyleLanguage) -> list[TensorSpec]:
         shape, elem = graph.shapes[t], lang.tensor_scalar(graph, t)
         dtype, eb = (lang.dtype, lang.elem_bytes) if elem == lang.scalar else ("float32", 4)
         nbytes = numel(shape) * eb
+        if elem == "uint8_t":  # an int8 graph's uint8 tensor, as float32 words
+            nbytes = -(-numel(shape) // 4) * 4
+            shape, dtype = (nbytes // 4,), "float32"
         if elem == "_Float16" and FP16_AS_FLOAT32_WORDS:
             nbytes = -(-nbytes // 4) * 4
             shape, dtype = (nbytes // 4,), "float32"

@@ -68,3 +68,41 @@ def isa_for(arch: str, features: Iterable[str], precision: str = "fp32") -> Vect
     if "avx2" in f and "fma" in f:
         return AVX2
     return SSE
+
+
+@dataclass(frozen=True)
+class QuantIsa:
+    """The integer dot product of a CPU's int8 kernels (``codegen/emit/cpu/q8.py``): ``lanes``
+    int32 accumulators per vector (the channel block, the float32 ISA's width), each summing
+    ``group`` products of a uint8 activation and a signed weight per instruction; ``weight``
+    is the C type weights are packed in."""
+
+    name: str  # kernel-name suffix: conv2d_3x3s1_nchw16c_qs8__avx512vnni_2x12w
+    lanes: int
+    group: int
+    registers: int
+    weight: str
+    fp32: VectorIsa  # the float32 ISA of the same width (the graph's float32 layers)
+
+
+# vpdpbusd: 4 u8 x s8 products into each int32 lane, no intermediate saturation
+AVX512_VNNI = QuantIsa("avx512vnni", 16, 4, 32, "int8_t", AVX512)
+# vpmaddwd on 16-bit pairs: u8 activations and s8 weights widened to int16, 2 exact products
+# per int32 lane (vpmaddubsw would sum two u8 x s8 products into int16 and saturate past
+# 32767: 2 x 255 x 127 = 64770)
+AVX2_Q8 = QuantIsa("avx2", 8, 2, 16, "int16_t", AVX2)
+QUANT_ISAS = {i.name: i for i in (AVX512_VNNI, AVX2_Q8)}
+
+
+def quant_isa_for(arch: str, features: Iterable[str]) -> QuantIsa:
+    """The int8 kernels' ISA on a CPU of ``arch`` with /proc/cpuinfo ``features``: AVX-512
+    VNNI where the CPU has avx512_vnni, else AVX2 (the whole bundle then at AVX2's width)."""
+    f = set(features)
+    if arch in ("x86_64", "amd64"):
+        if {"avx512f", "avx512_vnni"} <= f:
+            return AVX512_VNNI
+        if {"avx2", "fma"} <= f:
+            return AVX2_Q8
+    raise CodegenError(f"precision 'int8' on a CPU needs x86-64 with AVX2 or AVX-512 VNNI; "
+                       f"this {arch} target reports {sorted(f) or 'no features'}: use "
+                       "--precision fp32")

@@ -208,6 +208,9 @@ OPS: dict[str, OpDef] = {
     "to_nchwxc": OpDef("internal"),
     "to_nchw": OpDef("internal"),
     "cast": OpDef("internal"),  # float32 <-> float16 at an fp16 graph's ends
+    # float32 <-> uint8 where an int8 graph's precision changes (codegen/quant.py)
+    "quantize": OpDef("internal", follows_layout=True),
+    "dequantize": OpDef("internal", follows_layout=True),
 }
 
 ALIAS_OPS = tuple(n for n, o in OPS.items() if o.kind == "alias")
@@ -340,6 +343,8 @@ class Graph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     plan: MemoryPlan | None = None
+    # the uint8 tensors of an int8 graph and their quantization (codegen.quant.QParams)
+    quant: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps(self) -> tuple[Layer, ...]:

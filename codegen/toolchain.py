@@ -30,9 +30,10 @@ from typing import ClassVar
 
 from codegen.bundle import ArtifactRef, Target, Toolchain, artifact_ref
 from codegen.emit.c import CLanguage
+from codegen.emit.c_int8 import Int8CLanguage
 from codegen.emit.cstyle import CStyleLanguage
 from codegen.emit.opencl import LANGUAGES as OPENCL_LANGUAGES
-from codegen.isa import FP16_FEATURES, VectorIsa, isa_for
+from codegen.isa import FP16_FEATURES, QuantIsa, VectorIsa, isa_for, quant_isa_for
 from codegen.lr import CodegenError
 
 COMMON_FLAGS = ("-O3", "-ffreestanding", "-nostdlib", "-fPIC", "-shared", "-fno-builtin",
@@ -127,18 +128,52 @@ class CToolchain:
 
 @dataclass
 class HostToolchain(CToolchain):
-    """The machine's own ``cc`` (gcc or clang), building for the machine it runs on."""
+    """The machine's own ``cc`` (gcc or clang), building for the machine it runs on.
+
+    ``precision`` "int8" writes int8 kernels where the quantization pass put int8 layers
+    (``codegen/emit/c_int8.py``: AVX-512 VNNI where the CPU has avx512_vnni, else AVX2) and
+    compiles with ``-ffp-contract=off``, so that the requantization rounds each float
+    operation once, as ``codegen.quant`` does."""
 
     target_flags: tuple[str, ...] = ("-march=native",)
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "int8"):
+            raise CodegenError(f"host CPU precision {self.precision!r}: use 'fp32' or 'int8'")
+        if self.precision == "int8" and INT8_FLAG not in self.extra_flags:
+            self.extra_flags = (*self.extra_flags, INT8_FLAG)
 
     def target(self) -> Target:
         arch = platform.machine()
         abi = host_abi()
         features: tuple[str, ...] = ()
         if "-march=native" in self.flags:
-            features = tuple(f for f in ("avx2", "fma", "avx512f", "asimd") if f in
-                             _cpu_flags())
+            names = ("avx2", "fma", "avx512f", "asimd")
+            if self.precision == "int8":
+                names = (*names, "avx512_vnni")
+            features = tuple(f for f in names if f in _cpu_flags())
         return Target(arch=arch, os="linux", abi=abi, features=features)
+
+    def quant_isa(self) -> QuantIsa:
+        """The int8 kernels' ISA (precision "int8")."""
+        t = self.target()
+        return quant_isa_for(t.arch, t.features)
+
+    def isa(self) -> VectorIsa | None:
+        if self.precision == "int8":
+            if not self.vectorize:
+                raise CodegenError("precision 'int8' needs the vector kernels (vectorize=True)")
+            return self.quant_isa().fp32
+        return super().isa()
+
+    def language(self) -> CStyleLanguage:
+        if self.precision == "int8":
+            return Int8CLanguage(self.quant_isa())
+        return super().language()
+
+
+INT8_FLAG = "-ffp-contract=off"
 
 
 def host_abi() -> str:
@@ -335,9 +370,15 @@ def toolchain_for(target: str = "cpu", precision: str = "fp32", abi: str | None 
     if target == "gpu":
         return OpenClToolchain(precision=precision)
     if target == "cpu":
-        if precision not in ("fp32", "fp16"):
-            raise CodegenError(f"precision {precision!r}: CPU bundles are fp32, or fp16 on "
-                               "arm64")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise CodegenError(f"precision {precision!r}: CPU bundles are fp32, fp16 on "
+                               "arm64, or int8 on x86-64")
+        if precision == "int8":
+            if abi not in (None, host_abi()) or host_abi() != "x86_64":
+                raise CodegenError(f"precision 'int8': int8 CPU kernels are for x86-64 (AVX-512 "
+                                   f"VNNI or AVX2) so far, not {abi or host_abi()!r}; use "
+                                   "--precision fp32 (or fp16 on arm64)")
+            return HostToolchain(precision="int8")
         if abi == ARM64_ABI:
             return Arm64AndroidToolchain(features=tuple(features), precision=precision)
         if abi is None or abi == host_abi():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from codegen import cost
-from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude, winograd
+from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude, q8, winograd
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -117,6 +117,8 @@ VECTOR_KERNELS = {
     "to_nchwxc": convert.to_blocked,
     "to_nchw": convert.to_plain,
     "cast": eltwise_kernel("x0[i]", 1),
+    "quantize": q8.quantize,  # float32 <-> uint8 in int8 graphs (codegen/emit/c_int8.py)
+    "dequantize": q8.dequantize,
 }
 
 
@@ -202,8 +204,7 @@ class CLanguage(CStyleLanguage):
         a prepare kernel (Winograd weights) reads its shipped array as param 0 and writes the
         param's layout as its output."""
         def nbytes(t: str) -> int:
-            scalar = self.tensor_scalar(graph, t)
-            return numel(graph.shapes[t]) * (4 if scalar == "float" else self.elem_bytes)
+            return self.tensor_bytes(graph, t)
 
         rows = [f"npas-step-table {STEP_TABLE_VERSION}"]
         for i, s in enumerate(steps):
@@ -219,6 +220,11 @@ class CLanguage(CStyleLanguage):
         body = "".join(f'  "{r}\\n"\n' for r in rows)
         return (f"/* The step table (core/step_check.h), read by the runner before loading. */\n"
                 f"NPAS_EXPORT const char {STEP_TABLE_SYMBOL}[] =\n{body[:-1]};\n")
+
+    def tensor_bytes(self, graph: Graph, tensor: str) -> int:
+        """The bytes of ``tensor`` the kernels read or write (the step table's sizes)."""
+        scalar = self.tensor_scalar(graph, tensor)
+        return numel(graph.shapes[tensor]) * (4 if scalar == "float" else self.elem_bytes)
 
     def prepare_prelude(self) -> str:
         """What the prepare kernels' source needs before them (after the prelude)."""

@@ -13,6 +13,7 @@ from codegen.passes.fuse_epilogue import fuse_epilogue
 from codegen.passes.layout import block_layout
 from codegen.passes.memory_plan import plan_memory
 from codegen.passes.precision import fp32_ends
+from codegen.passes.quantize import fuse_conversions, quantize_int8
 from codegen.passes.sparse import choose_storage
 from codegen.passes.tune import TuningLookup, apply_tuning
 
@@ -21,13 +22,22 @@ PIPELINE: tuple[Callable[[Graph], Graph], ...] = (fold_bn, fuse_epilogue, plan_m
 
 def pipeline(elem_bytes: int = 4, isa: VectorIsa | None = None,
              tuning: TuningLookup | None = None, target: Target | None = None,
-             sparse: str = "auto") -> tuple[Callable[[Graph], Graph], ...]:
+             sparse: str = "auto", int8: Callable[[Graph], Graph] | None = None
+             ) -> tuple[Callable[[Graph], Graph], ...]:
     """The pipeline with the memory plan sized for ``elem_bytes``-byte elements; with a CPU
     vector ``isa``, activations are laid out in blocks of its width first; with a ``tuning``
     lookup (and the ``target`` it is asked about), its answers are set before the layout (which
     fills in the cost model's defaults for the rest). ``sparse``: the sparse pass's policy
     ("auto" or "always", see ``choose_storage``). An fp16 ISA (``NEON_FP16``) keeps the
-    graph's inputs and outputs in float32 (``fp32_ends``)."""
+    graph's inputs and outputs in float32 (``fp32_ends``). ``int8``: the quantization pass
+    (``partial(quantize_int8, calibration=..., lanes=isa.floats)``), run after epilogue
+    fusion; the layout's conversions then fuse with its (``fuse_conversions``)."""
+    if int8 is not None:
+        if isa is None:
+            raise ValueError("pipeline(int8=...) needs the vector isa")
+        return (fold_bn, fuse_epilogue, int8, *tune_pass(tuning, target),
+                partial(choose_storage, isa=isa, policy=sparse), partial(block_layout, isa=isa),
+                partial(fuse_conversions, lanes=isa.floats), plan_memory)
     layout = ((partial(choose_storage, isa=isa, policy=sparse), partial(block_layout, isa=isa))
               if isa is not None else ())
     if isa is not None and isa.elem_bytes != 4:
@@ -56,4 +66,5 @@ def run_passes(graph: Graph, pipeline: tuple[Callable[[Graph], Graph], ...] = PI
 
 
 __all__ = ["PIPELINE", "TuningLookup", "apply_tuning", "block_layout", "fold_bn",
-           "fp32_ends", "fuse_epilogue", "pipeline", "plan_memory", "run_passes"]
+           "fp32_ends", "fuse_conversions", "fuse_epilogue", "pipeline", "plan_memory",
+           "quantize_int8", "run_passes"]

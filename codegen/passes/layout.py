@@ -83,7 +83,7 @@ def block_layout(graph: Graph, isa: VectorIsa) -> Graph:
                 c = graph.shapes[ins[0]][1]
                 algo = {**default_tuning(la, blocked_shape(graph.shapes[la.output], x), isa),
                         **la.tuning}.get("algo", "direct")
-                reads = (algo in WINOGRAD
+                reads = (algo in WINOGRAD or la.attrs.get("precision") == "int8"
                          or (ins[0] in blocked and not (ins[0] in plain and c < x)),)
             else:
                 reads = (True,)

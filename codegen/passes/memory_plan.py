@@ -39,6 +39,9 @@ def plan_memory(graph: Graph, elem_bytes: int = 4, fp32_ends: bool = False) -> G
         life[root[t]][1] = end
     wide = set(graph.inputs) | set(graph.outputs) if fp32_ends else set()
     size = {r: align(numel(graph.shapes[r]) * (4 if r in wide else elem_bytes)) for r in roots}
+    for r in roots:  # an int8 graph's uint8 tensors (codegen/passes/quantize.py)
+        if r in graph.quant:
+            size[r] = align(numel(graph.shapes[r]))
 
     offsets: dict[str, int] = {}
     for r in sorted(roots, key=lambda r: (-size[r], life[r][0])):

@@ -1,0 +1,64 @@
+"""Freestanding C for an int8 CPU bundle: the float32 vector C, plus the int8 kernels of
+``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``).
+
+The graph is mixed: uint8 tensors (``Graph.quant``) between int8 layers, float32 elsewhere and
+at the graph's ends. The float32 layers get the float32 ISA's kernels unchanged (same block
+width as the int8 ones); an int8 layer's params are packed by ``q8`` as float32 words of
+int8/int16/int32 data; a uint8 tensor is declared as float32 words in the manifest (the
+runner's CPU check takes float32 tensors only), as fp16 intermediates are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codegen.emit.c import CLanguage
+from codegen.emit.cpu import q8
+from codegen.emit.cstyle import Ctx, Rendered
+from codegen.isa import QuantIsa
+from codegen.lr import Graph, Layer, numel
+from codegen.quant import is_int8
+
+
+def _int8_or(int8, other):
+    def kernel(c: Ctx) -> Rendered:
+        return (int8 if is_int8(c.la) else other)(c)
+    return kernel
+
+
+def _u8_or(u8, other):
+    def kernel(c: Ctx) -> Rendered:
+        return (u8 if c.la.inputs[0] in c.graph.quant else other)(c)
+    return kernel
+
+
+class Int8CLanguage(CLanguage):
+    """int8 kernels where the layer is int8 (``qisa``), float32 vector kernels elsewhere."""
+
+    def __init__(self, qisa: QuantIsa) -> None:
+        super().__init__(qisa.fp32)
+        self.qisa = qisa
+        k = dict(self.kernels)
+        k["conv2d"] = _int8_or(q8.qconv2d, k["conv2d"])
+        k["linear"] = _int8_or(q8.qlinear, k["linear"])
+        k["maxpool2d"] = _int8_or(q8.qmaxpool2d, k["maxpool2d"])
+        k["to_nchwxc"] = _u8_or(q8.convert_u8, k["to_nchwxc"])
+        k["to_nchw"] = _u8_or(q8.convert_u8, k["to_nchw"])
+        self.kernels = k
+
+    def tensor_scalar(self, graph: Graph, tensor: str) -> str:
+        return "uint8_t" if tensor in graph.quant else "float"
+
+    def tensor_bytes(self, graph: Graph, tensor: str) -> int:
+        n = numel(graph.shapes[tensor])
+        return -(-n // 4) * 4 if tensor in graph.quant else 4 * n
+
+    def layer_params(self, graph: Graph, la: Layer) -> tuple[np.ndarray, ...]:
+        if is_int8(la) and la.op == "conv2d":
+            return q8.pack_qconv(graph, la, self.qisa)
+        if is_int8(la) and la.op == "linear":
+            return q8.pack_qlinear(graph, la, self.qisa)
+        return super().layer_params(graph, la)
+
+    def prepare_params(self, graph: Graph, la: Layer, step: int) -> tuple:
+        return () if is_int8(la) else super().prepare_params(graph, la, step)

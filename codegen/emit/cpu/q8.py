@@ -1,0 +1,470 @@
+"""int8 kernels on uint8 activations: what ``codegen.quant`` defines, bit for bit.
+
+Activations are uint8, blocked NCHW[x]c with x = the int32 lanes of a vector (16: AVX-512, 8:
+AVX2), so one pixel's channel block is x bytes and a float32 tensor beside it has the same
+blocking. Weights are packed for the ISA's dot product (``QuantIsa``): a direct conv's as
+``[oc/x][ic/x][kh][kw][x/group][x oc][group ic]`` (int8 for ``vpdpbusd``, int16 pairs for
+AVX2's ``vpmaddwd``), a Linear's as ``[o/x][k/group][x][group]``. Names carry the precision:
+``conv2d_3x3s1_nchw16c_qs8__avx512vnni_2x12w_add_relu``; ``_dq`` at the end when the layer
+writes float32 (its dequantization fused into the requantization).
+
+- ``qconv2d``: the float32 direct conv's tiling (items (n, oc tile, output row), interior
+  tiles of ``w`` columns, 1-column edge calls with their tap range); each input group of 4
+  (2) channels of a column is broadcast as one int32 and multiplied into an oc block's x
+  accumulators by ``npas_dot``. The taps that only see padding are skipped, so the kernel adds
+  ``-zero_x * sum w`` over the taps it ran (a per-tap table, ``comp``): the integer
+  ``sum (x - zero_x) * w`` over the valid taps, which is what zero padding gives. Depthwise:
+  ``(x - zero_x) * w`` in int32 vectors, per tap.
+- ``qlinear``: two dot-product chains over k; ``-zero_x * sum w`` folded into the bias.
+- ``qmaxpool2d``: the max of uint8 vectors; ``quantize``, ``dequantize``, and the uint8 layout
+  conversions (``convert_u8``) take either layout on either side.
+
+The requantization (``requant``) is ``codegen.quant``'s: float(acc) * m, the residual's term,
+the clamp, ``(v + 1.5 * 2^23) - 1.5 * 2^23`` (round to nearest, ties to even, for |v| < 2^22),
+the zero point. The toolchain compiles int8 bundles with ``-ffp-contract=off`` so no multiply
+and add fuse into one rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codegen.cost import best_tile, conv_kind
+from codegen.emit.cpu.prelude import AI
+from codegen.emit.cstyle import Ctx, Rendered
+from codegen.isa import QuantIsa
+from codegen.lr import Graph, Layer, numel
+from codegen.quant import LayerQuant, layer_quant
+
+MAGIC = "12582912.0f"  # 1.5 * 2^23
+IX = "int64_t"  # the index type
+
+TYPES = """\
+typedef __UINT8_TYPE__ uint8_t;
+typedef __INT8_TYPE__ int8_t;
+typedef __INT16_TYPE__ int16_t;
+typedef int32_t npas_i32u __attribute__((aligned(1), may_alias));
+"""
+
+SCALAR = """\
+static inline uint8_t npas_q8(float v, float inv, float lo, float hi, int32_t z) {
+  v = v * inv;
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  v = (v + 12582912.0f) - 12582912.0f;
+  return (uint8_t)((int32_t)v + z);
+}
+static inline float npas_dq8(uint8_t q, float s, int32_t z) { return (float)((int32_t)q - z) * s; }
+"""
+
+
+def vector_types(q: QuantIsa) -> str:
+    """uint8 and int32 vectors of ``q.lanes`` and the dot product ``npas_dot``."""
+    X = q.lanes
+    s = (f"typedef uint8_t vq __attribute__((vector_size({X}), aligned(1), may_alias));\n"
+         f"typedef int32_t vqi __attribute__((vector_size({4 * X}), may_alias));\n")
+    if q.group == 4:
+        return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n#ifdef __clang__\n"
+                    "  return (vi)__builtin_ia32_vpdpbusd512(acc, a, b);\n#else\n"
+                    "  return (vi)__builtin_ia32_vpdpbusd_v16si(acc, a, b);\n#endif\n}\n")
+    return s + ("typedef short npas_v16hi __attribute__((vector_size(32)));\n"
+                "static inline vi npas_dot(vi acc, vi a, vi b) {\n"
+                "  return acc + (vi)__builtin_ia32_pmaddwd256((npas_v16hi)a, (npas_v16hi)b);\n}\n")
+
+
+def _need(c: Ctx, vectors: bool = False) -> None:
+    h = c.lang.helpers
+    h.setdefault("npas_q8_types", TYPES)
+    h.setdefault("npas_q8_scalar", SCALAR)
+    if vectors:
+        h.setdefault("npas_q8_vectors", vector_types(c.lang.qisa))
+
+
+def fl(v: float) -> str:
+    """A float32 constant, exactly."""
+    return float(np.float32(v)).hex() + "f"
+
+
+def bcast(q: QuantIsa, p: str) -> str:
+    """``q.group`` input bytes at ``p`` in every int32 lane (as the dot product pairs them)."""
+    if q.group == 4:
+        return f"((vi){{}} + *(const npas_i32u *)({p}))"
+    return f"((vi){{}} + (int32_t)((uint32_t)({p})[0] | ((uint32_t)({p})[1] << 16)))"
+
+
+def words(a: np.ndarray) -> np.ndarray:
+    """An integer array's bytes as float32 words (the blob is float32 words; padded to 4)."""
+    b = np.ascontiguousarray(a).tobytes()
+    b += b"\0" * (-len(b) % 4)
+    return np.frombuffer(b, np.float32).copy()
+
+
+# ---- requantization ------------------------------------------------------------------------
+
+def requant(lq: LayerQuant, acc: str, mv: str, store: str, skip: str | None) -> list[str]:
+    """Lines turning the int32 vector ``acc`` into the output at ``store`` (a pointer
+    expression); ``mv``: the multiplier vector; ``skip``: the residual's uint8 pointer. The
+    layer's constants are the variables ``qzs``, ``qms`` (residual), ``qlo``, ``qhi`` (clamp)
+    and ``qzy`` (zero point), declared by ``requant_constants``."""
+    L = [f"{{ vf v = __builtin_convertvector({acc}, vf) * {mv};"]
+    if skip is not None:
+        L.append(f"  v += __builtin_convertvector(__builtin_convertvector(*(const vq *)({skip}), "
+                 "vi) - qzs, vf) * qms;")
+    if lq.lo is not None:
+        L.append("  { const vf lo = (vf){} + qlo; v = npas_vsel(v < lo, lo, v); }")
+    if lq.hi is not None:
+        L.append("  { const vf hi = (vf){} + qhi; v = npas_vsel(v > hi, hi, v); }")
+    if lq.y is None:
+        return [*L, f"  *(vf *)({store}) = v; }}"]
+    return [*L, f"  v = (v + {MAGIC}) - {MAGIC};",
+            f"  *(vq *)({store}) = __builtin_convertvector(__builtin_convertvector(v, vi) + "
+            "qzy, vq); }"]
+
+
+REQUANT_PARAMS = "int32_t qzx, int32_t qzs, float qms, float qlo, float qhi, int32_t qzy"
+
+
+def requant_args(lq: LayerQuant) -> str:
+    """The values of ``REQUANT_PARAMS`` for layer constants ``lq``."""
+    return (f"{lq.x.zero}, {lq.skip.zero if lq.skip else 0}, {fl(lq.skip_mult)}, "
+            f"{fl(lq.lo or 0.0)}, {fl(lq.hi or 0.0)}, {lq.y.zero if lq.y else 0}")
+
+
+def requant_constants(lq: LayerQuant) -> list[str]:
+    """``REQUANT_PARAMS`` as local constants (for kernels without a micro-kernel)."""
+    vals = requant_args(lq).split(", ")
+    return [f"const {p} = {v}; (void){p.split()[-1]};"
+            for p, v in zip(REQUANT_PARAMS.split(", "), vals, strict=True)]
+
+
+def _tag(lq: LayerQuant, epilogue: tuple[str, ...]) -> str:
+    return "".join(f"_{e}" for e in epilogue) + ("_dq" if lq.y is None else "")
+
+
+# ---- convolution ---------------------------------------------------------------------------
+
+def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int, dh: int,
+                 dw: int, depthwise: bool, oc_tile: int, w_tile: int,
+                 epilogue: tuple[str, ...]) -> tuple[str, str]:
+    """(name, C) of an ``oc_tile`` x ``w_tile`` int8 conv tile; the quantization constants
+    are arguments (``REQUANT_PARAMS``: constants where it is inlined)."""
+    X, WT = q.lanes, q.weight
+    fam = "dwconv2d" if depthwise else "conv2d"
+    s = f"s{sh}" if sh == sw else f"s{sh}x{sw}"
+    d = "" if dh == dw == 1 else (f"d{dh}" if dh == dw else f"d{dh}x{dw}")
+    name = f"{fam}_{kh}x{kw}{s}{d}_nchw{X}c_qs8__{q.name}_{oc_tile}x{w_tile}w{_tag(lq, epilogue)}"
+    out = "float" if lq.y is None else "uint8_t"
+    skip = "add" in epilogue
+    acc = [[f"a{o}_{j}" for j in range(w_tile)] for o in range(oc_tile)]
+    wtype = "int32_t" if depthwise else WT
+    L = [f"{AI} void {name}(const uint8_t *restrict x, {IX} xo, const {wtype} *restrict w, "
+         f"{IX} wb, const int32_t *restrict b, const int32_t *restrict ws, const float *restrict m,"
+         f" {out} *restrict y, {'const uint8_t *restrict s, ' if skip else ''}{IX} ys, {IX} cb, "
+         f"{IX} cs, {IX} rs, {IX} ky0, {IX} ky1, {IX} kx0, {IX} kx1, {REQUANT_PARAMS}) {{",
+         "  (void)qzx; (void)qzs; (void)qms; (void)qlo; (void)qhi; (void)qzy;"]
+    if depthwise:
+        L += ["  (void)cb; (void)cs; (void)wb; (void)ws;",
+              *[f"  vi {a} = *(const vqi *)b;" for a in acc[0]],
+              f"  for ({IX} ky = ky0; ky < ky1; ++ky)",
+              f"    for ({IX} kx = kx0; kx < kx1; ++kx) {{",
+              f"      const uint8_t *xp = x + (xo + ky * {dh} * rs + kx * {dw * X});",
+              f"      const vi wv = *(const vqi *)(w + (ky * {kw} + kx) * {X});"]
+        L += [f"      {acc[0][j]} += (__builtin_convertvector(*(const vq *)(xp + {j * sw * X}), vi)"
+              " - qzx) * wv;" for j in range(w_tile)]
+        L.append("    }")
+    else:
+        for o in range(oc_tile):
+            L.append(f"  vi z{o} = (vi){{}};")
+        L += [f"  for ({IX} ky = ky0; ky < ky1; ++ky)",
+              f"    for ({IX} kx = kx0; kx < kx1; ++kx) {{",
+              *[f"      z{o} += *(const vqi *)(ws + {o * kh * kw * X} + (ky * {kw} + kx) * {X});"
+                for o in range(oc_tile)], "    }"]
+        for o in range(oc_tile):
+            init = ", ".join(f"{a} = *(const vqi *)(b + {o * X}) + z{o}" for a in acc[o])
+            L.append(f"  vi {init};")
+        L += [f"  for ({IX} c = 0; c < cb; ++c)",
+              f"    for ({IX} ky = ky0; ky < ky1; ++ky)",
+              f"      for ({IX} kx = kx0; kx < kx1; ++kx) {{",
+              f"        const uint8_t *xp = x + (xo + c * cs + ky * {dh} * rs + kx * {dw * X});",
+              f"        const {WT} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {X * X};"]
+        for g in range(X // q.group):
+            L += [f"        {{ const vi w{o} = *(const vqi *)(wp + {o} * wb + {g * X * q.group});"
+                  for o in range(oc_tile)]
+            for j in range(w_tile):
+                xb = bcast(q, f"xp + {j * sw * X + g * q.group}")
+                L.append(f"          {{ const vi xb = {xb};")
+                L += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
+                      for o in range(oc_tile)]
+                L.append("          }")
+            L.append("        " + "}" * oc_tile)
+        L.append("      }")
+    for o in range(oc_tile):
+        for j in range(w_tile):
+            L += ["  " + ln for ln in requant(
+                lq, acc[o][j], f"*(const vf *)(m + {o * X})", f"y + {o} * ys + {j * X}",
+                f"s + {o} * ys + {j * X}" if skip else None)]
+    L.append("}")
+    return name, "\n".join(L) + "\n"
+
+
+def qconv2d(c: Ctx) -> Rendered:
+    """Step body of an int8 conv (blocked uint8 input): items (n, oc tile, output row)."""
+    _need(c, vectors=True)
+    q: QuantIsa = c.lang.qisa
+    X = q.lanes
+    la = c.la
+    lq = layer_quant(c.graph, la)
+    xin = c.ins[0]
+    n, cbk, ih, iw, _ = xin
+    _, ocb, oh, ow, _ = c.out
+    oc, icg, kh, kw = la.params["weight"].shape
+    sh, sw = la.attrs["stride"]
+    dh, dw = la.attrs["dilation"]
+    pt, _, pl, _ = la.attrs["padding"]
+    depthwise = conv_kind(la, X) == "depthwise"
+    oc_tile = 2 if not depthwise and ocb % 2 == 0 and n * ocb // 2 * oh >= 32 else 1
+    most = min(16, (q.registers - 3) if depthwise else (q.registers - oc_tile - 2) // oc_tile)
+    ow_lo = min(ow, -(-pl // sw))
+    ow_hi = max(ow_lo, min(ow, (iw - 1 + pl - (kw - 1) * dw) // sw + 1))
+    interior = ow_hi - ow_lo
+    w_tile = best_tile(interior, most) if interior else 1
+    main_n, rem = divmod(interior, w_tile)
+    cs = ih * iw * X
+    xn = cbk * cs
+    cb = 1 if depthwise else cbk
+    wblk = kh * kw * X if depthwise else cbk * kh * kw * X * X
+    names = {}
+    for t in {1, w_tile if main_n else 1, rem or 1}:
+        nm, src = _microkernel(q, lq, kh, kw, sh, sw, dh, dw, depthwise, oc_tile, t, la.epilogue)
+        c.lang.helpers.setdefault(nm, src)
+        names[t] = nm
+    octs = ocb // oc_tile
+    skip = "add" in la.epilogue
+    out = "float" if lq.y is None else "uint8_t"
+    rs = iw * X
+    xbase = f"n * {xn} + ocb * {cs}" if depthwise else f"n * {xn}"
+
+    def call(t: int, kx: str) -> str:
+        sarg = f"sr + ow * {X}, " if skip else ""
+        return (f"{names[t]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {X}, wp, {wblk}, bp, "
+                f"wsp, mp, yr + ow * {X}, {sarg}{oh * ow * X}, {cb}, {cs}, {rs}, ky0, ky1, {kx}, "
+                f"{requant_args(lq)});")
+
+    wt = "int32_t" if depthwise else q.weight
+    body = [f"const {IX} n = it / {octs * oh}, ocb = (it / {oh}) % {octs} * {oc_tile}, "
+            f"oh = it % {oh};",
+            f"const {IX} ih0 = oh * {sh} - {pt};",
+            f"const {IX} ky0 = ih0 < 0 ? (-ih0 + {dh - 1}) / {dh} : 0;",
+            f"const {IX} kyr = ({ih} - ih0 + {dh - 1}) / {dh};",
+            f"const {IX} ky1 = kyr < {kh} ? kyr : {kh};",
+            f"const {IX} xb = {xbase};",
+            f"const {wt} *wp = w + ocb * {wblk};",
+            f"const int32_t *bp = b + ocb * {X};",
+            f"const int32_t *wsp = {'0' if depthwise else f'ws + ocb * {kh * kw * X}'};",
+            f"const float *mp = m + ocb * {X};",
+            f"{out} *yr = y + ((n * {ocb} + ocb) * {oh} + oh) * {ow * X};"]
+    if skip:
+        body.append("const uint8_t *sr = s + (yr - y);")
+    edge = [f"  const {IX} iw0 = ow * {sw} - {pl};",
+            f"  const {IX} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
+            f"  const {IX} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
+            f"  const {IX} kx1 = kxr < {kw} ? kxr : {kw};",
+            "  " + call(1, "kx0, kx1")]
+    if ow_lo:
+        body += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge, "}"]
+    if main_n:
+        body += [f"for ({IX} ow = {ow_lo}; ow < {ow_lo + main_n * w_tile}; ow += {w_tile})",
+                 "  " + call(w_tile, f"0, {kw}")]
+    if rem:
+        body += ["{", f"  const {IX} ow = {ow_lo + main_n * w_tile};",
+                 "  " + call(rem, f"0, {kw}"), "}"]
+    if ow_hi < ow:
+        body += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge, "}"]
+    items = n * octs * oh
+    pr = c.lang.param_ref
+    decl = [f"const {wt} *restrict w = (const {wt} *){pr(c, 0)};",
+            f"const int32_t *restrict b = (const int32_t *){pr(c, 1)};"]
+    if depthwise:
+        decl += [f"const float *restrict m = (const float *){pr(c, 2)};", "(void)0;"]
+    else:
+        decl += [f"const int32_t *restrict ws = (const int32_t *){pr(c, 2)};",
+                 f"const float *restrict m = (const float *){pr(c, 3)};"]
+    L = [c.x(), *([c.x(1, "s")] if skip else []), c.y(), *decl,
+         *c.lang.over_items(c, items, body)]
+    return L, items, 2 * n * oc * oh * ow * icg * kh * kw
+
+
+def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
+    """The int8 conv's params as float32 words: dense (weights, bias, comp, mult), depthwise
+    (int32 weights ``[c/x][kh][kw][x]``, bias, mult)."""
+    X = q.lanes
+    lq = layer_quant(graph, la)
+    w = lq.weight.astype(np.int32)
+    oc, icg, kh, kw = w.shape
+    ocp = -(-oc // X) * X
+    bias = np.zeros(ocp, np.int32)
+    mult = np.zeros(ocp, np.float32)
+    mult[:oc] = lq.mult
+    if conv_kind(la, X) == "depthwise":
+        bias[:oc] = lq.bias
+        wp = np.zeros((ocp, kh, kw), np.int32)
+        wp[:oc] = w[:, 0]
+        wp = wp.reshape(ocp // X, X, kh, kw).transpose(0, 2, 3, 1)
+        return words(wp), words(bias), mult
+    bias[:oc] = lq.bias
+    icp = -(-icg // X) * X
+    wp = np.zeros((ocp, icp, kh, kw), np.int32)
+    wp[:oc, :icg] = w
+    comp = np.zeros((ocp, kh, kw), np.int64)
+    comp[:oc] = -lq.x.zero * w.sum(axis=1)
+    comp = comp.reshape(ocp // X, X, kh * kw).transpose(0, 2, 1).astype(np.int32)
+    g = q.group
+    wp = wp.reshape(ocp // X, X, icp // X, X // g, g, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
+    wdt = np.int8 if q.weight == "int8_t" else np.int16
+    return words(wp.astype(wdt)), words(bias), words(comp), mult
+
+
+# ---- linear --------------------------------------------------------------------------------
+
+def qlinear(c: Ctx) -> Rendered:
+    """One (output block, batch row) per item: two dot-product chains over k."""
+    _need(c, vectors=True)
+    q: QuantIsa = c.lang.qisa
+    X, g, WT = q.lanes, q.group, q.weight
+    lq = layer_quant(c.graph, c.la)
+    n, k = c.ins[0]
+    o = c.out[1]
+    ob = -(-o // X)
+    kp = -(-k // g) * g
+    kw = k // g * g  # whole groups
+    k2 = kw // (2 * g) * (2 * g)
+    out = "float" if lq.y is None else "uint8_t"
+    body = [*requant_constants(lq), f"const {IX} obk = it / {n}, n = it % {n};",
+            f"const {WT} *wr = w + obk * {kp * X};",
+            f"const uint8_t *xr = x + n * {k};",
+            f"vi a0 = *(const vqi *)(b + obk * {X}), a1 = (vi){{}};",
+            f"for ({IX} j = 0; j < {k2}; j += {2 * g}) {{",
+            f"  a0 = npas_dot(a0, {bcast(q, 'xr + j')}, *(const vqi *)(wr + j * {X}));",
+            f"  a1 = npas_dot(a1, {bcast(q, f'xr + j + {g}')}, "
+            f"*(const vqi *)(wr + (j + {g}) * {X}));",
+            "}"]
+    if kw > k2:
+        body.append(f"a0 = npas_dot(a0, {bcast(q, f'xr + {k2}')}, *(const vqi *)(wr + {k2 * X}));")
+    if kp > kw:  # the last partial group, zero-filled
+        shift = 8 if g == 4 else 16
+        parts = " | ".join(f"((uint32_t)xr[{kw + r}] << {r * shift})" for r in range(k - kw))
+        body.append(f"a0 = npas_dot(a0, (vi){{}} + (int32_t)({parts}), "
+                    f"*(const vqi *)(wr + {kw * X}));")
+    body.append("a0 += a1;")
+    if o % X == 0:
+        body += requant(lq, "a0", f"*(const vf *)(m + obk * {X})", f"y + n * {o} + obk * {X}",
+                        None)
+    else:
+        body += [f"{out} tmp[{X}] __attribute__((aligned(64)));",
+                 *requant(lq, "a0", f"*(const vf *)(m + obk * {X})", "tmp", None),
+                 f"const {IX} cnt = obk < {ob - 1} ? {X} : {o % X};",
+                 f"for ({IX} l = 0; l < cnt; ++l) y[n * {o} + obk * {X} + l] = tmp[l];"]
+    items = ob * n
+    pr = c.lang.param_ref
+    decl = [f"const {WT} *restrict w = (const {WT} *){pr(c, 0)};",
+            f"const int32_t *restrict b = (const int32_t *){pr(c, 1)};",
+            f"const float *restrict m = (const float *){pr(c, 2)};"]
+    return [c.x(), c.y(), *decl, *c.lang.over_items(c, items, body)], items, 2 * n * o * k
+
+
+def pack_qlinear(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
+    """Weights ``[o/x][k/group][x][group]``, bias with ``-zero_x * sum w`` folded in, mult."""
+    X, g = q.lanes, q.group
+    lq = layer_quant(graph, la)
+    w = lq.weight.astype(np.int32)
+    o, k = w.shape
+    op, kp = -(-o // X) * X, -(-k // g) * g
+    wp = np.zeros((op, kp), np.int32)
+    wp[:o, :k] = w
+    wp = wp.reshape(op // X, X, kp // g, g).transpose(0, 2, 1, 3)
+    bias = np.zeros(op, np.int32)
+    bias[:o] = lq.bias.astype(np.int64) - lq.x.zero * w.sum(axis=1)
+    mult = np.zeros(op, np.float32)
+    mult[:o] = lq.mult
+    wdt = np.int8 if q.weight == "int8_t" else np.int16
+    return words(wp.astype(wdt)), words(bias), mult
+
+
+# ---- pooling and conversions ---------------------------------------------------------------
+
+def qmaxpool2d(c: Ctx) -> Rendered:
+    """Max pool of blocked uint8: padding never wins (every window holds a real value)."""
+    _need(c, vectors=True)
+    X = c.lang.qisa.lanes
+    n, cbk, ih, iw, _ = c.ins[0]
+    _, _, oh, ow, _ = c.out
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (c.a["kernel"], c.a["stride"], c.a["padding"],
+                                             c.a["dilation"])
+    body = [f"const uint8_t *xp = x + nc * {ih * iw * X};",
+            "vq mx = (vq){};",
+            f"for ({IX} ky = 0; ky < {kh}; ++ky) {{",
+            f"  const {IX} ih = oh * {sh} - {ph} + ky * {dh};",
+            f"  if (ih < 0 || ih >= {ih}) continue;",
+            f"  for ({IX} kx = 0; kx < {kw}; ++kx) {{",
+            f"    const {IX} iw = ow * {sw} - {pw} + kx * {dw};",
+            f"    if (iw < 0 || iw >= {iw}) continue;",
+            f"    const vq v = *(const vq *)(xp + (ih * {iw} + iw) * {X});",
+            "    const vq k = (vq)(v > mx);",
+            "    mx = (mx & ~k) | (v & k);", "  }", "}",
+            f"*(vq *)(y + ((nc * {oh} + oh) * {ow} + ow) * {X}) = mx;"]
+    lines, items = c.lang.nest(c, [("nc", n * cbk), ("oh", oh), ("ow", ow)], 2, body)
+    return [c.x(), c.y(), *lines], items, numel(c.out) * kh * kw
+
+
+def _convert(c: Ctx, fn, pad: str) -> Rendered:
+    """y = fn(x) element by element, each side plain or blocked (pad lanes get ``pad``)."""
+    src, dst = c.ins[0], c.out
+    if len(src) == len(dst):  # the same layout: element-wise over the buffer
+        total = numel(dst)
+        ch = 4096
+        items = -(-total // ch)
+        body = [f"const {IX} i1 = it * {ch} + {ch} < {total} ? it * {ch} + {ch} : {total};",
+                f"for ({IX} i = it * {ch}; i < i1; ++i) y[i] = {fn('x[i]')};"]
+        return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, total
+    blocked_in = len(src) == 5
+    logical = dst if blocked_in else src
+    blocked = src if blocked_in else dst
+    n, ch, h, w = logical
+    cbk, X = blocked[1], blocked[4]
+    hw = h * w
+    body = [f"const {IX} n = it / {cbk}, cb = it % {cbk};",
+            f"for ({IX} l = 0; l < {X}; ++l) {{",
+            f"  const {IX} ch = cb * {X} + l;"]
+    if blocked_in:
+        body += [f"  if (ch >= {ch}) break;",
+                 f"  for ({IX} p = 0; p < {hw}; ++p) y[(n * {ch} + ch) * {hw} + p] = "
+                 f"{fn(f'x[(it * {hw} + p) * {X} + l]')};"]
+    else:
+        body += [f"  if (ch >= {ch}) {{ for ({IX} p = 0; p < {hw}; ++p) "
+                 f"y[(it * {hw} + p) * {X} + l] = {pad}; continue; }}",
+                 f"  for ({IX} p = 0; p < {hw}; ++p) y[(it * {hw} + p) * {X} + l] = "
+                 f"{fn(f'x[(n * {ch} + ch) * {hw} + p]')};"]
+    body.append("}")
+    items = n * cbk
+    return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, 0
+
+
+def quantize(c: Ctx) -> Rendered:
+    """float32 -> uint8 (``codegen.quant.quantize_array``), either layout to either."""
+    _need(c)
+    qp = c.graph.quant[c.la.output]
+    args = f"{fl(1.0 / qp.scale)}, {fl(-qp.zero)}, {fl(255 - qp.zero)}, {qp.zero}"
+    return _convert(c, lambda v: f"npas_q8({v}, {args})", str(qp.zero))
+
+
+def dequantize(c: Ctx) -> Rendered:
+    """uint8 -> float32 (``codegen.quant.dequantize_array``), either layout to either."""
+    _need(c)
+    qp = c.graph.quant[c.la.inputs[0]]
+    return _convert(c, lambda v: f"npas_dq8({v}, {fl(qp.scale)}, {qp.zero})", "0.0f")
+
+
+def convert_u8(c: Ctx) -> Rendered:
+    """A uint8 tensor's layout conversion (NCHW <-> NCHW[x]c)."""
+    _need(c)
+    return _convert(c, lambda v: v, "0")

@@ -1,0 +1,179 @@
+"""int8 where there are int8 kernels, float32 elsewhere, and the conversions between them.
+
+``quantize_int8`` (after epilogue fusion, before the layout pass) calibrates every tensor's
+range on the calibration batches (``codegen.quant.calibrate``), marks the layers that run in
+int8 (``attrs["precision"] = "int8"``: dense-storage conv2d with groups 1 or depthwise, and
+linear, whose fused epilogue is at most a residual add then ReLU/ReLU6; max pools whose input
+is already uint8) and gives the uint8 tensors their ``QParams`` (``Graph.quant``). Every other
+layer stays float32 (the reason is in ``fp32_layers``): a mixed-precision graph. Conversions
+go only where precision changes: an int8 layer that reads a float32 tensor gets a
+``quantize`` step (one per tensor, ``<t>_q8``); an int8 layer whose output only float32
+layers (or the caller) read writes float32 itself (its requantization dequantizes instead:
+no step); one read both ways writes uint8 (``<t>_q8``) and a ``dequantize`` step restores
+``<t>``. The graph's inputs and outputs stay float32.
+
+``fuse_conversions`` (after the layout pass) names the blocked copies of uint8 tensors in
+``Graph.quant`` and fuses a conversion with the layout change beside it: ``quantize`` then
+``to_nchwxc`` becomes one ``quantize`` writing blocked uint8 (the graph input's), ``to_nchw``
+then ``dequantize`` one reading blocked, and so on; the kernels take any of the four layout
+pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from codegen.cost import conv_kind
+from codegen.lr import OPS, Graph, Layer
+from codegen.quant import INT8_ACTIVATIONS, calibrate, is_int8, qparams_from_range
+
+Q8 = "_q8"
+
+
+def int8_reason(la: Layer, lanes: int) -> str | None:
+    """Why ``la`` has no int8 kernel (None: it has one)."""
+    if la.op == "maxpool2d":
+        return "an int8 max pool needs an int8 layer before it"
+    if la.op not in ("conv2d", "linear"):
+        return f"no int8 kernel for {la.op}"
+    if la.storage != "dense" or la.scheme != "dense":
+        return f"pruned ({la.scheme}): sparse kernels are float32"
+    if la.op == "conv2d" and conv_kind(la, lanes) not in ("dense", "depthwise"):
+        return "grouped conv whose groups are not whole vectors"
+    if la.op == "conv2d" and la.attrs["groups"] > 1 and conv_kind(la, lanes) == "dense":
+        return "grouped conv (int8 has groups 1 and depthwise)"
+    acts = [e for e in la.epilogue if e != "add"]
+    bad = [e for e in acts if e not in INT8_ACTIVATIONS]
+    if bad or "add" in la.epilogue[1:] or (la.op == "linear" and "add" in la.epilogue):
+        return f"epilogue {'+'.join(la.epilogue)} (int8 fuses a residual, then ReLU/ReLU6)"
+    return None
+
+
+def quantize_int8(graph: Graph, calibration: Sequence[Sequence[np.ndarray]], lanes: int,
+                  keep_fp32: Sequence[str] = ()) -> Graph:
+    """The mixed int8/float32 graph (see the module doc); ``lanes`` is the vector width
+    (channels per block); layers named in ``keep_fp32`` stay float32."""
+    ranges = calibrate(graph, calibration)
+    int8 = {la.name for la in graph.layers
+            if la.name not in keep_fp32 and int8_reason(la, lanes) is None}
+    # a max pool of a uint8 tensor stays uint8 (fixed point: a pool after a pool)
+    producer = {la.output: la for la in graph.layers}
+    changed = True
+    while changed:
+        changed = False
+        for la in graph.layers:
+            p = producer.get(la.inputs[0]) if la.inputs else None
+            if (la.op == "maxpool2d" and la.name not in int8 and la.name not in keep_fp32
+                    and p is not None and p.name in int8 and not la.epilogue):
+                int8.add(la.name)
+                changed = True
+    consumers: dict[str, list[Layer]] = {}
+    for la in graph.layers:
+        for t in la.inputs:
+            consumers.setdefault(t, []).append(la)
+
+    def wants_u8(t: str) -> bool:
+        return any(c.name in int8 for c in consumers.get(t, ()))
+
+    def wants_f32(t: str) -> bool:
+        return t in graph.outputs or any(c.name not in int8 for c in consumers.get(t, ()))
+
+    shapes, quant = dict(graph.shapes), {}
+    u8_name: dict[str, str] = {}  # float32 tensor -> its uint8 version
+    out: list[Layer] = []
+    pending: list[Layer] = []
+
+    def add_u8(t: str) -> str:
+        name = t + Q8
+        shapes[name] = graph.shapes[t]
+        quant[name] = qparams_from_range(*ranges[t])
+        u8_name[t] = name
+        return name
+
+    for la in graph.layers:
+        if la.op == "input":
+            out.append(la)
+            if wants_u8(la.output):
+                q = add_u8(la.output)
+                pending.append(Layer(f"{la.output}.quantize", "quantize", (la.output,), q))
+            continue
+        if la.op != "output" and pending:
+            out += pending
+            pending = []
+        if la.name in int8:
+            ins = []
+            for t in la.inputs:
+                if t not in u8_name:  # a float32 tensor: quantized once, before its first use
+                    out.append(Layer(f"{t}.quantize", "quantize", (t,), add_u8(t)))
+                ins.append(u8_name[t])
+            y = la.output
+            if la.op == "maxpool2d" or wants_u8(y):
+                qy = add_u8(y)
+                # a pool writes its input's quantization
+                if la.op == "maxpool2d":
+                    quant[qy] = quant[ins[0]]
+                out.append(replace(la, inputs=tuple(ins), output=qy,
+                                   attrs={**la.attrs, "precision": "int8"}))
+                if wants_f32(y):
+                    out.append(Layer(f"{y}.dequantize", "dequantize", (qy,), y))
+            else:
+                out.append(replace(la, inputs=tuple(ins), attrs={**la.attrs, "precision": "int8"}))
+            continue
+        out.append(la)
+    out += pending
+    return replace(graph, layers=tuple(out), shapes=shapes, quant=quant, plan=None)
+
+
+def fp32_layers(graph: Graph, lanes: int, keep_fp32: Sequence[str] = ()) -> dict[str, str]:
+    """The steps of a quantized graph that run in float32, and why (conversions left out)."""
+    out = {}
+    for la in graph.steps:
+        if is_int8(la) or OPS[la.op].kind == "internal":
+            continue
+        out[la.name] = ("kept in float32 (asked)" if la.name in keep_fp32
+                        else int8_reason(la, lanes) or "its input is float32")
+    return out
+
+
+def fuse_conversions(graph: Graph, lanes: int) -> Graph:
+    """After the layout pass: ``Graph.quant`` for the blocked copies, and each ``quantize`` /
+    ``dequantize`` fused with a layout conversion it alone reads or feeds (see the doc)."""
+    suffix = f"_nchw{lanes}c"
+    quant = dict(graph.quant)
+    for t in graph.shapes:
+        if t.endswith(suffix) and t[:-len(suffix)] in graph.quant:
+            quant[t] = graph.quant[t[:-len(suffix)]]
+    layers = list(graph.layers)
+
+    def users(t: str) -> list[Layer]:
+        return [la for la in layers if t in la.inputs]
+
+    def fuse_once() -> bool:
+        for conv in ("quantize", "dequantize"):
+            for la in layers:
+                if la.op != conv:
+                    continue
+                # the layout conversion before it, read by it alone
+                prev = next((p for p in layers if p.output == la.inputs[0]), None)
+                if (prev is not None and prev.op in ("to_nchwxc", "to_nchw")
+                        and users(prev.output) == [la] and prev.output not in graph.outputs):
+                    layers[layers.index(la)] = replace(la, inputs=prev.inputs)
+                    layers.remove(prev)
+                    return True
+                # the layout conversion after it, its only reader
+                nxt = users(la.output)
+                if (len(nxt) == 1 and nxt[0].op in ("to_nchwxc", "to_nchw")
+                        and la.output not in graph.outputs):
+                    layers[layers.index(la)] = replace(la, output=nxt[0].output)
+                    layers.remove(nxt[0])
+                    return True
+        return False
+
+    while fuse_once():
+        pass
+    g = replace(graph, quant=quant).with_layers(layers)
+    used = set(g.shapes)
+    return replace(g, quant={k: v for k, v in quant.items() if k in used})
