@@ -339,7 +339,9 @@ def qlinear(c: Ctx) -> Rendered:
     kw = k // g * g  # whole groups
     k2 = kw // (2 * g) * (2 * g)
     out = "float" if lq.y is None else "uint8_t"
-    body = [*requant_constants(lq), f"const {IX} obk = it / {n}, n = it % {n};",
+    name = f"linear_qs8__{q.name}_2c" + _tag(lq, c.la.epilogue)
+    body = [f"/* {name}: two dot-product chains */", *requant_constants(lq),
+            f"const {IX} obk = it / {n}, n = it % {n};",
             f"const {WT} *wr = w + obk * {kp * X};",
             f"const uint8_t *xr = x + n * {k};",
             f"vi a0 = *(const vqi *)(b + obk * {X}), a1 = (vi){{}};",
@@ -400,7 +402,8 @@ def qmaxpool2d(c: Ctx) -> Rendered:
     _, _, oh, ow, _ = c.out
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (c.a["kernel"], c.a["stride"], c.a["padding"],
                                              c.a["dilation"])
-    body = [f"const uint8_t *xp = x + nc * {ih * iw * X};",
+    body = [f"/* maxpool2d_nchw{X}c_qs8__{c.lang.qisa.name} */",
+            f"const uint8_t *xp = x + nc * {ih * iw * X};",
             "vq mx = (vq){};",
             f"for ({IX} ky = 0; ky < {kh}; ++ky) {{",
             f"  const {IX} ih = oh * {sh} - {ph} + ky * {dh};",
