@@ -23,11 +23,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("cpu", "gpu"),
                    help="cpu: C kernels for the CPU (default); gpu: OpenCL kernels. For a "
                         "bundle, taken from the bundle")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="fp16 on the GPU: half storage, needs cl_khr_fp16 (Adreno has it); "
                         "on an arm64 CPU: FP16 arithmetic (NEON FP16, 8 lanes; needs "
                         "fphp/asimdhp, ARMv8.2 cores such as Cortex-A76), dense layers only. "
-                        "Model inputs and outputs stay float32")
+                        "int8 on an x86-64 CPU (AVX-512 VNNI, else AVX2): convs, depthwise "
+                        "convs, Linear and max pools in int8, scales calibrated on "
+                        "--calibration; layers without an int8 kernel stay float32 (compile "
+                        "lists them). Model inputs and outputs stay float32")
+    p.add_argument("--calibration", type=Path, metavar="FILE.npy",
+                   help="--precision int8: calibration inputs, a .npy array of whole input "
+                        "batches (the --input-shape, or a stack of them along a new first "
+                        "axis); default: 4 seeded random batches of --input-shape")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:

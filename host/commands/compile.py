@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
               f"(largest live set {_size(r.peak_bytes)}), compiled in {r.seconds:.1f} s")
     for layer, what in r.sparse.items():
         out.print(f"  {escape(layer)}: {escape(what)}")
+    if args.precision == "int8":
+        out.print(f"  int8: {len(m.steps) - len(r.fp32_layers)} steps (conversions included), "
+                  f"{len(r.fp32_layers)} in float32" + (":" if r.fp32_layers else ""))
+        for layer, why in r.fp32_layers.items():
+            out.print(f"    {escape(layer)}: {escape(why)}")
     return 0
 
 
@@ -95,9 +100,12 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
 
     t0 = time.perf_counter()
     lookup = None if args.no_tuning_db else tuning_lookup(args.db, threads)
+    calibration = None
+    if getattr(args, "precision", "fp32") == "int8":
+        calibration = calibration_batches(getattr(args, "calibration", None), shape)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage, tuning=lookup,
-                           schemes=schemes, sparse=args.sparse)
+                           schemes=schemes, sparse=args.sparse, calibration=calibration)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     isa = toolchain.isa()
@@ -110,6 +118,33 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
                   f"{threads} thread(s); the rest keep the cost model's defaults"
                   + ("" if lookup.hits else " (run `npas-host tune` to fill it)"))
     return bundle
+
+
+CALIBRATION_BATCHES = 4  # seeded random batches when the user gives no calibration data
+
+
+def calibration_batches(path: Path | None, shape: tuple[int, ...]) -> list[list]:
+    """--precision int8's calibration batches: the .npy at ``path`` (one input batch of
+    ``shape``, or several stacked), else CALIBRATION_BATCHES seeded example inputs."""
+    import numpy as np
+
+    from ..models import example_inputs
+
+    if path is None:
+        return [list(example_inputs(shape, seed=s)) for s in range(CALIBRATION_BATCHES)]
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--calibration {path}: not a readable .npy array ({e})") from None
+    if a.shape == shape:
+        a = a[None]
+    if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape or not len(a):
+        raise UserError(f"--calibration {path}: shape {list(a.shape)}; want the input shape "
+                        f"{list(shape)} or a stack of them [k, {', '.join(map(str, shape))}] "
+                        "(set --input-shape to match the data's batch)")
+    if not np.isfinite(a).all():
+        raise UserError(f"--calibration {path}: holds non-finite values")
+    return [[np.ascontiguousarray(b, np.float32)] for b in a]
 
 
 def _size(n: int) -> str:

@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.backend or "cpu") != "cpu":
         raise UserError("tune: only CPU kernels have a tuning space so far; drop --backend gpu")
+    if args.precision == "int8":
+        raise UserError("tune: the int8 kernels have no tuning space yet; tune at "
+                        "--precision fp32 (int8 bundles use the cost model's tiles)")
     if min(args.generations, args.population, args.runs, args.warmup) < 1 or args.threads < 0:
         raise UserError(f"--generations, --population, --runs and --warmup must be ≥ 1 and "
                         f"--threads ≥ 0; got {args.generations}, {args.population}, "
