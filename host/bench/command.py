@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARKS = ("dense", "sparse", "arm64", "scaleout", "pas", "load", "fuzz")
+BENCHMARKS = ("dense", "int8", "sparse", "arm64", "scaleout", "pas", "load", "fuzz")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (not tests): `bench dense --help`, "
                        "`bench sparse --help`, `bench arm64 --help`")
     p.add_argument("which", choices=BENCHMARKS, help="dense: our code vs PyTorch, "
-                   "ONNX Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16; sparse: "
+                   "ONNX Runtime, MNN and ncnn on resnet18, mobilenet_v2, vgg16; int8: our "
+                   "int8 vs ONNX Runtime's static QDQ int8 (and both fp32); sparse: "
                    "pruned models on our sparse kernels vs our dense code and those "
                    "engines; arm64: instructions per inference of ours, ncnn and MNN under "
                    "qemu-aarch64; scaleout: phase 2's candidates per minute in-process "
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark ``args.which`` with the options ``args.rest``: its exit code."""
     if args.which == "dense":
         from .dense import main
+    elif args.which == "int8":
+        from .int8 import main
     elif args.which == "arm64":
         from .arm64.cli import main
     elif args.which == "scaleout":
