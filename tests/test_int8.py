@@ -139,6 +139,8 @@ def test_int8_kernel_is_bit_exact(case, qisa, tmp_path):
     assert read_report(b.path).fp32_layers == {}  # every layer ran in int8
     src = (b.path / "kernels.c").read_text()
     assert f"_qs8__{qisa.name}_" in src
+    if shape[1:2] == (3,):  # an image: blocked by 4 channels, not a whole vector
+        assert "_nchw4c_qs8__" in src
     got = run_bundle(b, [x])
     want = _reference(model, x, batches, qisa.lanes)
     with torch.no_grad():

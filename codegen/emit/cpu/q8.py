@@ -145,14 +145,15 @@ def _tag(lq: LayerQuant, epilogue: tuple[str, ...]) -> str:
 
 def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int, dh: int,
                  dw: int, depthwise: bool, oc_tile: int, w_tile: int,
-                 epilogue: tuple[str, ...]) -> tuple[str, str]:
+                 epilogue: tuple[str, ...], lin: int) -> tuple[str, str]:
     """(name, C) of an ``oc_tile`` x ``w_tile`` int8 conv tile; the quantization constants
     are arguments (``REQUANT_PARAMS``: constants where it is inlined)."""
     X, WT = q.lanes, q.weight
     fam = "dwconv2d" if depthwise else "conv2d"
     s = f"s{sh}" if sh == sw else f"s{sh}x{sw}"
     d = "" if dh == dw == 1 else (f"d{dh}" if dh == dw else f"d{dh}x{dw}")
-    name = f"{fam}_{kh}x{kw}{s}{d}_nchw{X}c_qs8__{q.name}_{oc_tile}x{w_tile}w{_tag(lq, epilogue)}"
+    name = (f"{fam}_{kh}x{kw}{s}{d}_nchw{lin}c_qs8__{q.name}_{oc_tile}x{w_tile}w"
+            f"{_tag(lq, epilogue)}")
     out = "float" if lq.y is None else "uint8_t"
     skip = "add" in epilogue
     acc = [[f"a{o}_{j}" for j in range(w_tile)] for o in range(oc_tile)]
@@ -185,13 +186,13 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
         L += [f"  for ({IX} c = 0; c < cb; ++c)",
               f"    for ({IX} ky = ky0; ky < ky1; ++ky)",
               f"      for ({IX} kx = kx0; kx < kx1; ++kx) {{",
-              f"        const uint8_t *xp = x + (xo + c * cs + ky * {dh} * rs + kx * {dw * X});",
-              f"        const {WT} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {X * X};"]
-        for g in range(X // q.group):
+              f"        const uint8_t *xp = x + (xo + c * cs + ky * {dh} * rs + kx * {dw * lin});",
+              f"        const {WT} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lin * X};"]
+        for g in range(lin // q.group):
             L += [f"        {{ const vi w{o} = *(const vqi *)(wp + {o} * wb + {g * X * q.group});"
                   for o in range(oc_tile)]
             for j in range(w_tile):
-                xb = bcast(q, f"xp + {j * sw * X + g * q.group}")
+                xb = bcast(q, f"xp + {j * sw * lin + g * q.group}")
                 L.append(f"          {{ const vi xb = {xb};")
                 L += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
                       for o in range(oc_tile)]
@@ -215,7 +216,7 @@ def qconv2d(c: Ctx) -> Rendered:
     la = c.la
     lq = layer_quant(c.graph, la)
     xin = c.ins[0]
-    n, cbk, ih, iw, _ = xin
+    n, cbk, ih, iw, lin = xin  # lin: channels per input pixel block (x, or 4: a narrow input)
     _, ocb, oh, ow, _ = c.out
     oc, icg, kh, kw = la.params["weight"].shape
     sh, sw = la.attrs["stride"]
@@ -229,24 +230,25 @@ def qconv2d(c: Ctx) -> Rendered:
     interior = ow_hi - ow_lo
     w_tile = best_tile(interior, most) if interior else 1
     main_n, rem = divmod(interior, w_tile)
-    cs = ih * iw * X
+    cs = ih * iw * lin
     xn = cbk * cs
     cb = 1 if depthwise else cbk
-    wblk = kh * kw * X if depthwise else cbk * kh * kw * X * X
+    wblk = kh * kw * X if depthwise else cbk * kh * kw * lin * X
     names = {}
     for t in {1, w_tile if main_n else 1, rem or 1}:
-        nm, src = _microkernel(q, lq, kh, kw, sh, sw, dh, dw, depthwise, oc_tile, t, la.epilogue)
+        nm, src = _microkernel(q, lq, kh, kw, sh, sw, dh, dw, depthwise, oc_tile, t, la.epilogue,
+                               lin)
         c.lang.helpers.setdefault(nm, src)
         names[t] = nm
     octs = ocb // oc_tile
     skip = "add" in la.epilogue
     out = "float" if lq.y is None else "uint8_t"
-    rs = iw * X
+    rs = iw * lin
     xbase = f"n * {xn} + ocb * {cs}" if depthwise else f"n * {xn}"
 
     def call(t: int, kx: str) -> str:
         sarg = f"sr + ow * {X}, " if skip else ""
-        return (f"{names[t]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {X}, wp, {wblk}, bp, "
+        return (f"{names[t]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {lin}, wp, {wblk}, bp, "
                 f"wsp, mp, yr + ow * {X}, {sarg}{oh * ow * X}, {cb}, {cs}, {rs}, ky0, ky1, {kx}, "
                 f"{requant_args(lq)});")
 
@@ -312,14 +314,15 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
         wp = wp.reshape(ocp // X, X, kh, kw).transpose(0, 2, 3, 1)
         return words(wp), words(bias), mult
     bias[:oc] = lq.bias
-    icp = -(-icg // X) * X
+    lin = graph.shapes[la.inputs[0]][4]  # input channels per pixel block
+    icp = -(-icg // lin) * lin
     wp = np.zeros((ocp, icp, kh, kw), np.int32)
     wp[:oc, :icg] = w
     comp = np.zeros((ocp, kh, kw), np.int64)
     comp[:oc] = -lq.x.zero * w.sum(axis=1)
     comp = comp.reshape(ocp // X, X, kh * kw).transpose(0, 2, 1).astype(np.int32)
     g = q.group
-    wp = wp.reshape(ocp // X, X, icp // X, X // g, g, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
+    wp = wp.reshape(ocp // X, X, icp // lin, lin // g, g, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
     wdt = np.int8 if q.weight == "int8_t" else np.int16
     return words(wp.astype(wdt)), words(bias), words(comp), mult
 
