@@ -141,6 +141,8 @@ def test_int8_kernel_is_bit_exact(case, qisa, tmp_path):
     assert f"_qs8__{qisa.name}_" in src
     if shape[1:2] == (3,):  # an image: blocked by 4 channels, not a whole vector
         assert "_nchw4c_qs8__" in src
+    if case == "depthwise3x3s1_relu6" and qisa is AVX512_VNNI:  # a row's taps in one dot
+        assert "_qs8__avx512vnni_dot_" in src
     got = run_bundle(b, [x])
     want = _reference(model, x, batches, qisa.lanes)
     with torch.no_grad():

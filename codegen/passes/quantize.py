@@ -110,17 +110,19 @@ def quantize_int8(graph: Graph, calibration: Sequence[Sequence[np.ndarray]], lan
                     out.append(Layer(f"{t}.quantize", "quantize", (t,), add_u8(t)))
                 ins.append(u8_name[t])
             y = la.output
+            attrs = {**la.attrs, "precision": "int8"}
+            if la.op == "conv2d" and conv_kind(la, lanes) == "depthwise":
+                attrs["overread_floats"] = 16  # q8.dw_dot loads pixels past its input
             if la.op == "maxpool2d" or wants_u8(y):
                 qy = add_u8(y)
                 # a pool writes its input's quantization
                 if la.op == "maxpool2d":
                     quant[qy] = quant[ins[0]]
-                out.append(replace(la, inputs=tuple(ins), output=qy,
-                                   attrs={**la.attrs, "precision": "int8"}))
+                out.append(replace(la, inputs=tuple(ins), output=qy, attrs=attrs))
                 if wants_f32(y):
                     out.append(Layer(f"{y}.dequantize", "dequantize", (qy,), y))
             else:
-                out.append(replace(la, inputs=tuple(ins), attrs={**la.attrs, "precision": "int8"}))
+                out.append(replace(la, inputs=tuple(ins), attrs=attrs))
             continue
         out.append(la)
     out += pending

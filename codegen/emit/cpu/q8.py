@@ -208,6 +208,56 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
     return name, "\n".join(L) + "\n"
 
 
+# A 64-byte load holds 4 neighbouring pixels' 16 channels; as one dword per channel of those
+# 4 pixels' bytes it feeds one vpdpbusd with a row's <= 4 depthwise taps (weights 0 past kw)
+T4 = ", ".join(str(16 * (o % 4) + o // 4) for o in range(64))
+DW_DOT_TYPES = f"""\
+typedef uint8_t vq64 __attribute__((vector_size(64), aligned(1), may_alias));
+static inline vi npas_t4(vq64 v) {{
+#ifdef __clang__
+  return (vi)__builtin_shufflevector(v, v, {T4});
+#else
+  return (vi)__builtin_shuffle(v, (vq64){{{T4}}});
+#endif
+}}
+"""
+
+
+def dw_dot(la: Layer, q: QuantIsa) -> bool:
+    """Whether an int8 depthwise conv's interior runs a row's taps in one dot product (VNNI,
+    16 channels, at most 4 taps a row, no dilation): 4 neighbouring input pixels per load."""
+    return (q.group == 4 and q.lanes == 16 and la.params["weight"].shape[3] <= 4
+            and tuple(la.attrs["dilation"]) == (1, 1) and conv_kind(la, q.lanes) == "depthwise")
+
+
+def _dw_dot_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, sw: int, w_tile: int,
+                        epilogue: tuple[str, ...]) -> tuple[str, str]:
+    X = q.lanes
+    name = f"dwconv2d_{kh}xNs{sw}_nchw{X}c_qs8__{q.name}_dot_{w_tile}w{_tag(lq, epilogue)}"
+    out = "float" if lq.y is None else "uint8_t"
+    skip = "add" in epilogue
+    acc = [f"a{j}" for j in range(w_tile)]
+    L = [f"{AI} void {name}(const uint8_t *restrict x, {IX} xo, const int8_t *restrict wd, "
+         f"const int32_t *restrict zd, const int32_t *restrict b, const float *restrict m, "
+         f"{out} *restrict y, {'const uint8_t *restrict s, ' if skip else ''}{IX} rs, "
+         f"{IX} ky0, {IX} ky1, {REQUANT_PARAMS}) {{",
+         "  (void)qzx; (void)qzs; (void)qms; (void)qlo; (void)qhi; (void)qzy;",
+         f"  vi {', '.join(f'{a} = *(const vqi *)b' for a in acc)};",
+         f"  for ({IX} ky = ky0; ky < ky1; ++ky) {{",
+         "    const uint8_t *xp = x + (xo + ky * rs);",
+         f"    const vi wv = *(const vqi *)(wd + ky * {4 * X});",
+         f"    const vi zv = *(const vqi *)(zd + ky * {X});"]
+    for j, a in enumerate(acc):
+        L.append(f"    {a} = npas_dot({a} + zv, npas_t4(*(const vq64 *)(xp + {j * sw * X})), "
+                 "wv);")
+    L.append("  }")
+    for j, a in enumerate(acc):
+        L += ["  " + ln for ln in requant(lq, a, "*(const vf *)m", f"y + {j * X}",
+                                          f"s + {j * X}" if skip else None)]
+    L.append("}")
+    return name, "\n".join(L) + "\n"
+
+
 def qconv2d(c: Ctx) -> Rendered:
     """Step body of an int8 conv (blocked uint8 input): items (n, oc tile, output row)."""
     _need(c, vectors=True)
@@ -234,12 +284,18 @@ def qconv2d(c: Ctx) -> Rendered:
     xn = cbk * cs
     cb = 1 if depthwise else cbk
     wblk = kh * kw * X if depthwise else cbk * kh * kw * lin * X
-    names = {}
+    names, dot = {}, dw_dot(la, q)
     for t in {1, w_tile if main_n else 1, rem or 1}:
         nm, src = _microkernel(q, lq, kh, kw, sh, sw, dh, dw, depthwise, oc_tile, t, la.epilogue,
                                lin)
         c.lang.helpers.setdefault(nm, src)
         names[t] = nm
+    if dot:
+        c.lang.helpers.setdefault("npas_q8_dw_dot", DW_DOT_TYPES)
+        for t in {w_tile if main_n else 1, rem or 1}:
+            nm, src = _dw_dot_microkernel(q, lq, kh, sw, t, la.epilogue)
+            c.lang.helpers.setdefault(nm, src)
+            names[("dot", t)] = nm
     octs = ocb // oc_tile
     skip = "add" in la.epilogue
     out = "float" if lq.y is None else "uint8_t"
@@ -248,6 +304,9 @@ def qconv2d(c: Ctx) -> Rendered:
 
     def call(t: int, kx: str) -> str:
         sarg = f"sr + ow * {X}, " if skip else ""
+        if dot and kx == f"0, {kw}":  # an interior tile
+            return (f"{names[('dot', t)]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {X}, wdp, "
+                    f"zdp, bp, mp, yr + ow * {X}, {sarg}{rs}, ky0, ky1, {requant_args(lq)});")
         return (f"{names[t]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {lin}, wp, {wblk}, bp, "
                 f"wsp, mp, yr + ow * {X}, {sarg}{oh * ow * X}, {cb}, {cs}, {rs}, ky0, ky1, {kx}, "
                 f"{requant_args(lq)});")
@@ -267,6 +326,9 @@ def qconv2d(c: Ctx) -> Rendered:
             f"{out} *yr = y + ((n * {ocb} + ocb) * {oh} + oh) * {ow * X};"]
     if skip:
         body.append("const uint8_t *sr = s + (yr - y);")
+    if dot:
+        body += [f"const int8_t *wdp = wd + ocb * {kh * 4 * X};",
+                 f"const int32_t *zdp = zd + ocb * {kh * X};"]
     edge = [f"  const {IX} iw0 = ow * {sw} - {pl};",
             f"  const {IX} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
             f"  const {IX} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
@@ -287,7 +349,10 @@ def qconv2d(c: Ctx) -> Rendered:
     decl = [f"const {wt} *restrict w = (const {wt} *){pr(c, 0)};",
             f"const int32_t *restrict b = (const int32_t *){pr(c, 1)};"]
     if depthwise:
-        decl += [f"const float *restrict m = (const float *){pr(c, 2)};", "(void)0;"]
+        decl += [f"const float *restrict m = (const float *){pr(c, 2)};"]
+        if dot:
+            decl += [f"const int8_t *restrict wd = (const int8_t *){pr(c, 3)};",
+                     f"const int32_t *restrict zd = (const int32_t *){pr(c, 4)};"]
     else:
         decl += [f"const int32_t *restrict ws = (const int32_t *){pr(c, 2)};",
                  f"const float *restrict m = (const float *){pr(c, 3)};"]
@@ -311,8 +376,18 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
         bias[:oc] = lq.bias
         wp = np.zeros((ocp, kh, kw), np.int32)
         wp[:oc] = w[:, 0]
+        wq = wp
         wp = wp.reshape(ocp // X, X, kh, kw).transpose(0, 2, 3, 1)
-        return words(wp), words(bias), mult
+        if not dw_dot(la, q):
+            return words(wp), words(bias), mult
+        # a row's taps as one dword per channel ([c/x][kh][x][4], zero past kw), and the
+        # row's -zero_x * sum w
+        wd = np.zeros((ocp, kh, 4), np.int8)
+        wd[:, :, :kw] = wq
+        wd = wd.reshape(ocp // X, X, kh, 4).transpose(0, 2, 1, 3)
+        zd = (-lq.x.zero * wq.sum(axis=2)).astype(np.int32)
+        zd = zd.reshape(ocp // X, X, kh).transpose(0, 2, 1)
+        return words(wp), words(bias), mult, words(wd), words(zd)
     bias[:oc] = lq.bias
     lin = graph.shapes[la.inputs[0]][4]  # input channels per pixel block
     icp = -(-icg // lin) * lin
