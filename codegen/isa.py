@@ -83,6 +83,9 @@ class QuantIsa:
     registers: int
     weight: str
     fp32: VectorIsa  # the float32 ISA of the same width (the graph's float32 layers)
+    # what the dot product subtracts from a uint8 activation: SDOT multiplies signed bytes,
+    # so its kernels flip the top bit (x - 128) and add 128 * sum w back in the bias
+    offset: int = 0
 
 
 # vpdpbusd: 4 u8 x s8 products into each int32 lane, no intermediate saturation
@@ -91,18 +94,23 @@ AVX512_VNNI = QuantIsa("avx512vnni", 16, 4, 32, "int8_t", AVX512)
 # per int32 lane (vpmaddubsw would sum two u8 x s8 products into int16 and saturate past
 # 32767: 2 x 255 x 127 = 64770)
 AVX2_Q8 = QuantIsa("avx2", 8, 2, 16, "int16_t", AVX2)
-QUANT_ISAS = {i.name: i for i in (AVX512_VNNI, AVX2_Q8)}
+# SDOT (ARMv8.2 dot product, asimddp): 4 s8 x s8 products into each int32 lane
+NEON_DOT = QuantIsa("neondot", 4, 4, 32, "int8_t", NEON, offset=128)
+QUANT_ISAS = {i.name: i for i in (AVX512_VNNI, AVX2_Q8, NEON_DOT)}
 
 
 def quant_isa_for(arch: str, features: Iterable[str]) -> QuantIsa:
     """The int8 kernels' ISA on a CPU of ``arch`` with /proc/cpuinfo ``features``: AVX-512
-    VNNI where the CPU has avx512_vnni, else AVX2 (the whole bundle then at AVX2's width)."""
+    VNNI where the CPU has avx512_vnni, else AVX2 (the whole bundle then at AVX2's width);
+    on arm64 SDOT (NEON, 4 lanes) where it reports asimddp."""
     f = set(features)
     if arch in ("x86_64", "amd64"):
         if {"avx512f", "avx512_vnni"} <= f:
             return AVX512_VNNI
         if {"avx2", "fma"} <= f:
             return AVX2_Q8
-    raise CodegenError(f"precision 'int8' on a CPU needs x86-64 with AVX2 or AVX-512 VNNI; "
-                       f"this {arch} target reports {sorted(f) or 'no features'}: use "
-                       "--precision fp32")
+    if arch in ("aarch64", "arm64") and "asimddp" in f:
+        return NEON_DOT
+    raise CodegenError(f"precision 'int8' on a CPU needs x86-64 with AVX2 or AVX-512 VNNI, or "
+                       f"arm64 with the dot product (asimddp); this {arch} target reports "
+                       f"{sorted(f) or 'no features'}: use --precision fp32")

@@ -214,6 +214,7 @@ def find_ndk(env: Mapping[str, str] | None = None) -> Path | None:
 
 
 ARM64_FP16_MARCH = "-march=armv8.2-a+fp16"
+ARM64_DOTPROD_MARCH = "-march=armv8.2-a+dotprod"  # int8 (SDOT) on a core without FP16
 
 
 def arm64_march(features: tuple[str, ...] | list[str], precision: str = "fp32") -> str:
@@ -227,6 +228,11 @@ def arm64_march(features: tuple[str, ...] | list[str], precision: str = "fp32") 
     fp16 = bool(f & FP16_FEATURES)
     if "asimddp" in f and fp16:
         return ARM64_DOTPROD_FP16_MARCH
+    if precision == "int8":
+        if f and "asimddp" not in f:
+            raise CodegenError(f"precision 'int8': this arm64 device has no dot product (its "
+                               f"features {sorted(f)} lack asimddp); use fp32")
+        return ARM64_DOTPROD_MARCH if f else ARM64_DOTPROD_FP16_MARCH
     if precision == "fp16":
         if f and not fp16:
             raise CodegenError(f"precision 'fp16': this arm64 device has no FP16 arithmetic "
@@ -257,8 +263,11 @@ class Arm64AndroidToolchain(CToolchain):
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
-        if self.precision not in ("fp32", "fp16"):
-            raise CodegenError(f"arm64 precision {self.precision!r}: use 'fp32' or 'fp16'")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise CodegenError(f"arm64 precision {self.precision!r}: use 'fp32', 'fp16' or "
+                               "'int8'")
+        if self.precision == "int8" and INT8_FLAG not in self.extra_flags:
+            self.extra_flags = (*self.extra_flags, INT8_FLAG)
         if not self.compiler:
             ndk = Path(self.ndk) if self.ndk else find_ndk()
             self.compiler = str(ndk / NDK_CLANG) if ndk else "clang"
@@ -279,9 +288,22 @@ class Arm64AndroidToolchain(CToolchain):
             features += ["asimddp", "asimdhp", "fphp"]
         elif ARM64_FP16_MARCH in self.flags:
             features += ["asimdhp", "fphp"]
+        elif ARM64_DOTPROD_MARCH in self.flags:
+            features += ["asimddp"]
         return Target(arch="aarch64", os="android", abi=ARM64_ABI, features=tuple(features))
 
+    def language(self) -> CStyleLanguage:
+        if self.precision == "int8":
+            t = self.target()
+            return Int8CLanguage(quant_isa_for(t.arch, t.features))
+        return super().language()
+
     def isa(self) -> VectorIsa | None:
+        if self.precision == "int8":
+            if not self.vectorize:
+                raise CodegenError("precision 'int8' needs the vector kernels (vectorize=True)")
+            t = self.target()
+            return quant_isa_for(t.arch, t.features).fp32
         if not self.vectorize:
             if self.precision == "fp16":
                 raise CodegenError("precision 'fp16' needs the vector kernels (vectorize=True)")
@@ -373,11 +395,11 @@ def toolchain_for(target: str = "cpu", precision: str = "fp32", abi: str | None 
         if precision not in ("fp32", "fp16", "int8"):
             raise CodegenError(f"precision {precision!r}: CPU bundles are fp32, fp16 on "
                                "arm64, or int8 on x86-64")
-        if precision == "int8":
+        if precision == "int8" and abi != ARM64_ABI:
             if abi not in (None, host_abi()) or host_abi() != "x86_64":
                 raise CodegenError(f"precision 'int8': int8 CPU kernels are for x86-64 (AVX-512 "
-                                   f"VNNI or AVX2) so far, not {abi or host_abi()!r}; use "
-                                   "--precision fp32 (or fp16 on arm64)")
+                                   f"VNNI or AVX2) and arm64 (SDOT), not {abi or host_abi()!r}; "
+                                   "use --precision fp32")
             return HostToolchain(precision="int8")
         if abi == ARM64_ABI:
             return Arm64AndroidToolchain(features=tuple(features), precision=precision)

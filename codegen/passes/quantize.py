@@ -192,7 +192,8 @@ def narrow_inputs(graph: Graph) -> Graph:
     layers, shapes, quant = list(graph.layers), dict(graph.shapes), dict(graph.quant)
     for i, la in enumerate(layers):
         t = la.output
-        if la.op != "quantize" or len(shapes[t]) != 5 or t in graph.outputs:
+        if (la.op != "quantize" or len(shapes[t]) != 5 or t in graph.outputs
+                or shapes[t][4] <= NARROW):
             continue
         readers = [r for r in layers if t in r.inputs]
         src = shapes[la.inputs[0]]

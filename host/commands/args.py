@@ -27,7 +27,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="fp16 on the GPU: half storage, needs cl_khr_fp16 (Adreno has it); "
                         "on an arm64 CPU: FP16 arithmetic (NEON FP16, 8 lanes; needs "
                         "fphp/asimdhp, ARMv8.2 cores such as Cortex-A76), dense layers only. "
-                        "int8 on an x86-64 CPU (AVX-512 VNNI, else AVX2): convs, depthwise "
+                        "int8 on an x86-64 CPU (AVX-512 VNNI, else AVX2) or an arm64 one "
+                        "with the dot product (SDOT, asimddp): convs, depthwise "
                         "convs, Linear and max pools in int8, scales calibrated on "
                         "--calibration; layers without an int8 kernel stay float32 (compile "
                         "lists them). Model inputs and outputs stay float32")

@@ -1,10 +1,13 @@
 """int8 kernels on uint8 activations: what ``codegen.quant`` defines, bit for bit.
 
 Activations are uint8, blocked NCHW[x]c with x = the int32 lanes of a vector (16: AVX-512, 8:
-AVX2), so one pixel's channel block is x bytes and a float32 tensor beside it has the same
-blocking. Weights are packed for the ISA's dot product (``QuantIsa``): a direct conv's as
-``[oc/x][ic/x][kh][kw][x/group][x oc][group ic]`` (int8 for ``vpdpbusd``, int16 pairs for
-AVX2's ``vpmaddwd``), a Linear's as ``[o/x][k/group][x][group]``. Names carry the precision:
+AVX2, 4: NEON), so one pixel's channel block is x bytes and a float32 tensor beside it has
+the same blocking. Weights are packed for the ISA's dot product (``QuantIsa``): a direct
+conv's as ``[oc/x][ic/L][kh][kw][L/group][x oc][group ic]`` (L = x, or 4 for an image; int8
+for ``vpdpbusd`` and SDOT, int16 pairs for AVX2's ``vpmaddwd``), a Linear's as
+``[o/x][k/group][x][group]``. SDOT multiplies signed bytes: its kernels flip each
+activation's top bit (``x ^ 0x80`` = x - 128) and the ISA's ``offset`` (128) adds
+``128 * sum w`` back where ``-zero_x * sum w`` goes, the same integer. Names carry the precision:
 ``conv2d_3x3s1_nchw16c_qs8__avx512vnni_2x12w_add_relu``; ``_dq`` at the end when the layer
 writes float32 (its dequantization fused into the requantization).
 
@@ -63,6 +66,10 @@ def vector_types(q: QuantIsa) -> str:
     X = q.lanes
     s = (f"typedef uint8_t vq __attribute__((vector_size({X}), aligned(1), may_alias));\n"
          f"typedef int32_t vqi __attribute__((vector_size({4 * X}), may_alias));\n")
+    if q.name == "neondot":
+        return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n"
+                    '  __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));\n'
+                    "  return acc;\n}\n")
     if q.group == 4:
         return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n#ifdef __clang__\n"
                     "  return (vi)__builtin_ia32_vpdpbusd512(acc, a, b);\n#else\n"
@@ -87,6 +94,8 @@ def fl(v: float) -> str:
 
 def bcast(q: QuantIsa, p: str) -> str:
     """``q.group`` input bytes at ``p`` in every int32 lane (as the dot product pairs them)."""
+    if q.group == 4 and q.offset:  # SDOT: signed bytes, x - 128
+        return f"((vi){{}} + (int32_t)(*(const npas_i32u *)({p}) ^ 0x80808080u))"
     if q.group == 4:
         return f"((vi){{}} + *(const npas_i32u *)({p}))"
     return f"((vi){{}} + (int32_t)((uint32_t)({p})[0] | ((uint32_t)({p})[1] << 16)))"
@@ -394,7 +403,7 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
     wp = np.zeros((ocp, icp, kh, kw), np.int32)
     wp[:oc, :icg] = w
     comp = np.zeros((ocp, kh, kw), np.int64)
-    comp[:oc] = -lq.x.zero * w.sum(axis=1)
+    comp[:oc] = (q.offset - lq.x.zero) * w.sum(axis=1)
     comp = comp.reshape(ocp // X, X, kh * kw).transpose(0, 2, 1).astype(np.int32)
     g = q.group
     wp = wp.reshape(ocp // X, X, icp // lin, lin // g, g, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
@@ -433,7 +442,8 @@ def qlinear(c: Ctx) -> Rendered:
     if kp > kw:  # the last partial group, zero-filled
         shift = 8 if g == 4 else 16
         parts = " | ".join(f"((uint32_t)xr[{kw + r}] << {r * shift})" for r in range(k - kw))
-        body.append(f"a0 = npas_dot(a0, (vi){{}} + (int32_t)({parts}), "
+        flip = " ^ 0x80808080u" if q.offset else ""
+        body.append(f"a0 = npas_dot(a0, (vi){{}} + (int32_t)(({parts}){flip}), "
                     f"*(const vqi *)(wr + {kw * X}));")
     body.append("a0 += a1;")
     if o % X == 0:
@@ -463,7 +473,7 @@ def pack_qlinear(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]
     wp[:o, :k] = w
     wp = wp.reshape(op // X, X, kp // g, g).transpose(0, 2, 1, 3)
     bias = np.zeros(op, np.int32)
-    bias[:o] = lq.bias.astype(np.int64) - lq.x.zero * w.sum(axis=1)
+    bias[:o] = lq.bias.astype(np.int64) + (q.offset - lq.x.zero) * w.sum(axis=1)
     mult = np.zeros(op, np.float32)
     mult[:o] = lq.mult
     wdt = np.int8 if q.weight == "int8_t" else np.int16
