@@ -61,11 +61,30 @@ static inline float npas_dq8(uint8_t q, float s, int32_t z) { return (float)((in
 """
 
 
+# x uint8 at p, zero-extended to int32 lanes. gcc 12 turns __builtin_convertvector from 16
+# bytes to 16 ints into 16 scalar loads and inserts (clang: one vpmovzxbd), so gcc gets the
+# instruction's builtin
+U8X = {
+    16: "#ifdef __clang__\n  return __builtin_convertvector(*(const vq *)p, vi);\n#else\n"
+        "  return (vi)__builtin_ia32_pmovzxbd512_mask(*(const npas_v16qi *)p, (vi){}, "
+        "(unsigned short)0xFFFF);\n#endif\n",
+    8: "#ifdef __clang__\n  return __builtin_convertvector(*(const vq *)p, vi);\n#else\n"
+       "  const npas_v2di t = {*(const npas_i64u *)p, 0};\n"
+       "  return (vi)__builtin_ia32_pmovzxbd256((npas_v16qi)t);\n#endif\n",
+    4: "  return __builtin_convertvector(*(const vq *)p, vi);\n",
+}
+
+
 def vector_types(q: QuantIsa) -> str:
-    """uint8 and int32 vectors of ``q.lanes`` and the dot product ``npas_dot``."""
+    """uint8 and int32 vectors of ``q.lanes``, ``npas_u8x`` (x uint8 as int32 lanes) and the
+    dot product ``npas_dot``."""
     X = q.lanes
     s = (f"typedef uint8_t vq __attribute__((vector_size({X}), aligned(1), may_alias));\n"
-         f"typedef int32_t vqi __attribute__((vector_size({4 * X}), may_alias));\n")
+         f"typedef int32_t vqi __attribute__((vector_size({4 * X}), may_alias));\n"
+         "typedef char npas_v16qi __attribute__((vector_size(16), aligned(1), may_alias));\n"
+         "typedef long long npas_v2di __attribute__((vector_size(16)));\n"
+         "typedef long long npas_i64u __attribute__((aligned(1), may_alias));\n"
+         f"static inline vi npas_u8x(const uint8_t *p) {{\n{U8X[X]}}}\n")
     if q.name == "neondot":
         return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n"
                     '  __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));\n'
@@ -117,8 +136,7 @@ def requant(lq: LayerQuant, acc: str, mv: str, store: str, skip: str | None) -> 
     and ``qzy`` (zero point), declared by ``requant_constants``."""
     L = [f"{{ vf v = __builtin_convertvector({acc}, vf) * {mv};"]
     if skip is not None:
-        L.append(f"  v += __builtin_convertvector(__builtin_convertvector(*(const vq *)({skip}), "
-                 "vi) - qzs, vf) * qms;")
+        L.append(f"  v += __builtin_convertvector(npas_u8x({skip}) - qzs, vf) * qms;")
     if lq.lo is not None:
         L.append("  { const vf lo = (vf){} + qlo; v = npas_vsel(v < lo, lo, v); }")
     if lq.hi is not None:
@@ -179,8 +197,8 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
               f"    for ({IX} kx = kx0; kx < kx1; ++kx) {{",
               f"      const uint8_t *xp = x + (xo + ky * {dh} * rs + kx * {dw * X});",
               f"      const vi wv = *(const vqi *)(w + (ky * {kw} + kx) * {X});"]
-        L += [f"      {acc[0][j]} += (__builtin_convertvector(*(const vq *)(xp + {j * sw * X}), vi)"
-              " - qzx) * wv;" for j in range(w_tile)]
+        L += [f"      {acc[0][j]} += (npas_u8x(xp + {j * sw * X}) - qzx) * wv;"
+              for j in range(w_tile)]
         L.append("    }")
     else:
         for o in range(oc_tile):
