@@ -32,11 +32,11 @@ def test_compile_int8_with_user_calibration_runs_on_the_runner(capsys, tmp_path,
     out = tmp_path / "b"
     rc, text, err = _compile_cli(capsys, "zoo:small_cnn", "--input-shape", "1,3,32,32",
                                  "-o", str(out), "--precision", "int8", "--calibration",
-                                 str(cal), "--no-tuning-db")
+                                 str(cal), "--no-tuning-db", "--keep-fp32", "dw")
     assert rc == 0, err
     # the layers without an int8 kernel are named, with the reason, and stay float32
     assert "in float32:" in text and "pw: epilogue hardswish" in text
-    assert "grouped: grouped conv" in text
+    assert "grouped: grouped conv" in text and "dw: kept in float32 (asked)" in text
     bundle = load_bundle(out)
     assert "_qs8__" in (out / "kernels.c").read_text()
     x = torch.randn(shape, generator=g)
@@ -48,6 +48,14 @@ def test_compile_int8_with_user_calibration_runs_on_the_runner(capsys, tmp_path,
     with torch.no_grad():
         fp32 = small_cnn()(x).numpy()
     assert np.abs(got - fp32).max() <= 0.05 * np.abs(fp32).max()
+
+
+def test_keep_fp32_of_an_unknown_layer_is_refused(capsys, tmp_path):
+    rc, _, err = _compile_cli(capsys, "zoo:small_cnn", "--input-shape", "1,3,32,32",
+                              "-o", str(tmp_path / "b"), "--precision", "int8",
+                              "--keep-fp32", "nope")
+    assert rc != 0 and "Traceback" not in err
+    assert "no layer named 'nope'" in err and "stem" in err
 
 
 def test_calibration_of_the_wrong_shape_is_refused(capsys, tmp_path):

@@ -27,7 +27,7 @@ from dataclasses import replace
 import numpy as np
 
 from codegen.cost import conv_kind
-from codegen.lr import OPS, Graph, Layer
+from codegen.lr import OPS, CodegenError, Graph, Layer
 from codegen.quant import INT8_ACTIVATIONS, calibrate, is_int8, qparams_from_range
 
 Q8 = "_q8"
@@ -56,6 +56,12 @@ def quantize_int8(graph: Graph, calibration: Sequence[Sequence[np.ndarray]], lan
                   keep_fp32: Sequence[str] = ()) -> Graph:
     """The mixed int8/float32 graph (see the module doc); ``lanes`` is the vector width
     (channels per block); layers named in ``keep_fp32`` stay float32."""
+    unknown = sorted(set(keep_fp32) - {la.name for la in graph.layers})
+    if unknown:
+        steps = [la.name for la in graph.layers if la.is_step]
+        raise CodegenError(f"keep in float32: no layer named {', '.join(map(repr, unknown))}; "
+                           f"the model's layers are {', '.join(steps[:8])}"
+                           f"{', ...' if len(steps) > 8 else ''}")
     ranges = calibrate(graph, calibration)
     int8 = {la.name for la in graph.layers
             if la.name not in keep_fp32 and int8_reason(la, lanes) is None}

@@ -36,6 +36,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="--precision int8: calibration inputs, a .npy array of whole input "
                         "batches (the --input-shape, or a stack of them along a new first "
                         "axis); default: 4 seeded random batches of --input-shape")
+    p.add_argument("--keep-fp32", default="", metavar="LAYER[,LAYER...]",
+                   help="--precision int8: layers (module paths, e.g. layer1.0.conv1) that "
+                        "stay float32, with conversions around them (mixed precision)")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:

@@ -100,12 +100,14 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
 
     t0 = time.perf_counter()
     lookup = None if args.no_tuning_db else tuning_lookup(args.db, threads)
-    calibration = None
+    calibration, keep = None, ()
     if getattr(args, "precision", "fp32") == "int8":
         calibration = calibration_batches(getattr(args, "calibration", None), shape)
+        keep = tuple(n for n in getattr(args, "keep_fp32", "").split(",") if n)
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage, tuning=lookup,
-                           schemes=schemes, sparse=args.sparse, calibration=calibration)
+                           schemes=schemes, sparse=args.sparse, calibration=calibration,
+                           keep_fp32=keep)
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     isa = toolchain.isa()
