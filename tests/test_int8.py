@@ -236,3 +236,29 @@ def test_reference_marks_int8_layers_and_follows_the_float_model():
     with torch.no_grad():
         want = model(torch.from_numpy(batches[0][0])).numpy()
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+
+
+@pytest.mark.host
+def test_pruned_layers_stay_float32_beside_int8_ones(tmp_path):
+    """Sparse kernels are float32: a layer with a pruning scheme keeps them, its neighbours
+    run in int8, with the conversions between."""
+    torch.manual_seed(0)
+    model = Seq(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
+    with torch.no_grad():  # prune the middle conv to 25% unstructured
+        w = model.mods[2].weight
+        w.mul_((torch.rand_like(w) < 0.25).float())
+    shape = (1, 16, 12, 12)
+    batches = _batches(shape)
+    x = _batches(shape, 1, seed=7)[0][0]
+    b = compile_model(model, torch.from_numpy(x), tmp_path / "b",
+                      toolchain=HostToolchain(precision="int8"), calibration=batches,
+                      schemes={"mods.2": "unstructured"}, sparse="always")
+    why = read_report(b.path).fp32_layers
+    assert list(why) == ["mods.2"] and why["mods.2"].startswith("pruned (unstructured)")
+    ops = [s.op for s in b.manifest.steps]
+    assert ops.count("quantize") == 2 and ops.count("dequantize") == 0  # fused dequantize
+    (got,) = run_bundle(b, [x])
+    with torch.no_grad():
+        fp32 = model(torch.from_numpy(x)).numpy()
+    assert np.abs(got - fp32).max() <= 0.05 * np.abs(fp32).max()
