@@ -2,7 +2,8 @@
 in instructions per inference (counted by a qemu plugin), not seconds.
 
 Per model: our dense fp32 bundle, our dense fp16 bundle (NEON FP16 arithmetic; ``--no-fp16``
-skips it), our sparse bundles at the NPAS rates (the sparse benchmark's mappings), ncnn fp32
+skips it), our dense int8 bundle (SDOT; ``--no-int8``), our sparse bundles at the NPAS rates
+(the sparse benchmark's mappings), ncnn fp32
 and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
 all on one thread, on the same input, each output checked against PyTorch first. Ours is
 counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip our sparse bundles at the NPAS rates")
     ap.add_argument("--no-fp16", action="store_true",
                     help="skip our fp16 bundle (NEON FP16 arithmetic, the 'ours fp16' row)")
+    ap.add_argument("--no-int8", action="store_true",
+                    help="skip our int8 bundle (SDOT, the 'ours int8' row; calibrated on 4 "
+                         "seeded random batches, checked at --fp16-tolerance)")
     ap.add_argument("--runs", type=int, default=2,
                     help="counted inferences per engine, after one untimed (default 2)")
     ap.add_argument("--tolerance", type=float, default=1e-3,
@@ -176,6 +180,20 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                     runner.count(rec, bundle, x, ref, args.runs, args.fp16_tolerance)
                 rec16 = Record(name, "ours", "fp16", size, "ours fp16")
                 attempt(rec16, lambda: ours_fp16(rec16))
+            if not args.no_int8:
+                def ours_int8(rec: Record) -> None:
+                    from host.models import example_inputs
+
+                    step("compiling ours (arm64, int8)")
+                    cal = [list(example_inputs(w.example.shape, seed=s)) for s in range(1, 5)]
+                    bundle = compile_model(w.model, (w.example,), work / "ours-int8",
+                                           name=f"{w.cache.name}-int8",
+                                           toolchain=arm64_toolchain("int8"), calibration=cal)
+                    rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
+                    step(f"counting ours int8 ({args.runs} inferences after one, per layer)")
+                    runner.count(rec, bundle, x, ref, args.runs, args.fp16_tolerance)
+                rec8 = Record(name, "ours", "int8", size, "ours int8")
+                attempt(rec8, lambda: ours_int8(rec8))
             if not args.no_sparse:
                 _, dense_works = forward_work(w.model, w.example)
                 for mapping in MAPPINGS.get(name, ()):

@@ -52,7 +52,7 @@ class Record:
 
     model: str
     engine: str  # "ours", "ncnn", "mnn"
-    precision: str  # "fp32", "fp16"
+    precision: str  # "fp32", "fp16", "int8"
     input_size: int
     label: str  # "ours", "ours block-punched 5.3x", "ncnn", ...
     status: str = "ok"  # "ok", "wrong" (counted, output off), "unavailable", "failed"
@@ -169,7 +169,8 @@ def kernel_variants(source: str) -> dict[str, str]:
 
 
 def arm64_toolchain(precision: str = "fp32"):
-    """Our arm64 toolchain for the counted Cortex-A76: fp32, or fp16 (NEON FP16 arithmetic)."""
+    """Our arm64 toolchain for the counted Cortex-A76: fp32, fp16 (NEON FP16 arithmetic) or
+    int8 (SDOT)."""
     from codegen import toolchain_for
 
     return toolchain_for("cpu", precision, abi="arm64-v8a", features=A76_FEATURES)
