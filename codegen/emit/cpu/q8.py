@@ -85,10 +85,16 @@ def vector_types(q: QuantIsa) -> str:
          "typedef long long npas_v2di __attribute__((vector_size(16)));\n"
          "typedef long long npas_i64u __attribute__((aligned(1), may_alias));\n"
          f"static inline vi npas_u8x(const uint8_t *p) {{\n{U8X[X]}}}\n")
-    if q.name == "neondot":
-        return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n"
+    if q.name == "neondot":  # and SDOT by element: w times x's dword (pixel) ``l``
+        lanes = "".join(
+            f"static inline vi npas_dotl{lane}(vi acc, vi w, vi x) {{\n"
+            f'  __asm__("sdot %0.4s, %1.16b, %2.4b[{lane}]" : "+w"(acc) : "w"(w), "w"(x));\n'
+            "  return acc;\n}\n" for lane in range(4))
+        return s + ("typedef int32_t vqiu __attribute__((vector_size(16), aligned(1), "
+                    "may_alias));\n"
+                    "static inline vi npas_dot(vi acc, vi a, vi b) {\n"
                     '  __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));\n'
-                    "  return acc;\n}\n")
+                    "  return acc;\n}\n" + lanes)
     if q.group == 4:
         return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n#ifdef __clang__\n"
                     "  return (vi)__builtin_ia32_vpdpbusd512(acc, a, b);\n#else\n"
@@ -218,7 +224,10 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
         for g in range(lin // q.group):
             L += [f"        {{ const vi w{o} = *(const vqi *)(wp + {o} * wb + {g * X * q.group});"
                   for o in range(oc_tile)]
-            for j in range(w_tile):
+            rest = range(w_tile)
+            if q.name == "neondot" and lin == q.group:
+                rest = _by_lane_sdot(L, acc, sw)
+            for j in rest:
                 xb = bcast(q, f"xp + {j * sw * lin + g * q.group}")
                 L.append(f"          {{ const vi xb = {xb};")
                 L += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
@@ -285,6 +294,25 @@ def _dw_dot_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, sw: int, w_tile: i
     return name, "\n".join(L) + "\n"
 
 
+def _by_lane_sdot(L: list[str], acc: list[list[str]], sw: int) -> list[int]:
+    """SDOT by element (NEON, one pixel's 4 channels a dword): each 16-byte load of 4
+    neighbouring input pixels that lies wholly inside the tile's span feeds the columns it
+    holds, one lane each, and is flipped to signed bytes once; returns the columns left to
+    the broadcast path (past the last whole load: nothing is read past the last column)."""
+    w_tile = len(acc[0])
+    whole = ((w_tile - 1) * sw + 1) // 4
+    for v in range(whole):
+        cols = [j for j in range(w_tile) if 4 * v <= j * sw < 4 * v + 4]
+        if not cols:
+            continue
+        L.append(f"          {{ const vi xv = (vi)(*(const vqiu *)(xp + {16 * v})) ^ "
+                 "((vi){} + (int32_t)0x80808080u);")
+        L += [f"            {acc[o][j]} = npas_dotl{j * sw - 4 * v}({acc[o][j]}, w{o}, xv);"
+              for j in cols for o in range(len(acc))]
+        L.append("          }")
+    return [j for j in range(w_tile) if j * sw >= 4 * whole]
+
+
 def qconv2d(c: Ctx) -> Rendered:
     """Step body of an int8 conv (blocked uint8 input): items (n, oc tile, output row)."""
     _need(c, vectors=True)
@@ -301,7 +329,10 @@ def qconv2d(c: Ctx) -> Rendered:
     pt, _, pl, _ = la.attrs["padding"]
     depthwise = conv_kind(la, X) == "depthwise"
     oc_tile = 2 if not depthwise and ocb % 2 == 0 and n * ocb // 2 * oh >= 32 else 1
-    most = min(16, (q.registers - 3) if depthwise else (q.registers - oc_tile - 2) // oc_tile)
+    # accumulators + a weight vector per oc block + the broadcast (VNNI, AVX2); SDOT by lane
+    # keeps up to 2 input vectors and the sign-flip constant too (2 x 14 spilled 2 registers)
+    spare = 4 if q.name == "neondot" else 2
+    most = min(16, (q.registers - 3) if depthwise else (q.registers - oc_tile - spare) // oc_tile)
     ow_lo = min(ow, -(-pl // sw))
     ow_hi = max(ow_lo, min(ow, (iw - 1 + pl - (kw - 1) * dw) // sw + 1))
     interior = ow_hi - ow_lo
