@@ -99,9 +99,17 @@ def vector_types(q: QuantIsa) -> str:
         return s + ("static inline vi npas_dot(vi acc, vi a, vi b) {\n#ifdef __clang__\n"
                     "  return (vi)__builtin_ia32_vpdpbusd512(acc, a, b);\n#else\n"
                     "  return (vi)__builtin_ia32_vpdpbusd_v16si(acc, a, b);\n#endif\n}\n")
+    pairs = "".join(
+        f"static inline vi npas_pair{h}(const uint8_t *p) {{\n"
+        "  const vi d = (vi){} + *(const npas_i32u *)p;\n"
+        f"  return (vi)__builtin_ia32_pshufb256((npas_v32qi)d, (npas_v32qi){{"
+        + ", ".join(f"{2 * h}, -128, {2 * h + 1}, -128" for _ in range(8)) + "});\n}\n"
+        for h in (0, 1))
     return s + ("typedef short npas_v16hi __attribute__((vector_size(32)));\n"
+                "typedef char npas_v32qi __attribute__((vector_size(32)));\n"
                 "static inline vi npas_dot(vi acc, vi a, vi b) {\n"
-                "  return acc + (vi)__builtin_ia32_pmaddwd256((npas_v16hi)a, (npas_v16hi)b);\n}\n")
+                "  return acc + (vi)__builtin_ia32_pmaddwd256((npas_v16hi)a, (npas_v16hi)b);\n}\n"
+                + pairs)
 
 
 def _need(c: Ctx, vectors: bool = False) -> None:
@@ -117,13 +125,15 @@ def fl(v: float) -> str:
     return float(np.float32(v)).hex() + "f"
 
 
-def bcast(q: QuantIsa, p: str) -> str:
-    """``q.group`` input bytes at ``p`` in every int32 lane (as the dot product pairs them)."""
+def bcast(q: QuantIsa, p: str, off: int = 0) -> str:
+    """``q.group`` input bytes at ``p + off`` in every int32 lane (as the dot product pairs
+    them). AVX2 (pairs as int16): the dword of 4 bytes at the 4-aligned offset, broadcast,
+    its pair spread to two int16 by one vpshufb (5 scalar operations a pair before)."""
     if q.group == 4 and q.offset:  # SDOT: signed bytes, x - 128
-        return f"((vi){{}} + (int32_t)(*(const npas_i32u *)({p}) ^ 0x80808080u))"
+        return f"((vi){{}} + (int32_t)(*(const npas_i32u *)({p} + {off}) ^ 0x80808080u))"
     if q.group == 4:
-        return f"((vi){{}} + *(const npas_i32u *)({p}))"
-    return f"((vi){{}} + (int32_t)((uint32_t)({p})[0] | ((uint32_t)({p})[1] << 16)))"
+        return f"((vi){{}} + *(const npas_i32u *)({p} + {off}))"
+    return f"npas_pair{(off % 4) // 2}({p} + {off - off % 4})"
 
 
 def words(a: np.ndarray) -> np.ndarray:
@@ -228,7 +238,7 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
             if q.name == "neondot" and lin == q.group:
                 rest = _by_lane_sdot(L, acc, sw)
             for j in rest:
-                xb = bcast(q, f"xp + {j * sw * lin + g * q.group}")
+                xb = bcast(q, "xp", j * sw * lin + g * q.group)
                 L.append(f"          {{ const vi xb = {xb};")
                 L += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
                       for o in range(oc_tile)]
@@ -483,11 +493,14 @@ def qlinear(c: Ctx) -> Rendered:
             f"vi a0 = *(const vqi *)(b + obk * {X}), a1 = (vi){{}};",
             f"for ({IX} j = 0; j < {k2}; j += {2 * g}) {{",
             f"  a0 = npas_dot(a0, {bcast(q, 'xr + j')}, *(const vqi *)(wr + j * {X}));",
-            f"  a1 = npas_dot(a1, {bcast(q, f'xr + j + {g}')}, "
+            f"  a1 = npas_dot(a1, {bcast(q, 'xr + j', g)}, "
             f"*(const vqi *)(wr + (j + {g}) * {X}));",
             "}"]
     if kw > k2:
-        body.append(f"a0 = npas_dot(a0, {bcast(q, f'xr + {k2}')}, *(const vqi *)(wr + {k2 * X}));")
+        # one group left: its bytes only (a dword load could pass the row's end)
+        pair = (f"((vi){{}} + (int32_t)((uint32_t)xr[{k2}] | ((uint32_t)xr[{k2 + 1}] << 16)))"
+                if g == 2 else bcast(q, "xr", k2))
+        body.append(f"a0 = npas_dot(a0, {pair}, *(const vqi *)(wr + {k2 * X}));")
     if kp > kw:  # the last partial group, zero-filled
         shift = 8 if g == 4 else 16
         parts = " | ".join(f"((uint32_t)xr[{kw + r}] << {r * shift})" for r in range(k - kw))
