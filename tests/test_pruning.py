@@ -378,6 +378,35 @@ def test_plan_command_writes_a_replayable_plan(tmp_path, capsys):
         run(bad)
 
 
+def test_a_glob_rule_says_which_layers_it_skipped_and_why(tmp_path, capsys):
+    import argparse
+
+    from host.pruning.command import add_plan_parser, build_plan, run
+
+    model = torchvision_model("mobilenet_v3_small")
+    skipped: dict = {}
+    plan = build_plan(model, ["*=block_punched:0.8"], PruningConfig(), skipped)
+    left = skipped["*=block_punched:0.8"]
+    convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert set(plan.layers) | set(left) == set(convs) and not set(plan.layers) & set(left)
+    assert "features.1.block.0.0" in left and "groups" in left["features.1.block.0.0"]
+    ap = argparse.ArgumentParser()
+    add_plan_parser(ap.add_subparsers(dest="command"))
+    assert run(ap.parse_args(["plan", "mobilenet_v3_small", "--rule", "*=block_punched:0.8"])) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {len(left)} of the layers it matched" in out
+    assert "layers: block_punched pruning needs a k×k conv" in out
+    assert run(ap.parse_args(["plan", "mobilenet_v3_small", "--json",
+                              "--rule", "*=block_punched:0.8"])) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"]["*=block_punched:0.8"] == left
+    # every layer fits: nothing is said
+    assert run(ap.parse_args(["plan", "zoo:small_cnn", "--rule", "*=unstructured:0.5"])) == 0
+    assert "skipped" not in capsys.readouterr().out
+    with pytest.raises(PruningError, match=r"applies to none of the 1 layers matching 'fc\*'; "
+                                           r"1 layer: pattern pruning needs"):
+        build_plan(torchvision_model("resnet18"), ["fc*=pattern:0.8"], PruningConfig())
+
+
 @pytest.mark.parametrize("rules", [
     {"layer1.0.conv1": LayerRule("filter", 0.5), "layer2.0.conv1": LayerRule("channel", 0.25)},
     {"layer1.0.conv1": LayerRule("pattern", 0.7), "fc": LayerRule("unstructured", 0.9),

@@ -3,7 +3,8 @@ and `--plan PLAN.json` for compile/profile (prune the loaded model before compil
 other compile options, such as --sparse, are in host/commands/args.py).
 
 Rules read ``LAYERS=SCHEME:RATE[:key=value,...]``: LAYERS is a glob over module paths ('*' for
-every layer); a glob skips the layers the scheme does not apply to, an exact name must fit.
+every layer); a glob skips the layers the scheme does not apply to and says which and why
+(`plan` prints them, `--json` has them under "skipped"); an exact name must fit.
 RATE is a fraction removed (0.8) or a compression ratio (5x). Later rules win.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import re
 from pathlib import Path
 
 from torch import nn
@@ -71,21 +73,56 @@ def parse_rule(text: str) -> tuple[str, str, float, dict]:
     return layers, parts[0], parse_rate(parts[1]), params
 
 
-def build_plan(model: nn.Module, rules: list[str], cfg: PruningConfig) -> PruningPlan:
+def build_plan(model: nn.Module, rules: list[str], cfg: PruningConfig,
+               skipped: dict[str, dict[str, str]] | None = None) -> PruningPlan:
+    """The plan the rules make. A glob's rule leaves out the layers its scheme does not fit:
+    ``skipped`` (when given) gets, per rule text, each such layer and why."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     layers: dict[str, LayerRule] = {}
     for text in rules:
         pattern, scheme, rate, params = parse_rule(text)
         if any(c in pattern for c in "*?["):
             hits = fnmatch.filter(names, pattern)
-            fit = PruningPlan.uniform(model, scheme, rate, cfg, params, only=hits).layers
+            left: dict[str, str] = {}
+            fit = PruningPlan.uniform(model, scheme, rate, cfg, params, only=hits,
+                                      skipped=left).layers
             if not fit:
+                why = "".join(f"; {r}" for r in _reasons(left)[:3])
                 raise PruningError(f"rule {text!r}: {scheme} applies to none of the "
-                                   f"{len(hits)} layers matching {pattern!r}")
+                                   f"{len(hits)} layers matching {pattern!r}{why}")
             layers.update(fit)
+            if left and skipped is not None:
+                skipped[text] = left
         else:
             layers[pattern] = LayerRule(scheme, rate, params)
     return PruningPlan(layers, cfg)
+
+
+def _reasons(left: dict[str, str]) -> list[str]:
+    """Per reason, commonest first: 'N layers: reason (layer, layer, ...)'."""
+    by: dict[str, list[str]] = {}
+    for name, why in left.items():
+        # a scheme's refusal reads "layer NAME (shape): reason": group on the reason
+        head = f"layer {name} ("
+        if why.startswith(head) and "): " in why:
+            why = why.split("): ", 1)[1]
+        why = re.sub(r", got [^;]*", "", why)  # what each layer has instead: its own detail
+        by.setdefault(why, []).append(name)
+    out = []
+    for why, names in sorted(by.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(names[:4]) + (f", … {len(names) - 4} more" if len(names) > 4 else "")
+        out.append(f"{len(names)} layer{'s' if len(names) > 1 else ''}: {why} ({shown})")
+    return out
+
+
+def skipped_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
+    """Per glob rule that left layers out: how many it skipped, and why."""
+    lines = []
+    for text, left in skipped.items():
+        lines.append(f"rule {text!r} skipped {len(left)} of the layers it matched "
+                     f"(the scheme does not fit them):")
+        lines += [f"  {r}" for r in _reasons(left)]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,14 +130,18 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     model = load_model(args.model)
-    plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns))
+    skipped: dict[str, dict[str, str]] = {}
+    plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns),
+                      skipped)
     report = plan.report(model)
     if args.output:
         plan.save(args.output)
     if args.json:
-        print(json.dumps({"plan": plan.to_dict(), **report.to_dict()}))
+        print(json.dumps({"plan": plan.to_dict(), **report.to_dict(), "skipped": skipped}))
     else:
         print(report)
+        for line in skipped_lines(skipped):
+            print(line)
         if args.output:
             print(f"plan of {len(plan.layers)} layers → {args.output}")
     return 0

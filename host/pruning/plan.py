@@ -184,8 +184,10 @@ class PruningPlan:
     @classmethod
     def uniform(cls, model: nn.Module, scheme: str, rate: float | str,
                 config: PruningConfig | None = None, params: dict | None = None,
-                only: list[str] | None = None) -> PruningPlan:
-        """One scheme and rate on every layer (or those in ``only``) it applies to."""
+                only: list[str] | None = None, skipped: dict[str, str] | None = None
+                ) -> PruningPlan:
+        """One scheme and rate on every layer (or those in ``only``) it applies to; the
+        layers it does not apply to are left out, each with the reason in ``skipped``."""
         cfg = config or PruningConfig()
         r, s = parse_rate(rate), get_scheme("*", scheme)
         graph = DependencyGraph(model) if s.structural else None
@@ -198,7 +200,9 @@ class PruningPlan:
                 s.check(name, m, r, p)
                 if graph is not None:
                     graph.out_group(name) if scheme == "filter" else graph.in_groups(name)
-            except PruningError:
+            except PruningError as e:
+                if skipped is not None:
+                    skipped[name] = str(e)
                 continue
             layers[name] = LayerRule(scheme, r, dict(params or {}))
         return cls(layers, cfg)
