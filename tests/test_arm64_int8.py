@@ -30,7 +30,8 @@ pytestmark = pytest.mark.arm64
 
 CALL_TIMEOUT_S = 300.0
 # the cases of the x86 tier that cover each kernel kind once (qemu is slow)
-ARM64_CASES = ("conv3x3s2_relu6", "conv7x7s2_stem", "residual", "depthwise3x3s1_relu6",
+ARM64_CASES = ("conv3x3s2_relu6", "conv7x7s2_stem", "conv3x3_4oc_blocks", "residual",
+               "depthwise3x3s1_relu6",
                "two_readers", "maxpool", "linear")
 
 

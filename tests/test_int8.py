@@ -98,6 +98,8 @@ CASES = {
     "conv3x3s2_relu6": (lambda: Seq(nn.Conv2d(5, 20, 3, 2, 1), nn.ReLU6()), (2, 5, 13, 10)),
     "conv7x7s2_stem": (lambda: Seq(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU()), (1, 3, 23, 21)),
     "conv1x1": (lambda: Seq(nn.Conv2d(40, 33, 1)), (1, 40, 6, 7)),
+    "conv3x3_4oc_blocks": (lambda: Seq(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU()),
+                           (1, 16, 32, 10)),
     "conv3x3_dilated": (lambda: Seq(nn.Conv2d(16, 16, 3, padding=2, dilation=2)), (1, 16, 9, 9)),
     "conv_wide_row": (lambda: Seq(nn.Conv2d(8, 32, (1, 3), padding=(0, 1))), (1, 8, 3, 40)),
     "residual": (lambda: Seq(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
@@ -141,6 +143,8 @@ def test_int8_kernel_is_bit_exact(case, qisa, tmp_path):
     assert f"_qs8__{qisa.name}_" in src
     if shape[1:2] == (3,):  # an image: blocked by 4 channels, not a whole vector
         assert "_nchw4c_qs8__" in src
+    if case == "conv3x3_4oc_blocks" and qisa is AVX512_VNNI:  # 4 oc blocks a tile
+        assert "_qs8__avx512vnni_4x" in src
     if case == "depthwise3x3s1_relu6" and qisa is AVX512_VNNI:  # a row's taps in one dot
         assert "_qs8__avx512vnni_dot_" in src
     got = run_bundle(b, [x])
