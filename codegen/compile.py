@@ -99,7 +99,8 @@ def compile_model(module: torch.nn.Module,
     layer dense where its density makes the dense kernel faster, "always" uses every sparse
     kernel there is. ``compact_weights`` False ships every param as the kernels read it (no
     prepare steps: format 1's blobs, several times larger where Winograd layers are).
-    With an int8 toolchain (``HostToolchain(precision="int8")``) the layers that have int8
+    With an int8 toolchain (``HostToolchain(precision="int8")``, or
+    ``Arm64AndroidToolchain(precision="int8")``: SDOT) the layers that have int8
     kernels run in int8, scales calibrated on ``calibration`` (batches, each a list of the
     model's inputs; default: ``example_inputs`` alone), the rest (and ``keep_fp32``, layer
     names) in float32 (``codegen/passes/quantize.py``; the report's ``fp32_layers`` says

@@ -9,7 +9,9 @@ phones with clang (the NDK's when one is given or ``ANDROID_NDK_HOME``/``ANDROID
 names one, else Debian's ``clang`` + ``lld``); the generated C is the same. ``isa()`` names
 the vector ISA the kernels are written for (AVX-512/AVX2/SSE from the host's features, NEON on
 arm64, NEON FP16 on arm64 at precision "fp16"): it sets the blocked layout's width and the
-element type, and the vector-extension kernels compile to it.
+element type, and the vector-extension kernels compile to it. At precision "int8" (the host's
+AVX-512 VNNI or AVX2, arm64's SDOT: ``codegen.isa.QuantIsa``) the language is
+``Int8CLanguage`` and the flags add ``-ffp-contract=off``.
 
 ``OpenClToolchain`` builds nothing here: the OpenCL C source is the artifact and the runner
 builds it on the device with ``clBuildProgram(build_options)``. ``check`` compiles it offline
