@@ -9,6 +9,10 @@ element-wise add/mul of two tensors ties their spaces together (a residual add g
 spaces form a ``Group``: removing channel c of a group removes it from every member — the
 producers' filters, the BNs and depthwise convs it flows through, and the consumers' inputs.
 
+PixelShuffle(r) (depth-to-space) makes output channel c of input channels c·r² … c·r² + r² − 1:
+the input's space *expands* the output's, so the producing conv's filters are pruned in aligned
+blocks of r² (its member carries ``inner`` = r²) when a channel after the shuffle is removed.
+
 Anything the walk does not understand (a grouped conv, a reshape, the model's output, the
 input) *freezes* the groups it touches, with the reason, so that pruning them is refused with a
 message instead of producing a wrong model.
@@ -30,9 +34,9 @@ from .config import PruningError, describe
 # Layers that pass channels through unchanged: every activation the code generator knows (its
 # modules, functions and methods, one row each in codegen's ACTIVATIONS table), plus those it
 # does not compile but a model may still be pruned around, dropout, identity and pools. A mean
-# over H and W and upsampling keep the channels; channel shuffle (view/transpose), chunk/split,
-# PixelShuffle and ConvTranspose2d freeze the groups they touch (the walk does not follow a
-# permutation or regrouping of channels).
+# over H and W and upsampling keep the channels; PixelShuffle regroups them (``_shuffle``);
+# channel shuffle (view/transpose), chunk/split and ConvTranspose2d freeze the groups they touch
+# (the walk does not follow a permutation of channels).
 _PASS_MODULES = (*dict.fromkeys(t for a in ACTIVATIONS.values() for t in a.modules), nn.Tanh,
                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d,
                  nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
@@ -52,6 +56,8 @@ class _Space:
     origin: str
     frozen: str | None = None
     parent: int = -1  # union-find
+    # PixelShuffle: (space T, r²): channel c·r² + j of this space is channel c of T's
+    expands: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,8 @@ class DependencyGraph:
         d = ins[0] if ins else None
         if isinstance(m, _PASS_MODULES):
             return d
+        if isinstance(m, nn.PixelShuffle):
+            return self._shuffle(d, m.upscale_factor, f"{name} (PixelShuffle)", ins)
         if isinstance(m, nn.Flatten):
             if d is not None and d.rank == 4 and m.start_dim == 1 and m.end_dim == -1:
                 return _Desc(d.spaces, 2, True)
@@ -260,6 +268,10 @@ class DependencyGraph:
             keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
             if sorted(x % 4 for x in dims) == [2, 3]:
                 return _Desc(d.spaces, 4 if keep else 2)
+        elif t in (F.pixel_shuffle, torch.pixel_shuffle, "pixel_shuffle"):
+            r = n.args[1] if len(n.args) > 1 else n.kwargs.get("upscale_factor")
+            if isinstance(r, int) and len(ins) == 1:
+                return self._shuffle(d, r, f"{n.name} (pixel_shuffle)", ins)
         elif t is torch.cat:
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             seq = n.args[0] if isinstance(n.args[0], (list, tuple)) else ()
@@ -278,25 +290,69 @@ class DependencyGraph:
                 sb = [self._size(s) for s in b.spaces]
                 if a.rank == b.rank and a.flat == b.flat and sa == sb and None not in sa:
                     for x, y in zip(a.spaces, b.spaces, strict=True):
+                        self._union_expands(x, y)
                         self._union(x, y)
                     return a
         self._unknown(ins, f"{n.name} ({what})")
         return None
 
+    def _shuffle(self, d: _Desc | None, r: int, why: str, ins) -> _Desc | None:
+        """PixelShuffle(r): a new space of C / r² channels that the input's space (with every
+        space tied to it) expands by r²; anything else (several spaces, an unknown size, a
+        second shuffle of the same channels) freezes."""
+        s = d.spaces[0] if d is not None and len(d.spaces) == 1 else None
+        size = self._size(s) if s is not None else None
+        root = self._find(s) if s is not None else None
+        if (s is None or d.rank != 4 or d.flat or size is None or size % (r * r)
+                or self._spaces[root].expands is not None):
+            self._unknown(ins, why)
+            return None
+        out = self._new(size // (r * r), why)
+        self._spaces[root].expands = (out, r * r)
+        return _Desc((out,), 4)
+
+    def _union_expands(self, a: int, b: int) -> None:
+        """A union after a shuffle would merge an expanded space with another: freeze both."""
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb and (self._spaces[ra].expands or self._spaces[rb].expands):
+            why = "channels tied to a PixelShuffle's input after the shuffle"
+            for x in (ra, rb):
+                self._spaces[x].frozen = self._spaces[x].frozen or why
+                if self._spaces[x].expands:
+                    t = self._find(self._spaces[x].expands[0])
+                    self._spaces[t].frozen = self._spaces[t].frozen or why
+
+    def _resolve(self, s: int) -> tuple[int, int, str | None]:
+        """(the root whose group holds space ``s``'s channels, channels of ``s`` per channel
+        of that group, a freeze reason met on the way)."""
+        r, k, frozen = self._find(s), 1, None
+        while self._spaces[r].expands is not None:
+            frozen = frozen or self._spaces[r].frozen
+            t, f = self._spaces[r].expands
+            r, k = self._find(t), k * f
+        return r, k, frozen
+
     # --- groups -----------------------------------------------------------------------------
     def _build_groups(self) -> tuple[list[Group], dict[int, Group]]:
         by_root: dict[int, Group] = {}
         space_group: dict[int, Group] = {}
+        factor: dict[int, int] = {}
         for s in range(len(self._spaces)):
-            r = self._find(s)
+            r, factor[s], frozen = self._resolve(s)
             if r not in by_root:
                 root = self._spaces[r]
                 by_root[r] = Group(len(by_root), root.size or 0, frozen=root.frozen)
-            space_group[s] = by_root[r]
+            g = space_group[s] = by_root[r]
+            g.frozen = g.frozen or frozen
         for slot in self._slots:
             off = 0
             for s in slot.spaces:
-                space_group[s].members.append(Member(slot.layer, slot.role, off, slot.inner))
+                g, k = space_group[s], factor[s]
+                if off % k:  # an expanded space at an offset its blocks do not align with
+                    g.frozen = g.frozen or (f"{slot.layer}, whose input holds them at "
+                                            f"offset {off} (not a multiple of a PixelShuffle's "
+                                            f"{k}),")
+                g.members.append(Member(slot.layer, slot.role, off // k, slot.inner * k))
                 off += self._size(s)
         return list(by_root.values()), space_group
 

@@ -57,7 +57,9 @@ class ChannelMasks:
     def __init__(self, model: nn.Module, example: torch.Tensor):
         self.graph = DependencyGraph(model)
         self.groups: dict[int, Group] = {g.id: g for g in self.graph.groups
-                                         if not g.frozen and g.producers and g.size > 1}
+                                         if not g.frozen and g.producers and g.size > 1
+                                         # its masks act per output channel of a producer
+                                         and all(m.inner == 1 for m in g.producers)}
         if not self.groups:
             raise PruningError(f"{type(model).__name__}: no channel group can be pruned (every "
                                f"group is frozen: {self.graph})")

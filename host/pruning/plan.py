@@ -264,8 +264,10 @@ class PruningPlan:
         members = g.producers if scheme == "filter" else g.consumers
         for mem in members:
             w = mods[mem.layer].weight.detach().double()
-            if mem.role == "out":
-                score += w.reshape(w.shape[0], -1).norm(dim=1)
+            if mem.role == "out":  # ``inner`` filters per channel before a PixelShuffle
+                rows = w.reshape(w.shape[0], -1)
+                sl = rows[mem.offset * mem.inner:(mem.offset + g.size) * mem.inner]
+                score += sl.reshape(g.size, -1).norm(dim=1)
             else:
                 cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # [in, rest]
                 sl = cols[mem.offset * mem.inner:(mem.offset + g.size) * mem.inner]
