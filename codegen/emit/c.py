@@ -18,7 +18,17 @@ from __future__ import annotations
 import numpy as np
 
 from codegen import cost
-from codegen.emit.cpu import conv, convert, eltwise, linear, pack, pool, prelude, q8, winograd
+from codegen.emit.cpu import (
+    conv,
+    convert,
+    eltwise,
+    linear,
+    pack,
+    pool,
+    prelude,
+    q8_convert,
+    winograd,
+)
 from codegen.emit.cstyle import (
     KERNELS,
     PARAM_ORDER,
@@ -117,8 +127,8 @@ VECTOR_KERNELS = {
     "to_nchwxc": convert.to_blocked,
     "to_nchw": convert.to_plain,
     "cast": eltwise_kernel("x0[i]", 1),
-    "quantize": q8.quantize,  # float32 <-> uint8 in int8 graphs (codegen/emit/c_int8.py)
-    "dequantize": q8.dequantize,
+    "quantize": q8_convert.quantize,  # float32 <-> uint8 in int8 graphs (emit/c_int8.py)
+    "dequantize": q8_convert.dequantize,
 }
 
 

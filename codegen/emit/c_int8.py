@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.c import CLanguage
-from codegen.emit.cpu import q8
+from codegen.emit.cpu import q8, q8_convert
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer, numel
@@ -41,9 +41,9 @@ class Int8CLanguage(CLanguage):
         k = dict(self.kernels)
         k["conv2d"] = _int8_or(q8.qconv2d, k["conv2d"])
         k["linear"] = _int8_or(q8.qlinear, k["linear"])
-        k["maxpool2d"] = _int8_or(q8.qmaxpool2d, k["maxpool2d"])
-        k["to_nchwxc"] = _u8_or(q8.convert_u8, k["to_nchwxc"])
-        k["to_nchw"] = _u8_or(q8.convert_u8, k["to_nchw"])
+        k["maxpool2d"] = _int8_or(q8_convert.qmaxpool2d, k["maxpool2d"])
+        k["to_nchwxc"] = _u8_or(q8_convert.convert_u8, k["to_nchwxc"])
+        k["to_nchw"] = _u8_or(q8_convert.convert_u8, k["to_nchw"])
         self.kernels = k
 
     def tensor_scalar(self, graph: Graph, tensor: str) -> str:

@@ -19,8 +19,8 @@ writes float32 (its dequantization fused into the requantization).
   ``sum (x - zero_x) * w`` over the valid taps, which is what zero padding gives. Depthwise:
   ``(x - zero_x) * w`` in int32 vectors, per tap.
 - ``qlinear``: two dot-product chains over k; ``-zero_x * sum w`` folded into the bias.
-- ``qmaxpool2d``: the max of uint8 vectors; ``quantize``, ``dequantize``, and the uint8 layout
-  conversions (``convert_u8``) take either layout on either side.
+- ``q8_convert.py``: ``qmaxpool2d`` (the max of uint8 vectors), ``quantize``, ``dequantize``
+  and the uint8 layout conversions (``convert_u8``), either layout on either side.
 
 The requantization (``requant``) is ``codegen.quant``'s: float(acc) * m, the residual's term,
 the clamp, ``(v + 1.5 * 2^23) - 1.5 * 2^23`` (round to nearest, ties to even, for |v| < 2^22),
@@ -36,7 +36,7 @@ from codegen.cost import best_tile, conv_kind
 from codegen.emit.cpu.prelude import AI
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.isa import QuantIsa
-from codegen.lr import Graph, Layer, numel
+from codegen.lr import Graph, Layer
 from codegen.quant import LayerQuant, layer_quant
 
 MAGIC = "12582912.0f"  # 1.5 * 2^23
@@ -546,84 +546,3 @@ def pack_qlinear(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]
     mult[:o] = lq.mult
     wdt = np.int8 if q.weight == "int8_t" else np.int16
     return words(wp.astype(wdt)), words(bias), mult
-
-
-# ---- pooling and conversions ---------------------------------------------------------------
-
-def qmaxpool2d(c: Ctx) -> Rendered:
-    """Max pool of blocked uint8: padding never wins (every window holds a real value)."""
-    _need(c, vectors=True)
-    X = c.lang.qisa.lanes
-    n, cbk, ih, iw, _ = c.ins[0]
-    _, _, oh, ow, _ = c.out
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (c.a["kernel"], c.a["stride"], c.a["padding"],
-                                             c.a["dilation"])
-    body = [f"/* maxpool2d_nchw{X}c_qs8__{c.lang.qisa.name} */",
-            f"const uint8_t *xp = x + nc * {ih * iw * X};",
-            "vq mx = (vq){};",
-            f"for ({IX} ky = 0; ky < {kh}; ++ky) {{",
-            f"  const {IX} ih = oh * {sh} - {ph} + ky * {dh};",
-            f"  if (ih < 0 || ih >= {ih}) continue;",
-            f"  for ({IX} kx = 0; kx < {kw}; ++kx) {{",
-            f"    const {IX} iw = ow * {sw} - {pw} + kx * {dw};",
-            f"    if (iw < 0 || iw >= {iw}) continue;",
-            f"    const vq v = *(const vq *)(xp + (ih * {iw} + iw) * {X});",
-            "    const vq k = (vq)(v > mx);",
-            "    mx = (mx & ~k) | (v & k);", "  }", "}",
-            f"*(vq *)(y + ((nc * {oh} + oh) * {ow} + ow) * {X}) = mx;"]
-    lines, items = c.lang.nest(c, [("nc", n * cbk), ("oh", oh), ("ow", ow)], 2, body)
-    return [c.x(), c.y(), *lines], items, numel(c.out) * kh * kw
-
-
-def _convert(c: Ctx, fn, pad: str) -> Rendered:
-    """y = fn(x) element by element, each side plain or blocked (pad lanes get ``pad``)."""
-    src, dst = c.ins[0], c.out
-    if len(src) == len(dst):  # the same layout: element-wise over the buffer
-        total = numel(dst)
-        ch = 4096
-        items = -(-total // ch)
-        body = [f"const {IX} i1 = it * {ch} + {ch} < {total} ? it * {ch} + {ch} : {total};",
-                f"for ({IX} i = it * {ch}; i < i1; ++i) y[i] = {fn('x[i]')};"]
-        return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, total
-    blocked_in = len(src) == 5
-    logical = dst if blocked_in else src
-    blocked = src if blocked_in else dst
-    n, ch, h, w = logical
-    cbk, X = blocked[1], blocked[4]
-    hw = h * w
-    body = [f"const {IX} n = it / {cbk}, cb = it % {cbk};",
-            f"for ({IX} l = 0; l < {X}; ++l) {{",
-            f"  const {IX} ch = cb * {X} + l;"]
-    if blocked_in:
-        body += [f"  if (ch >= {ch}) break;",
-                 f"  for ({IX} p = 0; p < {hw}; ++p) y[(n * {ch} + ch) * {hw} + p] = "
-                 f"{fn(f'x[(it * {hw} + p) * {X} + l]')};"]
-    else:
-        body += [f"  if (ch >= {ch}) {{ for ({IX} p = 0; p < {hw}; ++p) "
-                 f"y[(it * {hw} + p) * {X} + l] = {pad}; continue; }}",
-                 f"  for ({IX} p = 0; p < {hw}; ++p) y[(it * {hw} + p) * {X} + l] = "
-                 f"{fn(f'x[(n * {ch} + ch) * {hw} + p]')};"]
-    body.append("}")
-    items = n * cbk
-    return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, 0
-
-
-def quantize(c: Ctx) -> Rendered:
-    """float32 -> uint8 (``codegen.quant.quantize_array``), either layout to either."""
-    _need(c)
-    qp = c.graph.quant[c.la.output]
-    args = f"{fl(1.0 / qp.scale)}, {fl(-qp.zero)}, {fl(255 - qp.zero)}, {qp.zero}"
-    return _convert(c, lambda v: f"npas_q8({v}, {args})", str(qp.zero))
-
-
-def dequantize(c: Ctx) -> Rendered:
-    """uint8 -> float32 (``codegen.quant.dequantize_array``), either layout to either."""
-    _need(c)
-    qp = c.graph.quant[c.la.inputs[0]]
-    return _convert(c, lambda v: f"npas_dq8({v}, {fl(qp.scale)}, {qp.zero})", "0.0f")
-
-
-def convert_u8(c: Ctx) -> Rendered:
-    """A uint8 tensor's layout conversion (NCHW <-> NCHW[x]c)."""
-    _need(c)
-    return _convert(c, lambda v: v, "0")
