@@ -157,6 +157,7 @@ def test_pruning_across_pixel_shuffle_removes_aligned_filter_blocks():
 @pytest.mark.parametrize("second,reason", [
     ("shuffle", r"pixel_shuffle_1 \(pixel_shuffle\)"),  # the same channels shuffled twice
     ("cat", r"d, whose input holds them at offset 6 \(not a multiple of a PixelShuffle's 4\)"),
+    ("tie", "channels tied to a PixelShuffle's input after the shuffle"),
     ("aligned", None),  # at offset 8: blocks of 4 align
 ])
 def test_pixel_shuffle_freezes_what_it_cannot_regroup(second, reason):
@@ -164,15 +165,18 @@ def test_pixel_shuffle_freezes_what_it_cannot_regroup(second, reason):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Conv2d(3, 16, 1)
-            self.b = nn.Conv2d(3, 6 if second == "cat" else 8, 1)
+            self.b = nn.Conv2d(3, {"cat": 6, "tie": 16}.get(second, 8), 1)
             self.c = nn.Conv2d(4, 3, 1)
-            self.d = nn.Conv2d(4 if second == "shuffle" else 16 + self.b.out_channels, 3, 1)
+            self.d = nn.Conv2d({"shuffle": 4, "tie": 16}.get(second, 16 + self.b.out_channels),
+                               3, 1)
 
         def forward(self, x):
             y = self.a(x)
             z = self.c(F.pixel_shuffle(y, 2))
             if second == "shuffle":
                 return z + self.d(F.pixel_shuffle(y, 2))
+            if second == "tie":
+                return z, self.d(y + self.b(x))
             return z, self.d(torch.cat([self.b(x), y], 1))
 
     g = DependencyGraph(Two())
