@@ -51,9 +51,14 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, int, int]  # C, H, W of one image as the model sees it
     classes: tuple[str, ...] = ()
+    task: str = "classify"  # or "sr": x low-resolution images, y high-resolution (sr.py)
 
     def describe(self) -> str:
         c, h, w = self.input_shape
+        if self.task == "sr":
+            vh, vw = self.val.y.shape[-2:]
+            return (f"{self.name}: {len(self.train)} training patches ({c}×{h}×{w} → ×2), "
+                    f"{len(self.val)} validation images ({vw}×{vh})")
         return (f"{self.name}: {len(self.train)} train / {len(self.val)} val images, "
                 f"{c}×{h}×{w}, {self.num_classes} classes")
 

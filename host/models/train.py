@@ -32,6 +32,15 @@ class TrainConfig:
     batch_size: int = 64
     device: str = "cpu"  # "cpu" or "cuda"
     label_smoothing: float = 0.0
+    optimizer: str = "sgd"  # or "adam" (super-resolution: SGD hardly moves an L1 loss)
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, or Adam (no decay) when ``cfg`` asks for it."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -61,8 +70,7 @@ def train(model: nn.Module, data: Dataset, epochs: float, cfg: TrainConfig, seed
     dev = torch.device(cfg.device)
     model.to(dev).train()
     base_lr = cfg.lr if lr is None else lr
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr,
-                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg, base_lr)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     step, loss_v = 0, float("nan")
@@ -73,7 +81,7 @@ def train(model: nn.Module, data: Dataset, epochs: float, cfg: TrainConfig, seed
                 group["lr"] = 0.5 * base_lr * (1 + math.cos(math.pi * step / total))
             with gate:
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                loss = task_loss(data, model(x), y, cfg.label_smoothing)
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
                 opt.zero_grad(set_to_none=True)
@@ -91,10 +99,25 @@ def train(model: nn.Module, data: Dataset, epochs: float, cfg: TrainConfig, seed
     return TrainResult(total, time.perf_counter() - t0, loss_v)
 
 
+def task_loss(data: Dataset, out: torch.Tensor, y: torch.Tensor,
+              label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loss of ``data``'s task: cross-entropy (classify), L1 (sr)."""
+    if data.task == "sr":
+        from .sr import sr_loss
+
+        return sr_loss(out, y)
+    return F.cross_entropy(out, y, label_smoothing=label_smoothing)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, device: str = "cpu", batch_size: int = 256,
              gate: contextlib.AbstractContextManager | None = None) -> float:
-    """Top-1 accuracy on ``data.val`` (eval mode; the model is left in eval mode)."""
+    """Top-1 accuracy on ``data.val`` (eval mode; the model is left in eval mode); for an
+    SR dataset the PSNR in dB (Y channel, sr.py): higher is better either way."""
+    if data.task == "sr":
+        from .sr import sr_scores
+
+        return sr_scores(model, data, device, gate=gate).psnr
     dev = torch.device(device)
     model.to(dev).eval()
     correct = seen = 0

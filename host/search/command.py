@@ -33,8 +33,10 @@ from .config import (
 )
 from .space import ratio_str
 from .strategies import STRATEGIES
+from .tasks import INFO, TASKS, fmt_metric
 
 _D = SearchConfig  # the defaults, as class attributes of the dataclass
+_C = INFO["classify"]  # the task's defaults SearchConfig fills in
 LOCAL_RAY_WORKERS = 2  # --executor ray without --workers or --ray-address
 
 
@@ -47,15 +49,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "on the device), phase 3 prunes the chosen candidate with gradual and "
                        "ADMM pruning, trains it and exports it. Writes a run folder with a "
                        "journal, checkpoints, the final model and report.md.")
-    p.add_argument("--model", default=_D.model,
+    p.add_argument("--task", choices=TASKS, default=_D.task,
+                   help="classify (accuracy; default) or sr (×2 super-resolution: PSNR and "
+                        "SSIM on the Y channel against the bicubic baseline, trained on "
+                        "patches, latency measured at --frame)")
+    p.add_argument("--frame", help="sr: the output frame the device times, WIDTHxHEIGHT "
+                                   "(default 1280x720: a 640x360 input)")
+    p.add_argument("--model",
                    help=f"torchvision name, module:factory, or a .pt file of a whole model "
-                        f"(default {DEFAULT_MODEL}: a small CNN for digits)")
+                        f"(default {DEFAULT_MODEL}: a small CNN for digits; with --task sr "
+                        f"{INFO['sr'].model})")
     p.add_argument("--weights", help="a state dict to load into --model first")
-    p.add_argument("--dataset", default=_D.dataset,
+    p.add_argument("--dataset",
                    help="digits (scikit-learn's, offline; default), cifar10:PATH (the "
-                        "python-pickle folder) or imagefolder:PATH")
+                        "python-pickle folder) or imagefolder:PATH; with --task sr: photos "
+                        "(scikit-learn's two photographs, offline; default) or "
+                        "imagefolder:PATH (high-resolution images, bicubic-degraded)")
     p.add_argument("--image-size", type=int,
-                   help="input size (default: 16 for digits, 32 for the others)")
+                   help="input size (default: 16 for digits, 32 for the others); with --task "
+                        "sr the high-resolution training patch side (default 64)")
     p.add_argument("--device", help=f"'{_D.device}' (the host runner; default), 'qemu-arm64' "
                                      f"or a phone serial; several, comma-separated, of one "
                                      f"model: a pool measuring at once ('local,local', "
@@ -124,10 +136,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{_D.phase3_epochs:g})")
     p.add_argument("--final-epochs", type=float, default=_D.final_epochs,
                    help=f"training of the final model (default {_D.final_epochs:g})")
-    p.add_argument("--lr", type=float, default=_D.lr, help="learning rate for training")
-    p.add_argument("--finetune-lr", type=float, default=_D.finetune_lr,
-                   help="learning rate for fine-tuning (phases 1 to 3; cosine decay)")
-    p.add_argument("--batch-size", type=int, default=_D.batch_size)
+    p.add_argument("--lr", type=float,
+                   help=f"learning rate for training (default {_C.lr:g} with SGD; --task sr "
+                        f"{INFO['sr'].lr:g} with Adam)")
+    p.add_argument("--finetune-lr", type=float,
+                   help=f"learning rate for fine-tuning (phases 1 to 3; cosine decay; default "
+                        f"{_C.finetune_lr:g}; --task sr {INFO['sr'].finetune_lr:g})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"default {_C.batch_size}; --task sr {INFO['sr'].batch_size}")
     p.add_argument("--train-device", default=_D.train_device, help="cpu (default) or cuda")
     p.add_argument("--train-threads", type=int, default=_D.train_threads,
                    help=f"torch threads for training (default {_D.train_threads}: the local "
@@ -175,8 +191,21 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     except ValueError:
         raise SearchError(f"--jcw-bounds {args.jcw_bounds!r}: four fractions, e.g. "
                           f"0.5,0.8,0.9,0.3") from None
+    task = INFO[args.task]
+    frame = ()
+    if args.frame:
+        if args.task != "sr":
+            raise SearchError("--frame is for --task sr (the output frame timed)")
+        from ..models.data import DataSpecError
+        from ..models.sr import frame_arg
+
+        try:
+            frame = frame_arg(args.frame)
+        except DataSpecError as e:
+            raise SearchError(str(e)) from None
     return SearchConfig(
-        model=args.model, weights=args.weights, dataset=args.dataset,
+        task=args.task, frame=frame, model=args.model or task.model, weights=args.weights,
+        dataset=args.dataset or task.dataset,
         image_size=args.image_size, device=args.device or _D.device,
         latency_ms=targets[0] if targets else None, targets=targets if len(targets) > 1 else (),
         speedup=args.speedup, strategy=args.strategy,
@@ -189,8 +218,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         filter_types=tuple(s.strip() for s in args.filter_types.split(",") if s.strip()),
         latency_weight=args.latency_weight, finetune_epochs=args.finetune_epochs,
         pretrain_epochs=pre, phase1_epochs=args.phase1_epochs,
-        phase3_epochs=args.phase3_epochs, final_epochs=args.final_epochs, lr=args.lr,
-        finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        phase3_epochs=args.phase3_epochs, final_epochs=args.final_epochs,
+        lr=args.lr, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         train_device=args.train_device, train_threads=args.train_threads, runs=args.runs,
         warmup=args.warmup, threads=args.threads, seed=args.seed,
         skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint,
@@ -277,7 +306,8 @@ def _interrupt(signum, frame) -> None:
 def _print_result(s: dict, as_json: bool) -> None:
     ch, p3 = s["chosen"], s.get("phase3") or {}
     if as_json:
-        keep = ("run_dir", "report", "model", "dataset", "device", "strategy", "seed",
+        keep = ("run_dir", "report", "task", "baseline", "input_shape", "model", "dataset",
+                "device", "strategy", "seed",
                 "target_ms", "dense_ms", "floor_ms", "best_meeting_accuracy", "evaluated",
                 "failed", "wall_s")
         print(json.dumps({**{k: s.get(k) for k in keep},
@@ -293,18 +323,27 @@ def _print_result(s: dict, as_json: bool) -> None:
               f"{s['wall_s']:.0f} s; target {s['target_ms']:.3f} ms (dense "
               f"{s['dense_ms']:.3f} ms)")
     out.print(f"chosen: candidate {ch['id']}: {ch['summary']}")
-    out.print(f"  phase 2: accuracy {ch['accuracy']:.2%} at {ch['latency_ms']:.3f} ms")
+    task = s.get("task", "classify")
+    f = fmt_metric
+    out.print(f"  phase 2: {f(ch['accuracy'], task)} at {ch['latency_ms']:.3f} ms")
     if p3:
         verdict = "meets" if p3["meets_target"] else "[red]misses[/red]"
-        out.print(f"  final ({p3['picked']}): accuracy {p3['final_acc']:.2%} at "
+        out.print(f"  final ({p3['picked']}): {f(p3['final_acc'], task)} at "
                   f"{p3['final_ms']:.3f} ms on {s['device']}: {verdict} the target")
     for t in s.get("targets", []):
         r = _target_row(t)
-        final = (f"; final {r['final_acc']:.2%} at {r['final_ms']:.3f} ms: "
+        final = (f"; final {f(r['final_acc'], task)} at {r['final_ms']:.3f} ms: "
                  f"{'meets' if r['meets_target'] else '[red]misses[/red]'}"
                  if r.get("final_ms") is not None else "")
-        out.print(f"  target {r['target_ms']:g} ms: candidate {r['id']} ({r['accuracy']:.2%} at "
+        out.print(f"  target {r['target_ms']:g} ms: candidate {r['id']} "
+                  f"({f(r['accuracy'], task)} at "
                   f"{r['latency_ms']:.3f} ms){final} → {r['exported'] or '-'}")
+    sr = (p3 or {}).get("sr")
+    if sr:
+        out.print(f"  super-resolution ×2, {sr['frame']} output ({sr['input']} input) timed: "
+                  f"PSNR (Y) {sr['psnr']:.2f} dB, SSIM {sr['ssim']:.4f}; bicubic "
+                  f"{sr['bicubic_psnr']:.2f} dB, {sr['bicubic_ssim']:.4f} "
+                  f"({sr['gain_db']:+.2f} dB)")
     out.print(f"report: {s['report']}")
 
 

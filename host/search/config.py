@@ -16,6 +16,7 @@ from .filters import FILTER_TYPES
 from .space import DEFAULT_RATIOS, MASK_SCHEMES, STRUCTURAL
 from .strategies import STRATEGIES
 from .strategies.jcw import JcwBounds
+from .tasks import INFO, TASKS
 
 DEFAULT_MODEL = "host.models.zoo:digits_cnn"
 AUTO_PRETRAIN_EPOCHS = 12.0
@@ -31,6 +32,8 @@ class SearchError(Exception):
 
 @dataclass
 class SearchConfig:
+    task: str = "classify"  # or "sr" (tasks.py): what the metric, data and latency input are
+    frame: tuple[int, ...] = ()  # sr: the output frame (width, height) timed; () 1280x720
     model: str = DEFAULT_MODEL
     weights: str | None = None
     dataset: str = "digits"
@@ -65,9 +68,9 @@ class SearchConfig:
     phase1_epochs: float = 1.0
     phase3_epochs: float = 4.0
     final_epochs: float = 15.0
-    lr: float = 0.05
-    finetune_lr: float = 0.05
-    batch_size: int = 64
+    lr: float | None = None  # None: the task's (tasks.INFO: SGD 0.05; sr: Adam 2e-3)
+    finetune_lr: float | None = None  # None: the task's (0.05; sr 1e-3)
+    batch_size: int | None = None  # None: the task's (64; sr 16)
     train_device: str = "cpu"
     train_threads: int = 1
     runs: int = MeasureConfig.runs
@@ -81,6 +84,13 @@ class SearchConfig:
     ray_address: str | None = None
     skip_final: bool = False
     phase1_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        info = INFO.get(self.task)
+        if info is not None:
+            self.lr = info.lr if self.lr is None else self.lr
+            self.finetune_lr = info.finetune_lr if self.finetune_lr is None else self.finetune_lr
+            self.batch_size = info.batch_size if self.batch_size is None else self.batch_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +110,12 @@ class SearchConfig:
         return cls(**kw)
 
     def validate(self) -> None:
+        if self.task not in TASKS:
+            raise SearchError(f"--task {self.task!r}: known are {', '.join(TASKS)}")
+        if self.frame and (len(self.frame) != 2 or min(self.frame) <= 0
+                           or any(v % 2 for v in self.frame)):
+            raise SearchError(f"--frame {'x'.join(map(str, self.frame))}: WIDTHxHEIGHT, both "
+                              f"positive and even")
         if self.strategy not in STRATEGIES:
             raise SearchError(f"--strategy {self.strategy!r}: known are "
                               f"{', '.join(STRATEGIES)}")

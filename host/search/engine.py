@@ -48,6 +48,7 @@ from .phases import best, choose, phase1, phase2, phase3, summary
 from .prepare import Prepared, prepare
 from .report import write_report
 from .space import Candidate, SearchSpace
+from .tasks import INFO, sr_final
 
 
 class Search:
@@ -70,7 +71,8 @@ class Search:
         self.file_gate: FileGate | None = None
         self.worker_hook = worker_hook  # tests: called as hook(cid, attempt) in a Ray worker
         self.train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size,
-                                     device=cfg.train_device)
+                                     device=cfg.train_device,
+                                     optimizer=INFO[cfg.task].optimizer)
         self.oracle: LatencyOracle | None = None
         self.journal = Journal(self.run_dir)
         self.t0 = time.perf_counter()
@@ -350,6 +352,10 @@ class Search:
                             "filter types": f"{rel}/candidate.json",
                             "compiled bundle": f"{rel}/bundle/",
                             "profile": f"{rel}/profile.json"}}
+        if cfg.task == "sr":  # PSNR and SSIM beside the bicubic baseline, the frame timed
+            rec["sr"] = sr_final(model, self.prep.data, self.prep.baseline, cfg.frame)
+            profile["sr"] = rec["sr"]
+            (out / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
         self.summary["dense_layers"] = dense_layers.layers if dense_layers.ok else []
         self.journal.append({"type": "phase", "phase": f"phase3@{tag}" if tag else "phase3",
                              **{k: v for k, v in rec.items() if k != "layers"},
@@ -363,7 +369,9 @@ class Search:
         cand = Candidate.from_json(chosen["encoding"])
         s = self.summary
         s.update({
-            "run_dir": str(self.run_dir), "model": cfg.model, "dataset": cfg.dataset,
+            "run_dir": str(self.run_dir), "task": cfg.task, "model": cfg.model,
+            "dataset": cfg.dataset, "baseline": self.prep.baseline,
+            "input_shape": list(self.prep.example.shape),
             "device": cfg.device, "device_desc": self.device_desc, "strategy": cfg.strategy,
             "seed": cfg.seed, "target_ms": self.target_ms,
             "dense_ms": self.dense_lat.median_ms, "floor_ms": self.floor.median_ms,

@@ -45,6 +45,7 @@ from .space import Candidate, SearchSpace
 from .strategies import make_strategy
 from .strategies.reward import Outcome, RewardConfig
 from .supernet import SearchSupernet
+from .tasks import fmt_metric, untrained
 
 MAX_CONSECUTIVE_FAILURES = 3
 TARGET_MARGIN = 0.03  # the chosen candidate keeps this much under the target if it can
@@ -120,10 +121,11 @@ def phase1(search: RunState) -> tuple[nn.Module, dict]:
     else:
         acc0 = search.accuracy(model)
         pre_epochs = cfg.pretrain_epochs if cfg.pretrain_epochs is not None else (
-            AUTO_PRETRAIN_EPOCHS if acc0 < 2.0 / data.num_classes else 0.0)
+            AUTO_PRETRAIN_EPOCHS if untrained(cfg.task, acc0, data, search.prep.baseline)
+            else 0.0)
         if pre_epochs > 0:
             search.ui.phase("phase 1", f"training the model first ({pre_epochs:g} epochs; "
-                                       f"accuracy {acc0:.2%}: random weights)")
+                                       f"{fmt_metric(acc0, cfg.task)}: random weights)")
             train(model, data, pre_epochs, search.train_cfg, cfg.seed, gate=search.gate())
         acc_pre = search.accuracy(model)
         search.journal.append({"type": "phase", "phase": "pretrain", "epochs": pre_epochs,
@@ -144,8 +146,9 @@ def phase1(search: RunState) -> tuple[nn.Module, dict]:
            "replacements": [asdict(r) for r in reps],
            "checkpoint": search.save(fast.cpu(), "phase1.pt")}
     search.journal.append({"type": "phase", "phase": "phase1", **rec})
-    search.ui.log(f"phase 1: accuracy {acc_before:.2%} → {acc_replaced:.2%} with the "
-                  f"replacements → {acc_after:.2%} after fine-tuning")
+    f = fmt_metric
+    search.ui.log(f"phase 1: {f(acc_before, cfg.task)} → {f(acc_replaced, cfg.task)} with the "
+                  f"replacements → {f(acc_after, cfg.task)} after fine-tuning")
     return fast.cpu().eval(), rec
 
 
@@ -453,7 +456,7 @@ def phase3(search: RunState, chosen: dict, target_ms: float | None = None,
         ck = search.save(pruned, f"phase3-{algo}{at}.pt")
         search.journal.append({"type": "phase", "phase": f"phase3-{algo}{at}", "accuracy": acc,
                                "checkpoint": ck})
-        search.ui.log(f"phase 3: {algo}: accuracy {acc:.2%}")
+        search.ui.log(f"phase 3: {algo}: {fmt_metric(acc, cfg.task)}")
         results[algo] = (acc, ck)
     picked = max(results, key=lambda k: results[k][0])
     done = search.journal.phase(f"phase3-final{at}")

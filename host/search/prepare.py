@@ -16,6 +16,7 @@ from ..models import ModelSpecError, adapt_head, load_checkpoint, load_model
 from ..models.data import Dataset, DataSpecError, check_dataset_spec, load_dataset
 from .config import SearchConfig, SearchError
 from .ops import replace_ops
+from .tasks import check_sr_model, example_for
 
 
 @dataclass
@@ -26,8 +27,9 @@ class Prepared:
     model: nn.Module  # phase 1's replacements applied
     replacements: list
     data: Dataset
-    example: torch.Tensor
+    example: torch.Tensor  # what the device times (sr: one low-resolution frame)
     notes: list[str] = field(default_factory=list)
+    baseline: dict | None = None  # sr: the bicubic baseline's PSNR and SSIM
 
 
 def _load_model(cfg: SearchConfig) -> nn.Module:
@@ -77,21 +79,36 @@ def _first_conv_in(model: nn.Module) -> int | None:
 def prepare(cfg: SearchConfig) -> Prepared:
     """Everything that can be checked without a device: model, data, operator support."""
     cfg.validate()
+    sr = cfg.task == "sr"
     try:
-        check_dataset_spec(cfg.dataset)
+        if sr:
+            from ..models.sr import check_sr_spec
+
+            check_sr_spec(cfg.dataset)
+        else:
+            check_dataset_spec(cfg.dataset)
     except DataSpecError as e:
         raise SearchError(str(e)) from None
     model = _load_model(cfg)
+    notes, baseline = [], None
     try:
-        data = load_dataset(cfg.dataset, cfg.image_size, _first_conv_in(model))
+        if sr:
+            from ..models.sr import load_sr_dataset, sr_scores
+
+            check_sr_model(model, cfg.model)
+            data = load_sr_dataset(cfg.dataset, cfg.image_size)
+            baseline = sr_scores(None, data).to_dict()
+            notes.append(f"bicubic baseline on {data.name}'s validation images: PSNR (Y) "
+                         f"{baseline['psnr']:.2f} dB, SSIM {baseline['ssim']:.4f}")
+        else:
+            data = load_dataset(cfg.dataset, cfg.image_size, _first_conv_in(model))
     except DataSpecError as e:
         raise SearchError(str(e)) from None
-    notes = []
-    note = adapt_head(model, data.num_classes)
+    note = None if sr else adapt_head(model, data.num_classes)
     if note:
         notes.append(note)
     fast, reps = replace_ops(model)
-    example = torch.randn((1, *data.input_shape), generator=torch.Generator().manual_seed(0))
+    example = example_for(cfg.task, data, cfg.frame)
     try:
         capture(fast, (example,))
     except CodegenError as e:
@@ -101,4 +118,4 @@ def prepare(cfg: SearchConfig) -> Prepared:
     except RuntimeError as e:
         raise SearchError(f"model {cfg.model} does not run on {tuple(example.shape)} inputs "
                           f"from {cfg.dataset}: {e}") from None
-    return Prepared(model, fast, reps, data, example, notes)
+    return Prepared(model, fast, reps, data, example, notes, baseline)

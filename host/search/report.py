@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .tasks import fmt_metric  # noqa: E402
+
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated (latency, accuracy) points: no other point is at least as
@@ -67,7 +69,8 @@ def _plot_scatter(path: Path, done: list[dict], s: dict) -> None:
                    label="dense (phase 1)")
     ax.set_xscale("log")
     ax.set_xlabel("measured latency, median of the runner's timed runs (ms, log scale)")
-    ax.set_ylabel("validation accuracy after the short fine-tune")
+    ax.set_ylabel("validation PSNR (Y), dB" if s.get("task") == "sr"
+                  else "validation accuracy after the short fine-tune")
     ax.set_title("phase 2 candidates")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -152,15 +155,34 @@ def _plot_progress(path: Path, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2%}"
+def _sr_section(s: dict, p1: dict, p3: dict) -> list[str]:
+    """Super-resolution: the metric is PSNR (Y channel) in dB; SSIM and the bicubic baseline
+    beside it, and the frame the device timed."""
+    base = s.get("baseline") or {}
+    shape = s.get("input_shape") or []
+    frame = (f"{shape[3] * 2}×{shape[2] * 2} output frame ({shape[3]}×{shape[2]} input)"
+             if len(shape) == 4 else "")
+    lines = ["", "## Super-resolution ×2", "",
+             f"Quality is PSNR in dB on the Y channel (the \"accuracy\" columns), on "
+             f"{s['dataset']}'s validation images, the output clamped to [0, 1] and 2 border "
+             f"pixels shaved; latency is measured on the device at a {frame}.", "",
+             "| | PSNR (Y) | SSIM (Y) | latency |", "| --- | --- | --- | --- |",
+             f"| bicubic upscaling | {fmt_metric(base.get('psnr'), 'sr')} | "
+             f"{base.get('ssim', 0):.4f} | |",
+             f"| dense model after phase 1 | {fmt_metric(p1.get('acc_after'), 'sr')} | | "
+             f"{_ms(s.get('dense_ms'))} |"]
+    sr = (p3 or {}).get("sr")
+    if sr:
+        lines.append(f"| final model (phase 3) | {sr['psnr']:.2f} dB ({sr['gain_db']:+.2f} dB) "
+                     f"| {sr['ssim']:.4f} | {_ms(p3.get('final_ms'))} |")
+    return lines
 
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f} ms"
 
 
-def _targets_section(targets: list[dict]) -> list[str]:
+def _targets_section(targets: list[dict], fmt) -> list[str]:
     """One search, several targets (jcw): per target the front member chosen and its final
     model, re-measured on the device."""
     lines = ["## Targets: one model per target from one search", "",
@@ -172,8 +194,8 @@ def _targets_section(targets: list[dict]) -> list[str]:
         verdict = ("meets" if p3.get("meets_target") else "**misses**") if p3 else ""
         where = (p3.get("exported") or {}).get("PyTorch model", "-").rsplit("/", 1)[0]
         lines.append(f"| {t['target_ms']:g} ms | {ch.get('id', '-')} | "
-                     f"{_pct(ch.get('accuracy'))} | {_ms(ch.get('latency_ms'))} | "
-                     f"{_pct(p3.get('final_acc'))} | {_ms(p3.get('final_ms'))} | {verdict} | "
+                     f"{fmt(ch.get('accuracy'))} | {_ms(ch.get('latency_ms'))} | "
+                     f"{fmt(p3.get('final_acc'))} | {_ms(p3.get('final_ms'))} | {verdict} | "
                      f"`{where}` |")
     lines += ["", "Each chosen candidate is the most accurate measured one meeting its target "
               "(3 % under it when one is); the final latency is measured again on the device "
@@ -181,7 +203,7 @@ def _targets_section(targets: list[dict]) -> list[str]:
     return lines
 
 
-def _estimators_section(s: dict) -> list[str]:
+def _estimators_section(s: dict, fmt) -> list[str]:
     """What phase 2's accuracy cost per candidate; the latency table's error against the
     front's measurements on the device."""
     lines: list[str] = []
@@ -213,7 +235,7 @@ def _estimators_section(s: dict) -> list[str]:
                      f"table, of measured)." if tab.get("mean_abs_error") is not None else
                      "none could be measured."), "",
                   "| id | accuracy | table | measured | error |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['id']} | {r['accuracy']:.2%} | {r['table_ms']:.4f} ms | "
+        lines += [f"| {r['id']} | {fmt(r['accuracy'])} | {r['table_ms']:.4f} ms | "
                   f"{r['measured_ms']:.4f} ms | "
                   f"{(r['measured_ms'] - r['table_ms']) / r['measured_ms']:+.1%} |"
                   for r in tab.get("rows", [])]
@@ -239,6 +261,11 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
                         p3.get("layers", []))
     p1 = s.get("phase1", {})
     ch = s.get("chosen") or {}
+    task = s.get("task", "classify")
+
+    def fmt(v: float | None) -> str:
+        return fmt_metric(v, task)
+
     lines = [
         f"# NPAS search: {s['model']} on {s['dataset']}",
         "",
@@ -249,14 +276,14 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         "",
         "| | accuracy | latency (median) | |",
         "| --- | --- | --- | --- |",
-        f"| dense model after phase 1 | {_pct(p1.get('acc_after'))} | {_ms(s.get('dense_ms'))} "
+        f"| dense model after phase 1 | {fmt(p1.get('acc_after'))} | {_ms(s.get('dense_ms'))} "
         f"| |",
-        f"| chosen candidate (phase 2, short fine-tune) | {_pct(ch.get('accuracy'))} | "
+        f"| chosen candidate (phase 2, short fine-tune) | {fmt(ch.get('accuracy'))} | "
         f"{_ms(ch.get('latency_ms'))} | candidate {ch.get('id', '-')} |",
     ]
     if p3.get("final_acc") is not None:
         meets = "meets" if p3.get("meets_target") else "**misses**"
-        lines.append(f"| final model (phase 3) | {_pct(p3['final_acc'])} | "
+        lines.append(f"| final model (phase 3) | {fmt(p3['final_acc'])} | "
                      f"{_ms(p3.get('final_ms'))} (p10 {_ms(p3.get('p10_ms'))}, p90 "
                      f"{_ms(p3.get('p90_ms'))}) | {meets} the target |")
     lines += [
@@ -271,6 +298,8 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
     ]
     if s.get("note"):
         lines += ["", f"Note: {s['note']}"]
+    if task == "sr":
+        lines += _sr_section(s, p1, p3)
     lines += ["", "## Phase 1: mobile-friendly operators", ""]
     reps = p1.get("replacements", [])
     if reps:
@@ -280,9 +309,9 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
     else:
         lines.append("Nothing to replace.")
     lines += ["",
-              f"Accuracy before {_pct(p1.get('acc_before'))}, with the replacements and no "
-              f"training {_pct(p1.get('acc_replaced'))}, after {p1.get('epochs', 0):g} "
-              f"epoch(s) of fine-tuning {_pct(p1.get('acc_after'))}."
+              f"Accuracy before {fmt(p1.get('acc_before'))}, with the replacements and no "
+              f"training {fmt(p1.get('acc_replaced'))}, after {p1.get('epochs', 0):g} "
+              f"epoch(s) of fine-tuning {fmt(p1.get('acc_after'))}."
               + (f" (The model was first trained for {p1['pretrain_epochs']:g} epochs: it "
                  f"came with random weights.)" if p1.get("pretrain_epochs") else "")]
     p2 = s.get("phase2", {})
@@ -298,7 +327,7 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
               + ("latency from the table (below)." if s.get("latency_table") else
                  "compiled and measured on the device at the same time."),
               ""]
-    lines += _estimators_section(s)
+    lines += _estimators_section(s, fmt)
     if done:
         lines.append("![accuracy vs latency](plots/accuracy_vs_latency.png)")
         lines.append("")
@@ -315,7 +344,7 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
     if top:
         lines += ["Best candidates meeting the target:", "",
                   "| id | accuracy | latency | choices |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['id']} | {r['accuracy']:.2%} | {r['latency_ms']:.3f} ms | "
+        lines += [f"| {r['id']} | {fmt(r['accuracy'])} | {r['latency_ms']:.3f} ms | "
                   f"{r.get('summary', '')} |" for r in top]
         lines.append("")
     if failed:
@@ -323,7 +352,7 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         lines += [f"- {r['id']}: {r.get('error')}" for r in failed]
         lines.append("")
     if s.get("targets"):
-        lines += _targets_section(s["targets"])
+        lines += _targets_section(s["targets"], fmt)
     if p3:
         lines += ["## Phase 3: pruning algorithm and final training", ""]
         if s.get("targets"):
@@ -332,10 +361,10 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         algos = p3.get("algorithms", {})
         if algos:
             lines += ["| algorithm | accuracy after its budget |", "| --- | --- |"]
-            lines += [f"| {k} | {v:.2%} |" for k, v in algos.items()]
+            lines += [f"| {k} | {fmt(v)} |" for k, v in algos.items()]
             lines += ["", f"Kept **{p3.get('picked')}**; then {p3.get('final_epochs', 0):g} "
                           f"epoch(s) of training with the masks held: accuracy "
-                          f"{_pct(p3.get('final_acc'))}."]
+                          f"{fmt(p3.get('final_acc'))}."]
         if p3.get("remeasured_ms") is not None:
             lines += ["", f"First measurement {_ms(p3.get('first_ms'))} was over the target; "
                           f"re-measured: {_ms(p3['remeasured_ms'])}."]

@@ -27,12 +27,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..models.data import Dataset, TensorData, batches
-from ..models.train import evaluate, recalibrate_bn, steps_for
+from ..models.train import evaluate, make_optimizer, recalibrate_bn, steps_for, task_loss
 from ..pruning import SCHEMES, PruningPlan
 from .space import Candidate, SearchSpace
 from .strategies.jcw import JcwBounds, JcwEncoding
@@ -139,9 +138,7 @@ class Supernet:
     def _train(self, steps: int, pick, seed: int, lr: float) -> None:
         dev = torch.device(self.cfg.train_device)
         self.model.to(dev).train()
-        opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=lr,
-                              momentum=self.train_cfg.momentum,
-                              weight_decay=self.train_cfg.weight_decay)
+        opt = make_optimizer(self.model.parameters(), self.train_cfg, lr)
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         step = 0
@@ -152,7 +149,7 @@ class Supernet:
                 cand = pick(step)
                 with self.gate:
                     x, y = x.to(dev), y.to(dev)
-                    loss = F.cross_entropy(self.forward(x, cand), y)
+                    loss = task_loss(self.data, self.forward(x, cand), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
