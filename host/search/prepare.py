@@ -16,7 +16,7 @@ from ..models import ModelSpecError, adapt_head, load_checkpoint, load_model
 from ..models.data import Dataset, DataSpecError, check_dataset_spec, load_dataset
 from .config import SearchConfig, SearchError
 from .ops import replace_ops
-from .tasks import check_sr_model, example_for
+from .tasks import example_for
 
 
 @dataclass
@@ -69,6 +69,22 @@ def _load_model(cfg: SearchConfig) -> nn.Module:
     return m.eval()
 
 
+def _check_sr_model(model: nn.Module, spec: str) -> None:
+    """A ×2 SR model maps [1, 3, h, w] to [1, 3, 2h, 2w]; anything else is refused."""
+    x = torch.zeros(1, 3, 8, 8)
+    try:
+        with torch.no_grad():
+            y = model.eval()(x)
+    except RuntimeError as e:
+        raise SearchError(f"model {spec}: does not run on a 1×3×8×8 image ({e}); --task sr "
+                          f"needs a ×2 super-resolution model (RGB in, RGB out)") from None
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (1, 3, 16, 16):
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise SearchError(f"model {spec}: maps 1×3×8×8 to {shape}; --task sr needs a ×2 "
+                          f"super-resolution model (1×3×8×8 → 1×3×16×16), e.g. "
+                          f"host.models.sr:sr_net")
+
+
 def _first_conv_in(model: nn.Module) -> int | None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -95,7 +111,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         if sr:
             from ..models.sr import load_sr_dataset, sr_scores
 
-            check_sr_model(model, cfg.model)
+            _check_sr_model(model, cfg.model)
             data = load_sr_dataset(cfg.dataset, cfg.image_size)
             baseline = sr_scores(None, data).to_dict()
             notes.append(f"bicubic baseline on {data.name}'s validation images: PSNR (Y) "

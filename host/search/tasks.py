@@ -66,24 +66,6 @@ def untrained(task: str, metric: float, data: Dataset, baseline: dict | None) ->
     return metric < 2.0 / data.num_classes
 
 
-def check_sr_model(model: torch.nn.Module, spec: str) -> None:
-    """A ×2 SR model maps [1, 3, h, w] to [1, 3, 2h, 2w]; anything else is refused."""
-    from .config import SearchError
-
-    x = torch.zeros(1, 3, 8, 8)
-    try:
-        with torch.no_grad():
-            y = model.eval()(x)
-    except RuntimeError as e:
-        raise SearchError(f"model {spec}: does not run on a 1×3×8×8 image ({e}); --task sr "
-                          f"needs a ×2 super-resolution model (RGB in, RGB out)") from None
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (1, 3, 16, 16):
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise SearchError(f"model {spec}: maps 1×3×8×8 to {shape}; --task sr needs a ×2 "
-                          f"super-resolution model (1×3×8×8 → 1×3×16×16), e.g. "
-                          f"host.models.sr:sr_net")
-
-
 def sr_final(model: torch.nn.Module, data: Dataset, baseline: dict, frame: tuple[int, ...],
              device: str = "cpu", gate=None) -> dict:
     """The final SR model's scores beside the bicubic baseline's, and the frame timed."""
