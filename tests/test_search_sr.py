@@ -5,6 +5,7 @@ journal, PSNR beside the bicubic baseline, the latency input at the stated frame
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -171,3 +172,40 @@ def test_sr_search_end_to_end_reports_psnr_beside_bicubic_and_resumes(tmp_path, 
     started = [r for r in Journal(run).records() if r.get("status") == "started"]
     assert len(started) == 2
     assert again["phase3"]["sr"]["psnr"] == pytest.approx(sr["psnr"])
+
+
+def test_sr_supernet_subnetworks_are_the_pruned_models_and_train_on_l1():
+    """The weight-sharing supernet over the SR model's widths (the head and residual body are
+    one channel group) and weight densities: a sub-network computes what the realized model
+    does, training (Adam on L1) moves the shared weights, scores are PSNR in dB."""
+    from host.models.sr import SRNet
+    from host.models.train import TrainConfig
+    from host.search import SearchConfig
+    from host.search.space import SearchSpace
+    from host.search.strategies.jcw import JcwEncoding
+    from host.search.supernet import Supernet
+
+    torch.manual_seed(0)
+    model = SRNet(channels=16, blocks=1).eval()
+    torch.nn.init.normal_(model.tail.weight, std=0.05)
+    space = SearchSpace.build(model, torch.randn(1, 3, 12, 12), vector_width=8)
+    cfg = SearchConfig(task="sr", jcw_bounds=(0.5, 0.5, 0.5, 0.3))
+    data = load_photos(16)
+    net = Supernet(space, model, data, cfg, TrainConfig(optimizer="adam", batch_size=16),
+                   bounds=cfg.bounds())
+    enc = JcwEncoding(space, cfg.bounds())
+    rng = np.random.default_rng(0)
+    cands = [enc.decode(enc.xl)] + [enc.decode(rng.integers(enc.xl, enc.xu + 1))
+                                    for _ in range(3)]
+    floor = space.realize(net.model, cands[0]).model
+    assert floor.head.out_channels == 8 and floor.body[0].conv1.out_channels == 8
+    x = torch.rand(2, 3, 10, 12)
+    before = copy.deepcopy(net.model.state_dict())
+    net.train_first(0.02, seed=1)
+    assert not torch.equal(before["head.weight"], net.model.state_dict()["head.weight"])
+    for c in cands:
+        with torch.no_grad():
+            torch.testing.assert_close(net.forward(x, c), space.realize(net.model, c).model(x),
+                                       atol=1e-5, rtol=1e-5)
+    psnr, err = net.score(cands[1])
+    assert err is None and 20 < psnr < 40
