@@ -4,8 +4,8 @@ capture -> passes -> lay out weights -> emit (the toolchain's language) -> toolc
 weights -> manifest. The toolchain picks the target: ``HostToolchain`` (default) gives a CPU
 bundle with a kernel library and ``kernels.c`` (for people to read; not an artifact);
 ``OpenClToolchain(precision="fp32"|"fp16")`` gives a GPU bundle whose ``kernels.cl`` is the
-artifact; ``Arm64AndroidToolchain(precision="fp16")`` a CPU bundle in NEON FP16 (dense
-only). Weights are laid out before emitting because OpenCL kernels bake their offsets in.
+artifact; ``Arm64AndroidToolchain(precision="fp16")`` a CPU bundle in NEON FP16 (dense and sparse
+layers). Weights are laid out before emitting because OpenCL kernels bake their offsets in.
 Also writes ``report.json`` (a CompileReport: stage times and the memory plan's numbers; not
 an artifact).
 """
@@ -137,12 +137,6 @@ def compile_model(module: torch.nn.Module,
             # target reports the fp32 NEON key): its entries are fp32 timings, so fp16 keeps
             # the cost model's choices until the keys carry the precision
             tuning = None
-    if schemes and lang.scalar == "_Float16":
-        raise CodegenError(f"{len(schemes)} layer(s) have pruning schemes ("
-                           f"{', '.join(sorted(schemes)[:3])}{', ...' if len(schemes) > 3 else ''}"
-                           "), but fp16 CPU kernels are dense only (the sparse formats are "
-                           "float32): compile sparse models at --precision fp32, or fp16 "
-                           "without schemes")
     int8 = None
     if getattr(toolchain, "precision", "fp32") == "int8":
         isa = toolchain.isa()

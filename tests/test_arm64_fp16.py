@@ -113,13 +113,6 @@ def test_fp16_toolchain_flags_and_refusals():
     assert toolchain_for("cpu", "fp32", abi="arm64-v8a").isa().elem == "float"
 
 
-def test_fp16_refuses_sparse_layers(tmp_path, clang):
-    m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)).eval()
-    with pytest.raises(CodegenError, match="dense only"):
-        compile_model(m, torch.randn(1, 8, 8, 8), tmp_path, toolchain=fp16_toolchain(),
-                      schemes={"0": "unstructured"})
-
-
 def test_fp16_bundle_layout(tmp_path, clang):
     """Kernel names carry f16, NCHW8c, weights are float16, the ends float32, and clang
     emits FP16 FMAs (fmla v.8h)."""

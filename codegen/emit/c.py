@@ -41,7 +41,7 @@ from codegen.emit.cstyle import (
     decompose,
 )
 from codegen.emit.cstyle import eltwise as eltwise_kernel
-from codegen.emit.sparse import FORMATS, sparse_pad
+from codegen.emit.sparse import FORMATS, packed, sparse_pad
 from codegen.isa import VectorIsa
 from codegen.lr import Graph, Layer, numel
 
@@ -169,7 +169,7 @@ class CLanguage(CStyleLanguage):
         if self.isa is not None:
             x = self.isa.floats
             if la.storage != "dense":
-                return FORMATS[la.storage].pack[la.op](graph, la, x)
+                return packed(graph, la, x, self.isa.elem)
             if la.op == "conv2d" and len(graph.shapes[la.output]) == 5:
                 in_shape = graph.shapes[la.inputs[0]]
                 algo = cost.conv_algo(la, graph.shapes[la.output], in_shape, self.isa)

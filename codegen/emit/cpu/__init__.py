@@ -46,7 +46,8 @@ accumulates, and why:
 - average and adaptive-average pools: float32 sums (a global pool sums a whole plane).
 - the graph's inputs and outputs are float32 (``codegen/passes/precision.py``): the layout
   conversions at the ends convert while they copy, a ``cast`` step does it elsewhere.
-- sparse formats: float32 only; ``compile_model`` refuses fp16 with pruning schemes.
+- sparse formats (``codegen/emit/sparse``, plain NCHW and NCHW8c in _Float16, fp16 weights):
+  the convs in fp16 over their kept terms, the block Linear in float32 chains.
 
 Every conv step loops over work items (n, oc-tile, output row); inside, the output row is cut
 into interior tiles of ``w`` columns (no padding there, constant tap ranges) plus 1-column edge

@@ -27,6 +27,7 @@ static inline vf npas_vsel(vi k, vf a, vf b) { return (vf)(((vi)a & k) | ((vi)b 
 
 VECTOR_PRELUDE_F16 = """\
 typedef __INT16_TYPE__ int16_t;
+typedef __INT32_TYPE__ int32_t;
 typedef _Float16 vf __attribute__((vector_size(16), aligned(16), may_alias));
 typedef _Float16 vfu __attribute__((vector_size(16), aligned(2), may_alias));
 typedef int16_t vi __attribute__((vector_size(16)));

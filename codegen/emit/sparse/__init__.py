@@ -34,7 +34,15 @@ Formats (params, in order):
   broadcast, a tile of W positions per work item (``blocked.py``).
 - ``fkw``: per filter, its kept kernels grouped by shape (``fkw.py``).
 
-Int32 arrays travel in the float32 weight blob bit for bit (``np.ndarray.view``).
+Int32 arrays travel in the float32 weight blob bit for bit (``np.ndarray.view``); in an fp16
+bundle (NEON FP16) as two float16 words each, bit for bit, and the values in float16
+(``packed``).
+
+fp16 (``_Float16``, 8 lanes; kernels unchanged but for the element type): the convs (csr,
+bcsr, fkw, bcsr_blocked) accumulate in fp16 as the dense fp16 convs and ncnn's do, over a
+filter's kept terms (at most the dense conv's ic * kh * kw, at the NPAS rates a fifth to a
+tenth of it); the block Linear in float32 chains (``linear.py``: its sums run to thousands of
+terms). ``tests/test_arm64_fp16_sparse.py`` states and asserts the bounds.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class Format:
 
     kernel: Mapping[str, Callable[[Ctx], Rendered]]
     pack: Mapping[str, Pack]
+    ints: Mapping[str, tuple[int, ...]]  # per op, which packed params are int32 (views)
 
 
 def _pack_conv(graph: Graph, la: Layer, x: int) -> tuple[np.ndarray, ...]:
@@ -82,12 +91,29 @@ def _pack_blocked(graph: Graph, la: Layer, x: int) -> tuple[np.ndarray, ...]:
 
 
 FORMATS: dict[str, Format] = {
-    "csr": Format(kernel={"conv2d": spconv}, pack={"conv2d": _pack_conv}),
+    "csr": Format(kernel={"conv2d": spconv}, pack={"conv2d": _pack_conv},
+                  ints={"conv2d": (2, 3, 4)}),
     "bcsr": Format(kernel={"conv2d": spconv, "linear": linear_bcsr},
-                   pack={"conv2d": _pack_conv, "linear": _pack_linear}),
-    "fkw": Format(kernel={"conv2d": fkw_conv}, pack={"conv2d": _pack_fkw}),
+                   pack={"conv2d": _pack_conv, "linear": _pack_linear},
+                   ints={"conv2d": (2, 3, 4), "linear": (2, 3)}),
+    "fkw": Format(kernel={"conv2d": fkw_conv}, pack={"conv2d": _pack_fkw},
+                  ints={"conv2d": (2, 3, 4, 5, 6)}),
     "bcsr_blocked": Format(kernel={"conv2d": spconv1x1_blocked},
-                           pack={"conv2d": _pack_blocked}),
+                           pack={"conv2d": _pack_blocked}, ints={"conv2d": (2, 3)}),
 }
 
-__all__ = ["FORMATS", "Format", "Pack", "sparse_pad"]
+
+def packed(graph: Graph, la: Layer, x: int, elem: str = "float") -> tuple[np.ndarray, ...]:
+    """A sparse layer's params as its kernel reads them, for element type ``elem``: float32
+    (int32 params as float32 views), or for "_Float16" the values in float16 and each int32
+    param as two float16 words holding its bytes (the blob writer keeps float16 bit for bit)."""
+    fmt = FORMATS[la.storage]
+    ps = fmt.pack[la.op](graph, la, x)
+    if elem == "float":
+        return ps
+    ints = fmt.ints[la.op]
+    return tuple(np.ascontiguousarray(p).view(np.int32).view(np.float16) if k in ints
+                 else np.asarray(p, np.float16) for k, p in enumerate(ps))
+
+
+__all__ = ["FORMATS", "Format", "Pack", "packed", "sparse_pad"]

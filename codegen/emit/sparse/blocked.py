@@ -23,7 +23,7 @@ def spconv1x1_blocked(c: Ctx) -> tuple[list[str], int, int]:
     accumulator vectors (x outputs each) start at the bias; per kept input channel, one weight
     vector and W broadcast inputs, W FMAs; the epilogue (a fused residual read blocked) in
     registers, aligned vector stores. The last tile of a plane may be shorter."""
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     n, ob, h, w, _ = c.out
     cb = c.ins[0][1]
     hw = h * w
@@ -38,7 +38,7 @@ def spconv1x1_blocked(c: Ctx) -> tuple[list[str], int, int]:
              "for (int32_t e = gptr[obk], e1 = gptr[obk + 1]; e < e1; ++e, wv += "
              f"{X}) {{",
              "  const vf wk = *(const vf *)wv;",
-             "  const float *xp = xb + offs[e];",
+             f"  const {E} *xp = xb + offs[e];",
              *[f"  {acc[j]} += xp[{j * X}] * wk;" for j in range(wt)], "}"]
         for j in range(wt):
             L += [f"{acc[j]} += *(const vf *)(sb + {j * X});" if e == "add"
@@ -48,11 +48,11 @@ def spconv1x1_blocked(c: Ctx) -> tuple[list[str], int, int]:
 
     body = [f"const {i} t = it % {nt}, obk = (it / {nt}) % {ob}, n = it / {nt * ob};",
             f"const {i} p0 = t * {W};",
-            f"const float *xb = x + n * {cb * hw * X} + p0 * {X};",
-            f"float *yb = y + ((n * {ob} + obk) * {hw} + p0) * {X};",
-            *([f"const float *sb = s + ((n * {ob} + obk) * {hw} + p0) * {X};"] if add else []),
+            f"const {E} *xb = x + n * {cb * hw * X} + p0 * {X};",
+            f"{E} *yb = y + ((n * {ob} + obk) * {hw} + p0) * {X};",
+            *([f"const {E} *sb = s + ((n * {ob} + obk) * {hw} + p0) * {X};"] if add else []),
             f"const vf bv = *(const vf *)(b + obk * {X});",
-            f"const float *wv = w + (int64_t)gptr[obk] * {X};"]
+            f"const {E} *wv = w + (int64_t)gptr[obk] * {X};"]
     rem = hw % W
     if rem:
         body += [f"if (p0 + {W} <= {hw}) {{", *["  " + ln for ln in tile(W)], "} else {",

@@ -66,7 +66,7 @@ def store(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
     column divisions are by constants); one that crosses a row end or the plane's end goes
     lane by lane. Images narrower than VEC_STORE_MIN_WIDTH vectors, where most
     vectors cross a row end, store row segments element by element (``store_rows``)."""
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     if c.out[3] < VEC_STORE_MIN_WIDTH * X:
         return store_rows(c, acc, m, grp)
     geo = c.la.sparse.geometry
@@ -91,7 +91,7 @@ def store(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
             lanes = [f"for (int l = 0; l < {X}; ++l) {{",
                      f"  const {i} q = q{v} + l, row = q / {wq}, col = q - row * {wq};",
                      f"  if (q >= pend || col >= {ow}) continue;",
-                     f"  float v = {acc[r][v]}[l];",
+                     f"  {E} v = {acc[r][v]}[l];",
                      *["  " + ln for ln in c.epilogue("v", f"po + row * {ow} + col")],
                      f"  y[po + row * {ow} + col] = v;", "}"]
             body.append(f"  if (whole{v}) {{ " + " ".join(vec) + " }")
@@ -103,14 +103,14 @@ def store(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
 def store_rows(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
     """``store`` for narrow images: through ``buf``, one row segment at a time, element by
     element."""
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     geo = c.la.sparse.geometry
     V = len(acc[0])
     n, oc, oh, ow = c.out
     wq, plane, chunk = geo.wq, geo.plane, V * X
     i = "int64_t"
     body = [f"const {i} pend = p0 + {chunk} < {plane} ? p0 + {chunk} : {plane};",
-            f"float buf[{chunk}] __attribute__((aligned(64)));"]
+            f"{E} buf[{chunk}] __attribute__((aligned(64)));"]
     for r in range(m):
         guard = f"if ({grp} * {m} + {r} < {oc}) " if oc % m else ""
         body.append(f"{guard}{{")
@@ -118,7 +118,7 @@ def store_rows(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
         body.append(f"  const {i} po = (n * {oc} + {grp} * {m} + {r}) * {oh * ow};")
         if wq == ow:
             body += [f"  for ({i} q = p0; q < pend; ++q) {{",
-                     "    float v = buf[q - p0];",
+                     f"    {E} v = buf[q - p0];",
                      *["    " + ln for ln in c.epilogue("v", "po + q")],
                      "    y[po + q] = v;", "  }"]
         else:
@@ -128,7 +128,7 @@ def store_rows(c: Ctx, acc: list[list[str]], m: int, grp: str) -> list[str]:
                      f"    const {i} lim = rs + {ow} < seg ? rs + {ow} : seg;",
                      f"    const {i} yo = po + row * {ow} - rs;",
                      f"    for ({i} q = p; q < lim; ++q) {{",
-                     "      float v = buf[q - p0];",
+                     f"      {E} v = buf[q - p0];",
                      *["      " + ln for ln in c.epilogue("v", "yo + q")],
                      "      y[yo + q] = v;", "    }",
                      "    p = seg;", "  }"]

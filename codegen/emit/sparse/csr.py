@@ -66,7 +66,7 @@ PREFETCH_CHUNKS = 2
 def spconv(c: Ctx) -> tuple[list[str], int, int]:
     """A csr/bcsr conv step (see the module docstring)."""
     isa: VectorIsa = c.lang.isa
-    X = isa.floats
+    X, E = isa.floats, isa.elem
     la = c.la
     geo = la.sparse.geometry
     m, V = la.sparse.m, la.sparse.vectors
@@ -79,20 +79,20 @@ def spconv(c: Ctx) -> tuple[list[str], int, int]:
     acc = [[f"a{r}_{v}" for v in range(V)] for r in range(m)]
     body = [f"const {i} slot = it % {g}, ch = (it / {g}) % {nch}, n = it / {g * nch};",
             f"const {i} p0 = ch * {chunk};",
-            f"const float *xb = x + n * {geo.xn} + p0;",
+            f"const {E} *xb = x + n * {geo.xn} + p0;",
             f"const {i} grp = order[slot];",
-            f"const float *bb = b + grp * {m};"]
+            f"const {E} *bb = b + grp * {m};"]
     for r in range(m):
         body.append(f"vf {', '.join(acc[r])};")
         body.append(f"{{ const vf bv = (vf){{}} + bb[{r}]; "
                     + " ".join(f"{a} = bv;" for a in acc[r]) + " }")
-    body += ["const float *wv = w + (int64_t)gptr[slot] * " + str(m) + ";",
+    body += [f"const {E} *wv = w + (int64_t)gptr[slot] * " + str(m) + ";",
              "for (int32_t e = gptr[slot], e1 = gptr[slot + 1]; e < e1; ++e, wv += "
              f"{m}) {{",
-             "  const float *xp = xb + offs[e];"]
-    if geo.xn * 4 >= PREFETCH_MIN_INPUT_BYTES:
+             f"  const {E} *xp = xb + offs[e];"]
+    if geo.xn * isa.elem_bytes >= PREFETCH_MIN_INPUT_BYTES:
         body += [f"  __builtin_prefetch(xp + {PREFETCH_CHUNKS * chunk});"]
-    body += [f"  const float w{r} = wv[{r}];" for r in range(m)]
+    body += [f"  const {E} w{r} = wv[{r}];" for r in range(m)]
     for v in range(V):
         body.append(f"  {{ const vf xv = *(const vfu *)(xp + {v * X});"
                     + "".join(f" {acc[r][v]} += xv * w{r};" for r in range(m)) + " }")

@@ -64,7 +64,7 @@ def fkw_conv(c: Ctx) -> tuple[list[str], int, int]:
     """An FKW conv step: items (n, chunk, filter slot); per run of one kernel shape its T tap
     offsets are loaded once, then every kernel of the run is T weights x V vectors of FMAs with
     no index arithmetic or branches."""
-    X = c.lang.isa.floats
+    X, E = c.lang.isa.floats, c.lang.isa.elem
     la = c.la
     geo = la.sparse.geometry
     V = la.sparse.vectors
@@ -77,7 +77,7 @@ def fkw_conv(c: Ctx) -> tuple[list[str], int, int]:
     acc = [[f"a0_{v}" for v in range(V)]]
     body = [f"const {i} slot = it % {oc}, ch = (it / {oc}) % {nch}, n = it / {oc * nch};",
             f"const {i} p0 = ch * {chunk};",
-            f"const float *xb = x + n * {geo.xn} + p0;",
+            f"const {E} *xb = x + n * {geo.xn} + p0;",
             f"const {i} grp = order[slot];",
             f"vf {', '.join(acc[0])};",
             "{ const vf bv = (vf){} + b[grp]; " + " ".join(f"{a} = bv;" for a in acc[0])
@@ -86,10 +86,10 @@ def fkw_conv(c: Ctx) -> tuple[list[str], int, int]:
             "  const int32_t *rr = runs + 3 * r;",
             f"  const int32_t *tp = taps + rr[0] * {taps};",
             *[f"  const {i} t{j} = tp[{j}];" for j in range(taps)],
-            f"  const float *wk = w + (int64_t)rr[1] * {taps};",
+            f"  const {E} *wk = w + (int64_t)rr[1] * {taps};",
             f"  for (int32_t k = rr[1], k1 = rr[2]; k < k1; ++k, wk += {taps}) {{",
-            "    const float *xp = xb + koff[k];"]
-    body += [f"    const float w{j} = wk[{j}];" for j in range(taps)]
+            f"    const {E} *xp = xb + koff[k];"]
+    body += [f"    const {E} w{j} = wk[{j}];" for j in range(taps)]
     for j in range(taps):
         body.append("    " + " ".join(f"{acc[0][v]} += *(const vfu *)(xp + t{j} + {v * X}) * w{j};"
                                       for v in range(V)))

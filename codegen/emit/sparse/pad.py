@@ -14,27 +14,31 @@ def sparse_pad(c: Ctx) -> tuple[list[str], int, int]:
     s = a["stride"]
     pt, _, pl, _ = a["padding"]
     hq, wq, ps = a["Hq"], a["Wq"], a["PS"]
-    i = "int64_t"
-    body = [f"const float *xi = x + it * {h * w};",
-            f"float *yo = y + it * {len(a['phases']) * ps};"]
+    i, E = "int64_t", c.lang.isa.elem if c.lang.isa is not None else "float"
+    # fp16: the same copy on halves, under its own name (the fp32 helper's text unchanged)
+    copy = "npas_copy_strided" if E == "float" else "npas_copy_strided_f16"
+    body = [f"const {E} *xi = x + it * {h * w};",
+            f"{E} *yo = y + it * {len(a['phases']) * ps};"]
     for k, (pa, pb) in enumerate(a["phases"]):
         # columns q whose source column s*q + pb - pl lies in [0, w)
         q_lo = max(0, -(-(pl - pb) // s))
         q_hi = max(q_lo, min(wq, (w - 1 + pl - pb) // s + 1))
-        body += ["{", f"  float *yp = yo + {k * ps};",
+        body += ["{", f"  {E} *yp = yo + {k * ps};",
                  f"  for ({i} r = 0; r < {hq}; ++r) {{",
                  f"    const {i} ih = r * {s} + {pa - pt};",
-                 f"    float *yr = yp + r * {wq};",
+                 f"    {E} *yr = yp + r * {wq};",
                  f"    if (ih < 0 || ih >= {h}) {{ for ({i} q = 0; q < {wq}; ++q) yr[q] = 0.0f;"
                  " continue; }",
-                 f"    const float *xr = xi + ih * {w} + {pb - pl};",
+                 f"    const {E} *xr = xi + ih * {w} + {pb - pl};",
                  f"    for ({i} q = 0; q < {q_lo}; ++q) yr[q] = 0.0f;",
-                 f"    npas_copy_strided(yr + {q_lo}, xr + {q_lo * s}, {q_hi - q_lo}, {s});",
+                 f"    {copy}(yr + {q_lo}, xr + {q_lo * s}, {q_hi - q_lo}, {s});",
                  f"    for ({i} q = {q_hi}; q < {wq}; ++q) yr[q] = 0.0f;",
                  "  }",
                  f"  for ({i} q = {hq * wq}; q < {ps}; ++q) yp[q] = 0.0f;", "}"]
     items = n * ch
-    c.lang.helpers.setdefault("npas_copy_strided", COPY_STRIDED)
+    c.lang.helpers.setdefault(copy, COPY_STRIDED if E == "float" else
+                              COPY_STRIDED.replace("npas_copy_strided", copy)
+                              .replace("float", E))
     return [c.x(), c.y(), *c.lang.over_items(c, items, body)], items, 0
 
 
