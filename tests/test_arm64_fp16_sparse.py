@@ -159,3 +159,34 @@ def test_pruned_network_at_fp16_equals_pytorch(a76, tmp_path):
     # fp16 values, int32 indices: the blob is between half and the whole of fp32's
     assert weights < 0.8 * (fp32.path / "weights.bin").stat().st_size
     _check(a76, bundle, want, x, SPARSE_MODEL_TOL)
+
+
+def test_int32_params_travel_bit_for_bit_in_the_fp16_blob(tmp_path):
+    """No qemu: a csr conv's index params (gptr, order: the same at fp32 and fp16, they
+    depend only on the mask) read back from the fp16 blob as the int32s of the fp32 one,
+    and its values as float16 (half the bytes)."""
+    import shutil
+
+    if not shutil.which("clang") or not shutil.which("ld.lld"):
+        pytest.skip("clang and lld are needed")
+    torch.manual_seed(7)
+    pruned = PruningPlan({"0": LayerRule("unstructured", 0.8)}, CFG).apply(
+        nn.Sequential(nn.Conv2d(13, 19, 3, 1, 1)).eval())
+    x = torch.randn(1, 13, 17, 15)
+    b16 = _fp16(pruned.model, x, tmp_path / "f16", "ints_f16", pruned.schemes)
+    b32 = compile_model(pruned.model, (x,), tmp_path / "f32", name="ints_f32",
+                        toolchain=Arm64AndroidToolchain(), schemes=pruned.schemes,
+                        sparse="always")
+
+    def params(bundle) -> list[bytes]:
+        (step,) = [s for s in bundle.manifest.steps if s.op == "conv2d"]
+        blob = (bundle.path / "weights.bin").read_bytes()
+        return [blob[p.offset:p.offset + p.nbytes] for p in step.params]
+
+    p16, p32 = params(b16), params(b32)
+    assert len(p16) == len(p32) == 5  # vals, bias, offs, gptr, order
+    for k in (3, 4):
+        assert np.frombuffer(p16[k], np.int32).tolist() == np.frombuffer(p32[k], np.int32).tolist()
+    assert len(p16[0]) * 2 == len(p32[0])
+    np.testing.assert_array_equal(np.frombuffer(p16[0], np.float16),
+                                  np.frombuffer(p32[0], np.float32).astype(np.float16))
