@@ -3,7 +3,7 @@ in instructions per inference (counted by a qemu plugin), not seconds.
 
 Per model: our dense fp32 bundle, our dense fp16 bundle (NEON FP16 arithmetic; ``--no-fp16``
 skips it), our dense int8 bundle (SDOT; ``--no-int8``), our sparse bundles at the NPAS rates
-(the sparse benchmark's mappings), ncnn fp32
+(the sparse benchmark's mappings) in fp32 and, unless ``--no-fp16``, fp16, ncnn fp32
 and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
 all on one thread, on the same input, each output checked against PyTorch first. Ours is
 counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-sparse", action="store_true",
                     help="skip our sparse bundles at the NPAS rates")
     ap.add_argument("--no-fp16", action="store_true",
-                    help="skip our fp16 bundle (NEON FP16 arithmetic, the 'ours fp16' row)")
+                    help="skip our fp16 bundles (NEON FP16 arithmetic: the 'ours fp16' row and the "
+                         "sparse fp16 rows)")
     ap.add_argument("--no-int8", action="store_true",
                     help="skip our int8 bundle (SDOT, the 'ours int8' row; calibrated on 4 "
                          "seeded random batches, checked at --fp16-tolerance)")
@@ -196,27 +197,37 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                 attempt(rec8, lambda: ours_int8(rec8))
             if not args.no_sparse:
                 _, dense_works = forward_work(w.model, w.example)
+                pruned_of: dict[str, tuple] = {}  # one pruning per mapping, both precisions
+                precisions = ("fp32",) if args.no_fp16 else ("fp32", "fp16")
                 for mapping in MAPPINGS.get(name, ()):
-                    label = f"ours {mapping.name} {mapping.npas:g}x"
-                    rec = Record(name, "ours", "fp32", size, label)
+                    for precision in precisions:
+                        label = (f"ours {mapping.name} {mapping.npas:g}x"
+                                 + (" fp16" if precision == "fp16" else ""))
+                        rec = Record(name, "ours", precision, size, label)
 
-                    def ours_sparse(rec=rec, mapping=mapping) -> None:
-                        step(f"pruning for {rec.label}")
-                        solved, pruned, _ = prune(w.model, mapping, mapping.npas, dense_works)
-                        if not solved.reachable:
-                            raise RuntimeError(solved.note(mapping.npas))
-                        pref, works = forward_work(pruned.model, w.example)
-                        rec.compression = compression(dense_works, works)
-                        step(f"compiling {rec.label} (arm64)")
-                        bundle = compile_model(pruned.model, (w.example,),
-                                               work / slug(rec.label),
-                                               name=slug(f"{name}-{rec.label}"),
-                                               schemes=pruned.schemes,
-                                               toolchain=arm64_toolchain())
-                        rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
-                        step(f"counting {rec.label}")
-                        runner.count(rec, bundle, x, pref, args.runs, args.tolerance)
-                    attempt(rec, ours_sparse)
+                        def ours_sparse(rec=rec, mapping=mapping) -> None:
+                            if mapping.name not in pruned_of:
+                                step(f"pruning for {rec.label}")
+                                solved, pruned, _ = prune(w.model, mapping, mapping.npas,
+                                                          dense_works)
+                                if not solved.reachable:
+                                    raise RuntimeError(solved.note(mapping.npas))
+                                pruned_of[mapping.name] = (pruned, *forward_work(
+                                    pruned.model, w.example))
+                            pruned, pref, works = pruned_of[mapping.name]
+                            rec.compression = compression(dense_works, works)
+                            step(f"compiling {rec.label} (arm64)")
+                            bundle = compile_model(pruned.model, (w.example,),
+                                                   work / slug(rec.label),
+                                                   name=slug(f"{name}-{rec.label}"),
+                                                   schemes=pruned.schemes,
+                                                   toolchain=arm64_toolchain(rec.precision))
+                            rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
+                            step(f"counting {rec.label}")
+                            tol = (args.tolerance if rec.precision == "fp32"
+                                   else args.fp16_tolerance)
+                            runner.count(rec, bundle, x, pref, args.runs, tol)
+                        attempt(rec, ours_sparse)
         x_file = save_input(x, work)
         for engine in (e for e in args.engines if e != "ours"):
             conv = OTHER_ENGINES[GUEST_ENGINES[engine]]()
@@ -334,6 +345,17 @@ def print_summary(recs: Sequence[Record]) -> None:
                        else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
             out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: {verdict} "
                       f"({r.counts.total / 1e6:,.0f} M against {ours.counts.total / 1e6:,.0f} M)")
+        ncnn16 = next((r for r in mine if r.engine == "ncnn" and r.precision == "fp16"
+                       and r.counts), None)
+        for r in mine if ncnn16 else ():
+            if (r.engine != "ours" or r.precision != "fp16" or r.label == "ours fp16"
+                    or not r.counts):
+                continue  # the sparse fp16 rows (dense fp16 below)
+            ratio = r.counts.total / ncnn16.counts.total
+            out.print(f"{model}: {r.label} vs ncnn fp16: {ratio:.2f}x its instructions "
+                      f"({r.counts.total / 1e6:,.1f} M against "
+                      f"{ncnn16.counts.total / 1e6:,.1f} M; max rel err "
+                      f"{r.max_rel_err:.1e} against ncnn's {ncnn16.max_rel_err:.1e})")
         ours16 = next((r for r in mine if r.label == "ours fp16" and r.counts), None)
         for r in mine if ours16 else ():
             if r.engine == "ours" or r.precision != "fp16" or not r.counts:
