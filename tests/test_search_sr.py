@@ -167,6 +167,7 @@ def test_sr_search_end_to_end_reports_psnr_beside_bicubic_and_resumes(tmp_path, 
     report = (run / "report.md").read_text()
     assert "## Super-resolution ×2" in report and "64×48 output frame (32×24 input)" in report
     assert f"| bicubic upscaling | {base['psnr']:.2f} dB |" in report
+    assert "| | PSNR (Y) | latency (median) | |" in report
     # resumed: nothing evaluated again, the same final PSNR
     again = Search(cfg, run, fresh_runner, resume=True).run()
     started = [r for r in Journal(run).records() if r.get("status") == "started"]

@@ -274,7 +274,7 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         "",
         "## Result",
         "",
-        "| | accuracy | latency (median) | |",
+        f"| | {'PSNR (Y)' if task == 'sr' else 'accuracy'} | latency (median) | |",
         "| --- | --- | --- | --- |",
         f"| dense model after phase 1 | {fmt(p1.get('acc_after'))} | {_ms(s.get('dense_ms'))} "
         f"| |",
