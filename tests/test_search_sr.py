@@ -136,6 +136,12 @@ def test_a_classifier_is_refused_for_sr_before_any_work(capsys, tmp_path):
     assert not out.exists()
     rc = main(["search", "--frame", "1280x720", "--speedup", "2", "--out", str(out)])
     assert rc == 2 and "--frame is for --task sr" in capsys.readouterr().err
+    for frame, msg in (("1281x720", "positive multiples of the scale 2"),
+                       ("720p", "WIDTHxHEIGHT of the output")):
+        rc = main(["search", "--task", "sr", "--frame", frame, "--speedup", "2", "--out",
+                   str(out)])
+        assert rc == 2 and msg in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()
 
 
 @pytest.mark.host
@@ -210,3 +216,28 @@ def test_sr_supernet_subnetworks_are_the_pruned_models_and_train_on_l1():
                                        atol=1e-5, rtol=1e-5)
     psnr, err = net.score(cands[1])
     assert err is None and 20 < psnr < 40
+
+
+@pytest.mark.host
+def test_a_720p_frame_runs_on_the_runner_equal_to_pytorch(compiled, local_runner):
+    """Issue 20, point 4: the SR model at a 1280×720 output (28 MiB per 32-channel
+    activation, 13 tensors in one arena from the memory plan) runs on the runner over gRPC,
+    equal to PyTorch, with 2 threads."""
+    from zoo import rel_err, run_on_runner
+
+    from host.models.sr import SRNet
+
+    def factory():
+        torch.manual_seed(3)
+        m = SRNet().eval()
+        torch.nn.init.normal_(m.tail.weight, std=0.05)  # not the bilinear start: all layers count
+        return m
+
+    bundle, model, x = compiled("sr_net_720p", factory, (1, 3, 360, 640))
+    assert bundle.manifest.arena_bytes > 64 << 20
+    assert max(t.nbytes for t in bundle.manifest.tensors) >= 28 << 20
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = run_on_runner(local_runner, bundle, x, 2)
+    assert got.shape == (1, 3, 720, 1280)
+    assert rel_err(got, want) <= 1e-3  # Winograd
