@@ -139,6 +139,8 @@ def test_sparse_format_at_fp16_equals_pytorch(case, a76, tmp_path):
         assert report[layer].split(": ")[1].startswith(fmt + ","), report[layer]
     src = (bundle.path / "kernels.c").read_text()
     assert "typedef _Float16 vf" in src and "const float *wv" not in src
+    if case == "bcsr_block_punched":  # blocks of 8 filters: one weight vector, by lane
+        assert "const vf wl = *(const vfu *)wv;" in src and "wl[7]" in src
     _check(a76, bundle, want, x, tol)
 
 
