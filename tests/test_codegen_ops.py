@@ -73,6 +73,23 @@ class MeanHead(nn.Module):
         return self.fc((x * s).mean([-1, -2]))
 
 
+class SumHead(nn.Module):
+    """A sum over H and W (keepdim both ways; method and function forms)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 19, 3, stride=2)
+        self.fc = nn.Linear(19, 7)
+        self.e = nn.Conv2d(19, 19, 1)
+        with torch.no_grad():  # the sums are ~90x the mean: keep the sigmoid off its rails
+            self.e.weight.mul_(0.02)
+
+    def forward(self, x):
+        x = F.relu(self.c(x))
+        s = torch.sigmoid(self.e(x.sum((2, 3), keepdim=True)))
+        return self.fc(torch.sum(x * s, dim=[-1, -2]))
+
+
 class BatchNormAnywhere(nn.Module):
     """DenseNet's BatchNorm after a concat, one after a pool, one on the input, one at the end;
     the first three feed more than one layer."""
@@ -200,6 +217,7 @@ CASES = {
     "activations": (Activations, (1, 3, 19, 23)),
     "activations_functional": (ActivationsFunctional, (2, 3, 17, 15)),
     "mean_head": (MeanHead, (2, 3, 21, 18)),
+    "sum_head": (SumHead, (2, 3, 21, 18)),
     "batchnorm_anywhere": (BatchNormAnywhere, (2, 3, 13, 11)),
     "shuffle": (Shuffle, (1, 3, 22, 26)),
     "pools": (Pools, (2, 3, 22, 19)),
@@ -262,6 +280,7 @@ def test_every_unsupported_op_is_reported_at_once_with_its_layers():
 
 @pytest.mark.parametrize("fn,needle", [
     (lambda x: x.mean(1), "only the spatial dims"),
+    (lambda x: x.sum((1, 2, 3)), "sum over dims [1, 2, 3]"),
     (lambda x: x.chunk(2, dim=2)[0], "only the channel dim"),
     (lambda x: x.permute(1, 0, 2, 3), "moves the batch dim"),
     (lambda x: F.gelu(x, approximate="tanh"), "approximate='none'"),

@@ -47,6 +47,30 @@ def test_groups_follow_the_mean_and_the_batchnorm_after_a_concat():
     assert {repr(m) for m in g.out_group("b").members} == {"b.out", "bn.through@32", "c.in@32"}
 
 
+class SumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.fc(torch.sum(F.relu(self.c(x)), dim=(2, 3)))
+
+
+def test_groups_follow_a_sum_over_h_and_w_and_the_pruned_model_compiles_equal():
+    g = DependencyGraph(SumNet())
+    assert {repr(m) for m in g.out_group("c").members} == {"c.out", "fc.in"}
+    torch.manual_seed(4)
+    pruned = PruningPlan({"c": LayerRule("filter", 0.5)},
+                         PruningConfig(vector_width=8)).apply(SumNet()).model
+    assert pruned.c.out_channels == 16 and pruned.fc.in_features == 16
+    x = torch.randn(2, 3, 7, 9)
+    with torch.no_grad():
+        want = pruned(x)
+    (got,) = run_reference(run_passes(capture(pruned, x)), [x])
+    assert rel_err(got, want) <= 1e-5
+
+
 def test_filter_pruned_model_compiles_equal_to_torch():
     torch.manual_seed(2)
     model = randomize_bn(MeanNet(), seed=2)

@@ -149,6 +149,10 @@ def _mean(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.mean(node, a["self"], a.get("dim"), bool(a.get("keepdim", False)))
 
 
+def _sum(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
+    cap.mean(node, a["self"], a.get("dim"), bool(a.get("keepdim", False)), "sum")
+
+
 def _permute(cap: GraphBuilder, node: Node, a: dict[str, Any]) -> None:
     cap.permute(node, a["self"], a["dims"])
 
@@ -207,7 +211,8 @@ HANDLERS: dict[Any, Handler] = {
                                                               a["upscale_factor"]),
     aten.pixel_unshuffle: lambda cap, node, a: cap.pixel_shuffle(node, a["self"],
                                                                 a["downscale_factor"], True),
-    aten.mean: _mean, aten.contiguous: lambda cap, node, a: cap.passthrough(node, a["self"]),
+    aten.mean: _mean, aten.sum: _sum,
+    aten.contiguous: lambda cap, node, a: cap.passthrough(node, a["self"]),
     aten.clone: lambda cap, node, a: cap.passthrough(node, a["self"]),
     aten.permute: _permute, aten.transpose: _transpose,
     aten.split: _split, aten.split_with_sizes: _split, aten.chunk: _split,

@@ -407,19 +407,31 @@ class GraphBuilder:
                         Layer(name, "permute", (split,), moved, {"perm": perm})]
         self.emit(node, "reshape", [moved])
 
-    def mean(self, node: Node, x: Any, dims: Any, keepdim: bool) -> None:
+    def mean(self, node: Node, x: Any, dims: Any, keepdim: bool, op: str = "mean") -> None:
         """A mean over the spatial dims of [N,C,H,W]: a global average pool (then a reshape
-        to [N,C] without ``keepdim``)."""
+        to [N,C] without ``keepdim``). A ``sum`` (``op``) is the mean times H·W: the pool,
+        then a per-channel affine step (BatchNorm's, scale H·W) that writes the sum."""
         t = self.tensor(node, x)
         shape = self.shapes[t]
         dims = [dims] if isinstance(dims, int) else list(dims or ())
         if len(shape) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
-            raise self.refuse(node, f"mean over dims {dims} of shape {list(shape)}: only the "
+            raise self.refuse(node, f"{op} over dims {dims} of shape {list(shape)}: only the "
                               "spatial dims (2, 3) of a 4-D [N,C,H,W] tensor are supported")
         pooled = f"{node.name}_pool"
         self.shapes[pooled] = (shape[0], shape[1], 1, 1)
-        self.layers.append(Layer(self.layer_name(node, "mean"), "adaptive_avgpool2d", (t,),
+        self.layers.append(Layer(self.layer_name(node, op), "adaptive_avgpool2d", (t,),
                                  pooled, {"output_size": (1, 1)}))
+        if op == "sum":
+            c, area = shape[1], float(shape[2] * shape[3])
+            summed = f"{node.name}_sum"
+            self.shapes[summed] = self.shapes[pooled]
+            self.layers.append(Layer(self.layer_name(node, "sum") + ".scale", "batchnorm2d",
+                                     (pooled,), summed, {"eps": 0.0},
+                                     {"gamma": np.full(c, area, np.float32),
+                                      "beta": np.zeros(c, np.float32),
+                                      "mean": np.zeros(c, np.float32),
+                                      "var": np.ones(c, np.float32)}))
+            pooled = summed
         if keepdim:
             self.names[node] = pooled
         else:

@@ -207,9 +207,10 @@ def function(b: GraphBuilder, node: Node) -> None:
                       args["align_corners"], args["recompute_scale_factor"])
     elif f in (F.pixel_shuffle, F.pixel_unshuffle):
         b.pixel_shuffle(node, a[0], a[1], f is F.pixel_unshuffle)
-    elif f is torch.mean:
+    elif f in (torch.mean, torch.sum):
         args = bind(_sig_mean, node)
-        b.mean(node, args["input"], args["dim"], args["keepdim"])
+        b.mean(node, args["input"], args["dim"], args["keepdim"],
+               "sum" if f is torch.sum else "mean")
     elif f is torch.transpose:
         _transpose(b, node, bind(_sig_transpose, node))
     elif f is torch.permute:
@@ -250,9 +251,9 @@ def method(b: GraphBuilder, node: Node) -> None:
     elif m in ("clamp", "clamp_", "clip", "clip_"):
         args = bind(_sig_clamp, node)
         b.clamp(node, x, args["min"], args["max"])
-    elif m == "mean":
+    elif m in ("mean", "sum"):
         args = bind(_sig_mean, node)
-        b.mean(node, x, args["dim"], args["keepdim"])
+        b.mean(node, x, args["dim"], args["keepdim"], m)
     elif m == "transpose":
         _transpose(b, node, bind(_sig_transpose, node))
     elif m == "permute":

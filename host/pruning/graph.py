@@ -261,7 +261,8 @@ class DependencyGraph:
                 return _Desc(d.spaces, 2, True)
             if d is not None and d.rank == 2 and start == 1:
                 return d
-        elif t in (torch.mean, "mean") and d is not None and d.rank == 4 and not d.flat:
+        elif t in (torch.mean, "mean", torch.sum, "sum") and d is not None and d.rank == 4 \
+                and not d.flat:
             # over the spatial dims (MNASNet, ShuffleNet heads): the channels stay
             dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
             dims = [dims] if isinstance(dims, int) else list(dims or ())
