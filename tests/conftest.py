@@ -63,3 +63,41 @@ def compiled(tmp_path_factory, cc):
         return cache[key]
 
     return get
+
+
+@pytest.fixture()
+def one_thread():
+    """What the search does too: one torch thread (the runner measures on the other core);
+    the search tests use it for every test (``pytest.mark.usefixtures``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def clang() -> str:
+    """The arm64 tier's compiler: Debian's clang with lld, or a skip saying how to get them."""
+    if not shutil.which("clang") or not shutil.which("ld.lld"):
+        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld, or "
+                    "scripts/build_arm64.sh)")
+    return shutil.which("clang")
+
+
+@pytest.fixture(scope="module")
+def a76(clang, tmp_path_factory):
+    """The arm64 runner under qemu-aarch64 emulating a Cortex-A76 (FP16 arithmetic and dot
+    product: the fp16, fp16-sparse and int8 tiers), one per test module."""
+    from host.devices.qemu import QemuArm64Runner
+
+    try:
+        runner = QemuArm64Runner(LocalRunnerConfig(store=tmp_path_factory.mktemp("a76-store"),
+                                                   startup_timeout_s=120.0),
+                                 qemu_args=("-cpu", "cortex-a76"))
+    except FileNotFoundError as e:
+        pytest.skip(f"arm64 tier: {e}")
+    with runner:
+        yield runner
+

@@ -37,14 +37,6 @@ CALL_TIMEOUT_S = 300.0  # emulated: calls take several times longer than on the 
 
 
 @pytest.fixture(scope="module")
-def clang() -> str:
-    if not shutil.which("clang") or not shutil.which("ld.lld"):
-        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld, or "
-                    "scripts/build_arm64.sh)")
-    return shutil.which("clang")
-
-
-@pytest.fixture(scope="module")
 def qemu_runner(tmp_path_factory):
     from host.devices.qemu import QemuArm64Runner
 

@@ -35,7 +35,6 @@ from codegen.toolchain import (
     Arm64AndroidToolchain,
     toolchain_for,
 )
-from host.devices.local import LocalRunnerConfig
 
 pytestmark = pytest.mark.arm64
 
@@ -43,28 +42,6 @@ LAYER_TOL = 1e-2
 WINOGRAD4_TOL = 1e-1
 MODEL_TOL = 1.5e-2
 CALL_TIMEOUT_S = 300.0
-A76 = ("-cpu", "cortex-a76")
-
-
-@pytest.fixture(scope="module")
-def clang() -> str:
-    if not shutil.which("clang") or not shutil.which("ld.lld"):
-        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld)")
-    return shutil.which("clang")
-
-
-@pytest.fixture(scope="module")
-def a76(tmp_path_factory):
-    """The arm64 runner under qemu-aarch64 emulating a Cortex-A76 (FP16 arithmetic)."""
-    from host.devices.qemu import QemuArm64Runner
-
-    try:
-        runner = QemuArm64Runner(LocalRunnerConfig(store=tmp_path_factory.mktemp("fp16-store"),
-                                                   startup_timeout_s=120.0), qemu_args=A76)
-    except FileNotFoundError as e:
-        pytest.skip(f"arm64 tier: {e}")
-    with runner:
-        yield runner
 
 
 def fp16_toolchain() -> Arm64AndroidToolchain:

@@ -37,26 +37,6 @@ CALL_TIMEOUT_S = 300.0
 CFG = PruningConfig(vector_width=16, pattern_count=8)
 
 
-@pytest.fixture(scope="module")
-def a76(tmp_path_factory):
-    """The arm64 runner under qemu-aarch64 emulating a Cortex-A76 (FP16 arithmetic)."""
-    import shutil
-
-    from host.devices.local import LocalRunnerConfig
-    from host.devices.qemu import QemuArm64Runner
-
-    if not shutil.which("clang") or not shutil.which("ld.lld"):
-        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld)")
-    try:
-        runner = QemuArm64Runner(LocalRunnerConfig(store=tmp_path_factory.mktemp("f16sp-store"),
-                                                   startup_timeout_s=120.0),
-                                 qemu_args=("-cpu", "cortex-a76"))
-    except FileNotFoundError as e:
-        pytest.skip(f"arm64 tier: {e}")
-    with runner:
-        yield runner
-
-
 def _fp16(model: nn.Module, x: torch.Tensor, out, name: str, schemes, sparse="always"):
     return compile_model(model, (x,), out, name=name,
                          toolchain=Arm64AndroidToolchain(precision="fp16"),

@@ -6,8 +6,6 @@ activation's top bit (x - 128) and add 128 * sum w back, the same integer."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -22,7 +20,6 @@ from codegen.toolchain import (
     Arm64AndroidToolchain,
     toolchain_for,
 )
-from host.devices.local import LocalRunnerConfig
 from host.devices.session import Session
 from host.measure import MeasureConfig
 
@@ -33,27 +30,6 @@ CALL_TIMEOUT_S = 300.0
 ARM64_CASES = ("conv3x3s2_relu6", "conv7x7s2_stem", "conv3x3_4oc_blocks", "residual",
                "depthwise3x3s1_relu6",
                "two_readers", "maxpool", "linear")
-
-
-@pytest.fixture(scope="module")
-def clang() -> str:
-    if not shutil.which("clang") or not shutil.which("ld.lld"):
-        pytest.skip("arm64 tier: clang and lld are needed (apt-get install clang lld)")
-    return shutil.which("clang")
-
-
-@pytest.fixture(scope="module")
-def a76(tmp_path_factory):
-    from host.devices.qemu import QemuArm64Runner
-
-    try:
-        runner = QemuArm64Runner(LocalRunnerConfig(store=tmp_path_factory.mktemp("int8-store"),
-                                                   startup_timeout_s=120.0),
-                                 qemu_args=("-cpu", "cortex-a76"))
-    except FileNotFoundError as e:
-        pytest.skip(f"arm64 tier: {e}")
-    with runner:
-        yield runner
 
 
 def test_int8_arm64_choices():

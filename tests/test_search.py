@@ -40,13 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = "host.models.zoo:digits_tiny"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """What the search does too: one torch thread (the runner measures on the other core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

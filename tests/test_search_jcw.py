@@ -21,13 +21,7 @@ from host.search.strategies.jcw.encoding import JcwEncoding
 from host.search.strategies.jcw.selection import anchor_objectives, anchor_select
 from host.search.strategies.reward import Outcome, RewardConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import torch
 from procs import descendants, wait_gone
 from test_search import REPO, TINY_ARGS, _kill_runners_using, _tiny_config
 
@@ -20,17 +19,9 @@ from host.search.estimates import with_remeasured
 from host.search.journal import Journal
 from host.search.report import pareto
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 FAST_ARGS = [*TINY_ARGS, "--strategy", "jcw", "--population", "4", "--evaluator", "supernet",
              "--latency", "table", "--supernet-epochs", "0.5", "--supernet-steps", "4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_jcw_supernet_and_table_remeasure_the_front(tmp_path, fresh_runner):

@@ -17,16 +17,8 @@ from test_search import REPO, TINY_ARGS, _kill_runners_using, _tiny_config
 
 from host.search.journal import Journal
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 JCW_ARGS = [*TINY_ARGS, "--strategy", "jcw", "--population", "4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_jcw_exports_a_model_per_target(tmp_path, fresh_runner):

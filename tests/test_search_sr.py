@@ -26,13 +26,7 @@ from host.models.sr import (
 )
 from host.search.journal import Journal
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def test_psnr_and_ssim_on_y_match_their_closed_forms():

@@ -21,13 +21,7 @@ from host.search.space import SearchSpace
 from host.search.strategies.jcw import JcwBounds, JcwEncoding
 from host.search.supernet import Supernet, _subset, subnet_masks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")
