@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
-from test_arm64 import clang, qemu_runner  # noqa: F401  (fixtures)
+from test_arm64 import qemu_runner  # noqa: F401  (a fixture; clang is conftest's)
 from test_codegen_opencl import gpu_runner  # noqa: F401  (fixture)
 from test_codegen_vector import ISAS, _Fixed
 from torch import nn
