@@ -1,5 +1,6 @@
 """Freestanding C for an int8 CPU bundle: the float32 vector C, plus the int8 kernels of
-``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``).
+``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``), and
+for the pruned ones among them the block-sparse int8 kernels of ``codegen/emit/sparse/q8.py``.
 
 The graph is mixed: uint8 tensors (``Graph.quant``) between int8 layers, float32 elsewhere and
 at the graph's ends. The float32 layers get the float32 ISA's kernels unchanged (same block
@@ -15,6 +16,7 @@ import numpy as np
 from codegen.emit.c import CLanguage
 from codegen.emit.cpu import q8, q8_convert
 from codegen.emit.cstyle import Ctx, Rendered
+from codegen.emit.sparse import q8 as q8_sparse
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer, numel
 from codegen.quant import is_int8
@@ -23,6 +25,12 @@ from codegen.quant import is_int8
 def _int8_or(int8, other):
     def kernel(c: Ctx) -> Rendered:
         return (int8 if is_int8(c.la) else other)(c)
+    return kernel
+
+
+def _dense_or_sparse(dense, sparse):
+    def kernel(c: Ctx) -> Rendered:
+        return (dense if c.la.storage == "dense" else sparse)(c)
     return kernel
 
 
@@ -39,8 +47,9 @@ class Int8CLanguage(CLanguage):
         super().__init__(qisa.fp32)
         self.qisa = qisa
         k = dict(self.kernels)
-        k["conv2d"] = _int8_or(q8.qconv2d, k["conv2d"])
-        k["linear"] = _int8_or(q8.qlinear, k["linear"])
+        k["conv2d"] = _int8_or(_dense_or_sparse(q8.qconv2d, q8_sparse.qspconv), k["conv2d"])
+        k["linear"] = _int8_or(_dense_or_sparse(q8.qlinear, q8_sparse.qsplinear),
+                               k["linear"])
         k["maxpool2d"] = _int8_or(q8_convert.qmaxpool2d, k["maxpool2d"])
         k["to_nchwxc"] = _u8_or(q8_convert.convert_u8, k["to_nchwxc"])
         k["to_nchw"] = _u8_or(q8_convert.convert_u8, k["to_nchw"])
@@ -54,6 +63,9 @@ class Int8CLanguage(CLanguage):
         return -(-n // 4) * 4 if tensor in graph.quant else 4 * n
 
     def layer_params(self, graph: Graph, la: Layer) -> tuple[np.ndarray, ...]:
+        if is_int8(la) and la.storage != "dense":  # pruned: the block-sparse int8 kernels
+            pack = q8_sparse.pack_qspconv if la.op == "conv2d" else q8_sparse.pack_qsplinear
+            return pack(graph, la, self.qisa)
         if is_int8(la) and la.op == "conv2d":
             return q8.pack_qconv(graph, la, self.qisa)
         if is_int8(la) and la.op == "linear":

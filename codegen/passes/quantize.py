@@ -2,15 +2,16 @@
 
 ``quantize_int8`` (after epilogue fusion, before the layout pass) calibrates every tensor's
 range on the calibration batches (``codegen.quant.calibrate``), marks the layers that run in
-int8 (``attrs["precision"] = "int8"``: dense-storage conv2d with groups 1 or depthwise, and
-linear, whose fused epilogue is at most a residual add then ReLU/ReLU6; max pools whose input
-is already uint8) and gives the uint8 tensors their ``QParams`` (``Graph.quant``). Every other
-layer stays float32 (the reason is in ``fp32_layers``): a mixed-precision graph. Conversions
-go only where precision changes: an int8 layer that reads a float32 tensor gets a
-``quantize`` step (one per tensor, ``<t>_q8``); an int8 layer whose output only float32
-layers (or the caller) read writes float32 itself (its requantization dequantizes instead:
-no step); one read both ways writes uint8 (``<t>_q8``) and a ``dequantize`` step restores
-``<t>``. The graph's inputs and outputs stay float32.
+int8 (``attrs["precision"] = "int8"``: conv2d with groups 1 or depthwise, and linear, whose
+fused epilogue is at most a residual add then ReLU/ReLU6, dense or pruned with a block scheme
+(``INT8_SPARSE_SCHEMES``: the sparse pass then picks the int8 block-sparse kernel or the dense
+int8 one); max pools whose input is already uint8) and gives the uint8 tensors their
+``QParams`` (``Graph.quant``). Every other layer stays float32 (the reason is in
+``fp32_layers``): a mixed-precision graph. Conversions go only where precision changes: an int8
+layer that reads a float32 tensor gets a ``quantize`` step (one per tensor, ``<t>_q8``); an
+int8 layer whose output only float32 layers (or the caller) read writes float32 itself (its
+requantization dequantizes instead: no step); one read both ways writes uint8 (``<t>_q8``)
+and a ``dequantize`` step restores ``<t>``. The graph's inputs and outputs stay float32.
 
 ``fuse_conversions`` (after the layout pass) names the blocked copies of uint8 tensors in
 ``Graph.quant`` and fuses a conversion with the layout change beside it: ``quantize`` then
@@ -31,6 +32,11 @@ from codegen.lr import OPS, CodegenError, Graph, Layer
 from codegen.quant import INT8_ACTIVATIONS, calibrate, is_int8, qparams_from_range
 
 Q8 = "_q8"
+# Pruning schemes whose layers run in int8: the block-sparse int8 kernels
+# (``codegen/emit/sparse/q8.py``; ``choose_storage`` gives them one where it saves work, the
+# dense int8 kernel otherwise). Unstructured, pattern and connectivity layers keep their
+# float32 sparse kernels: their kept weights rarely fill the 4-channel groups of an int8 entry.
+INT8_SPARSE_SCHEMES = ("block", "block_punched")
 
 
 def int8_reason(la: Layer, lanes: int) -> str | None:
@@ -39,8 +45,11 @@ def int8_reason(la: Layer, lanes: int) -> str | None:
         return "an int8 max pool needs an int8 layer before it"
     if la.op not in ("conv2d", "linear"):
         return f"no int8 kernel for {la.op}"
-    if la.storage != "dense" or la.scheme != "dense":
-        return f"pruned ({la.scheme}): sparse kernels are float32"
+    if (la.storage != "dense" or la.scheme != "dense") and la.scheme not in INT8_SPARSE_SCHEMES:
+        return (f"pruned ({la.scheme}): sparse + int8 is built for "
+                f"{' and '.join(INT8_SPARSE_SCHEMES)} pruning; its float32 sparse kernel runs")
+    if la.scheme != "dense" and la.op == "conv2d" and la.attrs["groups"] != 1:
+        return f"pruned ({la.scheme}) grouped conv: sparse kernels are float32"
     if la.op == "conv2d" and conv_kind(la, lanes) not in ("dense", "depthwise"):
         return "grouped conv whose groups are not whole vectors"
     if la.op == "conv2d" and la.attrs["groups"] > 1 and conv_kind(la, lanes) == "dense":

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+import numpy as np
+
 from codegen.cost import (
     BLOCKED_1X1_MAX_DENSITY,
     FKW_SCHEMES,
@@ -25,6 +27,7 @@ from codegen.cost import (
 )
 from codegen.isa import VectorIsa
 from codegen.lr import CodegenError, Graph, Layer, SparseGeometry, SparsePlan
+from codegen.quant import is_int8
 
 # The mask schemes the code generator knows (filter/channel pruning gives plain, narrower
 # layers and needs nothing here).
@@ -72,9 +75,11 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     line up that way), "fkw" (filter-kernel-weight, kernels grouped by shape, for the
     ``fkw_schemes``; see ``codegen/emit/sparse``). ``Layer.sparse`` (a ``SparsePlan``)
     records m, the vectors of output positions per work item, the density and how the input
-    is read; a layer left dense records why in ``attrs["sparse_skipped"]``. ``policy`` "auto"
-    keeps the dense kernel where the density limits above say it is faster; "always" gives
-    every layer that has a sparse kernel that kernel (tests, measurements of the limits)."""
+    is read; a layer left dense records why in ``attrs["sparse_skipped"]``. A layer the
+    quantization pass ran in int8 gets the int8 block formats instead (``_int8_storage``).
+    ``policy`` "auto" keeps the dense kernel where the density limits above say it is faster;
+    "always" gives every layer that has a sparse kernel that kernel (tests, measurements of the
+    limits)."""
     if policy not in SPARSE_POLICIES:
         raise CodegenError(f"sparse policy {policy!r}: expected one of "
                            f"{', '.join(SPARSE_POLICIES)}")
@@ -86,6 +91,9 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     for la in graph.layers:
         if la.scheme not in SPARSE_SCHEMES or la.op not in ("conv2d", "linear"):
             layers.append(la)
+            continue
+        if is_int8(la):
+            layers.append(_int8_storage(la, x, forced))
             continue
         w = la.params["weight"]
         nz = w != 0
@@ -160,6 +168,52 @@ def choose_storage(graph: Graph, isa: VectorIsa,
     used = {t for la in layers for t in (*la.inputs, la.output)}
     return replace(graph, layers=tuple(layers), plan=None,
                    shapes={k: v for k, v in shapes.items() if k in used})
+
+
+# An int8 pruned layer gets the block-sparse int8 kernel (``codegen/emit/sparse/q8.py``) when
+# its entries, (4 input channels, tap) for a block of x filters, are at most this share of the
+# dense int8 kernel's; otherwise the dense int8 kernel runs it. The sparse kernel's entry is the
+# dense one's step (one weight vector, a broadcast and dot product per column) plus an index
+# load, but it computes one block of x filters a tile where the dense conv reuses each
+# broadcast over 2-4 blocks.
+Q8_CONV_MAX_DENSITY = 0.6
+# The Linear's entries gather 4 arbitrary input bytes (4 loads and the shifts per dot product
+# where the dense Linear loads one dword): a lower limit.
+Q8_LINEAR_MAX_DENSITY = 0.4
+Q8_GROUP = 4  # input channels per entry of the int8 formats
+
+
+def _int8_storage(la: Layer, x: int, forced: bool) -> Layer:
+    """An int8 pruned conv or linear: the int8 block-sparse format ("bcsr_blocked" for a conv
+    of any kernel size, on blocked uint8 activations; "bcsr" for a linear), m = x filters per
+    index list of (4 input channels, tap) entries, or dense int8 with the reason."""
+    w = la.params["weight"]
+    nz = w != 0
+    density = float(nz.mean())
+    o = w.shape[0]
+    ob = -(-o // x)
+    pad = np.zeros((ob * x, *w.shape[1:]), bool)
+    pad[:o] = nz
+    if la.op == "linear":
+        kept = pad.reshape(ob, x, -1).any(1).sum(1)
+        entries = int((-(-kept // Q8_GROUP)).sum())
+        eff = entries * Q8_GROUP / max(1, ob * w.shape[1])
+        limit, storage = Q8_LINEAR_MAX_DENSITY, "bcsr"
+    else:
+        oc, ic, kh, kw = w.shape
+        g = -(-ic // Q8_GROUP)
+        grp = np.zeros((ob * x, g * Q8_GROUP, kh, kw), bool)
+        grp[:, :ic] = pad
+        entries = int(grp.reshape(ob, x, g, Q8_GROUP, kh, kw).any(axis=(1, 3)).sum())
+        eff = entries / max(1, ob * g * kh * kw)
+        limit, storage = Q8_CONV_MAX_DENSITY, "bcsr_blocked"
+    if eff > limit and not forced:
+        return replace(la, attrs={**la.attrs, "sparse_skipped":
+                                  f"int8: blocks of {x} filters x {Q8_GROUP} channels keep "
+                                  f"{eff:.0%} of the dense int8 work (above {limit}): dense "
+                                  "int8 kernel"})
+    return replace(la, storage=storage, tuning={},
+                   sparse=SparsePlan(x, round(density, 4), entries))
 
 
 def sparse_summary(graph: Graph) -> dict[str, str]:
