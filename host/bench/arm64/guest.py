@@ -6,7 +6,7 @@ It imports only the standard library, numpy, ncnn and MNN (never host.* or torch
 has neither). Each counted inference is the same work as ``infer()`` of the engine's class in
 host/bench/engines.py: the input copied in, one run, the output fetched to host memory.
 
-    guest.py --engine {ncnn,mnn} --precision {fp32,fp16} --model PATH [--weights PATH]
+    guest.py --engine {ncnn,mnn} --precision {fp32,fp16,int8} --model PATH [--weights PATH]
              --input X.npy --output Y.npy --warmup N --runs N [--threads 1] [--per-layer]
 
 With --per-layer (ncnn only), one more marked inference follows the counted ones: it extracts
@@ -87,10 +87,12 @@ def load_ncnn(args: argparse.Namespace, x: np.ndarray) -> Loaded:
     opt.use_vulkan_compute = False
     opt.num_threads = args.threads
     # fp32: fp32 storage and arithmetic, as engines.py. fp16: ncnn's defaults on an ARMv8.2
-    # core (fp16 storage, packing and arithmetic; no bf16), set explicitly.
-    fp16 = args.precision == "fp16"
+    # core (fp16 storage, packing and arithmetic; no bf16), set explicitly. int8: a model
+    # host/bench/ncnn_int8.py converted, int8 inference on (its int8 layers use SDOT where
+    # the core has dotprod), and ncnn's ARMv8.2 defaults (fp16) for the layers in between.
+    fp16 = args.precision in ("fp16", "int8")
     flags = {"use_fp16_storage": fp16, "use_fp16_packed": fp16, "use_fp16_arithmetic": fp16,
-             "use_bf16_storage": False}
+             "use_bf16_storage": False, "use_int8_inference": args.precision == "int8"}
     for flag, value in flags.items():
         if not hasattr(opt, flag):
             raise GuestError(f"ncnn {ncnn.__version__} has no option {flag}")
@@ -140,6 +142,8 @@ def load_ncnn(args: argparse.Namespace, x: np.ndarray) -> Loaded:
 def load_mnn(args: argparse.Namespace, x: np.ndarray) -> Loaded:
     import MNN
 
+    if args.precision == "int8":
+        raise GuestError("--precision int8 is for ncnn (a model host/bench/ncnn_int8.py wrote)")
     path = _need_file(args.model, "MNN model")
     try:
         interp = MNN.Interpreter(path)
@@ -174,7 +178,7 @@ LOADERS = {"ncnn": load_ncnn, "mnn": load_mnn}
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, choices=sorted(LOADERS))
-    p.add_argument("--precision", required=True, choices=["fp32", "fp16"])
+    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
     p.add_argument("--model", required=True, help="ncnn .param or .mnn")
     p.add_argument("--weights", help="ncnn .bin (default: the .param's name with .bin)")
     p.add_argument("--input", required=True, help="float32 .npy, NCHW with the batch")
