@@ -211,6 +211,33 @@ def test_rounding_up_silences_channels_the_masks_switched_off():
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+@pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
+def test_balance_rescales_the_penalty_push_between_groups_only(balance):
+    from host.pruning.pas import _balanced_backward
+
+    m = small_cnn()
+    masks = ChannelMasks(m, torch.randn(1, 3, 16, 16)).attach(m)
+    params = list(masks.logits.values())
+    pen = masks.penalty(0.3, 5.0)
+    plain = [g.clone() for g in torch.autograd.grad(pen, params, retain_graph=True)]
+    _balanced_backward(masks, torch.zeros((), requires_grad=True), pen, balance)
+    mean = (sum(float(g.abs().sum()) for g in plain) / sum(g.numel() for g in plain))
+    pushes = []
+    for g, p in zip(plain, params, strict=True):
+        # the penalty's gradient is one value per group (every channel of it costs the same)
+        assert torch.allclose(g, g.mean().expand_as(g))
+        want = g * (mean / float(g.abs().mean())) ** balance
+        assert torch.allclose(p.grad, want, rtol=1e-5)
+        pushes.append(float(p.grad.abs().mean()))
+    spread = max(pushes) / min(pushes)
+    if balance == 1.0:
+        assert spread == pytest.approx(1.0, rel=1e-5)
+    else:
+        assert spread > 1.5  # small_cnn's groups do cost different amounts per channel
+    with pytest.raises(PruningError, match="balance"):
+        PasConfig(target=0.5, balance=1.5)
+
+
 def test_config_refuses_warmup_after_freeze():
     with pytest.raises(PruningError, match="freeze"):
         PasConfig(target=0.5, warmup=0.8, freeze=0.6)

@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="what PaS's penalty steers: MACs, or the latency a per-layer table "
                          "measured on the runner predicts (default macs)")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--alpha", type=float, help="PaS's penalty weight (default PasConfig's)")
+    ap.add_argument("--mask-lr", type=float, help="PaS's mask step (default PasConfig's)")
+    ap.add_argument("--balance", type=float,
+                    help="PaS's balance of the penalty's push between layers (pas --help)")
     ap.add_argument("--pretrain-epochs", type=float, default=3.0)
     ap.add_argument("--pas-epochs", type=float, default=2.0)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
@@ -120,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             res["table_dense_ms"] = table.dense_ms
             keep()
         pas_models = {}
+        knobs = {k: v for k, v in (("alpha", a.alpha), ("mask_lr", a.mask_lr),
+                                   ("balance", a.balance)) if v is not None}
+        res["pas_config"] = knobs
         for seed in a.seeds:
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             progress.update(task, description=f"PaS seed {seed}: training with channel masks")
             r = search_widths(model, data, PasConfig(a.target, a.pas_epochs, seed=seed,
-                                                     vector_width=a.vector_width),
+                                                     vector_width=a.vector_width, **knobs),
                               table=table)
             train(r.model, data, a.finetune_epochs, tc, seed=seed)
             pas_models[seed] = r.model

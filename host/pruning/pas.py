@@ -285,6 +285,7 @@ class PasConfig:
     mask_lr: float = 0.5  # SGD with momentum 0.5 on the mask scalars
     warmup: float = 0.5  # the MAC target falls linearly from dense to `target` over this part
     freeze: float = 0.75  # then the widths are fixed (rounded) and the weights train on alone
+    balance: float = 0.0  # 0: the penalty's push per mask ∝ its channel's cost; 1: equal
     batch_size: int = 64
     vector_width: int = 16
     seed: int = 0
@@ -296,6 +297,9 @@ class PasConfig:
                                f"in (0, 1) of the dense model's")
         if self.epochs <= 0 or self.alpha <= 0 or self.lr <= 0 or self.mask_lr <= 0:
             raise PruningError("PaS epochs, alpha, lr and mask_lr must be positive")
+        if not 0 <= self.balance <= 1:
+            raise PruningError(f"PaS balance {self.balance}: need 0 (push by cost) .. 1 "
+                               f"(equal push)")
         if not 0 <= self.warmup <= self.freeze <= 1:
             raise PruningError(f"PaS warmup {self.warmup} and freeze {self.freeze}: need "
                                f"0 <= warmup <= freeze <= 1 (fractions of the training steps)")
@@ -380,10 +384,15 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
             # the target comes down gradually: at full strength from the first step, the
             # penalty's uniform push makes a group's masks cross 0.5 together and overshoot
             goal = 1.0 - (1.0 - cfg.target) * min(1.0, step / max(1.0, cfg.warmup * total))
-            loss = F.cross_entropy(model(x), y) + masks.penalty(goal, cfg.alpha, table)
+            task = F.cross_entropy(model(x), y)
+            pen = masks.penalty(goal, cfg.alpha, table)
+            loss = task + pen
             opt.zero_grad(set_to_none=True)
             mopt.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.balance and keep is None:
+                _balanced_backward(masks, task, pen, cfg.balance)
+            else:
+                loss.backward()
             opt.step()
             if keep is None:
                 mopt.step()
@@ -409,6 +418,24 @@ def search_widths(model: nn.Module, data, cfg: PasConfig,
                      widths, time.perf_counter() - t0, total, res_hist,
                      masked_cost=masked_cost, cost=final,
                      predicted_ms=final * table.dense_ms if table is not None else None)
+
+
+def _balanced_backward(masks: ChannelMasks, task: torch.Tensor, pen: torch.Tensor,
+                       balance: float) -> None:
+    """Backward with the penalty's gradient on each group's masks rescaled towards the mean
+    push: ``g · (ḡ / g)^balance``."""
+    params = list(masks.logits.values())
+    gp = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True)
+    task.backward()
+    mags = [(float(g.abs().mean()), g.numel()) for g in gp if g is not None]
+    total = sum(n for _, n in mags)
+    mean = sum(m * n for m, n in mags) / total if total else 0.0
+    for p, g in zip(params, gp, strict=True):
+        if g is None:
+            continue
+        m = float(g.abs().mean())
+        scaled = g * (mean / m) ** balance if m > 0 else g
+        p.grad = scaled if p.grad is None else p.grad + scaled
 
 
 def _freeze(masks: ChannelMasks, cfg: PasConfig, table) -> tuple[float, float, dict]:

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"weight of the MAC penalty (default {DEFAULT_ALPHA:g}, the paper's)")
     p.add_argument("--mask-lr", type=float, default=d.mask_lr)
+    p.add_argument("--balance", type=float, default=d.balance,
+                   help="0 (default, the paper's): the penalty pushes each mask by its "
+                        "channel's cost, so the costliest layers lose most; 1: every mask "
+                        "equally, the task gradient alone ranks the channels")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--vector-width", type=int, default=d.vector_width,
                    help=f"kept widths are multiples of this (default {d.vector_width})")
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--latency-ms must be positive; got {args.latency_ms}")
     # with --latency-ms the fraction is known once the table is measured
     cfg = PasConfig(args.macs or 0.5, args.epochs, args.alpha, args.lr, args.mask_lr,
-                    vector_width=args.vector_width, seed=args.seed)
+                    vector_width=args.vector_width, seed=args.seed, balance=args.balance)
     if args.finetune_epochs < 0 or args.pretrain_epochs < 0 or args.runs < 1:
         raise UserError("--finetune-epochs and --pretrain-epochs must be ≥ 0, --runs ≥ 1")
     run_dir = args.out or Path("runs") / f"pas-{time.strftime('%Y%m%d-%H%M%S')}"
