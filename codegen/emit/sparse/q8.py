@@ -154,8 +154,24 @@ def _conv_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw
     step += ["const uint8_t *xp = xb + offs[e];", f"const {WT} *wp = w + (int64_t)e * {GROUP * X};"]
     for g in range(GROUP // q.group):
         step.append(f"{{ const vi wv = *(const vqi *)(wp + {g * X * q.group});")
-        step += [f"  {a} = npas_dot({a}, {bcast(q, 'xp', j * sw * lin + g * q.group)}, wv);"
-                 for j, a in enumerate(acc)]
+        rest = list(range(w_tile))
+        if q.name == "neondot" and lin == GROUP:
+            # SDOT by element: one 16-byte load of 4 neighbouring pixels (a dword each),
+            # flipped once, feeds the columns it holds (as the dense conv's _by_lane_sdot);
+            # only whole loads inside the tile's span, the rest broadcast
+            whole = ((w_tile - 1) * sw + 1) // 4
+            for v in range(whole):
+                cols = [j for j in rest if 4 * v <= j * sw < 4 * v + 4]
+                if not cols:
+                    continue
+                step.append(f"  {{ const vi xv = (vi)(*(const vqiu *)(xp + {16 * v})) ^ "
+                            "((vi){} + (int32_t)0x80808080u);")
+                step += [f"    {acc[j]} = npas_dotl{j * sw - 4 * v}({acc[j]}, wv, xv);"
+                         for j in cols]
+                step.append("  }")
+            rest = [j for j in rest if j * sw >= 4 * whole]
+        step += [f"  {acc[j]} = npas_dot({acc[j]}, {bcast(q, 'xp', j * sw * lin + g * q.group)}, "
+                 "wv);" for j in rest]
         step.append("}")
     L = [f"{AI} void {name}(const uint8_t *restrict x, {IX} xo, const {WT} *restrict w, "
          f"const int32_t *restrict offs, const int32_t *restrict tp, const int32_t *restrict ws, "
