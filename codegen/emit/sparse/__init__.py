@@ -43,6 +43,13 @@ bcsr, fkw, bcsr_blocked) accumulate in fp16 as the dense fp16 convs and ncnn's d
 filter's kept terms (at most the dense conv's ic * kh * kw, at the NPAS rates a fifth to a
 tenth of it); the block Linear in float32 chains (``linear.py``: its sums run to thousands of
 terms). ``tests/test_arm64_fp16_sparse.py`` states and asserts the bounds.
+
+int8 (``q8.py``; ``codegen/emit/c_int8.py`` dispatches to it, not through ``FORMATS``): a
+pruned layer the quantization pass ran in int8 has storage "bcsr_blocked" (a conv of any
+kernel size, stride, dilation and padding, on blocked uint8 activations) or "bcsr" (a Linear),
+m = x filters per index list of (4 input channels, tap) entries, the dot products' byte
+groups; ``codegen/passes/sparse.py``'s ``_int8_storage`` decides, ``tests/test_int8_sparse.py``
+and ``tests/test_arm64_int8_sparse.py`` check them bit for bit.
 """
 
 from __future__ import annotations
