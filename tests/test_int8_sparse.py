@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
 from torch import nn
+from zoo import run_on_runner
 
-from codegen import HostToolchain, capture, compile_model, read_report
+from codegen import HostToolchain, capture, compile_model, load_bundle, read_report
 from codegen.isa import AVX2_Q8, AVX512_VNNI, QuantIsa
 from codegen.passes import fold_bn, fuse_epilogue, quantize_int8, run_passes
 from codegen.passes.sparse import with_schemes
@@ -247,11 +248,12 @@ RULES = ("stem=block_punched:2x", "c*=block_punched:4x:filters=16,channels=4",
 
 
 @pytest.mark.host
-def test_pruned_network_through_compile_int8_plan(tmp_path, capsys):
+def test_pruned_network_through_compile_int8_plan(tmp_path, capsys, local_runner):
     """``plan`` then ``compile --precision int8 --plan``: block-punched 3x3 convs (one with a
     residual, one strided), a block-pruned 1x1 shortcut and fc, a filter-pruned (narrower)
     conv; every pruned layer runs in int8 (the block ones on the int8 block-sparse kernels),
-    and the bundle is the reference bit for bit."""
+    and the bundle is the reference bit for bit, also on the runner at 2 threads (the work
+    items split across the pool)."""
     from host.cli import main
     from host.pruning.command import apply_plan_file
 
@@ -280,6 +282,8 @@ def test_pruned_network_through_compile_int8_plan(tmp_path, capsys):
     (want,) = _reference(model, x, batches, schemes, HostToolchain(precision="int8")
                          .quant_isa().lanes)
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+    assert np.array_equal(run_on_runner(local_runner, load_bundle(out), torch.from_numpy(x),
+                                        threads=2), want)
     with torch.no_grad():
         fp32 = model(torch.from_numpy(x)).numpy()
     assert np.abs(got - fp32).max() <= 0.1 * np.abs(fp32).max()
