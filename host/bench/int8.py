@@ -1,17 +1,21 @@
-"""int8 latency: our int8 bundle against ONNX Runtime's static QDQ int8, with both float32
-baselines, interleaved in one run, and each int8 engine's agreement with float32.
+"""int8 latency: our int8 bundle against the int8 paths of the engines people deploy (ONNX
+Runtime's static QDQ, ExecuTorch-XNNPACK's PT2E, OpenVINO's NNCF, MNN's quantization tool; the
+peers in ``INT8_PEERS``), with float32 baselines, interleaved in one run, and each engine's
+agreement with float32.
 
-Both int8 engines quantize the same model with the same calibration batches (seeded random
-inputs of the benchmark's size; min/max ranges), weights per channel symmetric int8,
-activations asymmetric uint8: ours with ``--precision int8`` (``codegen.quant``), ONNX
+Every int8 engine quantizes the same model with the same calibration batches (seeded random
+inputs of the benchmark's size, ``peers.calibration``): ours with ``--precision int8``
+(``codegen.quant``: min/max, per-channel symmetric int8 weights, uint8 activations), ONNX
 Runtime with ``quantize_static`` (QDQ format, ``QUInt8`` activations, ``QInt8`` per-channel
 weights, MinMax calibration) on its own ONNX export, run with all graph optimizations (which
-fuse the QDQ pairs into its int8 kernels). For every model and thread count the engines are
-sampled round-robin (``common.measure``), one untimed inference before each timed one.
-Printed: median/p10/p90, and for each engine top-1 agreement and mean cosine similarity with
+fuse the QDQ pairs into its int8 kernels); the others as ``peers.py`` says. Quantized models
+are cached in the workload's folder, so a calibration runs once per model and version. For
+every model and thread count the engines are sampled round-robin (``common.measure``), one
+untimed inference before each timed one. Printed: median/p10/p90, ours int8 against the
+fastest int8 peer, and for each engine top-1 agreement and mean cosine similarity with
 PyTorch float32 on ``--eval`` further seeded inputs.
 
-    python -m host.bench.int8 --models resnet18,mobilenet_v2 --threads 1,2 --runs 30
+    python -m host.bench.int8 --models resnet18,mobilenet_v2,vgg16 --threads 1,2 --runs 30
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import numpy as np
 from host.console import err, out
 
 from .common import (
+    BenchArgError,
     EngineRun,
     announce_machine,
     bench_cache_dir,
     check_sampling,
+    engine_names,
     load_and_sample,
     load_workload,
     local_session,
@@ -49,16 +55,26 @@ from .engines import (
     onnx_file,
     version_of,
 )
+from .peers import (
+    CALIBRATION_SEEDS,  # noqa: F401  (re-exported: the seeds every int8 engine calibrates on)
+    ExecuTorchEngine,
+    ExecuTorchInt8Engine,
+    MnnInt8Engine,
+    OpenVinoEngine,
+    OpenVinoInt8Engine,
+    calibration,
+)
 
-DEFAULT_MODELS = ("resnet18", "mobilenet_v2")
-CALIBRATION_SEEDS = (101, 102, 103, 104)
+DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 EVAL_SEED = 200
+OURS = ("ours fp32", "ours int8")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="npas-host bench int8", description=(
-        "int8 latency of our bundle against ONNX Runtime's static QDQ int8 (and both fp32), "
-        "interleaved, with top-1 agreement and cosine similarity against PyTorch fp32."))
+        "int8 latency of our bundle against the int8 paths of ONNX Runtime, ExecuTorch-XNNPACK, "
+        "OpenVINO and MNN (and fp32 baselines), interleaved, with top-1 agreement and cosine "
+        "similarity against PyTorch fp32."))
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=30, help="timed samples per engine")
@@ -66,16 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--eval", type=int, default=16,
                     help="seeded inputs for top-1 agreement and cosine (default 16)")
+    ap.add_argument("--engines", default=",".join(engine_choices()),
+                    help="subset of engines to run (default: all)")
     ap.add_argument("--json", type=Path, metavar="PATH", help="write every sample here")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--runner", type=Path)
     return ap
-
-
-def calibration(shape: tuple[int, ...]) -> list[np.ndarray]:
-    from host.models import example_inputs
-
-    return [example_inputs(shape, seed=s)[0].numpy() for s in CALIBRATION_SEEDS]
 
 
 class OrtInt8Engine(OrtEngine):
@@ -127,11 +139,22 @@ class OrtInt8Engine(OrtEngine):
         return f"onnxruntime {v} static QDQ (uint8 activations, per-channel int8 weights)"
 
 
+# The peers, in table order: classes with ``prepare(w)`` and ``load(w, threads)`` (engines.py)
+# that, once loaded, answer ``run_on(x)`` (one inference on another input, for the agreement
+# with fp32). Names ending in "int8" are the int8 peers ours is compared with. Another
+# engine is one more entry (``INT8_PEERS.append(MyEngine)``).
+INT8_PEERS: list[type] = []
+
+
+def engine_choices() -> tuple[str, ...]:
+    return (*OURS, *(c.name for c in INT8_PEERS))
+
+
 def _infer_on(eng, x: np.ndarray) -> np.ndarray:
     """One inference of a loaded engine on another input than the workload's example."""
     if isinstance(eng, OursEngine):
         return eng.session.run(eng._key, [x])[0]
-    return eng._sess.run(None, {eng._sess.get_inputs()[0].name: x})[0]
+    return eng.run_on(x)
 
 
 class _Ours(OursEngine):
@@ -159,7 +182,7 @@ def _ort_keep(cls):
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sess = ort.InferenceSession(str(w.files[getattr(self, "file", "onnx")]), so,
                                         providers=["CPUExecutionProvider"])
-            self._sess = sess
+            self.run_on = lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0]
             feed = {sess.get_inputs()[0].name: w.example.numpy()}
 
             def infer() -> np.ndarray:
@@ -175,6 +198,10 @@ def _ort_keep(cls):
             return Loaded(self.name, infer, sample)
     Keep.name = cls.name
     return Keep
+
+
+INT8_PEERS += [_ort_keep(OrtEngine), _ort_keep(OrtInt8Engine), ExecuTorchEngine,
+               ExecuTorchInt8Engine, OpenVinoEngine, OpenVinoInt8Engine, MnnInt8Engine]
 
 
 class _Probe:
@@ -194,8 +221,9 @@ class _Probe:
 def agreement(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray]) -> tuple[float, float]:
     """(top-1 agreement, mean cosine similarity) of outputs with the float32 references."""
     top1 = np.mean([o.argmax() == r.argmax() for o, r in zip(outs, refs, strict=True)])
-    cos = np.mean([float((o.ravel() @ r.ravel()) / (np.linalg.norm(o) * np.linalg.norm(r)))
-                   for o, r in zip(outs, refs, strict=True)])
+    with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero output: nan, printed
+        cos = np.mean([float((o.ravel() @ r.ravel()) / (np.linalg.norm(o) * np.linalg.norm(r)))
+                       for o, r in zip(outs, refs, strict=True)])
     return float(top1), float(cos)
 
 
@@ -211,18 +239,27 @@ def bench_model(name: str, args, session, progress, tmp: Path) -> list[dict]:
     cal = [[x] for x in calibration(w.shape)]
     engines: dict = {}
     unavailable: dict[str, str] = {}
-    engines["ours fp32"] = _Ours(session, compile_model(w.model, (w.example,), tmp / "f32",
-                                                        name=w.cache.name), "ours fp32")
-    engines["ours int8"] = _Ours(session, compile_model(
-        w.model, (w.example,), tmp / "i8", name=w.cache.name + "-int8",
-        toolchain=HostToolchain(precision="int8"), calibration=cal), "ours int8")
-    for cls in (OrtEngine, OrtInt8Engine):
-        e = _ort_keep(cls)()
+    if "ours fp32" in args.engines:
+        engines["ours fp32"] = _Ours(session, compile_model(
+            w.model, (w.example,), tmp / "f32", name=w.cache.name), "ours fp32")
+    if "ours int8" in args.engines:
+        engines["ours int8"] = _Ours(session, compile_model(
+            w.model, (w.example,), tmp / "i8", name=w.cache.name + "-int8",
+            toolchain=HostToolchain(precision="int8"), calibration=cal), "ours int8")
+    for cls in INT8_PEERS:
+        if cls.name not in args.engines:
+            continue
+        e = cls()
+        task = progress.add_task(f"{name}: preparing {cls.name}", total=None)
         try:
-            e.prepare(w)
+            err.print(f"{name}: {cls.name}: {e.prepare(w)}")
             engines[cls.name] = e
         except EngineUnavailable as ex:
             unavailable[cls.name] = str(ex)
+        except Exception as ex:  # a converter failing is a result, not the end of the run
+            unavailable[cls.name] = f"prepare failed: {type(ex).__name__}: {ex}"
+        finally:
+            progress.remove_task(task)
     evals = [example_inputs(w.shape, seed=EVAL_SEED + i)[0].numpy() for i in range(args.eval)]
     with torch.inference_mode():
         eval_refs = [w.model(torch.from_numpy(x)).numpy() for x in evals]
@@ -257,6 +294,23 @@ def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, ar
             f"{q[0]:.0%}" if q else "–", f"{q[1]:.5f}" if q else "–",
             r.detail if r.status != "ok" else "")
     out.print(t)
+    vs = versus_fastest_int8(runs)
+    if vs:
+        out.print(f"{name}, {threads} thread(s): ours int8 / fastest int8 peer ({vs[0]}) = "
+                  f"{vs[1]:.2f} by median, {vs[2]:.2f} by p10 (below 1: ours is faster)")
+
+
+def versus_fastest_int8(runs: dict[str, EngineRun]) -> tuple[str, float, float] | None:
+    """(the int8 peer with the lowest median, ours int8 / its median, the same for p10s);
+    None when ours int8 or every int8 peer has no samples."""
+    ours = runs.get("ours int8")
+    peers = {k: r for k, r in runs.items()
+             if k != "ours int8" and k.endswith("int8") and r.samples_ns}
+    if ours is None or not ours.samples_ns or not peers:
+        return None
+    best = min(peers, key=lambda k: peers[k].median_ms)
+    return (best, ours.median_ms / peers[best].median_ms,
+            ours.stats.p10_ms / peers[best].stats.p10_ms)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.models = parse_models(args.models)
     args.threads = parse_threads(args.threads)
+    known = engine_choices()
+    args.engines = engine_names(args.engines)
+    unknown = [e for e in args.engines if e not in known]
+    if unknown or not args.engines:
+        raise BenchArgError(f"--engines: unknown {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(known)}")
     args.tolerance = float("inf")  # int8 outputs are judged by agreement, printed
     check_sampling(args)
     announce_machine(140)
