@@ -22,8 +22,9 @@ pytestmark = pytest.mark.arm64
 
 CALL_TIMEOUT_S = 300.0
 # each kernel kind once (qemu is slow): strided with odd channels, the narrow stem, dilation
-# with a float32 output, the fused residual, block 1x1, the block Linear
+# with a float32 output, the fused residual, 16-column SDOT tiles, block 1x1, the block Linear
 ARM64_CASES = ("bp3x3s2_relu6_odd_channels", "bp7x7s2_stem", "bp3x3_dilated_dq", "bp_residual",
+               "bp3x3_wide_rows",
                "block1x1", "block_linear")
 
 

@@ -200,12 +200,18 @@ def _conv_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw
     return name, "\n".join(L) + "\n"
 
 
-def _w_tile(q: QuantIsa, interior: int) -> int:
-    # accumulators + the weight vector + the broadcast (SDOT: the flip constant too)
+def _w_tile(q: QuantIsa, interior: int, sw: int) -> int:
+    """Output columns per tile: the fewest calls, ties to the larger tile. SDOT at stride 1
+    takes multiples of 4 up to 16 (a 16-byte load feeds 4 columns by element; a 14-wide tile
+    left 2 columns to broadcasts: 29 instructions for 14 SDOTs an entry, 16 wide 29 for 16);
+    the others up to the registers left beside the weight vector and the broadcast."""
+    if q.name == "neondot" and sw == 1:
+        if interior <= 16:
+            return max(1, interior)
+        return min((12, 16), key=lambda t: (-(-interior // t), -t))
     most = min(14, q.registers - (4 if q.offset else 3))
     if interior <= most:
         return max(1, interior)
-    # the tile with the fewest calls, ties to the larger
     return min(range(most // 2, most + 1), key=lambda t: (-(-interior // t), -t))
 
 
@@ -227,7 +233,7 @@ def qspconv(c: Ctx) -> Rendered:
     ow_lo = min(ow, -(-pl // sw))
     ow_hi = max(ow_lo, min(ow, (iw - 1 + pl - (kw - 1) * dw) // sw + 1))
     interior = ow_hi - ow_lo
-    w_tile = _w_tile(q, interior)
+    w_tile = _w_tile(q, interior, sw)
     main_n, rem = divmod(interior, w_tile) if interior else (0, 0)
     names = {}
     for t in {1, w_tile if main_n else 1, rem or 1}:
