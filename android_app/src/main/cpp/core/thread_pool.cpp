@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -21,6 +22,9 @@ namespace {
 constexpr int kSpinIterations = 1 << 16;
 // With more threads than cores, spinning only steals time from the thread being waited for.
 constexpr int kOversubscribedSpinIterations = 16;
+// Chunks per thread: enough that the running threads can take over a stalled one's share,
+// few enough that a kernel's per-call set-up stays small against its work.
+constexpr int64_t kChunksPerThread = 4;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -86,6 +90,7 @@ ThreadPool::ThreadPool(int threads, std::vector<int> affinity)
   spin_iterations_ = (cores == 0 || unsigned(threads_) <= cores) ? kSpinIterations
                                                                  : kOversubscribedSpinIterations;
   pin_errors_.assign(size_t(threads_), 0);
+  segments_ = std::make_unique<Segment[]>(size_t(threads_));
   try {
     workers_.reserve(size_t(threads_ - 1));
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -121,22 +126,49 @@ void ThreadPool::parallel_for(int64_t n, RangeFn fn, void* ctx) {
     fn(ctx, 0, 0, n);
     return;
   }
+  int64_t chunks = std::min<int64_t>(n, int64_t(threads_) * kChunksPerThread);
   fn_ = fn;
   ctx_ = ctx;
   n_ = n;
-  pending_.store(threads_ - 1, std::memory_order_relaxed);
+  chunks_ = chunks;
+  done_.store(0, std::memory_order_relaxed);
+  for (int t = 0; t < threads_; ++t) {
+    uint64_t b = uint64_t(chunk_begin(chunks, t, threads_));
+    uint64_t e = uint64_t(chunk_begin(chunks, t + 1, threads_));
+    segments_[size_t(t)].word.store(e << 32 | b, std::memory_order_release);
+  }
   generation_.fetch_add(1, std::memory_order_seq_cst);  // pairs with sleepers_ (Dekker)
   if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation_);
 
-  int64_t e0 = chunk_begin(n, 1, threads_);
-  if (e0 > 0) fn(ctx, 0, 0, e0);
+  run_chunks(0);
 
   int spins = 0;
-  while (pending_.load(std::memory_order_acquire) != 0) {
+  while (done_.load(std::memory_order_acquire) != chunks) {
     if (++spins < spin_iterations_) {
       cpu_relax();
     } else {
       sched_yield();
+    }
+  }
+}
+
+void ThreadPool::run_chunks(int worker) {
+  for (int k = 0; k < threads_; ++k) {  // its own segment first, then the others'
+    std::atomic<uint64_t>& seg = segments_[size_t((worker + k) % threads_)].word;
+    uint64_t word = seg.load(std::memory_order_acquire);
+    for (;;) {
+      uint64_t end = word >> 32, next = word & 0xffffffffu;
+      if (next >= end) break;
+      if (!seg.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        continue;  // `word` now holds the current value
+      }
+      // The job is read after the claim: its chunk is not done, so the caller still waits.
+      int64_t b = chunk_begin(n_, int(next), int(chunks_));
+      int64_t e = chunk_begin(n_, int(next) + 1, int(chunks_));
+      if (e > b) fn_(ctx_, worker, b, e);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      word = seg.load(std::memory_order_acquire);
     }
   }
 }
@@ -176,10 +208,7 @@ void ThreadPool::worker_loop(int worker) {
     }
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
-    int64_t b = chunk_begin(n_, worker, threads_);
-    int64_t e = chunk_begin(n_, worker + 1, threads_);
-    if (e > b) fn_(ctx_, worker, b, e);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    run_chunks(worker);
   }
 }
 

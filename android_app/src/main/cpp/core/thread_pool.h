@@ -1,6 +1,9 @@
-// A fixed pool that splits one work range [0, n) into contiguous near-equal chunks, one per
-// thread; the calling thread is worker 0. No allocation or locks per call: workers wait on an
-// atomic generation counter (spin, then futex), the caller spins until they are done.
+// A fixed pool that splits one work range [0, n) into contiguous near-equal chunks, a few per
+// thread, which the threads claim one at a time; the calling thread is worker 0. Claimed, not
+// assigned: on a busy machine a worker the OS has not scheduled yet leaves its share to the
+// threads that run, so one preempted thread no longer stalls every layer for a time slice.
+// No allocation or locks per call: workers wait on an atomic generation counter (spin, then
+// futex), the caller spins until every chunk is done.
 #ifndef NPAS_CORE_THREAD_POOL_H
 #define NPAS_CORE_THREAD_POOL_H
 
@@ -36,13 +39,16 @@ class ThreadPool {
   // Empty when every worker got the core it was given; else which cores the OS refused and
   // why (those workers run unpinned).
   std::string affinity_note() const;
-  // Splits [0, n) over all workers and returns when every chunk is done. Not reentrant:
-  // one caller at a time (the model's mutex guarantees it).
+  // Splits [0, n) into chunks claimed by the workers and returns when every chunk is done;
+  // `worker` in fn is the claiming thread's index (its scratch), never used by two chunks at
+  // once. Not reentrant: one caller at a time (the model's mutex guarantees it).
   void parallel_for(int64_t n, RangeFn fn, void* ctx);
 
  private:
   void worker_loop(int worker);
   void stop_workers();
+  // Claims and runs chunks of the posted job until none is left.
+  void run_chunks(int worker);
 
   int threads_;
   int spin_iterations_;
@@ -52,8 +58,19 @@ class ThreadPool {
   RangeFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t n_ = 0;
+  int64_t chunks_ = 0;
   alignas(64) std::atomic<uint32_t> generation_{0};
-  alignas(64) std::atomic<int> pending_{0};
+  // Chunks are numbered over the whole range; thread t's segment is a contiguous run of them
+  // (its share, as in a static split), which it claims first, front to back, before it takes
+  // unclaimed chunks from the others' segments. A segment's word is its end (high 32 bits)
+  // and its next unclaimed chunk (low 32 bits), claimed by compare-and-swap: a thread still
+  // holding an old job's word can only claim a chunk the current job has not handed out (the
+  // word must match), so a late thread does no harm.
+  struct alignas(64) Segment {
+    std::atomic<uint64_t> word{0};
+  };
+  std::unique_ptr<Segment[]> segments_;
+  alignas(64) std::atomic<int64_t> done_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   Status started_;

@@ -271,6 +271,30 @@ void test_thread_pool() {
       for (auto& x : hits) all = all && x.load() == 50;
       CHECK(all);
     }
+    // Chunks are claimed, so one worker runs several: its index (its scratch) must still be
+    // in range and never in use by two chunks at once.
+    struct Use {
+      std::vector<std::atomic<int>> busy;
+      std::atomic<int> bad{0};
+      explicit Use(int t) : busy(size_t(t)) {}
+    } use(threads);
+    for (int rep = 0; rep < 200; ++rep) {
+      pool.parallel_for(
+          64,
+          [](void* ctx, int worker, int64_t b, int64_t e) {
+            auto* u = static_cast<Use*>(ctx);
+            if (worker < 0 || size_t(worker) >= u->busy.size() ||
+                u->busy[size_t(worker)].fetch_add(1) != 0) {
+              u->bad.fetch_add(1);
+              return;
+            }
+            volatile int64_t sink = 0;
+            for (int64_t i = b; i < e; ++i) sink = sink + i;
+            u->busy[size_t(worker)].fetch_sub(1);
+          },
+          &use);
+    }
+    CHECK(use.bad.load() == 0);
   }
 }
 
