@@ -33,13 +33,22 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.cost import best_tile, conv_kind
+from codegen.emit.cpu import q8_neon
 from codegen.emit.cpu.prelude import AI
+from codegen.emit.cpu.q8_requant import (  # noqa: F401 (the sparse int8 kernels' imports)
+    REQUANT_PARAMS,
+    fl,
+    requant,
+    requant_args,
+    requant_constants,
+    requant_row,
+)
+from codegen.emit.cpu.q8_requant import epilogue_tag as _tag
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer
 from codegen.quant import LayerQuant, layer_quant
 
-MAGIC = "12582912.0f"  # 1.5 * 2^23
 IX = "int64_t"  # the index type
 
 TYPES = """\
@@ -118,11 +127,8 @@ def _need(c: Ctx, vectors: bool = False) -> None:
     h.setdefault("npas_q8_scalar", SCALAR)
     if vectors:
         h.setdefault("npas_q8_vectors", vector_types(c.lang.qisa))
-
-
-def fl(v: float) -> str:
-    """A float32 constant, exactly."""
-    return float(np.float32(v)).hex() + "f"
+        if c.lang.qisa.name == "neondot":
+            h.setdefault("npas_q8_neon", q8_neon.NEON_HELPERS)
 
 
 def bcast(q: QuantIsa, p: str, off: int = 0) -> str:
@@ -141,47 +147,6 @@ def words(a: np.ndarray) -> np.ndarray:
     b = np.ascontiguousarray(a).tobytes()
     b += b"\0" * (-len(b) % 4)
     return np.frombuffer(b, np.float32).copy()
-
-
-# ---- requantization ------------------------------------------------------------------------
-
-def requant(lq: LayerQuant, acc: str, mv: str, store: str, skip: str | None) -> list[str]:
-    """Lines turning the int32 vector ``acc`` into the output at ``store`` (a pointer
-    expression); ``mv``: the multiplier vector; ``skip``: the residual's uint8 pointer. The
-    layer's constants are the variables ``qzs``, ``qms`` (residual), ``qlo``, ``qhi`` (clamp)
-    and ``qzy`` (zero point), declared by ``requant_constants``."""
-    L = [f"{{ vf v = __builtin_convertvector({acc}, vf) * {mv};"]
-    if skip is not None:
-        L.append(f"  v += __builtin_convertvector(npas_u8x({skip}) - qzs, vf) * qms;")
-    if lq.lo is not None:
-        L.append("  { const vf lo = (vf){} + qlo; v = npas_vsel(v < lo, lo, v); }")
-    if lq.hi is not None:
-        L.append("  { const vf hi = (vf){} + qhi; v = npas_vsel(v > hi, hi, v); }")
-    if lq.y is None:
-        return [*L, f"  *(vf *)({store}) = v; }}"]
-    return [*L, f"  v = (v + {MAGIC}) - {MAGIC};",
-            f"  *(vq *)({store}) = __builtin_convertvector(__builtin_convertvector(v, vi) + "
-            "qzy, vq); }"]
-
-
-REQUANT_PARAMS = "int32_t qzx, int32_t qzs, float qms, float qlo, float qhi, int32_t qzy"
-
-
-def requant_args(lq: LayerQuant) -> str:
-    """The values of ``REQUANT_PARAMS`` for layer constants ``lq``."""
-    return (f"{lq.x.zero}, {lq.skip.zero if lq.skip else 0}, {fl(lq.skip_mult)}, "
-            f"{fl(lq.lo or 0.0)}, {fl(lq.hi or 0.0)}, {lq.y.zero if lq.y else 0}")
-
-
-def requant_constants(lq: LayerQuant) -> list[str]:
-    """``REQUANT_PARAMS`` as local constants (for kernels without a micro-kernel)."""
-    vals = requant_args(lq).split(", ")
-    return [f"const {p} = {v}; (void){p.split()[-1]};"
-            for p, v in zip(REQUANT_PARAMS.split(", "), vals, strict=True)]
-
-
-def _tag(lq: LayerQuant, epilogue: tuple[str, ...]) -> str:
-    return "".join(f"_{e}" for e in epilogue) + ("_dq" if lq.y is None else "")
 
 
 # ---- convolution ---------------------------------------------------------------------------
@@ -226,30 +191,26 @@ def _microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw: int
         for o in range(oc_tile):
             init = ", ".join(f"{a} = *(const vqi *)(b + {o * X}) + z{o}" for a in acc[o])
             L.append(f"  vi {init};")
+        tap = [f"        const uint8_t *xp = x + (xo + c * cs + ky * {dh} * rs + kx * "
+               f"{dw * lin});",
+               f"        const {WT} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lin * X};"]
+        for g in range(lin // q.group):
+            tap += [f"        {{ const vi w{o} = *(const vqi *)(wp + {o} * wb + {g * X * q.group});"
+                    for o in range(oc_tile)]
+            for j in range(w_tile):
+                xb = bcast(q, "xp", j * sw * lin + g * q.group)
+                tap.append(f"          {{ const vi xb = {xb};")
+                tap += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
+                        for o in range(oc_tile)]
+                tap.append("          }")
+            tap.append("        " + "}" * oc_tile)
         L += [f"  for ({IX} c = 0; c < cb; ++c)",
               f"    for ({IX} ky = ky0; ky < ky1; ++ky)",
-              f"      for ({IX} kx = kx0; kx < kx1; ++kx) {{",
-              f"        const uint8_t *xp = x + (xo + c * cs + ky * {dh} * rs + kx * {dw * lin});",
-              f"        const {WT} *wp = w + ((c * {kh} + ky) * {kw} + kx) * {lin * X};"]
-        for g in range(lin // q.group):
-            L += [f"        {{ const vi w{o} = *(const vqi *)(wp + {o} * wb + {g * X * q.group});"
-                  for o in range(oc_tile)]
-            rest = range(w_tile)
-            if q.name == "neondot" and lin == q.group:
-                rest = _by_lane_sdot(L, acc, sw)
-            for j in rest:
-                xb = bcast(q, "xp", j * sw * lin + g * q.group)
-                L.append(f"          {{ const vi xb = {xb};")
-                L += [f"            {acc[o][j]} = npas_dot({acc[o][j]}, xb, w{o});"
-                      for o in range(oc_tile)]
-                L.append("          }")
-            L.append("        " + "}" * oc_tile)
-        L.append("      }")
+              f"      for ({IX} kx = kx0; kx < kx1; ++kx) {{", *tap, "      }"]
     for o in range(oc_tile):
-        for j in range(w_tile):
-            L += ["  " + ln for ln in requant(
-                lq, acc[o][j], f"*(const vf *)(m + {o * X})", f"y + {o} * ys + {j * X}",
-                f"s + {o} * ys + {j * X}" if skip else None)]
+        L += ["  " + ln for ln in requant_row(
+            q, lq, acc[o], f"*(const vf *)(m + {o * X})", lambda j, o=o: f"y + {o} * ys + {j * X}",
+            (lambda j, o=o: f"s + {o} * ys + {j * X}") if skip else None)]
     L.append("}")
     return name, "\n".join(L) + "\n"
 
@@ -271,8 +232,10 @@ static inline vi npas_t4(vq64 v) {{
 
 def dw_dot(la: Layer, q: QuantIsa) -> bool:
     """Whether an int8 depthwise conv's interior runs a row's taps in one dot product (VNNI,
-    16 channels, at most 4 taps a row, no dilation): 4 neighbouring input pixels per load."""
-    return (q.group == 4 and q.lanes == 16 and la.params["weight"].shape[3] <= 4
+    16 channels, or SDOT, 4: ``q8_neon``; at most 4 taps a row, no dilation): 4 neighbouring
+    input pixels per load."""
+    return (q.group == 4 and (q.lanes == 16 or q.name == "neondot")
+            and la.params["weight"].shape[3] <= 4
             and tuple(la.attrs["dilation"]) == (1, 1) and conv_kind(la, q.lanes) == "depthwise")
 
 
@@ -283,6 +246,11 @@ def _dw_dot_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, sw: int, w_tile: i
     out = "float" if lq.y is None else "uint8_t"
     skip = "add" in epilogue
     acc = [f"a{j}" for j in range(w_tile)]
+    if q.name == "neondot":
+        tail = requant_row(q, lq, acc, "*(const vf *)m", lambda j: f"y + {j * X}",
+                           (lambda j: f"s + {j * X}") if skip else None)
+        return name, q8_neon.dw_microkernel(name, kh, sw, w_tile, out, skip, REQUANT_PARAMS,
+                                            tail)
     L = [f"{AI} void {name}(const uint8_t *restrict x, {IX} xo, const int8_t *restrict wd, "
          f"const int32_t *restrict zd, const int32_t *restrict b, const float *restrict m, "
          f"{out} *restrict y, {'const uint8_t *restrict s, ' if skip else ''}{IX} rs, "
@@ -304,23 +272,22 @@ def _dw_dot_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, sw: int, w_tile: i
     return name, "\n".join(L) + "\n"
 
 
-def _by_lane_sdot(L: list[str], acc: list[list[str]], sw: int) -> list[int]:
-    """SDOT by element (NEON, one pixel's 4 channels a dword): each 16-byte load of 4
-    neighbouring input pixels that lies wholly inside the tile's span feeds the columns it
-    holds, one lane each, and is flipped to signed bytes once; returns the columns left to
-    the broadcast path (past the last whole load: nothing is read past the last column)."""
-    w_tile = len(acc[0])
-    whole = ((w_tile - 1) * sw + 1) // 4
-    for v in range(whole):
-        cols = [j for j in range(w_tile) if 4 * v <= j * sw < 4 * v + 4]
-        if not cols:
-            continue
-        L.append(f"          {{ const vi xv = (vi)(*(const vqiu *)(xp + {16 * v})) ^ "
-                 "((vi){} + (int32_t)0x80808080u);")
-        L += [f"            {acc[o][j]} = npas_dotl{j * sw - 4 * v}({acc[o][j]}, w{o}, xv);"
-              for j in cols for o in range(len(acc))]
-        L.append("          }")
-    return [j for j in range(w_tile) if j * sw >= 4 * whole]
+def conv_oc_tile(q: QuantIsa, la: Layer, out: tuple[int, ...]) -> int:
+    """The oc blocks of a dense int8 conv's tile (1 for depthwise)."""
+    n, ocb, oh = out[0], out[1], out[2]
+    kh, kw = la.params["weight"].shape[2:]
+    if conv_kind(la, q.lanes) == "depthwise":
+        return 1
+    oc_tile = 2 if ocb % 2 == 0 and n * ocb // 2 * oh >= 32 else 1
+    # 4 oc blocks a tile where a column's input is reused over several taps: 3x3 convs of
+    # resnet18 at 224, 1 thread, AVX-512 VNNI: the model 10.1-10.3 -> 9.5-9.7 ms; 1x1 convs
+    # keep 2 (mobilenet_v2 2.52 -> 2.60 ms with 4 there). SDOT: 4 for 1x1 too (one LD1 of the
+    # tile's 4 weight vectors a tap, 6 columns from 2 loads: 5 instructions a tap besides the
+    # 24 SDOTs, 9 for 2 x 13)
+    if ((kh * kw > 1 or q.name == "neondot") and ocb % 4 == 0 and n * ocb // 4 * oh >= 32
+            and q.registers >= 32):
+        oc_tile = 4
+    return oc_tile
 
 
 def qconv2d(c: Ctx) -> Rendered:
@@ -338,13 +305,7 @@ def qconv2d(c: Ctx) -> Rendered:
     dh, dw = la.attrs["dilation"]
     pt, _, pl, _ = la.attrs["padding"]
     depthwise = conv_kind(la, X) == "depthwise"
-    oc_tile = 2 if not depthwise and ocb % 2 == 0 and n * ocb // 2 * oh >= 32 else 1
-    # 4 oc blocks a tile where a column's input is reused over several taps: 3x3 convs of
-    # resnet18 at 224, 1 thread, AVX-512 VNNI: the model 10.1-10.3 -> 9.5-9.7 ms; 1x1 convs
-    # keep 2 (mobilenet_v2 2.52 -> 2.60 ms with 4 there)
-    if (not depthwise and kh * kw > 1 and ocb % 4 == 0 and n * ocb // 4 * oh >= 32
-            and q.registers >= 32):
-        oc_tile = 4
+    oc_tile = conv_oc_tile(q, la, c.out)
     # accumulators + a weight vector per oc block + the broadcast (VNNI, AVX2); SDOT by lane
     # keeps up to 2 input vectors and the sign-flip constant too (2 x 14 spilled 2 registers)
     spare = 4 if q.name == "neondot" else 2
@@ -359,13 +320,15 @@ def qconv2d(c: Ctx) -> Rendered:
     cb = 1 if depthwise else cbk
     wblk = kh * kw * X if depthwise else cbk * kh * kw * lin * X
     names, dot = {}, dw_dot(la, q)
-    for t in {1, w_tile if main_n else 1, rem or 1}:
+    # SDOT dense convs: q8_neon's tiles (below) instead
+    for t in {1, w_tile if main_n else 1, rem or 1} if depthwise or q.name != "neondot" else ():
         nm, src = _microkernel(q, lq, kh, kw, sh, sw, dh, dw, depthwise, oc_tile, t, la.epilogue,
                                lin)
         c.lang.helpers.setdefault(nm, src)
         names[t] = nm
-    if dot:
+    if dot and q.lanes == 16:
         c.lang.helpers.setdefault("npas_q8_dw_dot", DW_DOT_TYPES)
+    if dot:
         for t in {w_tile if main_n else 1, rem or 1}:
             nm, src = _dw_dot_microkernel(q, lq, kh, sw, t, la.epilogue)
             c.lang.helpers.setdefault(nm, src)
@@ -403,13 +366,28 @@ def qconv2d(c: Ctx) -> Rendered:
     if dot:
         body += [f"const int8_t *wdp = wd + ocb * {kh * 4 * X};",
                  f"const int32_t *zdp = zd + ocb * {kh * X};"]
-    edge = [f"  const {IX} iw0 = ow * {sw} - {pl};",
-            f"  const {IX} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
-            f"  const {IX} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
-            f"  const {IX} kx1 = kxr < {kw} ? kxr : {kw};",
-            "  " + call(1, "kx0, kx1")]
+    def edge() -> list[str]:  # a column at the padding, its taps' range at run time
+        return [f"  const {IX} iw0 = ow * {sw} - {pl};",
+                f"  const {IX} kx0 = iw0 < 0 ? (-iw0 + {dw - 1}) / {dw} : 0;",
+                f"  const {IX} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
+                f"  const {IX} kx1 = kxr < {kw} ? kxr : {kw};",
+                "  " + call(1, "kx0, kx1")]
+    plan = (q8_neon.columns(q, lq, la, oc_tile, most, ow, ow_lo, ow_hi, iw, lin)
+             if q.name == "neondot" and not depthwise else None)
+    if plan is not None:
+        for ow0, kname in plan:  # (first column or a loop, kernel)
+            c.lang.helpers.setdefault(kname[0], kname[1])
+            sarg = f"sr + ow * {X}, " if skip else ""
+            cl = (f"{kname[0]}(x, xb + ih0 * {rs} + (ow * {sw} - {pl}) * {lin}, wp, {wblk}, "
+                  f"bp, bzp, wsp, mp, yr + ow * {X}, {sarg}{oh * ow * X}, {cb}, {cs}, {rs}, "
+                  f"ky0, ky1, {requant_args(lq)});")
+            body += [f"for ({IX} ow = {ow0[0]}; ow < {ow0[1]}; ow += {ow0[2]})", "  " + cl]
+        body.insert(body.index(f"const float *mp = m + ocb * {X};"),
+                    f"const int32_t *bzp = bz + ocb * {X};")
+        main_n = rem = ow_lo = 0
+        ow_hi = ow
     if ow_lo:
-        body += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge, "}"]
+        body += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge(), "}"]
     if main_n:
         body += [f"for ({IX} ow = {ow_lo}; ow < {ow_lo + main_n * w_tile}; ow += {w_tile})",
                  "  " + call(w_tile, f"0, {kw}")]
@@ -417,7 +395,7 @@ def qconv2d(c: Ctx) -> Rendered:
         body += ["{", f"  const {IX} ow = {ow_lo + main_n * w_tile};",
                  "  " + call(rem, f"0, {kw}"), "}"]
     if ow_hi < ow:
-        body += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge, "}"]
+        body += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge(), "}"]
     items = n * octs * oh
     pr = c.lang.param_ref
     decl = [f"const {wt} *restrict w = (const {wt} *){pr(c, 0)};",
@@ -430,6 +408,8 @@ def qconv2d(c: Ctx) -> Rendered:
     else:
         decl += [f"const int32_t *restrict ws = (const int32_t *){pr(c, 2)};",
                  f"const float *restrict m = (const float *){pr(c, 3)};"]
+        if plan is not None:
+            decl.append(f"const int32_t *restrict bz = (const int32_t *){pr(c, 4)};")
     L = [c.x(), *([c.x(1, "s")] if skip else []), c.y(), *decl,
          *c.lang.over_items(c, items, body)]
     return L, items, 2 * n * oc * oh * ow * icg * kh * kw
@@ -459,7 +439,8 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
         wd = np.zeros((ocp, kh, 4), np.int8)
         wd[:, :, :kw] = wq
         wd = wd.reshape(ocp // X, X, kh, 4).transpose(0, 2, 1, 3)
-        zd = (-lq.x.zero * wq.sum(axis=2)).astype(np.int32)
+        # SDOT's x - 128 needs 128 * sum w back (q.offset; 0 for VNNI's unsigned bytes)
+        zd = ((q.offset - lq.x.zero) * wq.sum(axis=2)).astype(np.int32)
         zd = zd.reshape(ocp // X, X, kh).transpose(0, 2, 1)
         return words(wp), words(bias), mult, words(wd), words(zd)
     bias[:oc] = lq.bias
@@ -473,6 +454,13 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
     g = q.group
     wp = wp.reshape(ocp // X, X, icp // lin, lin // g, g, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
     wdt = np.int8 if q.weight == "int8_t" else np.int16
+    if q.name == "neondot":
+        # a tile's oc blocks side by side a tap ([oc/(x T)][ic/L][kh][kw][T][x][group], LDP
+        # pairs: q8_neon.dense_microkernel), and bias + every tap's comp (its bz)
+        t = conv_oc_tile(q, la, graph.shapes[la.output])
+        wp = wp.reshape(ocp // X // t, t, *wp.shape[1:]).transpose(0, 2, 3, 4, 5, 1, 6, 7)
+        bz = (bias.reshape(-1, X) + comp.sum(axis=1)).astype(np.int32).ravel()
+        return words(wp.astype(wdt)), words(bias), words(comp), mult, words(bz)
     return words(wp.astype(wdt)), words(bias), words(comp), mult
 
 
