@@ -4,7 +4,9 @@ in instructions per inference (counted by a qemu plugin), not seconds.
 Per model: our dense fp32 bundle, our dense fp16 bundle (NEON FP16 arithmetic; ``--no-fp16``
 skips it), our dense int8 bundle (SDOT; ``--no-int8``), our sparse bundles at the NPAS rates
 (the sparse benchmark's mappings) in fp32 and, unless ``--no-fp16``, fp16, ncnn fp32
-and fp16 (its default on ARMv8.2) and MNN fp32 and low precision (fp16),
+and fp16 (its default on ARMv8.2), ncnn int8 (our converter, host/bench/ncnn_int8.py,
+calibrated on ours' batches; ``--no-int8`` skips both int8 rows) and MNN fp32 and low precision
+(fp16),
 all on one thread, on the same input, each output checked against PyTorch first. Ours is
 counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
 """
@@ -58,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip our fp16 bundles (NEON FP16 arithmetic: the 'ours fp16' row and the "
                          "sparse fp16 rows)")
     ap.add_argument("--no-int8", action="store_true",
-                    help="skip our int8 bundle (SDOT, the 'ours int8' row; calibrated on 4 "
-                         "seeded random batches, checked at --fp16-tolerance)")
+                    help="skip the int8 rows: our int8 bundle (SDOT, 'ours int8') and ncnn's "
+                         "int8 model ('ncnn int8', host/bench/ncnn_int8.py), both calibrated "
+                         "on the same 4 seeded random batches, checked at --fp16-tolerance")
     ap.add_argument("--runs", type=int, default=2,
                     help="counted inferences per engine, after one untimed (default 2)")
     ap.add_argument("--tolerance", type=float, default=1e-3,
@@ -125,6 +128,21 @@ def calibrate_bn(w) -> None:
     os.replace(tmp, path)
 
 
+def int8_calibration(w) -> list[list]:
+    """The calibration batches of both int8 rows (ours and ncnn): 4 seeded random inputs."""
+    from host.models import example_inputs
+
+    return [list(example_inputs(w.example.shape, seed=s)) for s in range(1, 5)]
+
+
+def ncnn_int8_files(files: Sequence[Path], w) -> tuple[Path, Path]:
+    """ncnn's int8 model of the fp32 pair ``files``, by host/bench/ncnn_int8.py (absmax
+    bottom-blob scales over ours' calibration batches, as ours' min/max ranges)."""
+    from ..ncnn_int8 import int8_files
+
+    return int8_files(files[0], files[1], [b[0].numpy() for b in int8_calibration(w)])
+
+
 def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | None,
                 prog, work: Path) -> list[Record]:
     import torch
@@ -183,10 +201,8 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                 attempt(rec16, lambda: ours_fp16(rec16))
             if not args.no_int8:
                 def ours_int8(rec: Record) -> None:
-                    from host.models import example_inputs
-
                     step("compiling ours (arm64, int8)")
-                    cal = [list(example_inputs(w.example.shape, seed=s)) for s in range(1, 5)]
+                    cal = int8_calibration(w)
                     bundle = compile_model(w.model, (w.example,), work / "ours-int8",
                                            name=f"{w.cache.name}-int8",
                                            toolchain=arm64_toolchain("int8"), calibration=cal)
@@ -199,10 +215,11 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                 _, dense_works = forward_work(w.model, w.example)
                 pruned_of: dict[str, tuple] = {}  # one pruning per mapping, both precisions
                 precisions = ("fp32",) if args.no_fp16 else ("fp32", "fp16")
+                precisions += () if args.no_int8 else ("int8",)  # sparse + int8 (SDOT)
                 for mapping in MAPPINGS.get(name, ()):
                     for precision in precisions:
                         label = (f"ours {mapping.name} {mapping.npas:g}x"
-                                 + (" fp16" if precision == "fp16" else ""))
+                                 + ("" if precision == "fp32" else f" {precision}"))
                         rec = Record(name, "ours", precision, size, label)
 
                         def ours_sparse(rec=rec, mapping=mapping) -> None:
@@ -217,11 +234,16 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                             pruned, pref, works = pruned_of[mapping.name]
                             rec.compression = compression(dense_works, works)
                             step(f"compiling {rec.label} (arm64)")
+                            from host.models import example_inputs
+
+                            cal = ([list(example_inputs(w.example.shape, seed=s))
+                                    for s in range(1, 5)] if rec.precision == "int8" else None)
                             bundle = compile_model(pruned.model, (w.example,),
                                                    work / slug(rec.label),
                                                    name=slug(f"{name}-{rec.label}"),
                                                    schemes=pruned.schemes,
-                                                   toolchain=arm64_toolchain(rec.precision))
+                                                   toolchain=arm64_toolchain(rec.precision),
+                                                   calibration=cal)
                             rec.version = f"bundle {bundle.manifest.content_hash[:12]}"
                             step(f"counting {rec.label}")
                             tol = (args.tolerance if rec.precision == "fp32"
@@ -238,15 +260,23 @@ def bench_model(name: str, args: argparse.Namespace, runner: CountingRunner | No
                 conv.prepare(w)
                 keys = ("ncnn.param", "ncnn.bin") if engine == "ncnn" else ("mnn",)
                 files.extend(w.files[k] for k in keys)
-            for precision in GUEST_PRECISIONS:
-                rec = Record(name, engine, precision, size, engine)
+            precisions = GUEST_PRECISIONS + (("int8",) if engine == "ncnn" and not
+                                             args.no_int8 else ())
+            for precision in precisions:
+                rec = Record(name, engine, precision, size,
+                             engine + (" int8" if precision == "int8" else ""))
 
                 def guest(rec=rec, convert=convert, files=files) -> None:
                     if not files:
                         convert()
+                    use = files
+                    if rec.precision == "int8":
+                        step("converting ncnn fp32 to int8, calibrated on ours' batches "
+                             "(cached)")
+                        use = list(ncnn_int8_files(files, w))
                     step(f"counting {rec.engine} {rec.precision} in the arm64 Python")
                     tol = args.tolerance if rec.precision == "fp32" else args.fp16_tolerance
-                    count_guest(rec, files, x_file, ref, work, args.runs, tol, args.timeout,
+                    count_guest(rec, use, x_file, ref, work, args.runs, tol, args.timeout,
                                 per_layer=rec.engine == "ncnn" and rec.precision == "fp32")
                 attempt(rec, guest)
     finally:
@@ -271,7 +301,7 @@ def print_model(recs: Sequence[Record], shown_layers: int) -> None:
     t = Table(title=f"{r0.model} at {r0.input_size}×{r0.input_size}, 1 thread, qemu "
               f"-cpu cortex-a76: millions of instructions per inference", title_justify="left")
     for col in ("engine", "precision", "instructions", "vector MACs", "MAC share",
-                "instr / ours", "MACs / ours", "max rel err", "note"):
+                "instr / ours", "MACs / ours", "max rel err", "top-1", "note"):
         t.add_column(col, justify="left" if col in ("engine", "precision", "note")
                      else "right", overflow="fold")
     for r in recs:
@@ -282,6 +312,7 @@ def print_model(recs: Sequence[Record], shown_layers: int) -> None:
                   _ratio(c.total if c else None, oc.total if oc else None),
                   _ratio(c.mac if c else None, oc.mac if oc else None),
                   "—" if r.max_rel_err is None else f"{r.max_rel_err:.1e}",
+                  "—" if r.top1 is None else ("same" if r.top1 else "differs"),
                   escape(r.note if r.status != "ok" else r.version))
     out.print(t)
     if ours and ours.layers and shown_layers:
@@ -338,13 +369,14 @@ def print_summary(recs: Sequence[Record]) -> None:
         if ours is None:
             continue
         for r in mine:
-            if r.engine == "ours" or not r.counts:
-                continue
+            if r.engine == "ours" or r.precision != "fp32" or not r.counts:
+                continue  # the other precisions against ours at the same one, below
             ratio = r.counts.total / ours.counts.total
             verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
                        else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
             out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: {verdict} "
-                      f"({r.counts.total / 1e6:,.0f} M against {ours.counts.total / 1e6:,.0f} M)")
+                      f"(ours {ours.counts.total / 1e6:,.1f} M against "
+                      f"{r.counts.total / 1e6:,.1f} M)")
         ncnn16 = next((r for r in mine if r.engine == "ncnn" and r.precision == "fp16"
                        and r.counts), None)
         for r in mine if ncnn16 else ():
@@ -364,9 +396,20 @@ def print_summary(recs: Sequence[Record]) -> None:
             verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
                        else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
             out.print(f"{model}: ours fp16 vs {r.engine} fp16: {verdict} "
-                      f"({r.counts.total / 1e6:,.0f} M against "
-                      f"{ours16.counts.total / 1e6:,.0f} M; max rel err "
-                      f"{r.max_rel_err:.1e} against ours {ours16.max_rel_err:.1e})")
+                      f"(ours {ours16.counts.total / 1e6:,.1f} M against "
+                      f"{r.counts.total / 1e6:,.1f} M; max rel err "
+                      f"{ours16.max_rel_err:.1e} against {r.engine}'s {r.max_rel_err:.1e})")
+        ours8 = next((r for r in mine if r.label == "ours int8" and r.counts), None)
+        for r in mine if ours8 else ():
+            if r.engine == "ours" or r.precision != "int8" or not r.counts:
+                continue
+            ratio = r.counts.total / ours8.counts.total
+            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
+                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
+            out.print(f"{model}: ours int8 vs {r.engine} int8: {verdict} "
+                      f"(ours {ours8.counts.total / 1e6:,.1f} M against "
+                      f"{r.counts.total / 1e6:,.1f} M; max rel err "
+                      f"{ours8.max_rel_err:.1e} against {r.engine}'s {r.max_rel_err:.1e})")
 
 
 def write_json(path: Path, recs: Sequence[Record]) -> None:

@@ -59,6 +59,7 @@ class Record:
     note: str = ""
     version: str = ""
     max_rel_err: float | None = None
+    top1: bool | None = None  # the output's argmax is PyTorch fp32's
     compression: float | None = None  # sparse bundles: weights before / after pruning
     runs: list[Counts] = field(default_factory=list)
     layers: list[LayerCount] = field(default_factory=list)
@@ -78,7 +79,7 @@ class Record:
             "mac_instructions_per_inference": c.mac if c else None,
             "by_class": dict(c.by_class) if c else None,
             "runs_instructions": [r.total for r in self.runs],
-            "max_rel_err": self.max_rel_err,
+            "max_rel_err": self.max_rel_err, "top1_same_as_fp32": self.top1,
             "layers": [{"name": layer.name, "op": layer.op, "symbol": layer.symbol,
                         "kernels": layer.kernels,
                         "flops": layer.flops, "instructions": layer.counts.total,
@@ -90,6 +91,7 @@ class Record:
 def check(rec: Record, out: np.ndarray, ref: np.ndarray, tolerance: float) -> None:
     """Set the record's error, and status "wrong" when over ``tolerance``."""
     rec.max_rel_err = max_rel_error(out, ref)
+    rec.top1 = bool(np.argmax(out) == np.argmax(ref))
     if rec.max_rel_err > tolerance:
         rec.status = "wrong"
         rec.note = (f"output differs from PyTorch (max rel err {rec.max_rel_err:.2e} > "
