@@ -1,9 +1,10 @@
-"""Dense latency: ours against PyTorch, ONNX Runtime, MNN and ncnn, interleaved, in one run.
+"""Dense latency: ours against PyTorch, ONNX Runtime, MNN, ncnn and ExecuTorch (its XNNPACK
+delegate), interleaved, in one run.
 
 For every model and thread count, every engine is loaded, its output checked against PyTorch
 on the same input, then sampled round-robin (the order rotates every repetition), so machine
 drift lands on all engines alike. Printed: median/p10/p90 per engine, ours relative to the
-fastest of {ONNX Runtime, PyTorch} and of {MNN, ncnn}, and achieved GFLOP/s, also as a
+fastest of {ONNX Runtime, PyTorch} and of {MNN, ncnn, ExecuTorch}, and achieved GFLOP/s, also as a
 fraction of a measured SGEMM peak (torch.mm) at the same thread count.
 
     python -m host.bench.dense --models resnet18 --threads 1,2 --runs 20
@@ -57,14 +58,16 @@ from .common import (
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 FRAMEWORKS = ("ONNX Runtime", "PyTorch")  # "ours vs the frameworks people deploy on servers"
-MOBILE = ("MNN", "ncnn")  # "ours vs the engines people deploy on phones"
+# "ours vs the engines people deploy on phones" (ExecuTorch: its XNNPACK delegate, peers.py)
+MOBILE = ("MNN", "ncnn", "ExecuTorch")
 
 
 # ---------------------------------------------------------------- arguments
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="npas-host bench dense", description=(
-        "Dense latency of our compiled bundle against PyTorch, ONNX Runtime, MNN and ncnn "
+        "Dense latency of our compiled bundle against PyTorch, ONNX Runtime, MNN, ncnn and "
+        "ExecuTorch (XNNPACK) "
         "(batch 1, interleaved samples, outputs checked against PyTorch)."))
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated torchvision names (default: "
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--input-size", type=int, default=224,
                     help="input height and width (default 224)")
     ap.add_argument("--engines", default="ours," + ",".join(
-        ("PyTorch", "ONNX Runtime", "MNN", "ncnn")),
+        ("PyTorch", "ONNX Runtime", "MNN", "ncnn", "ExecuTorch")),
                     help="subset of engines to run (default: all)")
     ap.add_argument("--tolerance", type=float, default=1e-3,
                     help="largest accepted max|out - ref| / max|ref| (default 1e-3)")
@@ -207,6 +210,9 @@ def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, 
     from codegen import compile_model
 
     from .engines import OTHER_ENGINES, EngineUnavailable, OursEngine
+    from .peers import ExecuTorchEngine
+
+    others = {**OTHER_ENGINES, ExecuTorchEngine.name: ExecuTorchEngine}
 
     task = progress.add_task(f"{name}: loading the model", total=None)
     w = load_workload(name, args.input_size, bench_cache_dir(args.cache))
@@ -237,7 +243,7 @@ def _bench_model(name: str, args, session, progress: Progress, peaks: dict[int, 
             unavailable["ours"] = f"compile failed: {e}"
     for label in args.engines:
         if label != "ours":
-            engines[label] = OTHER_ENGINES[label]()
+            engines[label] = others[label]()
     for label, eng in list(engines.items()):
         progress.update(task, description=f"{name}: converting for {label} (cached after the "
                                           f"first run)")
@@ -314,7 +320,7 @@ def print_table(model: str, size: int, threads: int, runs: Sequence[EngineRun],
 
 def print_summary(results: Sequence[EngineRun], args: argparse.Namespace) -> None:
     t = Table(title="Summary: ours / fastest (>1: ours slower)")
-    for col in ("model", "threads", "ours ms", "vs ORT/PyTorch", "vs MNN/ncnn"):
+    for col in ("model", "threads", "ours ms", "vs ORT/PyTorch", "vs MNN/ncnn/ExecuTorch"):
         t.add_column(col, justify="right" if col != "model" else "left")
     for model in args.models:
         for threads in args.threads:
