@@ -55,6 +55,7 @@ from .engines import (
     onnx_file,
     version_of,
 )
+from .ncnn_int8 import NcnnInt8Engine, NcnnPeer
 from .peers import (
     CALIBRATION_SEEDS,  # noqa: F401  (re-exported: the seeds every int8 engine calibrates on)
     ExecuTorchEngine,
@@ -202,6 +203,7 @@ def _ort_keep(cls):
 
 INT8_PEERS += [_ort_keep(OrtEngine), _ort_keep(OrtInt8Engine), ExecuTorchEngine,
                ExecuTorchInt8Engine, OpenVinoEngine, OpenVinoInt8Engine, MnnInt8Engine]
+INT8_PEERS += [NcnnPeer, NcnnInt8Engine]  # host/bench/ncnn_int8.py: our ncnn2int8
 
 
 class _Probe:

@@ -248,17 +248,7 @@ def blob_scale(absmax: float, hist: np.ndarray | None, method: str) -> float:
 
 
 def _fp32_net(param: Path, binf: Path, threads: int = 1):
-    import ncnn
-
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.num_threads = threads
-    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
-                 "use_bf16_storage", "use_bf16_packed", "use_int8_inference"):
-        setattr(net.opt, flag, False)
-    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
-        raise EngineUnavailable(f"ncnn could not load {param}")
-    return net
+    return _open(param, binf, threads, int8=False)
 
 
 def _bottoms(net, layers: Sequence[ParamLayer], batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -335,10 +325,10 @@ class NcnnInt8Engine(NcnnEngine):
     def prepare(self, w) -> str:
         v = super().prepare(w)
         batches = self.calibration
-        if batches is None:
-            from host.models import example_inputs
+        if batches is None:  # the batches every engine of `bench int8` calibrates on
+            from .peers import calibration
 
-            batches = [example_inputs(w.shape, seed=s)[0].numpy() for s in (101, 102, 103, 104)]
+            batches = calibration(w.shape)
         try:
             w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"] = int8_files(
                 w.files["ncnn.param"], w.files["ncnn.bin"], batches, self.method)
@@ -348,22 +338,10 @@ class NcnnInt8Engine(NcnnEngine):
                 f"batches, per-channel weights)")
 
     def open(self, w, threads: int):
-        import ncnn
-
-        net = ncnn.Net()
-        net.opt.use_vulkan_compute = False
-        net.opt.num_threads = threads
-        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
-                     "use_bf16_storage", "use_bf16_packed"):
-            setattr(net.opt, flag, False)
-        net.opt.use_int8_inference = True
-        p, b = w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"]
-        if net.load_param(str(p)) != 0 or net.load_model(str(b)) != 0:
-            raise EngineUnavailable(f"ncnn could not load {p}")
-        return net
+        return _open(w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"], threads, int8=True)
 
     @staticmethod
-    def run_on(net, x: np.ndarray) -> np.ndarray:
+    def run(net, x: np.ndarray) -> np.ndarray:
         import ncnn
 
         with net.create_extractor() as ex:
@@ -379,9 +357,45 @@ class NcnnInt8Engine(NcnnEngine):
         x = w.example.numpy()
 
         def infer() -> np.ndarray:
-            return self.run_on(net, x)
+            return self.run(net, x)
         return Loaded(self.name, infer, _timed_after_untimed(infer), net.clear)
 
-    def infer_on(self, x: np.ndarray) -> np.ndarray:
-        """One inference of the loaded net on another input (agreement checks)."""
-        return self.run_on(self._net, x)
+    def run_on(self, x: np.ndarray) -> np.ndarray:
+        """One inference of the loaded net on another input (``bench int8``'s agreement)."""
+        return self.run(self._net, x)
+
+
+class NcnnPeer(NcnnEngine):
+    """ncnn fp32 (engines.py's) that answers ``run_on`` too: ``bench int8``'s fp32 baseline
+    beside ncnn int8."""
+
+    name = "ncnn"
+
+    def load(self, w, threads: int) -> Loaded:
+        net = _open(w.files["ncnn.param"], w.files["ncnn.bin"], threads, int8=False)
+        self._net = net
+        x = w.example.numpy()
+
+        def infer() -> np.ndarray:
+            return NcnnInt8Engine.run(net, x)
+        return Loaded(self.name, infer, _timed_after_untimed(infer), net.clear)
+
+    def run_on(self, x: np.ndarray) -> np.ndarray:
+        return NcnnInt8Engine.run(self._net, x)
+
+
+def _open(param: Path, binf: Path, threads: int, int8: bool):
+    """An ncnn net on the CPU: fp32 storage and arithmetic (as engines.py), int8 inference
+    where the model has int8 layers and ``int8``."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                 "use_bf16_storage", "use_bf16_packed"):
+        setattr(net.opt, flag, False)
+    net.opt.use_int8_inference = int8
+    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
+        raise EngineUnavailable(f"ncnn could not load {param}")
+    return net
