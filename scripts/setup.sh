@@ -90,6 +90,10 @@ if [ "${NPAS_WITH_BENCH:-0}" = 1 ]; then
     say "installing the engines to compare with (pyproject's bench extra)"
     # The project's torch==2.13.0 pin holds pnnx's unpinned torch requirement to the CPU build.
     .venv/bin/pip install -q -e ".[test,bench]"
+    # ExecuTorch (bench int8's XNNPACK peer) without its requirements, which would pull
+    # coremltools, pandas and hydra and move torch's pins; what it needs at run time is in the
+    # bench extra.
+    .venv/bin/pip install -q --no-deps "executorch==1.5.1"
     echo "$want" > "$stamp"
   fi
   if [ "${NPAS_SKIP_ARM64:-0}" != 1 ]; then
