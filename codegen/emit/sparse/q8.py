@@ -41,18 +41,8 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.cpu.prelude import AI
-from codegen.emit.cpu.q8 import (
-    IX,
-    REQUANT_PARAMS,
-    SCALAR,
-    TYPES,
-    bcast,
-    requant,
-    requant_args,
-    requant_constants,
-    vector_types,
-    words,
-)
+from codegen.emit.cpu.q8 import IX, SCALAR, TYPES, bcast, vector_types, words
+from codegen.emit.cpu.q8_requant import REQUANT_PARAMS, requant, requant_args, requant_constants
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer
