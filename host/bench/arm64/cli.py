@@ -3,9 +3,10 @@ in instructions per inference (counted by a qemu plugin), not seconds.
 
 Per model: our dense fp32 bundle, our dense fp16 bundle (NEON FP16 arithmetic; ``--no-fp16``
 skips it), our dense int8 bundle (SDOT; ``--no-int8``), our sparse bundles at the NPAS rates
-(the sparse benchmark's mappings) in fp32 and, unless ``--no-fp16``, fp16, ncnn fp32
+(the sparse benchmark's mappings) in fp32, unless ``--no-fp16`` fp16, and unless ``--no-int8``
+int8 (the block-sparse SDOT kernels, same calibration as ours int8), ncnn fp32
 and fp16 (its default on ARMv8.2), ncnn int8 (our converter, host/bench/ncnn_int8.py,
-calibrated on ours' batches; ``--no-int8`` skips both int8 rows) and MNN fp32 and low precision
+calibrated on ours' batches; ``--no-int8`` skips the int8 rows) and MNN fp32 and low precision
 (fp16),
 all on one thread, on the same input, each output checked against PyTorch first. Ours is
 counted per layer too. Counts are work, not time: see the README's "The phone's CPU, counted".
