@@ -42,7 +42,14 @@ import numpy as np
 
 from codegen.emit.cpu.prelude import AI
 from codegen.emit.cpu.q8 import IX, SCALAR, TYPES, bcast, vector_types, words
-from codegen.emit.cpu.q8_requant import REQUANT_PARAMS, requant, requant_args, requant_constants
+from codegen.emit.cpu.q8_neon import NEON_HELPERS
+from codegen.emit.cpu.q8_requant import (
+    REQUANT_PARAMS,
+    requant,
+    requant_args,
+    requant_constants,
+    requant_row,
+)
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer
@@ -56,6 +63,8 @@ def _need(c: Ctx) -> None:
     h.setdefault("npas_q8_types", TYPES)
     h.setdefault("npas_q8_scalar", SCALAR)
     h.setdefault("npas_q8_vectors", vector_types(c.lang.qisa))
+    if c.lang.qisa.name == "neondot":  # the NEON requantization's (requant_row)
+        h.setdefault("npas_q8_neon", NEON_HELPERS)
 
 
 def _tag(lq: LayerQuant, epilogue: tuple[str, ...]) -> str:
@@ -183,9 +192,9 @@ def _conv_microkernel(q: QuantIsa, lq: LayerQuant, kh: int, kw: int, sh: int, sw
          f"      for (int32_t e = tp[ky * {kw} + kx0], e1 = tp[ky * {kw} + kx1]; e < e1; ++e) {{",
          *["        " + ln for ln in step], "      }",
          "  }"]
-    for j, a in enumerate(acc):
-        L += ["  " + ln for ln in requant(lq, a, "*(const vf *)m", f"y + {j * X}",
-                                          f"s + {j * X}" if skip else None)]
+    # NEON: two pixels a requantization (FCVTNS, saturating narrows: q8_requant.requant_neon)
+    L += ["  " + ln for ln in requant_row(q, lq, acc, "*(const vf *)m", lambda j: f"y + {j * X}",
+                                          (lambda j: f"s + {j * X}") if skip else None)]
     L.append("}")
     return name, "\n".join(L) + "\n"
 
