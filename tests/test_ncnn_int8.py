@@ -174,3 +174,36 @@ def test_arm64_guest_int8(tiny):
     got = np.load(w.cache / "y.npy")
     assert _cos(got, ref) >= COSINE_MIN and _rel(got, ref) <= REL_ERR_MAX, \
         (_cos(got, ref), _rel(got, ref))
+
+
+def test_bench_int8_peers(tiny):
+    """Both ncnn engines are in ``bench int8``'s registry and answer its protocol (load at 1
+    and 2 threads, ``run_on`` another input, a sample); ncnn int8 calibrates on the batches
+    every int8 engine there uses (``peers.calibration``)."""
+    from host.bench import int8 as bench_int8
+    from host.bench import peers
+
+    w, _, _, _ = tiny
+    names = bench_int8.engine_choices()
+    assert "ncnn" in names and "ncnn int8" in names
+    eng = q.NcnnInt8Engine()
+    eng.prepare(w)
+    want = q.int8_files(w.files["ncnn.param"], w.files["ncnn.bin"], peers.calibration(w.shape))
+    assert (w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"]) == want
+    x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        ref = w.model(x).numpy()
+    for cls in (q.NcnnPeer, q.NcnnInt8Engine):
+        e = cls()
+        e.prepare(w)
+        for threads in (1, 2):
+            lo = e.load(w, threads)
+            try:
+                got = e.run_on(x.numpy())
+                assert lo.sample_ns() > 0
+            finally:
+                lo.close()
+            if cls is q.NcnnPeer:
+                assert _rel(got, ref) < 1e-4
+            else:
+                assert _cos(got, ref) >= COSINE_MIN and 1e-4 < _rel(got, ref) <= REL_ERR_MAX
