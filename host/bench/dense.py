@@ -273,8 +273,7 @@ def bench_threads(w: Workload, ref: np.ndarray, threads: int, engines: dict,
             for label, why in unavailable.items()}
     load_and_sample(w.name, threads, [(label, eng, w, ref, False)
                                       for label, eng in engines.items()], runs, args, progress)
-    order = [e for e in ("ours", "ours (tuned)", "PyTorch", "ONNX Runtime", "MNN", "ncnn")
-             if e in runs]
+    order = [e for e in ("ours", "ours (tuned)", *FRAMEWORKS[::-1], *MOBILE) if e in runs]
     return [runs[e] for e in order]
 
 
