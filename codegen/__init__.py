@@ -45,6 +45,7 @@ from codegen.bundle import (
 )
 from codegen.compile import CompileReport, compile_model, read_report
 from codegen.frontend import capture
+from codegen.int8_eval import int8_layer_names, int8_offers, quantized_graph, run_quantized
 from codegen.lr import (
     ACTIVATIONS,
     OPS,
@@ -72,5 +73,6 @@ __all__ = ["ACTIVATIONS", "OPS", "SPARSE_FORMATS", "SPARSE_POLICIES", "SPARSE_SC
            "OpDef", "OpenClToolchain", "SignatureStatus", "SparseFormat", "Step", "Target",
            "TensorSpec", "TuneConfig", "TuneProgress", "TuneReport", "TuningDB", "TuningDbError",
            "UnsupportedOp", "capture", "compile_model", "default_db_path", "default_point",
-           "describe_key", "key_string", "layer_key", "load_bundle", "read_report", "toolchain_for",
+           "describe_key", "int8_layer_names", "int8_offers", "key_string", "layer_key",
+           "load_bundle", "quantized_graph", "run_quantized", "read_report", "toolchain_for",
            "tunable_space", "tune_model"]

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..targets import toolchain_for_abi
 
     out_dir = Path(args.output)
+    args.precision = plan_precision(args)
     toolchain = toolchain_for_abi(args.abi, args.backend or "cpu", args.precision)
     with progress_bar() as progress:
         bundle = compile_bundle(args.model, out_dir, args, progress, toolchain, args.threads)
@@ -101,9 +102,11 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
     t0 = time.perf_counter()
     lookup = None if args.no_tuning_db else tuning_lookup(args.db, threads)
     calibration, keep = None, ()
+    plan_keep = _plan_fp32(args.plan, model, getattr(toolchain, "precision", "fp32"))
     if getattr(args, "precision", "fp32") == "int8":
         calibration = calibration_batches(getattr(args, "calibration", None), shape)
         keep = tuple(n for n in getattr(args, "keep_fp32", "").split(",") if n)
+        keep = (*keep, *(n for n in plan_keep if n not in keep))
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage, tuning=lookup,
                            schemes=schemes, sparse=args.sparse, calibration=calibration,
@@ -120,6 +123,42 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
                   f"{threads} thread(s); the rest keep the cost model's defaults"
                   + ("" if lookup.hits else " (run `npas-host tune` to fill it)"))
     return bundle
+
+
+def plan_precision(args: argparse.Namespace) -> str:
+    """--precision, or int8 where --plan runs layers in int8 (the plan's per-layer precision,
+    e.g. a search's exported plan.json): those compile int8, the plan's fp32 layers float32."""
+    from ..pruning import PruningPlan
+
+    if args.plan is None or args.precision == "int8":
+        return args.precision
+    plan = PruningPlan.load(args.plan)
+    asks = [r for r in plan.precision if r.endswith("=int8")] + [
+        n for n, r in plan.layers.items() if r.precision == "int8"]
+    if not asks:
+        return args.precision
+    if (args.backend or "cpu") != "cpu" or args.precision != "fp32":
+        raise UserError(f"--plan {args.plan} runs layers in int8 ({', '.join(asks[:4])}); int8 "
+                        f"kernels are CPU ones (x86-64 VNNI/AVX2, arm64 SDOT), not "
+                        f"--backend {args.backend or 'cpu'} --precision {args.precision}: "
+                        f"compile it for the CPU, or set those layers to fp32 in the plan")
+    return "int8"
+
+
+def _plan_fp32(path: Path | None, model, precision: str) -> tuple[str, ...]:
+    """The conv/linear layers a plan with precisions keeps in float32 (() without any)."""
+    from ..pruning import PruningPlan
+
+    if path is None:
+        return ()
+    plan = PruningPlan.load(path)
+    if not plan.has_precision:
+        return ()
+    int8 = plan.int8_layers(model)
+    if int8 and precision != "int8":
+        raise UserError(f"--plan {path} runs {', '.join(int8[:4])} in int8: add --precision "
+                        f"int8 (a CPU target with int8 kernels), or set them to fp32 in the plan")
+    return tuple(n for n, p in plan.precisions(model).items() if p == "fp32")
 
 
 CALIBRATION_BATCHES = 4  # seeded random batches when the user gives no calibration data

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from .config import PruningConfig, PruningError, parse_rate
-from .plan import LayerRule, PruningPlan
+from .plan import LayerRule, PruningPlan, parse_precision_rule
 
 
 def add_plan_option(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,9 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="e.g. 'layer*.conv1=pattern:5x', 'fc=block:0.75:rows=8', "
                         "'*=unstructured:0.5'; schemes: unstructured, block, block_punched, "
                         "connectivity, pattern, filter, channel. Repeatable; later rules win")
+    p.add_argument("--precision", action="append", default=[], metavar="LAYERS=PRECISION",
+                   help="per-layer precision for compile --plan, e.g. '*=int8', "
+                        "'stem.0=fp32' (fp32, int8; repeatable, later rules win; default fp32)")
     p.add_argument("-o", "--output", type=Path, help="the plan JSON to write")
     p.add_argument("--vector-width", type=int, default=16,
                    help="filter/channel widths stay multiples of this (default 16)")
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     skipped: dict[str, dict[str, str]] = {}
     plan = build_plan(model, args.rule, PruningConfig(args.vector_width, args.patterns),
                       skipped)
+    plan.precision = [f"{p}={q}" for p, q in map(parse_precision_rule, args.precision)]
     report = plan.report(model)
     if args.output:
         plan.save(args.output)

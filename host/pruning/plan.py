@@ -5,11 +5,19 @@ A plan holds no weights or masks: ``apply`` scores the given model (magnitudes) 
 again, deterministically (ties broken by index), so the same plan on a fresh copy of the same
 model gives identical weights. Structural rules (filter, channel) are applied first and shrink
 the layers; mask rules then act on the (possibly shrunk) weights they find.
+
+A plan may also say which layers run in int8 (the search's per-layer precision): a layer
+rule's ``precision`` and the plan's ``precision`` rules (``"LAYERS=PRECISION"``, fnmatch
+patterns over module paths, later rules win; a layer rule's own precision wins over them).
+``compile --plan`` compiles such a plan with the int8 toolchain, every conv/linear the plan
+leaves at fp32 kept float32 (``keep_fp32``). A plan without precisions writes and reads as
+before.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +31,7 @@ from .graph import DependencyGraph, Group
 from .schemes import SCHEMES, get_scheme
 
 PLAN_VERSION = 1
+PRECISIONS = ("fp32", "int8")  # what a layer of a plan may run in (CPU bundles)
 
 
 @dataclass
@@ -30,6 +39,29 @@ class LayerRule:
     scheme: str
     rate: float
     params: dict = field(default_factory=dict)
+    precision: str | None = None  # None: the plan's precision rules (else fp32) decide
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.precision is None:  # as plans were before precisions
+            d.pop("precision")
+        return d
+
+
+def check_precision(where: str, precision: object) -> str:
+    if precision not in PRECISIONS:
+        raise PruningError(f"{where}: precision {str(precision)[:40]!r}; known precisions are "
+                           f"{', '.join(PRECISIONS)}")
+    return str(precision)
+
+
+def parse_precision_rule(text: str) -> tuple[str, str]:
+    """'LAYERS=PRECISION' (e.g. 'b3.*=int8', '*=fp32') → (pattern, precision)."""
+    layers, eq, prec = str(text).partition("=")
+    if not eq or not layers.strip():
+        raise PruningError(f"precision rule {str(text)[:80]!r}: expected LAYERS=PRECISION, "
+                           f"e.g. 'b3.*=int8' ({', '.join(PRECISIONS)})")
+    return layers.strip(), check_precision(f"precision rule {text!r}", prec.strip())
 
 
 def keep_count(channels: int, rate: float, vector_width: int) -> int:
@@ -123,11 +155,42 @@ def _weights(m: nn.Module) -> int:
 class PruningPlan:
     layers: dict[str, LayerRule] = field(default_factory=dict)
     config: PruningConfig = field(default_factory=PruningConfig)
+    precision: list[str] = field(default_factory=list)  # "LAYERS=PRECISION" rules, in order
 
     # --- record ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"version": PLAN_VERSION, "config": self.config.to_dict(),
-                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+        d = {"version": PLAN_VERSION, "config": self.config.to_dict(),
+             "layers": {k: v.to_dict() for k, v in self.layers.items()}}
+        if self.precision:
+            d["precision"] = list(self.precision)
+        return d
+
+    # --- precision ------------------------------------------------------------------------
+    def precisions(self, model: nn.Module) -> dict[str, str]:
+        """Every Conv2d/Linear of ``model`` (module path) → the precision the plan gives it
+        (fp32 where nothing says otherwise)."""
+        rules = [parse_precision_rule(r) for r in self.precision]
+        out = {}
+        for name, m in model.named_modules():
+            if not isinstance(m, nn.Conv2d | nn.Linear):
+                continue
+            p = "fp32"
+            for pat, prec in rules:
+                if fnmatch.fnmatchcase(name, pat):
+                    p = prec
+            rule = self.layers.get(name)
+            out[name] = rule.precision if rule is not None and rule.precision else p
+        return out
+
+    @property
+    def has_precision(self) -> bool:
+        return bool(self.precision) or any(r.precision for r in self.layers.values())
+
+    def int8_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """The conv/linear layers the plan runs in int8 (() for a float32 plan)."""
+        if not self.has_precision:
+            return ()
+        return tuple(n for n, p in self.precisions(model).items() if p == "int8")
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
@@ -149,13 +212,23 @@ class PruningPlan:
                 raise PruningError(f"pruning plan layer {name!r}: {str(r)[:80]} is not "
                                    f'{{"scheme": NAME, "rate": RATE, "params": {{...}}}}')
             get_scheme(name, r["scheme"])
-            layers[name] = LayerRule(r["scheme"], parse_rate(r["rate"]), dict(r.get("params", {})))
+            prec = r.get("precision")
+            if prec is not None:
+                check_precision(f"pruning plan layer {name!r}", prec)
+            layers[name] = LayerRule(r["scheme"], parse_rate(r["rate"]), dict(r.get("params", {})),
+                                     prec)
+        rules = d.get("precision", [])
+        if not isinstance(rules, list):
+            raise PruningError(f"a pruning plan's 'precision' is a list of 'LAYERS=PRECISION' "
+                               f"rules, got {str(rules)[:80]}")
+        for rule in rules:
+            parse_precision_rule(rule)
         known = {"vector_width", "pattern_count"}
         for k, v in raw_config.items():
             if k not in known or isinstance(v, bool) or not isinstance(v, int):
                 raise PruningError(f"pruning plan config {k!r} = {str(v)[:80]}: the config "
                                    f"holds the integers {', '.join(sorted(known))}")
-        return cls(layers, PruningConfig(**raw_config))
+        return cls(layers, PruningConfig(**raw_config), [str(x) for x in rules])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -119,6 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pruning schemes to choose from (default: all)")
     p.add_argument("--filter-types", default=",".join(_D.filter_types),
                    help="keep, 1x1, dwpw (depthwise + pointwise) (default: all)")
+    p.add_argument("--precisions", default=",".join(_D.precisions),
+                   help="per-layer precisions to choose from: fp32 (default: precision not "
+                        "searched) or fp32,int8 (int8 offered where the layers have int8 "
+                        "kernels; accuracy measured on the quantized candidate)")
     p.add_argument("--latency-weight", type=float, default=_D.latency_weight,
                    help=f"beta in reward = acc × (latency/target)^-beta above the target "
                         f"(default {_D.latency_weight:g})")
@@ -216,7 +220,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         ratios=rates_arg(args.rates),
         schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
         filter_types=tuple(s.strip() for s in args.filter_types.split(",") if s.strip()),
-        latency_weight=args.latency_weight, finetune_epochs=args.finetune_epochs,
+        precisions=_precisions(args.precisions), latency_weight=args.latency_weight,
+        finetune_epochs=args.finetune_epochs,
         pretrain_epochs=pre, phase1_epochs=args.phase1_epochs,
         phase3_epochs=args.phase3_epochs, final_epochs=args.final_epochs,
         lr=args.lr, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
@@ -224,6 +229,15 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         warmup=args.warmup, threads=args.threads, seed=args.seed,
         skip_final=args.skip_final, phase1_checkpoint=args.phase1_checkpoint,
         executor=args.executor, workers=_workers(args), ray_address=args.ray_address)
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    from .precision import parse_precisions
+
+    try:
+        return parse_precisions(text)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -309,7 +323,7 @@ def _print_result(s: dict, as_json: bool) -> None:
         keep = ("run_dir", "report", "task", "baseline", "input_shape", "model", "dataset",
                 "device", "strategy", "seed",
                 "target_ms", "dense_ms", "floor_ms", "best_meeting_accuracy", "evaluated",
-                "failed", "wall_s")
+                "failed", "wall_s", "precisions", "layers")
         print(json.dumps({**{k: s.get(k) for k in keep},
                           "chosen": {k: ch.get(k) for k in ("id", "summary", "accuracy",
                                                             "latency_ms", "reward")},
@@ -338,6 +352,13 @@ def _print_result(s: dict, as_json: bool) -> None:
         out.print(f"  target {r['target_ms']:g} ms: candidate {r['id']} "
                   f"({f(r['accuracy'], task)} at "
                   f"{r['latency_ms']:.3f} ms){final} → {r['exported'] or '-'}")
+    if s.get("precisions"):  # precision searched: the chosen precision of every layer
+        out.print("  per layer: " + ", ".join(f"{la['name']} {la['precision']}"
+                                              for la in s["layers"]))
+        if p3.get("final_acc_fp32") is not None:
+            out.print(f"  final accuracy on the quantized model (int8 as the kernels compute "
+                      f"it); float32 before quantizing {f(p3['final_acc_fp32'], task)}; int8 "
+                      f"in the bundle: {', '.join(p3.get('int8_layers', [])) or 'none'}")
     sr = (p3 or {}).get("sr")
     if sr:
         out.print(f"  super-resolution ×2, {sr['frame']} output ({sr['input']} input) timed: "

@@ -13,6 +13,7 @@ import torch
 from ..measure import MeasureConfig
 from ..pruning import PruningError, parse_rate
 from .filters import FILTER_TYPES
+from .precision import PRECISIONS
 from .space import DEFAULT_RATIOS, MASK_SCHEMES, STRUCTURAL
 from .strategies import STRATEGIES
 from .strategies.jcw import JcwBounds
@@ -61,6 +62,8 @@ class SearchConfig:
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     schemes: tuple[str, ...] = MASK_SCHEMES + STRUCTURAL
     filter_types: tuple[str, ...] = FILTER_TYPES
+    # per-layer precisions to choose from (precision.py); ("fp32",): precision not searched
+    precisions: tuple[str, ...] = ("fp32",)
     min_share: float = 0.005
     latency_weight: float = 2.0
     finetune_epochs: float = 1.0
@@ -131,6 +134,15 @@ class SearchConfig:
             self.bounds()
         except ValueError as e:
             raise SearchError(str(e)) from None
+        if any(p not in PRECISIONS for p in self.precisions) or "fp32" not in self.precisions:
+            raise SearchError(f"--precisions {','.join(self.precisions)}: choose among "
+                              f"{', '.join(PRECISIONS)}, fp32 included (e.g. fp32,int8)")
+        if "int8" in self.precisions and (self.task != "classify" or self.evaluator != "finetune"
+                                          or self.latency != "device"
+                                          or self.executor != "local"):
+            raise SearchError("--precisions with int8 scores each candidate on its quantized "
+                              "model after the fine-tune: it needs --task classify, --evaluator "
+                              "finetune, --latency device and --executor local")
         if self.evaluator not in EVALUATORS:
             raise SearchError(f"--evaluator {self.evaluator!r}: known are "
                               f"{', '.join(EVALUATORS)}")

@@ -31,6 +31,7 @@ from rich.console import Console
 from torch import nn
 
 from ..devices import Device
+from ..errors import UserError
 from ..measure import MeasureConfig
 from ..models import load_checkpoint
 from ..models.train import TrainConfig, evaluate
@@ -45,6 +46,7 @@ from .live import SearchUI
 from .oracle import LatencyOracle, LatencyResult
 from .oracle_pool import OraclePool
 from .phases import best, choose, phase1, phase2, phase3, summary
+from .precision import int8_spec, quantized_accuracy
 from .prepare import Prepared, prepare
 from .report import write_report
 from .space import Candidate, SearchSpace
@@ -119,8 +121,32 @@ class Search:
                                            min_share=cfg.min_share)
         except PruningError as e:
             raise SearchError(str(e)) from None
+        self.int8_lanes, self.calibration = 0, []
+        if "int8" in cfg.precisions:
+            self._offer_int8()
         if self.resume:
             self.oracle.load_cache(self.run_dir / "latency.jsonl")
+
+    def _offer_int8(self) -> None:
+        """--precisions with int8: the device's int8 toolchain (refused where it has none),
+        the layers offered int8 (on the model as phase 1 will leave it), the calibration."""
+        from codegen import CodegenError
+
+        from .ops import replace_ops
+        from .precision import calibration_images, offer_int8
+
+        try:
+            isa = self.oracle.int8_toolchain().isa()
+        except (CodegenError, UserError) as e:
+            raise SearchError(f"--precisions {','.join(self.cfg.precisions)}: {self.cfg.device} "
+                              f"has no int8 kernels ({e}); search with --precisions fp32") from None
+        self.int8_lanes = isa.floats
+        fast, _ = replace_ops(self.prep.model_orig.cpu(), int8=True)
+        why = offer_int8(self.space, fast, self.prep.example, self.int8_lanes)
+        self.calibration = calibration_images(self.prep.data, self.prep.example)
+        offered = [ls.name for ls in self.space.layers if ls.int8]
+        self.ui.log(f"int8 offered for {', '.join(offered) or 'no layer'}"
+                    + "".join(f"; {n} stays fp32: {w}" for n, w in why.items()))
 
     def _probe(self) -> None:
         """Dense latency and the latency floor (the most pruned candidates), before any
@@ -146,7 +172,9 @@ class Search:
                                           f"{len(ext)}): {summary(c)}")
                 pruned = self.space.realize(self.prep.model, c)
                 r = self.oracle.measure(f"floor{i}", pruned.model, pruned.schemes,
-                                        tmp / f"floor{i}", keep_bundle=False)
+                                        tmp / f"floor{i}", keep_bundle=False,
+                                        int8=int8_spec(self.space, c, pruned.model,
+                                                       self.calibration))
                 if r.ok:
                     self.extremes.append((c, r))
                 else:
@@ -301,7 +329,8 @@ class Search:
         out.mkdir(parents=True)
         self.ui.phase("phase 3", "compiling and measuring the final model on the device")
         model = pruned.model.cpu().eval()
-        lat = self.oracle.measure("final", model, pruned.schemes, out / "bundle")
+        spec = int8_spec(self.space, cand, model, self.calibration)
+        lat = self.oracle.measure("final", model, pruned.schemes, out / "bundle", int8=spec)
         if not lat.ok:
             raise SearchError(f"the final model could not be measured: {'; '.join(lat.errors)}")
         first_ms, remeasured = lat.median_ms, None
@@ -309,11 +338,19 @@ class Search:
             self.ui.log(f"final model {lat.median_ms:.3f} ms is over the target "
                         f"{target:.3f} ms; measuring once more (noise?)")
             again = self.oracle.measure("final", model, pruned.schemes, out / "bundle",
-                                        use_cache=False)
+                                        use_cache=False, int8=spec)
             if again.ok:
                 lat, remeasured = again, again.median_ms
         layers = self.oracle.measure("final-layers", model, pruned.schemes,
-                                     out / "bundle-layers", per_layer=True, keep_bundle=False)
+                                     out / "bundle-layers", per_layer=True, keep_bundle=False,
+                                     int8=spec)
+        precision = {}
+        if spec is not None:  # the final accuracy is the quantized model's
+            q_acc, ran = quantized_accuracy(model, self.prep.data, self.prep.example, spec,
+                                            self.int8_lanes, pruned.schemes, self.gate())
+            precision = {"final_acc_fp32": final_acc, "int8_layers": lat.int8_layers,
+                         "int8_layers_reference": list(ran)}
+            final_acc = q_acc
         dense_layers = self.oracle.measure("dense-layers", self.base, {},
                                            self.run_dir / "bundles" / "dense-layers",
                                            per_layer=True, keep_bundle=False)
@@ -327,7 +364,8 @@ class Search:
             structure.save(out / "structure.json")
         (out / "candidate.json").write_text(json.dumps({
             "filter_types": self.space.ftypes(cand), "encoding": cand.to_json(),
-            "layers": [{"layer": ls.name, "choice": str(c)} for ls, c in
+            "layers": [{"layer": ls.name, "choice": str(c), "precision": c.precision}
+                       for ls, c in
                        zip(self.space.layers, cand.choices, strict=True)],
             "note": "apply the filter types (host.search.filters.apply_filter_types) to the "
                     "phase-1 model, then " + ("structure.json (the channels), then "
@@ -342,7 +380,7 @@ class Search:
                "final_acc": final_acc, "final_ms": lat.median_ms, "p10_ms": lat.p10_ms,
                "p90_ms": lat.p90_ms, "first_ms": first_ms, "remeasured_ms": remeasured,
                "meets_target": lat.median_ms <= target, "target_ms": target,
-               "final_epochs": cfg.final_epochs,
+               "final_epochs": cfg.final_epochs, **precision,
                "layers": layers.layers if layers.ok else [],
                "exported": {"PyTorch model": f"{rel}/model.pt",
                             "state dict": f"{rel}/state_dict.pt",
@@ -377,8 +415,9 @@ class Search:
             "dense_ms": self.dense_lat.median_ms, "floor_ms": self.floor.median_ms,
             "runs": cfg.runs, "warmup": cfg.warmup, "beta": cfg.latency_weight,
             "finetune_epochs": cfg.finetune_epochs, "chosen": chosen,
+            **({"precisions": list(cfg.precisions)} if "int8" in cfg.precisions else {}),
             "layers": [{"name": ls.name, "desc": ls.desc, "choice": str(c),
-                        "scheme": c.scheme, "ratio": c.ratio}
+                        "scheme": c.scheme, "ratio": c.ratio, "precision": c.precision}
                        for ls, c in zip(self.space.layers, cand.choices, strict=True)],
             "phase3": p3, "wall_s": time.perf_counter() - self.t0,
             # over the budget's candidates only (not the fallback taken when none met it)

@@ -121,14 +121,17 @@ def _checked(rec: object, where: str) -> dict:
         if rec["id"] < 0:
             raise bad(f"candidate id {rec['id']} must be ≥ 0")
         for row in rec["encoding"]:
-            if not (isinstance(row, list) and len(row) in (3, 5) and isinstance(row[0], str)
+            # a 6th entry: the layer's precision (--precisions), when it is not fp32
+            if not (isinstance(row, list) and len(row) in (3, 5, 6) and isinstance(row[0], str)
                     and isinstance(row[1], str) and isinstance(row[2], _NUMBER)
                     and not isinstance(row[2], bool)
                     and (len(row) == 3 or (isinstance(row[3], str)
                                            and isinstance(row[4], _NUMBER)
-                                           and not isinstance(row[4], bool)))):
+                                           and not isinstance(row[4], bool)))
+                    and (len(row) < 6 or row[5] in ("fp32", "int8"))):
                 raise bad(f"candidate encoding row {str(row)[:80]} must be [filter type, "
-                          f"scheme, ratio] or, joint (jcw), [..., mask scheme, density]")
+                          f"scheme, ratio] or, joint (jcw), [..., mask scheme, density], and "
+                          f"then a precision (fp32, int8)")
     ck = rec.get("checkpoint") if kind == "phase" else None
     if ck is not None and (PurePosixPath(ck).is_absolute() or ".." in PurePosixPath(ck).parts):
         raise bad(f"checkpoint {ck[:80]!r} must be a path inside the run folder")

@@ -6,6 +6,10 @@ calls in ``forward`` (``F.silu(x)``, ``x.sigmoid()``) are rewritten in the model
 graph, which keeps every module path, so pruning plans and layer names still match. GELU and
 Mish become Hardswish (x·hardsigmoid(x), the piecewise-linear member of the same family; the
 brief fine-tune that follows absorbs the difference), LeakyReLU and ELU become ReLU.
+
+With int8 among the search's precisions (``replace_ops(model, int8=True)``) SiLU, GELU and Mish
+become ReLU instead: int8 kernels fuse ReLU/ReLU6 only (``codegen.quant.INT8_ACTIVATIONS``),
+and a conv whose epilogue is a Hardswish would stay float32, leaving nothing to quantize.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ MODULES: dict[type, type] = {nn.SiLU: nn.Hardswish, nn.Sigmoid: nn.Hardsigmoid,
 FUNCTIONS = {F.silu: F.hardswish, torch.sigmoid: F.hardsigmoid, F.sigmoid: F.hardsigmoid,
              F.gelu: F.hardswish, F.mish: F.hardswish, F.leaky_relu: F.relu, F.elu: F.relu}
 METHODS = {"sigmoid": F.hardsigmoid, "sigmoid_": F.hardsigmoid}
+# int8 in the search: the unbounded smooth ones become ReLU (what int8 kernels fuse)
+INT8_MODULES = {**MODULES, nn.SiLU: nn.ReLU, nn.GELU: nn.ReLU, nn.Mish: nn.ReLU}
+INT8_FUNCTIONS = {**FUNCTIONS, F.silu: F.relu, F.gelu: F.relu, F.mish: F.relu}
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,16 @@ def _name(f) -> str:
     return getattr(f, "__name__", str(f))
 
 
-def replace_ops(model: nn.Module) -> tuple[nn.Module, list[Replacement]]:
-    """A copy of ``model`` with the slow operators replaced, and what was replaced."""
+def replace_ops(model: nn.Module, int8: bool = False) -> tuple[nn.Module, list[Replacement]]:
+    """A copy of ``model`` with the slow operators replaced, and what was replaced (``int8``:
+    the int8-friendly table)."""
+    modules = INT8_MODULES if int8 else MODULES
+    functions = INT8_FUNCTIONS if int8 else FUNCTIONS
     model = copy.deepcopy(model)
     done: list[Replacement] = []
     for name, m in list(model.named_modules()):
         for child_name, child in list(m.named_children()):
-            new = MODULES.get(type(child))
+            new = modules.get(type(child))
             if new is None:
                 continue
             path = f"{name}.{child_name}" if name else child_name
@@ -54,8 +64,8 @@ def replace_ops(model: nn.Module) -> tuple[nn.Module, list[Replacement]]:
         return model, done
     changed = False
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in FUNCTIONS:
-            new_f = FUNCTIONS[node.target]
+        if node.op == "call_function" and node.target in functions:
+            new_f = functions[node.target]
             done.append(Replacement(node.name, _name(node.target), _name(new_f)))
             node.target = new_f
             node.args, node.kwargs = node.args[:1], {}

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codegen import Bundle, CodegenError, CompileError, compile_model
+from codegen import Bundle, CodegenError, CompileError, compile_model, read_report
 
 from ..devices import Device
 from ..devices.session import Session
@@ -79,10 +79,15 @@ def compile_pool() -> ProcessPoolExecutor:
 
 
 def _compile(model: nn.Module, example: torch.Tensor, out: Path, name: str, toolchain,
-             schemes: dict[str, str]) -> Bundle:
-    """Runs in the compile process."""
-    return compile_model(model, (example,), out, name=name, toolchain=toolchain,
-                         schemes=schemes)
+             schemes: dict[str, str], calibration=None, keep_fp32=()) -> tuple[Bundle, list]:
+    """Runs in the compile process; also returns the conv/linear steps that run int8."""
+    bundle = compile_model(model, (example,), out, name=name, toolchain=toolchain,
+                           schemes=schemes, calibration=calibration, keep_fp32=keep_fp32)
+    if calibration is None:
+        return bundle, []
+    fp32 = read_report(out).fp32_layers
+    return bundle, [s.name for s in bundle.manifest.steps
+                    if s.op in ("conv2d", "linear") and s.name not in fp32]
 
 
 @dataclass
@@ -110,9 +115,14 @@ class LatencyResult:
     upload_s: float = 0.0
     weights_shipped_bytes: int = 0
     weights_loaded_bytes: int = 0
+    # --precisions: the conv/linear steps that ran int8 in the compiled bundle (its report)
+    int8_layers: list[str] = field(default_factory=list)
 
     def to_record(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["int8_layers"]:  # a float32 bundle's record, as before --precisions
+            d.pop("int8_layers")
+        return d
 
     @staticmethod
     def from_record(d: dict) -> LatencyResult:
@@ -146,7 +156,7 @@ _CACHED_TYPES: dict[str, tuple[type, ...]] = {
     "telemetry_after": (dict, type(None)), "layers": (list,), "compile_s": (int, float),
     "measure_s": (int, float), "cached": (bool,), "restarts": (int,), "attempts": (int,),
     "errors": (list,), "upload_bytes": (int,), "upload_s": (int, float),
-    "weights_shipped_bytes": (int,), "weights_loaded_bytes": (int,)}
+    "weights_shipped_bytes": (int,), "weights_loaded_bytes": (int,), "int8_layers": (list,)}
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -199,6 +209,7 @@ class LatencyOracle:
         self.session = Session(device, on_event=self.on_event)  # the device's call timeout
         self.info = self.session.client.device_info()
         self.toolchain = toolchain if toolchain is not None else toolchain_for_device(self.info)
+        self._int8_toolchain = None
         self.cache: dict[str, dict] = {}
         self.cache_path = cache_path
         self._cache_lock = threading.Lock()
@@ -244,21 +255,30 @@ class LatencyOracle:
         return f"{content_hash}:r{c.runs}:w{c.warmup}:t{c.threads}{':layers' if per_layer else ''}"
 
     # --- measuring ---------------------------------------------------------------------------
+    def int8_toolchain(self):
+        """The device's int8 toolchain (--precisions with int8); raises where it has none."""
+        if self._int8_toolchain is None:
+            self._int8_toolchain = toolchain_for_device(self.info, precision="int8")
+        return self._int8_toolchain
+
     def submit(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
-               keep_bundle: bool = False) -> Future:
+               keep_bundle: bool = False, int8=None) -> Future:
         """Compile and measure on the worker thread; the future gives a LatencyResult."""
         return self._pool.submit(self.measure, tag, model, schemes, bundle_dir, False,
-                                 keep_bundle)
+                                 keep_bundle, True, int8)
 
     def measure(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
                 per_layer: bool = False, keep_bundle: bool = True,
-                use_cache: bool = True) -> LatencyResult:
+                use_cache: bool = True, int8=None) -> LatencyResult:
+        """``int8``: a ``precision.Int8Spec`` (compiled with the int8 toolchain, its
+        ``keep_fp32`` in float32), or None (float32)."""
         t0 = time.perf_counter()
         bundle_dir = Path(bundle_dir)
+        int8_layers: list[str] = []
         try:
             model = model.cpu().eval()
             name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in tag) or "model"
-            bundle = self._compile_remote(model, bundle_dir, name, schemes)
+            bundle, int8_layers = self._compile_remote(model, bundle_dir, name, schemes, int8)
         except (CodegenError, CompileError, ValueError, BrokenProcessPool) as e:
             shutil.rmtree(bundle_dir, ignore_errors=True)
             return LatencyResult(ok=False, errors=[f"compile: {e}"],
@@ -272,9 +292,10 @@ class LatencyOracle:
                 r.cached, r.compile_s, r.measure_s, r.restarts, r.attempts = \
                     True, compile_s, 0.0, 0, 0
                 r.bundle_dir = str(bundle_dir) if keep_bundle else None
+                r.int8_layers = int8_layers
                 return r
             r = self._benchmark(tag, bundle, per_layer)
-            r.compile_s = compile_s
+            r.compile_s, r.int8_layers = compile_s, int8_layers
             if r.ok:
                 self._remember(key, r)
             r.bundle_dir = str(bundle_dir) if keep_bundle else None
@@ -284,14 +305,17 @@ class LatencyOracle:
                 shutil.rmtree(bundle_dir, ignore_errors=True)
 
     def _compile_remote(self, model: nn.Module, out: Path, name: str,
-                        schemes: dict[str, str]) -> Bundle:
+                        schemes: dict[str, str], int8=None) -> tuple[Bundle, list[str]]:
         with self._compiler_lock:
             if self._compiler is None:
                 self._compiler = compile_pool()
             pool = self._compiler
         try:
-            return pool.submit(_compile, model, self.example, out, name, self.toolchain,
-                               dict(schemes)).result()
+            if int8 is None:
+                return pool.submit(_compile, model, self.example, out, name, self.toolchain,
+                                   dict(schemes)).result()
+            return pool.submit(_compile, model, self.example, out, name, self.int8_toolchain(),
+                               dict(schemes), int8.calibration, tuple(int8.keep_fp32)).result()
         except BrokenProcessPool:
             with self._compiler_lock:  # the next candidate gets a fresh process
                 if self._compiler is pool:

@@ -87,20 +87,23 @@ class OraclePool:
             o.cache_path = path
 
     def submit(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
-               keep_bundle: bool = False) -> Future:
+               keep_bundle: bool = False, int8=None) -> Future:
         return self._threads.submit(self.measure, tag, model, schemes, bundle_dir, False,
-                                    keep_bundle)
+                                    keep_bundle, True, int8)
+
+    def int8_toolchain(self):
+        return self.first.int8_toolchain()
 
     def measure(self, tag: str, model: nn.Module, schemes: dict[str, str], bundle_dir: Path,
                 per_layer: bool = False, keep_bundle: bool = True,
-                use_cache: bool = True) -> LatencyResult:
+                use_cache: bool = True, int8=None) -> LatencyResult:
         """On whichever device is free; on another if that one is lost meanwhile."""
         errors: list[str] = []
         while True:
             try:
                 with self.pool.lease() as (name, oracle):
                     r = oracle.measure(tag, model, schemes, bundle_dir, per_layer,
-                                       keep_bundle, use_cache)
+                                       keep_bundle, use_cache, int8)
                     if device_gone(r):  # out before the lease ends: nobody else gets it
                         why = "; ".join(r.errors)
                         self.pool.remove(name, why)

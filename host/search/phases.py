@@ -39,6 +39,7 @@ from .journal import Journal
 from .live import SearchUI
 from .ops import replace_ops
 from .oracle import LatencyOracle, LatencyResult
+from .precision import int8_spec, quantized_accuracy
 from .prepare import Prepared
 from .report import pareto
 from .space import Candidate, SearchSpace
@@ -78,6 +79,10 @@ class RunState(Protocol):
     supernet: SearchSupernet | None
     table: object | None  # estimates.TableEstimator
     file_gate: object | None  # executors/gate.py, when Ray workers share a runner's CPU
+    # --precisions with int8 (engine._offer_int8): the int8 kernels' vector width, and the
+    # calibration images every int8 candidate is compiled and scored with
+    int8_lanes: int
+    calibration: list
 
     def gate(self): ...
     def accuracy(self, model: nn.Module) -> float: ...
@@ -132,7 +137,7 @@ def phase1(search: RunState) -> tuple[nn.Module, dict]:
                                "acc_initial": acc0, "accuracy": acc_pre,
                                "checkpoint": search.save(model.cpu(), "pretrained.pt")})
     acc_before = search.accuracy(model)
-    fast, reps = replace_ops(model.cpu())
+    fast, reps = replace_ops(model.cpu(), int8="int8" in cfg.precisions)
     acc_replaced = search.accuracy(fast)
     epochs = cfg.phase1_epochs if reps else 0.0
     search.ui.phase("phase 1", f"{len(reps)} operator(s) replaced; fine-tuning {epochs:g} "
@@ -304,6 +309,7 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]],
     table = None if measured else getattr(search, "table", None)
     out: dict[int, dict] = {}
     pruned_models = {}
+    specs = {}
     futures = {}
     for cid, c in todo:
         search.journal.append({"type": "candidate", "id": cid, "status": "started",
@@ -316,10 +322,12 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]],
             out[cid] = _failed(search, cid, c, f"pruning: {e}")
             continue
         pruned_models[cid] = pruned
+        specs[cid] = int8_spec(search.space, c, pruned.model, getattr(search, "calibration", []))
         if table is None:
             futures[cid] = search.oracle.submit(f"c{cid}", copy.deepcopy(pruned.model),
                                                 pruned.schemes,
-                                                search.run_dir / "bundles" / f"c{cid}")
+                                                search.run_dir / "bundles" / f"c{cid}",
+                                                int8=specs[cid])
     for cid, c in todo:
         if cid in out:
             continue
@@ -330,8 +338,14 @@ def _evaluate(search: RunState, todo: list[tuple[int, Candidate]],
         else:
             acc, err = finetune(pruned, c, search.prep.data, cfg, search.train_cfg,
                                 search.gate())
-        ft_s = time.perf_counter() - t0
         extra = {"evaluator": cfg.evaluator} if net is not None else {}
+        if specs[cid] is not None and err is None:  # scored on the quantized model
+            extra["accuracy_fp32"] = acc
+            acc, extra["int8_layers"] = quantized_accuracy(
+                pruned.model, search.prep.data, search.prep.example, specs[cid],
+                search.int8_lanes, pruned.schemes, search.gate())
+            extra["int8_layers"] = list(extra["int8_layers"])
+        ft_s = time.perf_counter() - t0
         if table is not None:
             lat = LatencyResult(ok=True, median_ms=table.predict(pruned))
             extra["latency_source"] = "table"

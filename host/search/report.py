@@ -79,6 +79,25 @@ def _plot_scatter(path: Path, done: list[dict], s: dict) -> None:
     plt.close(fig)
 
 
+def _precision_section(s: dict, done: list[dict], p3: dict, fmt) -> list[str]:
+    """--precisions: what was searched and how int8 candidates were scored."""
+    q = [r for r in done if r.get("int8_layers") is not None]
+    lines = [f"Precision searched per layer ({', '.join(s['precisions'])}): int8 offered where "
+             f"the quantization pass runs the layer in int8. {len(q)} of {len(done)} "
+             f"evaluated candidates have int8 layers; their accuracy is measured on the "
+             f"quantized model exactly as the int8 kernels compute it (fine-tuned in float32, "
+             f"calibrated on the first training images), their latency on the int8 bundle."]
+    if q:
+        drop = [r["accuracy_fp32"] - r["accuracy"] for r in q]
+        lines[-1] += (f" Quantizing cost {fmt(sum(drop) / len(drop))} of accuracy on average "
+                      f"(largest {fmt(max(drop))}).")
+    if p3.get("final_acc_fp32") is not None:
+        lines.append(f"Final model: {fmt(p3['final_acc'])} quantized, "
+                     f"{fmt(p3['final_acc_fp32'])} in float32; int8 in the compiled bundle: "
+                     f"{', '.join(f'`{n}`' for n in p3.get('int8_layers', [])) or 'none'}.")
+    return [*lines, ""]
+
+
 def _plot_layers(path: Path, layers: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(layers) + 1.2))
     names = [la["name"] for la in layers]
@@ -333,7 +352,16 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         lines.append("")
         lines.append("![progress](plots/progress.png)")
         lines.append("")
-    if s.get("layers"):
+    if s.get("precisions"):
+        lines += _precision_section(s, done, p3, fmt)
+    if s.get("layers") and s.get("precisions"):
+        lines += ["Chosen per layer:", "", "| layer | choice | precision | weights kept |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| `{la['name']}` ({la['desc'].partition(' (')[2].rstrip(')')}) | "
+                  f"{la['choice']} | {la.get('precision', 'fp32')} | "
+                  f"{1 / la['ratio']:.0%} |" for la in s["layers"]]
+        lines += ["", "![layers](plots/layers.png)", ""]
+    elif s.get("layers"):
         lines += ["Chosen per layer:", "", "| layer | choice | weights kept |",
                   "| --- | --- | --- |"]
         lines += [f"| `{la['name']}` ({la['desc'].partition(' (')[2].rstrip(')')}) | "

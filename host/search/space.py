@@ -18,6 +18,12 @@ after (``plan``).
 
 Layers with a negligible share of the model's multiply-adds (squeeze-excite 1×1s on 1×1 maps,
 a small classifier) are not searched: they cannot buy latency and only add dimensions.
+
+Precision (``--precisions fp32,int8``, off by default) is a fourth per-layer choice: int8 is
+offered for a (filter type, scheme) of a layer only where codegen's quantization pass would run
+that layer in int8 (``codegen.int8_offers``; precision.py). A choice's key and JSON row carry
+the precision only when it is not fp32, so old journals (and searches without precisions)
+read and replay as before.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from ..pruning import (
     SCHEMES,
     DependencyGraph,
     LayerRule,
-    PlanReport,
     PrunedModel,
     PruningConfig,
     PruningError,
@@ -43,11 +48,11 @@ from ..pruning import (
     keep_count,
 )
 from .filters import FILTER_TYPES, apply_filter_types, filter_type_valid, make_filter
+from .space_parts import MASK_SCHEMES, STRUCTURAL, layer_macs, mac_fractions, merge_stages
 
-# The scheme lists follow host/pruning's SCHEMES table (its order too: the controller's
-# vocabulary and the features depend on it); codegen's SPARSE_SCHEMES are the mask schemes.
-MASK_SCHEMES = tuple(name for name, s in SCHEMES.items() if not s.structural)
-STRUCTURAL = tuple(name for name, s in SCHEMES.items() if s.structural)
+__all__ = ["MASK_SCHEMES", "STRUCTURAL", "Candidate", "LayerChoice", "LayerSpace", "SearchSpace",
+           "layer_macs", "merge_stages"]
+
 SCHEME_ORDER = ("none", *MASK_SCHEMES, *STRUCTURAL)
 FALLBACK = "unstructured"  # fits every Conv2d/Linear: where a choice that cannot apply goes
 COARSE_MASKS = tuple(s for s in MASK_SCHEMES if s != FALLBACK)  # units of several weights
@@ -67,6 +72,7 @@ class LayerChoice:
     # ``mask`` keeps ``density`` of the weights left; "none" for every other strategy
     mask: str = "none"
     density: float = 1.0
+    precision: str = "fp32"  # or "int8" (--precisions): the layer's kernels
 
     @property
     def rate(self) -> float:
@@ -78,17 +84,21 @@ class LayerChoice:
 
     def __str__(self) -> str:
         ft = "" if self.ftype == "keep" else f"{self.ftype} "
+        q = "" if self.precision == "fp32" else f" {self.precision}"
         if self.scheme == "none":
-            return f"{ft}dense".strip()
+            return f"{ft}dense{q}".strip()
         also = f" + {self.mask} {self.density:.0%}" if self.joint else ""
-        return f"{ft}{self.scheme} {ratio_str(self.ratio)}{also}"
+        return f"{ft}{self.scheme} {ratio_str(self.ratio)}{also}{q}"
 
     def _key(self) -> str:
         k = f"{self.ftype}/{self.scheme}/{self.ratio:g}"
-        return f"{k}/{self.mask}/{self.density:g}" if self.joint else k
+        k = f"{k}/{self.mask}/{self.density:g}" if self.joint else k
+        return k if self.precision == "fp32" else f"{k}@{self.precision}"
 
     def _json(self) -> list:
         row = [self.ftype, self.scheme, self.ratio]
+        if self.precision != "fp32":
+            return [*row, self.mask, self.density, self.precision]
         return [*row, self.mask, self.density] if self.joint else row
 
 
@@ -111,11 +121,16 @@ class Candidate:
     @staticmethod
     def from_json(rows: list) -> Candidate:
         out = []
-        for row in rows:
+        for row in rows:  # [f, s, r], [f, s, r, mask, density], or those and a precision
             f, s, r, *joint = row
-            m, d = joint if joint else ("none", 1.0)
-            out.append(LayerChoice(str(f), str(s), float(r), str(m), float(d)))
+            m, d, *q = joint if joint else ("none", 1.0)
+            out.append(LayerChoice(str(f), str(s), float(r), str(m), float(d),
+                                   str(q[0]) if q else "fp32"))
         return Candidate(tuple(out))
+
+    @property
+    def int8(self) -> bool:
+        return any(c.precision == "int8" for c in self.choices)
 
 
 @dataclass
@@ -129,6 +144,12 @@ class LayerSpace:
     out_ch: int
     macs: int
     options: dict[str, dict[float, tuple[str, ...]]]
+    # --precisions with int8: per filter type, the schemes under which the layer can run int8
+    int8: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def precisions(self, ftype: str, scheme: str) -> tuple[str, ...]:
+        """The precisions offered for ``ftype`` and ``scheme`` ("fp32" alone, or also int8)."""
+        return ("fp32", "int8") if scheme in self.int8.get(ftype, ()) else ("fp32",)
 
     def target(self, ftype: str) -> str:
         """The module a scheme acts on once the filter type is applied."""
@@ -136,13 +157,16 @@ class LayerSpace:
 
     def offered(self, c: LayerChoice) -> bool:
         """One of the discrete choices the space offers (what npas, random, uniform pick)."""
-        return not c.joint and c.scheme in self.options.get(c.ftype, {}).get(c.ratio, ())
+        return (not c.joint and c.scheme in self.options.get(c.ftype, {}).get(c.ratio, ())
+                and c.precision in self.precisions(c.ftype, c.scheme))
 
     def valid(self, c: LayerChoice) -> bool:
         """Offered, or one of jcw's finer choices: filter/channel at any ratio ≥ 1 and
         unstructured at any density where the layer is offered them, also together."""
         if self.offered(c):
             return True
+        if c.precision not in self.precisions(c.ftype, c.mask if c.joint else c.scheme):
+            return False  # a joint layer's kernel is its mask's
         per = self.options.get(c.ftype, {})
 
         def somewhere(scheme: str) -> bool:
@@ -165,32 +189,6 @@ class _Groups:
     through: int | None = None
 
 
-def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """Multiply-adds of every Conv2d/Linear for one forward pass on ``example``."""
-    macs: dict[str, int] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            def conv_hook(mod, _inp, out, name=name):
-                kh, kw = mod.kernel_size
-                macs[name] = (out.numel() * (mod.in_channels // mod.groups) * kh * kw)
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            def lin_hook(mod, _inp, out, name=name):
-                macs[name] = out.numel() * mod.in_features
-            hooks.append(m.register_forward_hook(lin_hook))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return macs
-
-
 @dataclass
 class SearchSpace:
     layers: list[LayerSpace]
@@ -204,6 +202,12 @@ class SearchSpace:
     _claims: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     # (layer, structural scheme, ratio) -> the compression the kept widths really give
     _effective: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    precisions: tuple[str, ...] = ("fp32",)  # --precisions: what a layer may run in
+
+    @property
+    def int8(self) -> bool:
+        """Some layer is offered int8 (precision is searched)."""
+        return any(ls.int8 for ls in self.layers)
 
     # --- building -------------------------------------------------------------------------
     @classmethod
@@ -331,8 +335,13 @@ class SearchSpace:
         schemes = ls.options.get(c.ftype, {}).get(c.ratio, ())
         for s in (FALLBACK, *MASK_SCHEMES):
             if s in schemes:
-                return replace(c, scheme=s)
-        return replace(c, scheme="none", ratio=1.0)
+                c = replace(c, scheme=s)
+                break
+        else:
+            c = replace(c, scheme="none", ratio=1.0)
+        # the fallback scheme may not run in int8: then the layer runs in float32
+        return c if c.precision in ls.precisions(c.ftype, c.scheme) else replace(
+            c, precision="fp32")
 
     def repair(self, cand: Candidate) -> Candidate:
         """Make two structural rules on one channel group agree: a later layer whose
@@ -366,23 +375,30 @@ class SearchSpace:
             rs = list(ls.options[ft])
             r = rs[rng.integers(len(rs))]
             ss = ls.options[ft][r]
-            out.append(LayerChoice(ft, ss[rng.integers(len(ss))], r))
+            s = ss[rng.integers(len(ss))]
+            ps = ls.precisions(ft, s)
+            p = ps[rng.integers(len(ps))] if len(ps) > 1 else "fp32"
+            out.append(LayerChoice(ft, s, r, precision=p))
         return self.repair(Candidate(tuple(out)))
 
-    def uniform(self, scheme: str, ratio: float) -> Candidate:
+    def uniform(self, scheme: str, ratio: float, precision: str = "fp32") -> Candidate:
         """Every layer the same scheme and rate, filter types kept; a layer the scheme does not
         fit takes unstructured pruning at the same rate."""
-        return self.homogeneous("keep", scheme, ratio)
+        return self.homogeneous("keep", scheme, ratio, precision)
 
-    def homogeneous(self, ftype: str, scheme: str, ratio: float) -> Candidate:
+    def homogeneous(self, ftype: str, scheme: str, ratio: float,
+                    precision: str = "fp32") -> Candidate:
         """The same choice on every layer where it fits: the filter type where the layer can
-        take it (else keep), the scheme at that rate (else unstructured, else dense)."""
+        take it (else keep), the scheme at that rate (else unstructured, else dense), the
+        precision where that choice offers it (else fp32)."""
         out = []
         for ls in self.layers:
             ft = ftype if ftype in ls.options else "keep"
             c = self._canonical(ls, LayerChoice(ft, scheme, ratio))
             if not ls.offered(c):
                 c = self._fallback(ls, c) if ratio in ls.options[ft] else LayerChoice()
+            if precision in ls.precisions(c.ftype, c.scheme):
+                c = replace(c, precision=precision)
             out.append(c)
         return self.repair(Candidate(tuple(out)))
 
@@ -399,7 +415,7 @@ class SearchSpace:
 
         for r, schemes in ls.options.get(c.ftype, {}).items():
             if c.scheme in schemes and kept(r) == kept(c.ratio):
-                return LayerChoice(c.ftype, c.scheme, r)
+                return LayerChoice(c.ftype, c.scheme, r, precision=c.precision)
         return c
 
     def uniform_grid(self) -> list[tuple[str, float]]:
@@ -472,7 +488,12 @@ class SearchSpace:
                 rules[ls.target(c.ftype)] = LayerRule(c.scheme, c.rate, {})
             if c.joint:
                 rules[ls.target(c.ftype)] = LayerRule(c.mask, 1.0 - c.density, {})
-        return PruningPlan(rules, copy.deepcopy(self.config))
+        # the int8 layers (the rest fp32): what compile --plan replays
+        int8 = [f"{n}=int8" for ls, c in zip(self.layers, cand.choices, strict=True)
+                if c.precision == "int8"
+                for n in ((f"{ls.name}.0", f"{ls.name}.1") if c.ftype == "dwpw"
+                          else (ls.target(c.ftype),))]
+        return PruningPlan(rules, copy.deepcopy(self.config), int8)
 
     def structure(self, cand: Candidate) -> PruningPlan | None:
         """A joint candidate's first step: its structural rules alone (a plan holds one rule
@@ -505,42 +526,7 @@ class SearchSpace:
         """(structural, effective) multiply-adds of ``cand`` over the dense model's: filter
         types and filter/channel shrinking (followed through the channel groups), then also
         counting only the weights mask schemes keep. An estimate; latency is measured."""
-        keep: dict[int, float] = {}
-        chosen = {ls.name: c for ls, c in zip(self.layers, cand.choices, strict=True)}
-        for ls, c in zip(self.layers, cand.choices, strict=True):
-            if c.scheme in STRUCTURAL:
-                for g in self._claims[ls.name][c.scheme]:
-                    size = self._group_size[g]
-                    keep.setdefault(g, keep_count(size, c.rate, self.config.vector_width)
-                                    / size)
-        s_total = e_total = 0.0
-        for name, (mac, kernel, out_ch, gr) in self._all.items():
-            if gr.through is not None:
-                k_in = k_out = 1.0
-                k_through = keep.get(gr.through, 1.0)
-            else:
-                k_through = 1.0
-                k_out = keep.get(gr.out, 1.0) if gr.out is not None else 1.0
-                sz = [self._group_size[g] for g in gr.ins]
-                k_in = (sum(keep.get(g, 1.0) * z for g, z in zip(gr.ins, sz, strict=True))
-                        / sum(sz)) if sz else 1.0
-            c = chosen.get(name, LayerChoice())
-            dens = 1.0 / c.ratio if c.scheme in MASK_SCHEMES else c.density
-            kk = kernel[0] * kernel[1]
-            base = mac * k_through
-            if c.ftype == "1x1":
-                s = base * k_in * k_out / kk
-                e = s * dens
-            elif c.ftype == "dwpw":
-                dw = base * k_in / out_ch
-                pw = base * k_in * k_out / kk
-                s, e = dw + pw, dw + pw * dens
-            else:
-                s = base * k_in * k_out
-                e = s * dens
-            s_total += s
-            e_total += e
-        return s_total / self.total_macs, e_total / self.total_macs
+        return mac_fractions(self, cand)
 
     def features(self, cand: Candidate) -> np.ndarray:
         """A compact numeric encoding, built so that a sum of per-layer effects is easy to
@@ -561,13 +547,17 @@ class SearchSpace:
                      for w, ls, c in zip(share, self.layers, cand.choices, strict=True)),
                  sum(w * (c.ftype == "1x1") for w, c in zip(share, cand.choices, strict=True)),
                  sum(w * (c.ftype == "dwpw") for w, c in zip(share, cand.choices, strict=True))]
+        if self.int8:  # precision searched: per layer int8 or not, and the int8 share of MACs
+            q = [float(c.precision == "int8") for c in cand.choices]
+            rows += [*q, sum(w * x for w, x in zip(share, q, strict=True))]
         return np.asarray(rows, dtype=np.float64)
 
     def size(self) -> float:
         """How many candidates the space holds (before repair)."""
         n = 1.0
         for ls in self.layers:
-            n *= sum(len(ss) for per in ls.options.values() for ss in per.values())
+            n *= sum(len(ls.precisions(ft, s)) for ft, per in ls.options.items()
+                     for ss in per.values() for s in ss)
         return n
 
     def to_dict(self) -> dict:
@@ -575,23 +565,7 @@ class SearchSpace:
                 "total_macs": self.total_macs, "skipped": self.skipped,
                 "layers": [{"name": ls.name, "desc": ls.desc, "macs": ls.macs,
                             "options": {ft: {ratio_str(r): list(ss) for r, ss in per.items()}
-                                        for ft, per in ls.options.items()}}
+                                        for ft, per in ls.options.items()},
+                            **({"int8": {ft: sorted(ss, key=SCHEME_ORDER.index)
+                                         for ft, ss in ls.int8.items()}} if ls.int8 else {})}
                            for ls in self.layers]}
-
-
-def merge_stages(narrowed: PrunedModel, masked: PrunedModel) -> PrunedModel:
-    """A joint candidate's two steps as one PrunedModel: the second step's model and masks,
-    the first's removed channels, one report row per layer (a masked layer's row counts its
-    weights from before the narrowing)."""
-    first = {r.layer: r for r in narrowed.report.rows}
-    rows = []
-    for r in masked.report.rows:
-        before = first.pop(r.layer, None)
-        if before is not None:
-            r = replace(r, weights_before=before.weights_before,
-                        note=f"after {before.scheme} {before.achieved:.2f}")
-        rows.append(r)
-    rows += first.values()
-    order = [r.layer for r in narrowed.report.rows] + [r.layer for r in masked.report.rows]
-    rows.sort(key=lambda r: order.index(r.layer))
-    return PrunedModel(masked.model, masked.masks, narrowed.removed, PlanReport(rows))

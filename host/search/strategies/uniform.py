@@ -1,5 +1,5 @@
 """``uniform``: one scheme and rate for every layer, the grid in a seeded random order (a
-baseline)."""
+baseline); with precision in the space, each grid point also in int8 (where layers offer it)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ class UniformStrategy(Proposer):
 
     def __init__(self, space: SearchSpace, seed: int = 0, **_):
         super().__init__(space)
-        grid = space.uniform_grid()
+        grid = [(s, r) for s, r in space.uniform_grid()]
+        if space.int8:
+            grid = [(s, r, p) for s, r in grid for p in space.precisions]
         order = np.random.default_rng([seed, 2]).permutation(len(grid))
         self.grid = [grid[i] for i in order]
         self.next = 0

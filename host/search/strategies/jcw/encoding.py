@@ -13,11 +13,15 @@ vector width (``keep_count``), so several ratios give one width; ``canonical`` s
 the largest ratio with the same width, which makes equal models equal gene vectors (what
 duplicate elimination compares) and equal candidate keys (what the latency cache and the
 journal compare).
+
+With precision in the space (``--precisions fp32,int8``) a layer offered int8 has one more
+gene, its precision (0: fp32, 1: int8); decoded, it applies only where the layer's choice runs
+in int8 (a masked layer whose mask scheme has no int8 kernel stays fp32).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +62,7 @@ class Gene:
     lo: int  # lower bound, tenths (the upper bound is 10: unpruned)
     group: int | None = None  # channels: the channel group it narrows
     size: int = 0  # channels: that group's width
+    hi: int = TENTHS  # upper bound (precision: 1 = int8)
 
     def __str__(self) -> str:
         return f"layer {self.layer} {self.kind} ≥ {self.lo / TENTHS:.1f}"
@@ -98,8 +103,14 @@ class JcwEncoding:
         if not self.genes:
             raise ValueError("jcw: no layer of the space can be filter-pruned or masked "
                              f"({weight_scheme}); allow filter and {weight_scheme} (--schemes)")
+        self.precision_gene: dict[int, int] = {}
+        if space.int8:
+            for i, ls in enumerate(space.layers):
+                if ls.int8.get("keep"):
+                    self.precision_gene[i] = len(self.genes)
+                    self.genes.append(Gene(i, "precision", 0, hi=1))
         self.xl = np.array([g.lo for g in self.genes], dtype=int)
-        self.xu = np.full(len(self.genes), TENTHS, dtype=int)
+        self.xu = np.array([g.hi for g in self.genes], dtype=int)
 
     @property
     def n_var(self) -> int:
@@ -138,6 +149,10 @@ class JcwEncoding:
                 out.append(LayerChoice("keep", self.weight_scheme, _ratio(d)))
             else:
                 out.append(LayerChoice())
+            if i in self.precision_gene and v[self.precision_gene[i]] == 1:
+                ch, ls = out[-1], self.space.layers[i]
+                if "int8" in ls.precisions(ch.ftype, ch.mask if ch.joint else ch.scheme):
+                    out[-1] = replace(ch, precision="int8")
         return Candidate(tuple(out))
 
     def describe(self, x) -> str:

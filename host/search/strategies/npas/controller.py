@@ -10,6 +10,14 @@ are accuracies that differ in the second decimal; unscaled, the policy would bar
 PPO's clipped form so that one update cannot move a candidate's probability by more than 20%,
 minus λ·entropy. The heads start at zero (uniform over the valid choices) except for one prior:
 a layer keeps its filter type 3 times as often as it takes each cheaper one.
+
+With precision in the space (``--precisions fp32,int8``) each layer takes a fourth decision,
+its precision, after the scheme, masked to what the layer offers for the filter type and scheme
+just chosen (int8 only where the quantization pass runs it in int8). A decision of its own
+rather than folded into the scheme head: precision is orthogonal to the scheme (dense, block
+or narrowed layers can each be int8), one head learns "int8 pays here" for every scheme at once
+where a folded vocabulary would learn it once per scheme, and without int8 in the space the
+controller is the three-decision one, unchanged (old searches replay bit for bit).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from ...filters import FILTER_TYPES
 from ...space import SCHEME_ORDER, Candidate, LayerChoice, SearchSpace
 
 CLIP = 0.2
+PRECISION_ORDER = ("fp32", "int8")
 
 
 class Controller(nn.Module):
@@ -32,7 +41,9 @@ class Controller(nn.Module):
         self.space = space
         nl, nf, nr, ns = len(space.layers), len(FILTER_TYPES), len(space.ratios), \
             len(SCHEME_ORDER)
-        self.sizes = (nf, nr, ns)
+        self.kinds = 4 if space.int8 else 3
+        npr = len(PRECISION_ORDER)
+        self.sizes = (nf, nr, ns, npr)[:self.kinds]
         ft = torch.zeros(nl, nf, dtype=torch.bool)
         ra = torch.zeros(nl, nf, nr, dtype=torch.bool)
         sc = torch.zeros(nl, nf, nr, ns, dtype=torch.bool)
@@ -45,14 +56,23 @@ class Controller(nn.Module):
                     ra[li, fi, ri] = True
                     for s in schemes:
                         sc[li, fi, ri, SCHEME_ORDER.index(s)] = True
+        pr = torch.zeros(nl, nf, ns, npr, dtype=torch.bool)
+        for li, ls in enumerate(space.layers):
+            for f, per in ls.options.items():
+                for s in {s for ss in per.values() for s in ss}:
+                    for p in ls.precisions(f, s):
+                        pr[li, FILTER_TYPES.index(f), SCHEME_ORDER.index(s),
+                           PRECISION_ORDER.index(p)] = True
         self.register_buffer("ft_mask", ft)
         self.register_buffer("ratio_mask", ra)
         self.register_buffer("scheme_mask", sc)
+        self.register_buffer("precision_mask", pr)
+        extra = npr if self.kinds == 4 else 0
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.layer_emb = nn.Embedding(nl, 16)
-            self.kind_emb = nn.Embedding(3, 8)
-            self.act_emb = nn.Embedding(1 + nf + nr + ns, 16)  # 0: start
+            self.kind_emb = nn.Embedding(self.kinds, 8)
+            self.act_emb = nn.Embedding(1 + nf + nr + ns + extra, 16)  # 0: start
             self.cell = nn.LSTMCell(40, hidden)
             self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.sizes)
         for h in self.heads:
@@ -60,7 +80,7 @@ class Controller(nn.Module):
             nn.init.zeros_(h.bias)
         with torch.no_grad():  # the prior: keep a layer's filter type 3:1:1 (0.6 of the time)
             self.heads[0].bias[FILTER_TYPES.index("keep")] = math.log(3.0)
-        self.offsets = (1, 1 + nf, 1 + nf + nr)
+        self.offsets = (1, 1 + nf, 1 + nf + nr, 1 + nf + nr + ns)[:self.kinds]
         self.hidden = hidden
         self.opt = torch.optim.Adam(self.parameters(), lr=lr)
         self.entropy_weight = entropy
@@ -74,13 +94,17 @@ class Controller(nn.Module):
     # --- candidates <-> actions -------------------------------------------------------------
     def actions(self, cands: list[Candidate]) -> torch.Tensor:
         return torch.tensor([[[FILTER_TYPES.index(c.ftype), self.space.ratios.index(c.ratio),
-                               SCHEME_ORDER.index(c.scheme)] for c in cand.choices]
+                               SCHEME_ORDER.index(c.scheme),
+                               PRECISION_ORDER.index(c.precision)][:self.kinds]
+                              for c in cand.choices]
                              for cand in cands], dtype=torch.long)
 
     def candidates(self, actions: torch.Tensor) -> list[Candidate]:
         r = self.space.ratios
-        return [Candidate(tuple(LayerChoice(FILTER_TYPES[f], SCHEME_ORDER[s], r[ri])
-                                for f, ri, s in row.tolist())) for row in actions]
+        return [Candidate(tuple(LayerChoice(FILTER_TYPES[a[0]], SCHEME_ORDER[a[2]], r[a[1]],
+                                            precision=PRECISION_ORDER[a[3]] if len(a) > 3
+                                            else "fp32")
+                                for a in row.tolist())) for row in actions]
 
     # --- the policy ---------------------------------------------------------------------------
     def _run(self, batch: int, actions: torch.Tensor | None = None,
@@ -89,13 +113,13 @@ class Controller(nn.Module):
         h = torch.zeros(batch, self.hidden)
         c = torch.zeros(batch, self.hidden)
         prev = torch.zeros(batch, dtype=torch.long)
-        taken = torch.zeros(batch, nl, 3, dtype=torch.long)
+        taken = torch.zeros(batch, nl, self.kinds, dtype=torch.long)
         logp = torch.zeros(batch)
         ent = torch.zeros(batch)
         rows = torch.arange(batch)
         for li in range(nl):
             lemb = self.layer_emb.weight[li].expand(batch, -1)
-            for k in range(3):
+            for k in range(self.kinds):
                 x = torch.cat([lemb, self.kind_emb.weight[k].expand(batch, -1),
                                self.act_emb(prev)], 1)
                 h, c = self.cell(x, (h, c))
@@ -104,8 +128,10 @@ class Controller(nn.Module):
                     mask = self.ft_mask[li].expand(batch, -1)
                 elif k == 1:
                     mask = self.ratio_mask[li][taken[:, li, 0]]
-                else:
+                elif k == 2:
                     mask = self.scheme_mask[li][taken[:, li, 0], taken[:, li, 1]]
+                else:
+                    mask = self.precision_mask[li][taken[:, li, 0], taken[:, li, 2]]
                 logits = logits.masked_fill(~mask, -math.inf)
                 lp = torch.log_softmax(logits, 1)
                 if actions is None:

@@ -84,18 +84,21 @@ class NpasStrategy:
         costs accuracy, so the family's best guess is the lightest rate that meets it; the
         probes are far from the target, so "closest" on either side also teaches the latency
         model where the boundary is). Families that keep the filter type come first."""
-        families: dict[tuple[str, str], tuple[float, Candidate]] = {}
+        families: dict[tuple[str, str, str], tuple[float, Candidate]] = {}
         target = self.bo.reward.target_ms
+        # with precision in the space, each family also in int8 (where its layers offer it)
+        precisions = self.space.precisions if self.space.int8 else ("fp32",)
         for ft in ("keep", "dwpw", "1x1"):
             for scheme, ratio in self.space.uniform_grid():
-                c = self.space.homogeneous(ft, scheme, ratio)
-                if c.key() in self.seen:
-                    continue
-                ms = float(np.exp(self.bo.lat.predict(self.space.features(c)[None])[0][0]))
-                gap = abs(np.log(ms / target))
-                best = families.get((ft, scheme))
-                if best is None or gap < best[0]:
-                    families[(ft, scheme)] = (gap, c)
+                for p in precisions:
+                    c = self.space.homogeneous(ft, scheme, ratio, p)
+                    if c.key() in self.seen:
+                        continue
+                    ms = float(np.exp(self.bo.lat.predict(self.space.features(c)[None])[0][0]))
+                    gap = abs(np.log(ms / target))
+                    best = families.get((ft, scheme, p))
+                    if best is None or gap < best[0]:
+                        families[(ft, scheme, p)] = (gap, c)
         order = {"keep": 0, "dwpw": 1, "1x1": 2}
         chosen: list[Candidate] = []
         for k in sorted(families, key=lambda k: (order[k[0]], families[k][0])):
@@ -119,10 +122,11 @@ class NpasStrategy:
                 for ft, per in ls.options.items():
                     for r, schemes in per.items():
                         for sc in schemes:
-                            ch = LayerChoice(ft, sc, r)
-                            if ch != base[i]:
-                                out.append(self.space.repair(
-                                    Candidate(tuple(base[:i] + [ch] + base[i + 1:]))))
+                            for p in ls.precisions(ft, sc):
+                                ch = LayerChoice(ft, sc, r, precision=p)
+                                if ch != base[i]:
+                                    out.append(self.space.repair(
+                                        Candidate(tuple(base[:i] + [ch] + base[i + 1:]))))
         return out
 
     def tell(self, outcomes: list[Outcome]) -> None:
