@@ -310,6 +310,8 @@ def qconv2d(c: Ctx) -> Rendered:
     # keeps up to 2 input vectors and the sign-flip constant too (2 x 14 spilled 2 registers)
     spare = 4 if q.name == "neondot" else 2
     most = min(16, (q.registers - 3) if depthwise else (q.registers - oc_tile - spare) // oc_tile)
+    if q.name == "neondot" and not depthwise:  # the widest tile whose row loads stay in registers
+        most = q8_neon.row_columns(most, oc_tile, sw, kw, dw)
     ow_lo = min(ow, -(-pl // sw))
     ow_hi = max(ow_lo, min(ow, (iw - 1 + pl - (kw - 1) * dw) // sw + 1))
     interior = ow_hi - ow_lo

@@ -152,6 +152,19 @@ def _row_loads(pix: Sequence[int]) -> list[int] | None:
     return starts
 
 
+def row_columns(most: int, oc_tile: int, sw: int, kw: int, dw: int) -> int:
+    """The most columns (up to ``most``) of a tile whose row of input pixels (its loads:
+    ``_row_loads``) fits in the registers beside the accumulators, the weights and the sign
+    flip: a 3x3 stride-2 conv's 6 columns need 4 loads (33 registers, per tap then: 3 loads a
+    tap), 5 need 3 (28); ``most`` where none does."""
+    for w in range(most, 0, -1):
+        span = (w - 1) * sw + (kw - 1) * dw + 1
+        loads = _row_loads(list(range(span)))
+        if loads is not None and oc_tile * (w + 1) + len(loads) + 1 <= 32:
+            return w
+    return most
+
+
 def dense_microkernel(name: str, wtype: str, kh: int, kw: int, sw: int, dh: int, dw: int,
                       lin: int, oc_tile: int, taps: Sequence[tuple[int, int]], out: str,
                       skip: bool, params: str, tail: Sequence[str]) -> str:
