@@ -16,10 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
+from int8_isas import QISAS, FixedQ8
 from torch import nn
 
 from codegen import HostToolchain, capture, compile_model, read_report
-from codegen.isa import AVX2_Q8, AVX512_VNNI, QuantIsa
+from codegen.isa import AVX2_Q8, AVX512_VNNI
 from codegen.passes import fold_bn, fuse_epilogue, quantize_int8, run_passes
 from codegen.quant import (
     dequantize_array,
@@ -29,31 +30,6 @@ from codegen.quant import (
     quantize_weights,
     run_int8_reference,
 )
-from codegen.toolchain import _cpu_flags
-
-
-class _Fixed(HostToolchain):
-    """The host's int8 toolchain with a chosen int8 ISA."""
-
-    def __init__(self, qisa: QuantIsa) -> None:
-        super().__init__(precision="int8")
-        self._qisa = qisa
-
-    def quant_isa(self) -> QuantIsa:
-        return self._qisa
-
-
-def _qisas() -> list[QuantIsa]:
-    flags = _cpu_flags()
-    out = []
-    if {"avx2", "fma"} <= flags:
-        out.append(AVX2_Q8)
-    if {"avx512f", "avx512_vnni"} <= flags:
-        out.append(AVX512_VNNI)
-    return out
-
-
-QISAS = _qisas()
 
 
 class Seq(nn.Module):
@@ -136,7 +112,7 @@ def test_int8_kernel_is_bit_exact(case, qisa, tmp_path):
     model = factory().eval()
     batches = _batches(shape)
     x = _batches(shape, 1, seed=7)[0][0]
-    b = compile_model(model, torch.from_numpy(x), tmp_path / "b", toolchain=_Fixed(qisa),
+    b = compile_model(model, torch.from_numpy(x), tmp_path / "b", toolchain=FixedQ8(qisa),
                       calibration=batches)
     assert read_report(b.path).fp32_layers == {}  # every layer ran in int8
     src = (b.path / "kernels.c").read_text()

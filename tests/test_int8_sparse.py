@@ -20,40 +20,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
+from int8_isas import QISAS, FixedQ8
 from torch import nn
 from zoo import run_on_runner
 
 from codegen import HostToolchain, capture, compile_model, load_bundle, read_report
-from codegen.isa import AVX2_Q8, AVX512_VNNI, QuantIsa
 from codegen.passes import fold_bn, fuse_epilogue, quantize_int8, run_passes
 from codegen.passes.sparse import with_schemes
 from codegen.quant import run_int8_reference
-from codegen.toolchain import _cpu_flags
-
-
-class _Fixed(HostToolchain):
-    """The host's int8 toolchain with a chosen int8 ISA."""
-
-    def __init__(self, qisa: QuantIsa) -> None:
-        super().__init__(precision="int8")
-        self._qisa = qisa
-
-    def quant_isa(self) -> QuantIsa:
-        return self._qisa
-
-
-def _qisas() -> list[QuantIsa]:
-    flags = _cpu_flags()
-    out = []
-    if {"avx2", "fma"} <= flags:
-        out.append(AVX2_Q8)
-    if {"avx512f", "avx512_vnni"} <= flags:
-        out.append(AVX512_VNNI)
-    return out
-
-
-QISAS = _qisas()
-
 
 # ---- pruning masks (the schemes' shapes, written here so the tier needs no host code) --------
 
@@ -162,7 +136,7 @@ def test_int8_sparse_kernel_is_bit_exact(case, qisa, tmp_path):
     model = factory()
     batches = _batches(shape)
     x = _batches(shape, 1, seed=7)[0][0]
-    b = compile_model(model, torch.from_numpy(x), tmp_path / "b", toolchain=_Fixed(qisa),
+    b = compile_model(model, torch.from_numpy(x), tmp_path / "b", toolchain=FixedQ8(qisa),
                       calibration=batches, schemes=schemes, sparse="always")
     rep = read_report(b.path)
     assert rep.fp32_layers == {}  # every layer ran in int8, the pruned ones too
