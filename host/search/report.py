@@ -89,8 +89,10 @@ def _precision_section(s: dict, done: list[dict], p3: dict, fmt) -> list[str]:
              f"calibrated on the first training images), their latency on the int8 bundle."]
     if q:
         drop = [r["accuracy_fp32"] - r["accuracy"] for r in q]
-        lines[-1] += (f" Quantizing cost {fmt(sum(drop) / len(drop))} of accuracy on average "
-                      f"(largest {fmt(max(drop))}).")
+        mean = sum(drop) / len(drop)
+        lines[-1] += (f" Against the same fine-tuned model in float32, quantizing "
+                      f"{'lost' if mean >= 0 else 'gained'} {fmt(abs(mean))} of accuracy on "
+                      f"average (largest loss {fmt(max(0.0, max(drop)))}).")
     if p3.get("final_acc_fp32") is not None:
         lines.append(f"Final model: {fmt(p3['final_acc'])} quantized, "
                      f"{fmt(p3['final_acc_fp32'])} in float32; int8 in the compiled bundle: "
