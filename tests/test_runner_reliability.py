@@ -285,6 +285,37 @@ def test_a_stalled_upload_is_cancelled_and_its_space_freed(runner_binary, tmp_pa
 
 # ---- faults: killed mid-upload, killed mid-benchmark ----
 
+def test_a_runner_sharing_the_store_leaves_a_live_runners_uploads_alone(runner_binary,
+                                                                        tmp_path):
+    """Two runners on one store (two local runners, a device pool on one host): the second's
+    start removes stale temp files only, not an upload the first has in flight (it did: the
+    first runner's commit then failed, "cannot move the upload into place")."""
+    store = tmp_path / "store"
+    a, sha_a = _blob(tmp_path, "a", 2_000_000, 4)
+    with _runner(runner_binary, store) as first:
+        c = first.client(timeout_s=30)
+        started = threading.Event()
+
+        def slow():
+            for i, chunk in enumerate(_chunks(c, a.read_bytes(), sha_a)):
+                yield chunk
+                if i == 2:
+                    deadline = time.monotonic() + 10
+                    while len(_temp_files(store)) < 3 and time.monotonic() < deadline:
+                        time.sleep(0.02)  # the upload's own temp file, beside the two stale
+                    started.set()
+                    with _runner(runner_binary, store):
+                        pass  # the second runner opens the store while the upload is open
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (store / f".upload-p{dead.pid}-{sha_a[:16]}-AAAAAA").write_bytes(b"x")  # its owner is gone
+        (store / f".upload-{sha_a[:16]}-BBBBBB").write_bytes(b"x")  # the old naming
+        c._stub.UploadArtifact(slow(), metadata=c._metadata, timeout=60)
+        assert started.is_set() and c.missing([sha_a]) == []
+        assert _temp_files(store) == []  # the stale ones went with the second runner's start
+        c.close()
+
+
 def test_runner_killed_during_an_upload_leaves_nothing_half_stored(runner_binary, tmp_path):
     store = tmp_path / "store"
     a, sha_a = _blob(tmp_path, "a", 2_000_000, 4)

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,13 +11,34 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
+#include <string>
 #include <vector>
 
 namespace npas {
 namespace {
 
 constexpr const char* kTempPrefix = ".upload-";
+
+// An upload's temp file is named .upload-p<PID>-<sha prefix>-XXXXXX, so that a runner opening
+// a store another live runner shares (two local runners, a device pool on one host) leaves
+// that runner's uploads in flight alone. Stale: a temp of another name, of this process (a
+// store reopened in the same process starts over), or of a process that no longer exists.
+bool temp_is_stale(const std::string& name) {
+  const size_t at = std::strlen(kTempPrefix);
+  if (name.size() <= at + 1 || name[at] != 'p') return true;
+  long long pid = 0;
+  size_t i = at + 1;
+  for (; i < name.size() && name[i] >= '0' && name[i] <= '9' && i < at + 11; ++i) {
+    pid = pid * 10 + (name[i] - '0');
+  }
+  if (i == at + 1 || i >= name.size() || name[i] != '-' || pid <= 0 || pid > 0x7fffffffLL) {
+    return true;
+  }
+  if (pid_t(pid) == ::getpid()) return true;
+  return ::kill(pid_t(pid), 0) != 0 && errno == ESRCH;  // EPERM: it exists (another user)
+}
 
 Status make_dirs(const std::string& dir) {
   std::string partial;
@@ -101,7 +123,7 @@ StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::open(const std::string& 
   while (dirent* e = ::readdir(d.get())) {
     std::string name = e->d_name;
     if (name.rfind(kTempPrefix, 0) == 0) {
-      stale.push_back(name);
+      if (temp_is_stale(name)) stale.push_back(name);
       continue;
     }
     if (!is_valid_sha256_hex(name)) continue;
@@ -386,7 +408,8 @@ StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::begin_write(const std::
     NPAS_RETURN_IF_ERROR(make_room_locked(sha, size, false));
   }
   std::unique_ptr<ArtifactWriter> w(new ArtifactWriter(this, sha, size, false));
-  std::string tmpl = dir_ + "/" + kTempPrefix + sha.substr(0, 16) + "-XXXXXX";
+  std::string tmpl = dir_ + "/" + kTempPrefix + "p" + std::to_string(::getpid()) + "-" +
+                     sha.substr(0, 16) + "-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   int fd = ::mkstemp(buf.data());
