@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
-from int8_isas import QISAS, FixedQ8
+from int8_tools import QISAS, FixedQ8, Seq
 from torch import nn
 
 from codegen import HostToolchain, capture, compile_model, read_report
@@ -30,20 +30,6 @@ from codegen.quant import (
     quantize_weights,
     run_int8_reference,
 )
-
-
-class Seq(nn.Module):
-    def __init__(self, *mods: nn.Module, fn=None) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-        self.fn = fn
-
-    def forward(self, x):
-        if self.fn is not None:
-            return self.fn(self, x)
-        for m in self.mods:
-            x = m(x)
-        return x
 
 
 def _residual(self, x):  # conv -> conv + skip -> relu: the fused residual in int8

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
-from int8_isas import QISAS, FixedQ8
+from int8_tools import QISAS, FixedQ8, Seq
 from torch import nn
 from zoo import run_on_runner
 
@@ -50,20 +50,6 @@ def block_rows(w: torch.Tensor, keep: float, rows: int = 16, seed: int = 0) -> t
     kept = torch.rand(-(-o // rows), k, generator=g) < keep
     m = kept.repeat_interleave(rows, 0)[:o].reshape(w.shape)
     return w * m.float()
-
-
-class Seq(nn.Module):
-    def __init__(self, *mods: nn.Module, fn=None) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-        self.fn = fn
-
-    def forward(self, x):
-        if self.fn is not None:
-            return self.fn(self, x)
-        for m in self.mods:
-            x = m(x)
-        return x
 
 
 def _residual(self, x):  # conv -> pruned conv + skip -> relu: the fused residual in int8

@@ -468,6 +468,20 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
 
 # ---- linear --------------------------------------------------------------------------------
 
+def linear_store(lq: LayerQuant, out: str, X: int, o: int, ob: int) -> list[str]:
+    """A Linear's output block ``obk`` of batch row ``n``: the two chains summed, requantized
+    (or dequantized: ``out`` float) and stored, the last block's lanes past ``o`` through a
+    buffer (dense and block-sparse int8 Linear)."""
+    acc = ["a0 += a1;"]
+    if o % X == 0:
+        return acc + requant(lq, "a0", f"*(const vf *)(m + obk * {X})",
+                             f"y + n * {o} + obk * {X}", None)
+    return acc + [f"{out} tmp[{X}] __attribute__((aligned(64)));",
+                  *requant(lq, "a0", f"*(const vf *)(m + obk * {X})", "tmp", None),
+                  f"const {IX} cnt = obk < {ob - 1} ? {X} : {o % X};",
+                  f"for ({IX} l = 0; l < cnt; ++l) y[n * {o} + obk * {X} + l] = tmp[l];"]
+
+
 def qlinear(c: Ctx) -> Rendered:
     """One (output block, batch row) per item: two dot-product chains over k."""
     _need(c, vectors=True)
@@ -503,15 +517,7 @@ def qlinear(c: Ctx) -> Rendered:
         flip = " ^ 0x80808080u" if q.offset else ""
         body.append(f"a0 = npas_dot(a0, (vi){{}} + (int32_t)(({parts}){flip}), "
                     f"*(const vqi *)(wr + {kw * X}));")
-    body.append("a0 += a1;")
-    if o % X == 0:
-        body += requant(lq, "a0", f"*(const vf *)(m + obk * {X})", f"y + n * {o} + obk * {X}",
-                        None)
-    else:
-        body += [f"{out} tmp[{X}] __attribute__((aligned(64)));",
-                 *requant(lq, "a0", f"*(const vf *)(m + obk * {X})", "tmp", None),
-                 f"const {IX} cnt = obk < {ob - 1} ? {X} : {o % X};",
-                 f"for ({IX} l = 0; l < cnt; ++l) y[n * {o} + obk * {X} + l] = tmp[l];"]
+    body += linear_store(lq, out, X, o, ob)
     items = ob * n
     pr = c.lang.param_ref
     decl = [f"const {WT} *restrict w = (const {WT} *){pr(c, 0)};",

@@ -41,11 +41,10 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.cpu.prelude import AI
-from codegen.emit.cpu.q8 import IX, SCALAR, TYPES, bcast, vector_types, words
+from codegen.emit.cpu.q8 import IX, SCALAR, TYPES, bcast, linear_store, vector_types, words
 from codegen.emit.cpu.q8_neon import NEON_HELPERS
 from codegen.emit.cpu.q8_requant import (
     REQUANT_PARAMS,
-    requant,
     requant_args,
     requant_constants,
     requant_row,
@@ -367,15 +366,7 @@ def qsplinear(c: Ctx) -> Rendered:
                  *["  " + ln for ln in dots("e", ("a0", "a0"))],
                  *["  " + ln for ln in dots("e + 1", ("a1", "a1"))], "}",
                  "if (e < e1) {", *["  " + ln for ln in dots("e", ("a0", "a0"))], "}"]
-    body.append("a0 += a1;")
-    if o % X == 0:
-        body += requant(lq, "a0", f"*(const vf *)(m + obk * {X})", f"y + n * {o} + obk * {X}",
-                        None)
-    else:
-        body += [f"{out} tmp[{X}] __attribute__((aligned(64)));",
-                 *requant(lq, "a0", f"*(const vf *)(m + obk * {X})", "tmp", None),
-                 f"const {IX} cnt = obk < {ob - 1} ? {X} : {o % X};",
-                 f"for ({IX} l = 0; l < cnt; ++l) y[n * {o} + obk * {X} + l] = tmp[l];"]
+    body += linear_store(lq, out, X, o, ob)
     items = ob * n
     pr = c.lang.param_ref
     decl = [f"const {WT} *restrict w = (const {WT} *){pr(c, 0)};",

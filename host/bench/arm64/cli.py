@@ -372,10 +372,8 @@ def print_summary(recs: Sequence[Record]) -> None:
         for r in mine:
             if r.engine == "ours" or r.precision != "fp32" or not r.counts:
                 continue  # the other precisions against ours at the same one, below
-            ratio = r.counts.total / ours.counts.total
-            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
-                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
-            out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: {verdict} "
+            out.print(f"{model}: ours fp32 vs {r.engine} {r.precision}: "
+                      f"{_verdict(r.counts.total / ours.counts.total)} "
                       f"(ours {ours.counts.total / 1e6:,.1f} M against "
                       f"{r.counts.total / 1e6:,.1f} M)")
         ncnn16 = next((r for r in mine if r.engine == "ncnn" and r.precision == "fp16"
@@ -389,28 +387,17 @@ def print_summary(recs: Sequence[Record]) -> None:
                       f"({r.counts.total / 1e6:,.1f} M against "
                       f"{ncnn16.counts.total / 1e6:,.1f} M; max rel err "
                       f"{r.max_rel_err:.1e} against ncnn's {ncnn16.max_rel_err:.1e})")
-        ours16 = next((r for r in mine if r.label == "ours fp16" and r.counts), None)
-        for r in mine if ours16 else ():
-            if r.engine == "ours" or r.precision != "fp16" or not r.counts:
-                continue
-            ratio = r.counts.total / ours16.counts.total
-            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
-                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
-            out.print(f"{model}: ours fp16 vs {r.engine} fp16: {verdict} "
-                      f"(ours {ours16.counts.total / 1e6:,.1f} M against "
-                      f"{r.counts.total / 1e6:,.1f} M; max rel err "
-                      f"{ours16.max_rel_err:.1e} against {r.engine}'s {r.max_rel_err:.1e})")
-        ours8 = next((r for r in mine if r.label == "ours int8" and r.counts), None)
-        for r in mine if ours8 else ():
-            if r.engine == "ours" or r.precision != "int8" or not r.counts:
-                continue
-            ratio = r.counts.total / ours8.counts.total
-            verdict = (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
-                       else f"ours executes {ratio ** -1 - 1:.0%} more instructions")
-            out.print(f"{model}: ours int8 vs {r.engine} int8: {verdict} "
-                      f"(ours {ours8.counts.total / 1e6:,.1f} M against "
-                      f"{r.counts.total / 1e6:,.1f} M; max rel err "
-                      f"{ours8.max_rel_err:.1e} against {r.engine}'s {r.max_rel_err:.1e})")
+        for prec in ("fp16", "int8"):
+            mine_p = next((r for r in mine if r.label == f"ours {prec}" and r.counts), None)
+            for r in mine if mine_p else ():
+                if r.engine == "ours" or r.precision != prec or not r.counts:
+                    continue
+                out.print(f"{model}: ours {prec} vs {r.engine} {prec}: "
+                          f"{_verdict(r.counts.total / mine_p.counts.total)} "
+                          f"(ours {mine_p.counts.total / 1e6:,.1f} M against "
+                          f"{r.counts.total / 1e6:,.1f} M; max rel err "
+                          f"{mine_p.max_rel_err:.1e} against {r.engine}'s "
+                          f"{r.max_rel_err:.1e})")
 
 
 def write_json(path: Path, recs: Sequence[Record]) -> None:
@@ -466,3 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         err.print(f"wrote {len(recs)} records to {args.json}")
     return 0 if all(r.status in ("ok", "wrong") for r in recs) else 1
+
+
+def _verdict(ratio: float) -> str:
+    """``ratio``: the other engine's instructions over ours."""
+    return (f"ours executes {1 - 1 / ratio:.0%} fewer instructions" if ratio > 1
+            else f"ours executes {ratio ** -1 - 1:.0%} more instructions")

@@ -1,7 +1,9 @@
-"""The x86 int8 ISAs this host runs and a host toolchain fixed to one of them, shared by the
-int8 test modules (dense and sparse)."""
+"""Shared by the int8 test modules (dense and sparse): the x86 int8 ISAs this host runs, a host
+toolchain fixed to one of them, and ``Seq`` (modules in a row, or a forward function over them)."""
 
 from __future__ import annotations
+
+from torch import nn
 
 from codegen import HostToolchain
 from codegen.isa import AVX2_Q8, AVX512_VNNI, QuantIsa
@@ -30,3 +32,17 @@ def host_qisas() -> list[QuantIsa]:
 
 
 QISAS = host_qisas()
+
+
+class Seq(nn.Module):
+    def __init__(self, *mods: nn.Module, fn=None) -> None:
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+        self.fn = fn
+
+    def forward(self, x):
+        if self.fn is not None:
+            return self.fn(self, x)
+        for m in self.mods:
+            x = m(x)
+        return x
