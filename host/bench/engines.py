@@ -137,6 +137,51 @@ def onnx_file(w: Workload) -> Path:
         raise EngineUnavailable(f"torch.onnx.export: {e}") from None
 
 
+def open_mnn(path: Path, threads: int):
+    """(the MNN module, ``run(tensor) -> output``) for an MNN model on the CPU, precision
+    "high": fp32 everywhere where the model is float (the default may pick fp16/bf16 where the
+    CPU has it)."""
+    with _quiet_stdout():
+        import MNN
+
+        interp = MNN.Interpreter(str(path))
+        session = interp.createSession({"backend": "CPU", "numThread": threads,
+                                        "precision": "high"})
+    inp = interp.getSessionInput(session)
+
+    def run(host_in) -> np.ndarray:
+        inp.copyFrom(host_in)
+        interp.runSession(session)
+        out = interp.getSessionOutput(session)
+        shape = tuple(out.getShape())
+        host_out = MNN.Tensor(shape, MNN.Halide_Type_Float,
+                              np.zeros(shape, np.float32), MNN.Tensor_DimensionType_Caffe)
+        out.copyToHostTensor(host_out)
+        return np.array(host_out.getNumpyData(), copy=True)
+    return MNN, run
+
+
+def mnn_tensor(MNN, a: np.ndarray):  # noqa: N803 (the module)
+    return MNN.Tensor(a.shape, MNN.Halide_Type_Float, a, MNN.Tensor_DimensionType_Caffe)
+
+
+def open_ncnn(param: Path, binf: Path, threads: int, int8: bool = False):
+    """An ncnn net on the CPU: fp32 storage and arithmetic, as every other engine here; int8
+    inference where the model has int8 layers and ``int8``."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                 "use_bf16_storage", "use_bf16_packed"):
+        setattr(net.opt, flag, False)
+    net.opt.use_int8_inference = int8
+    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
+        raise EngineUnavailable(f"ncnn could not load {param}")
+    return net
+
+
 class TorchEngine:
     name = "PyTorch"
 
@@ -196,28 +241,12 @@ class MnnEngine:
         return f"MNN {v} (mnnconvert from ONNX)"
 
     def load(self, w: Workload, threads: int) -> Loaded:
-        with _quiet_stdout():
-            import MNN
-
-            interp = MNN.Interpreter(str(w.files["mnn"]))
-            # precision "high": fp32 everywhere (the default may pick fp16/bf16 where the CPU
-            # has it)
-            session = interp.createSession({"backend": "CPU", "numThread": threads,
-                                            "precision": "high"})
-        inp = interp.getSessionInput(session)
+        import_mnn, run = open_mnn(w.files["mnn"], threads)
         x = w.example.numpy()
-        host_in = MNN.Tensor(x.shape, MNN.Halide_Type_Float, x,
-                             MNN.Tensor_DimensionType_Caffe)
+        host_in = mnn_tensor(import_mnn, x)
 
         def infer() -> np.ndarray:
-            inp.copyFrom(host_in)
-            interp.runSession(session)
-            out = interp.getSessionOutput(session)
-            shape = tuple(out.getShape())
-            host_out = MNN.Tensor(shape, MNN.Halide_Type_Float,
-                                  np.zeros(shape, np.float32), MNN.Tensor_DimensionType_Caffe)
-            out.copyToHostTensor(host_out)
-            return np.array(host_out.getNumpyData(), copy=True)
+            return run(host_in)
         # The Python API has no releaseSession: the session goes with the interpreter.
         return Loaded(self.name, infer, _timed_after_untimed(infer))
 
@@ -256,16 +285,7 @@ class NcnnEngine:
     def load(self, w: Workload, threads: int) -> Loaded:
         import ncnn
 
-        net = ncnn.Net()
-        net.opt.use_vulkan_compute = False
-        net.opt.num_threads = threads
-        # fp32 storage and arithmetic, as every other engine here
-        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
-                     "use_bf16_storage", "use_bf16_packed"):
-            setattr(net.opt, flag, False)
-        if net.load_param(str(w.files["ncnn.param"])) != 0 or \
-                net.load_model(str(w.files["ncnn.bin"])) != 0:
-            raise EngineUnavailable(f"ncnn could not load {w.files['ncnn.param']}")
+        net = open_ncnn(w.files["ncnn.param"], w.files["ncnn.bin"], threads)
         x = np.ascontiguousarray(w.example.numpy()[0])  # ncnn.Mat is CHW, no batch
 
         def infer() -> np.ndarray:

@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import EngineUnavailable, Loaded, NcnnEngine, _atomic, _timed_after_untimed
+from .engines import (
+    EngineUnavailable,
+    Loaded,
+    NcnnEngine,
+    _atomic,
+    _timed_after_untimed,
+    open_ncnn,
+)
 
 INT8_TAG = 0x000D4B38
 FP16_TAG = 0x01306B47
@@ -248,7 +255,7 @@ def blob_scale(absmax: float, hist: np.ndarray | None, method: str) -> float:
 
 
 def _fp32_net(param: Path, binf: Path, threads: int = 1):
-    return _open(param, binf, threads, int8=False)
+    return open_ncnn(param, binf, threads, int8=False)
 
 
 def _bottoms(net, layers: Sequence[ParamLayer], batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -338,7 +345,7 @@ class NcnnInt8Engine(NcnnEngine):
                 f"batches, per-channel weights)")
 
     def open(self, w, threads: int):
-        return _open(w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"], threads, int8=True)
+        return open_ncnn(w.files["ncnn-int8.param"], w.files["ncnn-int8.bin"], threads, int8=True)
 
     @staticmethod
     def run(net, x: np.ndarray) -> np.ndarray:
@@ -372,7 +379,7 @@ class NcnnPeer(NcnnEngine):
     name = "ncnn"
 
     def load(self, w, threads: int) -> Loaded:
-        net = _open(w.files["ncnn.param"], w.files["ncnn.bin"], threads, int8=False)
+        net = open_ncnn(w.files["ncnn.param"], w.files["ncnn.bin"], threads, int8=False)
         self._net = net
         x = w.example.numpy()
 
@@ -382,20 +389,3 @@ class NcnnPeer(NcnnEngine):
 
     def run_on(self, x: np.ndarray) -> np.ndarray:
         return NcnnInt8Engine.run(self._net, x)
-
-
-def _open(param: Path, binf: Path, threads: int, int8: bool):
-    """An ncnn net on the CPU: fp32 storage and arithmetic (as engines.py), int8 inference
-    where the model has int8 layers and ``int8``."""
-    import ncnn
-
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.num_threads = threads
-    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
-                 "use_bf16_storage", "use_bf16_packed"):
-        setattr(net.opt, flag, False)
-    net.opt.use_int8_inference = int8
-    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
-        raise EngineUnavailable(f"ncnn could not load {param}")
-    return net

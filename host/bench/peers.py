@@ -34,7 +34,9 @@ from .engines import (
     _quiet_stdout,
     _run_tool,
     _timed_after_untimed,
+    mnn_tensor,
     onnx_file,
+    open_mnn,
     version_of,
 )
 
@@ -279,24 +281,10 @@ class MnnInt8Engine(MnnEngine):
         return f"MNN {v} (mnnquant: EMA activations, MAX_ABS per-channel weights)"
 
     def load(self, w: Workload, threads: int) -> Loaded:
-        with _quiet_stdout():
-            import MNN
-
-            interp = MNN.Interpreter(str(w.files[self.file]))
-            session = interp.createSession({"backend": "CPU", "numThread": threads,
-                                            "precision": "high"})
-        inp = interp.getSessionInput(session)
+        mnn, run = open_mnn(w.files[self.file], threads)
 
         def run_on(a: np.ndarray) -> np.ndarray:
-            inp.copyFrom(MNN.Tensor(a.shape, MNN.Halide_Type_Float, a,
-                                    MNN.Tensor_DimensionType_Caffe))
-            interp.runSession(session)
-            out = interp.getSessionOutput(session)
-            shape = tuple(out.getShape())
-            host_out = MNN.Tensor(shape, MNN.Halide_Type_Float, np.zeros(shape, np.float32),
-                                  MNN.Tensor_DimensionType_Caffe)
-            out.copyToHostTensor(host_out)
-            return np.array(host_out.getNumpyData(), copy=True)
+            return run(mnn_tensor(mnn, a))
 
         x = w.example.numpy()
         self.run_on = run_on
