@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
 from int8_tools import QISAS, FixedQ8, Seq
+from int8_tools import batches as _batches
+from int8_tools import reference as _reference
 from torch import nn
 
 from codegen import HostToolchain, capture, compile_model, read_report
@@ -75,18 +77,6 @@ CASES = {
                             nn.Conv2d(16, 16, 1), fn=_pool), (1, 3, 12, 13)),
     "linear": (lambda: Seq(nn.Linear(37, 50), nn.Linear(50, 7), fn=_mlp), (3, 37)),
 }
-
-
-def _batches(shape: tuple[int, ...], n: int = 3, seed: int = 1) -> list[list[np.ndarray]]:
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(shape, generator=g).numpy()] for _ in range(n)]
-
-
-def _reference(model: nn.Module, x: np.ndarray, batches, lanes: int) -> list[np.ndarray]:
-    g = run_passes(capture(model, torch.from_numpy(x)),
-                   (fold_bn, fuse_epilogue,
-                    partial(quantize_int8, calibration=batches, lanes=lanes)))
-    return run_int8_reference(g, [x])
 
 
 @pytest.mark.host

@@ -13,21 +13,18 @@ correction sums the kept weights of the taps they ran and nothing else.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
 from int8_tools import QISAS, FixedQ8, Seq
+from int8_tools import batches as _batches
+from int8_tools import reference as _reference
 from torch import nn
 from zoo import run_on_runner
 
-from codegen import HostToolchain, capture, compile_model, load_bundle, read_report
-from codegen.passes import fold_bn, fuse_epilogue, quantize_int8, run_passes
-from codegen.passes.sparse import with_schemes
-from codegen.quant import run_int8_reference
+from codegen import HostToolchain, compile_model, load_bundle, read_report
 
 # ---- pruning masks (the schemes' shapes, written here so the tier needs no host code) --------
 
@@ -102,18 +99,6 @@ CASES = {
 }
 
 
-def _batches(shape: tuple[int, ...], n: int = 3, seed: int = 1) -> list[list[np.ndarray]]:
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(shape, generator=g).numpy()] for _ in range(n)]
-
-
-def _reference(model, x, batches, schemes, lanes) -> list[np.ndarray]:
-    g = with_schemes(capture(model, torch.from_numpy(x)), schemes)
-    g = run_passes(g, (fold_bn, fuse_epilogue,
-                       partial(quantize_int8, calibration=batches, lanes=lanes)))
-    return run_int8_reference(g, [x])
-
-
 @pytest.mark.host
 @pytest.mark.parametrize("qisa", QISAS, ids=lambda q: q.name)
 @pytest.mark.parametrize("case", list(CASES))
@@ -134,7 +119,7 @@ def test_int8_sparse_kernel_is_bit_exact(case, qisa, tmp_path):
     if shape[1] == 3:  # the stem's image: blocked by 4 channels, one entry per tap
         assert "_nchw4c_bcsr" in src
     got = run_bundle(b, [x])
-    want = _reference(model, x, batches, schemes, qisa.lanes)
+    want = _reference(model, x, batches, qisa.lanes, schemes)
     with torch.no_grad():
         fp32 = model(torch.from_numpy(x))
     fp32 = [fp32] if isinstance(fp32, torch.Tensor) else list(fp32)
@@ -239,8 +224,8 @@ def test_pruned_network_through_compile_int8_plan(tmp_path, capsys, local_runner
     assert model.narrow.out_channels == 16
     x = _batches(shape, 1, seed=7)[0][0]
     (got,) = run_bundle(out, [x])
-    (want,) = _reference(model, x, batches, schemes, HostToolchain(precision="int8")
-                         .quant_isa().lanes)
+    (want,) = _reference(model, x, batches, HostToolchain(precision="int8")
+                         .quant_isa().lanes, schemes)
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
     assert np.array_equal(run_on_runner(local_runner, load_bundle(out), torch.from_numpy(x),
                                         threads=2), want)
