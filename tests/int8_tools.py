@@ -1,6 +1,6 @@
 """Shared by the int8 test modules (dense and sparse): the x86 int8 ISAs this host runs, a host
-toolchain fixed to one of them, seeded calibration batches, the reference run of a model
-(optionally pruned) and ``Seq`` (modules in a row, or a forward function over them)."""
+toolchain fixed to one of them, seeded calibration batches, the reference run of a
+model (optionally pruned)."""
 
 from __future__ import annotations
 
@@ -40,20 +40,6 @@ def host_qisas() -> list[QuantIsa]:
 
 
 QISAS = host_qisas()
-
-
-class Seq(nn.Module):
-    def __init__(self, *mods: nn.Module, fn=None) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-        self.fn = fn
-
-    def forward(self, x):
-        if self.fn is not None:
-            return self.fn(self, x)
-        for m in self.mods:
-            x = m(x)
-        return x
 
 
 def batches(shape: tuple[int, ...], n: int = 3, seed: int = 1) -> list[list[np.ndarray]]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
 from torch import nn
-from zoo import rel_err
+from zoo import Seq, rel_err
 
 from codegen import HostToolchain, capture, compile_model, cost
 from codegen.isa import AVX2, AVX512, SSE, VectorIsa
@@ -47,20 +47,6 @@ def _isas() -> list[VectorIsa]:
 
 
 ISAS = _isas()
-
-
-class Seq(nn.Module):
-    def __init__(self, *mods: nn.Module, fn=None) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-        self.fn = fn
-
-    def forward(self, x):
-        if self.fn is not None:
-            return self.fn(self, x)
-        for m in self.mods:
-            x = m(x)
-        return x
 
 
 def _residual(self, x):

@@ -16,10 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
-from int8_tools import QISAS, FixedQ8, Seq
+from int8_tools import QISAS, FixedQ8
 from int8_tools import batches as _batches
 from int8_tools import reference as _reference
 from torch import nn
+from zoo import Seq
 
 from codegen import HostToolchain, capture, compile_model, read_report
 from codegen.isa import AVX2_Q8, AVX512_VNNI

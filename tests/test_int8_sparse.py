@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ctypes_exec import run_bundle
-from int8_tools import QISAS, FixedQ8, Seq
+from int8_tools import QISAS, FixedQ8
 from int8_tools import batches as _batches
 from int8_tools import reference as _reference
 from torch import nn
-from zoo import run_on_runner
+from zoo import Seq, run_on_runner
 
 from codegen import HostToolchain, compile_model, load_bundle, read_report
 

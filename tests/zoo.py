@@ -10,6 +10,21 @@ from torch import nn
 from host.models.compat import import_torchvision
 
 
+class Seq(nn.Module):
+    """Modules in a row, or ``fn(self, x)`` over them (a residual, a branch)."""
+    def __init__(self, *mods: nn.Module, fn=None) -> None:
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+        self.fn = fn
+
+    def forward(self, x):
+        if self.fn is not None:
+            return self.fn(self, x)
+        for m in self.mods:
+            x = m(x)
+        return x
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c: int, r: int = 4):
         super().__init__()
