@@ -48,7 +48,7 @@ def test_int8_sparse_arm64_kernel_is_bit_exact(case, tmp_path, clang, a76):
         assert rep.sparse[name].split(": ")[1].startswith("bcsr"), rep.sparse[name]
     src = (b.path / "kernels.c").read_text()
     assert "_bcsr4x4_qs8__neondot_" in src
-    want = _reference(model, x, batches, schemes, NEON_DOT.lanes)
+    want = _reference(model, x, batches, NEON_DOT.lanes, schemes)
     for g, w in zip(_run(a76, b, x), want, strict=True):
         assert np.array_equal(g, w), f"max |diff| {np.abs(g - w).max()}"
 
@@ -71,6 +71,6 @@ def test_int8_sparse_arm64_pruned_network(tmp_path, clang, a76):
     rep = read_report(b.path)
     assert not set(schemes) & set(rep.fp32_layers)
     assert "spconv2d_3x3s1_nchw4c_bcsr4x4_qs8__neondot_" in (b.path / "kernels.c").read_text()
-    (want,) = _reference(model, x, batches, schemes, NEON_DOT.lanes)
+    (want,) = _reference(model, x, batches, NEON_DOT.lanes, schemes)
     (got,) = _run(a76, b, x)
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
