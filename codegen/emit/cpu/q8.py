@@ -388,16 +388,8 @@ def qconv2d(c: Ctx) -> Rendered:
                     f"const int32_t *bzp = bz + ocb * {X};")
         main_n = rem = ow_lo = 0
         ow_hi = ow
-    if ow_lo:
-        body += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge(), "}"]
-    if main_n:
-        body += [f"for ({IX} ow = {ow_lo}; ow < {ow_lo + main_n * w_tile}; ow += {w_tile})",
-                 "  " + call(w_tile, f"0, {kw}")]
-    if rem:
-        body += ["{", f"  const {IX} ow = {ow_lo + main_n * w_tile};",
-                 "  " + call(rem, f"0, {kw}"), "}"]
-    if ow_hi < ow:
-        body += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge(), "}"]
+    edges = edge() if ow_lo or ow_hi < ow else []  # names[1] exists only with edge columns
+    body += column_loops(ow, ow_lo, ow_hi, main_n, w_tile, rem, kw, call, edges)
     items = n * octs * oh
     pr = c.lang.param_ref
     decl = [f"const {wt} *restrict w = (const {wt} *){pr(c, 0)};",
@@ -467,6 +459,25 @@ def pack_qconv(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
 
 
 # ---- linear --------------------------------------------------------------------------------
+
+def column_loops(ow: int, ow_lo: int, ow_hi: int, main_n: int, w_tile: int, rem: int, kw: int,
+                 call, edge: list[str]) -> list[str]:
+    """A conv row's columns: ``edge`` for each column left of ``ow_lo`` and from ``ow_hi``
+    on, ``main_n`` whole tiles of ``w_tile`` columns and a ``rem``-column tile between,
+    ``call(columns, taps)`` each (dense and block-sparse int8 convs)."""
+    out = []
+    if ow_lo:
+        out += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge, "}"]
+    if main_n:
+        out += [f"for ({IX} ow = {ow_lo}; ow < {ow_lo + main_n * w_tile}; ow += {w_tile})",
+                "  " + call(w_tile, f"0, {kw}")]
+    if rem:
+        out += ["{", f"  const {IX} ow = {ow_lo + main_n * w_tile};",
+                "  " + call(rem, f"0, {kw}"), "}"]
+    if ow_hi < ow:
+        out += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge, "}"]
+    return out
+
 
 def linear_store(lq: LayerQuant, out: str, X: int, o: int, ob: int) -> list[str]:
     """A Linear's output block ``obk`` of batch row ``n``: the two chains summed, requantized

@@ -41,7 +41,16 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.cpu.prelude import AI
-from codegen.emit.cpu.q8 import IX, SCALAR, TYPES, bcast, linear_store, vector_types, words
+from codegen.emit.cpu.q8 import (
+    IX,
+    SCALAR,
+    TYPES,
+    bcast,
+    column_loops,
+    linear_store,
+    vector_types,
+    words,
+)
 from codegen.emit.cpu.q8_neon import NEON_HELPERS
 from codegen.emit.cpu.q8_requant import (
     REQUANT_PARAMS,
@@ -266,16 +275,7 @@ def qspconv(c: Ctx) -> Rendered:
             f"  const {IX} kxr = ({iw} - iw0 + {dw - 1}) / {dw};",
             f"  const {IX} kx1 = kxr < {kw} ? kxr : {kw};",
             "  " + call(1, "kx0, kx1")]
-    if ow_lo:
-        body += [f"for ({IX} ow = 0; ow < {ow_lo}; ++ow) {{", *edge, "}"]
-    if main_n:
-        body += [f"for ({IX} ow = {ow_lo}; ow < {ow_lo + main_n * w_tile}; ow += {w_tile})",
-                 "  " + call(w_tile, f"0, {kw}")]
-    if rem:
-        body += ["{", f"  const {IX} ow = {ow_lo + main_n * w_tile};",
-                 "  " + call(rem, f"0, {kw}"), "}"]
-    if ow_hi < ow:
-        body += [f"for ({IX} ow = {ow_hi}; ow < {ow}; ++ow) {{", *edge, "}"]
+    body += column_loops(ow, ow_lo, ow_hi, main_n, w_tile, rem, kw, call, edge)
     items = n * ob * oh
     pr = c.lang.param_ref
     WT = q.weight
