@@ -356,19 +356,16 @@ def write_report(run_dir: Path, s: dict, records: list[dict]) -> Path:
         lines.append("")
     if s.get("precisions"):
         lines += _precision_section(s, done, p3, fmt)
-    if s.get("layers") and s.get("precisions"):
-        lines += ["Chosen per layer:", "", "| layer | choice | precision | weights kept |",
-                  "| --- | --- | --- | --- |"]
-        lines += [f"| `{la['name']}` ({la['desc'].partition(' (')[2].rstrip(')')}) | "
-                  f"{la['choice']} | {la.get('precision', 'fp32')} | "
-                  f"{1 / la['ratio']:.0%} |" for la in s["layers"]]
-        lines += ["", "![layers](plots/layers.png)", ""]
-    elif s.get("layers"):
-        lines += ["Chosen per layer:", "", "| layer | choice | weights kept |",
-                  "| --- | --- | --- |"]
+    if s.get("layers"):
+        prec = bool(s.get("precisions"))  # a precision column where precision was searched
+        lines += ["Chosen per layer:", "",
+                  "| layer | choice | precision | weights kept |" if prec
+                  else "| layer | choice | weights kept |",
+                  "| --- | --- | --- | --- |" if prec else "| --- | --- | --- |"]
         lines += [f"| `{la['name']}` ({la['desc'].partition(' (')[2].rstrip(')')}) | "
                   f"{la['choice']} | "
-                  f"{1 / la['ratio']:.0%} |" for la in s["layers"]]
+                  + (f"{la.get('precision', 'fp32')} | " if prec else "")
+                  + f"{1 / la['ratio']:.0%} |" for la in s["layers"]]
         lines += ["", "![layers](plots/layers.png)", ""]
     top = sorted(meeting, key=lambda r: (-r["accuracy"], r["latency_ms"]))[:8]
     if top:
