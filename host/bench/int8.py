@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,15 @@ from .common import (
     BenchArgError,
     EngineRun,
     announce_machine,
+    attach_samples,
     bench_cache_dir,
     check_sampling,
+    close_loaded,
     engine_names,
-    load_and_sample,
+    load_checked,
     load_workload,
     local_session,
+    measure,
     parse_models,
     parse_threads,
 )
@@ -65,8 +69,10 @@ from .peers import (
     OpenVinoInt8Engine,
     calibration,
 )
+from .quiet import Meter, measure_alone, process_tree
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
+SCHEDULES = ("interleaved", "alone", "both")
 EVAL_SEED = 200
 OURS = ("ours fp32", "ours int8")
 
@@ -85,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seeded inputs for top-1 agreement and cosine (default 16)")
     ap.add_argument("--engines", default=",".join(engine_choices()),
                     help="subset of engines to run (default: all)")
+    ap.add_argument("--schedule", choices=SCHEDULES, default="interleaved", help=(
+        "interleaved (default): the engines round-robin, and before each sample the wait "
+        "until every thread of the benchmark's processes (the peers', our runner's) is idle "
+        "(host/bench/quiet.py: pools that spin after a call returns would otherwise take a "
+        "core from the engine sampled next); alone: each engine's samples back to back, one "
+        "engine after another; both: alone, then interleaved, both printed"))
     ap.add_argument("--json", type=Path, metavar="PATH", help="write every sample here")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--runner", type=Path)
@@ -164,6 +176,8 @@ class _Ours(OursEngine):
 
         key = self.session.load(self.bundle, MeasureConfig(threads=threads))
         self._key = key
+        # the runner's benchmark runs its first run and at least one warm-up (0 asks for its
+        # default) before the timed one: three inferences a sample (quiet.Meter's CPU time)
         one_run = MeasureConfig(threads=threads, runs=1, warmup=1)
         x = w.example.numpy()
         return Loaded(self.name, lambda: self.session.run(key, [x])[0],
@@ -269,37 +283,122 @@ def bench_model(name: str, args, session, progress, tmp: Path) -> list[dict]:
     for threads in args.threads:
         runs = {k: EngineRun(name, threads, k, "unavailable", v) for k, v in unavailable.items()}
         quality: dict[str, tuple[float, float]] = {}
-        load_and_sample(name, threads, [(k, _Probe(k, e, evals, eval_refs, quality), w, ref,
-                                         False)
-                                        for k, e in engines.items()], runs, args, progress)
-        print_table(name, threads, runs, quality, args)
+        extra = sample(name, threads, {k: _Probe(k, e, evals, eval_refs, quality)
+                                       for k, e in engines.items()}, w, ref, runs, args,
+                       progress)
+        print_table(name, threads, runs, quality, extra, args)
         for k, r in runs.items():
             rows.append({**asdict(r), "top1": quality.get(k, (None, None))[0],
-                         "cosine": quality.get(k, (None, None))[1]})
+                         "cosine": quality.get(k, (None, None))[1],
+                         **{f"{s}_{what}": v for s, per in extra.items()
+                            for what, v in per.get(k, {}).items()}})
     return rows
 
 
-def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, args) -> None:
+def sample(model: str, threads: int, probes: dict, w, ref, runs: dict[str, EngineRun], args,
+           progress) -> dict[str, dict[str, dict]]:
+    """Load and check every engine (``load_checked``), sample the loaded ones as
+    ``args.schedule`` says, close them; ``runs`` get the interleaved samples (the alone ones
+    with ``--schedule alone``). Returns, per schedule run, per engine: its samples (alone),
+    the median CPU ms per inference, and the median cool-down waited before a sample."""
+    loaded: dict = {}
+    extra: dict[str, dict[str, dict]] = {}
+    task = progress.add_task(f"{model}, {threads} thread(s): loading", total=None)
+    try:
+        for label, eng in probes.items():
+            progress.update(task, description=f"{model}, {threads} thread(s): loading and "
+                                              f"checking {label}")
+            runs[label], lo = load_checked(label, eng, w, ref, threads, args)
+            if lo is not None:
+                loaded[label] = lo
+        progress.remove_task(task)
+        pids = process_tree()  # this process (the peers) and the local runner (ours)
+        todo = {"interleaved": ("interleaved",), "alone": ("alone",),
+                "both": ("alone", "interleaved")}[args.schedule]
+        task = progress.add_task(f"{model}, {threads} thread(s): sampling {len(loaded)} "
+                                 f"engines ({' and '.join(todo)})",
+                                 total=args.runs * len(loaded) * len(todo))
+        for how in todo:
+            meters = {k: Meter(pids, inferences=3 if k.startswith("ours") else 2)
+                      for k in loaded}
+            wrapped = {k: meters[k].wrap(lo, quiet_first=how == "interleaved")
+                       for k, lo in loaded.items()}
+            tick = lambda: progress.advance(task)  # noqa: E731
+            got = (measure(wrapped, args.runs, tick) if how == "interleaved" else
+                   measure_alone(wrapped, args.runs, measure, pids, tick))
+            extra[how] = {k: {"cpu_ms": m.cpu_ms, "settle_ms": m.settle_ms,
+                              "not_quiet": m.busy} for k, m in meters.items()}
+            if how == "alone":
+                for k, s in got.items():
+                    if not isinstance(k, tuple):
+                        extra[how][k]["samples_ns"] = s
+            if how == "interleaved" or args.schedule == "alone":
+                attach_samples(runs, got)
+    finally:
+        for lo in loaded.values():
+            close_loaded(lo)
+        progress.remove_task(task)
+    return extra
+
+
+def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, extra,
+                args) -> None:
     from rich.table import Table
 
+    main = "interleaved" if "interleaved" in extra else "alone"
+    alone = extra.get("alone", {}) if main == "interleaved" else {}
     t = Table(title=f"{name}, 1×3×{args.input_size}×{args.input_size}, {threads} thread(s): "
-                    f"median of {args.runs} interleaved samples; load average "
+                    f"median of {args.runs} {main} samples"
+                    f"{' (and alone)' if alone else ''}; load average "
                     f"{os.getloadavg()[0]:.2f} at the end")
-    for col in ("engine", "median ms", "p10 ms", "p90 ms", f"top-1 vs fp32 ({args.eval})",
-                "cosine vs fp32", "note"):
+    cols = ["engine", "median ms", "p10 ms", "p90 ms"]
+    if alone:
+        cols += ["alone median ms", "interleaved / alone"]
+    cols += ["CPU ms", *(["cool-down ms"] if main == "interleaved" else []),
+             f"top-1 vs fp32 ({args.eval})", "cosine vs fp32", "note"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("engine", "note") else "right")
+
+    def ms(v: float | None) -> str:
+        return f"{v:.2f}" if v is not None else "–"
     for k, r in runs.items():
         s = r.stats
         q = quality.get(k)
-        t.add_row(k, *(f"{v:.2f}" if v is not None else "–" for v in (
-            r.median_ms, s.p10_ms if s else None, s.p90_ms if s else None)),
-            f"{q[0]:.0%}" if q else "–", f"{q[1]:.5f}" if q else "–",
-            r.detail if r.status != "ok" else "")
+        e = extra.get(main, {}).get(k, {})
+        row = [k, *(ms(v) for v in (r.median_ms, s.p10_ms if s else None,
+                                     s.p90_ms if s else None))]
+        if alone:
+            a_ns = alone.get(k, {}).get("samples_ns")
+            a_ms = statistics.median(a_ns) / 1e6 if a_ns else None
+            row += [ms(a_ms), f"{r.median_ms / a_ms:.3f}" if a_ms and r.median_ms else "–"]
+        row.append(ms(e.get("cpu_ms")))
+        if main == "interleaved":
+            busy = e.get("not_quiet")
+            row.append(ms(e.get("settle_ms")) + (f" ({busy} busy)" if busy else ""))
+        row += [f"{q[0]:.0%}" if q else "–", f"{q[1]:.5f}" if q else "–",
+                r.detail if r.status != "ok" else ""]
+        t.add_row(*row)
     out.print(t)
     vs = versus_fastest_int8(runs)
     if vs:
         out.print(f"{name}, {threads} thread(s): ours int8 / fastest int8 peer ({vs[0]}) = "
-                  f"{vs[1]:.2f} by median, {vs[2]:.2f} by p10 (below 1: ours is faster)")
+                  f"{vs[1]:.2f} by median, {vs[2]:.2f} by p10 ({main}; below 1: ours is "
+                  f"faster)")
+    if alone:
+        alone_runs = {k: replace(r, samples_ns=alone.get(k, {}).get("samples_ns") or [])
+                      for k, r in runs.items()}
+        va = versus_fastest_int8(alone_runs)
+        if va:
+            out.print(f"{name}, {threads} thread(s): alone, ours int8 / fastest int8 peer "
+                      f"({va[0]}) = {va[1]:.2f} by median")
+    cpu = {k: v["cpu_ms"] for k, v in extra.get(main, {}).items()
+           if k.endswith("int8") and v.get("cpu_ms")}
+    if "ours int8" in cpu and len(cpu) > 1:
+        best = min((k for k in cpu if k != "ours int8"), key=cpu.get)
+        out.print(f"{name}, {threads} thread(s): by CPU time per inference, ours int8 / "
+                  f"{best} = {cpu['ours int8'] / cpu[best]:.2f}"
+                  + (" (the work at 1 thread)" if threads == 1 else
+                     " (includes in-call spinning: judge 2 threads by wall time)"))
 
 
 def versus_fastest_int8(runs: dict[str, EngineRun]) -> tuple[str, float, float] | None:
