@@ -7,8 +7,9 @@ What every int8 bundle computes (``codegen/emit/cpu/q8.py`` matches it bit for b
   uint8 because VNNI's ``vpdpbusd`` multiplies unsigned bytes by signed ones, and because
   most activations follow a ReLU: a zero point of 0 gives all 256 levels to [0, max] where
   symmetric int8 would waste half of them. Scales come from the min/max each tensor takes
-  over the calibration batches (``calibrate``), the range widened to include 0 so that 0 (and
-  so zero padding) is exact.
+  over the calibration batches (``calibrate``; ``method="percentile:P"``: the P-th and (100 -
+  P)-th percentiles of its values instead, outliers clipped), the range widened to include 0 so
+  that 0 (and so zero padding) is exact.
 - Weights: per output channel symmetric int8, ``w = scale_w[oc] * q``, q in [-127, 127]
   (-128 is never used: the range is symmetric).
 - A conv or linear accumulates ``sum (x_q - zero_x) * w_q`` in int32 (the kernels compute
@@ -27,6 +28,23 @@ What every int8 bundle computes (``codegen/emit/cpu/q8.py`` matches it bit for b
   ``dequantize``: ``float(q - zero) * scale``. Inputs must be finite.
 - int8 max pooling takes the max of the uint8 values (quantization is monotonic: the same as
   quantizing the float max).
+- int8 average pooling (k x k, and adaptive, the global pool among them) sums ``q - zero_x``
+  over each window's real pixels in int32 and requantizes with the conv's rounding: ``v =
+  float(sum) * m[d]``, ``m[d] = float32(scale_x / (scale_y * d))`` for the window's divisor d
+  (its size, or its real pixels without ``count_include_pad``), then the clamp, ties to even,
+  ``zero_y``.
+- int8 ``add`` of two uint8 tensors of their own scales: ``v = float(a - zero_a) * float32(
+  scale_a / scale_y) + float(b - zero_b) * float32(scale_b / scale_y)``, then the clamp
+  (a fused ReLU/ReLU6 as for a conv) and the rounding.
+- int8 ``concat``: each input requantized to the output's scale, ``v = float(q - zero_i) *
+  float32(scale_i / scale_y)``, clamp, rounding (the identity where an input's quantization is
+  the output's: the pass gives the output its inputs' quantization when they all share one).
+- Element-wise activations without an int8 epilogue (hardswish, sigmoid, ...) are a 256-entry
+  lookup table per tensor: ``T[q] = quantize(act(dequantize(q)))`` with torch in float32 (the
+  quantization pass splits a conv's or linear's hardswish/sigmoid epilogue into such a step);
+  the kernels index the same table, so it is exact by construction.
+- Any of these whose output only float32 layers read writes float32 instead (no rounding, no
+  zero point: ``m = scale_x / d``, ``scale_a`` ..., the table ``act(dequantize(q))``).
 
 ``run_int8_reference`` runs a graph after the quantization pass (``codegen/passes/
 quantize.py``, before the layout pass) with these rules for int8 layers and torch for the
@@ -43,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from codegen.lr import ACTIVATIONS, OPS, CodegenError, Graph, Layer
+from codegen.lr import ACTIVATIONS, ALIAS_OPS, OPS, CodegenError, Graph, Layer
 
 QMAX_W = 127
 BIAS_LIMIT = 2**28  # |bias_q| bound: the int32 sum stays exact for any layer of a CNN
@@ -122,6 +140,92 @@ def layer_quant(graph: Graph, la: Layer) -> LayerQuant:
     return LayerQuant(wq, bias.astype(np.int32), mult, qx, qy, qs, skip_mult, lo, hi)
 
 
+@dataclass(frozen=True)
+class OpQuant:
+    """Every constant of an int8 average pool, add, concat or lookup table (see the module
+    doc); ``y`` None: the op writes float32."""
+
+    x: tuple[QParams, ...]  # the inputs'
+    y: QParams | None
+    mult: tuple[float, ...]  # float32 per input: scale_i / scale_y (u8 out) or scale_i
+    lo: float | None  # clamp of v before rounding
+    hi: float | None
+    pool_mult: np.ndarray | None = None  # avg pools: float32 m[d] for each divisor d
+    table: np.ndarray | None = None  # lookup tables: uint8[256] (u8 out) or float32[256]
+
+
+LUT_OPS = tuple(a for a in ACTIVATIONS if a not in INT8_ACTIVATIONS)  # a table step each
+POOL_OPS = ("avgpool2d", "adaptive_avgpool2d")
+
+
+def _clamp(acts: Sequence[str], qy: QParams | None) -> tuple[float | None, float | None]:
+    if qy is None:
+        return (0.0 if acts else None), (6.0 if "relu6" in acts else None)
+    lo, hi = float(-qy.zero), float(255 - qy.zero)
+    if acts:
+        lo = max(lo, 0.0)
+    if "relu6" in acts:
+        hi = min(hi, float(np.float32(6.0 / qy.scale)))
+    return lo, hi
+
+
+def pool_windows(la: Layer, ih: int, iw: int, oh: int, ow: int) -> tuple[np.ndarray, ...]:
+    """(h0, h1, dh per output row; w0, w1, dw per output column) of an average pool: the
+    real pixels [h0, h1) x [w0, w1) each window sums, as the float32 kernels bound them, and
+    the divisor's factors (the divisor is ``dh[oh] * dw[ow]``; 0 for an empty window)."""
+    a = la.attrs
+    if la.op == "adaptive_avgpool2d":
+        r, c = np.arange(oh), np.arange(ow)
+        h0, h1 = r * ih // oh, ((r + 1) * ih + oh - 1) // oh
+        w0, w1 = c * iw // ow, ((c + 1) * iw + ow - 1) // ow
+        return h0, h1, h1 - h0, w0, w1, w1 - w0
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    out = []
+    for o, k, st, p, size in ((oh, kh, sh, ph, ih), (ow, kw, sw, pw, iw)):
+        lo = np.arange(o) * st - p
+        hi = np.minimum(lo + k, size + p)
+        pool = hi - lo
+        lo, hi = np.maximum(lo, 0), np.minimum(hi, size)
+        hi = np.maximum(hi, lo)  # an empty window sums nothing
+        d = pool if a["count_include_pad"] else hi - lo
+        out += [lo, hi, np.where(hi > lo, d, 0)]
+    return tuple(out)
+
+
+def lut_table(qx: QParams, qy: QParams | None, acts: Sequence[str]) -> np.ndarray:
+    """The 256-entry table of the activations ``acts`` applied in turn, from uint8 ``qx`` to
+    uint8 ``qy`` (None: to float32)."""
+    v = torch.from_numpy(dequantize_array(np.arange(256, dtype=np.uint8), qx))
+    with torch.no_grad():
+        for e in acts:
+            v = ACTIVATIONS[e].torch_fn(v)
+    v = v.numpy().astype(np.float32)
+    return v if qy is None else quantize_array(v, qy)
+
+
+def op_quant(graph: Graph, la: Layer) -> OpQuant:
+    """The constants of int8 average pool, add, concat or table step ``la`` in ``graph``."""
+    q = graph.quant
+    qx = tuple(q[t] for t in la.inputs)
+    qy = q.get(la.output)
+    acts = [e for e in la.epilogue if e != "add"]
+    if la.op in LUT_OPS:
+        return OpQuant(qx, qy, (), None, None, table=lut_table(qx[0], qy, (la.op, *acts)))
+    den = qy.scale if qy is not None else 1.0
+    mult = tuple(float(np.float32(p.scale / den)) for p in qx)
+    lo, hi = _clamp(acts, qy)
+    pool = None
+    if la.op in POOL_OPS:
+        _, _, ih, iw = graph.shapes[la.inputs[0]][:4]
+        _, _, oh, ow = graph.shapes[la.output][:4]
+        win = pool_windows(la, ih, iw, oh, ow)
+        dmax = int(win[2].max() * win[5].max())
+        d = np.arange(dmax + 1, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            pool = np.where(d > 0, qx[0].scale / (den * d), 0.0).astype(np.float32)
+    return OpQuant(qx, qy, mult, lo, hi, pool_mult=pool)
+
+
 def is_int8(la: Layer) -> bool:
     """Whether ``la`` runs in int8 (the quantization pass marks it)."""
     return la.attrs.get("precision") == "int8"
@@ -154,8 +258,51 @@ def _requantize(acc: np.ndarray, lq: LayerQuant, skip: np.ndarray | None, axis_s
     return (np.rint(v) + lq.y.zero).astype(np.uint8)
 
 
+def _store(v: np.ndarray, oq: OpQuant) -> np.ndarray:
+    """The clamp, the rounding and the zero point of ``OpQuant`` ``oq`` on float32 ``v``."""
+    if oq.lo is not None:
+        v = np.maximum(v, np.float32(oq.lo))
+    if oq.hi is not None:
+        v = np.minimum(v, np.float32(oq.hi))
+    if oq.y is None:
+        return v
+    return (np.rint(v) + oq.y.zero).astype(np.uint8)
+
+
+def _centred(x: np.ndarray, qp: QParams) -> np.ndarray:
+    return x.astype(np.int32) - qp.zero
+
+
+def int8_op(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
+    """One int8 average pool, add, concat or table step on uint8 inputs."""
+    oq = op_quant(graph, la)
+    if oq.table is not None:
+        return oq.table[xs[0]]
+    if la.op == "add":
+        v = (_centred(xs[0], oq.x[0]).astype(np.float32) * np.float32(oq.mult[0])
+             + _centred(xs[1], oq.x[1]).astype(np.float32) * np.float32(oq.mult[1]))
+        return _store(v, oq)
+    if la.op == "concat":
+        parts = [_store(_centred(x, p).astype(np.float32) * np.float32(m), oq)
+                 for x, p, m in zip(xs, oq.x, oq.mult, strict=True)]
+        return np.concatenate(parts, axis=1)
+    n, c, ih, iw = xs[0].shape
+    oh, ow = graph.shapes[la.output][2:4]
+    h0, h1, dh, w0, w1, dw = pool_windows(la, ih, iw, oh, ow)
+    div = np.outer(dh, dw)
+    s = np.zeros((n, c, ih + 1, iw + 1), np.int64)  # the integral image
+    s[:, :, 1:, 1:] = _centred(xs[0], oq.x[0]).cumsum(2).cumsum(3)
+    acc = (s[:, :, h1][:, :, :, w1] - s[:, :, h0][:, :, :, w1] - s[:, :, h1][:, :, :, w0]
+           + s[:, :, h0][:, :, :, w0])
+    return _store(acc.astype(np.float32) * oq.pool_mult[div], oq)
+
+
 def int8_layer(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
     """One int8 conv2d, linear or max pool on uint8 inputs, as the kernels compute it."""
+    if la.op in ("add", "concat", *POOL_OPS, *LUT_OPS):
+        return int8_op(graph, la, xs)
+    if la.op in ALIAS_OPS:
+        return xs[0].reshape(graph.shapes[la.output])
     if la.op == "maxpool2d":
         a = la.attrs
         y = F.max_pool2d(torch.from_numpy(xs[0].astype(np.float32)), a["kernel"], a["stride"],
@@ -212,13 +359,37 @@ def _float_layer(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
     return y.numpy()
 
 
-def calibrate(graph: Graph, batches: Sequence[Sequence[np.ndarray | torch.Tensor]]
-              ) -> dict[str, tuple[float, float]]:
+CALIBRATION_METHODS = ("minmax", "percentile")
+DEFAULT_PERCENTILE = 99.99
+
+
+def calibration_method(method: str) -> tuple[str, float]:
+    """("minmax", 100) or ("percentile", P) from "minmax", "percentile" (P = 99.99) or
+    "percentile:P" (50 < P <= 100)."""
+    name, _, arg = method.partition(":")
+    if name == "minmax" and not arg:
+        return "minmax", 100.0
+    if name == "percentile":
+        try:
+            p = float(arg) if arg else DEFAULT_PERCENTILE
+        except ValueError:
+            p = float("nan")
+        if 50.0 < p <= 100.0:
+            return "percentile", p
+    raise CodegenError(f"int8 calibration method {method!r}: use minmax, percentile or "
+                       f"percentile:P with 50 < P <= 100 (e.g. percentile:{DEFAULT_PERCENTILE})")
+
+
+def calibrate(graph: Graph, batches: Sequence[Sequence[np.ndarray | torch.Tensor]],
+              method: str = "minmax") -> dict[str, tuple[float, float]]:
     """(min, max) of every tensor of the float32 ``graph`` over ``batches`` (each a list of
-    the graph's inputs), run with torch."""
+    the graph's inputs), run with torch; ``method`` "percentile:P": the (100 - P)-th and P-th
+    percentiles of each tensor's values over all batches instead (``calibration_method``)."""
+    kind, pct = calibration_method(method)
     if not batches:
         raise CodegenError("int8 calibration needs at least one batch of inputs")
     ranges: dict[str, tuple[float, float]] = {}
+    values: dict[str, list[np.ndarray]] = {}
 
     def seen(t: str, v: np.ndarray) -> None:
         lo, hi = float(np.min(v)), float(np.max(v))
@@ -226,6 +397,8 @@ def calibrate(graph: Graph, batches: Sequence[Sequence[np.ndarray | torch.Tensor
             raise CodegenError(f"int8 calibration: tensor {t!r} takes non-finite values")
         old = ranges.get(t)
         ranges[t] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+        if kind == "percentile":
+            values.setdefault(t, []).append(np.asarray(v, np.float32).ravel())
 
     with torch.no_grad():
         for batch in batches:
@@ -238,4 +411,8 @@ def calibrate(graph: Graph, batches: Sequence[Sequence[np.ndarray | torch.Tensor
                     continue
                 env[la.output] = _float_layer(graph, la, [env[t] for t in la.inputs])
                 seen(la.output, env[la.output])
+    for t, vs in values.items():
+        v = np.concatenate(vs)
+        lo, hi = np.percentile(v, [100.0 - pct, pct])
+        ranges[t] = (float(lo), float(hi))
     return ranges

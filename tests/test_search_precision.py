@@ -110,12 +110,12 @@ def test_int8_offered_exactly_where_the_quantization_pass_runs_int8():
         # unstructured sparse kernels are float32: never offered int8 while the pass says so
         assert ("unstructured" in ls.int8.get("keep", ())) == (
             offers[ls.name]["unstructured"] is None)
-    # phase 1's usual Hardswish has no int8 kernel: nothing to offer on that model
+    # phase 1's usual Hardswish runs as an int8 lookup table after its conv: offered too
     torch.manual_seed(0)
     hs, _ = replace_ops(digits_tiny())
     sp2 = SearchSpace.build(hs, EXAMPLE, schemes=SCHEMES, ftypes=("keep",))
     why = offer_int8(sp2, hs, EXAMPLE, 16)
-    assert not sp2.int8 and all("hardswish" in w for w in why.values()) and why
+    assert sp2.int8 and not any("hardswish" in w for w in why.values())
 
 
 def test_a_layer_not_offered_int8_refuses_it_and_falls_back_to_fp32():

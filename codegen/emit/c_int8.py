@@ -1,6 +1,7 @@
 """Freestanding C for an int8 CPU bundle: the float32 vector C, plus the int8 kernels of
-``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``), and
-for the pruned ones among them the block-sparse int8 kernels of ``codegen/emit/sparse/q8.py``.
+``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``), for
+the pruned ones among them the block-sparse int8 kernels of ``codegen/emit/sparse/q8.py``, and
+for its pools, adds, concats and activation tables those of ``codegen/emit/cpu/q8_ops.py``.
 
 The graph is mixed: uint8 tensors (``Graph.quant``) between int8 layers, float32 elsewhere and
 at the graph's ends. The float32 layers get the float32 ISA's kernels unchanged (same block
@@ -14,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.c import CLanguage
-from codegen.emit.cpu import q8, q8_convert
+from codegen.emit.cpu import q8, q8_convert, q8_ops
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.emit.sparse import q8 as q8_sparse
 from codegen.isa import QuantIsa
 from codegen.lr import Graph, Layer, numel
-from codegen.quant import is_int8
+from codegen.quant import LUT_OPS, POOL_OPS, is_int8
 
 
 def _int8_or(int8, other):
@@ -51,6 +52,13 @@ class Int8CLanguage(CLanguage):
         k["linear"] = _int8_or(_dense_or_sparse(q8.qlinear, q8_sparse.qsplinear),
                                k["linear"])
         k["maxpool2d"] = _int8_or(q8_convert.qmaxpool2d, k["maxpool2d"])
+        # pools, add, concat and the activations' lookup tables (codegen/emit/cpu/q8_ops.py)
+        for op in POOL_OPS:
+            k[op] = _int8_or(q8_ops.qavgpool, k[op])
+        k["add"] = _int8_or(q8_ops.qadd, k["add"])
+        k["concat"] = _int8_or(q8_ops.qconcat, k["concat"])
+        for op in LUT_OPS:
+            k[op] = _int8_or(q8_ops.qlut, k[op])
         k["to_nchwxc"] = _u8_or(q8_convert.convert_u8, k["to_nchwxc"])
         k["to_nchw"] = _u8_or(q8_convert.convert_u8, k["to_nchw"])
         self.kernels = k

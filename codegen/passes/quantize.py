@@ -1,17 +1,21 @@
 """int8 where there are int8 kernels, float32 elsewhere, and the conversions between them.
 
 ``quantize_int8`` (after epilogue fusion, before the layout pass) calibrates every tensor's
-range on the calibration batches (``codegen.quant.calibrate``), marks the layers that run in
-int8 (``attrs["precision"] = "int8"``: conv2d with groups 1 or depthwise, and linear, whose
-fused epilogue is at most a residual add then ReLU/ReLU6, dense or pruned with a block scheme
-(``INT8_SPARSE_SCHEMES``: the sparse pass then picks the int8 block-sparse kernel or the dense
-int8 one); max pools whose input is already uint8) and gives the uint8 tensors their
-``QParams`` (``Graph.quant``). Every other layer stays float32 (the reason is in
-``fp32_layers``): a mixed-precision graph. Conversions go only where precision changes: an int8
-layer that reads a float32 tensor gets a ``quantize`` step (one per tensor, ``<t>_q8``); an
-int8 layer whose output only float32 layers (or the caller) read writes float32 itself (its
-requantization dequantizes instead: no step); one read both ways writes uint8 (``<t>_q8``)
-and a ``dequantize`` step restores ``<t>``. The graph's inputs and outputs stay float32.
+range on the calibration batches (``codegen.quant.calibrate``: min/max, or percentiles), marks
+the layers that run in int8 (``attrs["precision"] = "int8"``: conv2d with groups 1 or
+depthwise, and linear, whose fused epilogue is at most a residual add then ReLU/ReLU6, dense or
+pruned with a block scheme (``INT8_SPARSE_SCHEMES``: the sparse pass then picks the int8
+block-sparse kernel or the dense int8 one); and, where an input comes from an int8 layer
+(``FOLLOW_INT8``), max and average pools (the global one too), add, concat, reshapes and the
+activations as lookup tables) and gives the uint8 tensors their ``QParams`` (``Graph.quant``).
+A conv's or linear's epilogue activation without an int8 form (hardswish, sigmoid, ...) is
+split off first (``split_tables``): the int8 conv writes the pre-activation tensor, a table
+step the rest. Every other layer stays float32 (the reason is in ``fp32_layers``): a
+mixed-precision graph. Conversions go only where precision changes: an int8 layer that reads a
+float32 tensor gets a ``quantize`` step (one per tensor, ``<t>_q8``); an int8 layer whose
+output only float32 layers (or the caller) read writes float32 itself (its requantization
+dequantizes instead: no step); one read both ways writes uint8 (``<t>_q8``) and a
+``dequantize`` step restores ``<t>``. The graph's inputs and outputs stay float32.
 
 ``fuse_conversions`` (after the layout pass) names the blocked copies of uint8 tensors in
 ``Graph.quant`` and fuses a conversion with the layout change beside it: ``quantize`` then
@@ -28,8 +32,15 @@ from dataclasses import replace
 import numpy as np
 
 from codegen.cost import conv_kind
-from codegen.lr import OPS, CodegenError, Graph, Layer
-from codegen.quant import INT8_ACTIVATIONS, calibrate, is_int8, qparams_from_range
+from codegen.lr import ALIAS_OPS, OPS, CodegenError, Graph, Layer
+from codegen.quant import (
+    INT8_ACTIVATIONS,
+    LUT_OPS,
+    POOL_OPS,
+    calibrate,
+    is_int8,
+    qparams_from_range,
+)
 
 Q8 = "_q8"
 # Pruning schemes whose layers run in int8: the block-sparse int8 kernels
@@ -39,10 +50,41 @@ Q8 = "_q8"
 INT8_SPARSE_SCHEMES = ("block", "block_punched")
 
 
+# Ops with int8 kernels that run in int8 where an input comes from an int8 layer (never
+# around a float32 one: that would only add conversions): pools, add, concat, the activations
+# as lookup tables (``codegen.quant.LUT_OPS``), and reshapes (a uint8 alias of a uint8 tensor).
+FOLLOW_INT8 = ("maxpool2d", *POOL_OPS, "add", "concat", *LUT_OPS, *ALIAS_OPS)
+
+
+def _table_start(la: Layer) -> int:
+    """Where ``la``'s epilogue stops being one an int8 kernel fuses: the activations from
+    there on become a lookup-table step after it (``len(la.epilogue)``: none)."""
+    for k, e in enumerate(la.epilogue):
+        if e in LUT_OPS and "add" not in la.epilogue[k:]:
+            return k
+    return len(la.epilogue)
+
+
+def _follow_reason(la: Layer) -> str | None:
+    """Why a ``FOLLOW_INT8`` op cannot run in int8 even after an int8 layer (None: it can)."""
+    if la.op in LUT_OPS:
+        bad = "add" in la.epilogue
+    elif la.op == "add":
+        bad = len(la.inputs) != 2 or any(e not in INT8_ACTIVATIONS for e in la.epilogue)
+    else:
+        bad = bool(la.epilogue)
+    if bad:
+        return f"epilogue {'+'.join(la.epilogue)} (no int8 kernel fuses it after {la.op})"
+    return None
+
+
 def int8_reason(la: Layer, lanes: int) -> str | None:
-    """Why ``la`` has no int8 kernel (None: it has one)."""
-    if la.op == "maxpool2d":
-        return "an int8 max pool needs an int8 layer before it"
+    """Why ``la`` has no int8 kernel (None: it has one). A conv's or linear's hardswish,
+    sigmoid, ... epilogue does not stop it: the pass runs those as a lookup table after it."""
+    if la.op in FOLLOW_INT8:
+        if la.op == "maxpool2d" and not la.epilogue:
+            return "an int8 max pool needs an int8 layer before it"
+        return _follow_reason(la) or f"an int8 {la.op} needs an int8 layer before it"
     if la.op not in ("conv2d", "linear"):
         return f"no int8 kernel for {la.op}"
     if (la.storage != "dense" or la.scheme != "dense") and la.scheme not in INT8_SPARSE_SCHEMES:
@@ -54,35 +96,62 @@ def int8_reason(la: Layer, lanes: int) -> str | None:
         return "grouped conv whose groups are not whole vectors"
     if la.op == "conv2d" and la.attrs["groups"] > 1 and conv_kind(la, lanes) == "dense":
         return "grouped conv (int8 has groups 1 and depthwise)"
-    acts = [e for e in la.epilogue if e != "add"]
+    fused = la.epilogue[:_table_start(la)]
+    acts = [e for e in fused if e != "add"]
     bad = [e for e in acts if e not in INT8_ACTIVATIONS]
-    if bad or "add" in la.epilogue[1:] or (la.op == "linear" and "add" in la.epilogue):
-        return f"epilogue {'+'.join(la.epilogue)} (int8 fuses a residual, then ReLU/ReLU6)"
+    if bad or "add" in fused[1:] or (la.op == "linear" and "add" in fused):
+        return (f"epilogue {'+'.join(la.epilogue)} (int8 fuses a residual, then ReLU/ReLU6; "
+                "a lookup table the activations after them)")
     return None
 
 
+def split_tables(graph: Graph, lanes: int, keep_fp32: Sequence[str] = ()) -> Graph:
+    """Each conv/linear that runs in int8 with activations its int8 kernel does not fuse
+    (hardswish, sigmoid, ...) writes ``<t>_pre`` and a lookup-table step (``<layer>.<act>``,
+    the op the first such activation, the rest its epilogue) writes ``<t>``."""
+    out, shapes = [], dict(graph.shapes)
+    for la in graph.layers:
+        k = _table_start(la) if la.op in ("conv2d", "linear") else len(la.epilogue)
+        if (k == len(la.epilogue) or la.name in keep_fp32
+                or int8_reason(la, lanes) is not None):
+            out.append(la)
+            continue
+        pre = la.output + "_pre"
+        shapes[pre] = graph.shapes[la.output]
+        out.append(replace(la, output=pre, epilogue=la.epilogue[:k]))
+        out.append(Layer(f"{la.name}.{la.epilogue[k]}", la.epilogue[k], (pre,), la.output,
+                         epilogue=la.epilogue[k + 1:]))
+    if len(out) == len(graph.layers):
+        return graph
+    return replace(graph, layers=tuple(out), shapes=shapes, plan=None)
+
+
 def quantize_int8(graph: Graph, calibration: Sequence[Sequence[np.ndarray]], lanes: int,
-                  keep_fp32: Sequence[str] = ()) -> Graph:
+                  keep_fp32: Sequence[str] = (), method: str = "minmax") -> Graph:
     """The mixed int8/float32 graph (see the module doc); ``lanes`` is the vector width
-    (channels per block); layers named in ``keep_fp32`` stay float32."""
+    (channels per block); layers named in ``keep_fp32`` stay float32; ``method``: how
+    activation ranges are calibrated (``codegen.quant.calibrate``: "minmax",
+    "percentile:P")."""
     unknown = sorted(set(keep_fp32) - {la.name for la in graph.layers})
     if unknown:
         steps = [la.name for la in graph.layers if la.is_step]
         raise CodegenError(f"keep in float32: no layer named {', '.join(map(repr, unknown))}; "
                            f"the model's layers are {', '.join(steps[:8])}"
                            f"{', ...' if len(steps) > 8 else ''}")
-    ranges = calibrate(graph, calibration)
+    graph = split_tables(graph, lanes, keep_fp32)
+    ranges = calibrate(graph, calibration, method)
     int8 = {la.name for la in graph.layers
             if la.name not in keep_fp32 and int8_reason(la, lanes) is None}
-    # a max pool of a uint8 tensor stays uint8 (fixed point: a pool after a pool)
+    # pools, add, concat, tables and reshapes of a uint8 tensor stay uint8 (to a fixed point:
+    # a pool after a pool)
     producer = {la.output: la for la in graph.layers}
     changed = True
     while changed:
         changed = False
         for la in graph.layers:
-            p = producer.get(la.inputs[0]) if la.inputs else None
-            if (la.op == "maxpool2d" and la.name not in int8 and la.name not in keep_fp32
-                    and p is not None and p.name in int8 and not la.epilogue):
+            if (la.op in FOLLOW_INT8 and la.name not in int8 and la.name not in keep_fp32
+                    and _follow_reason(la) is None
+                    and any(producer[t].name in int8 for t in la.inputs if t in producer)):
                 int8.add(la.name)
                 changed = True
     consumers: dict[str, list[Layer]] = {}
@@ -128,10 +197,12 @@ def quantize_int8(graph: Graph, calibration: Sequence[Sequence[np.ndarray]], lan
             attrs = {**la.attrs, "precision": "int8"}
             if la.op == "conv2d" and conv_kind(la, lanes) == "depthwise":
                 attrs["overread_floats"] = 16  # q8.dw_dot loads pixels past its input
-            if la.op == "maxpool2d" or wants_u8(y):
+            if la.op in ("maxpool2d", *ALIAS_OPS) or wants_u8(y):
                 qy = add_u8(y)
-                # a pool writes its input's quantization
-                if la.op == "maxpool2d":
+                # a max pool and a reshape write their input's quantization, a concat its
+                # inputs' when they share one (a copy)
+                if la.op in ("maxpool2d", *ALIAS_OPS) or (
+                        la.op == "concat" and len({quant[t] for t in ins}) == 1):
                     quant[qy] = quant[ins[0]]
                 out.append(replace(la, inputs=tuple(ins), output=qy, attrs=attrs))
                 if wants_f32(y):

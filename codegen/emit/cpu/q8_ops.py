@@ -1,0 +1,153 @@
+"""int8 kernels for the ops around the convs: average pooling (k x k and adaptive, the global
+pool among them), the add of two uint8 tensors of their own scales, concat, and the element-wise
+activations as 256-entry lookup tables. What they compute is ``codegen.quant``'s ``int8_op``
+(``op_quant`` gives every constant), bit for bit.
+
+They are memory-bound, so they are portable C on uint8 and int32 lanes that the compiler
+vectorises at -O3 for every ISA (AVX-512, AVX2, NEON: the same text): a pool keeps an int32
+sum per lane of a pixel block (x lanes blocked, 1 plain), requantizes with the float32
+multiplier of its window's divisor (a table), rounds as the convs do (``1.5 * 2^23``, ties to
+even; compiled with ``-ffp-contract=off``). A step whose output only float32 layers read
+writes float32 (no rounding), as an int8 conv does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codegen.emit.cpu.q8 import IX, _need
+from codegen.emit.cpu.q8_requant import MAGIC, fl
+from codegen.emit.cstyle import Ctx, Rendered
+from codegen.lr import numel
+from codegen.quant import OpQuant, op_quant, pool_windows
+
+CHUNK = 4096  # elements per work item of the element-wise ones
+
+RQ8 = f"""\
+static inline uint8_t npas_rq8(float v, float lo, float hi, int32_t z) {{
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  v = (v + {MAGIC}) - {MAGIC};
+  return (uint8_t)((int32_t)v + z);
+}}
+"""
+
+
+def _helpers(c: Ctx) -> None:
+    _need(c)
+    c.lang.helpers.setdefault("npas_rq8", RQ8)
+
+
+def _store(oq: OpQuant, dst: str) -> str:
+    """``dst = `` the float ``v`` clamped, rounded and offset (u8), or clamped (float)."""
+    if oq.y is not None:
+        return f"{dst} = npas_rq8(v, {fl(oq.lo)}, {fl(oq.hi)}, {oq.y.zero});"
+    s = ""
+    if oq.lo is not None:
+        s += f"if (v < {fl(oq.lo)}) v = {fl(oq.lo)}; "
+    if oq.hi is not None:
+        s += f"if (v > {fl(oq.hi)}) v = {fl(oq.hi)}; "
+    return s + f"{dst} = v;"
+
+
+def _table(name: str, ctype: str, values) -> str:
+    vals = ", ".join(values)
+    return f"static const {ctype} {name}[{len(values)}] = {{{vals}}};"
+
+
+def _elementwise(c: Ctx, decls: list[str], stmt: str, flops_per: int = 1) -> Rendered:
+    """``stmt`` (reading index ``i``) over the output buffer, CHUNK elements per item."""
+    total = numel(c.out)
+    items = -(-total // CHUNK)
+    body = [f"const {IX} i1 = it * {CHUNK} + {CHUNK} < {total} ? it * {CHUNK} + {CHUNK} : "
+            f"{total};", f"for ({IX} i = it * {CHUNK}; i < i1; ++i) {{ {stmt} }}"]
+    return [*decls, c.y(), *c.lang.over_items(c, items, body)], items, total * flops_per
+
+
+def qadd(c: Ctx) -> Rendered:
+    """add_qs8: both inputs requantized to the output's scale, summed, an optional ReLU/ReLU6
+    clamp, rounded (either layout: the inputs share the output's)."""
+    _helpers(c)
+    oq = op_quant(c.graph, c.la)
+    (qa, qb), (ma, mb) = oq.x, oq.mult
+    stmt = (f"/* add_qs8 */ float v = (float)((int32_t)a[i] - {qa.zero}) * {fl(ma)} + "
+            f"(float)((int32_t)b[i] - {qb.zero}) * {fl(mb)}; {_store(oq, 'y[i]')}")
+    return _elementwise(c, [c.x(0, "a"), c.x(1, "b")], stmt, 4)
+
+
+def qlut(c: Ctx) -> Rendered:
+    """<act>_qs8: y = T[x], the activation(s)' 256-entry table (``codegen.quant.lut_table``)."""
+    _helpers(c)
+    oq = op_quant(c.graph, c.la)
+    t = oq.table
+    if oq.y is not None:
+        table = _table("T", "uint8_t", [str(int(v)) for v in t])
+    else:
+        table = _table("T", "float", [fl(v) for v in t.astype(np.float32)])
+    name = "_".join((c.la.op, *c.la.epilogue))
+    return _elementwise(c, [f"/* {name}_lut_qs8 */", table, c.x()], "y[i] = T[x[i]];")
+
+
+def qconcat(c: Ctx) -> Rendered:
+    """concat_qs8: one (batch row, input) pair per item, each input's slice of the row (plain
+    NCHW, or blocked when every input but the last fills whole blocks: its blocks are then
+    one run of the output's row) copied where its quantization is the output's, requantized
+    elsewhere."""
+    _helpers(c)
+    oq = op_quant(c.graph, c.la)
+    n = c.out[0]
+    row = numel(c.out) // n
+    k = len(c.ins)
+    L = [c.x(j, f"x{j}") for j in range(k)]
+    body = [f"/* concat_qs8 */ const {IX} n = it / {k}, k = it % {k};", "switch (k) {"]
+    off = 0
+    for j, (shape, qp, m) in enumerate(zip(c.ins, oq.x, oq.mult, strict=True)):
+        sz = numel(shape) // n
+        src, dst = f"x{j}[n * {sz} + i]", f"y[n * {row} + {off} + i]"
+        if oq.y == qp:
+            stmt = f"{dst} = {src};"
+        else:
+            stmt = f"float v = (float)((int32_t){src} - {qp.zero}) * {fl(m)}; {_store(oq, dst)}"
+        body += [f"  case {j}:", f"    for ({IX} i = 0; i < {sz}; ++i) {{ {stmt} }}",
+                 "    break;"]
+        off += sz
+    body += ["  default: break;", "}"]
+    return [*L, c.y(), *c.lang.over_items(c, n * k, body)], n * k, 0
+
+
+def qavgpool(c: Ctx) -> Rendered:
+    """avgpool2d / adaptive_avgpool2d_qs8: items (n, channel block, output row); per output
+    pixel an int32 sum of each lane over the window's real pixels, ``- count * zero_x``, times
+    the window divisor's multiplier, requantized (blocked: x lanes; plain: 1)."""
+    _helpers(c)
+    oq = op_quant(c.graph, c.la)
+    src, dst = c.ins[0], c.out
+    lanes = src[4] if len(src) == 5 else 1
+    n, cb, ih, iw = src[:4]
+    oh, ow = dst[2], dst[3]
+    h0, h1, dh, w0, w1, dw = pool_windows(c.la, ih, iw, oh, ow)
+    tables = [_table(nm, "int32_t", [str(int(v)) for v in vals])
+              for nm, vals in (("H0", h0), ("H1", h1), ("DH", dh), ("W0", w0), ("W1", w1),
+                               ("DW", dw))]
+    tables.append(_table("M", "float", [fl(v) for v in oq.pool_mult]))
+    zx = oq.x[0].zero
+    lay = f"nchw{lanes}c" if lanes > 1 else "nchw"
+    body = [f"/* {c.la.op}_{lay}_qs8 */",
+            f"const {IX} nc = it / {oh}, oh = it % {oh};",
+            f"const uint8_t *xp = x + nc * {ih * iw * lanes};",
+            "const int32_t h0 = H0[oh], h1 = H1[oh];",
+            f"for ({IX} ow = 0; ow < {ow}; ++ow) {{",
+            "  const int32_t w0 = W0[ow], w1 = W1[ow];",
+            f"  const int32_t cnt = (h1 - h0) * (w1 - w0) * {zx};",
+            "  const float m = M[DH[oh] * DW[ow]];",
+            f"  int32_t acc[{lanes}] = {{0}};",
+            "  for (int32_t i = h0; i < h1; ++i)",
+            "    for (int32_t j = w0; j < w1; ++j)",
+            f"      for (int32_t l = 0; l < {lanes}; ++l) acc[l] += xp[(i * {iw} + j) * {lanes}"
+            " + l];",
+            f"  for (int32_t l = 0; l < {lanes}; ++l) {{",
+            "    float v = (float)(acc[l] - cnt) * m;",
+            f"    {_store(oq, f'y[((nc * {oh} + oh) * {ow} + ow) * {lanes} + l]')}",
+            "  }", "}"]
+    items = n * cb * oh
+    return [*tables, c.x(), c.y(), *c.lang.over_items(c, items, body)], items, numel(src)
