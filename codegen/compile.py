@@ -85,7 +85,7 @@ def compile_model(module: torch.nn.Module,
                   schemes: Mapping[str, str] | None = None, sparse: str = "auto",
                   compact_weights: bool = True,
                   calibration: Sequence[Sequence[torch.Tensor]] | None = None,
-                  keep_fp32: Sequence[str] = ()) -> Bundle:
+                  keep_fp32: Sequence[str] = (), calibration_method: str = "minmax") -> Bundle:
     """Compile ``module`` for the shapes of ``example_inputs`` into the bundle ``out_dir``.
 
     ``toolchain`` picks the target: None (the host's cc, a CPU bundle), a ``CToolchain``, or
@@ -104,7 +104,7 @@ def compile_model(module: torch.nn.Module,
     kernels run in int8, scales calibrated on ``calibration`` (batches, each a list of the
     model's inputs; default: ``example_inputs`` alone), the rest (and ``keep_fp32``, layer
     names) in float32 (``codegen/passes/quantize.py``; the report's ``fp32_layers`` says
-    why)."""
+    why); ``calibration_method``: "minmax" or "percentile:P" (``codegen.quant.calibrate``)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CodegenError(f"bundle name {name!r}: use letters, digits, '_', '.', '-' only")
     toolchain = toolchain or HostToolchain()
@@ -145,7 +145,7 @@ def compile_model(module: torch.nn.Module,
         batches = [[np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t,
                                np.float32) for t in b] for b in batches]
         int8 = partial(quantize_int8, calibration=batches, lanes=isa.floats,
-                       keep_fp32=tuple(keep_fp32))
+                       keep_fp32=tuple(keep_fp32), method=calibration_method)
     graph = run_passes(graph, pipeline(lang.elem_bytes, toolchain.isa(), tuning,
                                        toolchain.target() if tuning is not None else None,
                                        sparse=sparse, int8=int8))

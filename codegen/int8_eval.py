@@ -37,13 +37,15 @@ def quantized_graph(module: torch.nn.Module,
                     example_inputs: torch.Tensor | Sequence[torch.Tensor],
                     calibration: Sequence[Sequence[np.ndarray | torch.Tensor]], lanes: int,
                     keep_fp32: Sequence[str] = (),
-                    schemes: Mapping[str, str] | None = None) -> Graph:
+                    schemes: Mapping[str, str] | None = None,
+                    calibration_method: str = "minmax") -> Graph:
     """``module``'s LR graph after the quantization pass, as ``compile_model`` with an int8
-    toolchain of vector width ``lanes`` builds it (before the layout pass)."""
+    toolchain of vector width ``lanes`` (and ``calibration_method``) builds it (before the
+    layout pass)."""
     batches = [[np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t, np.float32)
                 for t in b] for b in calibration]
     return quantize_int8(_fused(module, example_inputs, schemes), batches, lanes,
-                         tuple(keep_fp32))
+                         tuple(keep_fp32), calibration_method)
 
 
 def run_quantized(graph: Graph, inputs: Sequence[np.ndarray | torch.Tensor]

@@ -269,3 +269,28 @@ def test_calibration_methods():
     assert g_mm.quant == g_def.quant
     g_pc, _ = _quantized(model, (2, 3, 16, 16), method="percentile:99")
     assert g_pc.quant["x_q8"].scale < g_mm.quant["x_q8"].scale
+
+
+def _compile_cli(capsys, *argv: str) -> tuple[int, str]:
+    from host.cli import main
+
+    rc = main(["compile", *argv])
+    return rc, " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.host
+def test_compile_calibration_method_flag(capsys, tmp_path):
+    base = ("zoo:small_cnn", "--input-shape", "1,3,32,32", "--precision", "int8",
+            "--no-tuning-db")
+    src = {}
+    for method in ("minmax", "percentile:99.9", None):
+        out = tmp_path / str(method)
+        extra = ("--calibration-method", method) if method else ()
+        rc, err = _compile_cli(capsys, *base, "-o", str(out), *extra)
+        assert rc == 0, err
+        src[method] = (out / "kernels.c").read_text()
+    assert src[None] == src["minmax"]  # the default
+    assert src["percentile:99.9"] != src["minmax"]  # other scales baked in
+    rc, err = _compile_cli(capsys, *base, "-o", str(tmp_path / "bad"),
+                           "--calibration-method", "entropy")
+    assert rc != 0 and "Traceback" not in err and "calibration method 'entropy'" in err

@@ -29,13 +29,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "fphp/asimdhp, ARMv8.2 cores such as Cortex-A76), dense layers only. "
                         "int8 on an x86-64 CPU (AVX-512 VNNI, else AVX2) or an arm64 one "
                         "with the dot product (SDOT, asimddp): convs, depthwise "
-                        "convs, Linear and max pools in int8, scales calibrated on "
-                        "--calibration; layers without an int8 kernel stay float32 (compile "
-                        "lists them). Model inputs and outputs stay float32")
+                        "convs, Linear, pools, add, concat and activations (tables) in int8, "
+                        "scales calibrated on --calibration; layers without an int8 kernel "
+                        "stay float32 (compile lists them). Model inputs and outputs stay "
+                        "float32")
     p.add_argument("--calibration", type=Path, metavar="FILE.npy",
                    help="--precision int8: calibration inputs, a .npy array of whole input "
                         "batches (the --input-shape, or a stack of them along a new first "
                         "axis); default: 4 seeded random batches of --input-shape")
+    p.add_argument("--calibration-method", default="minmax", metavar="minmax|percentile[:P]",
+                   help="--precision int8: how activation ranges come from the calibration "
+                        "batches: minmax (default: each tensor's min and max) or percentile[:P] "
+                        "(its (100-P)th and Pth percentiles, P default 99.99: outliers clipped)")
     p.add_argument("--keep-fp32", default="", metavar="LAYER[,LAYER...]",
                    help="--precision int8: layers (module paths, e.g. layer1.0.conv1) that "
                         "stay float32, with conversions around them (mixed precision)")

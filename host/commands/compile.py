@@ -110,7 +110,8 @@ def compile_bundle(model_spec: str, out_dir: Path, args: argparse.Namespace,
     bundle = compile_model(model, example_inputs(shape), out_dir, name=name,
                            toolchain=toolchain, progress=stage, tuning=lookup,
                            schemes=schemes, sparse=args.sparse, calibration=calibration,
-                           keep_fp32=keep)
+                           keep_fp32=keep, calibration_method=getattr(
+                               args, "calibration_method", "minmax"))
     progress.remove_task(task)
     err.print(f"compiled {name} in {time.perf_counter() - t0:.1f} s → {out_dir}")
     isa = toolchain.isa()
