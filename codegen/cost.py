@@ -148,6 +148,9 @@ def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dic
         ocs = [t for t in space["oc_tile"] if t <= 2]
         if isa.elem_bytes == 2:
             ocs = [min(ocs, key=lambda t: _load_share(isa, t, _even(tiles, _max_w(isa, t))))]
+            oc_tile = max(ocs)
+            return {"algo": algo, "oc_tile": oc_tile,
+                    "w_tile": _exact_width(isa, tiles, oc_tile)}
         oc_tile = max(ocs)
         return {"algo": algo, "oc_tile": oc_tile, "w_tile": _even(tiles, _max_w(isa, oc_tile))}
     ocs = [t for t in space["oc_tile"] if t <= 2 and (t == 1 or n * ocb // t * oh >= 32)]
@@ -163,6 +166,18 @@ def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dic
 def _even(total: int, most: int) -> int:
     """The fewest register tiles of at most ``most`` over ``total``, evened out."""
     return -(-total // -(-total // most))
+
+
+def _exact_width(isa: VectorIsa, tiles: int, oc_tile: int) -> int:
+    """The fp16 Winograd GEMM's tile count: its last tiles run a GEMM as wide as they are
+    (``emit/cpu/winograd.py``), so the width with the fewest instructions over ``tiles``, a
+    chunk of w tiles costing X * oc_tile * w FMAs, 2 * oc_tile weight loads, ceil(w / 4)
+    input loads and about 3 of loop, per input channel block."""
+    def cost(w: int) -> int:
+        return isa.floats * oc_tile * w + 2 * oc_tile + -(-w // 4) + 3
+    return min(range(1, min(tiles, _max_w(isa, oc_tile)) + 1),
+               key=lambda w: ((tiles // w) * cost(w) + (cost(tiles % w) if tiles % w else 0),
+                              -w))
 
 
 def _load_share(isa: VectorIsa, oc_tile: int, w: int) -> float:

@@ -82,6 +82,38 @@ def _lincomb(coeffs: Sequence[Fraction], terms: Sequence[str], vt: str = "vf") -
     return out or f"({vt}){{}}"
 
 
+# F(4,3)'s transforms at fp16 as ncnn writes them: shared sums and differences, 12 operations
+# for B^T's 6 rows (22 as one linear combination a row) and 10 for A^T's 4 (17). Each is a
+# function of the 6 terms: (temporaries as (name, C), the rows' C). fp32 keeps its text.
+def _f43_bt(d: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    return ([("p", f"{d[4]} - {d[2]} * 4.0f"), ("q", f"{d[3]} - {d[1]} * 4.0f"),
+             ("s", f"{d[4]} - {d[2]}"), ("u", f"{d[3]} - {d[1]}")],
+            [f"({d[4]} - {d[2]} * 5.0f) + {d[0]} * 4.0f", "p + q", "p - q", "s + u * 2.0f",
+             "s - u * 2.0f", f"({d[5]} - {d[3]} * 5.0f) + {d[1]} * 4.0f"])
+
+
+def _f43_at(t: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    return ([("s1", f"{t[1]} + {t[2]}"), ("d1", f"{t[1]} - {t[2]}"),
+             ("s2", f"{t[3]} + {t[4]}"), ("d2", f"{t[3]} - {t[4]}")],
+            [f"{t[0]} + s1 + s2", "d1 + d2 * 2.0f", "s1 + s2 * 4.0f",
+             f"(d1 + {t[5]}) + d2 * 8.0f"])
+
+
+_F16_TRANSFORMS = {("bt", 4): _f43_bt, ("at", 4): _f43_at}
+
+
+def _transform(isa: VectorIsa, kind: str, m: int, terms: Sequence[str],
+               vt: str) -> tuple[list[str], list[str]]:
+    """(lines of temporaries, each row's C) of B^T ("bt") or A^T ("at") applied to ``terms``:
+    the fp16 programs above where there is one, else a linear combination a row."""
+    prog = _F16_TRANSFORMS.get((kind, m)) if half(isa) else None
+    if prog is not None:
+        temps, rows = prog(terms)
+        return [f"const {vt} {n} = {e};" for n, e in temps], rows
+    at, _, bt = winograd_matrices(m)
+    return [], [_lincomb(row, terms, vt) for row in (bt if kind == "bt" else at)]
+
+
 # fp16 Winograd (NEON FP16) is F(4,3) and F(2,3) (``codegen.cost.FP16_WINOGRAD`` says why
 # and how accurate), all of it in fp16: the per-point GEMM accumulates over input channels
 # (ic terms, where a direct conv sums ic * 9). Transforms in float32 (``vw``, True below)
@@ -103,7 +135,6 @@ def winograd_input_kernel(isa: VectorIsa, m: int) -> tuple[str, str]:
     stride rs), zero outside rows [r0, r1) x columns [c0, c1); point p goes to v + p * vs."""
     X, a, E = isa.floats, m + 2, isa.elem
     vt, wide = _transform_type(isa)
-    _, _, bt = winograd_matrices(m)
     name = f"winograd{m}_input_nchw{X}c{ptag(isa)}__{isa.name}"
     i = "int64_t"
     load = f"*(const vf *)(x + (xo + r * rs + c * {X}))"
@@ -117,11 +148,12 @@ def winograd_input_kernel(isa: VectorIsa, m: int) -> tuple[str, str]:
          "      d[r][c] = (r >= r0 && r < r1 && c >= c0 && c < c1) ? "
          f"{widen(load) if wide else load} : ({vt}){{}};",
          f"  for (int c = 0; c < {a}; ++c) {{"]
-    for r in range(a):
-        L.append(f"    t[{r}][c] = {_lincomb(bt[r], [f'd[{k}][c]' for k in range(a)], vt)};")
+    temps, rows = _transform(isa, "bt", m, [f"d[{k}][c]" for k in range(a)], vt)
+    L += [f"    {ln}" for ln in temps] + [f"    t[{r}][c] = {e};" for r, e in enumerate(rows)]
     L += ["  }", f"  for (int r = 0; r < {a}; ++r) {{"]
-    for c in range(a):
-        e = _lincomb(bt[c], [f't[r][{k}]' for k in range(a)], vt)
+    temps, rows = _transform(isa, "bt", m, [f"t[r][{k}]" for k in range(a)], vt)
+    L += [f"    {ln}" for ln in temps]
+    for c, e in enumerate(rows):
         L.append(f"    *(vf *)(v + (r * {a} + {c}) * vs) = {narrow(e) if wide else e};")
     L += ["  }", "}"]
     return name, "\n".join(L) + "\n"
@@ -133,7 +165,6 @@ def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) ->
     stride rs)."""
     X, a, E = isa.floats, m + 2, isa.elem
     vt, wide = _transform_type(isa)
-    at, _, _ = winograd_matrices(m)
     name = (f"winograd{m}_output_nchw{X}c{ptag(isa)}__{isa.name}"
             + "".join(f"_{e}" for e in epilogue))
     i = "int64_t"
@@ -149,12 +180,14 @@ def winograd_output_kernel(isa: VectorIsa, m: int, epilogue: tuple[str, ...]) ->
          f"  const {vt} bv = {widen('*(const vf *)b') if wide else '*(const vf *)b'};",
          f"  {vt} t[{m}][{a}];",
          f"  for (int c = 0; c < {a}; ++c) {{"]
-    for r in range(m):
-        L.append(f"    t[{r}][c] = " + _lincomb(at[r], [mm_at(k) for k in range(a)], vt) + ";")
+    temps, rows = _transform(isa, "at", m, [mm_at(k) for k in range(a)], vt)
+    L += [f"    {ln}" for ln in temps] + [f"    t[{r}][c] = {e};" for r, e in enumerate(rows)]
     L += ["  }", f"  for (int r = 0; r < {m}; ++r) {{"]
-    for c in range(m):
+    temps, rows = _transform(isa, "at", m, [f"t[r][{k}]" for k in range(a)], vt)
+    L += [f"    {ln}" for ln in temps]
+    for c, e in enumerate(rows):
         # the residual is only read inside the image (a tile may overhang it)
-        o = f"bv + ({_lincomb(at[c], [f't[r][{k}]' for k in range(a)], vt)})"
+        o = f"bv + ({e})"
         L += [f"    if (r < rows && {c} < cols) {{",
               f"      vf o = {narrow(o) if wide else o};",
               *[f"      {ln}" for ln in epi(epilogue, "o", f"s + r * rs + {c * X}")],
@@ -169,8 +202,15 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
     (vector over x output channels). v: V at (first channel block, first tile), cs floats
     between channel blocks, X floats between tiles; w: U at (first oc block, ic 0), wb floats
     between oc blocks; mo: M at (first oc block, first tile), ms floats between oc blocks."""
-    X, E = isa.floats, isa.elem
+    X = isa.floats
+    if half(isa):
+        return _gemm_kernel_f16(isa, oc_tile, t_tile)
     name = f"winograd_gemm_nchw{X}c{ptag(isa)}__{isa.name}_{oc_tile}x{t_tile}t"
+    return name, _gemm_c(isa, name, oc_tile, t_tile)
+
+
+def _gemm_c(isa: VectorIsa, name: str, oc_tile: int, t_tile: int) -> str:
+    X, E = isa.floats, isa.elem
     i = "int64_t"
     acc = [[f"a{o}_{j}" for j in range(t_tile)] for o in range(oc_tile)]
     L = [f"/* {name}: {oc_tile} oc block(s) x {t_tile} tile(s) of one Winograd point. */",
@@ -188,6 +228,67 @@ def winograd_gemm_kernel(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str
         L += lane_fma(" " * 6, X, acc, lambda j: f"vp[{j * X} + l]", E)
         L.append("    }")
     L.append("  }")
+    for o in range(oc_tile):
+        for j in range(t_tile):
+            L.append(f"  *(vf *)(mo + {o} * ms + {j * X}) = {acc[o][j]};")
+    L.append("}")
+    return "\n".join(L) + "\n"
+
+
+# The fp16 per-point GEMM's channel block is one asm statement: clang hoisted every input load
+# of the block above its FMAs (16 accumulators + 8 weights + 16 inputs: spills, 12.5 M
+# loads/stores where 6.9 M were), and it pairs vector loads at best (LDP), where LD1 loads four
+# registers an instruction. The by-lane operand of an FP16 FMLA must be v0-v15: the inputs go
+# to v0-v3, the weights to v16 up, the accumulators wherever the compiler puts them.
+_F16_X = ("v0", "v1", "v2", "v3")
+
+
+def _f16_asm_fits(oc_tile: int, t_tile: int) -> bool:
+    return oc_tile * (8 + t_tile) + 4 <= 32
+
+
+def _ld1(regs: Sequence[str], ptr: str) -> str:
+    return f"ld1 {{{', '.join(r + '.8h' for r in regs)}}}, [%[{ptr}]], #{16 * len(regs)}"
+
+
+def _gemm_kernel_f16(isa: VectorIsa, oc_tile: int, t_tile: int) -> tuple[str, str]:
+    """``winograd_gemm_kernel`` at NEON FP16 (same contract): per channel block, two LD1s of
+    an oc block's eight lane weights and one LD1 per four tiles' inputs, then the FMLAs by
+    lane (1 x 16: 6 loads for 128 FMAs, where paired loads took 12). A tile too big for the
+    registers (oc tiles over 2) is the C kernel."""
+    X, E = isa.floats, isa.elem
+    name = f"winograd_gemm_nchw{X}c{ptag(isa)}__{isa.name}_{oc_tile}x{t_tile}t"
+    if not _f16_asm_fits(oc_tile, t_tile) or X != 8:
+        return name, _gemm_c(isa, name, oc_tile, t_tile)
+    i = "int64_t"
+    acc = [[f"a{o}_{j}" for j in range(t_tile)] for o in range(oc_tile)]
+    wreg = [[f"v{16 + 8 * o + lane}" for lane in range(X)] for o in range(oc_tile)]
+    asm = []
+    for o in range(oc_tile):
+        asm += [_ld1(wreg[o][:4], f"w{o}"), _ld1(wreg[o][4:], f"w{o}")]
+    for g in range(0, t_tile, 4):
+        xs = _F16_X[:min(4, t_tile - g)]
+        asm.append(_ld1(xs, "x"))
+        asm += [f"fmla %[{acc[o][g + k]}].8h, {wreg[o][lane]}.8h, {xr}.h[{lane}]"
+                for lane in range(X) for k, xr in enumerate(xs) for o in range(oc_tile)]
+    outs = [f'[{a}] "+w"({a})' for row in acc for a in row]
+    outs += [f'[w{o}] "+r"(w{o})' for o in range(oc_tile)] + ['[x] "+r"(x)']
+    clob = [*_F16_X[:min(4, t_tile)], *(r for row in wreg for r in row), "memory"]
+    L = [f"/* {name}: {oc_tile} oc block(s) x {t_tile} tile(s) of one Winograd point, "
+         "loads by four (LD1). */",
+         f"{AI} void {name}(const {E} *restrict v, const {E} *restrict w, {i} wb, "
+         f"{E} *restrict mo, {i} ms, {i} cb, {i} cs) {{"]
+    for o in range(oc_tile):
+        L.append(f"  vf {', '.join(f'{a_} = (vf){{}}' for a_ in acc[o])};")
+    L += [f"  const {E} *{', *'.join(f'w{o} = w + {o} * wb' for o in range(oc_tile))};",
+          "  (void)wb;",
+          f"  for ({i} c = 0; c < cb; ++c) {{",
+          f"    const {E} *x = v + c * cs;",
+          *[("    __asm__(" if k == 0 else " " * 12) + f'"{a}\\n\\t"'
+            for k, a in enumerate(asm)],
+          f"            : {', '.join(outs)}",
+          f"            : : {', '.join(f'{chr(34)}{r}{chr(34)}' for r in clob)});",
+          "  }"]
     for o in range(oc_tile):
         for j in range(t_tile):
             L.append(f"  *(vf *)(mo + {o} * ms + {j * X}) = {acc[o][j]};")
@@ -311,16 +412,46 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
     ocg = ocb // og
     blocks = -(-tiles // tb)
     c.scratch_bytes = scratch * isa.elem_bytes
+    # fp16 runs the last block's last tiles with a GEMM as wide as they are (``rem``), not a
+    # whole t_tile over zero-filled slots (resnet18's and vgg16's 56x56 and 28x28 layers
+    # computed 6 % more tiles than they have)
+    exact = half(isa)
+    rem = (tiles - (blocks - 1) * tb) % t_tile if exact else 0
     names = []
-    for nm, src in (winograd_input_kernel(isa, m), winograd_gemm_kernel(isa, oc_tile, t_tile),
+    gemms = [winograd_gemm_kernel(isa, oc_tile, t_tile)]
+    if rem:
+        gemms.append(winograd_gemm_kernel(isa, oc_tile, rem))
+    for nm, src in (winograd_input_kernel(isa, m), *gemms,
                     winograd_output_kernel(isa, m, la.epilogue)):
         c.lang.helpers.setdefault(nm, src)
         names.append(nm)
-    fin, fgemm, fout = names
+    fin, fgemm, fout = names[0], names[1], names[-1]
     i = "int64_t"
     vs = icb * tb * X  # floats between V's transform points
     ms = ocg * tb * X  # and M's
     rs = iw * X
+
+    def gemm_call(fn: str, t: str) -> str:
+        return (f"{fn}(v + p * {vs} + {t} * {X}, w + ((p * {ocb} + g * {ocg} + ob) * "
+                f"{icb * X}) * {X}, {icb * X * X}, mm + p * {ms} + (ob * {tb} + {t}) * {X}, "
+                f"{tb * X}, {icb}, {tb * X});")
+
+    if exact:
+        gemm = [f"  for ({i} ob = 0; ob < {ocg}; ob += {oc_tile}) {{",
+                f"    {i} t = 0;",
+                f"    for (; t + {t_tile} <= nt; t += {t_tile})",
+                f"      {gemm_call(fgemm, 't')}"]
+        if rem:
+            gemm += [f"    if (t < nt) {gemm_call(names[2], 't')}"]
+        gemm += ["  }"]
+        pad = []
+    else:
+        gemm = [f"  for ({i} ob = 0; ob < {ocg}; ob += {oc_tile})",
+                f"    for ({i} t = 0; t < nt; t += {t_tile})",
+                f"      {gemm_call(fgemm, 't')}"]
+        # GEMM tiles past nt read these slots: keep them finite
+        pad = [f"  for ({i} t = nt; t < (nt + {t_tile - 1}) / {t_tile} * {t_tile}; ++t)",
+               f"    for ({i} p = 0; p < {a2}; ++p) *(vf *)(vc + t * {X} + p * {vs}) = (vf){{}};"]
     body = [f"const {i} n = it / {blocks * og}, t0 = (it / {og}) % {blocks} * {tb}, "
             f"g = it % {og};",
             f"const {i} nt = {tiles} - t0 < {tb} ? {tiles} - t0 : {tb};",
@@ -338,16 +469,11 @@ def conv2d_winograd(c: Ctx, m: int, oc_tile: int, t_tile: int) -> tuple[list[str
             f"      {fin}(x, o, {rs}, r < 0 ? -r : 0, {ih} - r, col < 0 ? -col : 0, "
             f"{iw} - col, vc + t * {X}, {vs});",
             "  }",
-            # GEMM tiles past nt read these slots: keep them finite
-            f"  for ({i} t = nt; t < (nt + {t_tile - 1}) / {t_tile} * {t_tile}; ++t)",
-            f"    for ({i} p = 0; p < {a2}; ++p) *(vf *)(vc + t * {X} + p * {vs}) = (vf){{}};",
+            *pad,
             "}",
-            f"for ({i} p = 0; p < {a2}; ++p)",
-            f"  for ({i} ob = 0; ob < {ocg}; ob += {oc_tile})",
-            f"    for ({i} t = 0; t < nt; t += {t_tile})",
-            f"      {fgemm}(v + p * {vs} + t * {X}, w + ((p * {ocb} + g * {ocg} + ob) * "
-            f"{icb * X}) * {X}, {icb * X * X}, mm + p * {ms} + (ob * {tb} + t) * {X}, {tb * X}, "
-            f"{icb}, {tb * X});",
+            f"for ({i} p = 0; p < {a2}; ++p)" + (" {" if exact else ""),
+            *gemm,
+            *(["}"] if exact else []),
             f"for ({i} ob = 0; ob < {ocg}; ++ob) {{",
             f"  const {i} oc = g * {ocg} + ob;",
             f"  {E} *yc = y + (n * {ocb} + oc) * {oh * ow * X};",
