@@ -18,7 +18,8 @@ writes float32 (its dequantization fused into the requantization).
   ``-zero_x * sum w`` over the taps it ran (a per-tap table, ``comp``): the integer
   ``sum (x - zero_x) * w`` over the valid taps, which is what zero padding gives. Depthwise:
   ``(x - zero_x) * w`` in int32 vectors, per tap.
-- ``qlinear``: two dot-product chains over k; ``-zero_x * sum w`` folded into the bias.
+- ``qlinear``: two dot-product chains over k; ``-zero_x * sum w`` folded into the bias
+  (VNNI: 2 or 4 output blocks an item, ``q8_linear.py``).
 - ``q8_convert.py``: ``qmaxpool2d`` (the max of uint8 vectors), ``quantize``, ``dequantize``
   and the uint8 layout conversions (``convert_u8``), either layout on either side.
 
@@ -494,7 +495,8 @@ def linear_store(lq: LayerQuant, out: str, X: int, o: int, ob: int) -> list[str]
 
 
 def qlinear(c: Ctx) -> Rendered:
-    """One (output block, batch row) per item: two dot-product chains over k."""
+    """One (output block, batch row) per item: two dot-product chains over k (x86 with a
+    whole number of 2 or 4 blocks: ``linear_blocks`` of them an item, a chain each)."""
     _need(c, vectors=True)
     q: QuantIsa = c.lang.qisa
     X, g, WT = q.lanes, q.group, q.weight
@@ -502,6 +504,11 @@ def qlinear(c: Ctx) -> Rendered:
     n, k = c.ins[0]
     o = c.out[1]
     ob = -(-o // X)
+    from codegen.emit.cpu.q8_linear import linear_blocks, qlinear_blocks  # it imports q8
+
+    blocks = linear_blocks(q, ob)
+    if blocks > 1:
+        return qlinear_blocks(c, q, lq, blocks)
     kp = -(-k // g) * g
     kw = k // g * g  # whole groups
     k2 = kw // (2 * g) * (2 * g)
