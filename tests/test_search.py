@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from procs import descendants, wait_gone
 from torch import nn
 
-from host.models.data import DataSpecError, batches, load_dataset
+from host.models.data import (
+    HARD_COPIES,
+    HARD_SEEDS,
+    DataSpecError,
+    batches,
+    distort_digits,
+    load_dataset,
+)
 from host.models.zoo import DigitsNet, digits_tiny
 from host.pruning import PruningPlan
 from host.pruning.algorithms import soft_masks
@@ -332,6 +339,29 @@ def test_digits_split_is_deterministic_and_disjoint():
     assert not any(tuple(t.flatten().tolist()) in tr for t in a.val.x[:50])
 
 
+def test_digits_hard_is_deterministic_keeps_the_split_and_is_harder():
+    a, b = load_dataset("digits-hard"), load_dataset("digits-hard", image_size=8, channels=3)
+    plain = load_dataset("digits")
+    ct, cv = HARD_COPIES
+    assert (len(a.train), len(a.val)) == (ct * len(plain.train), cv * len(plain.val))
+    assert torch.equal(a.val.y, plain.val.y.repeat(cv))
+    again = load_dataset("digits-hard")
+    assert torch.equal(a.train.x, again.train.x) and torch.equal(a.val.x, again.val.x)
+    x, _ = next(batches(b.val, 4, shuffle=False))
+    assert x.shape == (4, 3, 8, 8) and a.input_shape == (1, 16, 16)
+    # every drawing is distorted (no copy of another), and the validation drawings come from
+    # the validation digits: the split is the plain digits' one
+    first, second = a.train.x[:len(plain.train)], a.train.x[len(plain.train):2 * len(plain.train)]
+    assert (first - second).abs().amax(dim=(1, 2, 3)).min() > 0.1
+    assert torch.equal(a.val.x, distort_digits(plain.val.x / 16.0, cv, HARD_SEEDS[1]))
+    # harder: a nearest-centroid classifier on the raw pixels scores far less than on digits
+    def centroid_acc(d):
+        xt, xv = d.train.x.flatten(1).float(), d.val.x.flatten(1).float()
+        cent = torch.stack([xt[d.train.y == c].mean(0) for c in range(10)])
+        return float((torch.cdist(xv, cent).argmin(1) == d.val.y).float().mean())
+    assert centroid_acc(plain) > 0.85 and centroid_acc(a) < 0.5
+
+
 def test_cifar10_and_imagefolder_load(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -360,7 +390,8 @@ def test_cifar10_and_imagefolder_load(tmp_path):
 @pytest.mark.parametrize("spec,msg", [
     ("cifar10:/nonexistent/cifar", "does not exist"),
     ("imagefolder:/nonexistent/imgs", "does not exist"),
-    ("mnist", "expected digits, cifar10:PATH or imagefolder:PATH"),
+    ("mnist", "expected digits, digits-hard, cifar10:PATH or imagefolder:PATH"),
+    ("digits-hard:/x", "expected digits, digits-hard"),
     ("cifar10:", "give the folder"),
 ])
 def test_dataset_errors_name_the_spec(spec, msg):

@@ -1,6 +1,10 @@
 """Datasets for training and search: what ``--dataset`` names, loaded into train/val splits.
 
 ``digits`` (scikit-learn's bundled 8×8 handwritten digits, no download: the offline default),
+``digits-hard`` (the same digits, each drawn several times with a random affine distortion on
+clutter cut from scikit-learn's two sample photographs, plus noise: generated offline,
+deterministic, and far from saturated: the digits CNN reaches about 80 % where it reaches 98 %
+on ``digits``, so pruning choices show in accuracy),
 ``cifar10:PATH`` (the standard python-pickle folder, ``cifar-10-batches-py``) and
 ``imagefolder:PATH`` (one sub-folder per class, read with torchvision's ImageFolder; a
 ``train``/``val`` pair of such folders is used as given). Splits are deterministic: they
@@ -121,6 +125,72 @@ def load_digits(image_size: int | None = 16, channels: int = 1) -> Dataset:
                    10, (channels, size, size), tuple(str(i) for i in range(10)))
 
 
+HARD_COPIES = (3, 4)  # drawings per training / validation digit
+HARD_SEEDS = (1, 2)  # the distortions' generators (train, val): fixed, like the split
+
+
+def distort_digits(x: torch.Tensor, copies: int, seed: int, size: int = 16) -> torch.Tensor:
+    """``copies`` distorted drawings of each image of ``x`` ([N, 1, h, w], values 0..1) at
+    ``size``×``size``, copy-major ([copies·N, 1, size, size], floats): rotation up to ±30°,
+    scale 0.75..1.25, shear up to 0.3, a shift up to an eighth of the image; a grey patch of
+    one of scikit-learn's sample photographs blended under it (weight 0.3..0.8), contrast
+    0.5..1.5, Gaussian noise σ 0.15, and three drawings in ten inverted."""
+    import math
+
+    from sklearn.datasets import load_sample_images
+
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.repeat(copies, 1, 1, 1)
+    m = x.shape[0]
+    ang = (torch.rand(m, generator=g) * 2 - 1) * math.radians(30)
+    scale = 0.75 + torch.rand(m, generator=g) * 0.5
+    shear = (torch.rand(m, generator=g) * 2 - 1) * 0.3
+    shift = (torch.rand(m, 2, generator=g) * 2 - 1) * 0.25
+    c, s = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([c, shear - s, shift[:, 0]], 1),
+                         torch.stack([s, c, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, [m, 1, size, size], align_corners=False)
+    x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    photos = [torch.tensor(i, dtype=torch.float32).mean(-1) / 255
+              for i in load_sample_images().images]
+    which = torch.randint(len(photos), (m,), generator=g)
+    side = torch.randint(size, 4 * size, (m,), generator=g)
+    corner = torch.rand(m, 2, generator=g)
+    clutter = torch.empty(m, 1, size, size)
+    for i in range(m):
+        im, k = photos[int(which[i])], int(side[i])
+        y0 = int(corner[i, 0] * (im.shape[0] - k))
+        x0 = int(corner[i, 1] * (im.shape[1] - k))
+        clutter[i] = F.interpolate(im[y0:y0 + k, x0:x0 + k][None, None], size=(size, size),
+                                   mode="bilinear", align_corners=False)[0]
+    weight = 0.3 + torch.rand(m, 1, 1, 1, generator=g) * 0.5
+    contrast = 0.5 + torch.rand(m, 1, 1, 1, generator=g)
+    x = (x * contrast + weight * clutter).clamp(0, 2)
+    x = x + 0.15 * torch.randn(x.shape, generator=g)
+    inverted = torch.rand(m, generator=g) < 0.3
+    x[inverted] = 1.5 - x[inverted]
+    return x
+
+
+def load_digits_hard(image_size: int | None = 16, channels: int = 1) -> Dataset:
+    """``digits-hard``: the digits' train/val split kept (no drawing of a validation digit is
+    trained on), each digit drawn ``HARD_COPIES`` times by ``distort_digits``."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, va = _stratified_split(d.target, VAL_FRACTION)
+    size = image_size or 16
+    (ct, cv), (st, sv) = HARD_COPIES, HARD_SEEDS
+    xt, xv = distort_digits(x[tr], ct, st, size), distort_digits(x[va], cv, sv, size)
+    prep = _resizer(None, channels, xt.mean(), xt.std(), 1.0)
+    return Dataset("digits-hard", TensorData(xt, y[tr].repeat(ct), prep),
+                   TensorData(xv, y[va].repeat(cv), prep), 10, (channels, size, size),
+                   tuple(str(i) for i in range(10)))
+
+
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
@@ -208,11 +278,13 @@ def load_imagefolder(path: Path, image_size: int | None = None, channels: int = 
 
 def load_dataset(spec: str, image_size: int | None = None, channels: int | None = None
                  ) -> Dataset:
-    """``digits`` | ``cifar10:PATH`` | ``imagefolder:PATH``. ``channels`` adapts the images
-    to a model's first convolution (grey digits repeated to 3 channels, say)."""
+    """``digits`` | ``digits-hard`` | ``cifar10:PATH`` | ``imagefolder:PATH``. ``channels``
+    adapts the images to a model's first convolution (grey digits repeated to 3 channels)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return load_digits(image_size if image_size is not None else 16, channels or 1)
+    if kind == "digits-hard" and not arg:
+        return load_digits_hard(image_size if image_size is not None else 16, channels or 1)
     if kind in ("cifar10", "imagefolder"):
         if not arg:
             raise DataSpecError(f"dataset {spec!r}: give the folder, e.g. {kind}:/data/{kind}")
@@ -221,16 +293,17 @@ def load_dataset(spec: str, image_size: int | None = None, channels: int | None 
             raise DataSpecError(f"dataset {spec}: {p} does not exist")
         loader = load_cifar10 if kind == "cifar10" else load_imagefolder
         return loader(p, image_size, channels or 3)
-    raise DataSpecError(f"dataset {spec!r}: expected digits, cifar10:PATH or imagefolder:PATH")
+    raise DataSpecError(f"dataset {spec!r}: expected digits, digits-hard, cifar10:PATH or "
+                        f"imagefolder:PATH")
 
 
 def check_dataset_spec(spec: str) -> None:
     """Cheap validation (the path exists) before anything is loaded or started."""
     kind, _, arg = spec.partition(":")
-    if kind == "digits" and not arg:
+    if kind in ("digits", "digits-hard") and not arg:
         return
     if kind not in ("cifar10", "imagefolder"):
-        raise DataSpecError(f"dataset {spec!r}: expected digits, cifar10:PATH or "
+        raise DataSpecError(f"dataset {spec!r}: expected digits, digits-hard, cifar10:PATH or "
                             f"imagefolder:PATH")
     if not arg:
         raise DataSpecError(f"dataset {spec!r}: give the folder, e.g. {kind}:/data/{kind}")

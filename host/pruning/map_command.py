@@ -74,8 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the input the bundles are compiled and timed for (default "
                         "1,3,224,224, or the dataset's images with --dataset)")
     p.add_argument("--dataset",
-                   help="train and validate on this (digits, cifar10:PATH, imagefolder:PATH): "
-                        "every bundle's plan gets an accuracy; needed by --search")
+                   help="train and validate on this (digits, digits-hard, cifar10:PATH, "
+                        "imagefolder:PATH): every bundle's plan gets an accuracy; needed by "
+                        "--search")
     p.add_argument("--pretrain-epochs", type=float, default=3.0,
                    help="with --dataset: epochs the model trains before mapping (default 3; "
                         "0 for a trained .pt2)")

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"torchvision name or module:factory (default {DEFAULT_MODEL})")
     p.add_argument("--weights", type=Path, help="a state dict to load first (skips pretraining)")
     p.add_argument("--dataset", default="digits",
-                   help="digits (default), cifar10:PATH or imagefolder:PATH")
+                   help="digits (default), digits-hard, cifar10:PATH or imagefolder:PATH")
     p.add_argument("--image-size", type=int, help="resize the dataset's images to this")
     p.add_argument("--macs", type=float,
                    help="MACs to keep, as a fraction of the dense model's (e.g. 0.5)")

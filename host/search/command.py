@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{INFO['sr'].model})")
     p.add_argument("--weights", help="a state dict to load into --model first")
     p.add_argument("--dataset",
-                   help="digits (scikit-learn's, offline; default), cifar10:PATH (the "
+                   help="digits (scikit-learn's, offline; default), digits-hard (the digits "
+                        "distorted on photo clutter, generated offline), cifar10:PATH (the "
                         "python-pickle folder) or imagefolder:PATH; with --task sr: photos "
                         "(scikit-learn's two photographs, offline; default) or "
                         "imagefolder:PATH (high-resolution images, bicubic-degraded)")
