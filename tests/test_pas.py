@@ -369,3 +369,17 @@ def test_pas_command_steers_measured_latency_through_the_table(runner_binary, tm
         rep["predicted_ms"] / rep["latency_ms"]["pas"] - 1)
     steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert min(s["cost"] for s in steps) < steps[0]["cost"]  # the predicted latency came down
+
+
+def test_bench_brackets_pas_latency_between_two_uniform_rates():
+    from host.bench.pas import bracket
+
+    ms = {0.4: 0.20, 0.5: 0.16, 0.6: 0.12}
+    parts = dict(bracket(ms, 0.15))
+    assert set(parts) == {0.5, 0.6} and parts[0.5] == pytest.approx(0.75)
+    assert sum(w * ms[r] for r, w in parts.items()) == pytest.approx(0.15)
+    assert bracket(ms, 0.16) == [(0.5, 1.0)]
+    assert bracket(ms, 0.05) == [(0.6, 1.0)] and bracket(ms, 0.3) == [(0.4, 1.0)]
+    # a ladder that is not monotone still brackets by latency, not by rate
+    assert dict(bracket({0.4: 0.2, 0.5: 0.1, 0.6: 0.15}, 0.12)) == pytest.approx(
+        {0.5: 0.6, 0.6: 0.4})

@@ -11,10 +11,12 @@ and the penalty for ``--pas-epochs`` (on MACs, or with ``--steer latency`` on th
 per-layer table measured on the runner first predicts) and fine-tunes the narrower model for
 ``--finetune-epochs``. Uniform filter pruning removes the same fraction of every layer's filters
 (widths rounded to the vector width, as PaS's): one model per rate in ``--rates``; every
-bundle is timed on the device side by side (rotated rounds), and for each seed the uniform rate
-whose measured latency is nearest to that seed's PaS model is fine-tuned for the whole budget
-(pas + fine-tune epochs, the same seed). The table gives accuracy and latency per seed and the
-means; ``--out`` keeps the JSON.
+bundle is timed on the device side by side (rotated rounds). For each seed the two uniform
+rates whose measured latencies bracket that seed's PaS model are fine-tuned for the whole
+budget (pas + fine-tune epochs, the same seed), and uniform's accuracy at PaS's latency is
+interpolated linearly between them (``bracket``; outside the timed range the nearest rate
+alone, marked). The table gives accuracy and latency per seed and the means; ``--out`` keeps
+the JSON.
 """
 
 from __future__ import annotations
@@ -163,12 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     keep()
     for row in res["pas"]:
         lat = ms[f"pas seed {row['seed']}"]
-        rate = min(a.rates, key=lambda r: abs(ms[f"uniform {r:g}"] - lat))
-        model = copy.deepcopy(uniform[rate])
-        train(model, data, a.pas_epochs + a.finetune_epochs, tc, seed=row["seed"])
-        res["chosen"].append({"seed": row["seed"], "rate": rate,
-                              "latency_ms": ms[f"uniform {rate:g}"], "acc": evaluate(model, data),
-                              "macs_fraction": res["uniform"][f"{rate:g}"]["macs_fraction"]})
+        parts = bracket({r: ms[f"uniform {r:g}"] for r in a.rates}, lat)
+        accs = {}
+        for rate, _ in parts:
+            model = copy.deepcopy(uniform[rate])
+            train(model, data, a.pas_epochs + a.finetune_epochs, tc, seed=row["seed"])
+            accs[rate] = evaluate(model, data)
+        def mix(f, parts=parts):
+            return sum(w * f(r) for r, w in parts)
+        res["chosen"].append({
+            "seed": row["seed"], "rates": {f"{r:g}": accs[r] for r, _ in parts},
+            "weights": {f"{r:g}": w for r, w in parts}, "interpolated": len(parts) == 2,
+            "rate": mix(float), "latency_ms": mix(lambda r: ms[f"uniform {r:g}"]),
+            "acc": mix(accs.__getitem__),
+            "macs_fraction": mix(lambda r: res["uniform"][f"{r:g}"]["macs_fraction"])})
         row["latency_ms"] = lat
         row["latency_fraction"] = lat / ms["dense"]
         keep()
@@ -180,17 +190,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def bracket(latency_by_rate: dict[float, float], ms: float) -> list[tuple[float, float]]:
+    """The uniform rates to train and their weights for uniform's accuracy at latency ``ms``:
+    the two rates measured nearest below and above it, weighted linearly in latency (their
+    weighted latency is ``ms``), or the nearest rate alone (weight 1) outside the range."""
+    below = [r for r, t in latency_by_rate.items() if t <= ms]
+    above = [r for r, t in latency_by_rate.items() if t >= ms]
+    if not below or not above:
+        return [(min(latency_by_rate, key=lambda r: abs(latency_by_rate[r] - ms)), 1.0)]
+    lo = max(below, key=latency_by_rate.__getitem__)  # the slowest at or under ms
+    hi = min(above, key=latency_by_rate.__getitem__)  # the fastest at or over it
+    t_lo, t_hi = latency_by_rate[lo], latency_by_rate[hi]
+    if lo == hi or t_hi == t_lo:
+        return [(lo, 1.0)]
+    w_hi = (ms - t_lo) / (t_hi - t_lo)
+    return [(lo, 1.0 - w_hi), (hi, w_hi)]
+
+
 def _print(res: dict) -> None:
     t = Table(title=f"PaS vs uniform filter pruning at the same measured latency "
                     f"({res['model']}, {res['dataset']}, {res['budget_epochs']:g} epochs each "
                     f"after the shared pretraining: {res['pretrain_acc']:.4f})")
-    for col in ("seed", "PaS MACs", "PaS ms", "PaS acc", "uniform rate", "uniform MACs",
-                "uniform ms", "uniform acc"):
+    for col in ("seed", "PaS MACs", "PaS ms", "PaS acc", "uniform rates (acc)", "uniform MACs",
+                "uniform ms", "uniform acc at PaS's ms"):
         t.add_column(col, justify="right")
     for p, u in zip(res["pas"], res["chosen"], strict=True):
+        rates = " / ".join(f"{r} ({acc:.4f})" for r, acc in u["rates"].items())
         t.add_row(str(p["seed"]), f"{p['macs_fraction']:.3f}", f"{p['latency_ms']:.4f}",
-                  f"{p['acc']:.4f}", f"{u['rate']:g}", f"{u['macs_fraction']:.3f}",
-                  f"{u['latency_ms']:.4f}", f"{u['acc']:.4f}")
+                  f"{p['acc']:.4f}", rates + ("" if u["interpolated"] else " nearest"),
+                  f"{u['macs_fraction']:.3f}", f"{u['latency_ms']:.4f}", f"{u['acc']:.4f}")
     mean = statistics.mean
     t.add_row("mean", f"{mean(p['macs_fraction'] for p in res['pas']):.3f}",
               f"{mean(p['latency_ms'] for p in res['pas']):.4f}",
@@ -199,6 +227,9 @@ def _print(res: dict) -> None:
               f"{mean(u['latency_ms'] for u in res['chosen']):.4f}",
               f"{mean(u['acc'] for u in res['chosen']):.4f}")
     out.print(t)
+    gap = mean(p["acc"] - u["acc"] for p, u in zip(res["pas"], res["chosen"], strict=True))
+    out.print(f"PaS − uniform at PaS's measured latency: {100 * gap:+.2f} points (mean of "
+              f"{len(res['pas'])} seeds; {'PaS ahead' if gap > 0 else 'uniform ahead or level'})")
     out.print(f"dense {res['latency_ms']['dense']:.4f} ms; uniform rates timed: "
               + ", ".join(f"{k} → {res['latency_ms'][f'uniform {k}']:.4f} ms"
                           for k in res["uniform"])
