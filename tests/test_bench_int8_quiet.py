@@ -85,3 +85,19 @@ def test_alone_samples_each_engine_back_to_back():
                               [quiet.os.getpid()], lambda: None)
     assert order == ["a"] * 3 + ["b"] * 3
     assert got == {"a": [5, 5, 5], "b": [5, 5, 5]}
+
+
+def test_the_runner_call_overhead_is_what_a_call_costs_besides_its_inferences():
+    """A stand-in call that burns 20 ms of CPU plus 10 ms an inference (its first run, one
+    warm-up, ``runs`` timed): the estimate is the 20 ms, not 0 and not a whole call."""
+    from host.bench.int8 import call_overhead_ns
+
+    def burn(s: float) -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < s:
+            pass
+
+    def bench(runs: int) -> None:
+        burn(0.020 + 0.010 * (runs + 2))
+    got = call_overhead_ns(bench, [quiet.os.getpid()], pairs=2, more=3) / 1e6
+    assert 10 < got < 30, got

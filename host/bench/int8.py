@@ -69,7 +69,7 @@ from .peers import (
     OpenVinoInt8Engine,
     calibration,
 )
-from .quiet import Meter, measure_alone, process_tree
+from .quiet import Meter, measure_alone, process_tree, run_ns, settle
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "vgg16")
 SCHEDULES = ("interleaved", "alone", "both")
@@ -179,10 +179,30 @@ class _Ours(OursEngine):
         # the runner's benchmark runs its first run and at least one warm-up (0 asks for its
         # default) before the timed one: three inferences a sample (quiet.Meter's CPU time)
         one_run = MeasureConfig(threads=threads, runs=1, warmup=1)
+        self.call_overhead_ns = call_overhead_ns(
+            lambda runs: self.session.benchmark(key, replace(one_run, runs=runs)),
+            process_tree())
         x = w.example.numpy()
         return Loaded(self.name, lambda: self.session.run(key, [x])[0],
                       lambda: int(self.session.benchmark(key, one_run).samples_ns[0]),
                       lambda: self.session.unload(key))
+
+
+def call_overhead_ns(bench, pids: list[int], pairs: int = 3, more: int = 5) -> int:
+    """The CPU time a runner benchmark call costs besides its inferences (gRPC, telemetry,
+    memory counters: ~1.6 ms on the 2-core host, a fifth of a MobileNet-V2 sample), from
+    calls of 1 and of ``1 + more`` timed runs: median CPU of the short calls less 3
+    inferences' worth ((long - short) / more each); never below 0. ``quiet.Meter`` leaves it
+    out of ours' CPU per inference."""
+    short, long_ = [], []
+    for _ in range(pairs):
+        for runs, acc in ((1, short), (1 + more, long_)):
+            settle(pids)
+            c0 = run_ns(pids)
+            bench(runs)
+            acc.append(run_ns(pids) - c0)
+    per = (statistics.median(long_) - statistics.median(short)) / more
+    return max(0, int(statistics.median(short) - 3 * per))
 
 
 def _ort_keep(cls):
@@ -319,7 +339,8 @@ def sample(model: str, threads: int, probes: dict, w, ref, runs: dict[str, Engin
                                  f"engines ({' and '.join(todo)})",
                                  total=args.runs * len(loaded) * len(todo))
         for how in todo:
-            meters = {k: Meter(pids, inferences=3 if k.startswith("ours") else 2)
+            meters = {k: Meter(pids, inferences=3 if k.startswith("ours") else 2,
+                               overhead_ns=getattr(probes[k].eng, "call_overhead_ns", 0))
                       for k in loaded}
             wrapped = {k: meters[k].wrap(lo, quiet_first=how == "interleaved")
                        for k, lo in loaded.items()}
@@ -327,7 +348,8 @@ def sample(model: str, threads: int, probes: dict, w, ref, runs: dict[str, Engin
             got = (measure(wrapped, args.runs, tick) if how == "interleaved" else
                    measure_alone(wrapped, args.runs, measure, pids, tick))
             extra[how] = {k: {"cpu_ms": m.cpu_ms, "settle_ms": m.settle_ms,
-                              "not_quiet": m.busy} for k, m in meters.items()}
+                              "not_quiet": m.busy, "call_overhead_ms": m.overhead_ns / 1e6}
+                          for k, m in meters.items()}
             if how == "alone":
                 for k, s in got.items():
                     if not isinstance(k, tuple):
@@ -391,6 +413,11 @@ def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, ex
         if va:
             out.print(f"{name}, {threads} thread(s): alone, ours int8 / fastest int8 peer "
                       f"({va[0]}) = {va[1]:.2f} by median")
+    for k, v in extra.get(main, {}).items():
+        if v.get("call_overhead_ms"):
+            out.print(f"{name}, {threads} thread(s): {k}'s CPU ms leave out the runner's "
+                      f"{v['call_overhead_ms']:.2f} ms a benchmark call costs besides its "
+                      f"inferences (measured at load)")
     cpu = {k: v["cpu_ms"] for k, v in extra.get(main, {}).items()
            if k.endswith("int8") and v.get("cpu_ms")}
     if "ours int8" in cpu and len(cpu) > 1:

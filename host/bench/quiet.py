@@ -95,6 +95,7 @@ class Meter:
 
     pids: list[int]
     inferences: int = 2  # a sample's: one untimed and one timed (ours: three, the runner's)
+    overhead_ns: int = 0  # a sample's CPU time besides its inferences, left out (ours' call)
     cpu_ns: list[int] = field(default_factory=list)
     settle_s: list[float] = field(default_factory=list)
     busy: int = 0  # samples taken after ``LIMIT_S`` without the threads going quiet
@@ -107,7 +108,8 @@ class Meter:
                 self.busy += not ok
             c0 = run_ns(self.pids)
             ns = lo.sample_ns()
-            self.cpu_ns.append((run_ns(self.pids) - c0) // self.inferences)
+            cpu = run_ns(self.pids) - c0 - self.overhead_ns
+            self.cpu_ns.append(max(0, cpu) // self.inferences)
             return ns
         return replace(lo, sample_ns=sample)
 
