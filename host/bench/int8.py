@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(host/bench/quiet.py: pools that spin after a call returns would otherwise take a "
         "core from the engine sampled next); alone: each engine's samples back to back, one "
         "engine after another; both: alone, then interleaved, both printed"))
+    ap.add_argument("--no-cool-down", dest="cool_down", action="store_false", help=(
+        "interleaved samples without the wait for idle threads before each (the old way: to "
+        "see what other engines' spinning pools cost the one sampled next)"))
     ap.add_argument("--json", type=Path, metavar="PATH", help="write every sample here")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--runner", type=Path)
@@ -342,7 +345,8 @@ def sample(model: str, threads: int, probes: dict, w, ref, runs: dict[str, Engin
             meters = {k: Meter(pids, inferences=3 if k.startswith("ours") else 2,
                                overhead_ns=getattr(probes[k].eng, "call_overhead_ns", 0))
                       for k in loaded}
-            wrapped = {k: meters[k].wrap(lo, quiet_first=how == "interleaved")
+            wrapped = {k: meters[k].wrap(lo, quiet_first=how == "interleaved" and
+                                         getattr(args, "cool_down", True))
                        for k, lo in loaded.items()}
             tick = lambda: progress.advance(task)  # noqa: E731
             got = (measure(wrapped, args.runs, tick) if how == "interleaved" else
@@ -369,14 +373,16 @@ def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, ex
 
     main = "interleaved" if "interleaved" in extra else "alone"
     alone = extra.get("alone", {}) if main == "interleaved" else {}
+    cool = main == "interleaved" and getattr(args, "cool_down", True)
     t = Table(title=f"{name}, 1×3×{args.input_size}×{args.input_size}, {threads} thread(s): "
                     f"median of {args.runs} {main} samples"
+                    f"{'' if cool or main == 'alone' else ' without cool-down'}"
                     f"{' (and alone)' if alone else ''}; load average "
                     f"{os.getloadavg()[0]:.2f} at the end")
     cols = ["engine", "median ms", "p10 ms", "p90 ms"]
     if alone:
         cols += ["alone median ms", "interleaved / alone"]
-    cols += ["CPU ms", *(["cool-down ms"] if main == "interleaved" else []),
+    cols += ["CPU ms", *(["cool-down ms"] if cool else []),
              f"top-1 vs fp32 ({args.eval})", "cosine vs fp32", "note"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("engine", "note") else "right")
@@ -394,7 +400,7 @@ def print_table(name: str, threads: int, runs: dict[str, EngineRun], quality, ex
             a_ms = statistics.median(a_ns) / 1e6 if a_ns else None
             row += [ms(a_ms), f"{r.median_ms / a_ms:.3f}" if a_ms and r.median_ms else "–"]
         row.append(ms(e.get("cpu_ms")))
-        if main == "interleaved":
+        if cool:
             busy = e.get("not_quiet")
             row.append(ms(e.get("settle_ms")) + (f" ({busy} busy)" if busy else ""))
         row += [f"{q[0]:.0%}" if q else "–", f"{q[1]:.5f}" if q else "–",

@@ -2,9 +2,9 @@
 
 Most engines' thread pools keep their workers spinning for a while after a call returns (ONNX
 Runtime's intra-op pool, OpenVINO's TBB arena, XNNPACK's pthreadpool, ncnn's OpenMP team, our
-runner's pool: ``thread_pool.cpp``, 2^16 pauses), so on a machine with as many cores as the
-benchmark's threads the engine sampled next shares a core with its predecessor's spinning
-workers. Rather than reconfigure every engine (which changes how each one runs inside a
+runner's pool: ``thread_pool.cpp``, 2^13 pauses, ~0.2 ms), so on a machine with as many cores
+as the benchmark's threads the engine sampled next shares a core with its predecessor's
+spinning workers. Rather than reconfigure every engine (which changes how each one runs inside a
 call), ``Meter`` waits before each sample until the benchmark's processes (this one, where the
 peers run, and its children: our runner) are idle: no thread other than the caller ran more
 than ``QUIET_FRACTION`` of a ``WINDOW_S`` window (the processes' CPU clocks, less the caller's
