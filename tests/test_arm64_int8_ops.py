@@ -21,7 +21,7 @@ pytestmark = pytest.mark.arm64
 CALL_TIMEOUT_S = 300.0
 # each kernel kind once, at the layouts NEON's 4 lanes give (qemu is slow)
 ARM64_CASES = ("avgpool3x3s2_ceil_nocount", "global_pool_fc", "add_relu6", "add_out",
-               "concat_plain", "concat_same_scale", "hardswish_conv", "linear_sigmoid",
+               "add_plain", "concat_plain", "concat_same_scale", "hardswish_conv", "linear_sigmoid",
                "hardsigmoid_out")
 
 

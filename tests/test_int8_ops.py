@@ -62,6 +62,12 @@ def _add_out(self, x):  # the add's output is the graph's: it writes float32
     return F.relu(a(x)) + F.relu6(b(x))
 
 
+def _add_plain(self, x):  # concats of 12 + 7 channels are plain NCHW: so is their add
+    a, b, c, d, e = self.mods
+    y = torch.cat([F.relu(a(x)), F.relu(b(x))], 1) + torch.cat([F.relu6(c(x)), d(x)], 1)
+    return e(y)
+
+
 def _concat(self, x):
     a, b, c = self.mods
     return c(torch.cat([F.relu(a(x)), b(x)], 1))
@@ -118,6 +124,9 @@ CASES = {
                               nn.Conv2d(20, 8, 1), fn=_add(F.relu6)), (1, 8, 6, 5), "add_qs8"),
     "add_out": (lambda: Seq(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 1), fn=_add_out),
                 (1, 8, 5, 6), "add_qs8"),
+    "add_plain": (lambda: Seq(nn.Conv2d(8, 12, 3, padding=1), nn.Conv2d(8, 7, 1),
+                              nn.Conv2d(8, 12, 1), nn.Conv2d(8, 7, 1), nn.Conv2d(19, 8, 1),
+                              fn=_add_plain), (1, 8, 5, 7), "add_qs8"),
     "concat_blocked": (lambda: Seq(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 1),
                                    nn.Conv2d(32, 8, 1), fn=_concat), (1, 8, 6, 7), "concat_qs8"),
     "concat_plain": (lambda: Seq(nn.Conv2d(8, 12, 3, padding=1), nn.Conv2d(8, 7, 1),
