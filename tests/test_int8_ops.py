@@ -303,3 +303,40 @@ def test_compile_calibration_method_flag(capsys, tmp_path):
     rc, err = _compile_cli(capsys, *base, "-o", str(tmp_path / "bad"),
                            "--calibration-method", "entropy")
     assert rc != 0 and "Traceback" not in err and "calibration method 'entropy'" in err
+
+
+def _sparse_net(self, x):  # block-pruned conv + hardswish (split), global pool, pruned fc
+    a, b, fc = self.mods
+    y = F.hardswish(b(F.relu(a(x))))
+    return fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.host
+def test_sparse_int8_with_tables_and_the_global_pool(tmp_path):
+    """Sparse + int8: a block-punched conv whose hardswish becomes a table, the global pool
+    and a block-pruned Linear, all int8, bit-exact."""
+    from test_int8_sparse import block_punched, block_rows
+
+    torch.manual_seed(0)
+    model = Seq(nn.Conv2d(8, 32, 3, padding=1), nn.Conv2d(32, 48, 3, padding=1),
+                nn.Linear(48, 20), fn=_sparse_net).eval()
+    with torch.no_grad():
+        model.mods[1].weight.copy_(block_punched(model.mods[1].weight, 0.3))
+        model.mods[2].weight.copy_(block_rows(model.mods[2].weight, 0.3))
+    shape = (1, 8, 9, 10)
+    batches = _batches(shape)
+    x = _batches(shape, 1, seed=7)[0][0]
+    schemes = {"mods.1": "block_punched", "mods.2": "block"}
+    for qisa in QISAS:
+        b = compile_model(model, torch.from_numpy(x), tmp_path / qisa.name,
+                          toolchain=FixedQ8(qisa), calibration=batches, schemes=schemes,
+                          sparse="always")
+        assert read_report(b.path).fp32_layers == {}
+        ops = [s.op for s in b.manifest.steps]
+        assert ops.count("quantize") == 1 and "dequantize" not in ops, ops
+        src = (b.path / "kernels.c").read_text()
+        assert "hardswish_lut_qs8" in src and "adaptive_avgpool2d_nchw" in src
+        assert "spconv2d_3x3s1_" in src and "splinear_bcsr" in src  # the sparse int8 kernels
+        (got,) = run_bundle(b, [x])
+        (want,) = _reference(model, x, batches, qisa.lanes, schemes)
+        assert np.array_equal(got, want), qisa.name
