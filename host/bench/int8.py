@@ -11,11 +11,17 @@ weights, MinMax calibration) on its own ONNX export, run with all graph optimiza
 fuse the QDQ pairs into its int8 kernels); the others as ``peers.py`` says. Quantized models
 are cached in the workload's folder, so a calibration runs once per model and version. For
 every model and thread count the engines are sampled round-robin (``common.measure``), one
-untimed inference before each timed one. Printed: median/p10/p90, ours int8 against the
-fastest int8 peer, and for each engine top-1 agreement and mean cosine similarity with
-PyTorch float32 on ``--eval`` further seeded inputs.
+untimed inference before each timed one, and before each sample the wait until every thread
+of the benchmark's processes is idle (``quiet.py``: pools that spin after a call returned
+would take a core from the engine sampled next; ``--no-cool-down`` leaves it out);
+``--schedule alone|both`` also times each engine's samples back to back. Printed:
+median/p10/p90, CPU time per inference (the work itself at 1 thread, on a loaded machine
+too), the cool-down waited, ours int8 against the fastest int8 peer (by wall median and by
+CPU time), and for each engine top-1 agreement and mean cosine similarity with PyTorch
+float32 on ``--eval`` further seeded inputs.
 
-    python -m host.bench.int8 --models resnet18,mobilenet_v2,vgg16 --threads 1,2 --runs 30
+    python -m host.bench.int8 --models resnet18,mobilenet_v2,vgg16 --threads 1,2 --runs 20 \
+        --schedule both
 """
 
 from __future__ import annotations
