@@ -87,7 +87,8 @@ def tuning_space(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dict[
 # 3.6e-3 to 1.35e-2 (fp16 sums of ic * 9 terms), F(4,3) 4.2e-2 to 8.9e-2. Whole models, whose
 # pools and classifiers average that noise: resnet18 at 224 as the arm64 benchmark has it
 # (BatchNorm recalibrated), F(4,3) 2.3e-2 for 138.7 M instructions, F(2,3) only 8.3e-3 for
-# 181.6 M (both before ``_load_share``'s oc tiles, which took F(4,3) to 133.2 M), direct only
+# 181.6 M (both before ``_load_share``'s oc tiles, which took F(4,3) to 133.2 M, and the asm
+# GEMM with exact remainders and the shared-term transforms, 123.9 M), direct only
 # 1.4e-2, ncnn's fp16 3.9e-2 for 131.8 M; top-1 kept by all. F(4,3)
 # is the default because it is within the precision people take from fp16 engines; for the
 # accurate choice set FP16_WINOGRAD = ("winograd2",).
@@ -134,7 +135,8 @@ def default_tuning(la: Layer, out_shape: tuple[int, ...], isa: VectorIsa) -> dic
     per FMA) that leaves enough work items for a few threads (Winograd splits work by tiles, so
     up to 2 there), then the column (tile) count with the least work per output column (tile).
     At fp16 the oc tile with the fewest loads per FMA instead (``_load_share``; measured on
-    resnet18 at 224 under qemu: 138.7 M -> 133.7 M instructions)."""
+    resnet18 at 224 under qemu: 138.7 M -> 133.7 M instructions), and Winograd's tile count
+    by ``_exact_width`` (its GEMM runs the last tiles as wide as they are)."""
     space = tuning_space(la, out_shape, isa)
     if not space:
         return {}
