@@ -44,7 +44,7 @@ class LatencyTable:
         pts = self.points[name]
         if len(pts) == 1:
             return pts[0][1] * u / pts[0][0] if pts[0][0] > 0 else pts[0][1] + 0 * u
-        uf = float(u)
+        uf = float(u.detach()) if isinstance(u, torch.Tensor) else float(u)
         i = next((k for k in range(1, len(pts)) if uf <= pts[k][0]), len(pts) - 1)
         (u0, m0), (u1, m1) = pts[i - 1], pts[i]
         v = m0 + (u - u0) * ((m1 - m0) / (u1 - u0))
