@@ -211,13 +211,13 @@ def _print(res: dict) -> None:
     t = Table(title=f"PaS vs uniform filter pruning at the same measured latency "
                     f"({res['model']}, {res['dataset']}, {res['budget_epochs']:g} epochs each "
                     f"after the shared pretraining: {res['pretrain_acc']:.4f})")
-    for col in ("seed", "PaS MACs", "PaS ms", "PaS acc", "uniform rates (acc)", "uniform MACs",
+    for col in ("seed", "PaS MACs", "PaS ms", "PaS acc", "uniform rates", "uniform MACs",
                 "uniform ms", "uniform acc at PaS's ms"):
         t.add_column(col, justify="right")
     for p, u in zip(res["pas"], res["chosen"], strict=True):
-        rates = " / ".join(f"{r} ({acc:.4f})" for r, acc in u["rates"].items())
+        rates = "+".join(u["rates"]) + ("" if u["interpolated"] else " (nearest)")
         t.add_row(str(p["seed"]), f"{p['macs_fraction']:.3f}", f"{p['latency_ms']:.4f}",
-                  f"{p['acc']:.4f}", rates + ("" if u["interpolated"] else " nearest"),
+                  f"{p['acc']:.4f}", rates,
                   f"{u['macs_fraction']:.3f}", f"{u['latency_ms']:.4f}", f"{u['acc']:.4f}")
     mean = statistics.mean
     t.add_row("mean", f"{mean(p['macs_fraction'] for p in res['pas']):.3f}",
@@ -227,6 +227,10 @@ def _print(res: dict) -> None:
               f"{mean(u['latency_ms'] for u in res['chosen']):.4f}",
               f"{mean(u['acc'] for u in res['chosen']):.4f}")
     out.print(t)
+    out.print("uniform's accuracy per rate and seed (weight at PaS's latency): " + "; ".join(
+        f"seed {u['seed']}: " + ", ".join(f"{r} {acc:.4f} ({u['weights'][r]:.2f})"
+                                          for r, acc in u["rates"].items())
+        for u in res["chosen"]))
     gap = mean(p["acc"] - u["acc"] for p, u in zip(res["pas"], res["chosen"], strict=True))
     out.print(f"PaS − uniform at PaS's measured latency: {100 * gap:+.2f} points (mean of "
               f"{len(res['pas'])} seeds; {'PaS ahead' if gap > 0 else 'uniform ahead or level'})")
