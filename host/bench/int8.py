@@ -349,7 +349,10 @@ def sample(model: str, threads: int, probes: dict, w, ref, runs: dict[str, Engin
                                  total=args.runs * len(loaded) * len(todo))
         for how in todo:
             meters = {k: Meter(pids, inferences=3 if k.startswith("ours") else 2,
-                               overhead_ns=getattr(probes[k].eng, "call_overhead_ns", 0))
+                               # at 2+ threads the estimate holds the pool's waking and
+                               # spinning too: left in (judge those by wall time)
+                               overhead_ns=getattr(probes[k].eng, "call_overhead_ns", 0)
+                               if threads == 1 else 0)
                       for k in loaded}
             wrapped = {k: meters[k].wrap(lo, quiet_first=how == "interleaved" and
                                          getattr(args, "cool_down", True))
