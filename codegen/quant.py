@@ -39,12 +39,17 @@ What every int8 bundle computes (``codegen/emit/cpu/q8.py`` matches it bit for b
 - int8 ``concat``: each input requantized to the output's scale, ``v = float(q - zero_i) *
   float32(scale_i / scale_y)``, clamp, rounding (the identity where an input's quantization is
   the output's: the pass gives the output its inputs' quantization when they all share one).
+- int8 ``mul_channel`` (squeeze-excite's ``x * gate``, the gate [N, C, 1, 1]), both uint8 of
+  their own scales: ``v = float((x - zero_x) * (g - zero_g)) * float32(scale_x * scale_g /
+  scale_y)`` (the int32 product, |.| <= 255^2, is exact in float32), then the clamp, ties to
+  even, ``zero_y``; the output is calibrated as every tensor is.
 - Element-wise activations without an int8 epilogue (hardswish, sigmoid, ...) are a 256-entry
   lookup table per tensor: ``T[q] = quantize(act(dequantize(q)))`` with torch in float32 (the
   quantization pass splits a conv's or linear's hardswish/sigmoid epilogue into such a step);
   the kernels index the same table, so it is exact by construction.
 - Any of these whose output only float32 layers read writes float32 instead (no rounding, no
-  zero point: ``m = scale_x / d``, ``scale_a`` ..., the table ``act(dequantize(q))``).
+  zero point: ``m = scale_x / d``, ``scale_a`` ..., ``scale_x * scale_g``, the table
+  ``act(dequantize(q))``).
 
 ``run_int8_reference`` runs a graph after the quantization pass (``codegen/passes/
 quantize.py``, before the layout pass) with these rules for int8 layers and torch for the
@@ -147,7 +152,8 @@ class OpQuant:
 
     x: tuple[QParams, ...]  # the inputs'
     y: QParams | None
-    mult: tuple[float, ...]  # float32 per input: scale_i / scale_y (u8 out) or scale_i
+    mult: tuple[float, ...]  # float32 per input: scale_i / scale_y (u8 out) or scale_i;
+    # mul_channel: one, scale_x * scale_g / scale_y (u8 out) or scale_x * scale_g
     lo: float | None  # clamp of v before rounding
     hi: float | None
     pool_mult: np.ndarray | None = None  # avg pools: float32 m[d] for each divisor d
@@ -204,7 +210,8 @@ def lut_table(qx: QParams, qy: QParams | None, acts: Sequence[str]) -> np.ndarra
 
 
 def op_quant(graph: Graph, la: Layer) -> OpQuant:
-    """The constants of int8 average pool, add, concat or table step ``la`` in ``graph``."""
+    """The constants of int8 average pool, add, concat, mul_channel or table step ``la`` in
+    ``graph``."""
     q = graph.quant
     qx = tuple(q[t] for t in la.inputs)
     qy = q.get(la.output)
@@ -212,7 +219,10 @@ def op_quant(graph: Graph, la: Layer) -> OpQuant:
     if la.op in LUT_OPS:
         return OpQuant(qx, qy, (), None, None, table=lut_table(qx[0], qy, (la.op, *acts)))
     den = qy.scale if qy is not None else 1.0
-    mult = tuple(float(np.float32(p.scale / den)) for p in qx)
+    if la.op == "mul_channel":  # one multiplier for the product, rounded once
+        mult = (float(np.float32(qx[0].scale * qx[1].scale / den)),)
+    else:
+        mult = tuple(float(np.float32(p.scale / den)) for p in qx)
     lo, hi = _clamp(acts, qy)
     pool = None
     if la.op in POOL_OPS:
@@ -274,7 +284,7 @@ def _centred(x: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 def int8_op(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
-    """One int8 average pool, add, concat or table step on uint8 inputs."""
+    """One int8 average pool, add, concat, mul_channel or table step on uint8 inputs."""
     oq = op_quant(graph, la)
     if oq.table is not None:
         return oq.table[xs[0]]
@@ -282,6 +292,9 @@ def int8_op(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
         v = (_centred(xs[0], oq.x[0]).astype(np.float32) * np.float32(oq.mult[0])
              + _centred(xs[1], oq.x[1]).astype(np.float32) * np.float32(oq.mult[1]))
         return _store(v, oq)
+    if la.op == "mul_channel":  # x [N, C, H, W] times the gate [N, C, 1, 1]
+        p = _centred(xs[0], oq.x[0]) * _centred(xs[1], oq.x[1])  # int32, exact
+        return _store(p.astype(np.float32) * np.float32(oq.mult[0]), oq)
     if la.op == "concat":
         parts = [_store(_centred(x, p).astype(np.float32) * np.float32(m), oq)
                  for x, p, m in zip(xs, oq.x, oq.mult, strict=True)]
@@ -299,7 +312,7 @@ def int8_op(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
 
 def int8_layer(graph: Graph, la: Layer, xs: list[np.ndarray]) -> np.ndarray:
     """One int8 conv2d, linear or max pool on uint8 inputs, as the kernels compute it."""
-    if la.op in ("add", "concat", *POOL_OPS, *LUT_OPS):
+    if la.op in ("add", "concat", "mul_channel", *POOL_OPS, *LUT_OPS):
         return int8_op(graph, la, xs)
     if la.op in ALIAS_OPS:
         return xs[0].reshape(graph.shapes[la.output])

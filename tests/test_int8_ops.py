@@ -101,6 +101,32 @@ def _mlp_sigmoid(self, x):
     return b(torch.sigmoid(a(x)))
 
 
+def _se(gate, act=F.relu):
+    def fn(self, x):  # conv -> squeeze-excite (pool, 1x1 convs, the gate) -> x * gate -> conv
+        a, f1, f2, b = self.mods
+        y = act(a(x)) if act else a(x)  # no act: x's zero point is not 0
+        s = gate(f2(F.relu(f1(F.adaptive_avg_pool2d(y, 1)))))
+        return b(y * s)
+    return fn
+
+
+def _se_plain(self, x):  # concat of 12 + 7 channels: plain NCHW, x's zero point not 0
+    a, b, f1, f2, c = self.mods
+    y = torch.cat([F.relu(a(x)), b(x)], 1)
+    return c(y * F.hardsigmoid(f2(F.relu(f1(F.adaptive_avg_pool2d(y, 1))))))
+
+
+def _se_out(self, x):  # the product is the graph's output: it writes float32
+    a, f1, f2 = self.mods
+    y = F.relu6(a(x))
+    return y * torch.sigmoid(f2(F.relu(f1(F.adaptive_avg_pool2d(y, 1)))))
+
+
+def _se_net(c: int, r: int, fn, tail: bool = True):
+    mods = [nn.Conv2d(5, c, 3, padding=1), nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)]
+    return Seq(*mods, *([nn.Conv2d(c, 8, 1)] if tail else []), fn=fn)
+
+
 # (model factory, input shape, a kernel name the source must hold)
 CASES = {
     "avgpool3x3s2_ceil_nocount": (lambda: Seq(
@@ -145,6 +171,18 @@ CASES = {
                              "hardswish_lut_qs8"),
     "linear_sigmoid": (lambda: Seq(nn.Linear(30, 40), nn.Linear(40, 6), fn=_mlp_sigmoid),
                        (3, 30), "sigmoid_lut_qs8"),
+    # squeeze-excite's x * gate: whole and partial channel blocks, two batch rows, plain NCHW
+    "se_sigmoid": (lambda: _se_net(32, 8, _se(torch.sigmoid)), (1, 5, 7, 9),
+                   "mul_channel_nchw"),
+    "se_hardsigmoid_21": (lambda: _se_net(21, 5, _se(F.hardsigmoid, None)), (2, 5, 6, 5),
+                          "mul_channel_nchw"),
+    # a SiLU gate takes negative values: its zero point is not 0 either
+    "se_silu_gate": (lambda: _se_net(24, 6, _se(F.silu, None)), (1, 5, 6, 7),
+                     "mul_channel_nchw"),
+    "se_plain": (lambda: Seq(nn.Conv2d(5, 12, 3, padding=1), nn.Conv2d(5, 7, 1),
+                             nn.Conv2d(19, 5, 1), nn.Conv2d(5, 19, 1), nn.Conv2d(19, 8, 1),
+                             fn=_se_plain), (1, 5, 5, 7), "mul_channel_nchw_qs8"),
+    "se_out": (lambda: _se_net(12, 3, _se_out, tail=False), (1, 5, 5, 6), "mul_channel_nchw"),
 }
 
 
@@ -205,13 +243,17 @@ def _quantized(model: nn.Module, shape, lanes: int = 16, **kw):
         quantize_int8, calibration=batches, lanes=lanes, **kw))), batches
 
 
-def test_the_pass_runs_the_small_cnn_in_int8_but_grouped_convs_and_se_products():
+def test_the_pass_runs_the_small_cnn_in_int8_but_grouped_convs():
     g, _ = _quantized(small_cnn(), (1, 3, 32, 32))
     int8 = {la.name: la.op for la in g.layers if is_int8(la)}
     for name in ("add", "se.pool", "concat", "pool_avg", "adapt", "pw.hardswish",
-                 "se.fc2.sigmoid", "k5.hardsigmoid", "fc.sigmoid", "pw", "se.fc2", "fc"):
+                 "se.fc2.sigmoid", "k5.hardsigmoid", "fc.sigmoid", "pw", "se.fc2", "fc",
+                 "se.mul_channel"):
         assert name in int8, name
-    assert "grouped" not in int8 and "se.mul_channel" not in int8
+    assert "grouped" not in int8
+    # the SE product reads the block's uint8 input and its uint8 gate: no conversion between
+    (mul,) = [la for la in g.layers if la.name == "se.mul_channel"]
+    assert all(t in g.quant for t in (*mul.inputs, mul.output))
     # a split layer writes its pre-activation tensor, uint8, for its table
     (pw,) = [la for la in g.layers if la.name == "pw"]
     assert pw.epilogue == () and pw.output.endswith("_pre_q8")

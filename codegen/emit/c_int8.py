@@ -1,7 +1,8 @@
 """Freestanding C for an int8 CPU bundle: the float32 vector C, plus the int8 kernels of
 ``codegen/emit/cpu/q8.py`` for the layers the quantization pass marked (``codegen.quant``), for
 the pruned ones among them the block-sparse int8 kernels of ``codegen/emit/sparse/q8.py``, and
-for its pools, adds, concats and activation tables those of ``codegen/emit/cpu/q8_ops.py``.
+for its pools, adds, concats, SE products (mul_channel) and activation tables those of
+``codegen/emit/cpu/q8_ops.py``.
 
 The graph is mixed: uint8 tensors (``Graph.quant``) between int8 layers, float32 elsewhere and
 at the graph's ends. The float32 layers get the float32 ISA's kernels unchanged (same block
@@ -57,6 +58,7 @@ class Int8CLanguage(CLanguage):
             k[op] = _int8_or(q8_ops.qavgpool, k[op])
         k["add"] = _int8_or(q8_ops.qadd, k["add"])
         k["concat"] = _int8_or(q8_ops.qconcat, k["concat"])
+        k["mul_channel"] = _int8_or(q8_ops.qmul_channel, k["mul_channel"])
         for op in LUT_OPS:
             k[op] = _int8_or(q8_ops.qlut, k[op])
         k["to_nchwxc"] = _u8_or(q8_convert.convert_u8, k["to_nchwxc"])

@@ -6,8 +6,9 @@ the layers that run in int8 (``attrs["precision"] = "int8"``: conv2d with groups
 depthwise, and linear, whose fused epilogue is at most a residual add then ReLU/ReLU6, dense or
 pruned with a block scheme (``INT8_SPARSE_SCHEMES``: the sparse pass then picks the int8
 block-sparse kernel or the dense int8 one); and, where an input comes from an int8 layer
-(``FOLLOW_INT8``), max and average pools (the global one too), add, concat, reshapes and the
-activations as lookup tables) and gives the uint8 tensors their ``QParams`` (``Graph.quant``).
+(``FOLLOW_INT8``), max and average pools (the global one too), add, concat, squeeze-excite's
+``mul_channel``, reshapes and the activations as lookup tables) and gives the uint8 tensors
+their ``QParams`` (``Graph.quant``).
 A conv's or linear's epilogue activation without an int8 form (hardswish, sigmoid, ...) is
 split off first (``split_tables``): the int8 conv writes the pre-activation tensor, a table
 step the rest. Every other layer stays float32 (the reason is in ``fp32_layers``): a
@@ -51,9 +52,10 @@ INT8_SPARSE_SCHEMES = ("block", "block_punched")
 
 
 # Ops with int8 kernels that run in int8 where an input comes from an int8 layer (never
-# around a float32 one: that would only add conversions): pools, add, concat, the activations
-# as lookup tables (``codegen.quant.LUT_OPS``), and reshapes (a uint8 alias of a uint8 tensor).
-FOLLOW_INT8 = ("maxpool2d", *POOL_OPS, "add", "concat", *LUT_OPS, *ALIAS_OPS)
+# around a float32 one: that would only add conversions): pools, add, concat, mul_channel (an
+# SE block's x * gate), the activations as lookup tables (``codegen.quant.LUT_OPS``), and
+# reshapes (a uint8 alias of a uint8 tensor).
+FOLLOW_INT8 = ("maxpool2d", *POOL_OPS, "add", "concat", "mul_channel", *LUT_OPS, *ALIAS_OPS)
 
 
 def _table_start(la: Layer) -> int:

@@ -1,7 +1,9 @@
 """int8 kernels for the ops around the convs: average pooling (k x k and adaptive, the global
 pool among them), the add of two uint8 tensors of their own scales, concat, and the element-wise
-activations as 256-entry lookup tables. What they compute is ``codegen.quant``'s ``int8_op``
-(``op_quant`` gives every constant), bit for bit.
+activations as 256-entry lookup tables, and squeeze-excite's per-channel product
+(``mul_channel``: the gate's term a vector per channel block, hoisted out of the pixel loop).
+What they compute is ``codegen.quant``'s ``int8_op`` (``op_quant`` gives every constant), bit
+for bit.
 
 They are memory-bound: the element-wise ones are portable C on bytes that the compiler
 vectorises at -O3 for every ISA (AVX-512, AVX2, NEON: the same text); a blocked pool keeps
@@ -195,3 +197,40 @@ def qavgpool(c: Ctx) -> Rendered:
     body = consts + body
     items = n * cb * oh
     return [*tables, c.x(), c.y(), *c.lang.over_items(c, items, body)], items, numel(src)
+
+
+def qmul_channel(c: Ctx) -> Rendered:
+    """mul_channel_qs8: x [N, C, H, W] times the SE gate [N, C, 1, 1], ``v = float((x - zx) *
+    (g - zg)) * m``; items (n, channel block) blocked, (n, channel) plain. The gate's term is
+    hoisted out of the pixel loop: a float vector of ``g - zg`` (blocked: x lanes a pixel),
+    so each pixel's product ``float(x - zx) * gv`` is the int32 product exactly (|.| <= 255^2
+    < 2^24), then times m: one rounding, the reference's."""
+    _helpers(c)
+    oq = op_quant(c.graph, c.la)
+    (qx, qg), (m,) = oq.x, oq.mult
+    src = c.ins[0]
+    lanes = src[4] if len(src) == 5 else 1
+    n, cb, h, w = src[:4]
+    hw = h * w
+    items = n * cb
+    if lanes > 1 and lanes == c.lang.qisa.lanes:  # a pixel block is one vector
+        _need(c, vectors=True)
+        body = [f"/* mul_channel_nchw{lanes}c_qs8 */",
+                f"const vf gv = __builtin_convertvector(npas_u8x(s + it * {lanes}) - "
+                f"{qg.zero}, vf);",
+                f"const vf mv = (vf){{}} + {fl(m)};",
+                f"const uint8_t *xp = x + it * {hw * lanes};",
+                f"for ({IX} p = 0; p < {hw * lanes}; p += {lanes}) {{",
+                f"  vf v = (__builtin_convertvector(npas_u8x(xp + p) - {qx.zero}, vf) * gv) "
+                "* mv;",
+                *["  " + ln for ln in _vstore(oq, f"y + it * {hw * lanes} + p")], "}"]
+    else:  # plain, or blocks narrower than a vector: one lane at a time
+        lay = f"nchw{lanes}c" if lanes > 1 else "nchw"
+        one = (f"float v = (float)(((int32_t)x[it * {hw * lanes} + p] - {qx.zero}) * "
+               f"g[p % {lanes}]) * {fl(m)}; {_store(oq, f'y[it * {hw * lanes} + p]')}")
+        body = [f"/* mul_channel_{lay}_qs8 */", f"int32_t g[{lanes}];",
+                f"for (int32_t l = 0; l < {lanes}; ++l) g[l] = (int32_t)s[it * {lanes} + l] - "
+                f"{qg.zero};",
+                f"for ({IX} p = 0; p < {hw * lanes}; ++p) {{ {one} }}"]
+    return ([c.x(0), c.x(1, "s"), c.y(), *c.lang.over_items(c, items, body)], items,
+            numel(src) * 2)
