@@ -1,7 +1,7 @@
-"""arm64 tier of the int8 pools, add, concat and lookup tables (tests/test_int8_ops.py): SDOT
-bundles (NCHW4c uint8) built with clang, run on the arm64 runner under ``qemu-aarch64 -cpu
-cortex-a76``, bit-exact against ``codegen.quant``'s reference with no conversion but the
-input's quantize."""
+"""arm64 tier of the int8 pools, add, concat, mul_channel and lookup tables
+(tests/test_int8_ops.py): SDOT bundles (NCHW4c uint8) built with clang, run on the arm64 runner
+under ``qemu-aarch64 -cpu cortex-a76``, bit-exact against ``codegen.quant``'s reference with no
+conversion but the input's quantize."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ CALL_TIMEOUT_S = 300.0
 # each kernel kind once, at the layouts NEON's 4 lanes give (qemu is slow)
 ARM64_CASES = ("avgpool3x3s2_ceil_nocount", "global_pool_fc", "add_relu6", "add_out",
                "add_plain", "concat_plain", "concat_same_scale", "hardswish_conv", "linear_sigmoid",
-               "hardsigmoid_out")
+               "hardsigmoid_out",
+               # squeeze-excite's x * gate: 21 channels (a partial NCHW4c block), two batch
+               # rows, nonzero zero points (a SiLU gate), a float32 output (se_plain is
+               # blocked at 4 lanes: x86 alone tests the plain kernel)
+               "se_hardsigmoid_21", "se_silu_gate", "se_out")
 
 
 @pytest.mark.parametrize("case", ARM64_CASES)
