@@ -259,17 +259,12 @@ def _requantize(acc: np.ndarray, lq: LayerQuant, skip: np.ndarray | None, axis_s
     if skip is not None:
         v = v + (skip.astype(np.int32) - lq.skip.zero).astype(np.float32) * np.float32(
             lq.skip_mult)
-    if lq.lo is not None:
-        v = np.maximum(v, np.float32(lq.lo))
-    if lq.hi is not None:
-        v = np.minimum(v, np.float32(lq.hi))
-    if lq.y is None:
-        return v
-    return (np.rint(v) + lq.y.zero).astype(np.uint8)
+    return _store(v, lq)
 
 
-def _store(v: np.ndarray, oq: OpQuant) -> np.ndarray:
-    """The clamp, the rounding and the zero point of ``OpQuant`` ``oq`` on float32 ``v``."""
+def _store(v: np.ndarray, oq: OpQuant | LayerQuant) -> np.ndarray:
+    """The clamp, the rounding and the zero point of ``oq`` (an ``OpQuant`` or a conv's
+    ``LayerQuant``: both have ``lo``, ``hi`` and ``y``) on float32 ``v``."""
     if oq.lo is not None:
         v = np.maximum(v, np.float32(oq.lo))
     if oq.hi is not None:
