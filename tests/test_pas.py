@@ -383,3 +383,17 @@ def test_bench_brackets_pas_latency_between_two_uniform_rates():
     # a ladder that is not monotone still brackets by latency, not by rate
     assert dict(bracket({0.4: 0.2, 0.5: 0.1, 0.6: 0.15}, 0.12)) == pytest.approx(
         {0.5: 0.6, 0.6: 0.4})
+
+
+def test_timer_cost_comes_off_every_step_evenly():
+    from host.pruning.latency_table import remove_timer_cost
+
+    # 4 steps summing to 1.0 ms; the whole run took 0.6: 0.1 ms a step was the timer's
+    times = {"a": 0.4, "a.convert": 0.2, "b": 0.3, "pool": 0.1}
+    mine, other, c = remove_timer_cost(times, 0.6, ["a", "b"])
+    assert c == pytest.approx(0.1)
+    assert mine == pytest.approx({"a": 0.4, "b": 0.2})  # a has two steps
+    assert other == pytest.approx(0.01)  # a step never goes below a tenth of its time
+    # a whole run slower than the sum (noise) takes nothing off
+    assert remove_timer_cost(times, 1.2, ["a"]) == (pytest.approx({"a": 0.6}), pytest.approx(0.4),
+                                                    0.0)
