@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.emit.c import CLanguage
-from codegen.emit.cpu import q8, q8_convert, q8_ops
+from codegen.emit.cpu import q8, q8_convert, q8_linear, q8_ops
 from codegen.emit.cstyle import Ctx, Rendered
 from codegen.emit.sparse import q8 as q8_sparse
 from codegen.isa import QuantIsa
@@ -50,7 +50,7 @@ class Int8CLanguage(CLanguage):
         self.qisa = qisa
         k = dict(self.kernels)
         k["conv2d"] = _int8_or(_dense_or_sparse(q8.qconv2d, q8_sparse.qspconv), k["conv2d"])
-        k["linear"] = _int8_or(_dense_or_sparse(q8.qlinear, q8_sparse.qsplinear),
+        k["linear"] = _int8_or(_dense_or_sparse(q8_linear.qlinear, q8_sparse.qsplinear),
                                k["linear"])
         k["maxpool2d"] = _int8_or(q8_convert.qmaxpool2d, k["maxpool2d"])
         # pools, add, concat and the activations' lookup tables (codegen/emit/cpu/q8_ops.py)
@@ -79,7 +79,7 @@ class Int8CLanguage(CLanguage):
         if is_int8(la) and la.op == "conv2d":
             return q8.pack_qconv(graph, la, self.qisa)
         if is_int8(la) and la.op == "linear":
-            return q8.pack_qlinear(graph, la, self.qisa)
+            return q8_linear.pack_qlinear(graph, la, self.qisa)
         return super().layer_params(graph, la)
 
     def prepare_params(self, graph: Graph, la: Layer, step: int) -> tuple:

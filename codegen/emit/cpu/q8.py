@@ -18,8 +18,8 @@ writes float32 (its dequantization fused into the requantization).
   ``-zero_x * sum w`` over the taps it ran (a per-tap table, ``comp``): the integer
   ``sum (x - zero_x) * w`` over the valid taps, which is what zero padding gives. Depthwise:
   ``(x - zero_x) * w`` in int32 vectors, per tap.
-- ``qlinear``: two dot-product chains over k; ``-zero_x * sum w`` folded into the bias
-  (VNNI: 2 or 4 output blocks an item, ``q8_linear.py``).
+- ``q8_linear.py``: ``qlinear``, two dot-product chains over k; ``-zero_x * sum w`` folded
+  into the bias (VNNI: 2 or 4 output blocks an item, a chain each).
 - ``q8_convert.py``: ``qmaxpool2d`` (the max of uint8 vectors), ``quantize``, ``dequantize``
   and the uint8 layout conversions (``convert_u8``), either layout on either side.
 
@@ -492,71 +492,3 @@ def linear_store(lq: LayerQuant, out: str, X: int, o: int, ob: int) -> list[str]
                   *requant(lq, "a0", f"*(const vf *)(m + obk * {X})", "tmp", None),
                   f"const {IX} cnt = obk < {ob - 1} ? {X} : {o % X};",
                   f"for ({IX} l = 0; l < cnt; ++l) y[n * {o} + obk * {X} + l] = tmp[l];"]
-
-
-def qlinear(c: Ctx) -> Rendered:
-    """One (output block, batch row) per item: two dot-product chains over k (x86 with a
-    whole number of 2 or 4 blocks: ``linear_blocks`` of them an item, a chain each)."""
-    _need(c, vectors=True)
-    q: QuantIsa = c.lang.qisa
-    X, g, WT = q.lanes, q.group, q.weight
-    lq = layer_quant(c.graph, c.la)
-    n, k = c.ins[0]
-    o = c.out[1]
-    ob = -(-o // X)
-    from codegen.emit.cpu.q8_linear import linear_blocks, qlinear_blocks  # it imports q8
-
-    blocks = linear_blocks(q, ob)
-    if blocks > 1:
-        return qlinear_blocks(c, q, lq, blocks)
-    kp = -(-k // g) * g
-    kw = k // g * g  # whole groups
-    k2 = kw // (2 * g) * (2 * g)
-    out = "float" if lq.y is None else "uint8_t"
-    name = f"linear_qs8__{q.name}_2c" + _tag(lq, c.la.epilogue)
-    body = [f"/* {name}: two dot-product chains */", *requant_constants(lq),
-            f"const {IX} obk = it / {n}, n = it % {n};",
-            f"const {WT} *wr = w + obk * {kp * X};",
-            f"const uint8_t *xr = x + n * {k};",
-            f"vi a0 = *(const vqi *)(b + obk * {X}), a1 = (vi){{}};",
-            f"for ({IX} j = 0; j < {k2}; j += {2 * g}) {{",
-            f"  a0 = npas_dot(a0, {bcast(q, 'xr + j')}, *(const vqi *)(wr + j * {X}));",
-            f"  a1 = npas_dot(a1, {bcast(q, 'xr + j', g)}, "
-            f"*(const vqi *)(wr + (j + {g}) * {X}));",
-            "}"]
-    if kw > k2:
-        # one group left: its bytes only (a dword load could pass the row's end)
-        pair = (f"((vi){{}} + (int32_t)((uint32_t)xr[{k2}] | ((uint32_t)xr[{k2 + 1}] << 16)))"
-                if g == 2 else bcast(q, "xr", k2))
-        body.append(f"a0 = npas_dot(a0, {pair}, *(const vqi *)(wr + {k2 * X}));")
-    if kp > kw:  # the last partial group, zero-filled
-        shift = 8 if g == 4 else 16
-        parts = " | ".join(f"((uint32_t)xr[{kw + r}] << {r * shift})" for r in range(k - kw))
-        flip = " ^ 0x80808080u" if q.offset else ""
-        body.append(f"a0 = npas_dot(a0, (vi){{}} + (int32_t)(({parts}){flip}), "
-                    f"*(const vqi *)(wr + {kw * X}));")
-    body += linear_store(lq, out, X, o, ob)
-    items = ob * n
-    pr = c.lang.param_ref
-    decl = [f"const {WT} *restrict w = (const {WT} *){pr(c, 0)};",
-            f"const int32_t *restrict b = (const int32_t *){pr(c, 1)};",
-            f"const float *restrict m = (const float *){pr(c, 2)};"]
-    return [c.x(), c.y(), *decl, *c.lang.over_items(c, items, body)], items, 2 * n * o * k
-
-
-def pack_qlinear(graph: Graph, la: Layer, q: QuantIsa) -> tuple[np.ndarray, ...]:
-    """Weights ``[o/x][k/group][x][group]``, bias with ``-zero_x * sum w`` folded in, mult."""
-    X, g = q.lanes, q.group
-    lq = layer_quant(graph, la)
-    w = lq.weight.astype(np.int32)
-    o, k = w.shape
-    op, kp = -(-o // X) * X, -(-k // g) * g
-    wp = np.zeros((op, kp), np.int32)
-    wp[:o, :k] = w
-    wp = wp.reshape(op // X, X, kp // g, g).transpose(0, 2, 1, 3)
-    bias = np.zeros(op, np.int32)
-    bias[:o] = lq.bias.astype(np.int64) + (q.offset - lq.x.zero) * w.sum(axis=1)
-    mult = np.zeros(op, np.float32)
-    mult[:o] = lq.mult
-    wdt = np.int8 if q.weight == "int8_t" else np.int16
-    return words(wp.astype(wdt)), words(bias), mult
