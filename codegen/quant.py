@@ -132,16 +132,10 @@ def layer_quant(graph: Graph, la: Layer) -> LayerQuant:
     if qy is not None:
         mult = (sxw / qy.scale).astype(np.float32)
         skip_mult = float(np.float32(qs.scale / qy.scale)) if qs else 0.0
-        lo, hi = float(-qy.zero), float(255 - qy.zero)
-        if acts:
-            lo = max(lo, 0.0)
-        if "relu6" in acts:
-            hi = min(hi, float(np.float32(6.0 / qy.scale)))
     else:
         mult = sxw.astype(np.float32)
         skip_mult = float(np.float32(qs.scale)) if qs else 0.0
-        lo = 0.0 if acts else None
-        hi = 6.0 if "relu6" in acts else None
+    lo, hi = _clamp(acts, qy)
     return LayerQuant(wq, bias.astype(np.int32), mult, qx, qy, qs, skip_mult, lo, hi)
 
 
